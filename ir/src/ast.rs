@@ -1,0 +1,183 @@
+//! The surface syntax of the optimizer language, as written.
+//!
+//! This is what [`crate::parse`] produces and [`crate::check`] consumes:
+//! names are still strings, nothing is resolved or typed yet. Every node
+//! keeps the span of the token a diagnostic about it should point at.
+
+use proc_macro2::{Span, TokenStream};
+
+/// A name with its span.
+#[derive(Clone, Debug)]
+pub struct Name {
+    /// The identifier.
+    pub text: String,
+    /// Where it was written.
+    pub span: Span,
+}
+
+/// One optimizer declaration: `pub Adam { hyper ...; state ...; update { ... } }`.
+#[derive(Clone, Debug)]
+pub struct RuleDecl {
+    /// Doc comment lines (`///` or `#[doc = ...]`).
+    pub doc: Vec<String>,
+    /// Visibility tokens (`pub`, `pub(crate)`, or empty), kept for expansion.
+    pub vis: TokenStream,
+    /// The optimizer's name.
+    pub name: Name,
+    /// `hyper` declarations.
+    pub hypers: Vec<HyperItem>,
+    /// `state` declarations.
+    pub states: Vec<StateItem>,
+    /// `input` declarations.
+    pub inputs: Vec<InputItem>,
+    /// The `view` of the parameter, if declared.
+    pub view: Option<Expr>,
+    /// The `update` block, if present (its absence is a check error).
+    pub update: Option<Block>,
+    /// Span of the whole declaration's name, for errors about missing parts.
+    pub span: Span,
+}
+
+/// A literal value of a hyperparameter default.
+#[derive(Clone, Debug)]
+pub enum Literal {
+    /// A number.
+    Num(f64),
+    /// `true` or `false`.
+    Bool(bool),
+}
+
+/// `name = literal` inside `hyper ...;`.
+#[derive(Clone, Debug)]
+pub struct HyperItem {
+    /// Name of the hyperparameter.
+    pub name: Name,
+    /// Default value, or the expression written where a literal belongs.
+    pub default: Result<Literal, Span>,
+}
+
+/// `name = expr` inside `state ...;` or `state scalar ...;`.
+#[derive(Clone, Debug)]
+pub struct StateItem {
+    /// Name of the state variable.
+    pub name: Name,
+    /// True for `state scalar` (one value per tensor instead of per element).
+    pub scalar: bool,
+    /// Initial value.
+    pub init: Expr,
+}
+
+/// `name` or `name?` inside `input ...;`.
+#[derive(Clone, Debug)]
+pub struct InputItem {
+    /// Name of the extra per-element input.
+    pub name: Name,
+    /// True when the input may be absent at a step.
+    pub optional: bool,
+}
+
+/// The statements of `update { ... }`.
+#[derive(Clone, Debug)]
+pub struct Block {
+    /// Statements in execution order.
+    pub stmts: Vec<Stmt>,
+    /// Span of the `update` keyword.
+    pub span: Span,
+}
+
+/// One statement.
+#[derive(Clone, Debug)]
+pub enum Stmt {
+    /// `let name = expr;`
+    Let(Name, Expr),
+    /// `name = expr;` (span of the `=`)
+    Assign(Name, Expr, Span),
+}
+
+/// Unary operators of the surface syntax.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryOp {
+    /// `-x`
+    Neg,
+    /// `!b`
+    Not,
+}
+
+/// Binary operators of the surface syntax.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+    /// `^` (power)
+    Pow,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `&&`
+    And,
+    /// `||`
+    Or,
+}
+
+impl BinaryOp {
+    /// The operator as written.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "+",
+            BinaryOp::Sub => "-",
+            BinaryOp::Mul => "*",
+            BinaryOp::Div => "/",
+            BinaryOp::Pow => "^",
+            BinaryOp::Lt => "<",
+            BinaryOp::Le => "<=",
+            BinaryOp::Gt => ">",
+            BinaryOp::Ge => ">=",
+            BinaryOp::Eq => "==",
+            BinaryOp::Ne => "!=",
+            BinaryOp::And => "&&",
+            BinaryOp::Or => "||",
+        }
+    }
+}
+
+/// An expression; `span` is the token a diagnostic about it points at
+/// (the operator of a binary expression, the name of a call).
+#[derive(Clone, Debug)]
+pub struct Expr {
+    /// What kind of expression.
+    pub kind: ExprKind,
+    /// The token to point at.
+    pub span: Span,
+}
+
+/// The kinds of expression.
+#[derive(Clone, Debug)]
+pub enum ExprKind {
+    /// A number literal.
+    Num(f64),
+    /// `true` / `false`.
+    Bool(bool),
+    /// A name.
+    Var(String),
+    /// A unary operation.
+    Unary(UnaryOp, Box<Expr>),
+    /// A binary operation.
+    Binary(BinaryOp, Box<Expr>, Box<Expr>),
+    /// A function call `f(a, b)`.
+    Call(String, Vec<Expr>),
+}

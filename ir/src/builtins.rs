@@ -1,0 +1,65 @@
+//! The functions of the optimizer language: names, arities, and what they lower to.
+
+use crate::rule::{BinOp, ReduceOp, Scope, UnOp};
+
+/// What a call lowers to in the IR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Builtin {
+    /// A unary operation `f -> f`.
+    Unary(UnOp),
+    /// `min` / `max` / `pow`: `f x f -> f`.
+    Binary(BinOp),
+    /// `clamp(x, lo, hi) = min(max(x, lo), hi)`.
+    Clamp,
+    /// `select(cond, a, b)`.
+    Select,
+    /// `fma(a, b, c) = a * b + c`, one rounding.
+    Fma,
+    /// `present(h)`: whether optional input `h` is supplied this step.
+    Present,
+    /// `numel()`: the element count of the tensor.
+    Numel,
+    /// A reduction (`sum`, `mean`, `max_abs`, `norm`, `count`, with `global_` prefix across all tensors).
+    Reduce(ReduceOp, Scope),
+    /// `dot(a, b) = sum(a * b)` (and `global_dot`).
+    Dot(Scope),
+}
+
+/// Every function, with its arity, in the order the documentation lists them.
+pub const BUILTINS: &[(&str, Builtin, usize)] = &[
+    ("sqrt", Builtin::Unary(UnOp::Sqrt), 1),
+    ("rsqrt", Builtin::Unary(UnOp::Rsqrt), 1),
+    ("abs", Builtin::Unary(UnOp::Abs), 1),
+    ("sign", Builtin::Unary(UnOp::Sign), 1),
+    ("exp", Builtin::Unary(UnOp::Exp), 1),
+    ("ln", Builtin::Unary(UnOp::Ln), 1),
+    ("sigmoid", Builtin::Unary(UnOp::Sigmoid), 1),
+    ("min", Builtin::Binary(BinOp::Min), 2),
+    ("max", Builtin::Binary(BinOp::Max), 2),
+    ("pow", Builtin::Binary(BinOp::Pow), 2),
+    ("clamp", Builtin::Clamp, 3),
+    ("select", Builtin::Select, 3),
+    ("fma", Builtin::Fma, 3),
+    ("present", Builtin::Present, 1),
+    ("numel", Builtin::Numel, 0),
+    ("sum", Builtin::Reduce(ReduceOp::Sum, Scope::Tensor), 1),
+    ("mean", Builtin::Reduce(ReduceOp::Mean, Scope::Tensor), 1),
+    ("max_abs", Builtin::Reduce(ReduceOp::MaxAbs, Scope::Tensor), 1),
+    ("norm", Builtin::Reduce(ReduceOp::Norm, Scope::Tensor), 1),
+    ("count", Builtin::Reduce(ReduceOp::Count, Scope::Tensor), 1),
+    ("dot", Builtin::Dot(Scope::Tensor), 2),
+    ("global_sum", Builtin::Reduce(ReduceOp::Sum, Scope::Global), 1),
+    ("global_mean", Builtin::Reduce(ReduceOp::Mean, Scope::Global), 1),
+    ("global_max_abs", Builtin::Reduce(ReduceOp::MaxAbs, Scope::Global), 1),
+    ("global_norm", Builtin::Reduce(ReduceOp::Norm, Scope::Global), 1),
+    ("global_count", Builtin::Reduce(ReduceOp::Count, Scope::Global), 1),
+    ("global_dot", Builtin::Dot(Scope::Global), 2),
+];
+
+/// Looks a function up by name: what it lowers to and how many arguments it takes.
+pub fn lookup(name: &str) -> Option<(Builtin, usize)> {
+    BUILTINS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|&(_, b, arity)| (b, arity))
+}

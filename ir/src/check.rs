@@ -1,0 +1,697 @@
+//! Checking: surface syntax to the typed IR, with every mistake reported at its token.
+//!
+//! This pass resolves names, infers each value's type and rate, lowers
+//! statements to SSA (each assignment makes a new version of `p` or of a
+//! state), hash-conses identical nodes, and drops values nothing uses.
+//! It collects all errors instead of stopping at the first; a value that
+//! failed to check is "poisoned" so that its uses report nothing more.
+
+use crate::ast::{self, BinaryOp, Expr, ExprKind, RuleDecl, Stmt, UnaryOp};
+use crate::builtins::{self, Builtin};
+use crate::diag::Diagnostics;
+use crate::hyper::HyperValue;
+use crate::rule::*;
+use proc_macro2::Span;
+use std::collections::HashMap;
+
+/// Checks a parsed rule and lowers it to IR.
+pub fn check(decl: &RuleDecl) -> Result<Rule, Diagnostics> {
+    let mut cx = Checker {
+        decl,
+        nodes: Vec::new(),
+        dedup: HashMap::new(),
+        names: HashMap::new(),
+        diags: Diagnostics::default(),
+        hypers: Vec::new(),
+        inputs: Vec::new(),
+        states: Vec::new(),
+        later_lets: Vec::new(),
+        current_p: None,
+        current_state: Vec::new(),
+    };
+    cx.declare();
+    let view = cx.check_view();
+    let (param_out, state_out) = cx.check_update();
+    if !cx.diags.is_empty() {
+        return Err(cx.diags.sorted());
+    }
+    let rule = Rule {
+        name: decl.name.text.clone(),
+        doc: decl.doc.iter().map(|l| l.trim().to_string()).collect(),
+        hypers: cx.hypers,
+        inputs: cx.inputs,
+        states: cx.states,
+        nodes: cx.nodes,
+        view,
+        param_out,
+        state_out,
+    };
+    Ok(compact(rule))
+}
+
+/// What a name in scope refers to.
+#[derive(Clone, Copy, Debug)]
+enum Binding {
+    Param,
+    Grad,
+    Step,
+    Hyper(u16),
+    Input(u16),
+    State(u16),
+    Let(Option<ValueId>),
+}
+
+/// Where an expression is being checked; each context allows different names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Context {
+    /// A state's initial value: constants, hyperparameters, `p`, earlier states.
+    Init,
+    /// The view: no gradient, no inputs, no reductions.
+    View,
+    /// The update block: everything.
+    Update,
+}
+
+struct Checker<'a> {
+    decl: &'a RuleDecl,
+    nodes: Vec<Node>,
+    dedup: HashMap<(u8, u64, u32, u32, u32), ValueId>,
+    /// Names in scope, with their current SSA values where they have one.
+    names: HashMap<String, (Binding, Span)>,
+    diags: Diagnostics,
+    hypers: Vec<HyperDecl>,
+    inputs: Vec<InputDecl>,
+    states: Vec<StateDecl>,
+    /// `let` names defined at or after the statement being checked (for "used before its definition").
+    later_lets: Vec<String>,
+    /// The current SSA version of `p` in the update block (`None`: its value at the step's start).
+    current_p: Option<ValueId>,
+    /// The current SSA version of each state in the update block.
+    current_state: Vec<Option<ValueId>>,
+}
+
+/// Hash-consing key of an op (floats by their bits).
+fn op_key(op: &Op) -> (u8, u64, u32, u32, u32) {
+    let unary_code = |u: UnOp| u as u64;
+    let bin_code = |b: BinOp| b as u64;
+    match *op {
+        Op::Const(x) => (0, x.to_bits(), 0, 0, 0),
+        Op::ConstBool(b) => (1, b as u64, 0, 0, 0),
+        Op::Hyper(i) => (2, i as u64, 0, 0, 0),
+        Op::Step => (3, 0, 0, 0, 0),
+        Op::Present(i) => (4, i as u64, 0, 0, 0),
+        Op::Numel => (5, 0, 0, 0, 0),
+        Op::Param => (6, 0, 0, 0, 0),
+        Op::Grad => (7, 0, 0, 0, 0),
+        Op::Input(i) => (8, i as u64, 0, 0, 0),
+        Op::State(i) => (9, i as u64, 0, 0, 0),
+        Op::Unary(u, a) => (10, unary_code(u), a.0, 0, 0),
+        Op::Binary(b, x, y) => (11, bin_code(b), x.0, y.0, 0),
+        Op::Select(c, a, b) => (12, 0, c.0, a.0, b.0),
+        Op::Fma(a, b, c) => (13, 0, a.0, b.0, c.0),
+        Op::Reduce(r, s, a) => (14, (r as u64) * 2 + s as u64, a.0, 0, 0),
+    }
+}
+
+const RESERVED: &[&str] = &["p", "g", "t"];
+
+impl Checker<'_> {
+    fn add(&mut self, op: Op, ty: Ty, rate: Rate) -> ValueId {
+        let key = op_key(&op);
+        if let Some(&id) = self.dedup.get(&key) {
+            return id;
+        }
+        let id = ValueId(self.nodes.len() as u32);
+        self.nodes.push(Node { op, ty, rate });
+        self.dedup.insert(key, id);
+        id
+    }
+
+    fn node(&self, id: ValueId) -> Node {
+        self.nodes[id.index()]
+    }
+
+    fn error(&mut self, span: Span, message: impl Into<String>) {
+        self.diags.push(span, message);
+    }
+
+    /// Brings a declared name into scope, reporting clashes.
+    fn bind_new(&mut self, name: &ast::Name, binding: Binding) -> bool {
+        if RESERVED.contains(&name.text.as_str()) {
+            self.error(
+                name.span,
+                format!(
+                    "`{}` is reserved: `p` is the parameter, `g` the gradient, `t` the step counter",
+                    name.text
+                ),
+            );
+            return false;
+        }
+        if builtins::lookup(&name.text).is_some() {
+            self.error(
+                name.span,
+                format!("`{}` is the name of a function; choose another name", name.text),
+            );
+            return false;
+        }
+        if let Some((_, _)) = self.names.get(&name.text) {
+            self.error(name.span, format!("`{}` is already defined", name.text));
+            return false;
+        }
+        self.names
+            .insert(name.text.clone(), (binding, name.span));
+        true
+    }
+
+    /// Declarations: hyperparameters, inputs, states (with their initial values).
+    fn declare(&mut self) {
+        let decl = self.decl;
+        self.names
+            .insert("p".into(), (Binding::Param, decl.span));
+        self.names.insert("g".into(), (Binding::Grad, decl.span));
+        self.names.insert("t".into(), (Binding::Step, decl.span));
+        for h in &decl.hypers {
+            let default = match &h.default {
+                Ok(ast::Literal::Num(x)) => HyperValue::Num(*x),
+                Ok(ast::Literal::Bool(b)) => HyperValue::Bool(*b),
+                Err(span) => {
+                    self.error(
+                        *span,
+                        format!(
+                            "the default of hyperparameter `{}` must be a number or `true`/`false`",
+                            h.name.text
+                        ),
+                    );
+                    HyperValue::Num(0.0)
+                }
+            };
+            let index = self.hypers.len() as u16;
+            if self.bind_new(&h.name, Binding::Hyper(index)) {
+                self.hypers.push(HyperDecl {
+                    name: h.name.text.clone(),
+                    default,
+                });
+            }
+        }
+        for i in &decl.inputs {
+            let index = self.inputs.len() as u16;
+            if self.bind_new(&i.name, Binding::Input(index)) {
+                self.inputs.push(InputDecl {
+                    name: i.name.text.clone(),
+                    optional: i.optional,
+                });
+            }
+        }
+        for s in &decl.states {
+            let init = self.expr(&s.init, Context::Init);
+            let kind = if s.scalar {
+                StateKind::Scalar
+            } else {
+                StateKind::Element
+            };
+            let init = init.and_then(|v| {
+                let node = self.node(v);
+                if node.ty != Ty::Float {
+                    self.error(
+                        s.init.span,
+                        format!("state `{}` holds numbers, but its initial value is a boolean", s.name.text),
+                    );
+                    None
+                } else if kind == StateKind::Scalar && node.rate == Rate::Element {
+                    self.error(
+                        s.init.span,
+                        format!(
+                            "scalar state `{}` is one value per tensor, but its initial value is per element",
+                            s.name.text
+                        ),
+                    );
+                    None
+                } else {
+                    Some(v)
+                }
+            });
+            let index = self.states.len() as u16;
+            if self.bind_new(&s.name, Binding::State(index)) {
+                // A placeholder keeps indices aligned when the initial value failed.
+                let init = init.unwrap_or_else(|| self.add(Op::Const(0.0), Ty::Float, Rate::Const));
+                self.states.push(StateDecl {
+                    name: s.name.text.clone(),
+                    kind,
+                    init,
+                });
+            }
+        }
+    }
+
+    fn check_view(&mut self) -> Option<ValueId> {
+        let expr = self.decl.view.as_ref()?;
+        let v = self.expr(expr, Context::View)?;
+        if self.node(v).ty != Ty::Float {
+            self.error(expr.span, "the view must be a number, not a boolean");
+            return None;
+        }
+        Some(v)
+    }
+
+    /// The update block, lowered to SSA. Returns the final `p` and states.
+    fn check_update(&mut self) -> (ValueId, Vec<ValueId>) {
+        let decl = self.decl;
+        self.current_p = None;
+        self.current_state = vec![None; self.states.len()];
+        let mut p_assigned = false;
+        match &decl.update {
+            None => self.error(
+                decl.span,
+                format!("optimizer `{}` has no `update {{ ... }}` block", decl.name.text),
+            ),
+            Some(block) => {
+                for (index, stmt) in block.stmts.iter().enumerate() {
+                    self.later_lets = block.stmts[index..]
+                        .iter()
+                        .filter_map(|s| match s {
+                            Stmt::Let(name, _) => Some(name.text.clone()),
+                            Stmt::Assign(..) => None,
+                        })
+                        .collect();
+                    match stmt {
+                        Stmt::Let(name, value) => {
+                            let v = self.expr(value, Context::Update);
+                            self.later_lets.retain(|n| n != &name.text);
+                            self.bind_new(name, Binding::Let(v));
+                        }
+                        Stmt::Assign(name, value, eq_span) => {
+                            let v = self.expr(value, Context::Update);
+                            match self.names.get(&name.text).map(|b| b.0) {
+                                Some(Binding::Param) => {
+                                    p_assigned = true;
+                                    if let Some(v) = v {
+                                        if self.expect_float(v, value.span, "`p`") {
+                                            self.current_p = Some(v);
+                                        }
+                                    }
+                                }
+                                Some(Binding::State(i)) => {
+                                    if let Some(v) = v {
+                                        let state = &self.states[i as usize];
+                                        let what = format!("state `{}`", state.name);
+                                        let scalar = state.kind == StateKind::Scalar;
+                                        if self.expect_float(v, value.span, &what) {
+                                            if scalar && self.node(v).rate == Rate::Element {
+                                                self.error(*eq_span, format!(
+                                                    "scalar state `{}` is one value per tensor, but this value is per element (reduce it first, e.g. with `mean`)",
+                                                    name.text
+                                                ));
+                                            } else {
+                                                self.current_state[i as usize] = Some(v);
+                                            }
+                                        }
+                                    }
+                                }
+                                Some(Binding::Hyper(_)) => self.error(
+                                    name.span,
+                                    format!("cannot assign to hyperparameter `{}`: hyperparameters are fixed during a step (change them between steps)", name.text),
+                                ),
+                                Some(Binding::Grad) | Some(Binding::Input(_)) => self.error(
+                                    name.span,
+                                    format!("cannot assign to input `{}`: inputs are read-only; bind a new name with `let`", name.text),
+                                ),
+                                Some(Binding::Step) => self.error(
+                                    name.span,
+                                    "cannot assign to the step counter `t`",
+                                ),
+                                Some(Binding::Let(_)) => self.error(
+                                    name.span,
+                                    format!("cannot assign to `{}`, a `let` binding: bind a new name instead", name.text),
+                                ),
+                                None => {
+                                    let later = self.later_lets.contains(&name.text);
+                                    self.unknown_name(&name.text, name.span, later);
+                                }
+                            }
+                        }
+                    }
+                }
+                if !p_assigned {
+                    self.error(
+                        block.span,
+                        "`p` is never updated: the update block must assign the parameter `p`",
+                    );
+                }
+            }
+        }
+        self.later_lets.clear();
+        let param_out = self.current_p.unwrap_or_else(|| self.add(Op::Param, Ty::Float, Rate::Element));
+        let state_out = self
+            .current_state
+            .clone()
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v.unwrap_or_else(|| self.state_read(i as u16)))
+            .collect();
+        (param_out, state_out)
+    }
+
+    fn state_read(&mut self, i: u16) -> ValueId {
+        let rate = match self.states[i as usize].kind {
+            StateKind::Element => Rate::Element,
+            StateKind::Scalar => Rate::Tensor,
+        };
+        self.add(Op::State(i), Ty::Float, rate)
+    }
+
+    fn expect_float(&mut self, v: ValueId, span: Span, what: &str) -> bool {
+        if self.node(v).ty == Ty::Float {
+            true
+        } else {
+            self.error(span, format!("{what} holds numbers, but this value is a boolean"));
+            false
+        }
+    }
+
+    fn unknown_name(&mut self, name: &str, span: Span, defined_later: bool) {
+        if defined_later {
+            self.error(span, format!("`{name}` is used before its definition"));
+        } else {
+            self.error(span, format!("unknown name `{name}`"));
+        }
+    }
+
+    /// Resolves a name in an expression.
+    fn var(&mut self, name: &str, span: Span, cx: Context) -> Option<ValueId> {
+        let Some(&(binding, _)) = self.names.get(name) else {
+            let later_state = cx == Context::Init
+                && self.decl.states.iter().any(|s| s.name.text == name);
+            let later = self.later_lets.iter().any(|n| n == name) || later_state;
+            self.unknown_name(name, span, later);
+            return None;
+        };
+        match binding {
+            Binding::Param => Some(match (cx, self.current_p) {
+                (Context::Update, Some(v)) => v,
+                _ => self.add(Op::Param, Ty::Float, Rate::Element),
+            }),
+            Binding::Grad => {
+                if cx != Context::Update {
+                    self.error(span, format!("`g` is not known {}", context_phrase(cx)));
+                    return None;
+                }
+                Some(self.add(Op::Grad, Ty::Float, Rate::Element))
+            }
+            Binding::Step => {
+                if cx == Context::Init {
+                    self.error(span, format!("`t` is not known {}", context_phrase(cx)));
+                    return None;
+                }
+                Some(self.add(Op::Step, Ty::Float, Rate::Step))
+            }
+            Binding::Hyper(i) => {
+                let ty = match self.hypers[i as usize].default {
+                    HyperValue::Num(_) => Ty::Float,
+                    HyperValue::Bool(_) => Ty::Bool,
+                };
+                Some(self.add(Op::Hyper(i), ty, Rate::Step))
+            }
+            Binding::Input(i) => {
+                if cx != Context::Update {
+                    self.error(
+                        span,
+                        format!("input `{name}` is not known {}", context_phrase(cx)),
+                    );
+                    return None;
+                }
+                Some(self.add(Op::Input(i), Ty::Float, Rate::Element))
+            }
+            Binding::State(i) => match cx {
+                Context::Init => Some(self.states[i as usize].init),
+                Context::View => Some(self.state_read(i)),
+                Context::Update => match self.current_state.get(i as usize).copied().flatten() {
+                    Some(v) => Some(v),
+                    None => Some(self.state_read(i)),
+                },
+            },
+            Binding::Let(v) => v,
+        }
+    }
+
+    /// Checks an expression; `None` when it has an error (already reported).
+    fn expr(&mut self, e: &Expr, cx: Context) -> Option<ValueId> {
+        match &e.kind {
+            ExprKind::Num(x) => Some(self.add(Op::Const(*x), Ty::Float, Rate::Const)),
+            ExprKind::Bool(b) => Some(self.add(Op::ConstBool(*b), Ty::Bool, Rate::Const)),
+            ExprKind::Var(name) => self.var(name, e.span, cx),
+            ExprKind::Unary(op, inner) => {
+                let a = self.expr(inner, cx)?;
+                match op {
+                    UnaryOp::Neg => {
+                        self.operand(a, Ty::Float, inner.span, "`-`")?;
+                        Some(self.unary(UnOp::Neg, a))
+                    }
+                    UnaryOp::Not => {
+                        self.operand(a, Ty::Bool, inner.span, "`!`")?;
+                        Some(self.unary(UnOp::Not, a))
+                    }
+                }
+            }
+            ExprKind::Binary(op, l, r) => {
+                let a = self.expr(l, cx);
+                let b = self.expr(r, cx);
+                let (a, b) = (a?, b?);
+                let (bin, operand_ty, result_ty) = match op {
+                    BinaryOp::Add => (BinOp::Add, Ty::Float, Ty::Float),
+                    BinaryOp::Sub => (BinOp::Sub, Ty::Float, Ty::Float),
+                    BinaryOp::Mul => (BinOp::Mul, Ty::Float, Ty::Float),
+                    BinaryOp::Div => (BinOp::Div, Ty::Float, Ty::Float),
+                    BinaryOp::Pow => (BinOp::Pow, Ty::Float, Ty::Float),
+                    BinaryOp::Lt => (BinOp::Lt, Ty::Float, Ty::Bool),
+                    BinaryOp::Le => (BinOp::Le, Ty::Float, Ty::Bool),
+                    BinaryOp::Gt => (BinOp::Gt, Ty::Float, Ty::Bool),
+                    BinaryOp::Ge => (BinOp::Ge, Ty::Float, Ty::Bool),
+                    BinaryOp::Eq => (BinOp::Eq, Ty::Float, Ty::Bool),
+                    BinaryOp::Ne => (BinOp::Ne, Ty::Float, Ty::Bool),
+                    BinaryOp::And => (BinOp::And, Ty::Bool, Ty::Bool),
+                    BinaryOp::Or => (BinOp::Or, Ty::Bool, Ty::Bool),
+                };
+                let what = format!("`{}`", op.symbol());
+                let ok_a = self.operand(a, operand_ty, l.span, &what);
+                let ok_b = self.operand(b, operand_ty, r.span, &what);
+                ok_a?;
+                ok_b?;
+                Some(self.binary(bin, a, b, result_ty))
+            }
+            ExprKind::Call(name, args) => self.call(name, args, e.span, cx),
+        }
+    }
+
+    /// Checks the type of an operand.
+    fn operand(&mut self, v: ValueId, want: Ty, span: Span, what: &str) -> Option<()> {
+        let got = self.node(v).ty;
+        if got == want {
+            return Some(());
+        }
+        let msg = match want {
+            Ty::Float => format!("{what} needs a number, but this is a boolean (use `select(cond, a, b)` to turn a condition into a number)"),
+            Ty::Bool => format!("{what} needs a boolean, but this is a number (compare it, e.g. `x > 0`)"),
+        };
+        self.error(span, msg);
+        None
+    }
+
+    fn rate_of(&self, args: &[ValueId]) -> Rate {
+        args.iter()
+            .map(|a| self.node(*a).rate)
+            .max()
+            .unwrap_or(Rate::Const)
+    }
+
+    fn unary(&mut self, op: UnOp, a: ValueId) -> ValueId {
+        let ty = self.node(a).ty;
+        let rate = self.rate_of(&[a]);
+        self.add(Op::Unary(op, a), ty, rate)
+    }
+
+    fn binary(&mut self, op: BinOp, a: ValueId, b: ValueId, ty: Ty) -> ValueId {
+        let rate = self.rate_of(&[a, b]);
+        self.add(Op::Binary(op, a, b), ty, rate)
+    }
+
+    fn call(&mut self, name: &str, args: &[Expr], span: Span, cx: Context) -> Option<ValueId> {
+        let Some((builtin, arity)) = builtins::lookup(name) else {
+            let hint = if self.names.contains_key(name) {
+                format!("`{name}` is a value, not a function")
+            } else {
+                format!("unknown function `{name}`")
+            };
+            self.error(span, hint);
+            // Still check the arguments, for their own errors.
+            for a in args {
+                self.expr(a, cx);
+            }
+            return None;
+        };
+        if args.len() != arity {
+            let plural = if arity == 1 { "" } else { "s" };
+            self.error(
+                span,
+                format!(
+                    "`{name}` takes {arity} argument{plural}, but {} {} given",
+                    args.len(),
+                    if args.len() == 1 { "was" } else { "were" }
+                ),
+            );
+            return None;
+        }
+        if builtin == Builtin::Present {
+            return self.present(&args[0]);
+        }
+        if let (Builtin::Reduce(..) | Builtin::Dot(_), Context::Init | Context::View) = (builtin, cx) {
+            self.error(
+                span,
+                format!("`{name}` is a reduction; reductions are not available {}", context_phrase(cx)),
+            );
+            return None;
+        }
+        if builtin == Builtin::Numel {
+            return Some(self.add(Op::Numel, Ty::Float, Rate::Tensor));
+        }
+        let mut vals = Vec::with_capacity(args.len());
+        for a in args {
+            vals.push(self.expr(a, cx));
+        }
+        let vals: Vec<ValueId> = vals.into_iter().collect::<Option<_>>()?;
+        let what = format!("`{name}`");
+        match builtin {
+            Builtin::Unary(op) => {
+                self.operand(vals[0], Ty::Float, args[0].span, &what)?;
+                Some(self.unary(op, vals[0]))
+            }
+            Builtin::Binary(op) => {
+                self.floats(&vals, args, &what)?;
+                Some(self.binary(op, vals[0], vals[1], Ty::Float))
+            }
+            Builtin::Clamp => {
+                self.floats(&vals, args, &what)?;
+                let lo = self.binary(BinOp::Max, vals[0], vals[1], Ty::Float);
+                Some(self.binary(BinOp::Min, lo, vals[2], Ty::Float))
+            }
+            Builtin::Fma => {
+                self.floats(&vals, args, &what)?;
+                let rate = self.rate_of(&vals);
+                Some(self.add(Op::Fma(vals[0], vals[1], vals[2]), Ty::Float, rate))
+            }
+            Builtin::Select => {
+                self.operand(vals[0], Ty::Bool, args[0].span, "the condition of `select`")?;
+                let (ta, tb) = (self.node(vals[1]).ty, self.node(vals[2]).ty);
+                if ta != tb {
+                    self.error(
+                        span,
+                        "the two branches of `select` must have the same type (both numbers or both booleans)",
+                    );
+                    return None;
+                }
+                let rate = self.rate_of(&vals);
+                Some(self.add(Op::Select(vals[0], vals[1], vals[2]), ta, rate))
+            }
+            Builtin::Reduce(op, scope) => {
+                let want = if op == ReduceOp::Count { Ty::Bool } else { Ty::Float };
+                self.operand(vals[0], want, args[0].span, &what)?;
+                self.reduced(vals[0], args[0].span, name)?;
+                Some(self.add(Op::Reduce(op, scope, vals[0]), Ty::Float, Rate::Tensor))
+            }
+            Builtin::Dot(scope) => {
+                self.floats(&vals, args, &what)?;
+                let prod = self.binary(BinOp::Mul, vals[0], vals[1], Ty::Float);
+                self.reduced(prod, span, name)?;
+                Some(self.add(Op::Reduce(ReduceOp::Sum, scope, prod), Ty::Float, Rate::Tensor))
+            }
+            Builtin::Present | Builtin::Numel => unreachable!("handled above"),
+        }
+    }
+
+    fn floats(&mut self, vals: &[ValueId], args: &[Expr], what: &str) -> Option<()> {
+        let mut ok = Some(());
+        for (v, a) in vals.iter().zip(args) {
+            if self.operand(*v, Ty::Float, a.span, what).is_none() {
+                ok = None;
+            }
+        }
+        ok
+    }
+
+    /// A reduction's argument must vary per element.
+    fn reduced(&mut self, v: ValueId, span: Span, name: &str) -> Option<()> {
+        if self.node(v).rate == Rate::Element {
+            return Some(());
+        }
+        self.error(
+            span,
+            format!(
+                "`{name}` reduces over the elements of a tensor, but its argument is a {} value, the same for every element",
+                self.node(v).rate.name()
+            ),
+        );
+        None
+    }
+
+    fn present(&mut self, arg: &Expr) -> Option<ValueId> {
+        if let ExprKind::Var(name) = &arg.kind {
+            if let Some((Binding::Input(i), _)) = self.names.get(name).copied() {
+                if self.inputs[i as usize].optional {
+                    return Some(self.add(Op::Present(i), Ty::Bool, Rate::Step));
+                }
+                self.error(
+                    arg.span,
+                    format!("input `{name}` is always present: declare it `input {name}?;` to make it optional"),
+                );
+                return None;
+            }
+        }
+        self.error(
+            arg.span,
+            "`present` takes the name of an optional input (declared `input h?;`)",
+        );
+        None
+    }
+}
+
+fn context_phrase(cx: Context) -> &'static str {
+    match cx {
+        Context::Init => "in an initial value (state is created before the first gradient exists)",
+        Context::View => "in the view (the model sees the parameter before the gradient exists)",
+        Context::Update => "here",
+    }
+}
+
+/// Drops nodes that no output uses and renumbers the rest, keeping order.
+fn compact(mut rule: Rule) -> Rule {
+    let mut roots = rule.step_roots();
+    roots.extend(rule.states.iter().map(|s| s.init));
+    roots.extend(rule.view);
+    let live = rule.reachable(&roots);
+    let mut remap = vec![ValueId(u32::MAX); rule.nodes.len()];
+    let mut nodes = Vec::new();
+    for (i, node) in rule.nodes.iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        remap[i] = ValueId(nodes.len() as u32);
+        let m = |v: ValueId| remap[v.index()];
+        let op = match node.op {
+            Op::Unary(u, a) => Op::Unary(u, m(a)),
+            Op::Binary(b, x, y) => Op::Binary(b, m(x), m(y)),
+            Op::Select(c, a, b) => Op::Select(m(c), m(a), m(b)),
+            Op::Fma(a, b, c) => Op::Fma(m(a), m(b), m(c)),
+            Op::Reduce(r, s, a) => Op::Reduce(r, s, m(a)),
+            leaf => leaf,
+        };
+        nodes.push(Node { op, ..*node });
+    }
+    let m = |v: ValueId| remap[v.index()];
+    rule.nodes = nodes;
+    rule.param_out = m(rule.param_out);
+    rule.state_out = rule.state_out.iter().map(|&v| m(v)).collect();
+    rule.view = rule.view.map(m);
+    for s in &mut rule.states {
+        s.init = m(s.init);
+    }
+    rule
+}

@@ -1,0 +1,113 @@
+//! Diagnostics: errors of a rule, each tied to the source token it is about.
+//!
+//! At compile time a [`Diagnostic`] becomes a `compile_error!` at its span;
+//! at run time it is an `Err` value that reports line and column. This module
+//! owns that one representation and its rendering, nothing else.
+
+use proc_macro2::Span;
+use std::fmt;
+
+/// One error in a rule, with the span of the token it points at.
+#[derive(Clone, Debug)]
+pub struct Diagnostic {
+    /// Where the mistake is.
+    pub span: Span,
+    /// What is wrong, in one sentence.
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// A diagnostic at `span`.
+    pub fn new(span: Span, message: impl Into<String>) -> Self {
+        Diagnostic {
+            span,
+            message: message.into(),
+        }
+    }
+
+    /// Line (1-based) of the span's start, when spans carry locations
+    /// (always at run time; in the compiler the span itself is used).
+    pub fn line(&self) -> usize {
+        self.span.start().line
+    }
+
+    /// Column (1-based) of the span's start.
+    pub fn column(&self) -> usize {
+        self.span.start().column + 1
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line(), self.column(), self.message)
+    }
+}
+
+impl From<syn::Error> for Diagnostics {
+    fn from(err: syn::Error) -> Self {
+        Diagnostics {
+            items: err
+                .into_iter()
+                .map(|e| Diagnostic::new(e.span(), e.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// All errors found in a rule, in source order.
+#[derive(Clone, Debug, Default)]
+pub struct Diagnostics {
+    /// The individual errors.
+    pub items: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    /// Records an error.
+    pub fn push(&mut self, span: Span, message: impl Into<String>) {
+        self.items.push(Diagnostic::new(span, message));
+    }
+
+    /// True when no error was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The errors, sorted by position so that reports read top to bottom.
+    pub fn sorted(mut self) -> Self {
+        self.items
+            .sort_by_key(|d| (d.span.start().line, d.span.start().column));
+        self
+    }
+
+    /// The first error (every failed check records at least one).
+    pub fn first(&self) -> Option<&Diagnostic> {
+        self.items.first()
+    }
+
+    /// All errors as one `syn::Error`, for `to_compile_error`.
+    pub fn to_syn_error(&self) -> syn::Error {
+        let mut iter = self.items.iter();
+        let first = iter
+            .next()
+            .map(|d| syn::Error::new(d.span, &d.message))
+            .unwrap_or_else(|| syn::Error::new(Span::call_site(), "invalid rule"));
+        iter.fold(first, |mut acc, d| {
+            acc.combine(syn::Error::new(d.span, &d.message));
+            acc
+        })
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.items.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}

@@ -1,0 +1,453 @@
+//! Parsing: tokens (from `optimizer!` or from text) to the surface syntax of [`crate::ast`].
+//!
+//! The grammar, informally:
+//!
+//! ```text
+//! rule    := doc* vis? NAME '{' section* '}'
+//! section := 'hyper' NAME '=' literal (',' NAME '=' literal)* ';'
+//!          | 'state' 'scalar'? NAME '=' expr (',' NAME '=' expr)* ';'
+//!          | 'input' NAME '?'? (',' NAME '?'?)* ';'
+//!          | 'view' expr ';'
+//!          | 'update' '{' stmt* '}'
+//! stmt    := 'let' NAME '=' expr ';' | NAME ('=' | '+=' | '-=' | '*=' | '/=') expr ';'
+//! expr    := precedence, loosest first: '||'  '&&'  comparisons (not chained)
+//!            '+' '-'  '*' '/'  unary '-' '!'  '^' (right-associative, tighter than unary minus)
+//! primary := number | 'true' | 'false' | NAME | NAME '(' expr,* ')' | '(' expr ')'
+//! ```
+//!
+//! Parsing stops at the first syntax error; everything about meaning
+//! (names, types, rates) is checked afterwards by [`crate::check`], which
+//! reports all its findings at once.
+
+use crate::ast::*;
+use proc_macro2::{Span, TokenStream, TokenTree};
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream};
+use syn::{braced, parenthesized, Ident, Token};
+
+/// Parses a whole rule declaration from tokens.
+pub fn parse_tokens(tokens: TokenStream) -> syn::Result<RuleDecl> {
+    syn::parse2::<RuleDecl>(tokens)
+}
+
+impl Parse for RuleDecl {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let doc = parse_doc_attrs(input)?;
+        let vis = parse_visibility(input)?;
+        let name = parse_name(input)?;
+        let body;
+        braced!(body in input);
+        let mut decl = RuleDecl {
+            doc,
+            vis,
+            span: name.span,
+            name,
+            hypers: Vec::new(),
+            states: Vec::new(),
+            inputs: Vec::new(),
+            view: None,
+            update: None,
+        };
+        while !body.is_empty() {
+            parse_section(&body, &mut decl)?;
+        }
+        if !input.is_empty() {
+            return Err(input.error("unexpected tokens after the rule: declare one optimizer per invocation"));
+        }
+        Ok(decl)
+    }
+}
+
+fn parse_doc_attrs(input: ParseStream) -> syn::Result<Vec<String>> {
+    let mut doc = Vec::new();
+    while input.peek(Token![#]) {
+        input.parse::<Token![#]>()?;
+        let content;
+        syn::bracketed!(content in input);
+        let key = content.call(Ident::parse_any)?;
+        if key != "doc" {
+            return Err(syn::Error::new(
+                key.span(),
+                "only doc comments may precede an optimizer",
+            ));
+        }
+        content.parse::<Token![=]>()?;
+        let text: syn::LitStr = content.parse()?;
+        doc.push(text.value());
+    }
+    Ok(doc)
+}
+
+fn parse_visibility(input: ParseStream) -> syn::Result<TokenStream> {
+    let mut vis = TokenStream::new();
+    if input.peek(Token![pub]) {
+        let kw: Token![pub] = input.parse()?;
+        vis.extend([TokenTree::Ident(proc_macro2::Ident::new("pub", kw.span))]);
+        if input.peek(syn::token::Paren) {
+            let group: proc_macro2::Group = input.parse()?;
+            vis.extend([TokenTree::Group(group)]);
+        }
+    }
+    Ok(vis)
+}
+
+fn parse_name(input: ParseStream) -> syn::Result<Name> {
+    let ident: Ident = input.parse()?;
+    Ok(Name {
+        text: ident.to_string(),
+        span: ident.span(),
+    })
+}
+
+fn parse_section(input: ParseStream, decl: &mut RuleDecl) -> syn::Result<()> {
+    let keyword = input.call(Ident::parse_any).map_err(|_| {
+        input.error("expected `hyper`, `state`, `input`, `view` or `update`")
+    })?;
+    match keyword.to_string().as_str() {
+        "hyper" => {
+            loop {
+                let name = parse_name(input)?;
+                input.parse::<Token![=]>()?;
+                let default = parse_literal(input)?;
+                decl.hypers.push(HyperItem { name, default });
+                if !comma_continues(input)? {
+                    break;
+                }
+            }
+            input.parse::<Token![;]>()?;
+        }
+        "state" => {
+            let scalar = input.peek(Ident) && input.fork().parse::<Ident>()? == "scalar" && !input.peek2(Token![=]);
+            if scalar {
+                input.parse::<Ident>()?;
+            }
+            loop {
+                let name = parse_name(input)?;
+                input.parse::<Token![=]>()?;
+                let init = parse_expr(input)?;
+                decl.states.push(StateItem { name, scalar, init });
+                if !comma_continues(input)? {
+                    break;
+                }
+            }
+            input.parse::<Token![;]>()?;
+        }
+        "input" => {
+            loop {
+                let name = parse_name(input)?;
+                let optional = if input.peek(Token![?]) {
+                    input.parse::<Token![?]>()?;
+                    true
+                } else {
+                    false
+                };
+                decl.inputs.push(InputItem { name, optional });
+                if !comma_continues(input)? {
+                    break;
+                }
+            }
+            input.parse::<Token![;]>()?;
+        }
+        "view" => {
+            if decl.view.is_some() {
+                return Err(syn::Error::new(keyword.span(), "the view is declared twice"));
+            }
+            decl.view = Some(parse_expr(input)?);
+            input.parse::<Token![;]>()?;
+        }
+        "update" => {
+            if decl.update.is_some() {
+                return Err(syn::Error::new(
+                    keyword.span(),
+                    "the update block is declared twice",
+                ));
+            }
+            let body;
+            braced!(body in input);
+            let mut stmts = Vec::new();
+            while !body.is_empty() {
+                stmts.push(parse_stmt(&body)?);
+            }
+            decl.update = Some(Block {
+                stmts,
+                span: keyword.span(),
+            });
+        }
+        other => {
+            return Err(syn::Error::new(
+                keyword.span(),
+                format!("unknown section `{other}`: expected `hyper`, `state`, `input`, `view` or `update`"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Consumes a separating comma; true when another item follows it.
+fn comma_continues(input: ParseStream) -> syn::Result<bool> {
+    if input.peek(Token![,]) {
+        input.parse::<Token![,]>()?;
+        Ok(!input.peek(Token![;]))
+    } else {
+        Ok(false)
+    }
+}
+
+/// A hyperparameter default: a number (optionally negative) or a boolean.
+/// Anything else is parsed as an expression and reported by the checker.
+fn parse_literal(input: ParseStream) -> syn::Result<Result<Literal, Span>> {
+    let fork = input.fork();
+    let negative = fork.peek(Token![-]);
+    if negative {
+        fork.parse::<Token![-]>()?;
+    }
+    let lit = if fork.peek(syn::LitBool) && !negative {
+        let b: syn::LitBool = fork.parse()?;
+        Some(Literal::Bool(b.value))
+    } else if fork.peek(syn::LitFloat) || fork.peek(syn::LitInt) {
+        let (value, _) = parse_number(&fork)?;
+        Some(Literal::Num(if negative { -value } else { value }))
+    } else {
+        None
+    };
+    let ends = fork.peek(Token![,]) || fork.peek(Token![;]);
+    match lit {
+        Some(lit) if ends => {
+            use syn::parse::discouraged::Speculative;
+            input.advance_to(&fork);
+            Ok(Ok(lit))
+        }
+        _ => {
+            let expr = parse_expr(input)?;
+            Ok(Err(expr.span))
+        }
+    }
+}
+
+fn parse_number(input: ParseStream) -> syn::Result<(f64, Span)> {
+    if input.peek(syn::LitFloat) {
+        let lit: syn::LitFloat = input.parse()?;
+        if !lit.suffix().is_empty() {
+            return Err(syn::Error::new(
+                lit.span(),
+                "numbers take no type suffix: the element type is chosen when the rule runs",
+            ));
+        }
+        let value = lit.base10_parse::<f64>()?;
+        Ok((value, lit.span()))
+    } else {
+        let lit: syn::LitInt = input.parse()?;
+        if !lit.suffix().is_empty() {
+            return Err(syn::Error::new(
+                lit.span(),
+                "numbers take no type suffix: the element type is chosen when the rule runs",
+            ));
+        }
+        let value = lit.base10_digits().parse::<f64>().map_err(|_| {
+            syn::Error::new(lit.span(), "integer literal is not a valid number")
+        })?;
+        Ok((value, lit.span()))
+    }
+}
+
+fn parse_stmt(input: ParseStream) -> syn::Result<Stmt> {
+    if input.peek(Token![let]) {
+        input.parse::<Token![let]>()?;
+        let name = parse_name(input)?;
+        input.parse::<Token![=]>()?;
+        let value = parse_expr(input)?;
+        input.parse::<Token![;]>()?;
+        return Ok(Stmt::Let(name, value));
+    }
+    if !input.peek(Ident) {
+        return Err(input.error("expected a statement: `let name = expr;` or `name = expr;`"));
+    }
+    let name = parse_name(input)?;
+    let compound = if input.peek(Token![+=]) {
+        Some((BinaryOp::Add, input.parse::<Token![+=]>()?.spans[0]))
+    } else if input.peek(Token![-=]) {
+        Some((BinaryOp::Sub, input.parse::<Token![-=]>()?.spans[0]))
+    } else if input.peek(Token![*=]) {
+        Some((BinaryOp::Mul, input.parse::<Token![*=]>()?.spans[0]))
+    } else if input.peek(Token![/=]) {
+        Some((BinaryOp::Div, input.parse::<Token![/=]>()?.spans[0]))
+    } else {
+        None
+    };
+    let (value, eq_span) = match compound {
+        Some((op, span)) => {
+            let rhs = parse_expr(input)?;
+            let lhs = Expr {
+                kind: ExprKind::Var(name.text.clone()),
+                span: name.span,
+            };
+            (
+                Expr {
+                    kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
+                    span,
+                },
+                span,
+            )
+        }
+        None => {
+            let eq: Token![=] = input.parse().map_err(|_| {
+                input.error("expected `=` (or `+=`, `-=`, `*=`, `/=`) after the name")
+            })?;
+            (parse_expr(input)?, eq.span)
+        }
+    };
+    input.parse::<Token![;]>()?;
+    Ok(Stmt::Assign(name, value, eq_span))
+}
+
+/// Parses one expression.
+pub fn parse_expr(input: ParseStream) -> syn::Result<Expr> {
+    parse_binary(input, 0)
+}
+
+const PREC_OR: u8 = 1;
+const PREC_AND: u8 = 2;
+const PREC_CMP: u8 = 3;
+const PREC_ADD: u8 = 4;
+const PREC_MUL: u8 = 5;
+const PREC_UNARY: u8 = 6;
+const PREC_POW: u8 = 7;
+
+fn peek_binary(input: ParseStream) -> Option<(BinaryOp, u8)> {
+    // Longer operators first: `<=` also starts with `<`.
+    let table: [(bool, BinaryOp, u8); 13] = [
+        (input.peek(Token![||]), BinaryOp::Or, PREC_OR),
+        (input.peek(Token![&&]), BinaryOp::And, PREC_AND),
+        (input.peek(Token![<=]), BinaryOp::Le, PREC_CMP),
+        (input.peek(Token![>=]), BinaryOp::Ge, PREC_CMP),
+        (input.peek(Token![==]), BinaryOp::Eq, PREC_CMP),
+        (input.peek(Token![!=]), BinaryOp::Ne, PREC_CMP),
+        (input.peek(Token![<]), BinaryOp::Lt, PREC_CMP),
+        (input.peek(Token![>]), BinaryOp::Gt, PREC_CMP),
+        (input.peek(Token![+]) && !input.peek(Token![+=]), BinaryOp::Add, PREC_ADD),
+        (input.peek(Token![-]) && !input.peek(Token![-=]), BinaryOp::Sub, PREC_ADD),
+        (input.peek(Token![*]) && !input.peek(Token![*=]), BinaryOp::Mul, PREC_MUL),
+        (input.peek(Token![/]) && !input.peek(Token![/=]), BinaryOp::Div, PREC_MUL),
+        (input.peek(Token![^]) && !input.peek(Token![^=]), BinaryOp::Pow, PREC_POW),
+    ];
+    table
+        .iter()
+        .find(|(hit, _, _)| *hit)
+        .map(|&(_, op, prec)| (op, prec))
+}
+
+/// Consumes the operator `op` (already peeked) and returns its span.
+fn take_binary(input: ParseStream, op: BinaryOp) -> syn::Result<Span> {
+    Ok(match op {
+        BinaryOp::Or => input.parse::<Token![||]>()?.spans[0],
+        BinaryOp::And => input.parse::<Token![&&]>()?.spans[0],
+        BinaryOp::Le => input.parse::<Token![<=]>()?.spans[0],
+        BinaryOp::Ge => input.parse::<Token![>=]>()?.spans[0],
+        BinaryOp::Eq => input.parse::<Token![==]>()?.spans[0],
+        BinaryOp::Ne => input.parse::<Token![!=]>()?.spans[0],
+        BinaryOp::Lt => input.parse::<Token![<]>()?.span,
+        BinaryOp::Gt => input.parse::<Token![>]>()?.span,
+        BinaryOp::Add => input.parse::<Token![+]>()?.span,
+        BinaryOp::Sub => input.parse::<Token![-]>()?.span,
+        BinaryOp::Mul => input.parse::<Token![*]>()?.span,
+        BinaryOp::Div => input.parse::<Token![/]>()?.span,
+        BinaryOp::Pow => input.parse::<Token![^]>()?.span,
+    })
+}
+
+fn parse_binary(input: ParseStream, min_prec: u8) -> syn::Result<Expr> {
+    let mut lhs = parse_unary(input)?;
+    while let Some((op, prec)) = peek_binary(input) {
+        if prec < min_prec {
+            break;
+        }
+        let span = take_binary(input, op)?;
+        // `^` is right-associative; everything else associates to the left.
+        let next_min = if op == BinaryOp::Pow { prec } else { prec + 1 };
+        let rhs = parse_binary(input, next_min)?;
+        if prec == PREC_CMP {
+            if let Some((BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq | BinaryOp::Ne, _)) =
+                peek_binary(input)
+            {
+                return Err(input.error(
+                    "comparisons cannot be chained: write `a < b && b < c`",
+                ));
+            }
+        }
+        lhs = Expr {
+            kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
+            span,
+        };
+    }
+    Ok(lhs)
+}
+
+fn parse_unary(input: ParseStream) -> syn::Result<Expr> {
+    if input.peek(Token![-]) {
+        let minus: Token![-] = input.parse()?;
+        let operand = parse_binary(input, PREC_UNARY)?;
+        return Ok(Expr {
+            kind: ExprKind::Unary(UnaryOp::Neg, Box::new(operand)),
+            span: minus.span,
+        });
+    }
+    if input.peek(Token![!]) {
+        let bang: Token![!] = input.parse()?;
+        let operand = parse_binary(input, PREC_UNARY)?;
+        return Ok(Expr {
+            kind: ExprKind::Unary(UnaryOp::Not, Box::new(operand)),
+            span: bang.span,
+        });
+    }
+    parse_primary(input)
+}
+
+fn parse_primary(input: ParseStream) -> syn::Result<Expr> {
+    if input.peek(syn::LitFloat) || input.peek(syn::LitInt) {
+        let (value, span) = parse_number(input)?;
+        return Ok(Expr {
+            kind: ExprKind::Num(value),
+            span,
+        });
+    }
+    if input.peek(syn::LitBool) {
+        let b: syn::LitBool = input.parse()?;
+        return Ok(Expr {
+            kind: ExprKind::Bool(b.value),
+            span: b.span,
+        });
+    }
+    if input.peek(syn::token::Paren) {
+        let content;
+        parenthesized!(content in input);
+        let inner = parse_expr(&content)?;
+        if !content.is_empty() {
+            return Err(content.error("expected `)`"));
+        }
+        return Ok(inner);
+    }
+    if input.peek(Ident) {
+        let name = parse_name(input)?;
+        if input.peek(syn::token::Paren) {
+            let content;
+            parenthesized!(content in input);
+            let mut args = Vec::new();
+            while !content.is_empty() {
+                args.push(parse_expr(&content)?);
+                if content.is_empty() {
+                    break;
+                }
+                content.parse::<Token![,]>()?;
+            }
+            return Ok(Expr {
+                kind: ExprKind::Call(name.text, args),
+                span: name.span,
+            });
+        }
+        return Ok(Expr {
+            kind: ExprKind::Var(name.text),
+            span: name.span,
+        });
+    }
+    Err(input.error("expected an expression: a number, a name, a call or `(`"))
+}

@@ -1,0 +1,473 @@
+//! The typed IR of a rule: an SSA graph of values, each with a type and a rate.
+//!
+//! A [`Rule`] is what every later stage consumes (interpreter, e-graph,
+//! backends). Its invariants, established by [`crate::check`]:
+//! - `nodes` are in topological order: a node's arguments have smaller ids;
+//! - every node's `ty` and `rate` are consistent with its op and arguments
+//!   (the rate of a compound value is the highest rate of its arguments);
+//! - the arguments of `Reduce` are element-rate values, its result is
+//!   tensor-rate; per-step values never depend on tensor or element values;
+//! - outputs of element state and `p` may have any rate, outputs of scalar
+//!   state have at most tensor rate;
+//! - identical nodes are shared (the graph is hash-consed).
+//!
+//! The textual form printed by `Display` is stable: snapshot tests and
+//! `lensopt check` show it.
+
+use crate::diag::Diagnostics;
+use crate::hyper::HyperValue;
+use std::fmt;
+
+/// Index of a node in [`Rule::nodes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub u32);
+
+impl ValueId {
+    /// The index as usize.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for ValueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+/// How often a value changes, from slowest to fastest. Code generation
+/// computes a value once per unit of its rate: constants at compile time,
+/// step values once per step (and parameter group), tensor values once per
+/// tensor and step, element values once per element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rate {
+    /// Known when the rule is compiled.
+    Const,
+    /// Once per step: hyperparameters, `t`, and scalars made from them.
+    Step,
+    /// Once per tensor per step: reductions, scalar state, `numel()`.
+    Tensor,
+    /// Once per element.
+    Element,
+}
+
+impl Rate {
+    /// Lower-case name used in the textual IR and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rate::Const => "const",
+            Rate::Step => "step",
+            Rate::Tensor => "tensor",
+            Rate::Element => "element",
+        }
+    }
+}
+
+/// The type of a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ty {
+    /// A real number (the element type for element values, f64 for scalars).
+    Float,
+    /// A truth value (comparisons, masks, boolean hyperparameters).
+    Bool,
+}
+
+impl Ty {
+    /// `"f"` or `"bool"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ty::Float => "f",
+            Ty::Bool => "bool",
+        }
+    }
+}
+
+/// Unary operations. Signatures: `f -> f` except `Not : bool -> bool`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnOp {
+    /// `-x`
+    Neg,
+    /// `sqrt(x)`
+    Sqrt,
+    /// `1 / sqrt(x)`
+    Rsqrt,
+    /// `|x|`
+    Abs,
+    /// `sign(x)`: -1, 0 or 1 (NaN stays NaN), as `torch.sign`.
+    Sign,
+    /// `e^x`
+    Exp,
+    /// natural logarithm
+    Ln,
+    /// `1 / (1 + e^-x)`
+    Sigmoid,
+    /// `!b`
+    Not,
+}
+
+/// Binary operations. Arithmetic: `f x f -> f`; comparisons:
+/// `f x f -> bool`; `And`, `Or`: `bool x bool -> bool`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinOp {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a * b`
+    Mul,
+    /// `a / b`
+    Div,
+    /// `a ^ b` (powf)
+    Pow,
+    /// `min(a, b)`, NaN-propagating, -0 < +0 (IEEE 754-2019 minimum).
+    Min,
+    /// `max(a, b)`, NaN-propagating, -0 < +0 (IEEE 754-2019 maximum).
+    Max,
+    /// `a < b`
+    Lt,
+    /// `a <= b`
+    Le,
+    /// `a > b`
+    Gt,
+    /// `a >= b`
+    Ge,
+    /// `a == b`
+    Eq,
+    /// `a != b`
+    Ne,
+    /// `a && b`
+    And,
+    /// `a || b`
+    Or,
+}
+
+/// What a reduction computes over the elements of its argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    /// Sum.
+    Sum,
+    /// Sum divided by the element count.
+    Mean,
+    /// Largest absolute value (NaN if any element is NaN).
+    MaxAbs,
+    /// Euclidean norm: square root of the sum of squares.
+    Norm,
+    /// Number of true elements of a mask.
+    Count,
+}
+
+/// Over which elements a reduction runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// The elements of the tensor being updated.
+    Tensor,
+    /// All elements of all tensors of the step (every parameter group), as
+    /// global-norm gradient clipping needs.
+    Global,
+}
+
+/// One operation of the IR.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Op {
+    /// A number. `: const f`
+    Const(f64),
+    /// A truth value. `: const bool`
+    ConstBool(bool),
+    /// Hyperparameter `i` of [`Rule::hypers`]. `: step`
+    Hyper(u16),
+    /// The step counter `t` (1 on the first step). `: step f`
+    Step,
+    /// Whether optional input `i` is supplied at this step. `: step bool`
+    Present(u16),
+    /// The number of elements of the tensor. `: tensor f`
+    Numel,
+    /// The parameter `p` at the start of the step. `: element f`
+    Param,
+    /// The gradient `g`. `: element f`
+    Grad,
+    /// Extra input `i` of [`Rule::inputs`] (0 where an optional input is absent). `: element f`
+    Input(u16),
+    /// State `i` of [`Rule::states`] at the start of the step. `: element f` or `: tensor f`
+    State(u16),
+    /// A unary operation.
+    Unary(UnOp, ValueId),
+    /// A binary operation.
+    Binary(BinOp, ValueId, ValueId),
+    /// `select(c, a, b)`: `a` where `c` holds, else `b`.
+    Select(ValueId, ValueId, ValueId),
+    /// `fma(a, b, c) = a * b + c` with one rounding.
+    Fma(ValueId, ValueId, ValueId),
+    /// A reduction of an element value to a tensor-rate scalar.
+    Reduce(ReduceOp, Scope, ValueId),
+}
+
+impl Op {
+    /// The argument values of the operation.
+    pub fn args(&self) -> Vec<ValueId> {
+        match *self {
+            Op::Unary(_, a) | Op::Reduce(_, _, a) => vec![a],
+            Op::Binary(_, a, b) => vec![a, b],
+            Op::Select(a, b, c) | Op::Fma(a, b, c) => vec![a, b, c],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A node: an operation with its inferred type and rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Node {
+    /// The operation.
+    pub op: Op,
+    /// Its type.
+    pub ty: Ty,
+    /// Its rate.
+    pub rate: Rate,
+}
+
+/// A declared hyperparameter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HyperDecl {
+    /// Name as written.
+    pub name: String,
+    /// Declared default (its variant fixes the type).
+    pub default: HyperValue,
+}
+
+/// A declared extra per-element input (besides `p` and `g`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputDecl {
+    /// Name as written.
+    pub name: String,
+    /// True when the input may be absent at a step.
+    pub optional: bool,
+}
+
+/// Whether a state variable holds a value per element or per tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateKind {
+    /// One value per element (moments, accumulators).
+    Element,
+    /// One value per tensor.
+    Scalar,
+}
+
+/// A declared state variable.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateDecl {
+    /// Name as written.
+    pub name: String,
+    /// Per element or per tensor.
+    pub kind: StateKind,
+    /// Initial value, computed from constants, hyperparameters, `p` and
+    /// earlier states' initial values when the state is created.
+    pub init: ValueId,
+}
+
+/// A checked optimizer rule in IR form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    /// The optimizer's name as declared (`Adam`).
+    pub name: String,
+    /// The doc comment, one entry per line.
+    pub doc: Vec<String>,
+    /// Hyperparameters in declaration order.
+    pub hypers: Vec<HyperDecl>,
+    /// Extra inputs in declaration order.
+    pub inputs: Vec<InputDecl>,
+    /// State variables in declaration order.
+    pub states: Vec<StateDecl>,
+    /// All values, topologically ordered (see the module invariants).
+    pub nodes: Vec<Node>,
+    /// What the model sees of the parameter (the lens's forward part);
+    /// `None` means `p` itself.
+    pub view: Option<ValueId>,
+    /// The parameter after the step.
+    pub param_out: ValueId,
+    /// Each state variable after the step, in declaration order.
+    pub state_out: Vec<ValueId>,
+}
+
+impl Rule {
+    /// Parses and checks a rule written as text, the same language as the
+    /// body of `optimizer!`. Errors carry line and column.
+    ///
+    /// ```
+    /// let rule = lensopt_ir::Rule::parse("Sgd { hyper lr = 0.1; update { p = p - lr * g; } }").unwrap();
+    /// assert_eq!(rule.name, "Sgd");
+    /// let err = lensopt_ir::Rule::parse("Sgd { hyper lr = 0.1; update { p = p - lr * q; } }").unwrap_err();
+    /// assert_eq!(err.to_string(), "1:45: unknown name `q`");
+    /// ```
+    pub fn parse(text: &str) -> Result<Rule, Diagnostics> {
+        let tokens: proc_macro2::TokenStream = text.parse().map_err(|e: proc_macro2::LexError| {
+            let mut d = Diagnostics::default();
+            d.push(e.span(), format!("cannot read the rule: {e}"));
+            d
+        })?;
+        Rule::from_tokens(tokens)
+    }
+
+    /// Parses and checks a rule from tokens (what `optimizer!` receives).
+    pub fn from_tokens(tokens: proc_macro2::TokenStream) -> Result<Rule, Diagnostics> {
+        let decl = crate::parse::parse_tokens(tokens)?;
+        crate::check::check(&decl)
+    }
+
+    /// The node of a value.
+    pub fn node(&self, id: ValueId) -> &Node {
+        &self.nodes[id.index()]
+    }
+
+    /// Index of the hyperparameter called `name`.
+    pub fn hyper_index(&self, name: &str) -> Option<usize> {
+        self.hypers.iter().position(|h| h.name == name)
+    }
+
+    /// Index of the input called `name`.
+    pub fn input_index(&self, name: &str) -> Option<usize> {
+        self.inputs.iter().position(|i| i.name == name)
+    }
+
+    /// Index of the state called `name`.
+    pub fn state_index(&self, name: &str) -> Option<usize> {
+        self.states.iter().position(|s| s.name == name)
+    }
+
+    /// The declared defaults, in declaration order.
+    pub fn default_hypers(&self) -> Vec<HyperValue> {
+        self.hypers.iter().map(|h| h.default).collect()
+    }
+
+    /// Ids of all reductions, in evaluation order.
+    pub fn reductions(&self) -> Vec<ValueId> {
+        (0..self.nodes.len() as u32)
+            .map(ValueId)
+            .filter(|&id| matches!(self.node(id).op, Op::Reduce(..)))
+            .collect()
+    }
+
+    /// Marks every node that `roots` depend on (the roots included).
+    pub fn reachable(&self, roots: &[ValueId]) -> Vec<bool> {
+        let mut live = vec![false; self.nodes.len()];
+        for r in roots {
+            live[r.index()] = true;
+        }
+        for i in (0..self.nodes.len()).rev() {
+            if live[i] {
+                for a in self.nodes[i].op.args() {
+                    live[a.index()] = true;
+                }
+            }
+        }
+        live
+    }
+
+    /// The values the step computes: `p` and the states after the step.
+    pub fn step_roots(&self) -> Vec<ValueId> {
+        let mut roots = vec![self.param_out];
+        roots.extend(self.state_out.iter().copied());
+        roots
+    }
+
+    /// The lower-case name under which the catalog lists the rule.
+    pub fn catalog_name(&self) -> String {
+        self.name.to_lowercase()
+    }
+}
+
+fn op_text(rule: &Rule, op: &Op) -> String {
+    let unary = |u: &UnOp| match u {
+        UnOp::Neg => "neg",
+        UnOp::Sqrt => "sqrt",
+        UnOp::Rsqrt => "rsqrt",
+        UnOp::Abs => "abs",
+        UnOp::Sign => "sign",
+        UnOp::Exp => "exp",
+        UnOp::Ln => "ln",
+        UnOp::Sigmoid => "sigmoid",
+        UnOp::Not => "not",
+    };
+    let binary = |b: &BinOp| match b {
+        BinOp::Add => "add",
+        BinOp::Sub => "sub",
+        BinOp::Mul => "mul",
+        BinOp::Div => "div",
+        BinOp::Pow => "pow",
+        BinOp::Min => "min",
+        BinOp::Max => "max",
+        BinOp::Lt => "lt",
+        BinOp::Le => "le",
+        BinOp::Gt => "gt",
+        BinOp::Ge => "ge",
+        BinOp::Eq => "eq",
+        BinOp::Ne => "ne",
+        BinOp::And => "and",
+        BinOp::Or => "or",
+    };
+    match op {
+        Op::Const(x) => format!("const {x:?}"),
+        Op::ConstBool(b) => format!("const {b}"),
+        Op::Hyper(i) => format!("hyper {}", rule.hypers[*i as usize].name),
+        Op::Step => "t".to_string(),
+        Op::Present(i) => format!("present {}", rule.inputs[*i as usize].name),
+        Op::Numel => "numel".to_string(),
+        Op::Param => "p".to_string(),
+        Op::Grad => "g".to_string(),
+        Op::Input(i) => format!("input {}", rule.inputs[*i as usize].name),
+        Op::State(i) => format!("state {}", rule.states[*i as usize].name),
+        Op::Unary(u, a) => format!("{} {a}", unary(u)),
+        Op::Binary(b, x, y) => format!("{} {x}, {y}", binary(b)),
+        Op::Select(c, a, b) => format!("select {c}, {a}, {b}"),
+        Op::Fma(a, b, c) => format!("fma {a}, {b}, {c}"),
+        Op::Reduce(r, s, a) => {
+            let r = match r {
+                ReduceOp::Sum => "sum",
+                ReduceOp::Mean => "mean",
+                ReduceOp::MaxAbs => "max_abs",
+                ReduceOp::Norm => "norm",
+                ReduceOp::Count => "count",
+            };
+            let s = match s {
+                Scope::Tensor => "tensor",
+                Scope::Global => "global",
+            };
+            format!("reduce.{r}.{s} {a}")
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "rule {}", self.name)?;
+        for h in &self.hypers {
+            writeln!(f, "  hyper {} = {}", h.name, h.default)?;
+        }
+        for i in &self.inputs {
+            let opt = if i.optional { " optional" } else { "" };
+            writeln!(f, "  input {}{opt}", i.name)?;
+        }
+        for s in &self.states {
+            let kind = match s.kind {
+                StateKind::Element => "element",
+                StateKind::Scalar => "scalar",
+            };
+            writeln!(f, "  state {} {kind} init {}", s.name, s.init)?;
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            writeln!(
+                f,
+                "  %{i}: {} {} = {}",
+                n.rate.name(),
+                n.ty.name(),
+                op_text(self, &n.op)
+            )?;
+        }
+        if let Some(v) = self.view {
+            writeln!(f, "  view {v}")?;
+        }
+        writeln!(f, "  out p = {}", self.param_out)?;
+        for (s, v) in self.states.iter().zip(&self.state_out) {
+            writeln!(f, "  out {} = {v}", s.name)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,66 @@
+//! The runtime's error type: every way a call can be refused, as a value.
+
+use lensopt_ir::Diagnostics;
+use std::fmt;
+
+/// Why an optimizer call was refused. Nothing is modified when a call fails.
+#[derive(Clone, Debug)]
+pub enum Error {
+    /// A rule written at run time did not parse or check.
+    Rule(Diagnostics),
+    /// A hyperparameter the rule does not declare.
+    UnknownHyper {
+        /// The optimizer.
+        optimizer: String,
+        /// The name asked for.
+        name: String,
+        /// The names the rule declares.
+        known: Vec<String>,
+    },
+    /// A hyperparameter given a value of the wrong kind (number vs boolean).
+    HyperType {
+        /// The hyperparameter.
+        name: String,
+        /// `"number"` or `"boolean"`.
+        expected: &'static str,
+    },
+    /// Tensors, shapes, lengths, groups or inputs that do not fit together.
+    Mismatch(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Rule(d) => write!(f, "{d}"),
+            Error::UnknownHyper {
+                optimizer,
+                name,
+                known,
+            } => {
+                write!(f, "optimizer `{optimizer}` has no hyperparameter `{name}`")?;
+                if known.is_empty() {
+                    write!(f, " (it has none)")
+                } else {
+                    write!(f, " (it has: {})", known.join(", "))
+                }
+            }
+            Error::HyperType { name, expected } => {
+                write!(f, "hyperparameter `{name}` takes a {expected}")
+            }
+            Error::Mismatch(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<Diagnostics> for Error {
+    fn from(d: Diagnostics) -> Self {
+        Error::Rule(d)
+    }
+}
+
+/// Shorthand for a mismatch error.
+pub(crate) fn mismatch(message: impl Into<String>) -> Error {
+    Error::Mismatch(message.into())
+}

@@ -1,0 +1,69 @@
+//! lensopt: optimizers declared in a small DSL, applied to ndarray tensors.
+//!
+//! Declare an update rule with [`optimizer!`] (checked at compile time) or
+//! parse one at run time with [`Rule::parse`]; either way you get an
+//! [`Optimizer`], whose [`Optimizer::init`] creates the state for a set of
+//! parameter tensors and returns a [`Stepper`] that applies steps.
+//!
+//! ```
+//! use lensopt::{optimizer, Optimizer};
+//! use ndarray::array;
+//!
+//! optimizer! {
+//!     /// Heavy-ball momentum.
+//!     pub Momentum {
+//!         hyper lr = 0.1, mu = 0.9;
+//!         state b = 0;
+//!         update {
+//!             b = mu * b + g;
+//!             p = p - lr * b;
+//!         }
+//!     }
+//! }
+//!
+//! let mut w = array![1.0f64, -2.0];
+//! let mut opt = Momentum::default().lr(0.5).init(&[&w]).unwrap();
+//! let grad = w.clone(); // gradient of |w|^2 / 2
+//! opt.step(&mut [&mut w], &[&grad]).unwrap();
+//! assert_eq!(w, array![0.5, -1.0]);
+//! ```
+//!
+//! The catalog ([`catalog`]) holds the field's optimizers written in the DSL.
+
+extern crate self as lensopt;
+
+pub mod case;
+pub mod catalog;
+mod error;
+mod optimizer;
+mod stepper;
+mod tensor;
+
+pub use error::Error;
+pub use lensopt_ir::{interp, Diagnostic, Diagnostics, Float, HyperValue, Rule};
+pub use lensopt_macros::optimizer;
+pub use optimizer::{DynOptimizer, Group, Optimizer};
+pub use stepper::{Inputs, Stepper};
+pub use tensor::{TensorMut, TensorRef};
+
+/// Support for the code `optimizer!` generates; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Re-parses the rule text the macro already checked.
+    pub fn checked_rule(source: &str) -> Arc<Rule> {
+        match Rule::parse(source) {
+            Ok(rule) => Arc::new(rule),
+            // The macro ran the same front end over the same tokens at compile
+            // time and accepted them, so this cannot fail.
+            Err(e) => unreachable!("optimizer! accepted a rule the front end now rejects: {e}"),
+        }
+    }
+
+    /// The error for a hyperparameter name or type the struct does not have.
+    pub fn bad_hyper(optimizer: &str, rule: &Rule, name: &str, value: HyperValue) -> Error {
+        optimizer::hyper_error(optimizer, rule, name, value)
+    }
+}

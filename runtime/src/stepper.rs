@@ -1,0 +1,281 @@
+//! `Stepper`: the state of an optimizer over a set of tensors, and its steps.
+//!
+//! It owns the per-tensor state, the parameter groups' hyperparameters and
+//! the step counter. Every call validates its arguments (counts, shapes,
+//! layouts, inputs) completely before touching anything, so a refused call
+//! leaves parameters and state as they were.
+
+use crate::error::{mismatch, Error};
+use crate::optimizer::{hyper_slot, resolve_groups, Group};
+use crate::tensor::{TensorMut, TensorRef};
+use lensopt_ir::interp::{self, StateBuf, StepTensor};
+use lensopt_ir::{Float, HyperValue, Rule, StateKind};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use std::sync::Arc;
+
+/// Extra per-element inputs for one step (a Hessian-diagonal estimate, a
+/// second gradient...), by the names the rule declares, one tensor per parameter.
+pub struct Inputs<'a, F> {
+    items: Vec<(String, Vec<&'a dyn TensorRef<F>>)>,
+}
+
+impl<F> Default for Inputs<'_, F> {
+    fn default() -> Self {
+        Inputs { items: Vec::new() }
+    }
+}
+
+impl<'a, F> Inputs<'a, F> {
+    /// No extra inputs.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds input `name`, one tensor per parameter tensor.
+    #[must_use]
+    pub fn with(mut self, name: &str, tensors: Vec<&'a dyn TensorRef<F>>) -> Self {
+        self.items.push((name.to_string(), tensors));
+        self
+    }
+}
+
+/// An optimizer's state over a fixed list of parameter tensors.
+pub struct Stepper<F: Float> {
+    rule: Arc<Rule>,
+    groups: Vec<Vec<HyperValue>>,
+    group_of: Vec<usize>,
+    shapes: Vec<Vec<usize>>,
+    state: Vec<Vec<StateBuf<F>>>,
+    t: u64,
+}
+
+fn elements<'a, F>(what: &str, index: usize, tensor: &'a dyn TensorRef<F>, shape: &[usize]) -> Result<&'a [F], Error> {
+    if tensor.shape() != shape {
+        return Err(mismatch(format!(
+            "{what} {index} has shape {:?}, but parameter {index} has shape {shape:?}",
+            tensor.shape()
+        )));
+    }
+    tensor.elements().ok_or_else(|| {
+        mismatch(format!(
+            "{what} {index} is not contiguous in standard (row-major) order"
+        ))
+    })
+}
+
+impl<F: Float> Stepper<F> {
+    pub(crate) fn new(
+        rule: Arc<Rule>,
+        base: Vec<HyperValue>,
+        params: &[&dyn TensorRef<F>],
+        groups: &[Group],
+    ) -> Result<Self, Error> {
+        let (groups, group_of) = resolve_groups(&rule, &base, params.len(), groups)?;
+        let shapes: Vec<Vec<usize>> = params.iter().map(|p| p.shape().to_vec()).collect();
+        let mut state = Vec::with_capacity(params.len());
+        for (i, p) in params.iter().enumerate() {
+            let data = elements("parameter", i, *p, &shapes[i])?;
+            state.push(interp::init_state(&rule, &groups[group_of[i]], data));
+        }
+        Ok(Stepper {
+            rule,
+            groups,
+            group_of,
+            shapes,
+            state,
+            t: 0,
+        })
+    }
+
+    /// One step with gradients only.
+    pub fn step(&mut self, params: &mut [&mut dyn TensorMut<F>], grads: &[&dyn TensorRef<F>]) -> Result<(), Error> {
+        self.step_with(params, grads, &Inputs::new())
+    }
+
+    /// One step with gradients and extra inputs.
+    pub fn step_with(
+        &mut self,
+        params: &mut [&mut dyn TensorMut<F>],
+        grads: &[&dyn TensorRef<F>],
+        inputs: &Inputs<'_, F>,
+    ) -> Result<(), Error> {
+        let n = self.shapes.len();
+        if params.len() != n || grads.len() != n {
+            return Err(mismatch(format!(
+                "the optimizer holds {n} tensors, but the step got {} parameters and {} gradients",
+                params.len(),
+                grads.len()
+            )));
+        }
+        for (name, _) in &inputs.items {
+            if self.rule.input_index(name).is_none() {
+                return Err(mismatch(format!(
+                    "optimizer `{}` takes no input `{name}`",
+                    self.rule.name
+                )));
+            }
+        }
+        // Per rule input: the supplied tensors, if any.
+        let mut supplied: Vec<Option<&Vec<&dyn TensorRef<F>>>> = Vec::new();
+        for decl in &self.rule.inputs {
+            let found = inputs.items.iter().find(|(name, _)| *name == decl.name);
+            match found {
+                Some((_, tensors)) if tensors.len() != n => {
+                    return Err(mismatch(format!(
+                        "input `{}` has {} tensors, but there are {n} parameters",
+                        decl.name,
+                        tensors.len()
+                    )))
+                }
+                None if !decl.optional => {
+                    return Err(mismatch(format!(
+                        "optimizer `{}` needs input `{}` at every step",
+                        self.rule.name, decl.name
+                    )))
+                }
+                _ => {}
+            }
+            supplied.push(found.map(|(_, t)| t));
+        }
+        let present: Vec<bool> = supplied.iter().map(Option::is_some).collect();
+        let mut grad_data = Vec::with_capacity(n);
+        let mut input_data: Vec<Vec<Option<&[F]>>> = Vec::with_capacity(n);
+        for i in 0..n {
+            grad_data.push(elements("gradient", i, grads[i], &self.shapes[i])?);
+            let mut row = Vec::with_capacity(supplied.len());
+            for (decl, tensors) in self.rule.inputs.iter().zip(&supplied) {
+                row.push(match tensors {
+                    Some(t) => Some(elements(&format!("input `{}`", decl.name), i, t[i], &self.shapes[i])?),
+                    None => None,
+                });
+            }
+            input_data.push(row);
+        }
+        for (i, p) in params.iter_mut().enumerate() {
+            elements("parameter", i, &**p, &self.shapes[i])?;
+        }
+        let mut tensors: Vec<StepTensor<'_, F>> = Vec::with_capacity(n);
+        for ((((p, g), inputs), state), group) in params
+            .iter_mut()
+            .zip(grad_data)
+            .zip(input_data)
+            .zip(self.state.iter_mut())
+            .zip(&self.group_of)
+        {
+            let param = p
+                .elements_mut()
+                .ok_or_else(|| mismatch("a parameter is not contiguous"))?;
+            tensors.push(StepTensor {
+                param,
+                grad: g,
+                inputs,
+                state,
+                hypers: &self.groups[*group],
+            });
+        }
+        interp::step(&self.rule, self.t + 1, &present, &mut tensors).map_err(|e| mismatch(e.0))?;
+        self.t += 1;
+        Ok(())
+    }
+
+    /// What the model should see of each parameter before the next step:
+    /// the rule's `view` (e.g. Nesterov's look-ahead), or the parameters themselves.
+    pub fn view(&self, params: &[&dyn TensorRef<F>]) -> Result<Vec<ArrayD<F>>, Error> {
+        if params.len() != self.shapes.len() {
+            return Err(mismatch(format!(
+                "the optimizer holds {} tensors, but the view got {}",
+                self.shapes.len(),
+                params.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(params.len());
+        for (i, p) in params.iter().enumerate() {
+            let data = elements("parameter", i, *p, &self.shapes[i])?;
+            let hypers = &self.groups[self.group_of[i]];
+            let values = interp::view(&self.rule, self.t + 1, hypers, data, &self.state[i]);
+            out.push(
+                ArrayD::from_shape_vec(IxDyn(&self.shapes[i]), values)
+                    .map_err(|e| mismatch(e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The rule being applied.
+    pub fn rule(&self) -> &Arc<Rule> {
+        &self.rule
+    }
+
+    /// Steps taken so far (the next step is `t() + 1`).
+    pub fn t(&self) -> u64 {
+        self.t
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.shapes.len()
+    }
+
+    /// True when the optimizer holds no tensors.
+    pub fn is_empty(&self) -> bool {
+        self.shapes.is_empty()
+    }
+
+    /// Number of parameter groups.
+    pub fn num_groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The value of hyperparameter `name` in group `group`.
+    pub fn hyper(&self, group: usize, name: &str) -> Option<HyperValue> {
+        let index = self.rule.hyper_index(name)?;
+        self.groups.get(group).map(|g| g[index])
+    }
+
+    /// Sets a hyperparameter in every group (a schedule, say), for the following steps.
+    pub fn set_hyper(&mut self, name: &str, value: impl Into<HyperValue>) -> Result<(), Error> {
+        let value = value.into();
+        let index = hyper_slot(&self.rule, name, value)?;
+        for g in &mut self.groups {
+            g[index] = value;
+        }
+        Ok(())
+    }
+
+    /// Sets a hyperparameter in one group, for the following steps.
+    pub fn set_group_hyper(&mut self, group: usize, name: &str, value: impl Into<HyperValue>) -> Result<(), Error> {
+        let value = value.into();
+        let index = hyper_slot(&self.rule, name, value)?;
+        let groups = self.groups.len();
+        let g = self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| mismatch(format!("no group {group}: there are {groups}")))?;
+        g[index] = value;
+        Ok(())
+    }
+
+    /// Per-element state `name` of tensor `tensor`, shaped like the parameter.
+    pub fn state(&self, tensor: usize, name: &str) -> Option<ArrayViewD<'_, F>> {
+        let s = self.rule.state_index(name)?;
+        if self.rule.states[s].kind != StateKind::Element {
+            return None;
+        }
+        let buf = self.state.get(tensor)?[s].elements();
+        ArrayViewD::from_shape(IxDyn(&self.shapes[tensor]), buf).ok()
+    }
+
+    /// Scalar state `name` of tensor `tensor`.
+    pub fn scalar_state(&self, tensor: usize, name: &str) -> Option<f64> {
+        let s = self.rule.state_index(name)?;
+        match self.state.get(tensor)?[s] {
+            StateBuf::Scalar(x) => Some(x),
+            StateBuf::Element(_) => None,
+        }
+    }
+
+    /// The shape of tensor `tensor`.
+    pub fn shape(&self, tensor: usize) -> Option<&[usize]> {
+        self.shapes.get(tensor).map(Vec::as_slice)
+    }
+}
