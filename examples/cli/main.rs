@@ -1,1 +1,90 @@
-fn main(){}
+//! `lensopt`: the command-line tool.
+//!
+//! - `lensopt apply`: replay a conformance case (JSON) through an optimizer;
+//! - `lensopt check`: parse and check a rule file, print its IR or its errors;
+//! - `lensopt list`: the catalog;
+//! - `lensopt demo`: minimise the Rosenbrock function with catalog optimizers
+//!   and a rule written as text, and print a table.
+//!
+//! Misuse (bad flags, unreadable or malformed input, unknown names,
+//! mismatched lengths) exits with status 2 and a one-line message on stderr.
+
+mod apply;
+mod check;
+mod demo;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "lensopt", version, about = "Optimizers declared in a DSL, compiled to fused kernels")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay a conformance case through an optimizer and write the parameters after each step.
+    Apply(apply::Args),
+    /// Parse and check a rule file; print its IR, or its errors with line and column.
+    Check(check::Args),
+    /// List the catalog's optimizers with their hyperparameters.
+    List,
+    /// Minimise the Rosenbrock function with several optimizers and print a table.
+    Demo(demo::Args),
+}
+
+/// A failure to report: message and exit status.
+pub struct Failure {
+    /// One line for stderr.
+    pub message: String,
+    /// 2 for misuse and bad input, 1 for a rule that does not check.
+    pub status: u8,
+}
+
+impl Failure {
+    /// Misuse or bad input: exit status 2.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            status: 2,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Apply(args) => apply::run(&args),
+        Command::Check(args) => check::run(&args),
+        Command::List => {
+            list();
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("lensopt: error: {}", f.message);
+            }
+            ExitCode::from(f.status)
+        }
+    }
+}
+
+fn list() {
+    use lensopt::Optimizer;
+    for name in lensopt::catalog::names() {
+        let opt = lensopt::catalog::get(name).expect("listed names exist");
+        let rule = opt.rule();
+        let hypers: Vec<String> = rule
+            .hypers
+            .iter()
+            .map(|h| format!("{}={}", h.name, h.default))
+            .collect();
+        println!("{name:<11} {}", hypers.join(" "));
+    }
+}

@@ -37,6 +37,40 @@ impl Diagnostic {
     }
 }
 
+impl Diagnostic {
+    /// Renders the diagnostic as a compiler does, with the source line and a caret:
+    ///
+    /// ```text
+    /// error: unknown name `q`
+    ///  --> rule.lo:3:22
+    ///   |
+    /// 3 |     p = p - lr * q;
+    ///   |                  ^
+    /// ```
+    pub fn render(&self, source: &str, file: &str) -> String {
+        let (line, column) = (self.line(), self.column());
+        let mut out = format!("error: {}\n --> {file}:{line}:{column}\n", self.message);
+        if let Some(text) = source.lines().nth(line.saturating_sub(1)) {
+            let gutter = line.to_string().len();
+            let pad = " ".repeat(gutter);
+            let caret_at: String = text
+                .chars()
+                .take(column.saturating_sub(1))
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            let start = self.span.start();
+            let end = self.span.end();
+            let width = if end.line == start.line && end.column > start.column {
+                end.column - start.column
+            } else {
+                1
+            };
+            out.push_str(&format!("{pad} |\n{line} | {text}\n{pad} | {caret_at}{}\n", "^".repeat(width)));
+        }
+        out
+    }
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}: {}", self.line(), self.column(), self.message)

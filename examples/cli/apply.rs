@@ -1,0 +1,90 @@
+//! `lensopt apply`: the conformance interface of `tests/golden/README.md`.
+
+use crate::Failure;
+use lensopt::case::{self, Case};
+use lensopt::{DynOptimizer, HyperValue, Optimizer};
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+
+/// Flags of `lensopt apply`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The case to replay (JSON: p0, grads, optional hessians / hessian_grads, dtype, lensopt).
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write `{"params_after": [...], "state": {...}}`.
+    #[arg(long)]
+    output: PathBuf,
+    /// Use this catalog optimizer instead of the case's `lensopt.optimizer`.
+    #[arg(long, conflicts_with = "rule")]
+    optimizer: Option<String>,
+    /// Use the rule in this file instead of a catalog optimizer.
+    #[arg(long)]
+    rule: Option<PathBuf>,
+    /// Override a hyperparameter, `name=value` (repeatable; booleans as true/false).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+}
+
+/// Runs `lensopt apply`.
+pub fn run(args: &Args) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(&args.input)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.input.display())))?;
+    let case = Case::from_json(&text).map_err(|e| Failure::usage(format!("{}: {e}", args.input.display())))?;
+    let mut opt = optimizer(args, &case)?;
+    // The case's own hyperparameters apply only to the optimizer it names.
+    let case_hypers_apply = args.rule.is_none() && args.optimizer.is_none();
+    if case_hypers_apply {
+        for (name, value) in &case.hyper {
+            case::set_hyper(&mut opt, name, *value).map_err(|e| Failure::usage(e.to_string()))?;
+        }
+    }
+    for item in &args.set {
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| Failure::usage(format!("--set takes name=value, got `{item}`")))?;
+        let value = HyperValue::parse(value)
+            .ok_or_else(|| Failure::usage(format!("--set {name}: `{value}` is not a number, `true` or `false`")))?;
+        case::set_hyper(&mut opt, name.trim(), value).map_err(|e| Failure::usage(e.to_string()))?;
+    }
+    let replay = case::run(&case, &opt).map_err(|e| Failure::usage(e.to_string()))?;
+    let mut state = Map::new();
+    for (name, values) in &replay.state {
+        state.insert(name.clone(), json!(values));
+    }
+    let rule = opt.rule();
+    let out = json!({
+        "optimizer": rule.catalog_name(),
+        "dtype": match case.dtype { case::Dtype::F32 => "float32", case::Dtype::F64 => "float64" },
+        "params_after": replay.params_after,
+        "state": Value::Object(state),
+    });
+    let text = serde_json::to_string(&out).map_err(|e| Failure::usage(e.to_string()))?;
+    std::fs::write(&args.output, text + "\n")
+        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", args.output.display())))?;
+    Ok(())
+}
+
+fn optimizer(args: &Args, case: &Case) -> Result<DynOptimizer, Failure> {
+    if let Some(path) = &args.rule {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+        return lensopt::Rule::parse(&source)
+            .map(|rule| DynOptimizer::from_rule(std::sync::Arc::new(rule)))
+            .map_err(|d| {
+                let first = d.first().map_or_else(String::new, |x| x.to_string());
+                Failure::usage(format!("{}:{first}", path.display()))
+            });
+    }
+    let name = args
+        .optimizer
+        .clone()
+        .or_else(|| case.optimizer.clone())
+        .ok_or_else(|| Failure::usage("the case names no optimizer: pass --optimizer NAME or --rule FILE"))?;
+    lensopt::catalog::get(&name.to_lowercase()).ok_or_else(|| {
+        Failure::usage(format!(
+            "unknown optimizer `{name}` (the catalog has: {})",
+            lensopt::catalog::names().join(", ")
+        ))
+    })
+}

@@ -1,0 +1,34 @@
+//! `lensopt check`: parse and check a rule file from the shell.
+
+use crate::Failure;
+use std::path::PathBuf;
+
+/// Flags of `lensopt check`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The rule file (the same language as the body of `optimizer!`).
+    rule: PathBuf,
+}
+
+/// Runs `lensopt check`: prints the IR, or every diagnostic with its source line.
+pub fn run(args: &Args) -> Result<(), Failure> {
+    let source = std::fs::read_to_string(&args.rule)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.rule.display())))?;
+    match lensopt::Rule::parse(&source) {
+        Ok(rule) => {
+            print!("{rule}");
+            Ok(())
+        }
+        Err(diags) => {
+            let file = args.rule.display().to_string();
+            for d in &diags.items {
+                eprintln!("{}", d.render(&source, &file));
+            }
+            let n = diags.items.len();
+            Err(Failure {
+                message: format!("{file}: {n} error{}", if n == 1 { "" } else { "s" }),
+                status: 1,
+            })
+        }
+    }
+}

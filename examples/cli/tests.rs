@@ -1,0 +1,144 @@
+//! The `lensopt` command line, driven as a user drives it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn lensopt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lensopt"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn golden(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/golden")
+        .join(name)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lensopt-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn params_after(path: &Path) -> Vec<Vec<f64>> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    serde_json::from_value(v["params_after"].clone()).unwrap()
+}
+
+#[test]
+fn apply_reproduces_a_golden_case() {
+    let input = golden("adan_clip.json");
+    let output = scratch("adan_clip.out.json");
+    let out = lensopt(&["apply", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ours = params_after(&output);
+    let reference = params_after(&input);
+    assert_eq!(ours.len(), 5);
+    for (a, b) in ours.iter().flatten().zip(reference.iter().flatten()) {
+        assert!((a - b).abs() <= 1e-6 + 1e-6 * b.abs(), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn apply_writes_f32_cases_exactly_as_f32_values() {
+    let input = golden("lion.f32.json");
+    let output = scratch("lion.f32.out.json");
+    let out = lensopt(&["apply", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for x in params_after(&output).iter().flatten() {
+        assert_eq!(f64::from(*x as f32), *x, "{x} is not an f32 value");
+    }
+}
+
+#[test]
+fn apply_overrides_optimizer_rule_and_hyperparameters() {
+    let input = golden("sgd.json");
+    let rule = scratch("plain_sgd.lo");
+    std::fs::write(&rule, "Plain { hyper lr = 0.5; update { p = p - lr * g; } }").unwrap();
+    let output = scratch("sgd_rule.out.json");
+    let out = lensopt(&[
+        "apply", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(),
+        "--rule", rule.to_str().unwrap(), "--set", "lr=0.25",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&input).unwrap();
+    let case: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let p0: Vec<f64> = serde_json::from_value(case["p0"].clone()).unwrap();
+    let g0: Vec<f64> = serde_json::from_value(case["grads"][0].clone()).unwrap();
+    let first = &params_after(&output)[0];
+    for i in 0..p0.len() {
+        assert_eq!(first[i], p0[i] - 0.25 * g0[i]);
+    }
+    let output = scratch("sgd_as_adam.out.json");
+    let out = lensopt(&[
+        "apply", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(),
+        "--optimizer", "adam", "--set", "amsgrad=true",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn assert_usage_error(args: &[&str], expect: &str) {
+    let out = lensopt(args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert!(err.contains(expect), "`{expect}` not in: {err}");
+}
+
+#[test]
+fn apply_refuses_bad_input_with_status_2() {
+    let output = scratch("refused.json");
+    let out_path = output.to_str().unwrap();
+    let adam = golden("adam.json");
+    let adam = adam.to_str().unwrap();
+    assert_usage_error(&["apply", "--input", adam, "--output", out_path, "--optimizer", "adamx"], "unknown optimizer `adamx`");
+    assert_usage_error(&["apply", "--input", adam, "--output", out_path, "--set", "momentum=0.9"], "no hyperparameter `momentum`");
+    assert_usage_error(&["apply", "--input", adam, "--output", out_path, "--set", "amsgrad=0.5"], "takes a boolean");
+    let malformed = scratch("malformed.json");
+    std::fs::write(&malformed, "{\"p0\": [1.0, 2.0], \"grads\": [[0.1, ").unwrap();
+    assert_usage_error(&["apply", "--input", malformed.to_str().unwrap(), "--output", out_path], "malformed JSON");
+    let short = scratch("short.json");
+    std::fs::write(&short, r#"{"lensopt": {"optimizer": "sgd", "hyper": {}}, "p0": [1.0, 2.0], "grads": [[0.1, 0.2], [0.3]]}"#).unwrap();
+    assert_usage_error(&["apply", "--input", short.to_str().unwrap(), "--output", out_path], "`grads[1]` has 1 elements");
+    let unknown_hyper = scratch("unknown_hyper.json");
+    std::fs::write(&unknown_hyper, r#"{"lensopt": {"optimizer": "sgd", "hyper": {"lr": 0.1, "beta9": 1}}, "p0": [1.0], "grads": [[0.1]]}"#).unwrap();
+    assert_usage_error(&["apply", "--input", unknown_hyper.to_str().unwrap(), "--output", out_path], "no hyperparameter `beta9`");
+    assert_usage_error(&["apply", "--input", "/nonexistent/case.json", "--output", out_path], "cannot read");
+    assert!(!output.exists(), "a refused call writes nothing");
+}
+
+#[test]
+fn check_prints_the_ir_or_the_diagnostics() {
+    let good = scratch("good.lo");
+    std::fs::write(&good, "Sgd { hyper lr = 0.1; update { p = p - lr * g; } }").unwrap();
+    let out = lensopt(&["check", good.to_str().unwrap()]);
+    assert!(out.status.success());
+    let ir = String::from_utf8_lossy(&out.stdout);
+    assert!(ir.starts_with("rule Sgd\n"), "{ir}");
+    assert!(ir.contains("out p = "), "{ir}");
+
+    let bad = scratch("bad.lo");
+    std::fs::write(&bad, "Sgd {\n    hyper lr = 0.1;\n    update {\n        p = p - lr * q;\n        lr = 1;\n    }\n}\n").unwrap();
+    let out = lensopt(&["check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("bad.lo:4:22"), "{err}");
+    assert!(err.contains("unknown name `q`"), "{err}");
+    assert!(err.contains("bad.lo:5:9"), "{err}");
+    assert!(err.contains("cannot assign to hyperparameter `lr`"), "{err}");
+    assert!(err.contains("2 errors"), "{err}");
+}
+
+#[test]
+fn misuse_of_the_command_line_exits_2() {
+    let out = lensopt(&["apply", "--input"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = lensopt(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+}

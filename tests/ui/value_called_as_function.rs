@@ -1,0 +1,10 @@
+lensopt::optimizer! {
+    pub Bad {
+        hyper lr = 0.1;
+        update {
+            p = p - lr(g);
+        }
+    }
+}
+
+fn main() {}
