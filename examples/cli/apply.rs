@@ -30,7 +30,8 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<(), Failure> {
     let text = std::fs::read_to_string(&args.input)
         .map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.input.display())))?;
-    let case = Case::from_json(&text).map_err(|e| Failure::usage(format!("{}: {e}", args.input.display())))?;
+    let case = Case::from_json(&text)
+        .map_err(|e| Failure::usage(format!("{}: {e}", args.input.display())))?;
     let mut opt = optimizer(args, &case)?;
     // The case's own hyperparameters apply only to the optimizer it names.
     let case_hypers_apply = args.rule.is_none() && args.optimizer.is_none();
@@ -43,8 +44,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         let (name, value) = item
             .split_once('=')
             .ok_or_else(|| Failure::usage(format!("--set takes name=value, got `{item}`")))?;
-        let value = HyperValue::parse(value)
-            .ok_or_else(|| Failure::usage(format!("--set {name}: `{value}` is not a number, `true` or `false`")))?;
+        let value = HyperValue::parse(value).ok_or_else(|| {
+            Failure::usage(format!(
+                "--set {name}: `{value}` is not a number, `true` or `false`"
+            ))
+        })?;
         case::set_hyper(&mut opt, name.trim(), value).map_err(|e| Failure::usage(e.to_string()))?;
     }
     let replay = case::run(&case, &opt).map_err(|e| Failure::usage(e.to_string()))?;
@@ -80,7 +84,9 @@ fn optimizer(args: &Args, case: &Case) -> Result<DynOptimizer, Failure> {
         .optimizer
         .clone()
         .or_else(|| case.optimizer.clone())
-        .ok_or_else(|| Failure::usage("the case names no optimizer: pass --optimizer NAME or --rule FILE"))?;
+        .ok_or_else(|| {
+            Failure::usage("the case names no optimizer: pass --optimizer NAME or --rule FILE")
+        })?;
     lensopt::catalog::get(&name.to_lowercase()).ok_or_else(|| {
         Failure::usage(format!(
             "unknown optimizer `{name}` (the catalog has: {})",

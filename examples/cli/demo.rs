@@ -33,7 +33,10 @@ Yogi {
 fn rosenbrock(x: &Array1<f64>) -> (f64, Array1<f64>) {
     let (a, b) = (x[0], x[1]);
     let loss = (1.0 - a).powi(2) + 100.0 * (b - a * a).powi(2);
-    let grad = array![-2.0 * (1.0 - a) - 400.0 * a * (b - a * a), 200.0 * (b - a * a)];
+    let grad = array![
+        -2.0 * (1.0 - a) - 400.0 * a * (b - a * a),
+        200.0 * (b - a * a)
+    ];
     (loss, grad)
 }
 
@@ -63,7 +66,11 @@ fn run_one(opt: &DynOptimizer, steps: usize) -> Result<Outcome, lensopt::Error> 
     };
     Ok(Outcome {
         lr,
-        final_loss: if final_loss.is_finite() { final_loss } else { f64::INFINITY },
+        final_loss: if final_loss.is_finite() {
+            final_loss
+        } else {
+            f64::INFINITY
+        },
         best_loss: best.min(final_loss),
         distance: ((x[0] - 1.0).powi(2) + (x[1] - 1.0).powi(2)).sqrt(),
         micros_per_step: elapsed * 1e6 / steps as f64,
@@ -77,14 +84,23 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let catalog = |name: &str| lensopt::catalog::get(name).expect("catalog entry");
     contestants.push((
         "sgd (nesterov 0.9)".into(),
-        catalog("sgd").with("momentum", 0.9).and_then(|o| o.with("nesterov", true)).map_err(fail)?,
+        catalog("sgd")
+            .with("momentum", 0.9)
+            .and_then(|o| o.with("nesterov", true))
+            .map_err(fail)?,
     ));
     contestants.push(("adam".into(), catalog("adam")));
     contestants.push(("lion".into(), catalog("lion")));
     contestants.push(("adan".into(), catalog("adan")));
-    contestants.push(("yogi (text rule)".into(), DynOptimizer::parse(YOGI).map_err(fail)?));
+    contestants.push((
+        "yogi (text rule)".into(),
+        DynOptimizer::parse(YOGI).map_err(fail)?,
+    ));
     let lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
-    println!("Rosenbrock from (-1.2, 1), {} steps, best learning rate of {:?}", args.steps, lrs);
+    println!(
+        "Rosenbrock from (-1.2, 1), {} steps, best learning rate of {:?}",
+        args.steps, lrs
+    );
     println!(
         "{:<20} {:>8} {:>12} {:>12} {:>12} {:>9}",
         "optimizer", "lr", "final loss", "best loss", "|x - x*|", "us/step"
@@ -94,7 +110,10 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         for lr in lrs {
             let opt = opt.clone().with("lr", lr).map_err(fail)?;
             let outcome = run_one(&opt, args.steps).map_err(fail)?;
-            if best.as_ref().is_none_or(|b| outcome.final_loss < b.final_loss) {
+            if best
+                .as_ref()
+                .is_none_or(|b| outcome.final_loss < b.final_loss)
+            {
                 best = Some(outcome);
             }
         }

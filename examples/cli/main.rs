@@ -17,7 +17,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "lensopt", version, about = "Optimizers declared in a DSL, compiled to fused kernels")]
+#[command(
+    name = "lensopt",
+    version,
+    about = "Optimizers declared in a DSL, compiled to fused kernels"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -27,7 +27,8 @@ fn stderr(out: &Output) -> String {
 }
 
 fn params_after(path: &Path) -> Vec<Vec<f64>> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     serde_json::from_value(v["params_after"].clone()).unwrap()
 }
 
@@ -35,7 +36,13 @@ fn params_after(path: &Path) -> Vec<Vec<f64>> {
 fn apply_reproduces_a_golden_case() {
     let input = golden("adan_clip.json");
     let output = scratch("adan_clip.out.json");
-    let out = lensopt(&["apply", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    let out = lensopt(&[
+        "apply",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let ours = params_after(&output);
     let reference = params_after(&input);
@@ -49,7 +56,13 @@ fn apply_reproduces_a_golden_case() {
 fn apply_writes_f32_cases_exactly_as_f32_values() {
     let input = golden("lion.f32.json");
     let output = scratch("lion.f32.out.json");
-    let out = lensopt(&["apply", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    let out = lensopt(&[
+        "apply",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     for x in params_after(&output).iter().flatten() {
         assert_eq!(f64::from(*x as f32), *x, "{x} is not an f32 value");
@@ -60,11 +73,22 @@ fn apply_writes_f32_cases_exactly_as_f32_values() {
 fn apply_overrides_optimizer_rule_and_hyperparameters() {
     let input = golden("sgd.json");
     let rule = scratch("plain_sgd.lo");
-    std::fs::write(&rule, "Plain { hyper lr = 0.5; update { p = p - lr * g; } }").unwrap();
+    std::fs::write(
+        &rule,
+        "Plain { hyper lr = 0.5; update { p = p - lr * g; } }",
+    )
+    .unwrap();
     let output = scratch("sgd_rule.out.json");
     let out = lensopt(&[
-        "apply", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(),
-        "--rule", rule.to_str().unwrap(), "--set", "lr=0.25",
+        "apply",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--rule",
+        rule.to_str().unwrap(),
+        "--set",
+        "lr=0.25",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = std::fs::read_to_string(&input).unwrap();
@@ -77,8 +101,15 @@ fn apply_overrides_optimizer_rule_and_hyperparameters() {
     }
     let output = scratch("sgd_as_adam.out.json");
     let out = lensopt(&[
-        "apply", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(),
-        "--optimizer", "adam", "--set", "amsgrad=true",
+        "apply",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--optimizer",
+        "adam",
+        "--set",
+        "amsgrad=true",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
@@ -87,7 +118,11 @@ fn assert_usage_error(args: &[&str], expect: &str) {
     let out = lensopt(args);
     assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
     let err = stderr(&out);
-    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
     assert!(err.contains(expect), "`{expect}` not in: {err}");
 }
 
@@ -97,19 +132,88 @@ fn apply_refuses_bad_input_with_status_2() {
     let out_path = output.to_str().unwrap();
     let adam = golden("adam.json");
     let adam = adam.to_str().unwrap();
-    assert_usage_error(&["apply", "--input", adam, "--output", out_path, "--optimizer", "adamx"], "unknown optimizer `adamx`");
-    assert_usage_error(&["apply", "--input", adam, "--output", out_path, "--set", "momentum=0.9"], "no hyperparameter `momentum`");
-    assert_usage_error(&["apply", "--input", adam, "--output", out_path, "--set", "amsgrad=0.5"], "takes a boolean");
+    assert_usage_error(
+        &[
+            "apply",
+            "--input",
+            adam,
+            "--output",
+            out_path,
+            "--optimizer",
+            "adamx",
+        ],
+        "unknown optimizer `adamx`",
+    );
+    assert_usage_error(
+        &[
+            "apply",
+            "--input",
+            adam,
+            "--output",
+            out_path,
+            "--set",
+            "momentum=0.9",
+        ],
+        "no hyperparameter `momentum`",
+    );
+    assert_usage_error(
+        &[
+            "apply",
+            "--input",
+            adam,
+            "--output",
+            out_path,
+            "--set",
+            "amsgrad=0.5",
+        ],
+        "takes a boolean",
+    );
     let malformed = scratch("malformed.json");
     std::fs::write(&malformed, "{\"p0\": [1.0, 2.0], \"grads\": [[0.1, ").unwrap();
-    assert_usage_error(&["apply", "--input", malformed.to_str().unwrap(), "--output", out_path], "malformed JSON");
+    assert_usage_error(
+        &[
+            "apply",
+            "--input",
+            malformed.to_str().unwrap(),
+            "--output",
+            out_path,
+        ],
+        "malformed JSON",
+    );
     let short = scratch("short.json");
     std::fs::write(&short, r#"{"lensopt": {"optimizer": "sgd", "hyper": {}}, "p0": [1.0, 2.0], "grads": [[0.1, 0.2], [0.3]]}"#).unwrap();
-    assert_usage_error(&["apply", "--input", short.to_str().unwrap(), "--output", out_path], "`grads[1]` has 1 elements");
+    assert_usage_error(
+        &[
+            "apply",
+            "--input",
+            short.to_str().unwrap(),
+            "--output",
+            out_path,
+        ],
+        "`grads[1]` has 1 elements",
+    );
     let unknown_hyper = scratch("unknown_hyper.json");
     std::fs::write(&unknown_hyper, r#"{"lensopt": {"optimizer": "sgd", "hyper": {"lr": 0.1, "beta9": 1}}, "p0": [1.0], "grads": [[0.1]]}"#).unwrap();
-    assert_usage_error(&["apply", "--input", unknown_hyper.to_str().unwrap(), "--output", out_path], "no hyperparameter `beta9`");
-    assert_usage_error(&["apply", "--input", "/nonexistent/case.json", "--output", out_path], "cannot read");
+    assert_usage_error(
+        &[
+            "apply",
+            "--input",
+            unknown_hyper.to_str().unwrap(),
+            "--output",
+            out_path,
+        ],
+        "no hyperparameter `beta9`",
+    );
+    assert_usage_error(
+        &[
+            "apply",
+            "--input",
+            "/nonexistent/case.json",
+            "--output",
+            out_path,
+        ],
+        "cannot read",
+    );
     assert!(!output.exists(), "a refused call writes nothing");
 }
 
@@ -131,7 +235,10 @@ fn check_prints_the_ir_or_the_diagnostics() {
     assert!(err.contains("bad.lo:4:22"), "{err}");
     assert!(err.contains("unknown name `q`"), "{err}");
     assert!(err.contains("bad.lo:5:9"), "{err}");
-    assert!(err.contains("cannot assign to hyperparameter `lr`"), "{err}");
+    assert!(
+        err.contains("cannot assign to hyperparameter `lr`"),
+        "{err}"
+    );
     assert!(err.contains("2 errors"), "{err}");
 }
 

@@ -44,15 +44,39 @@ pub const BUILTINS: &[(&str, Builtin, usize)] = &[
     ("numel", Builtin::Numel, 0),
     ("sum", Builtin::Reduce(ReduceOp::Sum, Scope::Tensor), 1),
     ("mean", Builtin::Reduce(ReduceOp::Mean, Scope::Tensor), 1),
-    ("max_abs", Builtin::Reduce(ReduceOp::MaxAbs, Scope::Tensor), 1),
+    (
+        "max_abs",
+        Builtin::Reduce(ReduceOp::MaxAbs, Scope::Tensor),
+        1,
+    ),
     ("norm", Builtin::Reduce(ReduceOp::Norm, Scope::Tensor), 1),
     ("count", Builtin::Reduce(ReduceOp::Count, Scope::Tensor), 1),
     ("dot", Builtin::Dot(Scope::Tensor), 2),
-    ("global_sum", Builtin::Reduce(ReduceOp::Sum, Scope::Global), 1),
-    ("global_mean", Builtin::Reduce(ReduceOp::Mean, Scope::Global), 1),
-    ("global_max_abs", Builtin::Reduce(ReduceOp::MaxAbs, Scope::Global), 1),
-    ("global_norm", Builtin::Reduce(ReduceOp::Norm, Scope::Global), 1),
-    ("global_count", Builtin::Reduce(ReduceOp::Count, Scope::Global), 1),
+    (
+        "global_sum",
+        Builtin::Reduce(ReduceOp::Sum, Scope::Global),
+        1,
+    ),
+    (
+        "global_mean",
+        Builtin::Reduce(ReduceOp::Mean, Scope::Global),
+        1,
+    ),
+    (
+        "global_max_abs",
+        Builtin::Reduce(ReduceOp::MaxAbs, Scope::Global),
+        1,
+    ),
+    (
+        "global_norm",
+        Builtin::Reduce(ReduceOp::Norm, Scope::Global),
+        1,
+    ),
+    (
+        "global_count",
+        Builtin::Reduce(ReduceOp::Count, Scope::Global),
+        1,
+    ),
     ("global_dot", Builtin::Dot(Scope::Global), 2),
 ];
 

@@ -150,7 +150,10 @@ impl Checker<'_> {
         if builtins::lookup(&name.text).is_some() {
             self.error(
                 name.span,
-                format!("`{}` is the name of a function; choose another name", name.text),
+                format!(
+                    "`{}` is the name of a function; choose another name",
+                    name.text
+                ),
             );
             return false;
         }
@@ -158,16 +161,14 @@ impl Checker<'_> {
             self.error(name.span, format!("`{}` is already defined", name.text));
             return false;
         }
-        self.names
-            .insert(name.text.clone(), (binding, name.span));
+        self.names.insert(name.text.clone(), (binding, name.span));
         true
     }
 
     /// Declarations: hyperparameters, inputs, states (with their initial values).
     fn declare(&mut self) {
         let decl = self.decl;
-        self.names
-            .insert("p".into(), (Binding::Param, decl.span));
+        self.names.insert("p".into(), (Binding::Param, decl.span));
         self.names.insert("g".into(), (Binding::Grad, decl.span));
         self.names.insert("t".into(), (Binding::Step, decl.span));
         for h in &decl.hypers {
@@ -262,7 +263,10 @@ impl Checker<'_> {
         match &decl.update {
             None => self.error(
                 decl.span,
-                format!("optimizer `{}` has no `update {{ ... }}` block", decl.name.text),
+                format!(
+                    "optimizer `{}` has no `update {{ ... }}` block",
+                    decl.name.text
+                ),
             ),
             Some(block) => {
                 for (index, stmt) in block.stmts.iter().enumerate() {
@@ -340,7 +344,9 @@ impl Checker<'_> {
             }
         }
         self.later_lets.clear();
-        let param_out = self.current_p.unwrap_or_else(|| self.add(Op::Param, Ty::Float, Rate::Element));
+        let param_out = self
+            .current_p
+            .unwrap_or_else(|| self.add(Op::Param, Ty::Float, Rate::Element));
         let state_out = self
             .current_state
             .clone()
@@ -363,7 +369,10 @@ impl Checker<'_> {
         if self.node(v).ty == Ty::Float {
             true
         } else {
-            self.error(span, format!("{what} holds numbers, but this value is a boolean"));
+            self.error(
+                span,
+                format!("{what} holds numbers, but this value is a boolean"),
+            );
             false
         }
     }
@@ -379,8 +388,8 @@ impl Checker<'_> {
     /// Resolves a name in an expression.
     fn var(&mut self, name: &str, span: Span, cx: Context) -> Option<ValueId> {
         let Some(&(binding, _)) = self.names.get(name) else {
-            let later_state = cx == Context::Init
-                && self.decl.states.iter().any(|s| s.name.text == name);
+            let later_state =
+                cx == Context::Init && self.decl.states.iter().any(|s| s.name.text == name);
             let later = self.later_lets.iter().any(|n| n == name) || later_state;
             self.unknown_name(name, span, later);
             return None;
@@ -543,10 +552,15 @@ impl Checker<'_> {
         if builtin == Builtin::Present {
             return self.present(&args[0]);
         }
-        if let (Builtin::Reduce(..) | Builtin::Dot(_), Context::Init | Context::View) = (builtin, cx) {
+        if let (Builtin::Reduce(..) | Builtin::Dot(_), Context::Init | Context::View) =
+            (builtin, cx)
+        {
             self.error(
                 span,
-                format!("`{name}` is a reduction; reductions are not available {}", context_phrase(cx)),
+                format!(
+                    "`{name}` is a reduction; reductions are not available {}",
+                    context_phrase(cx)
+                ),
             );
             return None;
         }
@@ -592,7 +606,11 @@ impl Checker<'_> {
                 Some(self.add(Op::Select(vals[0], vals[1], vals[2]), ta, rate))
             }
             Builtin::Reduce(op, scope) => {
-                let want = if op == ReduceOp::Count { Ty::Bool } else { Ty::Float };
+                let want = if op == ReduceOp::Count {
+                    Ty::Bool
+                } else {
+                    Ty::Float
+                };
                 self.operand(vals[0], want, args[0].span, &what)?;
                 self.reduced(vals[0], args[0].span, name)?;
                 Some(self.add(Op::Reduce(op, scope, vals[0]), Ty::Float, Rate::Tensor))
@@ -601,7 +619,11 @@ impl Checker<'_> {
                 self.floats(&vals, args, &what)?;
                 let prod = self.binary(BinOp::Mul, vals[0], vals[1], Ty::Float);
                 self.reduced(prod, span, name)?;
-                Some(self.add(Op::Reduce(ReduceOp::Sum, scope, prod), Ty::Float, Rate::Tensor))
+                Some(self.add(
+                    Op::Reduce(ReduceOp::Sum, scope, prod),
+                    Ty::Float,
+                    Rate::Tensor,
+                ))
             }
             Builtin::Present | Builtin::Numel => unreachable!("handled above"),
         }

@@ -14,6 +14,8 @@ pub struct Diagnostic {
     pub span: Span,
     /// What is wrong, in one sentence.
     pub message: String,
+    /// An explicit (line, column) for errors found before tokens exist.
+    pub position: Option<(usize, usize)>,
 }
 
 impl Diagnostic {
@@ -22,18 +24,21 @@ impl Diagnostic {
         Diagnostic {
             span,
             message: message.into(),
+            position: None,
         }
     }
 
     /// Line (1-based) of the span's start, when spans carry locations
     /// (always at run time; in the compiler the span itself is used).
     pub fn line(&self) -> usize {
-        self.span.start().line
+        self.position
+            .map_or_else(|| self.span.start().line, |p| p.0)
     }
 
     /// Column (1-based) of the span's start.
     pub fn column(&self) -> usize {
-        self.span.start().column + 1
+        self.position
+            .map_or_else(|| self.span.start().column + 1, |p| p.1)
     }
 }
 
@@ -60,12 +65,16 @@ impl Diagnostic {
                 .collect();
             let start = self.span.start();
             let end = self.span.end();
-            let width = if end.line == start.line && end.column > start.column {
-                end.column - start.column
-            } else {
-                1
-            };
-            out.push_str(&format!("{pad} |\n{line} | {text}\n{pad} | {caret_at}{}\n", "^".repeat(width)));
+            let width =
+                if self.position.is_none() && end.line == start.line && end.column > start.column {
+                    end.column - start.column
+                } else {
+                    1
+                };
+            out.push_str(&format!(
+                "{pad} |\n{line} | {text}\n{pad} | {caret_at}{}\n",
+                "^".repeat(width)
+            ));
         }
         out
     }
@@ -101,6 +110,13 @@ impl Diagnostics {
         self.items.push(Diagnostic::new(span, message));
     }
 
+    /// Records an error at an explicit 1-based line and column.
+    pub fn push_at(&mut self, line: usize, column: usize, message: impl Into<String>) {
+        let mut d = Diagnostic::new(Span::call_site(), message);
+        d.position = Some((line, column));
+        self.items.push(d);
+    }
+
     /// True when no error was recorded.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
@@ -108,8 +124,7 @@ impl Diagnostics {
 
     /// The errors, sorted by position so that reports read top to bottom.
     pub fn sorted(mut self) -> Self {
-        self.items
-            .sort_by_key(|d| (d.span.start().line, d.span.start().column));
+        self.items.sort_by_key(|d| (d.line(), d.column()));
         self
     }
 

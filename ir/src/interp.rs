@@ -81,14 +81,10 @@ fn is_true<F: Float>(x: F) -> bool {
 pub fn maximum<F: Float>(a: F, b: F) -> F {
     if a.is_nan() || b.is_nan() {
         nan()
-    } else if a > b {
+    } else if a > b || (a == b && !a.is_sign_negative()) {
         a
-    } else if b > a {
-        b
-    } else if a.is_sign_negative() {
-        b
     } else {
-        a
+        b
     }
 }
 
@@ -96,11 +92,7 @@ pub fn maximum<F: Float>(a: F, b: F) -> F {
 pub fn minimum<F: Float>(a: F, b: F) -> F {
     if a.is_nan() || b.is_nan() {
         nan()
-    } else if a < b {
-        a
-    } else if b < a {
-        b
-    } else if a.is_sign_negative() {
+    } else if a < b || (a == b && a.is_sign_negative()) {
         a
     } else {
         b
@@ -229,7 +221,13 @@ struct Elements<'a, F> {
 
 /// Evaluates the element-rate nodes `needed` (in order) for element `e`,
 /// into `ev` (which holds the scalars, cast, in the other slots).
-fn eval_element<F: Float>(rule: &Rule, needed: &[usize], ev: &mut [F], data: &Elements<'_, F>, e: usize) {
+fn eval_element<F: Float>(
+    rule: &Rule,
+    needed: &[usize],
+    ev: &mut [F],
+    data: &Elements<'_, F>,
+    e: usize,
+) {
     for &id in needed {
         ev[id] = match rule.nodes[id].op {
             Op::Param => data.param[e],
@@ -305,7 +303,11 @@ fn check_len(what: &str, index: usize, got: usize, want: usize) -> Result<(), In
     }
 }
 
-fn validate<F: Float>(rule: &Rule, present: &[bool], tensors: &[StepTensor<'_, F>]) -> Result<(), InterpError> {
+fn validate<F: Float>(
+    rule: &Rule,
+    present: &[bool],
+    tensors: &[StepTensor<'_, F>],
+) -> Result<(), InterpError> {
     if present.len() != rule.inputs.len() {
         return Err(InterpError(format!(
             "{} presence flags for {} inputs",
@@ -316,14 +318,22 @@ fn validate<F: Float>(rule: &Rule, present: &[bool], tensors: &[StepTensor<'_, F
     for (i, tt) in tensors.iter().enumerate() {
         let n = tt.param.len();
         check_len("the gradient", i, tt.grad.len(), n)?;
-        if tt.hypers.len() != rule.hypers.len() || tt.state.len() != rule.states.len() || tt.inputs.len() != rule.inputs.len() {
-            return Err(InterpError(format!("tensor {i}: hyperparameters, state or inputs do not match the rule")));
+        if tt.hypers.len() != rule.hypers.len()
+            || tt.state.len() != rule.states.len()
+            || tt.inputs.len() != rule.inputs.len()
+        {
+            return Err(InterpError(format!(
+                "tensor {i}: hyperparameters, state or inputs do not match the rule"
+            )));
         }
         for (k, (buf, decl)) in tt.inputs.iter().zip(&rule.inputs).enumerate() {
             match buf {
                 Some(buf) => check_len(&format!("input `{}`", decl.name), i, buf.len(), n)?,
                 None if !decl.optional || present[k] => {
-                    return Err(InterpError(format!("tensor {i}: input `{}` is missing", decl.name)))
+                    return Err(InterpError(format!(
+                        "tensor {i}: input `{}` is missing",
+                        decl.name
+                    )))
                 }
                 None => {}
             }
@@ -334,7 +344,12 @@ fn validate<F: Float>(rule: &Rule, present: &[bool], tensors: &[StepTensor<'_, F
                     check_len(&format!("state `{}`", decl.name), i, v.len(), n)?
                 }
                 (StateBuf::Scalar(_), StateKind::Scalar) => {}
-                _ => return Err(InterpError(format!("tensor {i}: state `{}` has the wrong kind", decl.name))),
+                _ => {
+                    return Err(InterpError(format!(
+                        "tensor {i}: state `{}` has the wrong kind",
+                        decl.name
+                    )))
+                }
             }
         }
     }
@@ -344,7 +359,12 @@ fn validate<F: Float>(rule: &Rule, present: &[bool], tensors: &[StepTensor<'_, F
 /// Runs step `t` (1 for the first step) of `rule` over all `tensors`.
 /// `present[k]` tells whether optional input `k` is supplied at this step
 /// (the same for all tensors).
-pub fn step<F: Float>(rule: &Rule, t: u64, present: &[bool], tensors: &mut [StepTensor<'_, F>]) -> Result<(), InterpError> {
+pub fn step<F: Float>(
+    rule: &Rule,
+    t: u64,
+    present: &[bool],
+    tensors: &mut [StepTensor<'_, F>],
+) -> Result<(), InterpError> {
     validate(rule, present, tensors)?;
     let t = t as f64;
     let mut scalars: Vec<Scalars<'_>> = tensors
@@ -353,9 +373,8 @@ pub fn step<F: Float>(rule: &Rule, t: u64, present: &[bool], tensors: &mut [Step
         .collect();
     // Tensor-rate nodes in order: reductions are passes over the elements.
     let live = rule.reachable(&rule.step_roots());
-    for id in 0..rule.nodes.len() {
-        let node = rule.nodes[id];
-        if !live[id] || node.rate != Rate::Tensor {
+    for (id, (&node, &alive)) in rule.nodes.iter().zip(&live).enumerate() {
+        if !alive || node.rate != Rate::Tensor {
             continue;
         }
         let Op::Reduce(op, scope, arg) = node.op else {
@@ -425,9 +444,9 @@ pub fn step<F: Float>(rule: &Rule, t: u64, present: &[bool], tensors: &mut [Step
                 inputs: &tt.inputs,
                 state: tt.state,
             };
-            for e in 0..n {
+            for (e, new_p) in new_param.iter_mut().enumerate() {
                 eval_element(rule, &needed, &mut ev, &data, e);
-                new_param[e] = ev[rule.param_out.index()];
+                *new_p = ev[rule.param_out.index()];
                 for (s, out) in rule.state_out.iter().enumerate() {
                     if let Some(slot) = new_state[s].get_mut(e) {
                         *slot = ev[out.index()];
@@ -449,7 +468,14 @@ pub fn step<F: Float>(rule: &Rule, t: u64, present: &[bool], tensors: &mut [Step
 /// Creates the state of one tensor from its initial values.
 pub fn init_state<F: Float>(rule: &Rule, hypers: &[HyperValue], param: &[F]) -> Vec<StateBuf<F>> {
     let roots: Vec<ValueId> = rule.states.iter().map(|s| s.init).collect();
-    let sc = Scalars::new::<F>(rule, hypers, 0.0, &vec![false; rule.inputs.len()], param.len(), &[]);
+    let sc = Scalars::new::<F>(
+        rule,
+        hypers,
+        0.0,
+        &vec![false; rule.inputs.len()],
+        param.len(),
+        &[],
+    );
     let needed = element_nodes(rule, &roots);
     let mut ev: Vec<F> = sc.cast();
     let mut bufs: Vec<StateBuf<F>> = rule
@@ -479,14 +505,27 @@ pub fn init_state<F: Float>(rule: &Rule, hypers: &[HyperValue], param: &[F]) -> 
 
 /// What the model sees of one parameter tensor before step `t` (the lens's
 /// `get`): the rule's view, or `p` itself when it declares none.
-pub fn view<F: Float>(rule: &Rule, t: u64, hypers: &[HyperValue], param: &[F], state: &[StateBuf<F>]) -> Vec<F> {
+pub fn view<F: Float>(
+    rule: &Rule,
+    t: u64,
+    hypers: &[HyperValue],
+    param: &[F],
+    state: &[StateBuf<F>],
+) -> Vec<F> {
     let Some(root) = rule.view else {
         return param.to_vec();
     };
-    let mut sc = Scalars::new(rule, hypers, t as f64, &vec![false; rule.inputs.len()], param.len(), state);
+    let mut sc = Scalars::new(
+        rule,
+        hypers,
+        t as f64,
+        &vec![false; rule.inputs.len()],
+        param.len(),
+        state,
+    );
     let live = rule.reachable(&[root]);
-    for id in 0..rule.nodes.len() {
-        if live[id] && rule.nodes[id].rate == Rate::Tensor && !matches!(rule.nodes[id].op, Op::Numel | Op::State(_)) {
+    for (id, (node, &alive)) in rule.nodes.iter().zip(&live).enumerate() {
+        if alive && node.rate == Rate::Tensor && !matches!(node.op, Op::Numel | Op::State(_)) {
             sc.eval_tensor_node(id);
         }
     }

@@ -52,7 +52,8 @@ impl Parse for RuleDecl {
             parse_section(&body, &mut decl)?;
         }
         if !input.is_empty() {
-            return Err(input.error("unexpected tokens after the rule: declare one optimizer per invocation"));
+            return Err(input
+                .error("unexpected tokens after the rule: declare one optimizer per invocation"));
         }
         Ok(decl)
     }
@@ -100,9 +101,9 @@ fn parse_name(input: ParseStream) -> syn::Result<Name> {
 }
 
 fn parse_section(input: ParseStream, decl: &mut RuleDecl) -> syn::Result<()> {
-    let keyword = input.call(Ident::parse_any).map_err(|_| {
-        input.error("expected `hyper`, `state`, `input`, `view` or `update`")
-    })?;
+    let keyword = input
+        .call(Ident::parse_any)
+        .map_err(|_| input.error("expected `hyper`, `state`, `input`, `view` or `update`"))?;
     match keyword.to_string().as_str() {
         "hyper" => {
             loop {
@@ -117,7 +118,9 @@ fn parse_section(input: ParseStream, decl: &mut RuleDecl) -> syn::Result<()> {
             input.parse::<Token![;]>()?;
         }
         "state" => {
-            let scalar = input.peek(Ident) && input.fork().parse::<Ident>()? == "scalar" && !input.peek2(Token![=]);
+            let scalar = input.peek(Ident)
+                && input.fork().parse::<Ident>()? == "scalar"
+                && !input.peek2(Token![=]);
             if scalar {
                 input.parse::<Ident>()?;
             }
@@ -150,7 +153,10 @@ fn parse_section(input: ParseStream, decl: &mut RuleDecl) -> syn::Result<()> {
         }
         "view" => {
             if decl.view.is_some() {
-                return Err(syn::Error::new(keyword.span(), "the view is declared twice"));
+                return Err(syn::Error::new(
+                    keyword.span(),
+                    "the view is declared twice",
+                ));
             }
             decl.view = Some(parse_expr(input)?);
             input.parse::<Token![;]>()?;
@@ -176,7 +182,9 @@ fn parse_section(input: ParseStream, decl: &mut RuleDecl) -> syn::Result<()> {
         other => {
             return Err(syn::Error::new(
                 keyword.span(),
-                format!("unknown section `{other}`: expected `hyper`, `state`, `input`, `view` or `update`"),
+                format!(
+                "unknown section `{other}`: expected `hyper`, `state`, `input`, `view` or `update`"
+            ),
             ))
         }
     }
@@ -243,9 +251,10 @@ fn parse_number(input: ParseStream) -> syn::Result<(f64, Span)> {
                 "numbers take no type suffix: the element type is chosen when the rule runs",
             ));
         }
-        let value = lit.base10_digits().parse::<f64>().map_err(|_| {
-            syn::Error::new(lit.span(), "integer literal is not a valid number")
-        })?;
+        let value = lit
+            .base10_digits()
+            .parse::<f64>()
+            .map_err(|_| syn::Error::new(lit.span(), "integer literal is not a valid number"))?;
         Ok((value, lit.span()))
     }
 }
@@ -324,11 +333,31 @@ fn peek_binary(input: ParseStream) -> Option<(BinaryOp, u8)> {
         (input.peek(Token![!=]), BinaryOp::Ne, PREC_CMP),
         (input.peek(Token![<]), BinaryOp::Lt, PREC_CMP),
         (input.peek(Token![>]), BinaryOp::Gt, PREC_CMP),
-        (input.peek(Token![+]) && !input.peek(Token![+=]), BinaryOp::Add, PREC_ADD),
-        (input.peek(Token![-]) && !input.peek(Token![-=]), BinaryOp::Sub, PREC_ADD),
-        (input.peek(Token![*]) && !input.peek(Token![*=]), BinaryOp::Mul, PREC_MUL),
-        (input.peek(Token![/]) && !input.peek(Token![/=]), BinaryOp::Div, PREC_MUL),
-        (input.peek(Token![^]) && !input.peek(Token![^=]), BinaryOp::Pow, PREC_POW),
+        (
+            input.peek(Token![+]) && !input.peek(Token![+=]),
+            BinaryOp::Add,
+            PREC_ADD,
+        ),
+        (
+            input.peek(Token![-]) && !input.peek(Token![-=]),
+            BinaryOp::Sub,
+            PREC_ADD,
+        ),
+        (
+            input.peek(Token![*]) && !input.peek(Token![*=]),
+            BinaryOp::Mul,
+            PREC_MUL,
+        ),
+        (
+            input.peek(Token![/]) && !input.peek(Token![/=]),
+            BinaryOp::Div,
+            PREC_MUL,
+        ),
+        (
+            input.peek(Token![^]) && !input.peek(Token![^=]),
+            BinaryOp::Pow,
+            PREC_POW,
+        ),
     ];
     table
         .iter()
@@ -366,12 +395,17 @@ fn parse_binary(input: ParseStream, min_prec: u8) -> syn::Result<Expr> {
         let next_min = if op == BinaryOp::Pow { prec } else { prec + 1 };
         let rhs = parse_binary(input, next_min)?;
         if prec == PREC_CMP {
-            if let Some((BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq | BinaryOp::Ne, _)) =
-                peek_binary(input)
+            if let Some((
+                BinaryOp::Lt
+                | BinaryOp::Le
+                | BinaryOp::Gt
+                | BinaryOp::Ge
+                | BinaryOp::Eq
+                | BinaryOp::Ne,
+                _,
+            )) = peek_binary(input)
             {
-                return Err(input.error(
-                    "comparisons cannot be chained: write `a < b && b < c`",
-                ));
+                return Err(input.error("comparisons cannot be chained: write `a < b && b < c`"));
             }
         }
         lhs = Expr {
@@ -450,4 +484,69 @@ fn parse_primary(input: ParseStream) -> syn::Result<Expr> {
         });
     }
     Err(input.error("expected an expression: a number, a name, a call or `(`"))
+}
+
+/// Finds the first unbalanced bracket of `text` (skipping comments and
+/// strings), for a better message than the tokenizer's: `(line, column, message)`,
+/// both 1-based.
+pub fn unbalanced_delimiter(text: &str) -> Option<(usize, usize, String)> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut open: Vec<(char, usize, usize)> = Vec::new();
+    let (mut line, mut column) = (1, 1);
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        let skip_to = if c == '/' && next == Some('/') {
+            chars[i..]
+                .iter()
+                .position(|&x| x == '\n')
+                .map_or(chars.len(), |k| i + k)
+        } else if c == '/' && next == Some('*') {
+            (i + 2..chars.len().saturating_sub(1))
+                .find(|&k| chars[k] == '*' && chars[k + 1] == '/')
+                .map_or(chars.len(), |k| k + 2)
+        } else if c == '"' {
+            let mut k = i + 1;
+            while k < chars.len() && chars[k] != '"' {
+                k += if chars[k] == '\\' { 2 } else { 1 };
+            }
+            (k + 1).min(chars.len())
+        } else {
+            match c {
+                '(' | '[' | '{' => open.push((c, line, column)),
+                ')' | ']' | '}' => {
+                    let want = match c {
+                        ')' => '(',
+                        ']' => '[',
+                        _ => '{',
+                    };
+                    match open.pop() {
+                        Some((o, _, _)) if o == want => {}
+                        Some((o, l, col)) => {
+                            return Some((
+                                l,
+                                col,
+                                format!("this `{o}` is closed by `{c}` at {line}:{column}"),
+                            ))
+                        }
+                        None => return Some((line, column, format!("`{c}` closes nothing"))),
+                    }
+                }
+                _ => {}
+            }
+            i + 1
+        };
+        for &x in &chars[i..skip_to] {
+            if x == '\n' {
+                line += 1;
+                column = 1;
+            } else {
+                column += 1;
+            }
+        }
+        i = skip_to.max(i + 1);
+    }
+    open.pop()
+        .map(|(o, l, col)| (l, col, format!("this `{o}` is never closed")))
 }

@@ -298,11 +298,15 @@ impl Rule {
     /// assert_eq!(err.to_string(), "1:45: unknown name `q`");
     /// ```
     pub fn parse(text: &str) -> Result<Rule, Diagnostics> {
-        let tokens: proc_macro2::TokenStream = text.parse().map_err(|e: proc_macro2::LexError| {
-            let mut d = Diagnostics::default();
-            d.push(e.span(), format!("cannot read the rule: {e}"));
-            d
-        })?;
+        let tokens: proc_macro2::TokenStream =
+            text.parse().map_err(|e: proc_macro2::LexError| {
+                let mut d = Diagnostics::default();
+                match crate::parse::unbalanced_delimiter(text) {
+                    Some((line, column, message)) => d.push_at(line, column, message),
+                    None => d.push(e.span(), format!("cannot read the rule: {e}")),
+                }
+                d
+            })?;
         Rule::from_tokens(tokens)
     }
 

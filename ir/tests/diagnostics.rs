@@ -10,8 +10,17 @@ use lensopt_ir::Rule;
 fn rejects(text: &str, message: &str, line: usize, column: usize) {
     let err = Rule::parse(text).expect_err("the rule must be rejected");
     let first = err.first().expect("at least one diagnostic");
-    assert!(first.message.contains(message), "got `{}`, want `{message}`", first.message);
-    assert_eq!((first.line(), first.column()), (line, column), "position of `{}`", first.message);
+    assert!(
+        first.message.contains(message),
+        "got `{}`, want `{message}`",
+        first.message
+    );
+    assert_eq!(
+        (first.line(), first.column()),
+        (line, column),
+        "position of `{}`",
+        first.message
+    );
     assert_eq!(err.items.len(), 1, "exactly one error expected: {err}");
 }
 
@@ -47,7 +56,12 @@ fn p_never_updated() {
 
 #[test]
 fn missing_update() {
-    rejects("\n    pub Bad {\n        hyper lr = 0.1;\n    }\n", "has no `update { ... }` block", 2, 9);
+    rejects(
+        "\n    pub Bad {\n        hyper lr = 0.1;\n    }\n",
+        "has no `update { ... }` block",
+        2,
+        9,
+    );
 }
 
 #[test]

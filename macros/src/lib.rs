@@ -15,7 +15,7 @@ use quote::quote;
 /// (`Default` gives the declared defaults, one builder setter per field) that
 /// implements `lensopt::Optimizer`.
 ///
-/// ```ignore
+/// ```text
 /// lensopt::optimizer! {
 ///     /// Plain SGD.
 ///     pub Sgd {
@@ -44,9 +44,23 @@ pub fn optimizer(input: TokenStream) -> TokenStream {
 }
 
 /// Names a hyperparameter may not take because the generated items use them.
-const TAKEN: &[&str] = &["default", "clone", "rule", "hypers", "set", "init", "init_groups", "eq", "fmt"];
+const TAKEN: &[&str] = &[
+    "default",
+    "clone",
+    "rule",
+    "hypers",
+    "set",
+    "init",
+    "init_groups",
+    "eq",
+    "fmt",
+];
 
-fn expand(decl: &lensopt_ir::ast::RuleDecl, rule: &Rule, source: &str) -> syn_like::Result<TokenStream2> {
+fn expand(
+    decl: &lensopt_ir::ast::RuleDecl,
+    rule: &Rule,
+    source: &str,
+) -> syn_like::Result<TokenStream2> {
     let name = Ident::new(&decl.name.text, decl.name.span);
     let vis = &decl.vis;
     let doc = &decl.doc;
@@ -60,7 +74,10 @@ fn expand(decl: &lensopt_ir::ast::RuleDecl, rule: &Rule, source: &str) -> syn_li
         if TAKEN.contains(&h.name.as_str()) {
             return Err(syn_like::error(
                 item.name.span,
-                format!("a hyperparameter cannot be called `{}`: the generated struct uses that name", h.name),
+                format!(
+                    "a hyperparameter cannot be called `{}`: the generated struct uses that name",
+                    h.name
+                ),
             ));
         }
         let field = Ident::new(&h.name, item.name.span);
@@ -162,4 +179,3 @@ mod syn_like {
         }
     }
 }
-

@@ -62,7 +62,12 @@ fn vector(value: &Value, what: &str) -> Result<Vec<f64>, Error> {
         .collect()
 }
 
-fn per_step(value: Option<&Value>, what: &str, steps: usize, n: usize) -> Result<Vec<Option<Vec<f64>>>, Error> {
+fn per_step(
+    value: Option<&Value>,
+    what: &str,
+    steps: usize,
+    n: usize,
+) -> Result<Vec<Option<Vec<f64>>>, Error> {
     let Some(value) = value.filter(|v| !v.is_null()) else {
         return Ok(vec![None; steps]);
     };
@@ -96,7 +101,8 @@ fn per_step(value: Option<&Value>, what: &str, steps: usize, n: usize) -> Result
 impl Case {
     /// Parses a case from JSON text, checking every length.
     pub fn from_json(text: &str) -> Result<Case, Error> {
-        let root: Value = serde_json::from_str(text).map_err(|e| bad(format!("malformed JSON: {e}")))?;
+        let root: Value =
+            serde_json::from_str(text).map_err(|e| bad(format!("malformed JSON: {e}")))?;
         if !root.is_object() {
             return Err(bad("malformed case: the top level must be a JSON object"));
         }
@@ -123,7 +129,10 @@ impl Case {
             }
         }
         let grads = per_step(
-            Some(root.get("grads").ok_or_else(|| bad("the case has no `grads`"))?),
+            Some(
+                root.get("grads")
+                    .ok_or_else(|| bad("the case has no `grads`"))?,
+            ),
             "grads",
             root.get("grads")
                 .and_then(Value::as_array)
@@ -197,8 +206,13 @@ impl Case {
 /// Sets a hyperparameter, accepting 0 and 1 for boolean switches.
 pub fn set_hyper(opt: &mut DynOptimizer, name: &str, value: HyperValue) -> Result<(), Error> {
     let rule = opt.rule();
-    let value = match (rule.hyper_index(name).map(|i| rule.hypers[i].default), value) {
-        (Some(HyperValue::Bool(_)), HyperValue::Num(x)) if x == 0.0 || x == 1.0 => HyperValue::Bool(x == 1.0),
+    let value = match (
+        rule.hyper_index(name).map(|i| rule.hypers[i].default),
+        value,
+    ) {
+        (Some(HyperValue::Bool(_)), HyperValue::Num(x)) if x == 0.0 || x == 1.0 => {
+            HyperValue::Bool(x == 1.0)
+        }
         _ => value,
     };
     opt.set(name, value)

@@ -310,22 +310,70 @@ fn dynamic<O: Optimizer + Default>() -> DynOptimizer {
 }
 
 const ENTRIES: &[Entry] = &[
-    Entry { name: "sgd", make: dynamic::<Sgd> },
-    Entry { name: "adam", make: dynamic::<Adam> },
-    Entry { name: "adamw", make: dynamic::<AdamW> },
-    Entry { name: "rmsprop", make: dynamic::<RMSprop> },
-    Entry { name: "adagrad", make: dynamic::<Adagrad> },
-    Entry { name: "lion", make: dynamic::<Lion> },
-    Entry { name: "adan", make: dynamic::<Adan> },
-    Entry { name: "adabelief", make: dynamic::<AdaBelief> },
-    Entry { name: "diffgrad", make: dynamic::<DiffGrad> },
-    Entry { name: "grams", make: dynamic::<Grams> },
-    Entry { name: "signum", make: dynamic::<Signum> },
-    Entry { name: "sophiah", make: dynamic::<SophiaH> },
-    Entry { name: "adahessian", make: dynamic::<AdaHessian> },
-    Entry { name: "cadamw", make: dynamic::<CAdamW> },
-    Entry { name: "sophiag", make: dynamic::<SophiaG> },
-    Entry { name: "lamb", make: dynamic::<Lamb> },
+    Entry {
+        name: "sgd",
+        make: dynamic::<Sgd>,
+    },
+    Entry {
+        name: "adam",
+        make: dynamic::<Adam>,
+    },
+    Entry {
+        name: "adamw",
+        make: dynamic::<AdamW>,
+    },
+    Entry {
+        name: "rmsprop",
+        make: dynamic::<RMSprop>,
+    },
+    Entry {
+        name: "adagrad",
+        make: dynamic::<Adagrad>,
+    },
+    Entry {
+        name: "lion",
+        make: dynamic::<Lion>,
+    },
+    Entry {
+        name: "adan",
+        make: dynamic::<Adan>,
+    },
+    Entry {
+        name: "adabelief",
+        make: dynamic::<AdaBelief>,
+    },
+    Entry {
+        name: "diffgrad",
+        make: dynamic::<DiffGrad>,
+    },
+    Entry {
+        name: "grams",
+        make: dynamic::<Grams>,
+    },
+    Entry {
+        name: "signum",
+        make: dynamic::<Signum>,
+    },
+    Entry {
+        name: "sophiah",
+        make: dynamic::<SophiaH>,
+    },
+    Entry {
+        name: "adahessian",
+        make: dynamic::<AdaHessian>,
+    },
+    Entry {
+        name: "cadamw",
+        make: dynamic::<CAdamW>,
+    },
+    Entry {
+        name: "sophiag",
+        make: dynamic::<SophiaG>,
+    },
+    Entry {
+        name: "lamb",
+        make: dynamic::<Lamb>,
+    },
 ];
 
 /// The catalog's names, in catalog order.

@@ -67,3 +67,8 @@ pub mod __private {
         optimizer::hyper_error(optimizer, rule, name, value)
     }
 }
+
+/// The README's examples, compiled and run as documentation tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

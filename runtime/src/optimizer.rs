@@ -33,7 +33,11 @@ pub trait Optimizer {
     /// Creates the state for `params` split into groups, each with its own
     /// hyperparameter overrides (as torch.optim's parameter groups).
     /// Every tensor must belong to exactly one group.
-    fn init_groups<F: Float>(&self, params: &[&dyn TensorRef<F>], groups: &[Group]) -> Result<Stepper<F>, Error>
+    fn init_groups<F: Float>(
+        &self,
+        params: &[&dyn TensorRef<F>],
+        groups: &[Group],
+    ) -> Result<Stepper<F>, Error>
     where
         Self: Sized,
     {

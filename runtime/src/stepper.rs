@@ -40,6 +40,7 @@ impl<'a, F> Inputs<'a, F> {
 }
 
 /// An optimizer's state over a fixed list of parameter tensors.
+#[derive(Clone, Debug)]
 pub struct Stepper<F: Float> {
     rule: Arc<Rule>,
     groups: Vec<Vec<HyperValue>>,
@@ -49,7 +50,12 @@ pub struct Stepper<F: Float> {
     t: u64,
 }
 
-fn elements<'a, F>(what: &str, index: usize, tensor: &'a dyn TensorRef<F>, shape: &[usize]) -> Result<&'a [F], Error> {
+fn elements<'a, F>(
+    what: &str,
+    index: usize,
+    tensor: &'a dyn TensorRef<F>,
+    shape: &[usize],
+) -> Result<&'a [F], Error> {
     if tensor.shape() != shape {
         return Err(mismatch(format!(
             "{what} {index} has shape {:?}, but parameter {index} has shape {shape:?}",
@@ -88,7 +94,11 @@ impl<F: Float> Stepper<F> {
     }
 
     /// One step with gradients only.
-    pub fn step(&mut self, params: &mut [&mut dyn TensorMut<F>], grads: &[&dyn TensorRef<F>]) -> Result<(), Error> {
+    pub fn step(
+        &mut self,
+        params: &mut [&mut dyn TensorMut<F>],
+        grads: &[&dyn TensorRef<F>],
+    ) -> Result<(), Error> {
         self.step_with(params, grads, &Inputs::new())
     }
 
@@ -145,7 +155,12 @@ impl<F: Float> Stepper<F> {
             let mut row = Vec::with_capacity(supplied.len());
             for (decl, tensors) in self.rule.inputs.iter().zip(&supplied) {
                 row.push(match tensors {
-                    Some(t) => Some(elements(&format!("input `{}`", decl.name), i, t[i], &self.shapes[i])?),
+                    Some(t) => Some(elements(
+                        &format!("input `{}`", decl.name),
+                        i,
+                        t[i],
+                        &self.shapes[i],
+                    )?),
                     None => None,
                 });
             }
@@ -243,7 +258,12 @@ impl<F: Float> Stepper<F> {
     }
 
     /// Sets a hyperparameter in one group, for the following steps.
-    pub fn set_group_hyper(&mut self, group: usize, name: &str, value: impl Into<HyperValue>) -> Result<(), Error> {
+    pub fn set_group_hyper(
+        &mut self,
+        group: usize,
+        name: &str,
+        value: impl Into<HyperValue>,
+    ) -> Result<(), Error> {
         let value = value.into();
         let index = hyper_slot(&self.rule, name, value)?;
         let groups = self.groups.len();
