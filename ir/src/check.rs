@@ -7,6 +7,7 @@
 //! failed to check is "poisoned" so that its uses report nothing more.
 
 use crate::ast::{self, BinaryOp, Expr, ExprKind, RuleDecl, Stmt, UnaryOp};
+use crate::builder::GraphBuilder;
 use crate::builtins::{self, Builtin};
 use crate::diag::Diagnostics;
 use crate::hyper::HyperValue;
@@ -18,8 +19,7 @@ use std::collections::HashMap;
 pub fn check(decl: &RuleDecl) -> Result<Rule, Diagnostics> {
     let mut cx = Checker {
         decl,
-        nodes: Vec::new(),
-        dedup: HashMap::new(),
+        graph: GraphBuilder::default(),
         names: HashMap::new(),
         diags: Diagnostics::default(),
         hypers: Vec::new(),
@@ -41,12 +41,12 @@ pub fn check(decl: &RuleDecl) -> Result<Rule, Diagnostics> {
         hypers: cx.hypers,
         inputs: cx.inputs,
         states: cx.states,
-        nodes: cx.nodes,
+        nodes: cx.graph.nodes,
         view,
         param_out,
         state_out,
     };
-    Ok(compact(rule))
+    Ok(rule.compact())
 }
 
 /// What a name in scope refers to.
@@ -74,8 +74,7 @@ enum Context {
 
 struct Checker<'a> {
     decl: &'a RuleDecl,
-    nodes: Vec<Node>,
-    dedup: HashMap<(u8, u64, u32, u32, u32), ValueId>,
+    graph: GraphBuilder,
     /// Names in scope, with their current SSA values where they have one.
     names: HashMap<String, (Binding, Span)>,
     diags: Diagnostics,
@@ -90,45 +89,15 @@ struct Checker<'a> {
     current_state: Vec<Option<ValueId>>,
 }
 
-/// Hash-consing key of an op (floats by their bits).
-fn op_key(op: &Op) -> (u8, u64, u32, u32, u32) {
-    let unary_code = |u: UnOp| u as u64;
-    let bin_code = |b: BinOp| b as u64;
-    match *op {
-        Op::Const(x) => (0, x.to_bits(), 0, 0, 0),
-        Op::ConstBool(b) => (1, b as u64, 0, 0, 0),
-        Op::Hyper(i) => (2, i as u64, 0, 0, 0),
-        Op::Step => (3, 0, 0, 0, 0),
-        Op::Present(i) => (4, i as u64, 0, 0, 0),
-        Op::Numel => (5, 0, 0, 0, 0),
-        Op::Param => (6, 0, 0, 0, 0),
-        Op::Grad => (7, 0, 0, 0, 0),
-        Op::Input(i) => (8, i as u64, 0, 0, 0),
-        Op::State(i) => (9, i as u64, 0, 0, 0),
-        Op::Unary(u, a) => (10, unary_code(u), a.0, 0, 0),
-        Op::Binary(b, x, y) => (11, bin_code(b), x.0, y.0, 0),
-        Op::Select(c, a, b) => (12, 0, c.0, a.0, b.0),
-        Op::Fma(a, b, c) => (13, 0, a.0, b.0, c.0),
-        Op::Reduce(r, s, a) => (14, (r as u64) * 2 + s as u64, a.0, 0, 0),
-    }
-}
-
 const RESERVED: &[&str] = &["p", "g", "t"];
 
 impl Checker<'_> {
     fn add(&mut self, op: Op, ty: Ty, rate: Rate) -> ValueId {
-        let key = op_key(&op);
-        if let Some(&id) = self.dedup.get(&key) {
-            return id;
-        }
-        let id = ValueId(self.nodes.len() as u32);
-        self.nodes.push(Node { op, ty, rate });
-        self.dedup.insert(key, id);
-        id
+        self.graph.add(op, ty, rate)
     }
 
     fn node(&self, id: ValueId) -> Node {
-        self.nodes[id.index()]
+        self.graph.nodes[id.index()]
     }
 
     fn error(&mut self, span: Span, message: impl Into<String>) {
@@ -681,39 +650,4 @@ fn context_phrase(cx: Context) -> &'static str {
         Context::View => "in the view (the model sees the parameter before the gradient exists)",
         Context::Update => "here",
     }
-}
-
-/// Drops nodes that no output uses and renumbers the rest, keeping order.
-fn compact(mut rule: Rule) -> Rule {
-    let mut roots = rule.step_roots();
-    roots.extend(rule.states.iter().map(|s| s.init));
-    roots.extend(rule.view);
-    let live = rule.reachable(&roots);
-    let mut remap = vec![ValueId(u32::MAX); rule.nodes.len()];
-    let mut nodes = Vec::new();
-    for (i, node) in rule.nodes.iter().enumerate() {
-        if !live[i] {
-            continue;
-        }
-        remap[i] = ValueId(nodes.len() as u32);
-        let m = |v: ValueId| remap[v.index()];
-        let op = match node.op {
-            Op::Unary(u, a) => Op::Unary(u, m(a)),
-            Op::Binary(b, x, y) => Op::Binary(b, m(x), m(y)),
-            Op::Select(c, a, b) => Op::Select(m(c), m(a), m(b)),
-            Op::Fma(a, b, c) => Op::Fma(m(a), m(b), m(c)),
-            Op::Reduce(r, s, a) => Op::Reduce(r, s, m(a)),
-            leaf => leaf,
-        };
-        nodes.push(Node { op, ..*node });
-    }
-    let m = |v: ValueId| remap[v.index()];
-    rule.nodes = nodes;
-    rule.param_out = m(rule.param_out);
-    rule.state_out = rule.state_out.iter().map(|&v| m(v)).collect();
-    rule.view = rule.view.map(m);
-    for s in &mut rule.states {
-        s.init = m(s.init);
-    }
-    rule
 }

@@ -10,12 +10,14 @@
 //! rule behaves the same whichever way it was written.
 
 pub mod ast;
+pub mod builder;
 pub mod builtins;
 pub mod check;
 pub mod diag;
 pub mod float;
 pub mod hyper;
 pub mod interp;
+pub mod optimize;
 pub mod parse;
 pub mod rule;
 

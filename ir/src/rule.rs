@@ -372,6 +372,42 @@ impl Rule {
         roots
     }
 
+    /// Drops nodes that no output uses and renumbers the rest, keeping order.
+    pub fn compact(self) -> Rule {
+        let mut rule = self;
+        let mut roots = rule.step_roots();
+        roots.extend(rule.states.iter().map(|s| s.init));
+        roots.extend(rule.view);
+        let live = rule.reachable(&roots);
+        let mut remap = vec![ValueId(u32::MAX); rule.nodes.len()];
+        let mut nodes = Vec::new();
+        for (i, node) in rule.nodes.iter().enumerate() {
+            if !live[i] {
+                continue;
+            }
+            remap[i] = ValueId(nodes.len() as u32);
+            let m = |v: ValueId| remap[v.index()];
+            let op = match node.op {
+                Op::Unary(u, a) => Op::Unary(u, m(a)),
+                Op::Binary(b, x, y) => Op::Binary(b, m(x), m(y)),
+                Op::Select(c, a, b) => Op::Select(m(c), m(a), m(b)),
+                Op::Fma(a, b, c) => Op::Fma(m(a), m(b), m(c)),
+                Op::Reduce(r, s, a) => Op::Reduce(r, s, m(a)),
+                leaf => leaf,
+            };
+            nodes.push(Node { op, ..*node });
+        }
+        let m = |v: ValueId| remap[v.index()];
+        rule.nodes = nodes;
+        rule.param_out = m(rule.param_out);
+        rule.state_out = rule.state_out.iter().map(|&v| m(v)).collect();
+        rule.view = rule.view.map(m);
+        for s in &mut rule.states {
+            s.init = m(s.init);
+        }
+        rule
+    }
+
     /// The lower-case name under which the catalog lists the rule.
     pub fn catalog_name(&self) -> String {
         self.name.to_lowercase()

@@ -40,6 +40,7 @@ mod stepper;
 mod tensor;
 
 pub use error::Error;
+pub use lensopt_ir as ir;
 pub use lensopt_ir::{interp, Diagnostic, Diagnostics, Float, HyperValue, Rule};
 pub use lensopt_macros::optimizer;
 pub use optimizer::{DynOptimizer, Group, Optimizer};
