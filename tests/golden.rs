@@ -1,9 +1,10 @@
 //! Conformance: every golden case, replayed through its catalog optimizer,
 //! matches the reference implementation at the tolerances of
-//! `tests/golden/README.md`, after every step, in f64 and f32.
+//! `tests/golden/README.md`, after every step, in f64 and f32, through the
+//! reference interpreter and through the JIT in both rewrite modes.
 
 use lensopt::case::{self, Case, Dtype};
-use lensopt::catalog;
+use lensopt::{catalog, Backend, Mode};
 
 /// The tolerance of `tests/golden/README.md` for one case.
 fn tolerance(case: &Case) -> (f64, f64) {
@@ -20,7 +21,21 @@ fn tolerance(case: &Case) -> (f64, f64) {
 }
 
 #[test]
-fn every_golden_case_matches_its_reference() {
+fn every_golden_case_matches_its_reference_in_the_interpreter() {
+    check_all(Backend::Interpreter);
+}
+
+#[test]
+fn every_golden_case_matches_its_reference_through_the_jit() {
+    check_all(Backend::Jit(Mode::Fast));
+}
+
+#[test]
+fn every_golden_case_matches_its_reference_through_the_exact_jit() {
+    check_all(Backend::Jit(Mode::Exact));
+}
+
+fn check_all(backend: Backend) {
     let files = lensopt_tests::golden_files();
     assert!(
         files.len() >= 50,
@@ -41,7 +56,7 @@ fn every_golden_case_matches_its_reference() {
         for (k, v) in &case.hyper {
             case::set_hyper(&mut opt, k, *v).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
-        let replay = case::run(&case, &opt).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let replay = case::run_with(&case, &opt, backend).unwrap_or_else(|e| panic!("{name}: {e}"));
         let reference = case
             .params_after
             .as_ref()

@@ -6,7 +6,7 @@
 use lensopt::case::{self, Case};
 use lensopt::ir::optimize::{equivalent, optimize, Mode, Options};
 use lensopt::ir::{Op, Rate};
-use lensopt::{catalog, DynOptimizer, Optimizer, Rule};
+use lensopt::{catalog, Backend, DynOptimizer, Optimizer, Rule};
 use std::sync::Arc;
 
 fn golden_cases() -> Vec<(String, Case)> {
@@ -40,11 +40,13 @@ fn with_rule(opt: &DynOptimizer, rule: Rule) -> DynOptimizer {
 fn optimized_rules_reproduce_every_golden_case() {
     for (name, case) in golden_cases() {
         let opt = configured(&case);
-        let plain = case::run(&case, &opt).unwrap().params_after;
+        let plain = case::run_with(&case, &opt, Backend::Interpreter)
+            .unwrap()
+            .params_after;
         for mode in [Mode::Exact, Mode::Fast] {
             let options = Options::specialized_for(mode, &opt.hypers());
             let rule = optimize(&opt.rule(), &options);
-            let ours = case::run(&case, &with_rule(&opt, rule.clone()))
+            let ours = case::run_with(&case, &with_rule(&opt, rule.clone()), Backend::Interpreter)
                 .unwrap()
                 .params_after;
             let reference = case.params_after.as_ref().unwrap();
@@ -63,7 +65,8 @@ fn optimized_rules_reproduce_every_golden_case() {
                         assert_eq!(
                             a.to_bits(),
                             plain[t][i].to_bits(),
-                            "{name}: exact mode changed a value\n{rule}"
+                            "{name}: exact mode changed step {t} [{i}]: {a} vs {}\n{rule}",
+                            plain[t][i]
                         );
                     }
                 }

@@ -1,1 +1,9 @@
-//! placeholder
+//! Code generation backends. Each consumes a [`lensopt_ir::schedule::Schedule`]:
+//!
+//! - [`cpu`]: native code through a cranelift JIT, SIMD loops, multi-threaded.
+//!
+//! A backend owns turning phases into machine code and running that code
+//! safely; it never changes what a rule means (the interpreter in
+//! `lensopt-ir` defines that, and the tests hold every backend to it).
+
+pub mod cpu;

@@ -544,3 +544,37 @@ pub fn view<F: Float>(
         })
         .collect()
 }
+
+/// Evaluates the const-, step- and tensor-rate values of one tensor, in f64,
+/// into `values` (indexed by node). Entries of `Reduce` nodes must already hold
+/// the reductions' results (NaN where not yet known: what depends on them
+/// comes out NaN and is computed again after the next pass). `scalar_state`
+/// holds each state's value for scalar states (ignored otherwise).
+#[allow(clippy::too_many_arguments)]
+pub fn scalar_values(
+    rule: &Rule,
+    hypers: &[HyperValue],
+    t: u64,
+    present: &[bool],
+    numel: usize,
+    scalar_state: &[f64],
+    per_tensor: bool,
+    values: &mut [f64],
+) {
+    for (i, node) in rule.nodes.iter().enumerate() {
+        if node.rate == Rate::Element || (node.rate == Rate::Tensor && !per_tensor) {
+            continue;
+        }
+        values[i] = match node.op {
+            Op::Const(x) => x,
+            Op::ConstBool(b) => f64::from(u8::from(b)),
+            Op::Hyper(h) => hypers[h as usize].as_f64(),
+            Op::Step => t as f64,
+            Op::Present(k) => f64::from(u8::from(present[k as usize])),
+            Op::Numel => numel as f64,
+            Op::State(s) => scalar_state.get(s as usize).copied().unwrap_or(f64::NAN),
+            Op::Reduce(..) => values[i],
+            ref op => eval_interior(op, values),
+        };
+    }
+}

@@ -20,6 +20,7 @@ pub mod interp;
 pub mod optimize;
 pub mod parse;
 pub mod rule;
+pub mod schedule;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use float::Float;

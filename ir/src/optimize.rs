@@ -129,6 +129,9 @@ pub struct Options {
     pub mode: Mode,
     /// Per hyperparameter, a value to compile in as a constant.
     pub specialize: Vec<Option<HyperValue>>,
+    /// Per optional input, whether it is present (compiled in), if known.
+    /// An absent input reads as 0.
+    pub present: Vec<Option<bool>>,
     /// E-graph node limit.
     pub node_limit: usize,
     /// Rewrite iteration limit.
@@ -141,6 +144,7 @@ impl Options {
         Options {
             mode,
             specialize: Vec::new(),
+            present: Vec::new(),
             node_limit: 10_000,
             iter_limit: 12,
         }
@@ -409,6 +413,7 @@ struct Lowering<'r> {
     rule: &'r Rule,
     naming: Naming,
     specialize: &'r [Option<HyperValue>],
+    present: &'r [Option<bool>],
 }
 
 impl Lowering<'_> {
@@ -445,6 +450,14 @@ impl Lowering<'_> {
                         Some(HyperValue::Bool(b)) => Term::Leaf(Symbol::from(b.to_string())),
                         None => unreachable!(),
                     }
+                }
+                Op::Present(i) if self.present.get(i as usize).copied().flatten().is_some() => {
+                    Term::Leaf(Symbol::from(
+                        self.present[i as usize].unwrap_or(true).to_string(),
+                    ))
+                }
+                Op::Input(i) if self.present.get(i as usize).copied().flatten() == Some(false) => {
+                    Term::Num(Constant::new(0.0))
                 }
                 Op::Unary(u, a) => {
                     let a = [c(a)];
@@ -577,6 +590,7 @@ impl<'r> Raising<'r> {
             rule,
             naming: Naming::Index,
             specialize: &[],
+            present: &[],
         };
         let leaves = rule
             .nodes
@@ -684,6 +698,7 @@ pub fn optimize(rule: &Rule, options: &Options) -> Rule {
         rule,
         naming: Naming::Index,
         specialize: &options.specialize,
+        present: &options.present,
     };
     let ids = lowering.lower(&mut egraph);
     let mut rules = exact_rules();
@@ -756,12 +771,14 @@ pub fn equivalent(a: &Rule, b: &Rule) -> bool {
         rule: a,
         naming: Naming::Name,
         specialize: &[],
+        present: &[],
     }
     .lower(&mut egraph);
     let ids_b = Lowering {
         rule: b,
         naming: Naming::Name,
         specialize: &[],
+        present: &[],
     }
     .lower(&mut egraph);
     let mut pairs = vec![(ids_a[a.param_out.index()], ids_b[b.param_out.index()])];

@@ -8,9 +8,10 @@
 
 use crate::error::{mismatch, Error};
 use crate::optimizer::{DynOptimizer, Optimizer};
-use crate::stepper::Inputs;
+use crate::stepper::{Backend, Inputs};
 use crate::tensor::TensorRef;
-use lensopt_ir::{Float, HyperValue};
+use crate::Float;
+use lensopt_ir::HyperValue;
 use ndarray::Array1;
 use serde_json::Value;
 
@@ -227,11 +228,16 @@ pub struct Replay {
     pub state: Vec<(String, Vec<f64>)>,
 }
 
-/// Replays `case` through `opt` in the case's dtype.
+/// Replays `case` through `opt` in the case's dtype, with the default backend.
 pub fn run(case: &Case, opt: &DynOptimizer) -> Result<Replay, Error> {
+    run_with(case, opt, Backend::default())
+}
+
+/// Replays `case` through `opt` in the case's dtype, with `backend`.
+pub fn run_with(case: &Case, opt: &DynOptimizer, backend: Backend) -> Result<Replay, Error> {
     match case.dtype {
-        Dtype::F32 => run_typed::<f32>(case, opt),
-        Dtype::F64 => run_typed::<f64>(case, opt),
+        Dtype::F32 => run_typed::<f32>(case, opt, backend),
+        Dtype::F64 => run_typed::<f64>(case, opt, backend),
     }
 }
 
@@ -239,10 +245,11 @@ fn array<F: Float>(v: &[f64]) -> Array1<F> {
     v.iter().map(|&x| F::from_f64(x)).collect()
 }
 
-fn run_typed<F: Float>(case: &Case, opt: &DynOptimizer) -> Result<Replay, Error> {
+fn run_typed<F: Float>(case: &Case, opt: &DynOptimizer, backend: Backend) -> Result<Replay, Error> {
     let rule = opt.rule();
     let mut p: Array1<F> = array(&case.p0);
     let mut stepper = opt.init::<F>(&[&p])?;
+    stepper.set_backend(backend);
     let mut params_after = Vec::with_capacity(case.grads.len());
     for t in 0..case.grads.len() {
         let g: Array1<F> = array(&case.grads[t]);

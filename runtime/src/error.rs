@@ -26,6 +26,8 @@ pub enum Error {
     },
     /// Tensors, shapes, lengths, groups or inputs that do not fit together.
     Mismatch(String),
+    /// The JIT could not compile the rule.
+    Compile(String),
 }
 
 impl fmt::Display for Error {
@@ -48,6 +50,7 @@ impl fmt::Display for Error {
                 write!(f, "hyperparameter `{name}` takes a {expected}")
             }
             Error::Mismatch(m) => f.write_str(m),
+            Error::Compile(m) => f.write_str(m),
         }
     }
 }

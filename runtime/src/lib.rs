@@ -35,16 +35,19 @@ extern crate self as lensopt;
 pub mod case;
 pub mod catalog;
 mod error;
+mod jit;
 mod optimizer;
 mod stepper;
 mod tensor;
 
 pub use error::Error;
+pub use lensopt_codegen::cpu::JitFloat as Float;
 pub use lensopt_ir as ir;
-pub use lensopt_ir::{interp, Diagnostic, Diagnostics, Float, HyperValue, Rule};
+pub use lensopt_ir::optimize::Mode;
+pub use lensopt_ir::{interp, Diagnostic, Diagnostics, HyperValue, Rule};
 pub use lensopt_macros::optimizer;
 pub use optimizer::{DynOptimizer, Group, Optimizer};
-pub use stepper::{Inputs, Stepper};
+pub use stepper::{Backend, Inputs, Stepper};
 pub use tensor::{TensorMut, TensorRef};
 
 /// Support for the code `optimizer!` generates; not a public API.

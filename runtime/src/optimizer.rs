@@ -8,7 +8,8 @@
 use crate::error::{mismatch, Error};
 use crate::stepper::Stepper;
 use crate::tensor::TensorRef;
-use lensopt_ir::{Float, HyperValue, Rule};
+use crate::Float;
+use lensopt_ir::{HyperValue, Rule};
 use std::sync::Arc;
 
 /// An update rule with hyperparameter values.

@@ -6,12 +6,29 @@
 //! leaves parameters and state as they were.
 
 use crate::error::{mismatch, Error};
+use crate::jit;
 use crate::optimizer::{hyper_slot, resolve_groups, Group};
 use crate::tensor::{TensorMut, TensorRef};
+use crate::Float;
+use lensopt_codegen::cpu::{Program, StepBuffers, StepPlan};
 use lensopt_ir::interp::{self, StateBuf, StepTensor};
-use lensopt_ir::{Float, HyperValue, Rule, StateKind};
+use lensopt_ir::optimize::Mode;
+use lensopt_ir::{HyperValue, Rule, StateKind};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use std::sync::Arc;
+
+/// How a [`Stepper`] computes its steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// Native code from the cranelift JIT, compiled once per rule, element
+    /// type and specialisation, with the e-graph's rewrites of this mode.
+    Jit(Mode),
+    /// Native code with the default ([`Mode::Fast`]) rewrites. The default.
+    #[default]
+    JitDefault,
+    /// The reference interpreter: slow, and the definition of what a rule means.
+    Interpreter,
+}
 
 /// Extra per-element inputs for one step (a Hessian-diagonal estimate, a
 /// second gradient...), by the names the rule declares, one tensor per parameter.
@@ -48,6 +65,10 @@ pub struct Stepper<F: Float> {
     shapes: Vec<Vec<usize>>,
     state: Vec<Vec<StateBuf<F>>>,
     t: u64,
+    backend: Backend,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    /// The program of the last step, with its specialisation.
+    program: Option<(jit::Key, Arc<Program<F>>)>,
 }
 
 fn elements<'a, F>(
@@ -90,7 +111,50 @@ impl<F: Float> Stepper<F> {
             shapes,
             state,
             t: 0,
+            backend: Backend::default(),
+            pool: None,
+            program: None,
         })
+    }
+
+    /// Chooses how steps are computed (the JIT by default).
+    pub fn set_backend(&mut self, backend: Backend) {
+        self.backend = backend;
+        self.program = None;
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs the JIT's kernels on a pool of `threads` threads owned by this
+    /// stepper (created once), instead of the process-wide pool.
+    pub fn set_threads(&mut self, threads: usize) -> Result<(), Error> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build()
+            .map_err(|e| mismatch(format!("cannot start {threads} threads: {e}")))?;
+        self.pool = Some(Arc::new(pool));
+        Ok(())
+    }
+
+    /// The compiled program the next step would use (compiling it if needed),
+    /// for inspection: its schedule and CLIF.
+    pub fn program(&mut self, present: &[bool]) -> Result<Arc<Program<F>>, Error> {
+        let mode = match self.backend {
+            Backend::Jit(mode) => mode,
+            Backend::JitDefault | Backend::Interpreter => Mode::Fast,
+        };
+        let key = jit::Key::for_step(&self.groups, present, mode);
+        if let Some((k, p)) = &self.program {
+            if *k == key {
+                return Ok(p.clone());
+            }
+        }
+        let program = jit::program::<F>(&self.rule, &key).map_err(Error::Compile)?;
+        self.program = Some((key, program.clone()));
+        Ok(program)
     }
 
     /// One step with gradients only.
@@ -169,26 +233,84 @@ impl<F: Float> Stepper<F> {
         for (i, p) in params.iter_mut().enumerate() {
             elements("parameter", i, &**p, &self.shapes[i])?;
         }
-        let mut tensors: Vec<StepTensor<'_, F>> = Vec::with_capacity(n);
-        for ((((p, g), inputs), state), group) in params
-            .iter_mut()
-            .zip(grad_data)
-            .zip(input_data)
-            .zip(self.state.iter_mut())
-            .zip(&self.group_of)
-        {
-            let param = p
-                .elements_mut()
-                .ok_or_else(|| mismatch("a parameter is not contiguous"))?;
-            tensors.push(StepTensor {
-                param,
-                grad: g,
-                inputs,
-                state,
-                hypers: &self.groups[*group],
-            });
+        if self.backend == Backend::Interpreter || n == 0 {
+            let mut tensors: Vec<StepTensor<'_, F>> = Vec::with_capacity(n);
+            for ((((p, g), inputs), state), group) in params
+                .iter_mut()
+                .zip(grad_data)
+                .zip(input_data)
+                .zip(self.state.iter_mut())
+                .zip(&self.group_of)
+            {
+                let param = p
+                    .elements_mut()
+                    .ok_or_else(|| mismatch("a parameter is not contiguous"))?;
+                tensors.push(StepTensor {
+                    param,
+                    grad: g,
+                    inputs,
+                    state,
+                    hypers: &self.groups[*group],
+                });
+            }
+            interp::step(&self.rule, self.t + 1, &present, &mut tensors)
+                .map_err(|e| mismatch(e.0))?;
+        } else {
+            let program = self.program(&present)?;
+            let mut scalar_state: Vec<Vec<f64>> = self
+                .state
+                .iter()
+                .map(|s| {
+                    s.iter()
+                        .map(|b| match b {
+                            StateBuf::Scalar(x) => *x,
+                            StateBuf::Element(_) => f64::NAN,
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut buffers: Vec<StepBuffers<'_, F>> = Vec::with_capacity(n);
+            for (((p, g), inputs), state) in params
+                .iter_mut()
+                .zip(grad_data)
+                .zip(input_data)
+                .zip(self.state.iter_mut())
+            {
+                let param = p
+                    .elements_mut()
+                    .ok_or_else(|| mismatch("a parameter is not contiguous"))?;
+                let states = state
+                    .iter_mut()
+                    .map(|b| match b {
+                        StateBuf::Element(v) => Some(v.as_mut_slice()),
+                        StateBuf::Scalar(_) => None,
+                    })
+                    .collect();
+                buffers.push(StepBuffers {
+                    param,
+                    grad: g,
+                    inputs,
+                    states,
+                });
+            }
+            let plan = StepPlan {
+                t: self.t + 1,
+                present: &present,
+                group_hypers: &self.groups,
+                group_of: &self.group_of,
+            };
+            program
+                .step(&plan, &mut buffers, &mut scalar_state, self.pool.as_deref())
+                .map_err(mismatch)?;
+            drop(buffers);
+            for (state, scalars) in self.state.iter_mut().zip(scalar_state) {
+                for (b, x) in state.iter_mut().zip(scalars) {
+                    if let StateBuf::Scalar(v) = b {
+                        *v = x;
+                    }
+                }
+            }
         }
-        interp::step(&self.rule, self.t + 1, &present, &mut tensors).map_err(|e| mismatch(e.0))?;
         self.t += 1;
         Ok(())
     }

@@ -1,0 +1,217 @@
+//! Element-wise IR nodes as CLIF vector instructions, one function per construct.
+//!
+//! Floats are vectors of the element type; booleans are lane masks (all
+//! ones or all zeros), so comparisons, `&&`, `||`, `!` and `select` are
+//! single instructions. Functions without an instruction (exp, ln, pow) are
+//! called lane by lane.
+
+use super::lanes::JitFloat;
+use super::math::MathFn;
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{self, Endianness, FuncRef, InstBuilder, MemFlagsData, Value};
+use cranelift_frontend::FunctionBuilder;
+use lensopt_ir::{BinOp, Op, Rule, Ty, UnOp, ValueId};
+use std::collections::HashMap;
+use std::marker::PhantomData;
+
+/// Which kernel buffer a leaf reads: `p`, `g`, the inputs, then the states.
+pub fn buffer_index(rule: &Rule, op: &Op) -> Option<usize> {
+    match *op {
+        Op::Param => Some(0),
+        Op::Grad => Some(1),
+        Op::Input(i) => Some(2 + i as usize),
+        Op::State(i) => Some(2 + rule.inputs.len() + i as usize),
+        _ => None,
+    }
+}
+
+/// Number of buffers a kernel of `rule` takes.
+pub fn buffer_count(rule: &Rule) -> usize {
+    2 + rule.inputs.len() + rule.states.len()
+}
+
+/// Memory flags of every kernel access: buffers are checked by the caller,
+/// so accesses cannot trap; vectors are not assumed aligned.
+pub fn mem_flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// Emits the element-wise part of one vector iteration.
+pub struct Emitter<'a, 'b, F> {
+    /// The function under construction.
+    pub b: &'a mut FunctionBuilder<'b>,
+    /// The rule whose nodes are emitted.
+    pub rule: &'a Rule,
+    /// Base pointer of each buffer (loaded once at entry).
+    pub bases: &'a [Option<Value>],
+    /// Vector (or mask) of every non-element value the kernel reads.
+    pub scalars: &'a [Option<Value>],
+    /// Imported math functions.
+    pub imports: &'a HashMap<MathFn, FuncRef>,
+    /// Element type.
+    pub element: PhantomData<F>,
+}
+
+impl<F: JitFloat> Emitter<'_, '_, F> {
+    /// Emits the element nodes `needed` (ids in order) for the vector at byte
+    /// offset `offset + imm` and returns each node's value.
+    pub fn emit(&mut self, needed: &[usize], offset: Value, imm: i32) -> Vec<Option<Value>> {
+        let mut vals: Vec<Option<Value>> = self.scalars.to_vec();
+        for &id in needed {
+            let op = self.rule.nodes[id].op;
+            let v = |x: ValueId| vals[x.index()].expect("arguments are emitted first");
+            let value = match op {
+                Op::Param | Op::Grad | Op::Input(_) | Op::State(_) => self.load(&op, offset, imm),
+                Op::Unary(u, a) => self.unary(u, v(a)),
+                Op::Binary(bop, x, y) => self.binary(bop, v(x), v(y)),
+                Op::Select(c, a, b) => {
+                    let float = self.rule.nodes[id].ty == Ty::Float;
+                    self.select(v(c), v(a), v(b), float)
+                }
+                Op::Fma(a, b, c) => self.b.ins().fma(v(a), v(b), v(c)),
+                other => unreachable!("{other:?} is not element-wise"),
+            };
+            vals[id] = Some(value);
+        }
+        vals
+    }
+
+    fn load(&mut self, op: &Op, offset: Value, imm: i32) -> Value {
+        let index = buffer_index(self.rule, op).expect("a buffer leaf");
+        let base = self.bases[index].expect("the buffer is passed");
+        let addr = self.b.ins().iadd(base, offset);
+        self.b.ins().load(F::VECTOR, mem_flags(), addr, imm)
+    }
+
+    /// A vector with every lane `x`.
+    pub fn splat(&mut self, x: f64) -> Value {
+        let scalar = if F::BYTES == 4 {
+            self.b.ins().f32const(x as f32)
+        } else {
+            self.b.ins().f64const(x)
+        };
+        self.b.ins().splat(F::VECTOR, scalar)
+    }
+
+    /// Reinterprets a lane mask as a float vector (for `bitselect`).
+    fn mask_as_float(&mut self, mask: Value) -> Value {
+        let flags = MemFlagsData::new().with_endianness(Endianness::Little);
+        self.b.ins().bitcast(F::VECTOR, flags, mask)
+    }
+
+    fn unary(&mut self, op: UnOp, a: Value) -> Value {
+        match op {
+            UnOp::Neg => self.b.ins().fneg(a),
+            UnOp::Sqrt => self.b.ins().sqrt(a),
+            UnOp::Rsqrt => {
+                let one = self.splat(1.0);
+                let root = self.b.ins().sqrt(a);
+                self.b.ins().fdiv(one, root)
+            }
+            UnOp::Abs => self.b.ins().fabs(a),
+            // sign(x) = 1 where x > 0, -1 where x < 0, else x (keeps 0, -0, NaN).
+            UnOp::Sign => {
+                let zero = self.splat(0.0);
+                let one = self.splat(1.0);
+                let minus_one = self.splat(-1.0);
+                let pos = self.b.ins().fcmp(FloatCC::GreaterThan, a, zero);
+                let neg = self.b.ins().fcmp(FloatCC::LessThan, a, zero);
+                let pos = self.mask_as_float(pos);
+                let neg = self.mask_as_float(neg);
+                let r = self.b.ins().bitselect(neg, minus_one, a);
+                self.b.ins().bitselect(pos, one, r)
+            }
+            UnOp::Exp => self.per_lane(MathFn::Exp, &[a]),
+            UnOp::Ln => self.per_lane(MathFn::Ln, &[a]),
+            // sigmoid(x) = 1 / (1 + e^-x)
+            UnOp::Sigmoid => {
+                let minus = self.b.ins().fneg(a);
+                let e = self.per_lane(MathFn::Exp, &[minus]);
+                let one = self.splat(1.0);
+                let den = self.b.ins().fadd(one, e);
+                self.b.ins().fdiv(one, den)
+            }
+            UnOp::Not => self.b.ins().bnot(a),
+        }
+    }
+
+    fn binary(&mut self, op: BinOp, x: Value, y: Value) -> Value {
+        let cmp = |cc: FloatCC, this: &mut Self| this.b.ins().fcmp(cc, x, y);
+        match op {
+            BinOp::Add => self.b.ins().fadd(x, y),
+            BinOp::Sub => self.b.ins().fsub(x, y),
+            BinOp::Mul => self.b.ins().fmul(x, y),
+            BinOp::Div => self.b.ins().fdiv(x, y),
+            BinOp::Pow => self.per_lane(MathFn::Pow, &[x, y]),
+            // cranelift's fmin/fmax are IEEE 754-2019 minimum/maximum, as the IR's.
+            BinOp::Min => self.b.ins().fmin(x, y),
+            BinOp::Max => self.b.ins().fmax(x, y),
+            BinOp::Lt => cmp(FloatCC::LessThan, self),
+            BinOp::Le => cmp(FloatCC::LessThanOrEqual, self),
+            BinOp::Gt => cmp(FloatCC::GreaterThan, self),
+            BinOp::Ge => cmp(FloatCC::GreaterThanOrEqual, self),
+            BinOp::Eq => cmp(FloatCC::Equal, self),
+            BinOp::Ne => cmp(FloatCC::NotEqual, self),
+            BinOp::And => self.b.ins().band(x, y),
+            BinOp::Or => self.b.ins().bor(x, y),
+        }
+    }
+
+    fn select(&mut self, mask: Value, a: Value, b: Value, float: bool) -> Value {
+        if float {
+            let m = self.mask_as_float(mask);
+            self.b.ins().bitselect(m, a, b)
+        } else {
+            self.b.ins().bitselect(mask, a, b)
+        }
+    }
+
+    /// Calls `f` on each lane and gathers the results into a vector.
+    fn per_lane(&mut self, f: MathFn, args: &[Value]) -> Value {
+        let func: FuncRef = self.imports[&f];
+        let mut out = args[0];
+        for lane in 0..F::LANES as u8 {
+            let lane_args: Vec<Value> = args
+                .iter()
+                .map(|a| self.b.ins().extractlane(*a, lane))
+                .collect();
+            let call = self.b.ins().call(func, &lane_args);
+            let r = self.b.inst_results(call)[0];
+            out = self.b.ins().insertlane(out, r, lane);
+        }
+        out
+    }
+}
+
+/// Loads the scalar slot `index` from `slots` and splats it (as a mask for booleans).
+pub fn load_slot<F: JitFloat>(
+    b: &mut FunctionBuilder<'_>,
+    slots: Value,
+    index: usize,
+    ty: Ty,
+) -> Value {
+    let x = b
+        .ins()
+        .load(F::SCALAR, mem_flags(), slots, (index * F::BYTES) as i32);
+    let v = b.ins().splat(F::VECTOR, x);
+    match ty {
+        Ty::Float => v,
+        Ty::Bool => {
+            let zero = if F::BYTES == 4 {
+                b.ins().f32const(0.0)
+            } else {
+                b.ins().f64const(0.0)
+            };
+            let zero = b.ins().splat(F::VECTOR, zero);
+            b.ins().fcmp(FloatCC::NotEqual, v, zero)
+        }
+    }
+}
+
+/// The type of a slot's vector value.
+pub fn vector_type<F: JitFloat>(ty: Ty) -> ir::Type {
+    match ty {
+        Ty::Float => F::VECTOR,
+        Ty::Bool => F::MASK,
+    }
+}

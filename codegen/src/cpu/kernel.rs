@@ -1,0 +1,423 @@
+//! The functions of a compiled schedule: one element kernel, one per reduction pass.
+//!
+//! Element kernel, `fn(bufs: *const *mut F, slots: *const F, n: usize)`:
+//! ```text
+//! entry:    load buffer base pointers and scalar slots (splatted once)
+//! unrolled: while i + 4*L <= n { 4 x (load, compute, store) at i, i+L, i+2L, i+3L }
+//! single:   while i < n        { load, compute, store at i; i += L }
+//! ```
+//! `n` must be a multiple of the lane count `L`; the caller runs the last
+//! `n % L` elements through the same kernel on padded copies.
+//!
+//! Reduction kernel, `fn(bufs, slots, n, valid, out: *mut f64)`: one vector
+//! per iteration, every reduction of the pass accumulated per lane in f64
+//! (lanes at index `>= valid` contribute nothing), lanes summed in order at
+//! the end and stored to `out[k]`.
+
+use super::emit::{buffer_count, buffer_index, load_slot, mem_flags, Emitter};
+use super::lanes::JitFloat;
+use super::math::MathFn;
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{
+    types, AbiParam, FuncRef, InstBuilder, Signature, UserFuncName, Value,
+};
+use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_jit::JITModule;
+use cranelift_module::{FuncId, Linkage, Module, ModuleError};
+use lensopt_ir::schedule::{Output, Schedule};
+use lensopt_ir::{Op, Rate, ReduceOp, Rule, ValueId};
+use std::collections::HashMap;
+use std::marker::PhantomData;
+
+/// Results of building code (the error boxed: cranelift's is large).
+type BuildResult<T> = Result<T, Box<ModuleError>>;
+
+/// Vectors per iteration of the element kernel's main loop.
+pub const UNROLL: usize = 4;
+
+/// The functions built for one schedule, and their CLIF text.
+pub struct Built {
+    /// The element kernel.
+    pub element: FuncId,
+    /// One reduction kernel per pass.
+    pub passes: Vec<FuncId>,
+    /// `(name, CLIF)` of every function, as generated (before cranelift's optimizations).
+    pub clif: Vec<(String, String)>,
+}
+
+/// Element-rate nodes needed by `roots`, in order (reductions excluded).
+fn element_nodes(rule: &Rule, roots: &[ValueId]) -> Vec<usize> {
+    let live = rule.reachable(roots);
+    (0..rule.nodes.len())
+        .filter(|&i| {
+            live[i]
+                && rule.nodes[i].rate == Rate::Element
+                && !matches!(rule.nodes[i].op, Op::Reduce(..))
+        })
+        .collect()
+}
+
+/// The buffer an output is stored to.
+pub fn output_buffer(rule: &Rule, out: Output) -> usize {
+    match out {
+        Output::Param => 0,
+        Output::State(s) => 2 + rule.inputs.len() + s as usize,
+    }
+}
+
+/// Shared parts of every kernel's entry block.
+struct Entry {
+    bases: Vec<Option<Value>>,
+    scalars: Vec<Option<Value>>,
+    imports: HashMap<MathFn, FuncRef>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn entry<F: JitFloat>(
+    b: &mut FunctionBuilder<'_>,
+    module: &mut JITModule,
+    schedule: &Schedule,
+    needed: &[usize],
+    extra_roots: &[ValueId],
+    written: &[usize],
+    bufs: Value,
+    slots: Value,
+) -> BuildResult<Entry> {
+    let rule = &schedule.rule;
+    let mut used = vec![false; buffer_count(rule)];
+    for k in written {
+        used[*k] = true;
+    }
+    for &id in needed {
+        if let Some(k) = buffer_index(rule, &rule.nodes[id].op) {
+            used[k] = true;
+        }
+    }
+    let mut bases = vec![None; used.len()];
+    for (k, u) in used.iter().enumerate() {
+        if *u {
+            bases[k] = Some(b.ins().load(types::I64, mem_flags(), bufs, (k * 8) as i32));
+        }
+    }
+    // Scalars: the slots that these nodes (or the outputs) read.
+    let mut reads = vec![false; rule.nodes.len()];
+    for &id in needed {
+        for a in rule.nodes[id].op.args() {
+            reads[a.index()] = true;
+        }
+    }
+    for r in extra_roots {
+        reads[r.index()] = true;
+    }
+    let mut scalars = vec![None; rule.nodes.len()];
+    for (slot, v) in schedule.slots.iter().enumerate() {
+        if reads[v.index()] {
+            scalars[v.index()] = Some(load_slot::<F>(b, slots, slot, rule.node(*v).ty));
+        }
+    }
+    let mut imports = HashMap::new();
+    for f in MathFn::ALL {
+        let mut sig = module.make_signature();
+        for _ in 0..f.arity() {
+            sig.params.push(AbiParam::new(F::SCALAR));
+        }
+        sig.returns.push(AbiParam::new(F::SCALAR));
+        let id = module.declare_function(&f.symbol(F::NAME), Linkage::Import, &sig)?;
+        imports.insert(f, module.declare_func_in_func(id, b.func));
+    }
+    Ok(Entry {
+        bases,
+        scalars,
+        imports,
+    })
+}
+
+fn signature(module: &JITModule, params: usize) -> Signature {
+    let mut sig = module.make_signature();
+    for _ in 0..params {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    sig
+}
+
+/// Builds every function of `schedule` into `module`.
+pub fn build<F: JitFloat>(module: &mut JITModule, schedule: &Schedule) -> BuildResult<Built> {
+    let mut ctx = module.make_context();
+    let mut fctx = FunctionBuilderContext::new();
+    let mut clif = Vec::new();
+    let element = define(
+        module,
+        &mut ctx,
+        &mut fctx,
+        "element",
+        3,
+        &mut clif,
+        |b, m| element_body::<F>(b, m, schedule),
+    )?;
+    let mut passes = Vec::new();
+    for (k, pass) in schedule.passes.iter().enumerate() {
+        let name = format!("reduce{k}");
+        passes.push(define(
+            module,
+            &mut ctx,
+            &mut fctx,
+            &name,
+            5,
+            &mut clif,
+            |b, m| reduction_body::<F>(b, m, schedule, pass),
+        )?);
+    }
+    Ok(Built {
+        element,
+        passes,
+        clif,
+    })
+}
+
+fn define(
+    module: &mut JITModule,
+    ctx: &mut Context,
+    fctx: &mut FunctionBuilderContext,
+    name: &str,
+    params: usize,
+    clif: &mut Vec<(String, String)>,
+    body: impl FnOnce(&mut FunctionBuilder<'_>, &mut JITModule) -> BuildResult<()>,
+) -> BuildResult<FuncId> {
+    let sig = signature(module, params);
+    let id = module.declare_function(name, Linkage::Local, &sig)?;
+    ctx.func.signature = sig;
+    ctx.func.name = UserFuncName::user(0, id.as_u32());
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
+        body(&mut b, module)?;
+        b.seal_all_blocks();
+        b.finalize(module.isa().frontend_config());
+    }
+    clif.push((name.to_string(), ctx.func.display().to_string()));
+    module.define_function(id, ctx)?;
+    module.clear_context(ctx);
+    Ok(id)
+}
+
+fn element_body<F: JitFloat>(
+    b: &mut FunctionBuilder<'_>,
+    module: &mut JITModule,
+    schedule: &Schedule,
+) -> BuildResult<()> {
+    let rule = &schedule.rule;
+    let roots: Vec<ValueId> = schedule.outputs.iter().map(|o| o.1).collect();
+    let needed = element_nodes(rule, &roots);
+    let start = b.create_block();
+    b.append_block_params_for_function_params(start);
+    b.switch_to_block(start);
+    let (bufs, slots, n) = {
+        let p = b.block_params(start);
+        (p[0], p[1], p[2])
+    };
+    let written: Vec<usize> = schedule
+        .outputs
+        .iter()
+        .map(|o| output_buffer(rule, o.0))
+        .collect();
+    let e = entry::<F>(b, module, schedule, &needed, &roots, &written, bufs, slots)?;
+    let lanes = F::LANES as i64;
+    let i = b.declare_var(types::I64);
+    let zero = b.ins().iconst(types::I64, 0);
+    b.def_var(i, zero);
+    let unrolled_head = b.create_block();
+    let unrolled_body = b.create_block();
+    let single_head = b.create_block();
+    let single_body = b.create_block();
+    let exit = b.create_block();
+    b.ins().jump(unrolled_head, &[]);
+
+    b.switch_to_block(unrolled_head);
+    let iv = b.use_var(i);
+    let next = b.ins().iadd_imm_s(iv, lanes * UNROLL as i64);
+    let fits = b.ins().icmp(IntCC::UnsignedLessThanOrEqual, next, n);
+    b.ins().brif(fits, unrolled_body, &[], single_head, &[]);
+
+    b.switch_to_block(unrolled_body);
+    let iv = b.use_var(i);
+    let offset = b.ins().imul_imm_s(iv, F::BYTES as i64);
+    for k in 0..UNROLL {
+        let imm = (k * F::LANES * F::BYTES) as i32;
+        vector_step::<F>(b, rule, schedule, &e, &needed, offset, imm);
+    }
+    let next = b.ins().iadd_imm_s(iv, lanes * UNROLL as i64);
+    b.def_var(i, next);
+    b.ins().jump(unrolled_head, &[]);
+
+    b.switch_to_block(single_head);
+    let iv = b.use_var(i);
+    let more = b.ins().icmp(IntCC::UnsignedLessThan, iv, n);
+    b.ins().brif(more, single_body, &[], exit, &[]);
+
+    b.switch_to_block(single_body);
+    let iv = b.use_var(i);
+    let offset = b.ins().imul_imm_s(iv, F::BYTES as i64);
+    vector_step::<F>(b, rule, schedule, &e, &needed, offset, 0);
+    let next = b.ins().iadd_imm_s(iv, lanes);
+    b.def_var(i, next);
+    b.ins().jump(single_head, &[]);
+
+    b.switch_to_block(exit);
+    b.ins().return_(&[]);
+    Ok(())
+}
+
+/// One vector of the element pass: compute, then store every output.
+fn vector_step<F: JitFloat>(
+    b: &mut FunctionBuilder<'_>,
+    rule: &Rule,
+    schedule: &Schedule,
+    e: &Entry,
+    needed: &[usize],
+    offset: Value,
+    imm: i32,
+) {
+    let mut em = Emitter::<F> {
+        b,
+        rule,
+        bases: &e.bases,
+        scalars: &e.scalars,
+        imports: &e.imports,
+        element: PhantomData,
+    };
+    let vals = em.emit(needed, offset, imm);
+    for (out, v) in &schedule.outputs {
+        let value = vals[v.index()].expect("outputs are computed");
+        let base = e.bases[output_buffer(rule, *out)].expect("output bases are loaded at entry");
+        let addr = em.b.ins().iadd(base, offset);
+        em.b.ins().store(mem_flags(), value, addr, imm);
+    }
+}
+
+fn reduction_body<F: JitFloat>(
+    b: &mut FunctionBuilder<'_>,
+    module: &mut JITModule,
+    schedule: &Schedule,
+    pass: &[ValueId],
+) -> BuildResult<()> {
+    let rule = &schedule.rule;
+    let args: Vec<(ReduceOp, ValueId)> = pass
+        .iter()
+        .map(|r| match rule.node(*r).op {
+            Op::Reduce(op, _, arg) => (op, arg),
+            _ => unreachable!("passes hold reductions"),
+        })
+        .collect();
+    let arg_ids: Vec<ValueId> = args.iter().map(|a| a.1).collect();
+    let needed = element_nodes(rule, &arg_ids);
+    let start = b.create_block();
+    b.append_block_params_for_function_params(start);
+    b.switch_to_block(start);
+    let (bufs, slots, n, valid, out) = {
+        let p = b.block_params(start);
+        (p[0], p[1], p[2], p[3], p[4])
+    };
+    let e = entry::<F>(b, module, schedule, &needed, &arg_ids, &[], bufs, slots)?;
+    let zero64 = b.ins().f64const(0.0);
+    let accs: Vec<Vec<Variable>> = args
+        .iter()
+        .map(|_| {
+            (0..F::LANES)
+                .map(|_| {
+                    let v = b.declare_var(types::F64);
+                    b.def_var(v, zero64);
+                    v
+                })
+                .collect()
+        })
+        .collect();
+    let i = b.declare_var(types::I64);
+    let zero = b.ins().iconst(types::I64, 0);
+    b.def_var(i, zero);
+    let head = b.create_block();
+    let body = b.create_block();
+    let exit = b.create_block();
+    b.ins().jump(head, &[]);
+
+    b.switch_to_block(head);
+    let iv = b.use_var(i);
+    let more = b.ins().icmp(IntCC::UnsignedLessThan, iv, n);
+    b.ins().brif(more, body, &[], exit, &[]);
+
+    b.switch_to_block(body);
+    let iv = b.use_var(i);
+    let offset = b.ins().imul_imm_s(iv, F::BYTES as i64);
+    let vals = {
+        let mut em = Emitter::<F> {
+            b: &mut *b,
+            rule,
+            bases: &e.bases,
+            scalars: &e.scalars,
+            imports: &e.imports,
+            element: PhantomData,
+        };
+        em.emit(&needed, offset, 0)
+    };
+    for ((op, arg), acc) in args.iter().zip(&accs) {
+        let x = vals[arg.index()].expect("reduced values are computed");
+        for (lane, var) in acc.iter().enumerate() {
+            let index = b.ins().iadd_imm_s(iv, lane as i64);
+            let ok = b.ins().icmp(IntCC::UnsignedLessThan, index, valid);
+            let contribution = lane_contribution::<F>(b, *op, x, lane as u8);
+            let zero = b.ins().f64const(0.0);
+            let masked = b.ins().select(ok, contribution, zero);
+            let old = b.use_var(*var);
+            let new = match op {
+                ReduceOp::MaxAbs => b.ins().fmax(old, masked),
+                _ => b.ins().fadd(old, masked),
+            };
+            b.def_var(*var, new);
+        }
+    }
+    let next = b.ins().iadd_imm_s(iv, F::LANES as i64);
+    b.def_var(i, next);
+    b.ins().jump(head, &[]);
+
+    b.switch_to_block(exit);
+    for (k, ((op, _), acc)) in args.iter().zip(&accs).enumerate() {
+        let mut total = b.use_var(acc[0]);
+        for var in &acc[1..] {
+            let x = b.use_var(*var);
+            total = match op {
+                ReduceOp::MaxAbs => b.ins().fmax(total, x),
+                _ => b.ins().fadd(total, x),
+            };
+        }
+        b.ins().store(mem_flags(), total, out, (k * 8) as i32);
+    }
+    b.ins().return_(&[]);
+    Ok(())
+}
+
+/// What one lane adds to an accumulator, in f64.
+fn lane_contribution<F: JitFloat>(
+    b: &mut FunctionBuilder<'_>,
+    op: ReduceOp,
+    x: Value,
+    lane: u8,
+) -> Value {
+    let e = b.ins().extractlane(x, lane);
+    if op == ReduceOp::Count {
+        // x is a mask: lanes are all ones (true) or zero.
+        let truth = b.ins().icmp_imm_s(IntCC::NotEqual, e, 0);
+        let one = b.ins().f64const(1.0);
+        let zero = b.ins().f64const(0.0);
+        return b.ins().select(truth, one, zero);
+    }
+    let wide = if F::BYTES == 4 {
+        b.ins().fpromote(types::F64, e)
+    } else {
+        e
+    };
+    match op {
+        ReduceOp::Sum | ReduceOp::Mean => wide,
+        ReduceOp::Norm => b.ins().fmul(wide, wide),
+        ReduceOp::MaxAbs => b.ins().fabs(wide),
+        ReduceOp::Count => unreachable!(),
+    }
+}

@@ -1,0 +1,88 @@
+//! Math functions that cranelift has no instruction for, imported by generated code.
+//!
+//! Every import is registered explicitly with the JIT's symbol table, so no
+//! symbol is ever looked up in the process. The same functions (Rust's `std`,
+//! hence the platform libm) back the reference interpreter, so results agree.
+
+/// A function generated code may call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MathFn {
+    /// e^x
+    Exp,
+    /// ln x
+    Ln,
+    /// x^y
+    Pow,
+    /// a * b + c, one rounding (cranelift's fallback when the CPU lacks FMA).
+    Fma,
+}
+
+impl MathFn {
+    /// Every function, for registration.
+    pub const ALL: [MathFn; 4] = [MathFn::Exp, MathFn::Ln, MathFn::Pow, MathFn::Fma];
+
+    /// Number of arguments.
+    pub fn arity(self) -> usize {
+        match self {
+            MathFn::Exp | MathFn::Ln => 1,
+            MathFn::Pow => 2,
+            MathFn::Fma => 3,
+        }
+    }
+
+    /// The symbol name for an element type (`"f32"` or `"f64"`).
+    pub fn symbol(self, ty: &str) -> String {
+        let base = match self {
+            MathFn::Exp => "exp",
+            MathFn::Ln => "ln",
+            MathFn::Pow => "pow",
+            MathFn::Fma => "fma",
+        };
+        format!("lensopt_{base}_{ty}")
+    }
+}
+
+extern "C" fn exp_f32(x: f32) -> f32 {
+    x.exp()
+}
+extern "C" fn exp_f64(x: f64) -> f64 {
+    x.exp()
+}
+extern "C" fn ln_f32(x: f32) -> f32 {
+    x.ln()
+}
+extern "C" fn ln_f64(x: f64) -> f64 {
+    x.ln()
+}
+extern "C" fn pow_f32(x: f32, y: f32) -> f32 {
+    x.powf(y)
+}
+extern "C" fn pow_f64(x: f64, y: f64) -> f64 {
+    x.powf(y)
+}
+extern "C" fn fma_f32(a: f32, b: f32, c: f32) -> f32 {
+    a.mul_add(b, c)
+}
+extern "C" fn fma_f64(a: f64, b: f64, c: f64) -> f64 {
+    a.mul_add(b, c)
+}
+
+/// Every symbol generated code may reference, with its address: our math
+/// functions, and cranelift's libcall names for the operations it may lower
+/// to calls (`fmaf`, `fma`).
+pub fn symbols() -> Vec<(String, *const u8)> {
+    let ours: [(MathFn, *const u8, *const u8); 4] = [
+        (MathFn::Exp, exp_f32 as *const u8, exp_f64 as *const u8),
+        (MathFn::Ln, ln_f32 as *const u8, ln_f64 as *const u8),
+        (MathFn::Pow, pow_f32 as *const u8, pow_f64 as *const u8),
+        (MathFn::Fma, fma_f32 as *const u8, fma_f64 as *const u8),
+    ];
+    let mut out = Vec::new();
+    for (f, p32, p64) in ours {
+        out.push((f.symbol("f32"), p32));
+        out.push((f.symbol("f64"), p64));
+    }
+    out.push(("fmaf".to_string(), fma_f32 as *const u8));
+    out.push(("fma".to_string(), fma_f64 as *const u8));
+    out
+}

@@ -1,0 +1,16 @@
+//! The CPU backend: each phase of a schedule becomes a cranelift function.
+//!
+//! - [`lanes`]: the element types as SIMD lanes (f32x4, f64x2);
+//! - [`math`]: the math functions generated code imports, registered by hand;
+//! - [`emit`]: element-wise IR nodes to CLIF vector instructions;
+//! - [`kernel`]: the element and reduction functions (loops, loads, stores);
+//! - [`program`]: a compiled schedule and the safe, parallel execution of a step.
+
+pub mod emit;
+pub mod kernel;
+pub mod lanes;
+pub mod math;
+pub mod program;
+
+pub use lanes::JitFloat;
+pub use program::{CompileError, Program, StepBuffers, StepPlan};

@@ -1,0 +1,664 @@
+//! A compiled schedule, and the safe, parallel execution of one step with it.
+//!
+//! The host evaluates per-step values once per group and per-tensor values
+//! once per tensor (in f64, as the interpreter does), then runs the kernels
+//! over chunks of every tensor on a thread pool: each reduction pass, then
+//! the element pass. Chunks are fixed in size (independent of the number of
+//! threads), so element results are identical for any thread count and
+//! reductions are combined in the same order every time.
+
+use super::emit::buffer_count;
+use super::kernel::{self, output_buffer};
+use super::lanes::JitFloat;
+use super::math;
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_jit::{JITBuilder, JITModule};
+use lensopt_ir::interp::{self, maximum};
+use lensopt_ir::schedule::Schedule;
+use lensopt_ir::{HyperValue, Op, ReduceOp, Scope, StateKind};
+use rayon::prelude::*;
+use std::fmt;
+use std::marker::PhantomData;
+
+/// Elements per chunk of work: a multiple of every vector width times the unroll.
+pub const CHUNK: usize = 1 << 16;
+
+/// Below this many elements in a step, kernels run on the calling thread.
+pub const PARALLEL_MIN: usize = 1 << 17;
+
+/// Most buffers a kernel may take (`p`, `g`, inputs and states).
+const MAX_BUFFERS: usize = 64;
+
+/// Why a schedule could not be compiled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileError(pub String);
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot compile the rule: {}", self.0)
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+type ElementFn = unsafe extern "C" fn(*const *mut u8, *const u8, usize);
+type ReduceFn = unsafe extern "C" fn(*const *mut u8, *const u8, usize, usize, *mut f64);
+
+/// Keeps the JIT's code alive as long as the program.
+struct Code(#[allow(dead_code)] JITModule);
+
+// SAFETY: the module is only kept so that its executable memory stays
+// mapped; after `finalize_definitions` nothing mutates it, and the compiled
+// functions are pure code that may run on any thread.
+unsafe impl Send for Code {}
+// SAFETY: as above: shared references never reach the module's state.
+unsafe impl Sync for Code {}
+
+/// The kernels of one schedule for element type `F`.
+pub struct Program<F> {
+    schedule: Schedule,
+    element: ElementFn,
+    passes: Vec<ReduceFn>,
+    clif: Vec<(String, String)>,
+    _code: Code,
+    _element: PhantomData<F>,
+}
+
+impl<F> fmt::Debug for Program<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Program")
+            .field("rule", &self.schedule.rule.name)
+            .field("passes", &self.passes.len())
+            .finish()
+    }
+}
+
+fn module() -> Result<JITModule, CompileError> {
+    let err = |e: &dyn fmt::Display| CompileError(e.to_string());
+    let mut flags = settings::builder();
+    flags.set("opt_level", "speed").map_err(|e| err(&e))?;
+    flags
+        .set("use_colocated_libcalls", "false")
+        .map_err(|e| err(&e))?;
+    flags.set("is_pic", "false").map_err(|e| err(&e))?;
+    let isa = cranelift_native::builder()
+        .map_err(|e| err(&e))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| err(&e))?;
+    let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+    for (name, ptr) in math::symbols() {
+        builder.symbol(name, ptr);
+    }
+    Ok(JITModule::new(builder))
+}
+
+/// One tensor's buffers for a step.
+pub struct StepBuffers<'a, F> {
+    /// The parameter, updated in place.
+    pub param: &'a mut [F],
+    /// The gradient.
+    pub grad: &'a [F],
+    /// Extra inputs in the rule's order (`None`: absent).
+    pub inputs: Vec<Option<&'a [F]>>,
+    /// States in the rule's order: element states as slices, `None` for scalar states.
+    pub states: Vec<Option<&'a mut [F]>>,
+}
+
+impl<'a, F> StepBuffers<'a, F> {
+    /// A shorter-lived view of the same buffers.
+    fn reborrow(&mut self) -> StepBuffers<'_, F> {
+        StepBuffers {
+            param: &mut *self.param,
+            grad: self.grad,
+            inputs: self.inputs.clone(),
+            states: self.states.iter_mut().map(|s| s.as_deref_mut()).collect(),
+        }
+    }
+
+    /// Splits off the first `len` elements of every buffer.
+    fn split_first(self, len: usize) -> (StepBuffers<'a, F>, StepBuffers<'a, F>) {
+        let (p0, p1) = self.param.split_at_mut(len);
+        let (g0, g1) = self.grad.split_at(len);
+        let mut i0 = Vec::with_capacity(self.inputs.len());
+        let mut i1 = Vec::with_capacity(self.inputs.len());
+        for input in self.inputs {
+            let (a, b) = match input {
+                Some(s) => {
+                    let (a, b) = s.split_at(len);
+                    (Some(a), Some(b))
+                }
+                None => (None, None),
+            };
+            i0.push(a);
+            i1.push(b);
+        }
+        let mut s0 = Vec::with_capacity(self.states.len());
+        let mut s1 = Vec::with_capacity(self.states.len());
+        for state in self.states {
+            let (a, b) = match state {
+                Some(s) => {
+                    let (a, b) = s.split_at_mut(len);
+                    (Some(a), Some(b))
+                }
+                None => (None, None),
+            };
+            s0.push(a);
+            s1.push(b);
+        }
+        (
+            StepBuffers {
+                param: p0,
+                grad: g0,
+                inputs: i0,
+                states: s0,
+            },
+            StepBuffers {
+                param: p1,
+                grad: g1,
+                inputs: i1,
+                states: s1,
+            },
+        )
+    }
+
+    /// The buffer table a kernel takes, in kernel order (null where absent).
+    fn pointers(&mut self) -> [*mut u8; MAX_BUFFERS] {
+        let mut ptrs = [std::ptr::null_mut(); MAX_BUFFERS];
+        ptrs[0] = self.param.as_mut_ptr().cast();
+        // Kernels never store through the gradient or input pointers (only
+        // `p` and states are outputs), so casting away const is sound.
+        ptrs[1] = self.grad.as_ptr().cast_mut().cast();
+        let k = 2;
+        for (j, input) in self.inputs.iter().enumerate() {
+            if let Some(s) = input {
+                ptrs[k + j] = s.as_ptr().cast_mut().cast();
+            }
+        }
+        let k = k + self.inputs.len();
+        for (j, state) in self.states.iter_mut().enumerate() {
+            if let Some(s) = state {
+                ptrs[k + j] = s.as_mut_ptr().cast();
+            }
+        }
+        ptrs
+    }
+}
+
+/// The step-level facts a step needs besides the buffers.
+pub struct StepPlan<'a> {
+    /// The step counter (1 on the first step).
+    pub t: u64,
+    /// Whether each optional input is present.
+    pub present: &'a [bool],
+    /// Hyperparameters of each group.
+    pub group_hypers: &'a [Vec<HyperValue>],
+    /// Group of each tensor.
+    pub group_of: &'a [usize],
+}
+
+impl<F: JitFloat> Program<F> {
+    /// Compiles every phase of `schedule` to native code.
+    pub fn compile(schedule: Schedule) -> Result<Self, CompileError> {
+        if buffer_count(&schedule.rule) > MAX_BUFFERS {
+            return Err(CompileError(format!(
+                "a rule may have at most {} inputs and states",
+                MAX_BUFFERS - 2
+            )));
+        }
+        let mut module = module()?;
+        let built =
+            kernel::build::<F>(&mut module, &schedule).map_err(|e| CompileError(e.to_string()))?;
+        module
+            .finalize_definitions()
+            .map_err(|e| CompileError(e.to_string()))?;
+        let element_ptr = module.get_finalized_function(built.element);
+        // SAFETY: `element_ptr` is the finalized code of a function declared
+        // with the signature (i64, i64, i64) -> () under the platform's C
+        // calling convention, which is `ElementFn`'s ABI on 64-bit targets.
+        let element: ElementFn =
+            unsafe { std::mem::transmute::<*const u8, ElementFn>(element_ptr) };
+        let passes = built
+            .passes
+            .iter()
+            .map(|id| {
+                let ptr = module.get_finalized_function(*id);
+                // SAFETY: as above, for (i64, i64, i64, i64, i64) -> ().
+                unsafe { std::mem::transmute::<*const u8, ReduceFn>(ptr) }
+            })
+            .collect();
+        Ok(Program {
+            schedule,
+            element,
+            passes,
+            clif: built.clif,
+            _code: Code(module),
+            _element: PhantomData,
+        })
+    }
+
+    /// The schedule this program runs.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// `(function name, CLIF text)` of every kernel, as generated.
+    pub fn clif(&self) -> &[(String, String)] {
+        &self.clif
+    }
+
+    /// Checks that every buffer a kernel touches is there, with the parameter's length.
+    fn validate(&self, tensors: &[StepBuffers<'_, F>], plan: &StepPlan<'_>) -> Result<(), String> {
+        let rule = &self.schedule.rule;
+        if plan.group_of.len() != tensors.len()
+            || plan.group_of.iter().any(|g| *g >= plan.group_hypers.len())
+        {
+            return Err("every tensor needs a parameter group".into());
+        }
+        if plan.present.len() != rule.inputs.len() {
+            return Err("one presence flag per input is needed".into());
+        }
+        let mut reads_input = vec![false; rule.inputs.len()];
+        let mut reads_state = vec![false; rule.states.len()];
+        for node in &rule.nodes {
+            match node.op {
+                Op::Input(i) => reads_input[i as usize] = true,
+                Op::State(i) => reads_state[i as usize] = true,
+                _ => {}
+            }
+        }
+        for (out, _) in &self.schedule.outputs {
+            if let lensopt_ir::schedule::Output::State(i) = out {
+                reads_state[*i as usize] = true;
+            }
+        }
+        for (k, t) in tensors.iter().enumerate() {
+            let n = t.param.len();
+            if t.grad.len() != n {
+                return Err(format!(
+                    "tensor {k}: gradient of {} elements for {n} parameters",
+                    t.grad.len()
+                ));
+            }
+            if t.inputs.len() != rule.inputs.len() || t.states.len() != rule.states.len() {
+                return Err(format!(
+                    "tensor {k}: inputs or states do not match the rule"
+                ));
+            }
+            for (i, input) in t.inputs.iter().enumerate() {
+                match input {
+                    Some(s) if s.len() != n => {
+                        return Err(format!(
+                            "tensor {k}: input `{}` has {} elements, not {n}",
+                            rule.inputs[i].name,
+                            s.len()
+                        ))
+                    }
+                    None if reads_input[i] => {
+                        return Err(format!(
+                            "tensor {k}: input `{}` is missing",
+                            rule.inputs[i].name
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            for (i, state) in t.states.iter().enumerate() {
+                let element = rule.states[i].kind == StateKind::Element;
+                match state {
+                    Some(s) if s.len() != n => {
+                        return Err(format!(
+                            "tensor {k}: state `{}` has {} elements, not {n}",
+                            rule.states[i].name,
+                            s.len()
+                        ))
+                    }
+                    None if element && reads_state[i] => {
+                        return Err(format!(
+                            "tensor {k}: state `{}` is missing",
+                            rule.states[i].name
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one step over `tensors`. `scalar_state[k]` holds tensor `k`'s
+    /// scalar states (indexed like the rule's states) and is updated.
+    pub fn step(
+        &self,
+        plan: &StepPlan<'_>,
+        tensors: &mut [StepBuffers<'_, F>],
+        scalar_state: &mut [Vec<f64>],
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Result<(), String> {
+        self.validate(tensors, plan)?;
+        if scalar_state.len() != tensors.len() {
+            return Err("one scalar-state vector per tensor is needed".into());
+        }
+        let rule = &self.schedule.rule;
+        let nodes = rule.nodes.len();
+        let group_values: Vec<Vec<f64>> = plan
+            .group_hypers
+            .iter()
+            .map(|h| {
+                let mut v = vec![f64::NAN; nodes];
+                interp::scalar_values(rule, h, plan.t, plan.present, 0, &[], false, &mut v);
+                v
+            })
+            .collect();
+        let per_tensor = self.schedule.per_tensor_scalars;
+        let mut tensor_values: Vec<Vec<f64>> = Vec::new();
+        if per_tensor {
+            for (k, t) in tensors.iter().enumerate() {
+                let g = plan.group_of[k];
+                let mut v = group_values[g].clone();
+                interp::scalar_values(
+                    rule,
+                    &plan.group_hypers[g],
+                    plan.t,
+                    plan.present,
+                    t.param.len(),
+                    &scalar_state[k],
+                    true,
+                    &mut v,
+                );
+                tensor_values.push(v);
+            }
+        }
+        let total: usize = tensors.iter().map(|t| t.param.len()).sum();
+        let parallel = total >= PARALLEL_MIN;
+        for (pass, func) in self.schedule.passes.iter().zip(&self.passes) {
+            let slots: Vec<Vec<F>> = tensor_values.iter().map(|v| self.slots(v)).collect();
+            let ops: Vec<ReduceOp> = pass
+                .iter()
+                .map(|id| match rule.node(*id).op {
+                    Op::Reduce(op, _, _) => op,
+                    _ => unreachable!("passes hold reductions"),
+                })
+                .collect();
+            let partials = self.run_chunks(tensors, parallel, pool, |k, chunk| {
+                self.reduce_chunk(*func, &ops, chunk, &slots[k])
+            });
+            self.finish_pass(pass, &partials, tensors, &mut tensor_values);
+            for (k, t) in tensors.iter().enumerate() {
+                let g = plan.group_of[k];
+                interp::scalar_values(
+                    rule,
+                    &plan.group_hypers[g],
+                    plan.t,
+                    plan.present,
+                    t.param.len(),
+                    &scalar_state[k],
+                    true,
+                    &mut tensor_values[k],
+                );
+            }
+        }
+        let slots: Vec<Vec<F>> = if per_tensor {
+            tensor_values.iter().map(|v| self.slots(v)).collect()
+        } else {
+            group_values.iter().map(|v| self.slots(v)).collect()
+        };
+        let slot_of = |k: usize| if per_tensor { k } else { plan.group_of[k] };
+        self.run_chunks(tensors, parallel, pool, |k, chunk| {
+            self.element_chunk(chunk, &slots[slot_of(k)]);
+        });
+        for (k, state) in scalar_state.iter_mut().enumerate() {
+            for (i, s) in rule.states.iter().enumerate() {
+                if s.kind == StateKind::Scalar {
+                    let values = if per_tensor {
+                        &tensor_values[k]
+                    } else {
+                        &group_values[plan.group_of[k]]
+                    };
+                    state[i] = values[rule.state_out[i].index()];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernels' scalar slots, rounded to the element type.
+    fn slots(&self, values: &[f64]) -> Vec<F> {
+        self.schedule
+            .slots
+            .iter()
+            .map(|v| F::from_f64(values[v.index()]))
+            .collect()
+    }
+
+    /// Splits every tensor into chunks and runs `work` on each; returns the
+    /// results grouped by tensor, chunks in order.
+    fn run_chunks<R: Send>(
+        &self,
+        tensors: &mut [StepBuffers<'_, F>],
+        parallel: bool,
+        pool: Option<&rayon::ThreadPool>,
+        work: impl Fn(usize, &mut StepBuffers<'_, F>) -> R + Sync,
+    ) -> Vec<Vec<R>> {
+        let mut chunks: Vec<(usize, StepBuffers<'_, F>)> = Vec::new();
+        for (k, t) in tensors.iter_mut().enumerate() {
+            let mut rest = t.reborrow();
+            while !rest.param.is_empty() {
+                let len = CHUNK.min(rest.param.len());
+                let (head, tail) = rest.split_first(len);
+                chunks.push((k, head));
+                rest = tail;
+            }
+        }
+        let results: Vec<(usize, R)> = if parallel {
+            let mut run = || {
+                chunks
+                    .par_iter_mut()
+                    .map(|(k, c)| (*k, work(*k, c)))
+                    .collect()
+            };
+            match pool {
+                Some(p) => p.install(run),
+                None => run(),
+            }
+        } else {
+            chunks.iter_mut().map(|(k, c)| (*k, work(*k, c))).collect()
+        };
+        let mut grouped: Vec<Vec<R>> = (0..tensors.len()).map(|_| Vec::new()).collect();
+        for (k, r) in results {
+            grouped[k].push(r);
+        }
+        grouped
+    }
+
+    /// Runs the element kernel over one chunk: whole vectors in place, the
+    /// last `n % L` elements on zero-padded copies.
+    fn element_chunk(&self, chunk: &mut StepBuffers<'_, F>, slots: &[F]) {
+        let n = chunk.param.len();
+        let main = n - n % F::LANES;
+        let ptrs = chunk.pointers();
+        if main > 0 {
+            // SAFETY: `validate` checked that every buffer the kernel reads or
+            // writes is present with exactly `n >= main` elements; the pointer
+            // table and `slots` (one value per schedule slot) outlive the
+            // call; the kernel touches elements [0, main) only, `main` is a
+            // multiple of the lane count as it requires, and the only buffers
+            // it writes (p and states) are distinct `&mut` slices.
+            unsafe { (self.element)(ptrs.as_ptr(), slots.as_ptr().cast(), main) };
+        }
+        if main < n {
+            let mut pad = Padded::<F>::new(chunk, main);
+            let ptrs = pad.pointers();
+            // SAFETY: as above, with every present buffer replaced by a padded
+            // copy of exactly `F::LANES` elements.
+            unsafe { (self.element)(ptrs.as_ptr(), slots.as_ptr().cast(), F::LANES) };
+            pad.write_back(chunk, main, &self.schedule);
+        }
+    }
+
+    /// Runs a reduction kernel over one chunk; returns one partial per reduction.
+    fn reduce_chunk(
+        &self,
+        func: ReduceFn,
+        ops: &[ReduceOp],
+        chunk: &mut StepBuffers<'_, F>,
+        slots: &[F],
+    ) -> Vec<f64> {
+        let count = ops.len();
+        let n = chunk.param.len();
+        let main = n - n % F::LANES;
+        let mut out = vec![0.0f64; count];
+        let ptrs = chunk.pointers();
+        if main > 0 {
+            // SAFETY: as for the element kernel; reduction kernels only read
+            // the buffers, and write `count` f64 values to `out`.
+            unsafe {
+                func(
+                    ptrs.as_ptr(),
+                    slots.as_ptr().cast(),
+                    main,
+                    main,
+                    out.as_mut_ptr(),
+                )
+            };
+        }
+        if main < n {
+            let mut tail = vec![0.0f64; count];
+            let mut pad = Padded::<F>::new(chunk, main);
+            let ptrs = pad.pointers();
+            // SAFETY: as above on padded copies of `F::LANES` elements; lanes
+            // at or past `n - main` are masked out by the kernel.
+            unsafe {
+                func(
+                    ptrs.as_ptr(),
+                    slots.as_ptr().cast(),
+                    F::LANES,
+                    n - main,
+                    tail.as_mut_ptr(),
+                )
+            };
+            for (k, pass_value) in out.iter_mut().enumerate() {
+                *pass_value = combine(ops[k], *pass_value, tail[k]);
+            }
+        }
+        out
+    }
+
+    /// Combines chunk partials into each tensor's (or the global) result.
+    fn finish_pass(
+        &self,
+        pass: &[lensopt_ir::ValueId],
+        partials: &[Vec<Vec<f64>>],
+        tensors: &[StepBuffers<'_, F>],
+        values: &mut [Vec<f64>],
+    ) {
+        let rule = &self.schedule.rule;
+        for (r, id) in pass.iter().enumerate() {
+            let Op::Reduce(op, scope, _) = rule.node(*id).op else {
+                unreachable!("passes hold reductions")
+            };
+            let per_tensor: Vec<f64> = partials
+                .iter()
+                .map(|chunks| {
+                    chunks
+                        .iter()
+                        .fold(identity(op), |acc, c| combine(op, acc, c[r]))
+                })
+                .collect();
+            match scope {
+                Scope::Tensor => {
+                    for (k, t) in tensors.iter().enumerate() {
+                        values[k][id.index()] = finish(op, per_tensor[k], t.param.len());
+                    }
+                }
+                Scope::Global => {
+                    let all = per_tensor
+                        .iter()
+                        .fold(identity(op), |acc, x| combine(op, acc, *x));
+                    let numel: usize = tensors.iter().map(|t| t.param.len()).sum();
+                    for v in values.iter_mut() {
+                        v[id.index()] = finish(op, all, numel);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn identity(_op: ReduceOp) -> f64 {
+    0.0
+}
+
+fn combine(op: ReduceOp, a: f64, b: f64) -> f64 {
+    match op {
+        ReduceOp::MaxAbs => maximum(a, b),
+        _ => a + b,
+    }
+}
+
+fn finish(op: ReduceOp, acc: f64, numel: usize) -> f64 {
+    match op {
+        ReduceOp::Sum | ReduceOp::Count | ReduceOp::MaxAbs => acc,
+        ReduceOp::Mean => acc / numel as f64,
+        ReduceOp::Norm => acc.sqrt(),
+    }
+}
+
+/// Zero-padded copies of the last `n % L` elements of every buffer of a chunk.
+struct Padded<F> {
+    data: Vec<F>,
+    present: Vec<bool>,
+}
+
+impl<F: JitFloat> Padded<F> {
+    fn new(chunk: &StepBuffers<'_, F>, from: usize) -> Self {
+        let nb = 2 + chunk.inputs.len() + chunk.states.len();
+        let mut data = vec![F::default(); nb * F::LANES];
+        let mut present = vec![false; nb];
+        let mut put = |b: usize, src: &[F]| {
+            let tail = &src[from..];
+            data[b * F::LANES..b * F::LANES + tail.len()].copy_from_slice(tail);
+            present[b] = true;
+        };
+        put(0, chunk.param);
+        put(1, chunk.grad);
+        for (j, input) in chunk.inputs.iter().enumerate() {
+            if let Some(s) = input {
+                put(2 + j, s);
+            }
+        }
+        let base = 2 + chunk.inputs.len();
+        for (j, state) in chunk.states.iter().enumerate() {
+            if let Some(s) = state {
+                put(base + j, s);
+            }
+        }
+        Padded { data, present }
+    }
+
+    fn pointers(&mut self) -> [*mut u8; MAX_BUFFERS] {
+        let mut ptrs = [std::ptr::null_mut(); MAX_BUFFERS];
+        for (b, p) in self.present.iter().enumerate() {
+            if *p {
+                ptrs[b] = self.data[b * F::LANES..].as_mut_ptr().cast();
+            }
+        }
+        ptrs
+    }
+
+    /// Copies the outputs (p and written states) back into the chunk.
+    fn write_back(&self, chunk: &mut StepBuffers<'_, F>, from: usize, schedule: &Schedule) {
+        let rest = chunk.param.len() - from;
+        for (out, _) in &schedule.outputs {
+            let b = output_buffer(&schedule.rule, *out);
+            let src = &self.data[b * F::LANES..b * F::LANES + rest];
+            match out {
+                lensopt_ir::schedule::Output::Param => chunk.param[from..].copy_from_slice(src),
+                lensopt_ir::schedule::Output::State(s) => {
+                    if let Some(dst) = chunk.states[*s as usize].as_deref_mut() {
+                        dst[from..].copy_from_slice(src);
+                    }
+                }
+            }
+        }
+    }
+}

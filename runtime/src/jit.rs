@@ -1,0 +1,100 @@
+//! Compiled programs for the runtime: specialisation keys and the process-wide cache.
+//!
+//! A rule is compiled once per element type, specialisation and rewrite
+//! mode, and the result is shared by every `Stepper` of the process. The
+//! specialisation compiles in the boolean hyperparameters, the numeric ones
+//! that are exactly 0, and which optional inputs are present, provided every
+//! parameter group agrees on the value (otherwise the value stays a runtime
+//! scalar, so one program serves all groups).
+
+use crate::Float;
+use lensopt_codegen::cpu::Program;
+use lensopt_ir::optimize::{optimize, Mode, Options};
+use lensopt_ir::schedule::{live_states, Schedule};
+use lensopt_ir::{HyperValue, Rule};
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// What a compiled program is specialised on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Key {
+    /// Per hyperparameter, the value compiled in.
+    pub specialize: Vec<Option<HyperValue>>,
+    /// Per input, its presence.
+    pub present: Vec<bool>,
+    /// Rewrite class.
+    pub mode: Mode,
+}
+
+impl Key {
+    /// The key for one step: values shared by all groups, presence of the inputs.
+    pub fn for_step(groups: &[Vec<HyperValue>], present: &[bool], mode: Mode) -> Key {
+        let first = &groups[0];
+        let specialize = Options::specialized_for(mode, first)
+            .specialize
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| v.filter(|v| groups.iter().all(|g| g[i] == *v)))
+            .collect();
+        Key {
+            specialize,
+            present: present.to_vec(),
+            mode,
+        }
+    }
+
+    fn options(&self) -> Options {
+        let mut options = self.options_without_presence();
+        options.present = self.present.iter().map(|p| Some(*p)).collect();
+        options
+    }
+
+    fn options_without_presence(&self) -> Options {
+        let mut options = Options::new(self.mode);
+        options.specialize = self.specialize.clone();
+        options
+    }
+}
+
+type Cache = Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Optimizes, schedules and compiles `rule` for `key` (no caching).
+pub fn compile<F: Float>(rule: &Rule, key: &Key) -> Result<Program<F>, String> {
+    let optimized = optimize(rule, &key.options());
+    // Presence changes from step to step: a state unread at this step may be
+    // read at the next, so liveness comes from the rule without it.
+    let live = if rule.inputs.iter().any(|i| i.optional) {
+        live_states(&optimize(rule, &key.options_without_presence()))
+    } else {
+        live_states(&optimized)
+    };
+    Program::<F>::compile(Schedule::with_live_states(optimized, live)).map_err(|e| e.to_string())
+}
+
+/// The compiled program for `rule` and `key`, from the cache or compiled now.
+pub fn program<F: Float>(rule: &Rule, key: &Key) -> Result<Arc<Program<F>>, String> {
+    let name = format!(
+        "{}|{:?}|{:?}|{:?}|{rule}",
+        F::NAME,
+        key.mode,
+        key.specialize,
+        key.present
+    );
+    if let Some(found) = cache().lock().map_err(|e| e.to_string())?.get(&name) {
+        if let Ok(program) = found.clone().downcast::<Program<F>>() {
+            return Ok(program);
+        }
+    }
+    let program = Arc::new(compile::<F>(rule, key)?);
+    cache()
+        .lock()
+        .map_err(|e| e.to_string())?
+        .insert(name, program.clone());
+    Ok(program)
+}
