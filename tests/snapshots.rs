@@ -1,6 +1,10 @@
-//! Snapshots of the checked IR of every catalog optimizer, so that any
-//! change to the front end or to a catalog rule shows up as a reviewed diff.
+//! Snapshots of what the compiler makes of the catalog, so that any change to
+//! the front end, the optimizer, the scheduler or code generation shows up as
+//! a reviewed diff: the checked IR and the optimized IR (default
+//! hyperparameters, fast mode) of every optimizer, and the CLIF of the
+//! kernels of adam, lion, adan and lamb (f32).
 
+use lensopt::ir::optimize::{optimize, Mode, Options};
 use lensopt::{catalog, Optimizer};
 
 #[test]
@@ -8,5 +12,34 @@ fn checked_ir_of_the_catalog() {
     for name in catalog::names() {
         let rule = catalog::get(name).unwrap().rule();
         insta::assert_snapshot!(format!("ir_{name}"), rule.to_string());
+    }
+}
+
+#[test]
+fn optimized_ir_of_the_catalog() {
+    for name in catalog::names() {
+        let opt = catalog::get(name).unwrap();
+        let optimized = optimize(
+            &opt.rule(),
+            &Options::specialized_for(Mode::Fast, &opt.hypers()),
+        );
+        insta::assert_snapshot!(format!("optimized_{name}"), optimized.to_string());
+    }
+}
+
+#[test]
+fn clif_of_adam_lion_adan_lamb() {
+    for name in ["adam", "lion", "adan", "lamb"] {
+        let opt = catalog::get(name).unwrap();
+        let p = ndarray::Array1::<f32>::zeros(8);
+        let mut stepper = opt.init::<f32>(&[&p]).unwrap();
+        let present = vec![false; opt.rule().inputs.len()];
+        let program = stepper.program(&present).unwrap();
+        let text: String = program
+            .clif()
+            .iter()
+            .map(|(f, clif)| format!("; {f}\n{clif}\n"))
+            .collect();
+        insta::assert_snapshot!(format!("clif_{name}"), text);
     }
 }

@@ -10,7 +10,9 @@
 //!    interpreter computes constant and per-step values;
 //! 3. **rewrites**, in two classes:
 //!    - [`Mode::Exact`]: identities that are bit-exact under IEEE 754
-//!      (`x * 1`, `x / 1`, `x - 0`, `select(true, a, b)`, boolean algebra);
+//!      (`x * 1`, `x / 1`, `x - 0`, `select(true, a, b)`, boolean algebra),
+//!      never lowering a value's rate (which would move it from element
+//!      precision to the f64 of per-step values);
 //!    - [`Mode::Fast`] (the default) adds value-changing ones: division of an
 //!      element by a per-step or per-tensor value becomes multiplication by
 //!      its reciprocal (computed once), `a * b + c` becomes `fma`, scalar
@@ -208,12 +210,11 @@ fn fold(term: &Term, c: impl Fn(Id) -> Option<f64>) -> Option<f64> {
         Term::Ln([a]) => un(UnOp::Ln, a),
         Term::Sigmoid([a]) => un(UnOp::Sigmoid, a),
         Term::Not([a]) => un(UnOp::Not, a),
+        // Folded only when every operand is constant: picking a constant
+        // branch over an element-rate one would lower the rate (see the rules).
         Term::Select([k, a, b]) => {
-            if c(*k)? != 0.0 {
-                c(*a)
-            } else {
-                c(*b)
-            }
+            let (a, b) = (c(*a)?, c(*b)?);
+            Some(if c(*k)? != 0.0 { a } else { b })
         }
         Term::Fma([a, b, d]) => Some(c(*a)?.mul_add(c(*b)?, c(*d)?)),
         _ => None,
@@ -319,6 +320,13 @@ fn rate_is(
     move |egraph, _, subst| pred(egraph[subst[var]].data.rate)
 }
 
+/// The rate of `x` is at least that of `y`.
+fn rate_at_least(x: &'static str, y: &'static str) -> impl Fn(&mut Graph, Id, &egg::Subst) -> bool {
+    let x: egg::Var = x.parse().expect("pattern variable");
+    let y: egg::Var = y.parse().expect("pattern variable");
+    move |egraph, _, subst| egraph[subst[x]].data.rate >= egraph[subst[y]].data.rate
+}
+
 fn element(r: Rate) -> bool {
     r == Rate::Element
 }
@@ -335,9 +343,12 @@ fn exact_rules() -> Vec<Rewrite<Term, RuleAnalysis>> {
         rw!("sub-zero"; "(- ?x 0.0)" => "?x"),
         rw!("pow-one"; "(pow ?x 1.0)" => "?x"),
         rw!("neg-neg"; "(neg (neg ?x))" => "?x"),
-        rw!("select-true"; "(select true ?a ?b)" => "?a"),
-        rw!("select-false"; "(select false ?a ?b)" => "?b"),
-        rw!("select-same"; "(select ?c ?a ?a)" => "?a"),
+        // A select may not hand back a value of a lower rate than it had:
+        // per-step values are computed in f64, per-element ones in the element
+        // type, so lowering the rate would change the rounding.
+        rw!("select-true"; "(select true ?a ?b)" => "?a" if rate_at_least("?a", "?b")),
+        rw!("select-false"; "(select false ?a ?b)" => "?b" if rate_at_least("?b", "?a")),
+        rw!("select-same"; "(select ?c ?a ?a)" => "?a" if rate_at_least("?a", "?c")),
         rw!("select-not"; "(select (not ?c) ?a ?b)" => "(select ?c ?b ?a)"),
         rw!("and-true"; "(and ?x true)" => "?x"),
         rw!("true-and"; "(and true ?x)" => "?x"),
@@ -353,6 +364,9 @@ fn exact_rules() -> Vec<Rewrite<Term, RuleAnalysis>> {
 
 fn fast_rules() -> Vec<Rewrite<Term, RuleAnalysis>> {
     vec![
+        rw!("select-true-any"; "(select true ?a ?b)" => "?a"),
+        rw!("select-false-any"; "(select false ?a ?b)" => "?b"),
+        rw!("select-same-any"; "(select ?c ?a ?a)" => "?a"),
         rw!("add-zero"; "(+ ?x 0.0)" => "?x"),
         rw!("zero-add"; "(+ 0.0 ?x)" => "?x"),
         rw!("mul-zero"; "(* ?x 0.0)" => "0.0"),

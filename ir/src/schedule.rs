@@ -151,9 +151,14 @@ fn state_read(rule: &Rule, i: usize) -> ValueId {
         .map_or(ValueId(u32::MAX), |k| ValueId(k as u32))
 }
 
-/// States that can influence `p` or the view, directly or through other states.
+/// States to maintain: those that can influence `p` or the view, directly or
+/// through other states, and those never read at all (pure outputs, whose
+/// value is only there to be inspected). What is left is state read only to
+/// update itself, such as Adam's `vmax` when `amsgrad` is compiled out.
 pub fn live_states(rule: &Rule) -> Vec<bool> {
-    let mut live = vec![false; rule.states.len()];
+    let mut live: Vec<bool> = (0..rule.states.len())
+        .map(|s| !rule.nodes.iter().any(|n| n.op == Op::State(s as u16)))
+        .collect();
     let mut roots = vec![rule.param_out];
     roots.extend(rule.view);
     loop {
