@@ -3,6 +3,7 @@
 //! - `lensopt apply`: replay a conformance case (JSON) through an optimizer;
 //! - `lensopt check`: parse and check a rule file, print its IR or its errors;
 //! - `lensopt list`: the catalog;
+//! - `lensopt bench`: optimizer steps in GB/s against ceilings measured in the same run;
 //! - `lensopt demo`: minimise the Rosenbrock function with catalog optimizers
 //!   and a rule written as text, and print a table.
 //!
@@ -10,6 +11,7 @@
 //! mismatched lengths) exits with status 2 and a one-line message on stderr.
 
 mod apply;
+mod bench;
 mod check;
 mod demo;
 
@@ -37,6 +39,8 @@ enum Command {
     List,
     /// Minimise the Rosenbrock function with several optimizers and print a table.
     Demo(demo::Args),
+    /// Measure optimizer steps against the memory bus (GB/s vs ceilings measured in the same run).
+    Bench(bench::Args),
 }
 
 /// A failure to report: message and exit status.
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,7 +15,8 @@
 //!      precision to the f64 of per-step values);
 //!    - [`Mode::Fast`] (the default) adds value-changing ones: division of an
 //!      element by a per-step or per-tensor value becomes multiplication by
-//!      its reciprocal (computed once), `a * b + c` becomes `fma`, scalar
+//!      its reciprocal (computed once), two divisions by one element value
+//!      become one, `a * b + c` becomes `fma`, scalar
 //!      factors are gathered (`(x * s1) * s2 = x * (s1 * s2)`), `x ^ 2 = x * x`,
 //!      and `x + 0 = x`, `x * 0 = 0` (as a disabled term, even for non-finite x);
 //! 4. **extraction** with a rate-aware cost: an operation per element costs
@@ -383,6 +384,11 @@ fn fast_rules() -> Vec<Rewrite<Term, RuleAnalysis>> {
             if rate_is("?x", element) if rate_is("?a", scalar) if rate_is("?b", scalar)),
         rw!("gather-scalars-4"; "(* ?b (* ?x ?a))" => "(* ?x (* ?a ?b))"
             if rate_is("?x", element) if rate_is("?a", scalar) if rate_is("?b", scalar)),
+        // One division instead of two for a shared element denominator (Adan).
+        rw!("common-denominator-add"; "(+ (/ ?a ?d) (/ ?b ?d))" => "(/ (+ ?a ?b) ?d)" if rate_is("?d", element)),
+        rw!("common-denominator-sub"; "(- (/ ?a ?d) (/ ?b ?d))" => "(/ (- ?a ?b) ?d)" if rate_is("?d", element)),
+        rw!("common-denominator-chain"; "(- (- ?p (/ ?a ?d)) (/ ?b ?d))" => "(- ?p (/ (+ ?a ?b) ?d))"
+            if rate_is("?d", element)),
         rw!("fma-add"; "(+ (* ?a ?b) ?c)" => "(fma ?a ?b ?c)"),
         rw!("fma-add-rev"; "(+ ?c (* ?a ?b))" => "(fma ?a ?b ?c)"),
         rw!("fma-sub-left"; "(- ?c (* ?a ?b))" => "(fma (neg ?a) ?b ?c)" if rate_is("?a", scalar)),

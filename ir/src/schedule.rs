@@ -138,9 +138,57 @@ impl Schedule {
         }
     }
 
+    /// The buffers the kernels read (by [`buffer_of`] index), in order.
+    pub fn buffers_read(&self) -> Vec<usize> {
+        let mut roots: Vec<ValueId> = self.outputs.iter().map(|o| o.1).collect();
+        for pass in &self.passes {
+            roots.extend(pass.iter().copied());
+        }
+        let live = self.rule.reachable(&roots);
+        let mut out: Vec<usize> = self
+            .rule
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| live[*i])
+            .filter_map(|(_, n)| buffer_of(&self.rule, &n.op))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The buffers the element pass writes.
+    pub fn buffers_written(&self) -> Vec<usize> {
+        self.outputs
+            .iter()
+            .map(|(o, _)| output_buffer(&self.rule, *o))
+            .collect()
+    }
+
     /// The slot index of a value, if kernels read it.
     pub fn slot(&self, v: ValueId) -> Option<usize> {
         self.slots.iter().position(|s| *s == v)
+    }
+}
+
+/// The kernel buffer a leaf reads: `p` is 0, `g` 1, then the inputs, then
+/// the states (every backend passes its buffers in this order).
+pub fn buffer_of(rule: &Rule, op: &Op) -> Option<usize> {
+    match *op {
+        Op::Param => Some(0),
+        Op::Grad => Some(1),
+        Op::Input(i) => Some(2 + i as usize),
+        Op::State(i) => Some(2 + rule.inputs.len() + i as usize),
+        _ => None,
+    }
+}
+
+/// The kernel buffer an output is stored to.
+pub fn output_buffer(rule: &Rule, out: Output) -> usize {
+    match out {
+        Output::Param => 0,
+        Output::State(s) => 2 + rule.inputs.len() + s as usize,
     }
 }
 

@@ -299,10 +299,11 @@ crate::optimizer! {
     }
 }
 
-/// One catalog entry: its name and how to get its rule's optimizer.
+/// One catalog entry: its name, how to get its optimizer, and its DSL text.
 struct Entry {
     name: &'static str,
     make: fn() -> DynOptimizer,
+    source: &'static str,
 }
 
 fn dynamic<O: Optimizer + Default>() -> DynOptimizer {
@@ -313,72 +314,93 @@ const ENTRIES: &[Entry] = &[
     Entry {
         name: "sgd",
         make: dynamic::<Sgd>,
+        source: Sgd::SOURCE,
     },
     Entry {
         name: "adam",
         make: dynamic::<Adam>,
+        source: Adam::SOURCE,
     },
     Entry {
         name: "adamw",
         make: dynamic::<AdamW>,
+        source: AdamW::SOURCE,
     },
     Entry {
         name: "rmsprop",
         make: dynamic::<RMSprop>,
+        source: RMSprop::SOURCE,
     },
     Entry {
         name: "adagrad",
         make: dynamic::<Adagrad>,
+        source: Adagrad::SOURCE,
     },
     Entry {
         name: "lion",
         make: dynamic::<Lion>,
+        source: Lion::SOURCE,
     },
     Entry {
         name: "adan",
         make: dynamic::<Adan>,
+        source: Adan::SOURCE,
     },
     Entry {
         name: "adabelief",
         make: dynamic::<AdaBelief>,
+        source: AdaBelief::SOURCE,
     },
     Entry {
         name: "diffgrad",
         make: dynamic::<DiffGrad>,
+        source: DiffGrad::SOURCE,
     },
     Entry {
         name: "grams",
         make: dynamic::<Grams>,
+        source: Grams::SOURCE,
     },
     Entry {
         name: "signum",
         make: dynamic::<Signum>,
+        source: Signum::SOURCE,
     },
     Entry {
         name: "sophiah",
         make: dynamic::<SophiaH>,
+        source: SophiaH::SOURCE,
     },
     Entry {
         name: "adahessian",
         make: dynamic::<AdaHessian>,
+        source: AdaHessian::SOURCE,
     },
     Entry {
         name: "cadamw",
         make: dynamic::<CAdamW>,
+        source: CAdamW::SOURCE,
     },
     Entry {
         name: "sophiag",
         make: dynamic::<SophiaG>,
+        source: SophiaG::SOURCE,
     },
     Entry {
         name: "lamb",
         make: dynamic::<Lamb>,
+        source: Lamb::SOURCE,
     },
 ];
 
 /// The catalog's names, in catalog order.
 pub fn names() -> Vec<&'static str> {
     ENTRIES.iter().map(|e| e.name).collect()
+}
+
+/// The DSL text of the catalog optimizer called `name`.
+pub fn source(name: &str) -> Option<&'static str> {
+    ENTRIES.iter().find(|e| e.name == name).map(|e| e.source)
 }
 
 /// The catalog optimizer called `name` (lower case), with its default hyperparameters.

@@ -64,8 +64,23 @@ fn cache() -> &'static Cache {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Time spent in each stage of [`compile_timed`], in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stages {
+    /// E-graph optimization (and the liveness run for optional inputs).
+    pub optimize_us: f64,
+    /// Scheduling and cranelift code generation, up to callable functions.
+    pub codegen_us: f64,
+}
+
 /// Optimizes, schedules and compiles `rule` for `key` (no caching).
 pub fn compile<F: Float>(rule: &Rule, key: &Key) -> Result<Program<F>, String> {
+    compile_timed(rule, key).map(|(p, _)| p)
+}
+
+/// [`compile`], reporting how long each stage took.
+pub fn compile_timed<F: Float>(rule: &Rule, key: &Key) -> Result<(Program<F>, Stages), String> {
+    let start = std::time::Instant::now();
     let optimized = optimize(rule, &key.options());
     // Presence changes from step to step: a state unread at this step may be
     // read at the next, so liveness comes from the rule without it.
@@ -74,7 +89,18 @@ pub fn compile<F: Float>(rule: &Rule, key: &Key) -> Result<Program<F>, String> {
     } else {
         live_states(&optimized)
     };
-    Program::<F>::compile(Schedule::with_live_states(optimized, live)).map_err(|e| e.to_string())
+    let optimize_us = start.elapsed().as_secs_f64() * 1e6;
+    let start = std::time::Instant::now();
+    let program = Program::<F>::compile(Schedule::with_live_states(optimized, live))
+        .map_err(|e| e.to_string())?;
+    let codegen_us = start.elapsed().as_secs_f64() * 1e6;
+    Ok((
+        program,
+        Stages {
+            optimize_us,
+            codegen_us,
+        },
+    ))
 }
 
 /// The compiled program for `rule` and `key`, from the cache or compiled now.

@@ -35,13 +35,14 @@ extern crate self as lensopt;
 pub mod case;
 pub mod catalog;
 mod error;
-mod jit;
+pub mod jit;
 mod optimizer;
 mod stepper;
 mod tensor;
 
 pub use error::Error;
 pub use lensopt_codegen::cpu::JitFloat as Float;
+pub use lensopt_codegen::cpu::Program;
 pub use lensopt_ir as ir;
 pub use lensopt_ir::optimize::Mode;
 pub use lensopt_ir::{interp, Diagnostic, Diagnostics, HyperValue, Rule};

@@ -257,9 +257,11 @@ impl<F: Float> Stepper<F> {
                 .map_err(|e| mismatch(e.0))?;
         } else {
             let program = self.program(&present)?;
+            let has_scalar_state = self.rule.states.iter().any(|s| s.kind == StateKind::Scalar);
             let mut scalar_state: Vec<Vec<f64>> = self
                 .state
                 .iter()
+                .filter(|_| has_scalar_state)
                 .map(|s| {
                     s.iter()
                         .map(|b| match b {
@@ -269,6 +271,9 @@ impl<F: Float> Stepper<F> {
                         .collect()
                 })
                 .collect();
+            if !has_scalar_state {
+                scalar_state.resize_with(n, Vec::new);
+            }
             let mut buffers: Vec<StepBuffers<'_, F>> = Vec::with_capacity(n);
             for (((p, g), inputs), state) in params
                 .iter_mut()

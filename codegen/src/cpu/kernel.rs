@@ -34,7 +34,7 @@ use std::marker::PhantomData;
 type BuildResult<T> = Result<T, Box<ModuleError>>;
 
 /// Vectors per iteration of the element kernel's main loop.
-pub const UNROLL: usize = 4;
+pub const UNROLL: usize = 2;
 
 /// The functions built for one schedule, and their CLIF text.
 pub struct Built {

@@ -11,6 +11,7 @@ use super::emit::buffer_count;
 use super::kernel::{self, output_buffer};
 use super::lanes::JitFloat;
 use super::math;
+use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_jit::{JITBuilder, JITModule};
 use lensopt_ir::interp::{self, maximum};
@@ -19,6 +20,7 @@ use lensopt_ir::{HyperValue, Op, ReduceOp, Scope, StateKind};
 use rayon::prelude::*;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::OnceLock;
 
 /// Elements per chunk of work: a multiple of every vector width times the unroll.
 pub const CHUNK: usize = 1 << 16;
@@ -73,18 +75,26 @@ impl<F> fmt::Debug for Program<F> {
     }
 }
 
+/// The host's target description (CPU features detected once per process).
+fn host_isa() -> Result<OwnedTargetIsa, CompileError> {
+    static ISA: OnceLock<Result<OwnedTargetIsa, String>> = OnceLock::new();
+    let isa = ISA.get_or_init(|| {
+        let mut flags = settings::builder();
+        flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
+        flags
+            .set("use_colocated_libcalls", "false")
+            .map_err(|e| e.to_string())?;
+        flags.set("is_pic", "false").map_err(|e| e.to_string())?;
+        cranelift_native::builder()
+            .map_err(|e| e.to_string())?
+            .finish(settings::Flags::new(flags))
+            .map_err(|e| e.to_string())
+    });
+    isa.clone().map_err(CompileError)
+}
+
 fn module() -> Result<JITModule, CompileError> {
-    let err = |e: &dyn fmt::Display| CompileError(e.to_string());
-    let mut flags = settings::builder();
-    flags.set("opt_level", "speed").map_err(|e| err(&e))?;
-    flags
-        .set("use_colocated_libcalls", "false")
-        .map_err(|e| err(&e))?;
-    flags.set("is_pic", "false").map_err(|e| err(&e))?;
-    let isa = cranelift_native::builder()
-        .map_err(|e| err(&e))?
-        .finish(settings::Flags::new(flags))
-        .map_err(|e| err(&e))?;
+    let isa = host_isa()?;
     let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     for (name, ptr) in math::symbols() {
         builder.symbol(name, ptr);
@@ -379,9 +389,13 @@ impl<F: JitFloat> Program<F> {
                     _ => unreachable!("passes hold reductions"),
                 })
                 .collect();
-            let partials = self.run_chunks(tensors, parallel, pool, |k, chunk| {
+            let mut partials: Vec<Vec<Vec<f64>>> = (0..tensors.len()).map(|_| Vec::new()).collect();
+            let results = self.run_chunks(tensors, parallel, pool, |k, chunk| {
                 self.reduce_chunk(*func, &ops, chunk, &slots[k])
             });
+            for (k, r) in results {
+                partials[k].push(r);
+            }
             self.finish_pass(pass, &partials, tensors, &mut tensor_values);
             for (k, t) in tensors.iter().enumerate() {
                 let g = plan.group_of[k];
@@ -430,44 +444,62 @@ impl<F: JitFloat> Program<F> {
             .collect()
     }
 
-    /// Splits every tensor into chunks and runs `work` on each; returns the
-    /// results grouped by tensor, chunks in order.
+    /// Splits every tensor into chunks and runs `work` on each; returns
+    /// `(tensor, result)` pairs, tensors and chunks in order.
     fn run_chunks<R: Send>(
         &self,
         tensors: &mut [StepBuffers<'_, F>],
         parallel: bool,
         pool: Option<&rayon::ThreadPool>,
         work: impl Fn(usize, &mut StepBuffers<'_, F>) -> R + Sync,
-    ) -> Vec<Vec<R>> {
-        let mut chunks: Vec<(usize, StepBuffers<'_, F>)> = Vec::new();
+    ) -> Vec<(usize, R)> {
+        if !parallel {
+            // Small steps: no chunk list, no allocation per tensor.
+            let mut out = Vec::new();
+            for (k, t) in tensors.iter_mut().enumerate() {
+                if !t.param.is_empty() {
+                    out.push((k, work(k, t)));
+                }
+            }
+            return out;
+        }
+        // Small tensors go whole (borrowed as they are); large ones in pieces.
+        enum Chunk<'s, 'a, F> {
+            Whole(&'s mut StepBuffers<'a, F>),
+            Part(StepBuffers<'s, F>),
+        }
+        let mut chunks: Vec<(usize, Chunk<'_, '_, F>)> = Vec::with_capacity(tensors.len());
         for (k, t) in tensors.iter_mut().enumerate() {
+            if t.param.len() <= CHUNK {
+                if !t.param.is_empty() {
+                    chunks.push((k, Chunk::Whole(t)));
+                }
+                continue;
+            }
             let mut rest = t.reborrow();
-            while !rest.param.is_empty() {
-                let len = CHUNK.min(rest.param.len());
-                let (head, tail) = rest.split_first(len);
-                chunks.push((k, head));
+            while rest.param.len() > CHUNK {
+                let (head, tail) = rest.split_first(CHUNK);
+                chunks.push((k, Chunk::Part(head)));
                 rest = tail;
             }
+            chunks.push((k, Chunk::Part(rest)));
         }
-        let results: Vec<(usize, R)> = if parallel {
-            let mut run = || {
-                chunks
-                    .par_iter_mut()
-                    .map(|(k, c)| (*k, work(*k, c)))
-                    .collect()
-            };
-            match pool {
-                Some(p) => p.install(run),
-                None => run(),
-            }
-        } else {
-            chunks.iter_mut().map(|(k, c)| (*k, work(*k, c))).collect()
+        let mut run = || {
+            chunks
+                .par_iter_mut()
+                .map(|(k, c)| {
+                    let r = match c {
+                        Chunk::Whole(t) => work(*k, t),
+                        Chunk::Part(t) => work(*k, t),
+                    };
+                    (*k, r)
+                })
+                .collect()
         };
-        let mut grouped: Vec<Vec<R>> = (0..tensors.len()).map(|_| Vec::new()).collect();
-        for (k, r) in results {
-            grouped[k].push(r);
+        match pool {
+            Some(p) => p.install(run),
+            None => run(),
         }
-        grouped
     }
 
     /// Runs the element kernel over one chunk: whole vectors in place, the
