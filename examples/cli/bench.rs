@@ -367,7 +367,7 @@ impl Bench {
             let rule = Rule::parse(text).map_err(fail)?;
             let parse_us = t.elapsed().as_secs_f64() * 1e6;
             let key = lensopt::jit::Key::for_step(
-                &[defaults.clone()],
+                std::slice::from_ref(&defaults),
                 &vec![true; rule.inputs.len()],
                 lensopt::Mode::Fast,
             );

@@ -353,18 +353,24 @@ fn exact_rules() -> Vec<Rewrite<Term, RuleAnalysis>> {
         rw!("select-not"; "(select (not ?c) ?a ?b)" => "(select ?c ?b ?a)"),
         rw!("and-true"; "(and ?x true)" => "?x"),
         rw!("true-and"; "(and true ?x)" => "?x"),
-        rw!("and-false"; "(and ?x false)" => "false"),
-        rw!("false-and"; "(and false ?x)" => "false"),
+        // Dropping an element-rate operand would lower the rate (and, through
+        // a select, change what precision a number is computed in).
+        rw!("and-false"; "(and ?x false)" => "false" if rate_is("?x", scalar)),
+        rw!("false-and"; "(and false ?x)" => "false" if rate_is("?x", scalar)),
         rw!("or-false"; "(or ?x false)" => "?x"),
         rw!("false-or"; "(or false ?x)" => "?x"),
-        rw!("or-true"; "(or ?x true)" => "true"),
-        rw!("true-or"; "(or true ?x)" => "true"),
+        rw!("or-true"; "(or ?x true)" => "true" if rate_is("?x", scalar)),
+        rw!("true-or"; "(or true ?x)" => "true" if rate_is("?x", scalar)),
         rw!("not-not"; "(not (not ?x))" => "?x"),
     ]
 }
 
 fn fast_rules() -> Vec<Rewrite<Term, RuleAnalysis>> {
     vec![
+        rw!("and-false-any"; "(and ?x false)" => "false"),
+        rw!("false-and-any"; "(and false ?x)" => "false"),
+        rw!("or-true-any"; "(or ?x true)" => "true"),
+        rw!("true-or-any"; "(or true ?x)" => "true"),
         rw!("select-true-any"; "(select true ?a ?b)" => "?a"),
         rw!("select-false-any"; "(select false ?a ?b)" => "?b"),
         rw!("select-same-any"; "(select ?c ?a ?a)" => "?a"),
