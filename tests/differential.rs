@@ -224,8 +224,13 @@ fn parse(text: &str) -> DynOptimizer {
 }
 
 /// A runner with a fixed seed, so that every run checks the same cases;
-/// `LENSOPT_PROPTEST_RANDOM=1` draws fresh ones (for exploring locally).
+/// `LENSOPT_PROPTEST_RANDOM=1` draws fresh ones (for exploring locally) and
+/// `LENSOPT_PROPTEST_CASES=N` changes how many (the valgrind script uses fewer).
 fn runner(cases: u32) -> TestRunner {
+    let cases = std::env::var("LENSOPT_PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(cases);
     let config = Config {
         cases,
         failure_persistence: None,

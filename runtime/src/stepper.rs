@@ -139,6 +139,12 @@ impl<F: Float> Stepper<F> {
         Ok(())
     }
 
+    /// Runs the JIT's kernels on `pool` (shared with other work of the
+    /// caller, so that two pools never compete for the same cores).
+    pub fn set_pool(&mut self, pool: Arc<rayon::ThreadPool>) {
+        self.pool = Some(pool);
+    }
+
     /// The compiled program the next step would use (compiling it if needed),
     /// for inspection: its schedule and CLIF.
     pub fn program(&mut self, present: &[bool]) -> Result<Arc<Program<F>>, Error> {

@@ -183,17 +183,21 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
     }
 }
 
-/// Loads the scalar slot `index` from `slots` and splats it (as a mask for booleans).
+/// Loads scalar slot `index` from `slots`, where the host stores every slot
+/// already broadcast to a whole vector (a load at entry stays in a register
+/// across the loop; a splat would be recomputed inside it). Booleans become masks.
 pub fn load_slot<F: JitFloat>(
     b: &mut FunctionBuilder<'_>,
     slots: Value,
     index: usize,
     ty: Ty,
 ) -> Value {
-    let x = b
-        .ins()
-        .load(F::SCALAR, mem_flags(), slots, (index * F::BYTES) as i32);
-    let v = b.ins().splat(F::VECTOR, x);
+    let v = b.ins().load(
+        F::VECTOR,
+        mem_flags(),
+        slots,
+        (index * F::LANES * F::BYTES) as i32,
+    );
     match ty {
         Ty::Float => v,
         Ty::Bool => {

@@ -435,12 +435,13 @@ impl<F: JitFloat> Program<F> {
         Ok(())
     }
 
-    /// The kernels' scalar slots, rounded to the element type.
+    /// The kernels' scalar slots, rounded to the element type, each repeated
+    /// across a whole vector (the layout the kernels load).
     fn slots(&self, values: &[f64]) -> Vec<F> {
         self.schedule
             .slots
             .iter()
-            .map(|v| F::from_f64(values[v.index()]))
+            .flat_map(|v| std::iter::repeat_n(F::from_f64(values[v.index()]), F::LANES))
             .collect()
     }
 
@@ -511,10 +512,11 @@ impl<F: JitFloat> Program<F> {
         if main > 0 {
             // SAFETY: `validate` checked that every buffer the kernel reads or
             // writes is present with exactly `n >= main` elements; the pointer
-            // table and `slots` (one value per schedule slot) outlive the
-            // call; the kernel touches elements [0, main) only, `main` is a
-            // multiple of the lane count as it requires, and the only buffers
-            // it writes (p and states) are distinct `&mut` slices.
+            // table and `slots` (every schedule slot broadcast to `F::LANES`
+            // values, the layout `load_slot` reads) outlive the call; the
+            // kernel touches elements [0, main) only, `main` is a multiple of
+            // the lane count as it requires, and the only buffers it writes
+            // (p and states) are distinct `&mut` slices.
             unsafe { (self.element)(ptrs.as_ptr(), slots.as_ptr().cast(), main) };
         }
         if main < n {

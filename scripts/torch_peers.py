@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""PyTorch and pytorch-optimizer optimizer steps beside `lensopt bench`, in one run.
+
+    python3 scripts/torch_peers.py [--threads 2] [--sizes 1000000,10000000] [--lensopt target/release/lensopt]
+
+Measures, on the CPU, f32, with the same thread count:
+  torch.optim.Adam(fused=True), Adam(foreach=True), AdamW(fused=True),
+  pytorch_optimizer.Lion and pytorch_optimizer.Adan (their default, the
+  references of the golden cases), then runs `lensopt bench --json` for the
+  same rules and sizes, and prints one JSON object per line (same fields as
+  `lensopt bench`) followed by a comparison table. Bytes per element are
+  counted as lensopt counts them (Adam 28, Lion 20, Adan 44), and time is the
+  fastest of the timed steps, as in `lensopt bench`.
+
+Not part of CI: it needs torch and pytorch_optimizer (pip install torch pytorch_optimizer).
+"""
+
+import argparse
+import json
+import subprocess
+import time
+
+import torch
+
+BYTES = {"adam": 28, "adamw": 28, "lion": 20, "adan": 44}
+
+
+def best_step_seconds(opt, seconds):
+    opt.step()
+    best = float("inf")
+    start = time.perf_counter()
+    count = 0
+    while count < 3 or (time.perf_counter() - start < seconds and count < 1000):
+        t = time.perf_counter()
+        opt.step()
+        best = min(best, time.perf_counter() - t)
+        count += 1
+    return best
+
+
+def peers():
+    import pytorch_optimizer as po
+
+    return [
+        ("torch_adam_fused", "adam", lambda p: torch.optim.Adam(p, lr=1e-3, fused=True)),
+        ("torch_adam_foreach", "adam", lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True)),
+        ("torch_adamw_fused", "adamw", lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True)),
+        ("pytorch_optimizer_lion", "lion", lambda p: po.Lion(p, lr=1e-4)),
+        ("pytorch_optimizer_adan", "adan", lambda p: po.Adan(p, lr=1e-3)),
+    ]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sizes", default="1000000,10000000")
+    ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--lensopt", default="target/release/lensopt")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    for n in sizes:
+        for name, rule, make in peers():
+            p = torch.nn.Parameter(torch.randn(n, dtype=torch.float32))
+            p.grad = torch.randn(n, dtype=torch.float32)
+            opt = make([p])
+            s = best_step_seconds(opt, args.seconds)
+            rows.append({"kernel": name, "rule": rule, "n": n, "dtype": "f32", "threads": args.threads,
+                         "step_ms": s * 1e3, "gbps": BYTES[rule] * n / s / 1e9,
+                         "torch": torch.__version__})
+            del opt, p
+    out = subprocess.run(
+        [args.lensopt, "bench", "--json", "--threads", str(args.threads), "--sizes", args.sizes,
+         "--rules", "adam,adamw,lion,adan", "--seconds", str(args.seconds)],
+        check=True, capture_output=True, text=True).stdout
+    ours = [json.loads(line) for line in out.splitlines() if line.strip()]
+    for row in rows + ours:
+        print(json.dumps(row))
+    print()
+    print(f"{'rule':<6} {'n':>10} {'lensopt GB/s':>13} {'ratio':>6}   peer (GB/s, lensopt speed-up)")
+    for n in sizes:
+        for rule in ["adam", "adamw", "lion", "adan"]:
+            mine = next((r for r in ours if r["kernel"] == rule and r["n"] == n), None)
+            if mine is None:
+                continue
+            others = [r for r in rows if r["rule"] == rule and r["n"] == n]
+            peer_text = ", ".join(f"{r['kernel']} {r['gbps']:.1f} ({r['step_ms'] / mine['step_ms']:.2f}x)" for r in others)
+            print(f"{rule:<6} {n:>10} {mine['gbps']:>13.1f} {mine['ratio_to_ceiling']:>6.2f}   {peer_text}")
+
+
+if __name__ == "__main__":
+    main()
