@@ -33,6 +33,8 @@ pub trait Float: Copy + Debug + Display + Default + PartialOrd + Send + Sync + '
     fn ln(self) -> Self;
     /// `a^b`
     fn powf(self, b: Self) -> Self;
+    /// Hyperbolic tangent.
+    fn tanh(self) -> Self;
     /// `a * b + c` with one rounding.
     fn mul_add(self, b: Self, c: Self) -> Self;
     /// True for NaN.
@@ -92,6 +94,10 @@ macro_rules! impl_float {
             #[inline]
             fn powf(self, b: Self) -> Self {
                 <$t>::powf(self, b)
+            }
+            #[inline]
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
             }
             #[inline]
             fn mul_add(self, b: Self, c: Self) -> Self {

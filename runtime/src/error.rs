@@ -28,6 +28,8 @@ pub enum Error {
     Mismatch(String),
     /// The JIT could not compile the rule.
     Compile(String),
+    /// A diagram that does not compose, or data that does not fit it.
+    Diagram(crate::diagram::DiagramError),
 }
 
 impl fmt::Display for Error {
@@ -51,6 +53,7 @@ impl fmt::Display for Error {
             }
             Error::Mismatch(m) => f.write_str(m),
             Error::Compile(m) => f.write_str(m),
+            Error::Diagram(e) => write!(f, "{e}"),
         }
     }
 }

@@ -34,11 +34,16 @@ extern crate self as lensopt;
 
 pub mod case;
 pub mod catalog;
+pub mod category;
+pub mod data;
+pub mod diagram;
 mod error;
 pub mod jit;
+pub mod loss;
 mod optimizer;
 mod stepper;
 mod tensor;
+pub mod train;
 
 pub use error::Error;
 pub use lensopt_codegen::cpu::JitFloat as Float;

@@ -1,0 +1,112 @@
+//! The data sets in the repository's `data/` folder (Iris, 8x8 digits),
+//! loaded as matrices, and seeded train/test splits.
+
+use crate::diagram::plan::SplitMix;
+use ndarray::Array2;
+use std::path::{Path, PathBuf};
+
+/// Features (one example per row) and integer class labels.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// One row per example.
+    pub features: Array2<f64>,
+    /// The class of each example.
+    pub labels: Vec<usize>,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+/// The repository's `data/` folder.
+pub fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")
+}
+
+fn parse_rows(text: &str, skip: usize, path: &Path) -> Result<Vec<Vec<f64>>, String> {
+    text.lines()
+        .enumerate()
+        .skip(skip)
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            line.split(',')
+                .map(|x| {
+                    x.trim()
+                        .parse::<f64>()
+                        .map_err(|_| format!("{}:{}: `{x}` is not a number", path.display(), i + 1))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Loads a CSV whose last column is the class label.
+pub fn load_csv(path: &Path, skip_header: bool) -> Result<Dataset, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let rows = parse_rows(&text, usize::from(skip_header), path)?;
+    let width = rows.first().map_or(0, Vec::len);
+    if width < 2 || rows.iter().any(|r| r.len() != width) {
+        return Err(format!(
+            "{}: rows must all have the same number (>= 2) of columns",
+            path.display()
+        ));
+    }
+    let features = Array2::from_shape_fn((rows.len(), width - 1), |(i, j)| rows[i][j]);
+    let labels: Vec<usize> = rows.iter().map(|r| r[width - 1] as usize).collect();
+    let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
+    Ok(Dataset {
+        features,
+        labels,
+        classes,
+    })
+}
+
+/// Fisher's Iris: 150 examples, 4 features (cm), 3 classes.
+pub fn iris() -> Result<Dataset, String> {
+    load_csv(&data_dir().join("iris.csv"), true)
+}
+
+/// The 8x8 handwritten digits: 1,797 examples, 64 pixel counts (0..16), 10 classes.
+pub fn digits() -> Result<Dataset, String> {
+    load_csv(&data_dir().join("digits.csv"), false)
+}
+
+impl Dataset {
+    /// A seeded shuffle split: `test_fraction` of the examples for testing.
+    pub fn split(&self, test_fraction: f64, seed: u64) -> (Dataset, Dataset) {
+        let n = self.labels.len();
+        let order = SplitMix(seed).permutation(n);
+        let n_test = ((n as f64) * test_fraction).round() as usize;
+        let pick = |idx: &[usize]| Dataset {
+            features: Array2::from_shape_fn((idx.len(), self.features.ncols()), |(i, j)| {
+                self.features[(idx[i], j)]
+            }),
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            classes: self.classes,
+        };
+        (pick(&order[n_test..]), pick(&order[..n_test]))
+    }
+
+    /// Features scaled column by column to [0, 1] with the given minima and maxima.
+    pub fn scaled(&self, min: &[f64], max: &[f64]) -> Dataset {
+        let mut out = self.clone();
+        for (j, mut col) in out.features.columns_mut().into_iter().enumerate() {
+            let span = (max[j] - min[j]).max(1e-12);
+            col.mapv_inplace(|v| (v - min[j]) / span);
+        }
+        out
+    }
+
+    /// Per-column minima and maxima.
+    pub fn ranges(&self) -> (Vec<f64>, Vec<f64>) {
+        let cols = self.features.ncols();
+        let mut min = vec![f64::INFINITY; cols];
+        let mut max = vec![f64::NEG_INFINITY; cols];
+        for row in self.features.rows() {
+            for (j, v) in row.iter().enumerate() {
+                min[j] = min[j].min(*v);
+                max[j] = max[j].max(*v);
+            }
+        }
+        (min, max)
+    }
+}

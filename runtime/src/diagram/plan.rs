@@ -1,0 +1,521 @@
+//! A diagram compiled to a plan: forward values and reverse derivatives.
+//!
+//! The term is flattened into steps over wire registers (sequential
+//! composition feeds registers on, parallel composition splits them); the
+//! forward pass runs the steps in order and keeps every register, and the
+//! reverse pass runs them backwards, each generator's reverse derivative
+//! taking its forward inputs and the gradients of its outputs:
+//! `R[f ; g](a, c) = R[f](a, R[g](f(a), c))` step by step, and
+//! `R[f | g]((a, b), (c, d)) = (R[f](a, c), R[g](b, d))` by construction.
+//! Gradients of a wire used twice (after `copy`) add up, as `R[copy]` says.
+//! Registers and gradient buffers are allocated once per batch size, not per step.
+//! Matrix products go through ndarray's GEMM.
+
+use super::{size, Diagram, DiagramError, Generator, Init, Shape, Term};
+use crate::Float;
+use ndarray::{s, Array2, ArrayD, Axis, IxDyn, LinalgScalar, ScalarOperand};
+
+/// Element types models run in.
+pub trait Real:
+    Float + LinalgScalar + ScalarOperand + std::ops::AddAssign + std::ops::Neg<Output = Self>
+{
+}
+impl<T: Float + LinalgScalar + ScalarOperand + std::ops::AddAssign + std::ops::Neg<Output = T>> Real
+    for T
+{
+}
+
+/// One generator application in the plan.
+#[derive(Clone, Debug)]
+struct Step {
+    gen: Generator,
+    inputs: Vec<usize>,
+    outputs: Vec<usize>,
+    /// First parameter block of this generator.
+    param: usize,
+}
+
+/// A deterministic generator of pseudo-random numbers (SplitMix64), for
+/// initialisation and data shuffling; the same seed gives the same model.
+#[derive(Clone, Debug)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(f64::MIN_POSITIVE);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    /// A random permutation of `0..n` (Fisher-Yates).
+    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
+        let mut p: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            p.swap(i, j);
+        }
+        p
+    }
+}
+
+/// A parameter block: its name and value.
+#[derive(Clone, Debug)]
+pub struct Param<F> {
+    /// `layer.weight`, `layer.bias`.
+    pub name: String,
+    /// The value.
+    pub value: ArrayD<F>,
+}
+
+/// A diagram compiled for element type `F`, with its parameters.
+#[derive(Clone, Debug)]
+pub struct Model<F> {
+    term: Term,
+    steps: Vec<Step>,
+    inputs: Vec<usize>,
+    outputs: Vec<usize>,
+    shapes: Vec<Shape>,
+    /// Parameter blocks, in the order the generators appear.
+    pub params: Vec<Param<F>>,
+    /// Gradients of the parameters after [`Model::backward`].
+    pub grads: Vec<ArrayD<F>>,
+    /// Forward values of every register for the last batch.
+    values: Vec<Array2<F>>,
+    /// Gradients of every register for the last backward pass.
+    adjoints: Vec<Array2<F>>,
+    batch: usize,
+}
+
+fn flatten(
+    term: &Term,
+    inputs: Vec<usize>,
+    steps: &mut Vec<Step>,
+    shapes: &mut Vec<Shape>,
+    param: &mut usize,
+) -> Vec<usize> {
+    match term {
+        Term::Gen(g) => {
+            let outputs: Vec<usize> = g
+                .cod()
+                .into_iter()
+                .map(|s| {
+                    shapes.push(s);
+                    shapes.len() - 1
+                })
+                .collect();
+            steps.push(Step {
+                gen: g.clone(),
+                inputs,
+                outputs: outputs.clone(),
+                param: *param,
+            });
+            *param += g.params().len();
+            outputs
+        }
+        Term::Seq(f, g) => {
+            let mid = flatten(f, inputs, steps, shapes, param);
+            flatten(g, mid, steps, shapes, param)
+        }
+        Term::Par(f, g) => {
+            let k = f.dom().len();
+            let right = inputs[k..].to_vec();
+            let mut out = flatten(f, inputs[..k].to_vec(), steps, shapes, param);
+            out.extend(flatten(g, right, steps, shapes, param));
+            out
+        }
+    }
+}
+
+fn init_block<F: Real>(shape: &[usize], init: Init, rng: &mut SplitMix) -> ArrayD<F> {
+    let fan_in = if shape.len() == 2 { shape[1] } else { shape[0] };
+    let fan_out = shape[0];
+    ArrayD::from_shape_fn(IxDyn(shape), |_| {
+        let x = match init {
+            Init::Zeros => 0.0,
+            Init::He => rng.normal() * (2.0 / fan_in as f64).sqrt(),
+            Init::Glorot => {
+                let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
+                (rng.uniform() * 2.0 - 1.0) * a
+            }
+            Init::Normal(std) => rng.normal() * std,
+        };
+        F::from_f64(x)
+    })
+}
+
+fn as2<F>(a: &ArrayD<F>) -> ndarray::ArrayView2<'_, F> {
+    a.view().into_dimensionality().expect("a 2-d parameter")
+}
+
+fn as1<F>(a: &ArrayD<F>) -> ndarray::ArrayView1<'_, F> {
+    a.view().into_dimensionality().expect("a 1-d parameter")
+}
+
+impl<F: Real> Model<F> {
+    /// Compiles `diagram`, initialising its parameters from `seed`.
+    pub fn new(diagram: &Diagram, seed: u64) -> Result<Self, DiagramError> {
+        let term = diagram.check()?.clone();
+        let mut shapes: Vec<Shape> = term.dom();
+        let inputs: Vec<usize> = (0..shapes.len()).collect();
+        let mut steps = Vec::new();
+        let mut param = 0;
+        let outputs = flatten(&term, inputs.clone(), &mut steps, &mut shapes, &mut param);
+        let mut rng = SplitMix(seed);
+        let mut params = Vec::new();
+        for step in &steps {
+            for (name, shape, init) in step.gen.params() {
+                params.push(Param {
+                    name,
+                    value: init_block(&shape, init, &mut rng),
+                });
+            }
+        }
+        let grads = params
+            .iter()
+            .map(|p| ArrayD::zeros(p.value.raw_dim()))
+            .collect();
+        Ok(Model {
+            term,
+            steps,
+            inputs,
+            outputs,
+            shapes,
+            params,
+            grads,
+            values: Vec::new(),
+            adjoints: Vec::new(),
+            batch: usize::MAX,
+        })
+    }
+
+    /// The diagram's input wires.
+    pub fn dom(&self) -> Vec<Shape> {
+        self.term.dom()
+    }
+
+    /// The diagram's output wires.
+    pub fn cod(&self) -> Vec<Shape> {
+        self.term.cod()
+    }
+
+    /// Total number of parameters.
+    pub fn num_parameters(&self) -> usize {
+        self.params.iter().map(|p| p.value.len()).sum()
+    }
+
+    fn ensure_batch(&mut self, batch: usize) {
+        if self.batch != batch {
+            self.values = self
+                .shapes
+                .iter()
+                .map(|s| Array2::zeros((batch, size(s))))
+                .collect();
+            self.adjoints = self
+                .shapes
+                .iter()
+                .map(|s| Array2::zeros((batch, size(s))))
+                .collect();
+            self.batch = batch;
+        }
+    }
+
+    /// Runs the diagram on a batch: one matrix (examples × values) per input
+    /// wire. Returns the output wires' values.
+    pub fn forward(&mut self, inputs: &[Array2<F>]) -> Result<Vec<Array2<F>>, DiagramError> {
+        let dom = self.dom();
+        if inputs.len() != dom.len() {
+            return Err(DiagramError::Invalid(format!(
+                "the diagram takes {} input wires, got {}",
+                dom.len(),
+                inputs.len()
+            )));
+        }
+        let batch = inputs.first().map_or(1, |x| x.nrows());
+        for (k, (x, s)) in inputs.iter().zip(&dom).enumerate() {
+            if x.nrows() != batch || x.ncols() != size(s) {
+                return Err(DiagramError::Invalid(format!(
+                    "input {k} is {}x{}, expected {batch} examples of {} values (shape {s:?})",
+                    x.nrows(),
+                    x.ncols(),
+                    size(s)
+                )));
+            }
+        }
+        self.ensure_batch(batch);
+        for (r, x) in self.inputs.clone().into_iter().zip(inputs) {
+            self.values[r].assign(x);
+        }
+        for i in 0..self.steps.len() {
+            self.forward_step(i);
+        }
+        Ok(self
+            .outputs
+            .iter()
+            .map(|r| self.values[*r].clone())
+            .collect())
+    }
+
+    fn forward_step(&mut self, i: usize) {
+        let step = &self.steps[i];
+        let x = |k: usize| &self.values[step.inputs[k]];
+        let p = |k: usize| &self.params[step.param + k].value;
+        let out: Vec<Array2<F>> = match &step.gen {
+            Generator::Linear { .. } => vec![x(0).dot(&as2(p(0)).t())],
+            Generator::Dense { .. } => {
+                let mut y = x(0).dot(&as2(p(0)).t());
+                y += &as1(p(1));
+                vec![y]
+            }
+            Generator::Bias { .. } => vec![x(0) + &as1(p(0))],
+            Generator::MatMul { m, k, n } => {
+                let (a, b) = (x(0), x(1));
+                let mut y = Array2::zeros((a.nrows(), m * n));
+                for e in 0..a.nrows() {
+                    let am = a.row(e).into_shape_with_order((*m, *k)).expect("shape");
+                    let bm = b.row(e).into_shape_with_order((*k, *n)).expect("shape");
+                    let prod = am.dot(&bm);
+                    y.row_mut(e)
+                        .assign(&prod.into_shape_with_order(m * n).expect("shape"));
+                }
+                vec![y]
+            }
+            Generator::Add(_) => vec![x(0) + x(1)],
+            Generator::Mul(_) => vec![x(0) * x(1)],
+            Generator::Copy(_) => vec![x(0).clone(), x(0).clone()],
+            Generator::Discard(_) => vec![],
+            Generator::Swap(..) => vec![x(1).clone(), x(0).clone()],
+            Generator::Identity(_) | Generator::Reshape(..) => vec![x(0).clone()],
+            Generator::Relu(_) => {
+                vec![x(0).mapv(|v| if v > F::default() { v } else { F::default() })]
+            }
+            Generator::Sigmoid(_) => {
+                let one = F::from_f64(1.0);
+                vec![x(0).mapv(|v| one / (one + (-v).exp()))]
+            }
+            Generator::Tanh(_) => vec![x(0).mapv(|v| v.tanh())],
+            Generator::Exp(_) => vec![x(0).mapv(|v| v.exp())],
+            Generator::Log(_) => vec![x(0).mapv(|v| v.ln())],
+            Generator::Softmax(_) => vec![softmax_rows(x(0))],
+            Generator::Sum(_) => vec![x(0).sum_axis(Axis(1)).insert_axis(Axis(1))],
+            Generator::Broadcast(n) => {
+                let col = x(0).column(0).to_owned();
+                vec![Array2::from_shape_fn((col.len(), *n), |(e, _)| col[e])]
+            }
+        };
+        for (r, v) in step.outputs.clone().into_iter().zip(out) {
+            self.values[r] = v;
+        }
+    }
+
+    /// The reverse derivative of the last forward pass: given the gradients
+    /// of the outputs (one matrix per output wire), stores the parameters'
+    /// gradients in [`Model::grads`] and returns the inputs' gradients.
+    pub fn backward(&mut self, output_grads: &[Array2<F>]) -> Result<Vec<Array2<F>>, DiagramError> {
+        if self.batch == usize::MAX {
+            return Err(DiagramError::Invalid(
+                "backward before any forward pass".into(),
+            ));
+        }
+        if output_grads.len() != self.outputs.len() {
+            return Err(DiagramError::Invalid(format!(
+                "the diagram has {} output wires, got {} gradients",
+                self.outputs.len(),
+                output_grads.len()
+            )));
+        }
+        for a in &mut self.adjoints {
+            a.fill(F::default());
+        }
+        for (k, (r, g)) in self.outputs.iter().zip(output_grads).enumerate() {
+            if g.dim() != self.adjoints[*r].dim() {
+                return Err(DiagramError::Invalid(format!(
+                    "gradient {k} is {:?}, the output is {:?}",
+                    g.dim(),
+                    self.adjoints[*r].dim()
+                )));
+            }
+            self.adjoints[*r] += g;
+        }
+        for g in &mut self.grads {
+            g.fill(F::default());
+        }
+        for i in (0..self.steps.len()).rev() {
+            self.reverse_step(i);
+        }
+        Ok(self
+            .inputs
+            .iter()
+            .map(|r| self.adjoints[*r].clone())
+            .collect())
+    }
+
+    /// `R[generator]`: input gradients (added to the registers' adjoints) and
+    /// parameter gradients, from forward inputs and output gradients.
+    fn reverse_step(&mut self, i: usize) {
+        let step = self.steps[i].clone();
+        let x = |k: usize| &self.values[step.inputs[k]];
+        let y = |k: usize| &self.values[step.outputs[k]];
+        let dy = |k: usize| &self.adjoints[step.outputs[k]];
+        let p = |k: usize| &self.params[step.param + k].value;
+        let one = F::from_f64(1.0);
+        let mut dparams: Vec<ArrayD<F>> = Vec::new();
+        let dx: Vec<Array2<F>> = match &step.gen {
+            Generator::Linear { .. } => {
+                dparams.push(dy(0).t().dot(x(0)).into_dyn());
+                vec![dy(0).dot(&as2(p(0)))]
+            }
+            Generator::Dense { .. } => {
+                dparams.push(dy(0).t().dot(x(0)).into_dyn());
+                dparams.push(dy(0).sum_axis(Axis(0)).into_dyn());
+                vec![dy(0).dot(&as2(p(0)))]
+            }
+            Generator::Bias { .. } => {
+                dparams.push(dy(0).sum_axis(Axis(0)).into_dyn());
+                vec![dy(0).clone()]
+            }
+            Generator::MatMul { m, k, n } => {
+                let (a, b, g) = (x(0), x(1), dy(0));
+                let mut da = Array2::zeros(a.dim());
+                let mut db = Array2::zeros(b.dim());
+                for e in 0..a.nrows() {
+                    let am = a.row(e).into_shape_with_order((*m, *k)).expect("shape");
+                    let bm = b.row(e).into_shape_with_order((*k, *n)).expect("shape");
+                    let gm = g.row(e).into_shape_with_order((*m, *n)).expect("shape");
+                    da.row_mut(e)
+                        .assign(&gm.dot(&bm.t()).into_shape_with_order(m * k).expect("shape"));
+                    db.row_mut(e)
+                        .assign(&am.t().dot(&gm).into_shape_with_order(k * n).expect("shape"));
+                }
+                vec![da, db]
+            }
+            Generator::Add(_) => vec![dy(0).clone(), dy(0).clone()],
+            Generator::Mul(_) => vec![dy(0) * x(1), dy(0) * x(0)],
+            Generator::Copy(_) => vec![dy(0) + dy(1)],
+            Generator::Discard(_) => vec![Array2::zeros(x(0).dim())],
+            Generator::Swap(..) => vec![dy(1).clone(), dy(0).clone()],
+            Generator::Identity(_) | Generator::Reshape(..) => vec![dy(0).clone()],
+            Generator::Relu(_) => {
+                let mut d = dy(0).clone();
+                d.zip_mut_with(x(0), |g, v| {
+                    if *v <= F::default() {
+                        *g = F::default();
+                    }
+                });
+                vec![d]
+            }
+            Generator::Sigmoid(_) => {
+                let mut d = dy(0).clone();
+                d.zip_mut_with(y(0), |g, s| *g = *g * *s * (one - *s));
+                vec![d]
+            }
+            Generator::Tanh(_) => {
+                let mut d = dy(0).clone();
+                d.zip_mut_with(y(0), |g, t| *g = *g * (one - *t * *t));
+                vec![d]
+            }
+            Generator::Exp(_) => vec![dy(0) * y(0)],
+            Generator::Log(_) => vec![dy(0) / x(0)],
+            Generator::Softmax(_) => {
+                // dx = s * (dy - <dy, s>) per example.
+                let s = y(0);
+                let inner = (dy(0) * s).sum_axis(Axis(1)).insert_axis(Axis(1));
+                vec![s * &(dy(0) - &inner)]
+            }
+            Generator::Sum(_) => {
+                let n = x(0).ncols();
+                let g = dy(0).column(0).to_owned();
+                vec![Array2::from_shape_fn((g.len(), n), |(e, _)| g[e])]
+            }
+            Generator::Broadcast(_) => vec![dy(0).sum_axis(Axis(1)).insert_axis(Axis(1))],
+        };
+        for (k, d) in dparams.into_iter().enumerate() {
+            self.grads[step.param + k] += &d;
+        }
+        for (r, d) in step.inputs.iter().zip(dx) {
+            self.adjoints[*r] += &d;
+        }
+    }
+
+    /// Runs forward on one input wire and returns the first output wire
+    /// (the common case of a model `[features] → [outputs]`).
+    pub fn predict(&mut self, x: &Array2<F>) -> Result<Array2<F>, DiagramError> {
+        let mut out = self.forward(std::slice::from_ref(x))?;
+        if out.is_empty() {
+            return Err(DiagramError::Invalid(
+                "the diagram has no output wire".into(),
+            ));
+        }
+        Ok(out.swap_remove(0))
+    }
+
+    /// All parameters, block after block, as one vector.
+    pub fn flat_params(&self) -> Vec<F> {
+        self.params
+            .iter()
+            .flat_map(|p| p.value.iter().copied())
+            .collect()
+    }
+
+    /// Sets all parameters from one vector (the layout of [`Model::flat_params`]);
+    /// extra values are ignored, missing ones leave parameters as they are.
+    pub fn set_flat_params(&mut self, values: &[F]) {
+        let mut it = values.iter();
+        for p in &mut self.params {
+            for v in p.value.iter_mut() {
+                match it.next() {
+                    Some(x) => *v = *x,
+                    None => return,
+                }
+            }
+        }
+    }
+
+    /// The parameters' gradients of the last backward pass, as one vector.
+    pub fn flat_grads(&self) -> Vec<F> {
+        self.grads.iter().flat_map(|g| g.iter().copied()).collect()
+    }
+
+    /// The parameter called `name`.
+    pub fn param(&self, name: &str) -> Option<&ArrayD<F>> {
+        self.params
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| &p.value)
+    }
+
+    /// Rows `from..to` of a matrix, as an owned batch.
+    pub fn rows(x: &Array2<F>, from: usize, to: usize) -> Array2<F> {
+        x.slice(s![from..to, ..]).to_owned()
+    }
+}
+
+/// Softmax of each row, shifted by the row's maximum for stability.
+pub fn softmax_rows<F: Real>(x: &Array2<F>) -> Array2<F> {
+    let mut out = x.clone();
+    for mut row in out.rows_mut() {
+        let max =
+            row.iter().copied().fold(
+                F::from_f64(f64::NEG_INFINITY),
+                |a, b| if b > a { b } else { a },
+            );
+        row.mapv_inplace(|v| (v - max).exp());
+        let total = row.iter().copied().fold(F::default(), |a, b| a + b);
+        row.mapv_inplace(|v| v / total);
+    }
+    out
+}

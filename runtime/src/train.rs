@@ -1,0 +1,94 @@
+//! Supervised learning: a model, a loss lens and an optimizer lens, composed
+//! into one training step (Cruttwell et al., "Categorical Foundations of
+//! Gradient-Based Learning"):
+//!
+//! ```text
+//! p_view = get(s, p)                       the optimizer's view of the parameters
+//! b      = f(p_view, a)                    forward through the diagram
+//! b'     = R[loss](b, b_true)              the loss lens (learning-rate lens: identity,
+//!                                          the rule's lr plays -eps)
+//! (p', _) = R[f](p_view, a, b')            the diagram's reverse derivative
+//! (s, p) <- put(s, p, p')                  the optimizer's update (a DSL rule, JIT-compiled)
+//! ```
+
+use crate::diagram::plan::{Model, Real};
+use crate::error::Error;
+use crate::loss::Loss;
+use crate::optimizer::Optimizer;
+use crate::stepper::Stepper;
+use crate::tensor::{TensorMut, TensorRef};
+use ndarray::{Array2, ArrayD};
+
+/// A model trained by an optimizer against a loss.
+pub struct Trainer<F: Real, L> {
+    /// The model (diagram and parameters).
+    pub model: Model<F>,
+    /// The loss lens.
+    pub loss: L,
+    /// The optimizer's state over the model's parameter blocks.
+    pub optimizer: Stepper<F>,
+    has_view: bool,
+}
+
+impl<F: Real, L: Loss<F>> Trainer<F, L> {
+    /// Binds `optimizer` to the parameters of `model`.
+    pub fn new(model: Model<F>, loss: L, optimizer: &impl Optimizer) -> Result<Self, Error> {
+        let refs: Vec<&dyn TensorRef<F>> = model
+            .params
+            .iter()
+            .map(|p| &p.value as &dyn TensorRef<F>)
+            .collect();
+        let stepper = optimizer.init(&refs)?;
+        let has_view = stepper.rule().view.is_some();
+        Ok(Trainer {
+            model,
+            loss,
+            optimizer: stepper,
+            has_view,
+        })
+    }
+
+    /// One supervised step on a batch; returns the batch's loss.
+    pub fn step(&mut self, x: &Array2<F>, target: &Array2<F>) -> Result<F, Error> {
+        let saved: Option<Vec<ArrayD<F>>> = if self.has_view {
+            let refs: Vec<&dyn TensorRef<F>> = self
+                .model
+                .params
+                .iter()
+                .map(|p| &p.value as &dyn TensorRef<F>)
+                .collect();
+            let views = self.optimizer.view(&refs)?;
+            let saved = self.model.params.iter().map(|p| p.value.clone()).collect();
+            for (p, v) in self.model.params.iter_mut().zip(views) {
+                p.value = v;
+            }
+            Some(saved)
+        } else {
+            None
+        };
+        let pred = self.model.predict(x).map_err(Error::Diagram)?;
+        if pred.dim() != target.dim() {
+            return Err(Error::Mismatch(format!(
+                "the model predicts {:?} but the targets are {:?}",
+                pred.dim(),
+                target.dim()
+            )));
+        }
+        let value = self.loss.value(&pred, target);
+        let grad = self.loss.grad(&pred, target);
+        self.model.backward(&[grad]).map_err(Error::Diagram)?;
+        if let Some(saved) = saved {
+            for (p, s) in self.model.params.iter_mut().zip(saved) {
+                p.value = s;
+            }
+        }
+        let Model { params, grads, .. } = &mut self.model;
+        let mut ps: Vec<&mut dyn TensorMut<F>> = params
+            .iter_mut()
+            .map(|p| &mut p.value as &mut dyn TensorMut<F>)
+            .collect();
+        let gs: Vec<&dyn TensorRef<F>> = grads.iter().map(|g| g as &dyn TensorRef<F>).collect();
+        self.optimizer.step(&mut ps, &gs)?;
+        Ok(value)
+    }
+}
