@@ -8,7 +8,6 @@
 //!     cargo run --release --example digits_mlp
 
 use lensopt::diagram::plan::Model;
-use lensopt::diagram::{dense, relu};
 use lensopt::loss::{accuracy, one_hot, SoftmaxCrossEntropy};
 use lensopt::train::Trainer;
 use ndarray::Array2;
@@ -20,11 +19,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (x_train, x_test) = (scale(&train.features), scale(&test.features));
     let y_train: Array2<f32> = one_hot(&train.labels, 10);
 
-    let diagram = dense("hidden1", 64, 128)
-        >> relu([128])
-        >> dense("hidden2", 128, 64)
-        >> relu([64])
-        >> dense("out", 64, 10);
+    // The wiring is checked at compile time: a size mismatch is a compile error.
+    let diagram = lensopt::diagram!(
+        dense(hidden1, 64, 128)
+            >> relu(128)
+            >> dense(hidden2, 128, 64)
+            >> relu(64)
+            >> dense(out, 64, 10)
+    );
     let model = Model::<f32>::new(&diagram, 7)?;
     println!(
         "digits: {} train / {} test examples, {} parameters",

@@ -14,6 +14,7 @@ pub mod builder;
 pub mod builtins;
 pub mod check;
 pub mod diag;
+pub mod diagram;
 pub mod float;
 pub mod hyper;
 pub mod interp;

@@ -1,10 +1,12 @@
-//! The proc-macros of lensopt: `optimizer!`.
+//! The proc-macros of lensopt: `optimizer!` and `diagram!`.
 //!
 //! This crate is a thin shell: the front end (parsing and checking) lives in
 //! `lensopt-ir` and works on `proc_macro2` tokens, so everything it decides
 //! is unit-tested there and shared with `Rule::parse` at run time. Here we
 //! only turn its diagnostics into compile errors at their spans, and a
 //! checked rule into Rust items.
+
+mod diagram;
 
 use lensopt_ir::{HyperValue, Rule};
 use proc_macro::TokenStream;
@@ -40,6 +42,22 @@ pub fn optimizer(input: TokenStream) -> TokenStream {
             Err(err) => err.to_compile_error().into(),
         },
         Err(diags) => diags.to_syn_error().to_compile_error().into(),
+    }
+}
+
+/// A string diagram written with `>>` (sequential) and `|` (parallel)
+/// composition of generators, checked at compile time: a wire mismatch, a
+/// bad reshape, an unknown generator or a repeated parameter name is a
+/// compile error at the offending token. Expands to a `lensopt::diagram::Diagram`.
+///
+/// ```text
+/// let mlp = lensopt::diagram!(dense(hidden, 64, 128) >> relu(128) >> dense(out, 128, 10));
+/// ```
+#[proc_macro]
+pub fn diagram(input: TokenStream) -> TokenStream {
+    match diagram::expand(input.into()) {
+        Ok(tokens) => tokens.into(),
+        Err(err) => err.to_compile_error().into(),
     }
 }
 

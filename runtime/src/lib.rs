@@ -51,7 +51,7 @@ pub use lensopt_codegen::cpu::Program;
 pub use lensopt_ir as ir;
 pub use lensopt_ir::optimize::{equivalent, Mode};
 pub use lensopt_ir::{interp, Diagnostic, Diagnostics, HyperValue, Rule};
-pub use lensopt_macros::optimizer;
+pub use lensopt_macros::{diagram, optimizer};
 pub use optimizer::{DynOptimizer, Group, Optimizer};
 pub use stepper::{Backend, Inputs, Stepper};
 pub use tensor::{TensorMut, TensorRef};

@@ -5,10 +5,13 @@
 
 use std::sync::Arc;
 
+type Get<A, B> = Arc<dyn Fn(&A) -> B + Send + Sync>;
+type Put<A, B2, A2> = Arc<dyn Fn(&A, &B2) -> A2 + Send + Sync>;
+
 /// A lens `(get : A → B, put : A × B' → A')`.
 pub struct Lens<A, B, B2, A2> {
-    get: Arc<dyn Fn(&A) -> B + Send + Sync>,
-    put: Arc<dyn Fn(&A, &B2) -> A2 + Send + Sync>,
+    get: Get<A, B>,
+    put: Put<A, B2, A2>,
 }
 
 impl<A, B, B2, A2> Clone for Lens<A, B, B2, A2> {

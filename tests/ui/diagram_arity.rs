@@ -1,0 +1,3 @@
+fn main() {
+    let _ = lensopt::diagram!(dense(a, 4) >> relu(4));
+}

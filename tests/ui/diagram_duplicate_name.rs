@@ -1,0 +1,3 @@
+fn main() {
+    let _ = lensopt::diagram!(dense(layer, 4, 4) >> relu(4) >> dense(layer, 4, 2));
+}

@@ -1,0 +1,3 @@
+fn main() {
+    let _ = lensopt::diagram!(dense(hidden, 64, 128) >> relu(64));
+}

@@ -1,0 +1,3 @@
+fn main() {
+    let _ = lensopt::diagram!(reshape([2, 3], [5]));
+}
