@@ -71,11 +71,17 @@ pub fn digits() -> Result<Dataset, String> {
 }
 
 impl Dataset {
-    /// A seeded shuffle split: `test_fraction` of the examples for testing.
-    pub fn split(&self, test_fraction: f64, seed: u64) -> (Dataset, Dataset) {
+    /// The example indices of [`Dataset::split`]: `(train, test)`.
+    pub fn split_indices(&self, test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
         let n = self.labels.len();
         let order = SplitMix(seed).permutation(n);
         let n_test = ((n as f64) * test_fraction).round() as usize;
+        (order[n_test..].to_vec(), order[..n_test].to_vec())
+    }
+
+    /// A seeded shuffle split: `test_fraction` of the examples for testing.
+    pub fn split(&self, test_fraction: f64, seed: u64) -> (Dataset, Dataset) {
+        let (train, test) = self.split_indices(test_fraction, seed);
         let pick = |idx: &[usize]| Dataset {
             features: Array2::from_shape_fn((idx.len(), self.features.ncols()), |(i, j)| {
                 self.features[(idx[i], j)]
@@ -83,7 +89,7 @@ impl Dataset {
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
             classes: self.classes,
         };
-        (pick(&order[n_test..]), pick(&order[..n_test]))
+        (pick(&train), pick(&test))
     }
 
     /// Features scaled column by column to [0, 1] with the given minima and maxima.
