@@ -35,6 +35,7 @@ extern crate self as lensopt;
 pub mod case;
 pub mod catalog;
 pub mod category;
+pub mod circuit;
 pub mod data;
 pub mod diagram;
 mod error;

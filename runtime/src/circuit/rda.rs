@@ -1,0 +1,150 @@
+//! Reverse Derivative Ascent (Wilson and Zanasi): learning the parameter
+//! bits of a circuit `f : P × A → B` with
+//! `p' = p XOR π_P R[f]((p, x), y XOR f(p, x))`.
+//!
+//! For one example that is the rule as the paper states it: the parameter
+//! bits whose reverse derivative is 1 at the example's error are flipped.
+//! A batch needs a rule to combine the examples' requests ([`Combine`]):
+//! applying the rule example after example ([`Combine::Online`]), or flipping
+//! a bit when most of the examples it influences request it
+//! ([`Combine::Majority`]).
+
+use super::eval::{bit, Machine};
+use super::Circuit;
+
+/// How the parameter changes requested by the examples of a batch combine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combine {
+    /// One example at a time, in order: the paper's update rule applied per example.
+    Online,
+    /// Flip a bit when more than half of the examples it influences (those
+    /// where `R[f]` at an all-ones error is 1 for it) request the flip: for a
+    /// truth table, each row takes the majority label of its examples.
+    Majority,
+}
+
+/// A circuit with its parameter bits, trained by RDA.
+#[derive(Clone, Debug)]
+pub struct Rda {
+    /// The circuit `P × A → B`.
+    pub circuit: Circuit,
+    /// The parameter bits.
+    pub params: Vec<bool>,
+}
+
+/// A data set of bit vectors, one `Vec<bool>` per example.
+#[derive(Clone, Debug)]
+pub struct Bits {
+    /// Inputs, one row per example.
+    pub x: Vec<Vec<bool>>,
+    /// Targets, one row per example.
+    pub y: Vec<Vec<bool>>,
+}
+
+impl Rda {
+    /// A learner for `circuit` with every parameter bit 0.
+    pub fn new(circuit: Circuit) -> Self {
+        let params = vec![false; circuit.params];
+        Rda { circuit, params }
+    }
+
+    /// Predictions for each example.
+    pub fn predict(&self, x: &[Vec<bool>]) -> Result<Vec<Vec<bool>>, String> {
+        let packed = super::eval::pack(x, self.circuit.inputs);
+        let mut m = Machine::new(&self.circuit, packed.first().map_or(1, Vec::len));
+        let out = m.forward(&self.circuit, &self.params, &packed)?;
+        Ok((0..x.len())
+            .map(|e| out.iter().map(|row| bit(row, e)).collect())
+            .collect())
+    }
+
+    /// Fraction of examples whose every output bit is right.
+    pub fn accuracy(&self, data: &Bits) -> Result<f64, String> {
+        let pred = self.predict(&data.x)?;
+        let right = pred.iter().zip(&data.y).filter(|(p, y)| p == y).count();
+        Ok(right as f64 / data.x.len().max(1) as f64)
+    }
+
+    /// One pass over `data`, combining updates by `combine`. Returns the number of bits flipped.
+    pub fn epoch(&mut self, data: &Bits, combine: Combine) -> Result<usize, String> {
+        match combine {
+            Combine::Online => {
+                let mut flips = 0;
+                for (x, y) in data.x.iter().zip(&data.y) {
+                    flips += self.update(std::slice::from_ref(x), std::slice::from_ref(y), 0)?;
+                }
+                Ok(flips)
+            }
+            Combine::Majority => self.update(&data.x, &data.y, 1),
+        }
+    }
+
+    /// The update for a batch: with `majority = 1`, flips bit `i` when more
+    /// than half of the examples it influences request it; with `0` (single
+    /// examples), when the example requests it.
+    fn update(
+        &mut self,
+        x: &[Vec<bool>],
+        y: &[Vec<bool>],
+        majority: usize,
+    ) -> Result<usize, String> {
+        let c = &self.circuit;
+        let xs = super::eval::pack(x, c.inputs);
+        let ys = super::eval::pack(y, c.outputs.len());
+        let words = xs.first().map_or(1, Vec::len);
+        let mut m = Machine::new(c, words);
+        let out = m.forward(c, &self.params, &xs)?;
+        // The error y XOR f(p, x), on real examples only.
+        let valid: Vec<u64> = (0..words)
+            .map(|w| {
+                let left = x.len().saturating_sub(w * 64);
+                if left >= 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << left) - 1
+                }
+            })
+            .collect();
+        let err: Vec<Vec<u64>> = out
+            .iter()
+            .zip(&ys)
+            .map(|(o, t)| {
+                o.iter()
+                    .zip(t)
+                    .zip(&valid)
+                    .map(|((o, t), v)| (o ^ t) & v)
+                    .collect()
+            })
+            .collect();
+        let wrong: u32 = (0..words)
+            .map(|w| err.iter().fold(0u64, |acc, e| acc | e[w]).count_ones())
+            .sum();
+        if wrong == 0 {
+            return Ok(0);
+        }
+        let (dparams, _) = m.reverse(c, &err)?;
+        // Which examples each bit influences: R[f] at an all-ones error.
+        let relevance = if majority == 1 {
+            let ones: Vec<Vec<u64>> = c.outputs.iter().map(|_| valid.clone()).collect();
+            Some(m.reverse(c, &ones)?.0)
+        } else {
+            None
+        };
+        let mut flips = 0;
+        for (i, (p, d)) in self.params.iter_mut().zip(&dparams).enumerate() {
+            let requests: u32 = d.iter().map(|w| w.count_ones()).sum();
+            let flip = match &relevance {
+                None => requests % 2 == 1,
+                Some(r) => {
+                    let influenced: u32 = r[i].iter().map(|w| w.count_ones()).sum();
+                    2 * requests > influenced
+                }
+            };
+            if flip {
+                *p = !*p;
+                flips += 1;
+            }
+        }
+        Ok(flips)
+    }
+}

@@ -1,0 +1,302 @@
+//! Boolean circuits over Z2: the reverse derivative of every generator and of
+//! random read-once circuits against the brute-force oracle
+//! `R[f](x, dy)_i = parity((f(x) ^ f(x ^ e_i)) & dy)`, the RD axioms over Z2
+//! on random circuits with fan-out, bit-sliced evaluation against one
+//! example at a time, wiring errors, and RDA learning a truth table.
+
+use lensopt::circuit::eval::{bit, pack, Machine};
+use lensopt::circuit::gates;
+use lensopt::circuit::rda::{Bits, Combine, Rda};
+use lensopt::circuit::{Circuit, CircuitBuilder, CircuitError};
+use lensopt::diagram::plan::SplitMix;
+
+/// Evaluates `c` (no parameters) on one example.
+fn apply(c: &Circuit, x: &[bool]) -> Vec<bool> {
+    let mut m = Machine::new(c, 1);
+    let out = m.forward(c, &[], &pack(&[x.to_vec()], c.inputs)).unwrap();
+    out.iter().map(|w| bit(w, 0)).collect()
+}
+
+/// `R[c](x, dy)` on one example, with respect to the inputs.
+fn reverse(c: &Circuit, params: &[bool], x: &[bool], dy: &[bool]) -> (Vec<bool>, Vec<bool>) {
+    let mut m = Machine::new(c, 1);
+    m.forward(c, params, &pack(&[x.to_vec()], c.inputs))
+        .unwrap();
+    let (dp, dx) = m
+        .reverse(c, &pack(&[dy.to_vec()], c.outputs.len()))
+        .unwrap();
+    (
+        dp.iter().map(|w| bit(w, 0)).collect(),
+        dx.iter().map(|w| bit(w, 0)).collect(),
+    )
+}
+
+fn bits(v: usize, n: usize) -> Vec<bool> {
+    (0..n).map(|i| v >> i & 1 == 1).collect()
+}
+
+/// The oracle: `R[f](x, dy)_i = parity((f(x) ^ f(x ^ e_i)) & dy)`.
+fn oracle(c: &Circuit, x: &[bool], dy: &[bool]) -> Vec<bool> {
+    let fx = apply(c, x);
+    (0..x.len())
+        .map(|i| {
+            let mut xi = x.to_vec();
+            xi[i] = !xi[i];
+            let fxi = apply(c, &xi);
+            fx.iter()
+                .zip(&fxi)
+                .zip(dy)
+                .fold(false, |acc, ((a, b), d)| acc ^ ((a ^ b) & d))
+        })
+        .collect()
+}
+
+fn check_oracle_exhaustively(name: &str, c: &Circuit) {
+    for xv in 0..1usize << c.inputs {
+        for dv in 0..1usize << c.outputs.len() {
+            let (x, dy) = (bits(xv, c.inputs), bits(dv, c.outputs.len()));
+            assert_eq!(
+                reverse(c, &[], &x, &dy).1,
+                oracle(c, &x, &dy),
+                "{name}: x={x:?} dy={dy:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_generator_matches_the_oracle() {
+    let all = [
+        ("and", gates::and()),
+        ("xor", gates::xor()),
+        ("not", gates::not()),
+        ("zero", gates::zero()),
+        ("one", gates::one()),
+        ("copy", gates::copy()),
+        ("discard", gates::discard()),
+        ("swap", gates::swap()),
+        ("identity", gates::identity(3)),
+    ];
+    for (name, c) in &all {
+        check_oracle_exhaustively(name, c);
+    }
+}
+
+/// A random read-once circuit: a tree of AND, XOR and NOT over `n` distinct inputs.
+fn read_once(rng: &mut SplitMix, n: usize) -> Circuit {
+    let mut b = CircuitBuilder::new();
+    let mut pool: Vec<usize> = (0..n).map(|_| b.input()).collect();
+    while pool.len() > 1 {
+        let i = (rng.next_u64() % pool.len() as u64) as usize;
+        let x = pool.swap_remove(i);
+        let j = (rng.next_u64() % pool.len() as u64) as usize;
+        let y = pool.swap_remove(j);
+        let mut z = if rng.next_u64() % 2 == 0 {
+            b.and(x, y)
+        } else {
+            b.xor(x, y)
+        };
+        if rng.next_u64() % 3 == 0 {
+            z = b.not(z);
+        }
+        pool.push(z);
+    }
+    b.finish(pool).unwrap()
+}
+
+#[test]
+fn random_read_once_circuits_match_the_oracle() {
+    let mut rng = SplitMix(3);
+    for n in 1..=7 {
+        for _ in 0..20 {
+            let c = read_once(&mut rng, n);
+            check_oracle_exhaustively("read-once circuit", &c);
+        }
+    }
+}
+
+#[test]
+fn reconvergent_fan_out_is_where_the_oracle_and_the_derivative_part() {
+    // x AND x: the reverse derivative is the formal derivative of x*x, 2x = 0
+    // over Z2, while the finite difference (x AND x) ^ (!x AND !x) is 1. The
+    // chain rule (RD.5) holds for R, not for the finite difference, which is
+    // why the oracle is checked on read-once circuits and generators.
+    let mut b = CircuitBuilder::new();
+    let x = b.input();
+    let y = b.and(x, x);
+    let c = b.finish(vec![y]).unwrap();
+    assert_eq!(reverse(&c, &[], &[true], &[true]).1, vec![false]);
+    assert_eq!(oracle(&c, &[true], &[true]), vec![true]);
+}
+
+/// A random circuit with fan-out over `n` inputs and `k` parameters, `m` outputs.
+fn random_circuit(rng: &mut SplitMix, n: usize, k: usize, m: usize, gates_count: usize) -> Circuit {
+    let mut b = CircuitBuilder::new();
+    let mut wires: Vec<usize> = (0..n).map(|_| b.input()).collect();
+    wires.extend((0..k).map(|_| b.param()));
+    for _ in 0..gates_count {
+        let pick = |rng: &mut SplitMix, w: &[usize]| w[(rng.next_u64() % w.len() as u64) as usize];
+        let (x, y) = (pick(rng, &wires), pick(rng, &wires));
+        let z = match rng.next_u64() % 3 {
+            0 => b.and(x, y),
+            1 => b.xor(x, y),
+            _ => b.not(x),
+        };
+        wires.push(z);
+    }
+    let outs = (0..m).map(|i| wires[wires.len() - 1 - i]).collect();
+    b.finish(outs).unwrap()
+}
+
+fn xor_vec(a: &[bool], b: &[bool]) -> Vec<bool> {
+    a.iter().zip(b).map(|(x, y)| x ^ y).collect()
+}
+
+#[test]
+fn rd_axioms_over_z2_on_random_circuits() {
+    let mut rng = SplitMix(11);
+    for _ in 0..200 {
+        let (n, m) = (
+            1 + (rng.next_u64() % 5) as usize,
+            1 + (rng.next_u64() % 3) as usize,
+        );
+        let f = random_circuit(&mut rng, n, 0, m, 12);
+        let g = random_circuit(&mut rng, m, 0, 2, 10);
+        let x = bits(rng.next_u64() as usize, n);
+        let (d1, d2) = (
+            bits(rng.next_u64() as usize, m),
+            bits(rng.next_u64() as usize, m),
+        );
+        // RD.2: linear in dy, R[f](x, 0) = 0.
+        let r = |dy: &[bool]| reverse(&f, &[], &x, dy).1;
+        assert_eq!(r(&xor_vec(&d1, &d2)), xor_vec(&r(&d1), &r(&d2)), "RD.2");
+        assert!(r(&vec![false; m]).iter().all(|b| !b), "RD.2 zero");
+        // RD.5: R[f ; g](x, c) = R[f](x, R[g](f(x), c)).
+        let fg = f.then(&g).unwrap();
+        let c = bits(rng.next_u64() as usize, 2);
+        let fx = apply(&f, &x);
+        let inner = reverse(&g, &[], &fx, &c).1;
+        assert_eq!(
+            reverse(&fg, &[], &x, &c).1,
+            reverse(&f, &[], &x, &inner).1,
+            "RD.5"
+        );
+        // RD.4: R[<f, h>](x, (b, c)) = R[f](x, b) ^ R[h](x, c), with <f, h> = copy ; (f | h).
+        let h = random_circuit(&mut rng, n, 0, 1, 8);
+        let copies = {
+            let mut b = CircuitBuilder::new();
+            let xs: Vec<usize> = (0..n).map(|_| b.input()).collect();
+            let outs = xs.iter().chain(&xs).copied().collect();
+            b.finish(outs).unwrap()
+        };
+        let pair = copies.then(&f.beside(&h)).unwrap();
+        let cc = bits(rng.next_u64() as usize, 1);
+        let dd: Vec<bool> = d1.iter().chain(&cc).copied().collect();
+        let want = xor_vec(&reverse(&f, &[], &x, &d1).1, &reverse(&h, &[], &x, &cc).1);
+        assert_eq!(reverse(&pair, &[], &x, &dd).1, want, "RD.4");
+        // RD.3: identity and the first projection.
+        let id = gates::identity(n);
+        assert_eq!(reverse(&id, &[], &x, &x).1, x, "RD.3 identity");
+        let proj = gates::identity(1).beside(&gates::discard());
+        assert_eq!(
+            reverse(&proj, &[], &[true, true], &[true]).1,
+            vec![true, false],
+            "RD.3 projection"
+        );
+    }
+    // RD.1: f + g = copy ; (f | g) ; xor has R[f + g] = R[f] ^ R[g].
+    let f = random_circuit(&mut rng, 1, 0, 1, 6);
+    let g = random_circuit(&mut rng, 1, 0, 1, 6);
+    let sum = gates::copy()
+        .then(&f.beside(&g))
+        .unwrap()
+        .then(&gates::xor())
+        .unwrap();
+    for x in [false, true] {
+        let want = xor_vec(
+            &reverse(&f, &[], &[x], &[true]).1,
+            &reverse(&g, &[], &[x], &[true]).1,
+        );
+        assert_eq!(reverse(&sum, &[], &[x], &[true]).1, want, "RD.1");
+    }
+}
+
+#[test]
+fn bit_sliced_batches_equal_one_example_at_a_time() {
+    let mut rng = SplitMix(5);
+    let c = random_circuit(&mut rng, 6, 3, 2, 40);
+    let params = vec![true, false, true];
+    let examples: Vec<Vec<bool>> = (0..200).map(|_| bits(rng.next_u64() as usize, 6)).collect();
+    let dys: Vec<Vec<bool>> = (0..200).map(|_| bits(rng.next_u64() as usize, 2)).collect();
+    let mut m = Machine::new(&c, 4);
+    let out = m.forward(&c, &params, &pack(&examples, 6)).unwrap();
+    let (dp, dx) = m.reverse(&c, &pack(&dys, 2)).unwrap();
+    for (e, x) in examples.iter().enumerate() {
+        let (p1, x1) = reverse(&c, &params, x, &dys[e]);
+        let mut single = Machine::new(&c, 1);
+        let o1 = single.forward(&c, &params, &pack(&[x.clone()], 6)).unwrap();
+        assert_eq!(
+            out.iter().map(|w| bit(w, e)).collect::<Vec<_>>(),
+            o1.iter().map(|w| bit(w, 0)).collect::<Vec<_>>()
+        );
+        assert_eq!(dp.iter().map(|w| bit(w, e)).collect::<Vec<_>>(), p1);
+        assert_eq!(dx.iter().map(|w| bit(w, e)).collect::<Vec<_>>(), x1);
+    }
+}
+
+#[test]
+fn wiring_errors_are_values() {
+    let err = gates::and().then(&gates::and()).unwrap_err();
+    assert_eq!(err, CircuitError::Mismatch { left: 1, right: 2 });
+    assert_eq!(
+        err.to_string(),
+        "cannot compose: the left circuit produces 1 bits but the right one takes 2"
+    );
+    let mut b = CircuitBuilder::new();
+    let x = b.input();
+    b.and(x, 5);
+    assert_eq!(b.finish(vec![x]).unwrap_err(), CircuitError::UnknownWire(5));
+    let c = gates::xor();
+    let mut m = Machine::new(&c, 1);
+    assert!(
+        m.forward(&c, &[], &[vec![0]]).is_err(),
+        "one input row for two inputs"
+    );
+    assert!((gates::and() >> gates::not()).is_ok());
+    assert!((gates::and() >> gates::and()).is_err());
+}
+
+#[test]
+fn rda_learns_a_truth_table() {
+    // The truth table of a random 4-bit function, as XOR of (p_m AND minterm_m).
+    let mut b = CircuitBuilder::new();
+    let x: Vec<usize> = (0..4).map(|_| b.input()).collect();
+    let nots: Vec<usize> = x.iter().map(|&w| b.not(w)).collect();
+    let mut out = b.constant(false);
+    for m in 0..16 {
+        let mut term = if m & 1 == 1 { x[0] } else { nots[0] };
+        for i in 1..4 {
+            let lit = if m >> i & 1 == 1 { x[i] } else { nots[i] };
+            term = b.and(term, lit);
+        }
+        let p = b.param();
+        let gated = b.and(p, term);
+        out = b.xor(out, gated);
+    }
+    let c = b.finish(vec![out]).unwrap();
+    let target: Vec<bool> = (0..16).map(|v| (v * 7 + 3) % 5 < 2).collect();
+    let data = Bits {
+        x: (0..16).map(|v| bits(v, 4)).collect(),
+        y: target.iter().map(|t| vec![*t]).collect(),
+    };
+    for combine in [Combine::Online, Combine::Majority] {
+        let mut rda = Rda::new(c.clone());
+        rda.epoch(&data, combine).unwrap();
+        assert_eq!(rda.accuracy(&data).unwrap(), 1.0, "{combine:?}");
+        assert_eq!(
+            rda.epoch(&data, combine).unwrap(),
+            0,
+            "{combine:?}: nothing left to flip"
+        );
+    }
+}
