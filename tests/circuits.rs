@@ -91,12 +91,12 @@ fn read_once(rng: &mut SplitMix, n: usize) -> Circuit {
         let x = pool.swap_remove(i);
         let j = (rng.next_u64() % pool.len() as u64) as usize;
         let y = pool.swap_remove(j);
-        let mut z = if rng.next_u64() % 2 == 0 {
+        let mut z = if rng.next_u64().is_multiple_of(2) {
             b.and(x, y)
         } else {
             b.xor(x, y)
         };
-        if rng.next_u64() % 3 == 0 {
+        if rng.next_u64().is_multiple_of(3) {
             z = b.not(z);
         }
         pool.push(z);
@@ -234,7 +234,9 @@ fn bit_sliced_batches_equal_one_example_at_a_time() {
     for (e, x) in examples.iter().enumerate() {
         let (p1, x1) = reverse(&c, &params, x, &dys[e]);
         let mut single = Machine::new(&c, 1);
-        let o1 = single.forward(&c, &params, &pack(&[x.clone()], 6)).unwrap();
+        let o1 = single
+            .forward(&c, &params, &pack(std::slice::from_ref(x), 6))
+            .unwrap();
         assert_eq!(
             out.iter().map(|w| bit(w, e)).collect::<Vec<_>>(),
             o1.iter().map(|w| bit(w, 0)).collect::<Vec<_>>()

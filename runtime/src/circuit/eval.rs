@@ -105,11 +105,7 @@ impl Machine {
 
     /// The reverse derivative at the last forward pass: given the words of
     /// `dy` for every output, returns `(d params, d inputs)`, per bit and example.
-    pub fn reverse(
-        &mut self,
-        circuit: &Circuit,
-        dy: &[Vec<u64>],
-    ) -> Result<(Rows, Rows), String> {
+    pub fn reverse(&mut self, circuit: &Circuit, dy: &[Vec<u64>]) -> Result<(Rows, Rows), String> {
         let n = self.words;
         if dy.len() != circuit.outputs.len() || dy.iter().any(|d| d.len() != n) {
             return Err(format!("one row of {n} words per output is needed"));
