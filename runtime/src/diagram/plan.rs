@@ -8,12 +8,18 @@
 //! `R[f ; g](a, c) = R[f](a, R[g](f(a), c))` step by step, and
 //! `R[f | g]((a, b), (c, d)) = (R[f](a, c), R[g](b, d))` by construction.
 //! Gradients of a wire used twice (after `copy`) add up, as `R[copy]` says.
-//! Registers and gradient buffers are allocated once per batch size, not per step.
-//! Matrix products go through ndarray's GEMM.
+//! Registers and gradient buffers are allocated once per batch size.
+//! Matrix products go through ndarray's GEMM; runs of element-wise
+//! generators (relu, sigmoid, tanh, exp, log) are fused into JIT kernels
+//! compiled by the optimizer compiler, forward and backward.
 
 use super::{size, Diagram, DiagramError, Generator, Init, Shape, Term};
-use crate::Float;
+use crate::{jit, Float, Mode, Rule};
+use lensopt_codegen::cpu::{Program, StepBuffers, StepPlan};
+use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, ArrayD, Axis, IxDyn, LinalgScalar, ScalarOperand};
+use std::fmt;
+use std::sync::Arc;
 
 /// Element types models run in.
 pub trait Real:
@@ -94,6 +100,10 @@ pub struct Model<F> {
     pub params: Vec<Param<F>>,
     /// Gradients of the parameters after [`Model::backward`].
     pub grads: Vec<ArrayD<F>>,
+    /// Fused element-wise chains, by the index of their first step.
+    chains: Vec<Option<Chain<F>>>,
+    /// Steps inside a fused chain (after its first), skipped when running.
+    inside_chain: Vec<bool>,
     /// Forward values of every register for the last batch.
     values: Vec<Array2<F>>,
     /// Gradients of every register for the last backward pass.
@@ -158,6 +168,153 @@ fn init_block<F: Real>(shape: &[usize], init: Init, rng: &mut SplitMix) -> Array
     })
 }
 
+/// A run of element-wise generators fused into two JIT kernels (through the
+/// optimizer compiler): `p = f_n(...f_1(g))` forward, and
+/// `p = g * f_1'(x_0) * ... * f_n'(x_{n-1})` backward, recomputing the
+/// intermediate values from the chain's input `x` instead of storing them.
+#[derive(Clone)]
+struct Chain<F> {
+    input: usize,
+    output: usize,
+    forward: Arc<Program<F>>,
+    backward: Arc<Program<F>>,
+}
+
+impl<F> fmt::Debug for Chain<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Chain({} -> {})", self.input, self.output)
+    }
+}
+
+/// The DSL text of a chain's forward and backward kernels.
+fn chain_rules(ops: &[Generator]) -> (String, String) {
+    let mut fwd = String::from("FusedForward { update { let x0 = g; ");
+    let mut bwd = String::from("FusedBackward { input x; update { let x0 = x; let d0 = g; ");
+    for (i, op) in ops.iter().enumerate() {
+        let (a, b) = (format!("x{i}"), format!("x{}", i + 1));
+        let value = match op {
+            Generator::Relu(_) => format!("max({a}, 0)"),
+            Generator::Sigmoid(_) => format!("sigmoid({a})"),
+            Generator::Tanh(_) => format!("2 * sigmoid(2 * {a}) - 1"),
+            Generator::Exp(_) => format!("exp({a})"),
+            _ => format!("ln({a})"),
+        };
+        let slope = match op {
+            Generator::Relu(_) => format!("select({a} > 0, 1, 0)"),
+            Generator::Sigmoid(_) => format!("{b} * (1 - {b})"),
+            Generator::Tanh(_) => format!("1 - {b} * {b}"),
+            Generator::Exp(_) => b.clone(),
+            _ => format!("1 / {a}"),
+        };
+        fwd.push_str(&format!("let {b} = {value}; "));
+        bwd.push_str(&format!(
+            "let {b} = {value}; let d{} = d{i} * ({slope}); ",
+            i + 1
+        ));
+    }
+    fwd.push_str(&format!("p = x{}; }} }}", ops.len()));
+    bwd.push_str(&format!("p = d{}; }} }}", ops.len()));
+    (fwd, bwd)
+}
+
+fn elementwise(g: &Generator) -> bool {
+    matches!(
+        g,
+        Generator::Relu(_)
+            | Generator::Sigmoid(_)
+            | Generator::Tanh(_)
+            | Generator::Exp(_)
+            | Generator::Log(_)
+    )
+}
+
+/// The chains of a plan by first step, and which steps lie inside a chain.
+type Fusion<F> = (Vec<Option<Chain<F>>>, Vec<bool>);
+
+/// Finds maximal chains of element-wise steps whose intermediate wires feed
+/// nothing else, and compiles each. Returns the chains by first step, and
+/// which steps lie inside a chain.
+fn fuse<F: Real>(
+    steps: &[Step],
+    outputs: &[usize],
+) -> Result<Fusion<F>, DiagramError> {
+    let mut readers = std::collections::HashMap::<usize, usize>::new();
+    for st in steps {
+        for r in &st.inputs {
+            *readers.entry(*r).or_default() += 1;
+        }
+    }
+    let private = |r: usize| readers.get(&r) == Some(&1) && !outputs.contains(&r);
+    let mut chains: Vec<Option<Chain<F>>> = vec![None; steps.len()];
+    let mut inside = vec![false; steps.len()];
+    let mut i = 0;
+    while i < steps.len() {
+        if !elementwise(&steps[i].gen) {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while j + 1 < steps.len()
+            && elementwise(&steps[j + 1].gen)
+            && steps[j + 1].inputs[0] == steps[j].outputs[0]
+            && private(steps[j].outputs[0])
+        {
+            j += 1;
+        }
+        let ops: Vec<Generator> = steps[i..=j].iter().map(|s| s.gen.clone()).collect();
+        let (fwd, bwd) = chain_rules(&ops);
+        let compile = |text: &str| -> Result<Arc<Program<F>>, DiagramError> {
+            let rule = Rule::parse(text).map_err(|e| DiagramError::Invalid(e.to_string()))?;
+            let key = jit::Key::for_step(&[Vec::new()], &vec![true; rule.inputs.len()], Mode::Fast);
+            jit::program::<F>(&rule, &key).map_err(DiagramError::Invalid)
+        };
+        chains[i] = Some(Chain {
+            input: steps[i].inputs[0],
+            output: steps[j].outputs[0],
+            forward: compile(&fwd)?,
+            backward: compile(&bwd)?,
+        });
+        for flag in &mut inside[i + 1..=j] {
+            *flag = true;
+        }
+        i = j + 1;
+    }
+    Ok((chains, inside))
+}
+
+/// Runs a chain kernel: `out = kernel(grad, input)`.
+fn run_chain<F: Real>(
+    program: &Program<F>,
+    out: &mut Array2<F>,
+    grad: &Array2<F>,
+    input: Option<&Array2<F>>,
+) -> Result<(), String> {
+    let param = out.as_slice_mut().ok_or("a register is not contiguous")?;
+    let grad = grad.as_slice().ok_or("a register is not contiguous")?;
+    let inputs = match input {
+        Some(x) => vec![Some(x.as_slice().ok_or("a register is not contiguous")?)],
+        None => Vec::new(),
+    };
+    let mut buffers = [StepBuffers {
+        param,
+        grad,
+        inputs,
+        states: Vec::new(),
+    }];
+    let plan = StepPlan {
+        t: 1,
+        present: &[true],
+        group_hypers: &[Vec::new()],
+        group_of: &[0],
+    };
+    let present = vec![true; program.schedule().rule.inputs.len()];
+    let plan = StepPlan {
+        present: &present,
+        ..plan
+    };
+    program.step(&plan, &mut buffers, &mut [Vec::new()], None)
+}
+
 fn as2<F>(a: &ArrayD<F>) -> ndarray::ArrayView2<'_, F> {
     a.view().into_dimensionality().expect("a 2-d parameter")
 }
@@ -189,6 +346,7 @@ impl<F: Real> Model<F> {
             .iter()
             .map(|p| ArrayD::zeros(p.value.raw_dim()))
             .collect();
+        let (chains, inside_chain) = fuse::<F>(&steps, &outputs)?;
         Ok(Model {
             term,
             steps,
@@ -197,6 +355,8 @@ impl<F: Real> Model<F> {
             shapes,
             params,
             grads,
+            chains,
+            inside_chain,
             values: Vec::new(),
             adjoints: Vec::new(),
             batch: usize::MAX,
@@ -261,7 +421,19 @@ impl<F: Real> Model<F> {
             self.values[r].assign(x);
         }
         for i in 0..self.steps.len() {
-            self.forward_step(i);
+            if self.inside_chain[i] {
+                continue;
+            }
+            match self.chains[i].clone() {
+                Some(chain) => {
+                    let mut out = std::mem::take(&mut self.values[chain.output]);
+                    let result =
+                        run_chain(&chain.forward, &mut out, &self.values[chain.input], None);
+                    self.values[chain.output] = out;
+                    result.map_err(DiagramError::Invalid)?;
+                }
+                None => self.forward_step(i),
+            }
         }
         Ok(self
             .outputs
@@ -272,6 +444,24 @@ impl<F: Real> Model<F> {
 
     fn forward_step(&mut self, i: usize) {
         let step = &self.steps[i];
+        if let Generator::Linear { .. } | Generator::Dense { .. } = step.gen {
+            // y = x Wᵀ (+ b), written into the output register: no allocation.
+            let (input, output, param) = (step.inputs[0], step.outputs[0], step.param);
+            let mut y = std::mem::take(&mut self.values[output]);
+            let w = as2(&self.params[param].value);
+            general_mat_mul(
+                F::from_f64(1.0),
+                &self.values[input],
+                &w.t(),
+                F::default(),
+                &mut y,
+            );
+            if let Generator::Dense { .. } = step.gen {
+                y += &as1(&self.params[param + 1].value);
+            }
+            self.values[output] = y;
+            return;
+        }
         let x = |k: usize| &self.values[step.inputs[k]];
         let p = |k: usize| &self.params[step.param + k].value;
         let out: Vec<Array2<F>> = match &step.gen {
@@ -355,7 +545,23 @@ impl<F: Real> Model<F> {
             g.fill(F::default());
         }
         for i in (0..self.steps.len()).rev() {
-            self.reverse_step(i);
+            if self.inside_chain[i] {
+                continue;
+            }
+            match self.chains[i].clone() {
+                Some(chain) => {
+                    let mut dx = Array2::zeros(self.values[chain.input].dim());
+                    run_chain(
+                        &chain.backward,
+                        &mut dx,
+                        &self.adjoints[chain.output],
+                        Some(&self.values[chain.input]),
+                    )
+                    .map_err(DiagramError::Invalid)?;
+                    self.adjoints[chain.input] += &dx;
+                }
+                None => self.reverse_step(i),
+            }
         }
         Ok(self
             .inputs
@@ -367,6 +573,32 @@ impl<F: Real> Model<F> {
     /// `R[generator]`: input gradients (added to the registers' adjoints) and
     /// parameter gradients, from forward inputs and output gradients.
     fn reverse_step(&mut self, i: usize) {
+        if let Generator::Linear { .. } | Generator::Dense { .. } = self.steps[i].gen {
+            // dW += dyᵀ x, db += Σ dy, dx += dy W: accumulated in place.
+            let one = F::from_f64(1.0);
+            let (input, output, param) = (
+                self.steps[i].inputs[0],
+                self.steps[i].outputs[0],
+                self.steps[i].param,
+            );
+            let dy = std::mem::take(&mut self.adjoints[output]);
+            {
+                let mut dw = self.grads[param]
+                    .view_mut()
+                    .into_dimensionality::<ndarray::Ix2>()
+                    .expect("a 2-d parameter");
+                general_mat_mul(one, &dy.t(), &self.values[input], one, &mut dw);
+            }
+            if let Generator::Dense { .. } = self.steps[i].gen {
+                for (b, g) in self.grads[param + 1].iter_mut().zip(dy.sum_axis(Axis(0))) {
+                    *b += g;
+                }
+            }
+            let w = as2(&self.params[param].value);
+            general_mat_mul(one, &dy, &w, one, &mut self.adjoints[input]);
+            self.adjoints[output] = dy;
+            return;
+        }
         let step = self.steps[i].clone();
         let x = |k: usize| &self.values[step.inputs[k]];
         let y = |k: usize| &self.values[step.outputs[k]];
