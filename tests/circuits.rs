@@ -302,3 +302,41 @@ fn rda_learns_a_truth_table() {
         );
     }
 }
+
+#[test]
+fn compiled_circuits_agree_with_the_bit_sliced_interpreter() {
+    use lensopt::circuit::compiled::CompiledCircuit;
+    let mut rng = SplitMix(21);
+    for case in 0..40 {
+        let (n, k, m) = (1 + case % 7, case % 4, 1 + case % 3);
+        let c = random_circuit(&mut rng, n, k, m, 5 + 3 * case);
+        let compiled = CompiledCircuit::new(&c).unwrap();
+        let params: Vec<bool> = (0..k).map(|_| rng.next_u64() & 1 == 1).collect();
+        let words = 1 + case % 5; // odd and even word counts
+        let inputs: Vec<Vec<u64>> = (0..n)
+            .map(|_| (0..words).map(|_| rng.next_u64()).collect())
+            .collect();
+        let dy: Vec<Vec<u64>> = (0..m)
+            .map(|_| (0..words).map(|_| rng.next_u64()).collect())
+            .collect();
+        let mut machine = Machine::new(&c, words);
+        let want = machine.forward(&c, &params, &inputs).unwrap();
+        assert_eq!(
+            compiled.forward(&params, &inputs).unwrap(),
+            want,
+            "forward, case {case}"
+        );
+        let (dp, dx) = machine.reverse(&c, &dy).unwrap();
+        assert_eq!(
+            compiled.reverse(&params, &inputs, &dy).unwrap(),
+            (dp, dx),
+            "reverse, case {case}"
+        );
+    }
+    let c = gates::and();
+    let compiled = CompiledCircuit::new(&c).unwrap();
+    assert!(
+        compiled.forward(&[], &[vec![0]]).is_err(),
+        "two input rows are needed"
+    );
+}

@@ -43,3 +43,20 @@ fn clif_of_adam_lion_adan_lamb() {
         insta::assert_snapshot!(format!("clif_{name}"), text);
     }
 }
+
+#[test]
+fn clif_of_a_full_adder_and_its_reverse_derivative() {
+    use lensopt::circuit::compiled::CompiledCircuit;
+    use lensopt::circuit::CircuitBuilder;
+    let mut b = CircuitBuilder::new();
+    let (x, y, carry_in) = (b.input(), b.input(), b.input());
+    let half = b.xor(x, y);
+    let sum = b.xor(half, carry_in);
+    let (c1, c2) = (b.and(x, y), b.and(half, carry_in));
+    let carry = b.xor(c1, c2);
+    let adder = b.finish(vec![sum, carry]).unwrap();
+    let compiled = CompiledCircuit::new(&adder).unwrap();
+    for (name, clif) in compiled.clif() {
+        insta::assert_snapshot!(format!("circuit_full_adder_{name}"), clif);
+    }
+}

@@ -504,14 +504,32 @@ impl Bench {
                 bool_reverse(&c, &values, &mut adj);
             }
         }) - base_fwd;
+        // The same circuit compiled to bitwise code by cranelift.
+        let started = Instant::now();
+        let compiled = lensopt::circuit::compiled::CompiledCircuit::new(&c).map_err(fail)?;
+        let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+        let cfwd = time(self.seconds, || {
+            let _ = compiled.forward(&[], &inputs);
+        });
+        let crev = time(self.seconds, || {
+            let _ = compiled.reverse(&[], &inputs, &dy);
+        });
         for (kernel, t, b) in [
-            ("circuit_forward", fwd, base_fwd),
-            ("circuit_reverse", rev, base_rev.max(1e-9)),
+            ("circuit_forward", cfwd, base_fwd),
+            ("circuit_reverse", crev, base_rev.max(1e-9)),
+            ("circuit_forward_interpreted", fwd, base_fwd),
+            ("circuit_reverse_interpreted", rev, base_rev.max(1e-9)),
         ] {
+            let compile = if kernel.ends_with("interpreted") {
+                0.0
+            } else {
+                compile_ms
+            };
             self.rows.push(json!({
                 "kernel": kernel, "gates": gates, "examples": examples, "threads": 1,
                 "gate_evals_per_s": gates as f64 * examples as f64 / t,
                 "baseline_gate_evals_per_s": gates as f64 * few as f64 / b,
+                "compile_ms": compile,
             }));
         }
         Ok(())

@@ -13,6 +13,7 @@ pub mod ast;
 pub mod builder;
 pub mod builtins;
 pub mod check;
+pub mod circuit;
 pub mod diag;
 pub mod diagram;
 pub mod float;

@@ -4,8 +4,10 @@
 //! - [`math`]: the math functions generated code imports, registered by hand;
 //! - [`emit`]: element-wise IR nodes to CLIF vector instructions;
 //! - [`kernel`]: the element and reduction functions (loops, loads, stores);
-//! - [`program`]: a compiled schedule and the safe, parallel execution of a step.
+//! - [`program`]: a compiled schedule and the safe, parallel execution of a step;
+//! - [`circuit`]: boolean circuits (forward and reverse) as bitwise code.
 
+pub mod circuit;
 pub mod emit;
 pub mod kernel;
 pub mod lanes;

@@ -234,10 +234,7 @@ type Fusion<F> = (Vec<Option<Chain<F>>>, Vec<bool>);
 /// Finds maximal chains of element-wise steps whose intermediate wires feed
 /// nothing else, and compiles each. Returns the chains by first step, and
 /// which steps lie inside a chain.
-fn fuse<F: Real>(
-    steps: &[Step],
-    outputs: &[usize],
-) -> Result<Fusion<F>, DiagramError> {
+fn fuse<F: Real>(steps: &[Step], outputs: &[usize]) -> Result<Fusion<F>, DiagramError> {
     let mut readers = std::collections::HashMap::<usize, usize>::new();
     for st in steps {
         for r in &st.inputs {

@@ -1,0 +1,121 @@
+//! Circuits compiled to native bitwise code (cranelift), behind a safe
+//! interface with the same layout as [`super::eval::Machine`]: one row of
+//! words per bit, 64 examples per word.
+
+use super::eval::Rows;
+use super::Circuit;
+use lensopt_codegen::cpu::circuit::CircuitCode;
+
+/// A circuit's forward and reverse passes as native code.
+pub struct CompiledCircuit {
+    circuit: Circuit,
+    code: CircuitCode,
+}
+
+/// Rows of `words` words, flattened into one buffer of an even number of words per row.
+fn flatten(rows: &[Vec<u64>], padded: usize) -> Vec<u64> {
+    let mut out = vec![0u64; rows.len() * padded];
+    for (r, row) in rows.iter().enumerate() {
+        out[r * padded..r * padded + row.len()].copy_from_slice(row);
+    }
+    out
+}
+
+fn unflatten(buf: &[u64], rows: usize, padded: usize, words: usize) -> Rows {
+    (0..rows)
+        .map(|r| buf[r * padded..r * padded + words].to_vec())
+        .collect()
+}
+
+impl CompiledCircuit {
+    /// Compiles `circuit`.
+    pub fn new(circuit: &Circuit) -> Result<Self, String> {
+        let code = CircuitCode::compile(circuit).map_err(|e| e.to_string())?;
+        Ok(CompiledCircuit {
+            circuit: circuit.clone(),
+            code,
+        })
+    }
+
+    /// `(function name, CLIF)` of the forward and reverse passes.
+    pub fn clif(&self) -> &[(String, String)] {
+        self.code.clif()
+    }
+
+    fn check(&self, params: &[bool], inputs: &[Vec<u64>]) -> Result<usize, String> {
+        let words = inputs.first().map_or(0, Vec::len);
+        if inputs.len() != self.circuit.inputs || inputs.iter().any(|r| r.len() != words) {
+            return Err(format!(
+                "the circuit takes {} input rows of one length",
+                self.circuit.inputs
+            ));
+        }
+        if params.len() != self.circuit.params {
+            return Err(format!(
+                "the circuit has {} parameter bits, got {}",
+                self.circuit.params,
+                params.len()
+            ));
+        }
+        Ok(words)
+    }
+
+    fn param_words(params: &[bool]) -> Vec<u64> {
+        params
+            .iter()
+            .map(|p| if *p { u64::MAX } else { 0 })
+            .collect()
+    }
+
+    /// The outputs, one row per output bit.
+    pub fn forward(&self, params: &[bool], inputs: &[Vec<u64>]) -> Result<Rows, String> {
+        let words = self.check(params, inputs)?;
+        let padded = words.div_ceil(2) * 2;
+        let x = flatten(inputs, padded);
+        let p = Self::param_words(params);
+        let mut out = vec![0u64; self.circuit.outputs.len() * padded];
+        // SAFETY: `x` holds inputs * padded words, `p` one word per parameter,
+        // `out` outputs * padded words, and `padded` is even: the sizes the
+        // generated code indexes within.
+        unsafe {
+            self.code
+                .forward_raw(x.as_ptr(), p.as_ptr(), out.as_mut_ptr(), padded)
+        };
+        Ok(unflatten(&out, self.circuit.outputs.len(), padded, words))
+    }
+
+    /// `R[f]` at `(params, inputs)` for output changes `dy`: `(d params, d inputs)`, per example.
+    pub fn reverse(
+        &self,
+        params: &[bool],
+        inputs: &[Vec<u64>],
+        dy: &[Vec<u64>],
+    ) -> Result<(Rows, Rows), String> {
+        let words = self.check(params, inputs)?;
+        if dy.len() != self.circuit.outputs.len() || dy.iter().any(|r| r.len() != words) {
+            return Err(format!("one row of {words} words per output is needed"));
+        }
+        let padded = words.div_ceil(2) * 2;
+        let x = flatten(inputs, padded);
+        let d = flatten(dy, padded);
+        let p = Self::param_words(params);
+        let mut dp = vec![0u64; self.circuit.params * padded];
+        let mut dx = vec![0u64; self.circuit.inputs * padded];
+        // SAFETY: as for `forward`, with `d` holding outputs * padded words,
+        // `dp` params * padded and `dx` inputs * padded.
+        unsafe {
+            self.code.reverse_raw(
+                x.as_ptr(),
+                p.as_ptr(),
+                d.as_ptr(),
+                dp.as_mut_ptr(),
+                dx.as_mut_ptr(),
+                padded,
+            )
+        };
+        Ok((
+            unflatten(&dp, self.circuit.params, padded, words),
+            unflatten(&dx, self.circuit.inputs, padded, words),
+        ))
+    }
+}
