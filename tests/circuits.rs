@@ -340,3 +340,26 @@ fn compiled_circuits_agree_with_the_bit_sliced_interpreter() {
         "two input rows are needed"
     );
 }
+
+#[test]
+fn the_circuit_macro_builds_what_the_builder_builds() {
+    // A half adder: (x, y) -> (x ^ y, x & y).
+    let macro_made = lensopt::circuit!((copy | copy) >> (id(1) | swap | id(1)) >> (xor | and));
+    let by_hand = gates::copy()
+        .beside(&gates::copy())
+        .then(
+            &gates::identity(1)
+                .beside(&gates::swap())
+                .beside(&gates::identity(1)),
+        )
+        .unwrap()
+        .then(&gates::xor().beside(&gates::and()))
+        .unwrap();
+    assert_eq!(macro_made, by_hand);
+    for v in 0..4 {
+        let x = bits(v, 2);
+        assert_eq!(apply(&macro_made, &x), vec![x[0] ^ x[1], x[0] & x[1]]);
+    }
+    let with_param = lensopt::circuit!((param | id(1)) >> and);
+    assert_eq!((with_param.inputs, with_param.params), (1, 1));
+}

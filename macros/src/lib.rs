@@ -1,4 +1,4 @@
-//! The proc-macros of lensopt: `optimizer!` and `diagram!`.
+//! The proc-macros of lensopt: `optimizer!`, `diagram!` and `circuit!`.
 //!
 //! This crate is a thin shell: the front end (parsing and checking) lives in
 //! `lensopt-ir` and works on `proc_macro2` tokens, so everything it decides
@@ -6,6 +6,7 @@
 //! only turn its diagnostics into compile errors at their spans, and a
 //! checked rule into Rust items.
 
+mod circuit;
 mod diagram;
 
 use lensopt_ir::{HyperValue, Rule};
@@ -56,6 +57,22 @@ pub fn optimizer(input: TokenStream) -> TokenStream {
 #[proc_macro]
 pub fn diagram(input: TokenStream) -> TokenStream {
     match diagram::expand(input.into()) {
+        Ok(tokens) => tokens.into(),
+        Err(err) => err.to_compile_error().into(),
+    }
+}
+
+/// A boolean circuit written with `>>` and `|` over the Z2 generators
+/// (`and`, `xor`, `not`, `zero`, `one`, `copy`, `discard`, `swap`, `param`,
+/// `id(n)`), its wiring checked at compile time. Expands to a
+/// `lensopt::circuit::Circuit`.
+///
+/// ```text
+/// let half_adder = lensopt::circuit!((copy | copy) >> (id(1) | swap | id(1)) >> (xor | and));
+/// ```
+#[proc_macro]
+pub fn circuit(input: TokenStream) -> TokenStream {
+    match circuit::expand(input.into()) {
         Ok(tokens) => tokens.into(),
         Err(err) => err.to_compile_error().into(),
     }

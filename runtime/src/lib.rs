@@ -52,7 +52,7 @@ pub use lensopt_codegen::cpu::Program;
 pub use lensopt_ir as ir;
 pub use lensopt_ir::optimize::{equivalent, Mode};
 pub use lensopt_ir::{interp, Diagnostic, Diagnostics, HyperValue, Rule};
-pub use lensopt_macros::{diagram, optimizer};
+pub use lensopt_macros::{circuit, diagram, optimizer};
 pub use optimizer::{DynOptimizer, Group, Optimizer};
 pub use stepper::{Backend, Inputs, Stepper};
 pub use tensor::{TensorMut, TensorRef};
@@ -70,6 +70,18 @@ pub mod __private {
             // The macro ran the same front end over the same tokens at compile
             // time and accepted them, so this cannot fail.
             Err(e) => unreachable!("optimizer! accepted a rule the front end now rejects: {e}"),
+        }
+    }
+
+    /// `a >> b` for circuits whose numbers of bits `circuit!` checked at compile time.
+    pub fn then_checked(
+        a: crate::circuit::Circuit,
+        b: crate::circuit::Circuit,
+    ) -> crate::circuit::Circuit {
+        match a.then(&b) {
+            Ok(c) => c,
+            // `circuit!` compared `a`'s outputs with `b`'s inputs before expanding.
+            Err(e) => unreachable!("circuit! checked this composition: {e}"),
         }
     }
 
