@@ -1,9 +1,11 @@
 //! Code generation backends. Each consumes a [`lensopt_ir::schedule::Schedule`]:
 //!
-//! - [`cpu`]: native code through a cranelift JIT, SIMD loops, multi-threaded.
+//! - [`cpu`]: native code through a cranelift JIT, SIMD loops, multi-threaded;
+//! - [`ptx`]: PTX text for NVIDIA GPUs (validated with `ptxas`).
 //!
 //! A backend owns turning phases into machine code and running that code
 //! safely; it never changes what a rule means (the interpreter in
 //! `lensopt-ir` defines that, and the tests hold every backend to it).
 
 pub mod cpu;
+pub mod ptx;

@@ -4,6 +4,7 @@
 //! - `lensopt check`: parse and check a rule file, print its IR or its errors;
 //! - `lensopt list`: the catalog;
 //! - `lensopt bench`: optimizer steps in GB/s against ceilings measured in the same run;
+//! - `lensopt ptx`: the PTX generated for a rule;
 //! - `lensopt demo`: minimise the Rosenbrock function with catalog optimizers
 //!   and a rule written as text, and print a table.
 //!
@@ -14,6 +15,7 @@ mod apply;
 mod bench;
 mod check;
 mod demo;
+mod ptx;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -41,6 +43,8 @@ enum Command {
     Demo(demo::Args),
     /// Measure optimizer steps against the memory bus (GB/s vs ceilings measured in the same run).
     Bench(bench::Args),
+    /// Print the PTX generated for a rule (assemble it with ptxas; no GPU needed).
+    Ptx(ptx::Args),
 }
 
 /// A failure to report: message and exit status.
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Ptx(args) => ptx::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -124,3 +124,24 @@ pub fn program<F: Float>(rule: &Rule, key: &Key) -> Result<Arc<Program<F>>, Stri
         .insert(name, program.clone());
     Ok(program)
 }
+
+/// The PTX of `rule` for `key` (optimized and scheduled as for the CPU).
+pub fn ptx(
+    rule: &Rule,
+    key: &Key,
+    precision: lensopt_codegen::ptx::Precision,
+    target: &str,
+) -> Result<lensopt_codegen::ptx::PtxModule, String> {
+    let optimized = optimize(rule, &key.options());
+    let live = if rule.inputs.iter().any(|i| i.optional) {
+        live_states(&optimize(rule, &key.options_without_presence()))
+    } else {
+        live_states(&optimized)
+    };
+    lensopt_codegen::ptx::emit(
+        &Schedule::with_live_states(optimized, live),
+        precision,
+        target,
+    )
+    .map_err(|e| e.to_string())
+}

@@ -1,0 +1,599 @@
+//! The PTX backend: the phases of a schedule as PTX text for NVIDIA GPUs.
+//!
+//! One kernel per phase, all tensors of a step in one launch: the kernel
+//! reads a table of tensor descriptors (u64 words: element count, pointer
+//! to the tensor's scalar slots, then one pointer per buffer in kernel
+//! order), takes its tensor from `%ctaid.y` and walks its elements with a
+//! grid-stride loop over `%ctaid.x`.
+//!
+//! - element kernel `element(table, tensors)`: loads, arithmetic, stores;
+//! - reduction kernel `reduceK(table, tensors, partials)` per pass: each
+//!   thread accumulates in f64, warps combine with `shfl.sync.down`, warps
+//!   through shared memory, and every block writes one partial per reduction
+//!   to `partials[(tensor * gridDim.x + block) * count + k]`; the host
+//!   combines the partials in order, so results are reproducible for a
+//!   fixed launch shape.
+//!
+//! Arithmetic uses the IEEE-rounded forms (`add.rn`, `mul.rn`, `div.rn`,
+//! `sqrt.rn`, `fma.rn`, so nothing is contracted behind the IR's back) and
+//! NaN-propagating `min`/`max` (`.NaN` in f32, a NaN test in f64), as the IR. `exp`, `ln`,
+//! `pow` and `sigmoid` use the hardware's `ex2`/`lg2` approximations and are
+//! available for f32 only. PTX ISA 7.8, `.target sm_80` or later.
+
+use lensopt_ir::schedule::{buffer_of, output_buffer, Schedule};
+use lensopt_ir::{BinOp, Op, Rate, ReduceOp, Rule, Ty, UnOp, ValueId};
+use std::fmt::Write;
+
+/// The element type of the generated kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 elements.
+    F32,
+    /// f64 elements.
+    F64,
+}
+
+impl Precision {
+    fn ty(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F64 => "f64",
+        }
+    }
+    fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::F64 => 8,
+        }
+    }
+    fn reg(self) -> &'static str {
+        match self {
+            Precision::F32 => "%f",
+            Precision::F64 => "%fd",
+        }
+    }
+    fn literal(self, x: f64) -> String {
+        match self {
+            Precision::F32 => format!("0f{:08X}", (x as f32).to_bits()),
+            Precision::F64 => format!("0d{:016X}", x.to_bits()),
+        }
+    }
+}
+
+/// Why a rule has no PTX form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PtxError(pub String);
+
+impl std::fmt::Display for PtxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PtxError {}
+
+/// Threads per block of every kernel (a multiple of the warp size).
+pub const BLOCK: usize = 256;
+
+/// Number of u64 words of one tensor descriptor.
+pub fn descriptor_words(rule: &Rule) -> usize {
+    2 + 2 + rule.inputs.len() + rule.states.len()
+}
+
+/// A PTX module: its text and the names of its kernels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PtxModule {
+    /// The PTX text.
+    pub text: String,
+    /// `element`, then `reduce0`, `reduce1`, ...
+    pub kernels: Vec<String>,
+}
+
+/// Emits the PTX of every phase of `schedule` for `target` (e.g. `sm_80`).
+pub fn emit(
+    schedule: &Schedule,
+    precision: Precision,
+    target: &str,
+) -> Result<PtxModule, PtxError> {
+    let mut text = String::new();
+    let _ = writeln!(text, "// lensopt: rule {}", schedule.rule.name);
+    let _ = writeln!(text, ".version 7.8\n.target {target}\n.address_size 64\n");
+    let mut kernels = Vec::new();
+    for (k, pass) in schedule.passes.iter().enumerate() {
+        let name = format!("reduce{k}");
+        text.push_str(&Kernel::new(schedule, precision).reduction(&name, pass)?);
+        kernels.push(name);
+    }
+    text.push_str(&Kernel::new(schedule, precision).element()?);
+    kernels.push("element".to_string());
+    Ok(PtxModule { text, kernels })
+}
+
+/// One kernel under construction: its body, and counters for registers.
+struct Kernel<'s> {
+    schedule: &'s Schedule,
+    rule: &'s Rule,
+    p: Precision,
+    body: String,
+    floats: usize,
+    preds: usize,
+    u64s: usize,
+}
+
+impl<'s> Kernel<'s> {
+    fn new(schedule: &'s Schedule, p: Precision) -> Self {
+        Kernel {
+            schedule,
+            rule: &schedule.rule,
+            p,
+            body: String::new(),
+            floats: 0,
+            // %p0 to %p2 are the kernels' own (bounds and loop tests).
+            preds: 2,
+            u64s: 100,
+        }
+    }
+
+    fn line(&mut self, s: impl AsRef<str>) {
+        self.body.push('\t');
+        self.body.push_str(s.as_ref());
+        self.body.push('\n');
+    }
+
+    fn float(&mut self) -> String {
+        self.floats += 1;
+        format!("{}{}", self.p.reg(), self.floats)
+    }
+
+    fn pred(&mut self) -> String {
+        self.preds += 1;
+        format!("%p{}", self.preds)
+    }
+
+    fn u64reg(&mut self) -> String {
+        self.u64s += 1;
+        format!("%rd{}", self.u64s)
+    }
+
+    /// Loads the descriptor of this block's tensor: `%rd1` = n, `%rd2` = slots,
+    /// `%rd{10 + b}` = buffer `b`; `%rd3` = this thread's first element, `%rd4` = stride.
+    fn prologue(&mut self, buffers: &[usize]) {
+        let words = descriptor_words(self.rule);
+        self.line("ld.param.u64 %rd5, [table];");
+        self.line("cvta.to.global.u64 %rd5, %rd5;");
+        self.line("mov.u32 %r1, %ctaid.y;");
+        self.line("ld.param.u32 %r2, [tensors];");
+        self.line("setp.ge.u32 %p0, %r1, %r2;");
+        self.line("@%p0 bra DONE;");
+        self.line(format!("mul.wide.u32 %rd6, %r1, {};", words * 8));
+        self.line("add.u64 %rd6, %rd5, %rd6;");
+        self.line("ld.global.u64 %rd1, [%rd6];");
+        self.line("ld.global.u64 %rd2, [%rd6+8];");
+        for &b in buffers {
+            self.line(format!(
+                "ld.global.u64 %rd{}, [%rd6+{}];",
+                10 + b,
+                16 + 8 * b
+            ));
+        }
+        self.line("mov.u32 %r3, %ctaid.x;");
+        self.line("mov.u32 %r4, %ntid.x;");
+        self.line("mov.u32 %r5, %tid.x;");
+        self.line("mul.wide.u32 %rd3, %r3, %r4;");
+        self.line("cvt.u64.u32 %rd7, %r5;");
+        self.line("add.u64 %rd3, %rd3, %rd7;");
+        self.line("mov.u32 %r6, %nctaid.x;");
+        self.line("mul.wide.u32 %rd4, %r6, %r4;");
+    }
+
+    /// The values of the slots (loaded once per thread), by node.
+    fn slots(&mut self, needed_by: &[usize]) -> Vec<Option<String>> {
+        let mut reads = vec![false; self.rule.nodes.len()];
+        for &id in needed_by {
+            for a in self.rule.nodes[id].op.args() {
+                reads[a.index()] = true;
+            }
+        }
+        for (_, v) in &self.schedule.outputs {
+            reads[v.index()] = true;
+        }
+        let mut vals = vec![None; self.rule.nodes.len()];
+        let slots = self.schedule.slots.clone();
+        for (j, v) in slots.iter().enumerate() {
+            if !reads[v.index()] {
+                continue;
+            }
+            let f = self.float();
+            let ty = self.p.ty();
+            self.line(format!(
+                "ld.global.{ty} {f}, [%rd2+{}];",
+                j * self.p.bytes()
+            ));
+            vals[v.index()] = Some(match self.rule.node(*v).ty {
+                Ty::Float => f,
+                Ty::Bool => {
+                    let p = self.pred();
+                    let zero = self.p.literal(0.0);
+                    self.line(format!("setp.ne.{ty} {p}, {f}, {zero};"));
+                    p
+                }
+            });
+        }
+        vals
+    }
+
+    /// Element-rate nodes needed by `roots`, in order.
+    fn needed(&self, roots: &[ValueId]) -> Vec<usize> {
+        let live = self.rule.reachable(roots);
+        (0..self.rule.nodes.len())
+            .filter(|&i| {
+                live[i]
+                    && self.rule.nodes[i].rate == Rate::Element
+                    && !matches!(self.rule.nodes[i].op, Op::Reduce(..))
+            })
+            .collect()
+    }
+
+    fn buffers_of(&self, needed: &[usize], written: &[usize]) -> Vec<usize> {
+        let mut b: Vec<usize> = needed
+            .iter()
+            .filter_map(|&i| buffer_of(self.rule, &self.rule.nodes[i].op))
+            .chain(written.iter().copied())
+            .collect();
+        b.sort_unstable();
+        b.dedup();
+        b
+    }
+
+    /// `%rd8` = byte offset of element `%rd3`.
+    fn offset(&mut self) {
+        self.line(format!("mul.lo.u64 %rd8, %rd3, {};", self.p.bytes()));
+    }
+
+    /// Emits the element nodes `needed` for the element at `%rd8`.
+    fn values(&mut self, needed: &[usize], vals: &mut [Option<String>]) -> Result<(), PtxError> {
+        let ty = self.p.ty();
+        for &id in needed {
+            let node = self.rule.nodes[id];
+            let v = |x: ValueId| vals[x.index()].clone().expect("arguments first");
+            let out = match node.op {
+                Op::Param | Op::Grad | Op::Input(_) | Op::State(_) => {
+                    let b = buffer_of(self.rule, &node.op).expect("a buffer");
+                    let a = self.u64reg();
+                    self.line(format!("add.u64 {a}, %rd{}, %rd8;", 10 + b));
+                    let f = self.float();
+                    self.line(format!("ld.global.{ty} {f}, [{a}];"));
+                    f
+                }
+                Op::Unary(u, a) => self.unary(u, &v(a))?,
+                Op::Binary(b, x, y) => self.binary(b, &v(x), &v(y))?,
+                Op::Select(c, a, b) => {
+                    if node.ty == Ty::Float {
+                        let f = self.float();
+                        self.line(format!("selp.{ty} {f}, {}, {}, {};", v(a), v(b), v(c)));
+                        f
+                    } else {
+                        // (c & a) | (!c & b) on predicates.
+                        let (t, e, o) = (self.pred(), self.pred(), self.pred());
+                        self.line(format!("and.pred {t}, {}, {};", v(c), v(a)));
+                        self.line(format!("not.pred {e}, {};", v(c)));
+                        self.line(format!("and.pred {e}, {e}, {};", v(b)));
+                        self.line(format!("or.pred {o}, {t}, {e};"));
+                        o
+                    }
+                }
+                Op::Fma(a, b, c) => {
+                    let f = self.float();
+                    self.line(format!("fma.rn.{ty} {f}, {}, {}, {};", v(a), v(b), v(c)));
+                    f
+                }
+                other => return Err(PtxError(format!("{other:?} is not element-wise"))),
+            };
+            vals[id] = Some(out);
+        }
+        Ok(())
+    }
+
+    fn approximate(&self, what: &str) -> Result<(), PtxError> {
+        match self.p {
+            Precision::F32 => Ok(()),
+            Precision::F64 => Err(PtxError(format!(
+                "`{what}` on elements is not available in the f64 PTX backend yet (f32 only)"
+            ))),
+        }
+    }
+
+    /// `e^x` as `ex2(x * log2 e)`.
+    fn exp(&mut self, x: &str) -> Result<String, PtxError> {
+        self.approximate("exp")?;
+        let (t, f) = (self.float(), self.float());
+        self.line(format!("mul.rn.f32 {t}, {x}, 0f3FB8AA3B;"));
+        self.line(format!("ex2.approx.f32 {f}, {t};"));
+        Ok(f)
+    }
+
+    fn unary(&mut self, op: UnOp, a: &str) -> Result<String, PtxError> {
+        let ty = self.p.ty();
+        Ok(match op {
+            UnOp::Neg => {
+                let f = self.float();
+                self.line(format!("neg.{ty} {f}, {a};"));
+                f
+            }
+            UnOp::Abs => {
+                let f = self.float();
+                self.line(format!("abs.{ty} {f}, {a};"));
+                f
+            }
+            UnOp::Sqrt => {
+                let f = self.float();
+                self.line(format!("sqrt.rn.{ty} {f}, {a};"));
+                f
+            }
+            UnOp::Rsqrt => {
+                let (s, f) = (self.float(), self.float());
+                self.line(format!("sqrt.rn.{ty} {s}, {a};"));
+                self.line(format!("div.rn.{ty} {f}, {}, {s};", self.p.literal(1.0)));
+                f
+            }
+            UnOp::Sign => {
+                // 1 where a > 0, -1 where a < 0, else a (0, -0, NaN).
+                let (pos, neg, t, f) = (self.pred(), self.pred(), self.float(), self.float());
+                let zero = self.p.literal(0.0);
+                self.line(format!("setp.gt.{ty} {pos}, {a}, {zero};"));
+                self.line(format!("setp.lt.{ty} {neg}, {a}, {zero};"));
+                self.line(format!(
+                    "selp.{ty} {t}, {}, {a}, {neg};",
+                    self.p.literal(-1.0)
+                ));
+                self.line(format!(
+                    "selp.{ty} {f}, {}, {t}, {pos};",
+                    self.p.literal(1.0)
+                ));
+                f
+            }
+            UnOp::Exp => self.exp(a)?,
+            UnOp::Ln => {
+                self.approximate("ln")?;
+                let (t, f) = (self.float(), self.float());
+                self.line(format!("lg2.approx.f32 {t}, {a};"));
+                self.line(format!("mul.rn.f32 {f}, {t}, 0f3F317218;"));
+                f
+            }
+            UnOp::Sigmoid => {
+                let m = self.float();
+                self.line(format!("neg.f32 {m}, {a};"));
+                let e = self.exp(&m)?;
+                let (d, f) = (self.float(), self.float());
+                self.line(format!("add.rn.f32 {d}, {e}, 0f3F800000;"));
+                self.line(format!("div.rn.f32 {f}, 0f3F800000, {d};"));
+                f
+            }
+            UnOp::Not => {
+                let p = self.pred();
+                self.line(format!("not.pred {p}, {a};"));
+                p
+            }
+        })
+    }
+
+    fn binary(&mut self, op: BinOp, x: &str, y: &str) -> Result<String, PtxError> {
+        let ty = self.p.ty();
+        let arith = |name: &str| format!("{name}.rn.{ty}");
+        let instr = match op {
+            BinOp::Add => arith("add"),
+            BinOp::Sub => arith("sub"),
+            BinOp::Mul => arith("mul"),
+            BinOp::Div => arith("div"),
+            BinOp::Min | BinOp::Max if self.p == Precision::F64 => {
+                let f = self.float();
+                let name = if op == BinOp::Min { "min" } else { "max" };
+                let (nan, sum) = (self.pred(), self.float());
+                // PTX's f64 min/max drop NaN; the IR propagates it: a + b is NaN then.
+                self.line(format!("{name}.f64 {f}, {x}, {y};"));
+                self.line(format!("setp.nan.f64 {nan}, {x}, {y};"));
+                self.line(format!("add.rn.f64 {sum}, {x}, {y};"));
+                self.line(format!("selp.f64 {f}, {sum}, {f}, {nan};"));
+                return Ok(f);
+            }
+            BinOp::Min => format!("min.NaN.{ty}"),
+            BinOp::Max => format!("max.NaN.{ty}"),
+            BinOp::Pow => {
+                // x^y as ex2(y * lg2(x)).
+                self.approximate("pow")?;
+                let (l, t, f) = (self.float(), self.float(), self.float());
+                self.line(format!("lg2.approx.f32 {l}, {x};"));
+                self.line(format!("mul.rn.f32 {t}, {y}, {l};"));
+                self.line(format!("ex2.approx.f32 {f}, {t};"));
+                return Ok(f);
+            }
+            BinOp::And | BinOp::Or => {
+                let p = self.pred();
+                let name = if op == BinOp::And { "and" } else { "or" };
+                self.line(format!("{name}.pred {p}, {x}, {y};"));
+                return Ok(p);
+            }
+            cmp => {
+                let cc = match cmp {
+                    BinOp::Lt => "lt",
+                    BinOp::Le => "le",
+                    BinOp::Gt => "gt",
+                    BinOp::Ge => "ge",
+                    BinOp::Eq => "eq",
+                    _ => "neu",
+                };
+                let p = self.pred();
+                self.line(format!("setp.{cc}.{ty} {p}, {x}, {y};"));
+                return Ok(p);
+            }
+        };
+        let f = self.float();
+        self.line(format!("{instr} {f}, {x}, {y};"));
+        Ok(f)
+    }
+
+    /// `acc = max(acc, x)` in f64, NaN-propagating (PTX's f64 `max` is not).
+    fn max_nan(&mut self, acc: &str, x: &str) {
+        let nan = self.pred();
+        self.line(format!("setp.nan.f64 {nan}, {acc}, {x};"));
+        self.line(format!("max.f64 {acc}, {acc}, {x};"));
+        self.line(format!("@{nan} mov.f64 {acc}, 0d7FF8000000000000;"));
+    }
+
+    fn declarations(&self) -> String {
+        format!(
+            "\t.reg .pred %p<{}>;\n\t.reg .u32 %r<16>;\n\t.reg .u64 %rd<{}>;\n\t.reg .{} {}<{}>;\n\t.reg .f64 %acc<64>;\n",
+            self.preds + 2,
+            self.u64s + 2,
+            self.p.ty(),
+            self.p.reg(),
+            self.floats + 2
+        )
+    }
+
+    fn element(mut self) -> Result<String, PtxError> {
+        let roots: Vec<ValueId> = self.schedule.outputs.iter().map(|o| o.1).collect();
+        let needed = self.needed(&roots);
+        let written: Vec<usize> = self
+            .schedule
+            .outputs
+            .iter()
+            .map(|(o, _)| output_buffer(self.rule, *o))
+            .collect();
+        let buffers = self.buffers_of(&needed, &written);
+        self.prologue(&buffers);
+        let mut vals = self.slots(&needed);
+        self.body.push_str("LOOP:\n");
+        self.line("setp.ge.u64 %p1, %rd3, %rd1;");
+        self.line("@%p1 bra DONE;");
+        self.offset();
+        self.values(&needed, &mut vals)?;
+        let ty = self.p.ty();
+        for (out, v) in self.schedule.outputs.clone() {
+            let b = output_buffer(self.rule, out);
+            let a = self.u64reg();
+            self.line(format!("add.u64 {a}, %rd{}, %rd8;", 10 + b));
+            let value = vals[v.index()].clone().expect("outputs are computed");
+            self.line(format!("st.global.{ty} [{a}], {value};"));
+        }
+        self.line("add.u64 %rd3, %rd3, %rd4;");
+        self.line("bra LOOP;");
+        self.body.push_str("DONE:\n\tret;\n");
+        Ok(format!(
+            ".visible .entry element(\n\t.param .u64 table,\n\t.param .u32 tensors\n)\n{{\n{}{}}}\n\n",
+            self.declarations(),
+            self.body
+        ))
+    }
+
+    fn reduction(mut self, name: &str, pass: &[ValueId]) -> Result<String, PtxError> {
+        let args: Vec<(ReduceOp, ValueId)> = pass
+            .iter()
+            .map(|r| match self.rule.node(*r).op {
+                Op::Reduce(op, _, arg) => (op, arg),
+                _ => unreachable!("passes hold reductions"),
+            })
+            .collect();
+        if args.len() > 32 {
+            return Err(PtxError("more than 32 reductions in one pass".into()));
+        }
+        let roots: Vec<ValueId> = args.iter().map(|a| a.1).collect();
+        let needed = self.needed(&roots);
+        let buffers = self.buffers_of(&needed, &[]);
+        self.prologue(&buffers);
+        let mut vals = self.slots(&needed);
+        for k in 0..args.len() {
+            self.line(format!("mov.f64 %acc{k}, 0d0000000000000000;"));
+        }
+        self.body.push_str("LOOP:\n");
+        self.line("setp.ge.u64 %p1, %rd3, %rd1;");
+        self.line("@%p1 bra REDUCE;");
+        self.offset();
+        self.values(&needed, &mut vals)?;
+        for (k, (op, arg)) in args.iter().enumerate() {
+            let x = vals[arg.index()].clone().expect("computed");
+            let w = format!("%acc{}", 32 + k);
+            if *op == ReduceOp::Count {
+                self.line(format!(
+                    "selp.f64 {w}, 0d3FF0000000000000, 0d0000000000000000, {x};"
+                ));
+            } else if self.p == Precision::F32 {
+                self.line(format!("cvt.f64.f32 {w}, {x};"));
+            } else {
+                self.line(format!("mov.f64 {w}, {x};"));
+            }
+            match op {
+                ReduceOp::Norm => self.line(format!("fma.rn.f64 %acc{k}, {w}, {w}, %acc{k};")),
+                ReduceOp::MaxAbs => {
+                    self.line(format!("abs.f64 {w}, {w};"));
+                    self.max_nan(&format!("%acc{k}"), &w);
+                }
+                _ => self.line(format!("add.rn.f64 %acc{k}, %acc{k}, {w};")),
+            }
+        }
+        self.line("add.u64 %rd3, %rd3, %rd4;");
+        self.line("bra LOOP;");
+        // Warp reduction, then warps through shared memory, then one partial per block.
+        self.body.push_str("REDUCE:\n");
+        for (k, (op, _)) in args.iter().enumerate() {
+            for shift in [16, 8, 4, 2, 1] {
+                self.line(format!("mov.b64 {{%r7, %r8}}, %acc{k};"));
+                self.line(format!("shfl.sync.down.b32 %r9, %r7, {shift}, 31, -1;"));
+                self.line(format!("shfl.sync.down.b32 %r10, %r8, {shift}, 31, -1;"));
+                self.line(format!("mov.b64 %acc{}, {{%r9, %r10}};", 32 + k));
+                match op {
+                    ReduceOp::MaxAbs => {
+                        self.max_nan(&format!("%acc{k}"), &format!("%acc{}", 32 + k))
+                    }
+                    _ => self.line(format!("add.rn.f64 %acc{k}, %acc{k}, %acc{};", 32 + k)),
+                }
+            }
+        }
+        let count = args.len();
+        self.line("and.b32 %r11, %r5, 31;");
+        self.line("shr.u32 %r12, %r5, 5;");
+        self.line("setp.ne.u32 %p1, %r11, 0;");
+        self.line("@%p1 bra SYNC;");
+        for k in 0..count {
+            self.line(format!("mad.lo.u32 %r13, %r12, {}, {};", count * 8, k * 8));
+            self.line("mov.u32 %r14, warp_partials;");
+            self.line("add.u32 %r13, %r13, %r14;");
+            self.line(format!("st.shared.f64 [%r13], %acc{k};"));
+        }
+        self.body.push_str("SYNC:\n");
+        self.line("bar.sync 0;");
+        self.line("setp.ne.u32 %p1, %r5, 0;");
+        self.line("@%p1 bra DONE;");
+        // Thread 0 combines the warps' partials in order and writes the block's.
+        self.line("ld.param.u64 %rd9, [partials];");
+        self.line("cvta.to.global.u64 %rd9, %rd9;");
+        self.line("mov.u32 %r15, %nctaid.x;");
+        self.line("mad.lo.u32 %r15, %r1, %r15, %r3;");
+        self.line(format!("mul.wide.u32 %rd7, %r15, {};", count * 8));
+        self.line("add.u64 %rd9, %rd9, %rd7;");
+        for (k, (op, _)) in args.iter().enumerate() {
+            self.line(format!("mov.f64 %acc{k}, 0d0000000000000000;"));
+            for warp in 0..BLOCK / 32 {
+                self.line(format!(
+                    "ld.shared.f64 %acc{}, [warp_partials+{}];",
+                    32 + k,
+                    (warp * count + k) * 8
+                ));
+                match op {
+                    ReduceOp::MaxAbs => {
+                        self.max_nan(&format!("%acc{k}"), &format!("%acc{}", 32 + k))
+                    }
+                    _ => self.line(format!("add.rn.f64 %acc{k}, %acc{k}, %acc{};", 32 + k)),
+                }
+            }
+            self.line(format!("st.global.f64 [%rd9+{}], %acc{k};", k * 8));
+        }
+        self.body.push_str("DONE:\n\tret;\n");
+        Ok(format!(
+            ".visible .entry {name}(\n\t.param .u64 table,\n\t.param .u32 tensors,\n\t.param .u64 partials\n)\n{{\n{}\t.shared .align 8 .f64 warp_partials[{}];\n{}}}\n\n",
+            self.declarations(),
+            BLOCK / 32 * count,
+            self.body
+        ))
+    }
+}

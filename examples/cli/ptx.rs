@@ -1,0 +1,75 @@
+//! `lensopt ptx`: the PTX lensopt generates for a rule, for review or for
+//! assembling with `ptxas` (no GPU needed).
+
+use crate::Failure;
+use lensopt::{DynOptimizer, HyperValue, Optimizer};
+use lensopt_codegen::ptx::Precision;
+use std::path::PathBuf;
+
+/// Flags of `lensopt ptx`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A catalog optimizer.
+    #[arg(long, conflicts_with = "rule", required_unless_present = "rule")]
+    optimizer: Option<String>,
+    /// A rule file.
+    #[arg(long)]
+    rule: Option<PathBuf>,
+    /// The GPU architecture (`.target`), sm_80 or later.
+    #[arg(long, default_value = "sm_80")]
+    target: String,
+    /// Element type: f32 or f64.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Hyperparameters to specialise on, `name=value` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+}
+
+/// Runs `lensopt ptx`.
+pub fn run(args: &Args) -> Result<(), Failure> {
+    let mut opt = match (&args.optimizer, &args.rule) {
+        (Some(name), _) => lensopt::catalog::get(&name.to_lowercase())
+            .ok_or_else(|| Failure::usage(format!("unknown optimizer `{name}`")))?,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+            DynOptimizer::parse(&text)
+                .map_err(|e| Failure::usage(format!("{}:{e}", path.display())))?
+        }
+        (None, None) => return Err(Failure::usage("pass --optimizer NAME or --rule FILE")),
+    };
+    for item in &args.set {
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| Failure::usage(format!("--set takes name=value, got `{item}`")))?;
+        let value = HyperValue::parse(value)
+            .ok_or_else(|| Failure::usage(format!("--set {name}: bad value")))?;
+        opt.set(name, value)
+            .map_err(|e| Failure::usage(e.to_string()))?;
+    }
+    let precision = match args.dtype.as_str() {
+        "f32" => Precision::F32,
+        "f64" => Precision::F64,
+        other => {
+            return Err(Failure::usage(format!(
+                "unknown dtype `{other}`: f32 or f64"
+            )))
+        }
+    };
+    if !args.target.starts_with("sm_") || args.target[3..].parse::<u32>().map_or(true, |v| v < 80) {
+        return Err(Failure::usage(format!(
+            "target `{}`: sm_80 or later",
+            args.target
+        )));
+    }
+    let rule = opt.rule();
+    let key = lensopt::jit::Key::for_step(
+        &[opt.hypers()],
+        &vec![true; rule.inputs.len()],
+        lensopt::Mode::Fast,
+    );
+    let module = lensopt::jit::ptx(&rule, &key, precision, &args.target).map_err(Failure::usage)?;
+    print!("{}", module.text);
+    Ok(())
+}
