@@ -12,6 +12,9 @@ Measures, on the CPU, f32, with the same thread count:
   counted as lensopt counts them (Adam 28, Lion 20, Adan 44), and time is the
   fastest of the timed steps, as in `lensopt bench`.
 
+With `--device cuda` it times torch's fused AdamW on the GPU beside
+`lensopt bench --device cuda` (build lensopt with `--features cuda`).
+
 Not part of CI: it needs torch and pytorch_optimizer (pip install torch pytorch_optimizer).
 """
 
@@ -56,10 +59,28 @@ def main():
     ap.add_argument("--sizes", default="1000000,10000000")
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--lensopt", default="target/release/lensopt")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (lensopt built with --features cuda)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
+    if args.device == "cuda":
+        # GPU: torch's fused AdamW beside `lensopt bench --device cuda`.
+        for n in sizes:
+            p = torch.nn.Parameter(torch.randn(n, dtype=torch.float32, device="cuda"))
+            p.grad = torch.randn(n, dtype=torch.float32, device="cuda")
+            opt = torch.optim.AdamW([p], lr=1e-3, fused=True)
+            def timed():
+                torch.cuda.synchronize()
+                opt.step()
+                torch.cuda.synchronize()
+            s = best_step_seconds(type("O", (), {"step": staticmethod(timed)})(), args.seconds)
+            print(json.dumps({"kernel": "torch_adamw_fused", "device": "cuda", "gpu": torch.cuda.get_device_name(),
+                              "n": n, "step_ms": s * 1e3, "gbps": 28 * n / s / 1e9}))
+        out = subprocess.run([args.lensopt, "bench", "--device", "cuda", "--sizes", args.sizes,
+                              "--seconds", str(args.seconds)], check=True, capture_output=True, text=True).stdout
+        print(out.strip())
+        return
     for n in sizes:
         for name, rule, make in peers():
             p = torch.nn.Parameter(torch.randn(n, dtype=torch.float32))

@@ -44,6 +44,52 @@ pub struct Args {
     /// Seconds to spend per measurement (at least 3 steps are timed).
     #[arg(long, default_value_t = 0.5)]
     seconds: f64,
+    /// `cpu` (default) or `cuda`: Adam on the GPU against a device copy kernel.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// `lensopt bench --device cuda`: Adam's step on the GPU in GB/s against a
+/// device-to-device copy kernel measured in the same run.
+#[cfg(feature = "cuda")]
+fn gpu(args: &Args) -> Result<(), Failure> {
+    use lensopt::cuda::{copy_seconds, Device, GpuStepper};
+    let dev = std::sync::Arc::new(Device::new(0).map_err(fail)?);
+    let sizes = if args.sizes.is_empty() {
+        vec![10_000_000, 100_000_000]
+    } else {
+        args.sizes.clone()
+    };
+    for n in sizes {
+        let host = filled(n, 3).to_vec();
+        let mut p = dev.upload(&host).map_err(fail)?;
+        let g = dev.upload(&filled(n, 4).to_vec()).map_err(fail)?;
+        let adam = catalog::get("adam").ok_or_else(|| fail("no adam"))?;
+        let mut st = GpuStepper::new(dev.clone(), &adam, &[&p]).map_err(fail)?;
+        let mut result = Ok(());
+        let s = time(args.seconds, || {
+            if let Err(e) = st.step(&mut [&mut p], &[&g]) {
+                result = Err(e);
+            }
+        });
+        result.map_err(fail)?;
+        let c = copy_seconds(&dev, n, 20).map_err(fail)?;
+        let gbps = 28.0 * n as f64 / s / 1e9;
+        let copy_gbps = 8.0 * n as f64 / c / 1e9;
+        let row = json!({
+            "kernel": "adam", "device": "cuda", "gpu": dev.name(), "n": n, "dtype": "f32",
+            "step_ms": s * 1e3, "gbps": gbps, "copy_gbps": copy_gbps, "ratio_to_copy": gbps / copy_gbps,
+        });
+        println!("{row}");
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu(_: &Args) -> Result<(), Failure> {
+    Err(Failure::usage(
+        "this lensopt was built without the `cuda` feature: cargo run --release --features cuda --bin lensopt -- bench --device cuda",
+    ))
 }
 
 /// Elements per parallel chunk of the Rust reference kernels (as the JIT's).
@@ -545,6 +591,15 @@ fn available_memory() -> Option<usize> {
 
 /// Runs `lensopt bench`.
 pub fn run(args: &Args) -> Result<(), Failure> {
+    match args.device.as_str() {
+        "cpu" => {}
+        "cuda" => return gpu(args),
+        other => {
+            return Err(Failure::usage(format!(
+                "unknown device `{other}`: cpu or cuda"
+            )))
+        }
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

@@ -36,6 +36,8 @@ pub mod case;
 pub mod catalog;
 pub mod category;
 pub mod circuit;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
 pub mod diagram;
 mod error;

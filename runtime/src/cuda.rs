@@ -1,0 +1,436 @@
+//! Optimizer steps on an NVIDIA GPU (feature `cuda`): the rule's PTX (from
+//! [`crate::jit::ptx`]) launched through cudarc, all tensors of a step in one
+//! launch per phase.
+//!
+//! The driver is loaded at run time: without one, [`Device::new`] returns an
+//! error (never a panic), so the crate builds and its tests run anywhere.
+//! Parameters and state live on the device; a step uploads the gradients'
+//! pointers and the per-tensor scalars into buffers allocated when the
+//! stepper is made, so a step allocates nothing on the device. Scalars and
+//! the combination of reduction partials run on the host in f64, as on the CPU.
+
+use crate::error::Error;
+use crate::jit::{self, Key};
+use crate::optimizer::Optimizer;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use lensopt_codegen::ptx::{descriptor_words, Precision, BLOCK};
+use lensopt_ir::interp::{self, maximum};
+use lensopt_ir::optimize::Mode;
+use lensopt_ir::schedule::Schedule;
+use lensopt_ir::{HyperValue, Op, ReduceOp, Rule, Scope, StateKind};
+use std::sync::Arc;
+
+fn device_error(e: impl std::fmt::Display) -> Error {
+    Error::Compile(format!("CUDA: {e}"))
+}
+
+/// A CUDA device and its stream.
+pub struct Device {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    target: String,
+    name: String,
+}
+
+impl Device {
+    /// Opens device `ordinal`; an error when there is no driver or no such device.
+    pub fn new(ordinal: usize) -> Result<Self, Error> {
+        // SAFETY: only tries to load the driver library; no driver call is made.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(device_error("no CUDA driver library on this machine"));
+        }
+        let count = CudaContext::device_count().map_err(device_error)?;
+        if ordinal >= count.max(0) as usize {
+            return Err(device_error(format!(
+                "no device {ordinal} (there are {count})"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(device_error)?;
+        let (major, minor) = ctx.compute_capability().map_err(device_error)?;
+        if major < 8 {
+            return Err(device_error(format!(
+                "compute capability {major}.{minor}: sm_80 or later is needed"
+            )));
+        }
+        let name = ctx.name().map_err(device_error)?;
+        let stream = ctx.default_stream();
+        Ok(Device {
+            ctx,
+            stream,
+            target: format!("sm_{major}{minor}"),
+            name,
+        })
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Copies host values to a new device buffer.
+    pub fn upload(&self, values: &[f32]) -> Result<CudaSlice<f32>, Error> {
+        self.stream.clone_htod(values).map_err(device_error)
+    }
+
+    /// Copies a device buffer back to the host.
+    pub fn download(&self, values: &CudaSlice<f32>) -> Result<Vec<f32>, Error> {
+        self.stream.clone_dtoh(values).map_err(device_error)
+    }
+}
+
+/// The kernels of one specialisation, loaded on the device.
+struct Loaded {
+    key: Key,
+    schedule: Schedule,
+    _module: Arc<CudaModule>,
+    element: CudaFunction,
+    passes: Vec<CudaFunction>,
+}
+
+/// An optimizer's state over f32 tensors on a GPU (one parameter group).
+pub struct GpuStepper {
+    device: Arc<Device>,
+    rule: Arc<Rule>,
+    hypers: Vec<HyperValue>,
+    lens: Vec<usize>,
+    /// Element states per tensor (`None` for scalar states).
+    states: Vec<Vec<Option<CudaSlice<f32>>>>,
+    scalar_states: Vec<Vec<f64>>,
+    table: CudaSlice<u64>,
+    slots: CudaSlice<f32>,
+    partials: CudaSlice<f64>,
+    slot_capacity: usize,
+    blocks: u32,
+    loaded: Option<Loaded>,
+    t: u64,
+}
+
+impl GpuStepper {
+    /// State for `params` (device buffers) under `optimizer`'s rule and hyperparameters.
+    pub fn new(
+        device: Arc<Device>,
+        optimizer: &impl Optimizer,
+        params: &[&CudaSlice<f32>],
+    ) -> Result<Self, Error> {
+        let rule = optimizer.rule();
+        let hypers = optimizer.hypers();
+        let lens: Vec<usize> = params.iter().map(|p| p.len()).collect();
+        let mut states = Vec::new();
+        let mut scalar_states = Vec::new();
+        for p in params {
+            let host = device.download(p)?;
+            let init = interp::init_state::<f32>(&rule, &hypers, &host);
+            let mut row = Vec::new();
+            let mut scalars = Vec::new();
+            for buf in init {
+                match buf {
+                    interp::StateBuf::Element(v) => {
+                        row.push(Some(device.upload(&v)?));
+                        scalars.push(f64::NAN);
+                    }
+                    interp::StateBuf::Scalar(x) => {
+                        row.push(None);
+                        scalars.push(x);
+                    }
+                }
+            }
+            states.push(row);
+            scalar_states.push(scalars);
+        }
+        let n = params.len().max(1);
+        let slot_capacity = 64;
+        let blocks = 1024u32;
+        let stream = &device.stream;
+        let table = stream
+            .alloc_zeros::<u64>(n * descriptor_words(&rule))
+            .map_err(device_error)?;
+        let slots = stream
+            .alloc_zeros::<f32>(n * slot_capacity)
+            .map_err(device_error)?;
+        let partials = stream
+            .alloc_zeros::<f64>(n * blocks as usize * 32)
+            .map_err(device_error)?;
+        Ok(GpuStepper {
+            device,
+            rule,
+            hypers,
+            lens,
+            states,
+            scalar_states,
+            table,
+            slots,
+            partials,
+            slot_capacity,
+            blocks,
+            loaded: None,
+            t: 0,
+        })
+    }
+
+    /// Steps taken.
+    pub fn t(&self) -> u64 {
+        self.t
+    }
+
+    fn load(&mut self) -> Result<(), Error> {
+        let present = vec![true; self.rule.inputs.len()];
+        let key = Key::for_step(std::slice::from_ref(&self.hypers), &present, Mode::Fast);
+        if self.loaded.as_ref().is_some_and(|l| l.key == key) {
+            return Ok(());
+        }
+        let module = jit::ptx(&self.rule, &key, Precision::F32, &self.device.target)
+            .map_err(Error::Compile)?;
+        let optimized = lensopt_ir::optimize::optimize(&self.rule, &{
+            let mut o = lensopt_ir::optimize::Options::new(Mode::Fast);
+            o.specialize = key.specialize.clone();
+            o.present = key.present.iter().map(|p| Some(*p)).collect();
+            o
+        });
+        let schedule = Schedule::new(optimized);
+        if schedule.slots.len() > self.slot_capacity {
+            return Err(Error::Compile(format!(
+                "more than {} scalar slots",
+                self.slot_capacity
+            )));
+        }
+        let cuda_module = self
+            .device
+            .ctx
+            .load_module(Ptx::from_src(module.text))
+            .map_err(device_error)?;
+        let element = cuda_module.load_function("element").map_err(device_error)?;
+        let passes = (0..schedule.passes.len())
+            .map(|k| {
+                cuda_module
+                    .load_function(&format!("reduce{k}"))
+                    .map_err(device_error)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.loaded = Some(Loaded {
+            key,
+            schedule,
+            _module: cuda_module,
+            element,
+            passes,
+        });
+        Ok(())
+    }
+
+    /// One step: `params` are updated in place on the device from `grads`.
+    pub fn step(
+        &mut self,
+        params: &mut [&mut CudaSlice<f32>],
+        grads: &[&CudaSlice<f32>],
+    ) -> Result<(), Error> {
+        if params.len() != self.lens.len() || grads.len() != self.lens.len() {
+            return Err(Error::Mismatch(format!(
+                "the stepper holds {} tensors, got {} parameters and {} gradients",
+                self.lens.len(),
+                params.len(),
+                grads.len()
+            )));
+        }
+        for (k, (p, g)) in params.iter().zip(grads).enumerate() {
+            if p.len() != self.lens[k] || g.len() != self.lens[k] {
+                return Err(Error::Mismatch(format!(
+                    "tensor {k}: lengths differ from the parameter's"
+                )));
+            }
+        }
+        if !self.rule.inputs.is_empty() {
+            return Err(Error::Mismatch(
+                "extra inputs are not supported on the GPU yet".into(),
+            ));
+        }
+        self.load()?;
+        let loaded = self.loaded.as_ref().expect("loaded above");
+        let rule = &loaded.schedule.rule;
+        let stream = self.device.stream.clone();
+        let tensors = self.lens.len();
+        let t = self.t + 1;
+        // Scalars per tensor, on the host.
+        let mut values: Vec<Vec<f64>> = (0..tensors)
+            .map(|k| {
+                let mut v = vec![f64::NAN; rule.nodes.len()];
+                interp::scalar_values(
+                    rule,
+                    &self.hypers,
+                    t,
+                    &[],
+                    self.lens[k],
+                    &self.scalar_states[k],
+                    true,
+                    &mut v,
+                );
+                v
+            })
+            .collect();
+        // The descriptor table: n, slots pointer, then p, g and the states' pointers.
+        let words = descriptor_words(rule);
+        let mut table = vec![0u64; tensors * words];
+        {
+            let (slots_base, _s) = self.slots.device_ptr(&stream);
+            for k in 0..tensors {
+                let row = &mut table[k * words..(k + 1) * words];
+                row[0] = self.lens[k] as u64;
+                row[1] = slots_base + (k * self.slot_capacity * 4) as u64;
+                row[2] = params[k].device_ptr(&stream).0;
+                row[3] = grads[k].device_ptr(&stream).0;
+                for (s, state) in self.states[k].iter().enumerate() {
+                    if let Some(buf) = state {
+                        row[4 + rule.inputs.len() + s] = buf.device_ptr(&stream).0;
+                    }
+                }
+            }
+        }
+        stream
+            .memcpy_htod(&table, &mut self.table)
+            .map_err(device_error)?;
+        let max_n = self.lens.iter().copied().max().unwrap_or(0);
+        let blocks = (max_n.div_ceil(BLOCK) as u32).clamp(1, self.blocks);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, tensors as u32, 1),
+            block_dim: (BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let upload_slots = |values: &[Vec<f64>], slots: &mut CudaSlice<f32>| -> Result<(), Error> {
+            let mut host = vec![0f32; tensors * self.slot_capacity];
+            for (k, v) in values.iter().enumerate() {
+                for (j, id) in loaded.schedule.slots.iter().enumerate() {
+                    host[k * self.slot_capacity + j] = v[id.index()] as f32;
+                }
+            }
+            stream.memcpy_htod(&host, slots).map_err(device_error)
+        };
+        let tensors_arg = tensors as u32;
+        for (pass, func) in loaded.schedule.passes.iter().zip(&loaded.passes) {
+            upload_slots(&values, &mut self.slots)?;
+            let mut launch = stream.launch_builder(func);
+            launch
+                .arg(&self.table)
+                .arg(&tensors_arg)
+                .arg(&mut self.partials);
+            // SAFETY: the kernel reads the descriptor table just uploaded
+            // (tensors rows, every pointer a live device buffer of the row's
+            // length or unused), and writes blocks * tensors * pass.len() f64
+            // partials, within the buffer allocated for 1,024 blocks x 32.
+            unsafe { launch.launch(cfg) }.map_err(device_error)?;
+            let mut host = vec![0f64; self.partials.len()];
+            stream
+                .memcpy_dtoh(&self.partials, &mut host)
+                .map_err(device_error)?;
+            for (r, id) in pass.iter().enumerate() {
+                let Op::Reduce(op, scope, _) = rule.node(*id).op else {
+                    continue;
+                };
+                let combine = |a: f64, b: f64| {
+                    if op == ReduceOp::MaxAbs {
+                        maximum(a, b)
+                    } else {
+                        a + b
+                    }
+                };
+                let per_tensor: Vec<f64> = (0..tensors)
+                    .map(|k| {
+                        (0..blocks as usize).fold(0.0, |acc, b| {
+                            combine(acc, host[(k * blocks as usize + b) * pass.len() + r])
+                        })
+                    })
+                    .collect();
+                let finish = |acc: f64, n: usize| match op {
+                    ReduceOp::Mean => acc / n as f64,
+                    ReduceOp::Norm => acc.sqrt(),
+                    _ => acc,
+                };
+                match scope {
+                    Scope::Tensor => {
+                        for k in 0..tensors {
+                            values[k][id.index()] = finish(per_tensor[k], self.lens[k]);
+                        }
+                    }
+                    Scope::Global => {
+                        let all = per_tensor.iter().fold(0.0, |a, b| combine(a, *b));
+                        let n: usize = self.lens.iter().sum();
+                        for v in values.iter_mut() {
+                            v[id.index()] = finish(all, n);
+                        }
+                    }
+                }
+            }
+            for (k, v) in values.iter_mut().enumerate() {
+                interp::scalar_values(
+                    rule,
+                    &self.hypers,
+                    t,
+                    &[],
+                    self.lens[k],
+                    &self.scalar_states[k],
+                    true,
+                    v,
+                );
+            }
+        }
+        upload_slots(&values, &mut self.slots)?;
+        let mut launch = stream.launch_builder(&loaded.element);
+        launch.arg(&self.table).arg(&tensors_arg);
+        // SAFETY: as above; the element kernel writes p and the states
+        // through the table's pointers, each within its row's length.
+        unsafe { launch.launch(cfg) }.map_err(device_error)?;
+        stream.synchronize().map_err(device_error)?;
+        for (k, scalars) in self.scalar_states.iter_mut().enumerate() {
+            for (s, decl) in self.rule.states.iter().enumerate() {
+                if decl.kind == StateKind::Scalar {
+                    scalars[s] = values[k][rule.state_out[s].index()];
+                }
+            }
+        }
+        self.t = t;
+        Ok(())
+    }
+}
+
+/// Device-to-device copy bandwidth: a grid-stride f32 copy kernel of `n`
+/// elements, timed with the stream synchronised (seconds per copy, best of `reps`).
+pub fn copy_seconds(device: &Device, n: usize, reps: usize) -> Result<f64, Error> {
+    const COPY: &str = ".version 7.8\n.target sm_80\n.address_size 64\n\
+.visible .entry copy(.param .u64 src, .param .u64 dst, .param .u64 n)\n{\n\
+\t.reg .pred %p<2>;\n\t.reg .u32 %r<8>;\n\t.reg .u64 %rd<12>;\n\t.reg .f32 %f<2>;\n\
+\tld.param.u64 %rd1, [src];\n\tld.param.u64 %rd2, [dst];\n\tld.param.u64 %rd3, [n];\n\
+\tcvta.to.global.u64 %rd1, %rd1;\n\tcvta.to.global.u64 %rd2, %rd2;\n\
+\tmov.u32 %r1, %ctaid.x;\n\tmov.u32 %r2, %ntid.x;\n\tmov.u32 %r3, %tid.x;\n\
+\tmul.wide.u32 %rd4, %r1, %r2;\n\tcvt.u64.u32 %rd5, %r3;\n\tadd.u64 %rd4, %rd4, %rd5;\n\
+\tmov.u32 %r4, %nctaid.x;\n\tmul.wide.u32 %rd6, %r4, %r2;\n\
+LOOP:\n\tsetp.ge.u64 %p1, %rd4, %rd3;\n\t@%p1 bra DONE;\n\
+\tmul.lo.u64 %rd7, %rd4, 4;\n\tadd.u64 %rd8, %rd1, %rd7;\n\tadd.u64 %rd9, %rd2, %rd7;\n\
+\tld.global.f32 %f1, [%rd8];\n\tst.global.f32 [%rd9], %f1;\n\
+\tadd.u64 %rd4, %rd4, %rd6;\n\tbra LOOP;\nDONE:\n\tret;\n}\n";
+    let module = device
+        .ctx
+        .load_module(Ptx::from_src(COPY))
+        .map_err(device_error)?;
+    let func = module.load_function("copy").map_err(device_error)?;
+    let stream = &device.stream;
+    let src = stream.alloc_zeros::<f32>(n).map_err(device_error)?;
+    let mut dst = stream.alloc_zeros::<f32>(n).map_err(device_error)?;
+    let n64 = n as u64;
+    let cfg = LaunchConfig {
+        grid_dim: ((n.div_ceil(BLOCK) as u32).clamp(1, 4096), 1, 1),
+        block_dim: (BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(2) {
+        let started = std::time::Instant::now();
+        let mut launch = stream.launch_builder(&func);
+        launch.arg(&src).arg(&mut dst).arg(&n64);
+        // SAFETY: both buffers hold `n` f32 values and the kernel touches indices below `n`.
+        unsafe { launch.launch(cfg) }.map_err(device_error)?;
+        stream.synchronize().map_err(device_error)?;
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}

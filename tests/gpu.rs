@@ -1,0 +1,140 @@
+//! The GPU backend on a device: every golden case (f32, rules without extra
+//! inputs) through PTX launched with cudarc, against the references, and
+//! large multi-tensor steps against the CPU JIT. Build with
+//! `cargo test -p lensopt-tests --features cuda --test gpu`; without the
+//! feature, or without a driver or device, each test says it was skipped.
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn gpu_tests_need_the_cuda_feature() {
+    eprintln!("skipped: built without the `cuda` feature (cargo test -p lensopt-tests --features cuda --test gpu)");
+}
+
+#[cfg(feature = "cuda")]
+mod on_device {
+    use lensopt::case::{self, Case, Dtype};
+    use lensopt::cuda::{Device, GpuStepper};
+    use lensopt::{catalog, Optimizer};
+    use std::sync::Arc;
+
+    fn device() -> Option<Arc<Device>> {
+        match Device::new(0) {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn golden_cases_on_the_gpu() {
+        let Some(dev) = device() else { return };
+        let mut checked = 0;
+        for file in lensopt_tests::golden_files() {
+            let case = Case::from_json(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            if case.dtype != Dtype::F32
+                || case.hessians.iter().any(Option::is_some)
+                || case.hessian_grads.iter().any(Option::is_some)
+            {
+                continue;
+            }
+            let mut opt = catalog::get(case.optimizer.as_deref().unwrap()).unwrap();
+            for (k, v) in &case.hyper {
+                case::set_hyper(&mut opt, k, *v).unwrap();
+            }
+            let p0: Vec<f32> = case.p0.iter().map(|x| *x as f32).collect();
+            let mut p = dev.upload(&p0).unwrap();
+            let mut st = GpuStepper::new(dev.clone(), &opt, &[&p]).unwrap();
+            for (t, g) in case.grads.iter().enumerate() {
+                let g: Vec<f32> = g.iter().map(|x| *x as f32).collect();
+                let g = dev.upload(&g).unwrap();
+                st.step(&mut [&mut p], &[&g]).unwrap();
+                let ours = dev.download(&p).unwrap();
+                let reference = &case.params_after.as_ref().unwrap()[t];
+                for (a, b) in ours.iter().zip(reference) {
+                    let (a, b) = (f64::from(*a), *b);
+                    assert!(
+                        (a - b).abs() <= 2e-6 + 1e-5 * b.abs(),
+                        "{}: step {}: {a} vs {b}",
+                        file.display(),
+                        t + 1
+                    );
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked >= 15, "only {checked} cases ran");
+    }
+
+    #[test]
+    fn many_tensors_agree_with_the_cpu_jit() {
+        let Some(dev) = device() else { return };
+        for opt in [
+            catalog::get("adam").unwrap(),
+            catalog::get("lamb").unwrap(),
+            catalog::get("lion")
+                .unwrap()
+                .with("cautious", true)
+                .unwrap(),
+        ] {
+            let sizes = [1usize, 3, 1000, 70_001, 1 << 20];
+            let host: Vec<Vec<f32>> = sizes
+                .iter()
+                .map(|&n| {
+                    (0..n)
+                        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+                        .collect()
+                })
+                .collect();
+            let grads: Vec<Vec<f32>> = sizes
+                .iter()
+                .map(|&n| {
+                    (0..n)
+                        .map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0)
+                        .collect()
+                })
+                .collect();
+            let mut cpu: Vec<ndarray::Array1<f32>> = host
+                .iter()
+                .map(|v| ndarray::Array1::from(v.clone()))
+                .collect();
+            let refs: Vec<&dyn lensopt::TensorRef<f32>> = cpu
+                .iter()
+                .map(|p| p as &dyn lensopt::TensorRef<f32>)
+                .collect();
+            let mut cpu_step = opt.init(&refs).unwrap();
+            let mut gpu: Vec<_> = host.iter().map(|v| dev.upload(v).unwrap()).collect();
+            let g_gpu: Vec<_> = grads.iter().map(|v| dev.upload(v).unwrap()).collect();
+            let g_cpu: Vec<ndarray::Array1<f32>> = grads
+                .iter()
+                .map(|v| ndarray::Array1::from(v.clone()))
+                .collect();
+            let mut st =
+                GpuStepper::new(dev.clone(), &opt, &gpu.iter().collect::<Vec<_>>()).unwrap();
+            for _ in 0..3 {
+                let mut ps: Vec<&mut dyn lensopt::TensorMut<f32>> = cpu
+                    .iter_mut()
+                    .map(|p| p as &mut dyn lensopt::TensorMut<f32>)
+                    .collect();
+                let gs: Vec<&dyn lensopt::TensorRef<f32>> = g_cpu
+                    .iter()
+                    .map(|g| g as &dyn lensopt::TensorRef<f32>)
+                    .collect();
+                cpu_step.step(&mut ps, &gs).unwrap();
+                let mut ps: Vec<_> = gpu.iter_mut().collect();
+                st.step(&mut ps, &g_gpu.iter().collect::<Vec<_>>()).unwrap();
+            }
+            for (c, g) in cpu.iter().zip(&gpu) {
+                let g = dev.download(g).unwrap();
+                for (a, b) in c.iter().zip(&g) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                        "{}: {a} vs {b}",
+                        opt.rule().name
+                    );
+                }
+            }
+        }
+    }
+}
