@@ -137,4 +137,54 @@ mod on_device {
             }
         }
     }
+
+    #[test]
+    fn circuits_on_the_gpu_agree_with_the_cpu() {
+        use lensopt::circuit::eval::Machine;
+        use lensopt::circuit::CircuitBuilder;
+        use lensopt::cuda::GpuCircuit;
+        let Some(dev) = device() else { return };
+        let mut b = CircuitBuilder::new();
+        let mut wires: Vec<usize> = (0..8).map(|_| b.input()).collect();
+        wires.extend((0..3).map(|_| b.param()));
+        for k in 0..200 {
+            let (x, y) = (
+                wires[(k * 7) % wires.len()],
+                wires[(k * 13 + 5) % wires.len()],
+            );
+            let z = match k % 3 {
+                0 => b.and(x, y),
+                1 => b.xor(x, y),
+                _ => b.not(x),
+            };
+            wires.push(z);
+        }
+        let c = b.finish(wires[wires.len() - 4..].to_vec()).unwrap();
+        let words = 300;
+        let inputs: Vec<Vec<u64>> = (0..8)
+            .map(|i| {
+                (0..words)
+                    .map(|k| (k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15 ^ i))
+                    .collect()
+            })
+            .collect();
+        let dy: Vec<Vec<u64>> = (0..4)
+            .map(|i| {
+                (0..words)
+                    .map(|k| (k as u64 * 31 + i).wrapping_mul(0xBF58_476D_1CE4_E5B9))
+                    .collect()
+            })
+            .collect();
+        let params = [true, false, true];
+        let gpu = GpuCircuit::new(dev, &c).unwrap();
+        let mut cpu = Machine::new(&c, words);
+        assert_eq!(
+            gpu.forward(&params, &inputs).unwrap(),
+            cpu.forward(&c, &params, &inputs).unwrap()
+        );
+        assert_eq!(
+            gpu.reverse(&params, &inputs, &dy).unwrap(),
+            cpu.reverse(&c, &dy).unwrap()
+        );
+    }
 }

@@ -9,6 +9,7 @@
 //! stepper is made, so a step allocates nothing on the device. Scalars and
 //! the combination of reduction partials run on the host in f64, as on the CPU.
 
+use crate::circuit::eval::Rows;
 use crate::error::Error;
 use crate::jit::{self, Key};
 use crate::optimizer::Optimizer;
@@ -433,4 +434,141 @@ LOOP:\n\tsetp.ge.u64 %p1, %rd4, %rd3;\n\t@%p1 bra DONE;\n\
         best = best.min(started.elapsed().as_secs_f64());
     }
     Ok(best)
+}
+
+/// A boolean circuit's bit-sliced forward and reverse passes on the GPU.
+pub struct GpuCircuit {
+    device: Arc<Device>,
+    circuit: crate::circuit::Circuit,
+    _module: Arc<CudaModule>,
+    forward: CudaFunction,
+    reverse: CudaFunction,
+}
+
+impl GpuCircuit {
+    /// Loads `circuit`'s kernels on `device`.
+    pub fn new(device: Arc<Device>, circuit: &crate::circuit::Circuit) -> Result<Self, Error> {
+        let module = lensopt_codegen::ptx::emit_circuit(circuit, &device.target);
+        let loaded = device
+            .ctx
+            .load_module(Ptx::from_src(module.text))
+            .map_err(device_error)?;
+        let forward = loaded
+            .load_function("circuit_forward")
+            .map_err(device_error)?;
+        let reverse = loaded
+            .load_function("circuit_reverse")
+            .map_err(device_error)?;
+        Ok(GpuCircuit {
+            device,
+            circuit: circuit.clone(),
+            _module: loaded,
+            forward,
+            reverse,
+        })
+    }
+
+    fn rows(rows: &[Vec<u64>], count: usize, words: usize) -> Result<Vec<u64>, Error> {
+        if rows.len() != count || rows.iter().any(|r| r.len() != words) {
+            return Err(Error::Mismatch(format!(
+                "{count} rows of {words} words are needed"
+            )));
+        }
+        Ok(rows.concat())
+    }
+
+    fn config(words: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (words.div_ceil(BLOCK).max(1) as u32, 1, 1),
+            block_dim: (BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// The outputs for `inputs` (one row of words per input bit).
+    pub fn forward(&self, params: &[bool], inputs: &[Vec<u64>]) -> Result<Vec<Vec<u64>>, Error> {
+        let c = &self.circuit;
+        let words = inputs.first().map_or(0, Vec::len);
+        let x = Self::rows(inputs, c.inputs, words)?;
+        if params.len() != c.params {
+            return Err(Error::Mismatch(format!(
+                "{} parameter bits are needed",
+                c.params
+            )));
+        }
+        let p: Vec<u64> = params
+            .iter()
+            .map(|b| if *b { u64::MAX } else { 0 })
+            .collect();
+        let s = &self.device.stream;
+        let dx = s.clone_htod(&x).map_err(device_error)?;
+        let dp = s.clone_htod(&p).map_err(device_error)?;
+        let mut out = s
+            .alloc_zeros::<u64>(c.outputs.len() * words)
+            .map_err(device_error)?;
+        let w = words as u64;
+        let mut launch = s.launch_builder(&self.forward);
+        launch.arg(&dx).arg(&dp).arg(&mut out).arg(&w);
+        // SAFETY: the buffers hold inputs x words, params and outputs x words
+        // u64 values; each thread touches its own word of each row.
+        unsafe { launch.launch(Self::config(words)) }.map_err(device_error)?;
+        let host = s.clone_dtoh(&out).map_err(device_error)?;
+        Ok(host.chunks(words.max(1)).map(<[u64]>::to_vec).collect())
+    }
+
+    /// `R[f]` at `(params, inputs)` for output changes `dy`: `(d params, d inputs)`.
+    pub fn reverse(
+        &self,
+        params: &[bool],
+        inputs: &[Vec<u64>],
+        dy: &[Vec<u64>],
+    ) -> Result<(Rows, Rows), Error> {
+        let c = &self.circuit;
+        let words = inputs.first().map_or(0, Vec::len);
+        let x = Self::rows(inputs, c.inputs, words)?;
+        let d = Self::rows(dy, c.outputs.len(), words)?;
+        if params.len() != c.params {
+            return Err(Error::Mismatch(format!(
+                "{} parameter bits are needed",
+                c.params
+            )));
+        }
+        let p: Vec<u64> = params
+            .iter()
+            .map(|b| if *b { u64::MAX } else { 0 })
+            .collect();
+        let s = &self.device.stream;
+        let (dx, dd, dp) = (
+            s.clone_htod(&x).map_err(device_error)?,
+            s.clone_htod(&d).map_err(device_error)?,
+            s.clone_htod(&p).map_err(device_error)?,
+        );
+        let mut gp = s
+            .alloc_zeros::<u64>(c.params.max(1) * words.max(1))
+            .map_err(device_error)?;
+        let mut gx = s
+            .alloc_zeros::<u64>(c.inputs.max(1) * words.max(1))
+            .map_err(device_error)?;
+        let w = words as u64;
+        let mut launch = s.launch_builder(&self.reverse);
+        launch
+            .arg(&dx)
+            .arg(&dp)
+            .arg(&dd)
+            .arg(&mut gp)
+            .arg(&mut gx)
+            .arg(&w);
+        // SAFETY: as for `forward`, with dparams and dinputs sized params x words and inputs x words.
+        unsafe { launch.launch(Self::config(words)) }.map_err(device_error)?;
+        let (hp, hx) = (
+            s.clone_dtoh(&gp).map_err(device_error)?,
+            s.clone_dtoh(&gx).map_err(device_error)?,
+        );
+        let split = |v: Vec<u64>, rows: usize| {
+            (0..rows)
+                .map(|r| v[r * words..(r + 1) * words].to_vec())
+                .collect()
+        };
+        Ok((split(hp, c.params), split(hx, c.inputs)))
+    }
 }
