@@ -183,15 +183,10 @@ impl GpuStepper {
         if self.loaded.as_ref().is_some_and(|l| l.key == key) {
             return Ok(());
         }
-        let module = jit::ptx(&self.rule, &key, Precision::F32, &self.device.target)
-            .map_err(Error::Compile)?;
-        let optimized = lensopt_ir::optimize::optimize(&self.rule, &{
-            let mut o = lensopt_ir::optimize::Options::new(Mode::Fast);
-            o.specialize = key.specialize.clone();
-            o.present = key.present.iter().map(|p| Some(*p)).collect();
-            o
-        });
-        let schedule = Schedule::new(optimized);
+        // One schedule for the kernels and for the host's scalars and slots.
+        let schedule = jit::schedule(&self.rule, &key);
+        let module = lensopt_codegen::ptx::emit(&schedule, Precision::F32, &self.device.target)
+            .map_err(|e| Error::Compile(e.to_string()))?;
         if schedule.slots.len() > self.slot_capacity {
             return Err(Error::Compile(format!(
                 "more than {} scalar slots",

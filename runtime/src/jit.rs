@@ -78,9 +78,8 @@ pub fn compile<F: Float>(rule: &Rule, key: &Key) -> Result<Program<F>, String> {
     compile_timed(rule, key).map(|(p, _)| p)
 }
 
-/// [`compile`], reporting how long each stage took.
-pub fn compile_timed<F: Float>(rule: &Rule, key: &Key) -> Result<(Program<F>, Stages), String> {
-    let start = std::time::Instant::now();
+/// Optimizes and schedules `rule` for `key`: what every backend compiles.
+pub fn schedule(rule: &Rule, key: &Key) -> Schedule {
     let optimized = optimize(rule, &key.options());
     // Presence changes from step to step: a state unread at this step may be
     // read at the next, so liveness comes from the rule without it.
@@ -89,10 +88,16 @@ pub fn compile_timed<F: Float>(rule: &Rule, key: &Key) -> Result<(Program<F>, St
     } else {
         live_states(&optimized)
     };
+    Schedule::with_live_states(optimized, live)
+}
+
+/// [`compile`], reporting how long each stage took.
+pub fn compile_timed<F: Float>(rule: &Rule, key: &Key) -> Result<(Program<F>, Stages), String> {
+    let start = std::time::Instant::now();
+    let schedule = schedule(rule, key);
     let optimize_us = start.elapsed().as_secs_f64() * 1e6;
     let start = std::time::Instant::now();
-    let program = Program::<F>::compile(Schedule::with_live_states(optimized, live))
-        .map_err(|e| e.to_string())?;
+    let program = Program::<F>::compile(schedule).map_err(|e| e.to_string())?;
     let codegen_us = start.elapsed().as_secs_f64() * 1e6;
     Ok((
         program,
@@ -132,16 +137,5 @@ pub fn ptx(
     precision: lensopt_codegen::ptx::Precision,
     target: &str,
 ) -> Result<lensopt_codegen::ptx::PtxModule, String> {
-    let optimized = optimize(rule, &key.options());
-    let live = if rule.inputs.iter().any(|i| i.optional) {
-        live_states(&optimize(rule, &key.options_without_presence()))
-    } else {
-        live_states(&optimized)
-    };
-    lensopt_codegen::ptx::emit(
-        &Schedule::with_live_states(optimized, live),
-        precision,
-        target,
-    )
-    .map_err(|e| e.to_string())
+    lensopt_codegen::ptx::emit(&schedule(rule, key), precision, target).map_err(|e| e.to_string())
 }

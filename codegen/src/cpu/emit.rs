@@ -14,16 +14,7 @@ use lensopt_ir::{BinOp, Op, Rule, Ty, UnOp, ValueId};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
-/// Which kernel buffer a leaf reads: `p`, `g`, the inputs, then the states.
-pub fn buffer_index(rule: &Rule, op: &Op) -> Option<usize> {
-    match *op {
-        Op::Param => Some(0),
-        Op::Grad => Some(1),
-        Op::Input(i) => Some(2 + i as usize),
-        Op::State(i) => Some(2 + rule.inputs.len() + i as usize),
-        _ => None,
-    }
-}
+pub use lensopt_ir::schedule::buffer_of as buffer_index;
 
 /// Number of buffers a kernel of `rule` takes.
 pub fn buffer_count(rule: &Rule) -> usize {
