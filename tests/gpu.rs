@@ -1,5 +1,5 @@
-//! The GPU backend on a device: every golden case (f32, rules without extra
-//! inputs) through PTX launched with cudarc, against the references, and
+//! The GPU backend on a device: every f32 golden case (extra inputs
+//! included) through PTX launched with cudarc, against the references, and
 //! large multi-tensor steps against the CPU JIT. Build with
 //! `cargo test -p lensopt-tests --features cuda --test gpu`; without the
 //! feature, or without a driver or device, each test says it was skipped.
@@ -46,10 +46,31 @@ mod on_device {
             let p0: Vec<f32> = case.p0.iter().map(|x| *x as f32).collect();
             let mut p = dev.upload(&p0).unwrap();
             let mut st = GpuStepper::new(dev.clone(), &opt, &[&p]).unwrap();
+            let rule = opt.rule();
             for (t, g) in case.grads.iter().enumerate() {
                 let g: Vec<f32> = g.iter().map(|x| *x as f32).collect();
                 let g = dev.upload(&g).unwrap();
-                st.step(&mut [&mut p], &[&g]).unwrap();
+                // Extra inputs by name: `h` from `hessians`, `ghat` from `hessian_grads`.
+                let uploaded: Vec<Option<_>> = rule
+                    .inputs
+                    .iter()
+                    .map(|i| {
+                        let src = if i.name == "h" {
+                            &case.hessians[t]
+                        } else {
+                            &case.hessian_grads[t]
+                        };
+                        src.as_ref().map(|v| {
+                            dev.upload(&v.iter().map(|x| *x as f32).collect::<Vec<_>>())
+                                .unwrap()
+                        })
+                    })
+                    .collect();
+                let inputs: Vec<Option<Vec<_>>> = uploaded
+                    .iter()
+                    .map(|u| u.as_ref().map(|b| vec![b]))
+                    .collect();
+                st.step_with(&mut [&mut p], &[&g], &inputs).unwrap();
                 let ours = dev.download(&p).unwrap();
                 let reference = &case.params_after.as_ref().unwrap()[t];
                 for (a, b) in ours.iter().zip(reference) {
@@ -64,7 +85,7 @@ mod on_device {
             }
             checked += 1;
         }
-        assert!(checked >= 15, "only {checked} cases ran");
+        assert_eq!(checked, 25, "every f32 golden case runs on the GPU");
     }
 
     #[test]

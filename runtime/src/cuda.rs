@@ -177,9 +177,8 @@ impl GpuStepper {
         self.t
     }
 
-    fn load(&mut self) -> Result<(), Error> {
-        let present = vec![true; self.rule.inputs.len()];
-        let key = Key::for_step(std::slice::from_ref(&self.hypers), &present, Mode::Fast);
+    fn load(&mut self, present: &[bool]) -> Result<(), Error> {
+        let key = Key::for_step(std::slice::from_ref(&self.hypers), present, Mode::Fast);
         if self.loaded.as_ref().is_some_and(|l| l.key == key) {
             return Ok(());
         }
@@ -222,6 +221,18 @@ impl GpuStepper {
         params: &mut [&mut CudaSlice<f32>],
         grads: &[&CudaSlice<f32>],
     ) -> Result<(), Error> {
+        let absent = vec![None; self.rule.inputs.len()];
+        self.step_with(params, grads, &absent)
+    }
+
+    /// One step with extra inputs: per input of the rule, one device tensor
+    /// per parameter, or `None` where an optional input is absent.
+    pub fn step_with(
+        &mut self,
+        params: &mut [&mut CudaSlice<f32>],
+        grads: &[&CudaSlice<f32>],
+        inputs: &[Option<Vec<&CudaSlice<f32>>>],
+    ) -> Result<(), Error> {
         if params.len() != self.lens.len() || grads.len() != self.lens.len() {
             return Err(Error::Mismatch(format!(
                 "the stepper holds {} tensors, got {} parameters and {} gradients",
@@ -237,12 +248,35 @@ impl GpuStepper {
                 )));
             }
         }
-        if !self.rule.inputs.is_empty() {
-            return Err(Error::Mismatch(
-                "extra inputs are not supported on the GPU yet".into(),
-            ));
+        if inputs.len() != self.rule.inputs.len() {
+            return Err(Error::Mismatch(format!(
+                "the rule takes {} extra inputs, got {}",
+                self.rule.inputs.len(),
+                inputs.len()
+            )));
         }
-        self.load()?;
+        for (decl, given) in self.rule.inputs.iter().zip(inputs) {
+            match given {
+                None if !decl.optional => {
+                    return Err(Error::Mismatch(format!(
+                        "input `{}` is required",
+                        decl.name
+                    )))
+                }
+                Some(ts)
+                    if ts.len() != self.lens.len()
+                        || ts.iter().zip(&self.lens).any(|(t, n)| t.len() != *n) =>
+                {
+                    return Err(Error::Mismatch(format!(
+                        "input `{}` needs one tensor per parameter, of its length",
+                        decl.name
+                    )))
+                }
+                _ => {}
+            }
+        }
+        let present: Vec<bool> = inputs.iter().map(Option::is_some).collect();
+        self.load(&present)?;
         let loaded = self.loaded.as_ref().expect("loaded above");
         let rule = &loaded.schedule.rule;
         let stream = self.device.stream.clone();
@@ -256,7 +290,7 @@ impl GpuStepper {
                     rule,
                     &self.hypers,
                     t,
-                    &[],
+                    &present,
                     self.lens[k],
                     &self.scalar_states[k],
                     true,
@@ -276,6 +310,11 @@ impl GpuStepper {
                 row[1] = slots_base + (k * self.slot_capacity * 4) as u64;
                 row[2] = params[k].device_ptr(&stream).0;
                 row[3] = grads[k].device_ptr(&stream).0;
+                for (i, given) in inputs.iter().enumerate() {
+                    if let Some(ts) = given {
+                        row[4 + i] = ts[k].device_ptr(&stream).0;
+                    }
+                }
                 for (s, state) in self.states[k].iter().enumerate() {
                     if let Some(buf) = state {
                         row[4 + rule.inputs.len() + s] = buf.device_ptr(&stream).0;
@@ -362,7 +401,7 @@ impl GpuStepper {
                     rule,
                     &self.hypers,
                     t,
-                    &[],
+                    &present,
                     self.lens[k],
                     &self.scalar_states[k],
                     true,
