@@ -363,3 +363,25 @@ fn the_circuit_macro_builds_what_the_builder_builds() {
     let with_param = lensopt::circuit!((param | id(1)) >> and);
     assert_eq!((with_param.inputs, with_param.params), (1, 1));
 }
+
+#[test]
+fn rda_with_compiled_passes_learns_the_same_bits() {
+    let mut rng = SplitMix(8);
+    let c = random_circuit(&mut rng, 5, 6, 2, 60);
+    let data = Bits {
+        x: (0..100).map(|_| bits(rng.next_u64() as usize, 5)).collect(),
+        y: (0..100).map(|_| bits(rng.next_u64() as usize, 2)).collect(),
+    };
+    for combine in [Combine::Online, Combine::Majority] {
+        let mut interpreted = Rda::new(c.clone());
+        let mut compiled = Rda::new(c.clone());
+        compiled.compile().unwrap();
+        for _ in 0..5 {
+            assert_eq!(
+                interpreted.epoch(&data, combine).unwrap(),
+                compiled.epoch(&data, combine).unwrap()
+            );
+            assert_eq!(interpreted.params, compiled.params, "{combine:?}");
+        }
+    }
+}

@@ -7,7 +7,7 @@
 //! k input bits is `XOR_m (p_m AND minterm_m(x))`, one parameter bit per
 //! row. Prints one line per task, `task=NAME test_accuracy=0.xxxx` (the
 //! paper's per-example rule), after a line per task comparing it with the
-//! majority-vote batch rule.
+//! majority-vote batch rule. All ten digits use 45 one-vs-one circuits and a vote.
 //!
 //!     cargo run --release --example rda
 
@@ -152,11 +152,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             binarise(&digits, &[0, 1], 1),
             two_level(64, 1, 8, 4, 3),
         ),
-        (
-            "digits_ten_class",
-            binarise(&digits, &(0..10).collect::<Vec<_>>(), 4),
-            two_level(64, 4, 64, 6, 5),
-        ),
     ];
     let mut lines = Vec::new();
     for (name, bits, circuit) in &tasks {
@@ -173,8 +168,77 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The paper's rule (online) is the headline; majority vote is reported beside it.
         lines.push(format!("task={name} test_accuracy={online:.4}"));
     }
+    let (accuracy, gates, params) = ten_digits(&digits)?;
+    println!(
+        "digits_ten_class: 45 one-vs-one circuits of two-level tables, {gates} logic gates, {params} parameter bits, trained online; test accuracy by vote {accuracy:.4}"
+    );
+    lines.push(format!("task=digits_ten_class test_accuracy={accuracy:.4}"));
     for line in lines {
         println!("{line}");
     }
     Ok(())
+}
+
+/// Trains online for `epochs` passes and keeps the parameters of the epoch
+/// with the best training accuracy.
+fn train_best(circuit: &Circuit, data: &Bits, epochs: usize) -> Result<Rda, String> {
+    let mut rda = Rda::new(circuit.clone());
+    let mut best = (rda.accuracy(data)?, rda.params.clone());
+    for _ in 0..epochs {
+        rda.epoch(data, Combine::Online)?;
+        let acc = rda.accuracy(data)?;
+        if acc > best.0 {
+            best = (acc, rda.params.clone());
+        }
+    }
+    rda.params = best.1;
+    Ok(rda)
+}
+
+/// All ten digits: one two-level table circuit per pair of digits (trained
+/// on those two digits only, target bit = "the second"), the class with the
+/// most votes wins. Returns (test accuracy, logic gates, parameter bits).
+fn ten_digits(digits: &Dataset) -> Result<(f64, usize, usize), String> {
+    let all = binarise(digits, &(0..10).collect::<Vec<_>>(), 4);
+    let (train, test) = split(&all, 42);
+    let label = |y: &[bool]| {
+        y.iter()
+            .enumerate()
+            .map(|(b, v)| usize::from(*v) << b)
+            .sum::<usize>()
+    };
+    let mut votes = vec![[0usize; 10]; test.x.len()];
+    let (mut gates, mut params) = (0, 0);
+    for a in 0..10 {
+        for b in a + 1..10 {
+            let pick: Vec<usize> = (0..train.x.len())
+                .filter(|&i| matches!(label(&train.y[i]), l if l == a || l == b))
+                .collect();
+            let data = Bits {
+                x: pick.iter().map(|&i| train.x[i].clone()).collect(),
+                y: pick
+                    .iter()
+                    .map(|&i| vec![label(&train.y[i]) == b])
+                    .collect(),
+            };
+            let circuit = two_level(64, 1, 7, 7, (a * 10 + b) as u64);
+            gates += circuit.logic_gates();
+            params += circuit.params;
+            let model = train_best(&circuit, &data, 30)?;
+            for (v, p) in votes.iter_mut().zip(model.predict(&test.x)?) {
+                v[if p[0] { b } else { a }] += 1;
+            }
+        }
+    }
+    let right = votes
+        .iter()
+        .zip(&test.y)
+        .filter(|(v, y)| {
+            let best = (0..10)
+                .max_by_key(|&c| (v[c], std::cmp::Reverse(c)))
+                .unwrap_or(0);
+            best == label(y)
+        })
+        .count();
+    Ok((right as f64 / test.x.len() as f64, gates, params))
 }

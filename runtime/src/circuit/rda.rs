@@ -9,7 +9,8 @@
 //! a bit when most of the examples it influences request it
 //! ([`Combine::Majority`]).
 
-use super::eval::{bit, Machine};
+use super::compiled::CompiledCircuit;
+use super::eval::{bit, Machine, Rows};
 use super::Circuit;
 
 /// How the parameter changes requested by the examples of a batch combine.
@@ -24,12 +25,40 @@ pub enum Combine {
 }
 
 /// A circuit with its parameter bits, trained by RDA.
-#[derive(Clone, Debug)]
 pub struct Rda {
     /// The circuit `P × A → B`.
     pub circuit: Circuit,
     /// The parameter bits.
     pub params: Vec<bool>,
+    /// The circuit's passes as native code, once [`Rda::compile`] ran.
+    compiled: Option<CompiledCircuit>,
+}
+
+/// The forward and reverse passes, interpreted or compiled.
+enum Passes<'a> {
+    Interpreted(&'a Circuit, Machine),
+    Compiled(&'a CompiledCircuit),
+}
+
+impl Passes<'_> {
+    fn forward(&mut self, params: &[bool], x: &[Vec<u64>]) -> Result<Rows, String> {
+        match self {
+            Passes::Interpreted(c, m) => m.forward(c, params, x),
+            Passes::Compiled(code) => code.forward(params, x),
+        }
+    }
+
+    fn reverse_params(
+        &mut self,
+        params: &[bool],
+        x: &[Vec<u64>],
+        dy: &[Vec<u64>],
+    ) -> Result<Rows, String> {
+        match self {
+            Passes::Interpreted(c, m) => Ok(m.reverse(c, dy)?.0),
+            Passes::Compiled(code) => Ok(code.reverse(params, x, dy)?.0),
+        }
+    }
 }
 
 /// A data set of bit vectors, one `Vec<bool>` per example.
@@ -45,14 +74,32 @@ impl Rda {
     /// A learner for `circuit` with every parameter bit 0.
     pub fn new(circuit: Circuit) -> Self {
         let params = vec![false; circuit.params];
-        Rda { circuit, params }
+        Rda {
+            circuit,
+            params,
+            compiled: None,
+        }
+    }
+
+    /// Compiles the circuit's passes to bitwise code (cranelift) and uses
+    /// them from now on; worth it when the circuit will see many examples.
+    pub fn compile(&mut self) -> Result<(), String> {
+        self.compiled = Some(CompiledCircuit::new(&self.circuit)?);
+        Ok(())
+    }
+
+    fn passes(&self, words: usize) -> Passes<'_> {
+        match &self.compiled {
+            Some(code) => Passes::Compiled(code),
+            None => Passes::Interpreted(&self.circuit, Machine::new(&self.circuit, words)),
+        }
     }
 
     /// Predictions for each example.
     pub fn predict(&self, x: &[Vec<bool>]) -> Result<Vec<Vec<bool>>, String> {
         let packed = super::eval::pack(x, self.circuit.inputs);
-        let mut m = Machine::new(&self.circuit, packed.first().map_or(1, Vec::len));
-        let out = m.forward(&self.circuit, &self.params, &packed)?;
+        let mut m = self.passes(packed.first().map_or(1, Vec::len));
+        let out = m.forward(&self.params, &packed)?;
         Ok((0..x.len())
             .map(|e| out.iter().map(|row| bit(row, e)).collect())
             .collect())
@@ -92,8 +139,8 @@ impl Rda {
         let xs = super::eval::pack(x, c.inputs);
         let ys = super::eval::pack(y, c.outputs.len());
         let words = xs.first().map_or(1, Vec::len);
-        let mut m = Machine::new(c, words);
-        let out = m.forward(c, &self.params, &xs)?;
+        let mut m = self.passes(words);
+        let out = m.forward(&self.params, &xs)?;
         // The error y XOR f(p, x), on real examples only.
         let valid: Vec<u64> = (0..words)
             .map(|w| {
@@ -122,11 +169,11 @@ impl Rda {
         if wrong == 0 {
             return Ok(0);
         }
-        let (dparams, _) = m.reverse(c, &err)?;
+        let dparams = m.reverse_params(&self.params, &xs, &err)?;
         // Which examples each bit influences: R[f] at an all-ones error.
         let relevance = if majority == 1 {
             let ones: Vec<Vec<u64>> = c.outputs.iter().map(|_| valid.clone()).collect();
-            Some(m.reverse(c, &ones)?.0)
+            Some(m.reverse_params(&self.params, &xs, &ones)?)
         } else {
             None
         };
