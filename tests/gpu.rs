@@ -1,5 +1,5 @@
-//! The GPU backend on a device: every f32 golden case (extra inputs
-//! included) through PTX launched with cudarc, against the references, and
+//! The GPU backend on a device: every golden case, f32 and f64, extra
+//! inputs included, through PTX launched with cudarc, against the references, and
 //! large multi-tensor steps against the CPU JIT. Build with
 //! `cargo test -p lensopt-tests --features cuda --test gpu`; without the
 //! feature, or without a driver or device, each test says it was skipped.
@@ -27,56 +27,75 @@ mod on_device {
         }
     }
 
+    /// Replays `case` on the device in `F`; returns the parameters after each step.
+    fn replay<F: lensopt::cuda::GpuFloat>(
+        dev: &Arc<Device>,
+        case: &Case,
+        opt: &lensopt::DynOptimizer,
+    ) -> Vec<Vec<f64>> {
+        let conv = |v: &[f64]| v.iter().map(|x| F::from_f64(*x)).collect::<Vec<F>>();
+        let mut p = dev.upload(&conv(&case.p0)).unwrap();
+        let mut st = GpuStepper::<F>::new(dev.clone(), opt, &[&p]).unwrap();
+        let rule = opt.rule();
+        let mut out = Vec::new();
+        for (t, g) in case.grads.iter().enumerate() {
+            let g = dev.upload(&conv(g)).unwrap();
+            // Extra inputs by name: `h` from `hessians`, `ghat` from `hessian_grads`.
+            let uploaded: Vec<Option<_>> = rule
+                .inputs
+                .iter()
+                .map(|i| {
+                    let src = if i.name == "h" {
+                        &case.hessians[t]
+                    } else {
+                        &case.hessian_grads[t]
+                    };
+                    src.as_ref().map(|v| dev.upload(&conv(v)).unwrap())
+                })
+                .collect();
+            let inputs: Vec<Option<Vec<_>>> = uploaded
+                .iter()
+                .map(|u| u.as_ref().map(|b| vec![b]))
+                .collect();
+            st.step_with(&mut [&mut p], &[&g], &inputs).unwrap();
+            out.push(
+                dev.download(&p)
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_f64())
+                    .collect(),
+            );
+        }
+        out
+    }
+
     #[test]
     fn golden_cases_on_the_gpu() {
         let Some(dev) = device() else { return };
         let mut checked = 0;
         for file in lensopt_tests::golden_files() {
             let case = Case::from_json(&std::fs::read_to_string(&file).unwrap()).unwrap();
-            if case.dtype != Dtype::F32
-                || case.hessians.iter().any(Option::is_some)
-                || case.hessian_grads.iter().any(Option::is_some)
-            {
-                continue;
-            }
             let mut opt = catalog::get(case.optimizer.as_deref().unwrap()).unwrap();
             for (k, v) in &case.hyper {
                 case::set_hyper(&mut opt, k, *v).unwrap();
             }
-            let p0: Vec<f32> = case.p0.iter().map(|x| *x as f32).collect();
-            let mut p = dev.upload(&p0).unwrap();
-            let mut st = GpuStepper::new(dev.clone(), &opt, &[&p]).unwrap();
-            let rule = opt.rule();
-            for (t, g) in case.grads.iter().enumerate() {
-                let g: Vec<f32> = g.iter().map(|x| *x as f32).collect();
-                let g = dev.upload(&g).unwrap();
-                // Extra inputs by name: `h` from `hessians`, `ghat` from `hessian_grads`.
-                let uploaded: Vec<Option<_>> = rule
-                    .inputs
-                    .iter()
-                    .map(|i| {
-                        let src = if i.name == "h" {
-                            &case.hessians[t]
-                        } else {
-                            &case.hessian_grads[t]
-                        };
-                        src.as_ref().map(|v| {
-                            dev.upload(&v.iter().map(|x| *x as f32).collect::<Vec<_>>())
-                                .unwrap()
-                        })
-                    })
-                    .collect();
-                let inputs: Vec<Option<Vec<_>>> = uploaded
-                    .iter()
-                    .map(|u| u.as_ref().map(|b| vec![b]))
-                    .collect();
-                st.step_with(&mut [&mut p], &[&g], &inputs).unwrap();
-                let ours = dev.download(&p).unwrap();
-                let reference = &case.params_after.as_ref().unwrap()[t];
-                for (a, b) in ours.iter().zip(reference) {
-                    let (a, b) = (f64::from(*a), *b);
+            let clipped = case
+                .hyper
+                .iter()
+                .any(|(k, v)| k == "max_grad_norm" && v.as_f64() > 0.0);
+            let (ours, (abs, rel)) = match case.dtype {
+                Dtype::F32 => (replay::<f32>(&dev, &case, &opt), (2e-6, 1e-5)),
+                Dtype::F64 if clipped => (replay::<f64>(&dev, &case, &opt), (1e-6, 1e-6)),
+                Dtype::F64 => (replay::<f64>(&dev, &case, &opt), (1e-12, 1e-9)),
+            };
+            for (t, (mine, theirs)) in ours
+                .iter()
+                .zip(case.params_after.as_ref().unwrap())
+                .enumerate()
+            {
+                for (a, b) in mine.iter().zip(theirs) {
                     assert!(
-                        (a - b).abs() <= 2e-6 + 1e-5 * b.abs(),
+                        (a - b).abs() <= abs + rel * b.abs(),
                         "{}: step {}: {a} vs {b}",
                         file.display(),
                         t + 1
@@ -85,7 +104,7 @@ mod on_device {
             }
             checked += 1;
         }
-        assert_eq!(checked, 25, "every f32 golden case runs on the GPU");
+        assert_eq!(checked, 50, "every golden case runs on the GPU");
     }
 
     #[test]

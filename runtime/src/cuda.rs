@@ -29,6 +29,26 @@ fn device_error(e: impl std::fmt::Display) -> Error {
     Error::Compile(format!("CUDA: {e}"))
 }
 
+/// Element types of GPU steppers: f32 and f64.
+pub trait GpuFloat:
+    crate::Float + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits
+{
+    /// The PTX precision of kernels for this type.
+    const PRECISION: Precision;
+    /// Bytes per element.
+    const SIZE: usize;
+}
+
+impl GpuFloat for f32 {
+    const PRECISION: Precision = Precision::F32;
+    const SIZE: usize = 4;
+}
+
+impl GpuFloat for f64 {
+    const PRECISION: Precision = Precision::F64;
+    const SIZE: usize = 8;
+}
+
 /// A CUDA device and its stream.
 pub struct Device {
     ctx: Arc<CudaContext>,
@@ -73,12 +93,12 @@ impl Device {
     }
 
     /// Copies host values to a new device buffer.
-    pub fn upload(&self, values: &[f32]) -> Result<CudaSlice<f32>, Error> {
+    pub fn upload<F: GpuFloat>(&self, values: &[F]) -> Result<CudaSlice<F>, Error> {
         self.stream.clone_htod(values).map_err(device_error)
     }
 
     /// Copies a device buffer back to the host.
-    pub fn download(&self, values: &CudaSlice<f32>) -> Result<Vec<f32>, Error> {
+    pub fn download<F: GpuFloat>(&self, values: &CudaSlice<F>) -> Result<Vec<F>, Error> {
         self.stream.clone_dtoh(values).map_err(device_error)
     }
 }
@@ -92,17 +112,17 @@ struct Loaded {
     passes: Vec<CudaFunction>,
 }
 
-/// An optimizer's state over f32 tensors on a GPU (one parameter group).
-pub struct GpuStepper {
+/// An optimizer's state over tensors of `F` on a GPU (one parameter group).
+pub struct GpuStepper<F: GpuFloat> {
     device: Arc<Device>,
     rule: Arc<Rule>,
     hypers: Vec<HyperValue>,
     lens: Vec<usize>,
     /// Element states per tensor (`None` for scalar states).
-    states: Vec<Vec<Option<CudaSlice<f32>>>>,
+    states: Vec<Vec<Option<CudaSlice<F>>>>,
     scalar_states: Vec<Vec<f64>>,
     table: CudaSlice<u64>,
-    slots: CudaSlice<f32>,
+    slots: CudaSlice<F>,
     partials: CudaSlice<f64>,
     slot_capacity: usize,
     blocks: u32,
@@ -110,12 +130,12 @@ pub struct GpuStepper {
     t: u64,
 }
 
-impl GpuStepper {
+impl<F: GpuFloat> GpuStepper<F> {
     /// State for `params` (device buffers) under `optimizer`'s rule and hyperparameters.
     pub fn new(
         device: Arc<Device>,
         optimizer: &impl Optimizer,
-        params: &[&CudaSlice<f32>],
+        params: &[&CudaSlice<F>],
     ) -> Result<Self, Error> {
         let rule = optimizer.rule();
         let hypers = optimizer.hypers();
@@ -124,7 +144,7 @@ impl GpuStepper {
         let mut scalar_states = Vec::new();
         for p in params {
             let host = device.download(p)?;
-            let init = interp::init_state::<f32>(&rule, &hypers, &host);
+            let init = interp::init_state::<F>(&rule, &hypers, &host);
             let mut row = Vec::new();
             let mut scalars = Vec::new();
             for buf in init {
@@ -150,7 +170,7 @@ impl GpuStepper {
             .alloc_zeros::<u64>(n * descriptor_words(&rule))
             .map_err(device_error)?;
         let slots = stream
-            .alloc_zeros::<f32>(n * slot_capacity)
+            .alloc_zeros::<F>(n * slot_capacity)
             .map_err(device_error)?;
         let partials = stream
             .alloc_zeros::<f64>(n * blocks as usize * 32)
@@ -184,7 +204,7 @@ impl GpuStepper {
         }
         // One schedule for the kernels and for the host's scalars and slots.
         let schedule = jit::schedule(&self.rule, &key);
-        let module = lensopt_codegen::ptx::emit(&schedule, Precision::F32, &self.device.target)
+        let module = lensopt_codegen::ptx::emit(&schedule, F::PRECISION, &self.device.target)
             .map_err(|e| Error::Compile(e.to_string()))?;
         if schedule.slots.len() > self.slot_capacity {
             return Err(Error::Compile(format!(
@@ -218,8 +238,8 @@ impl GpuStepper {
     /// One step: `params` are updated in place on the device from `grads`.
     pub fn step(
         &mut self,
-        params: &mut [&mut CudaSlice<f32>],
-        grads: &[&CudaSlice<f32>],
+        params: &mut [&mut CudaSlice<F>],
+        grads: &[&CudaSlice<F>],
     ) -> Result<(), Error> {
         let absent = vec![None; self.rule.inputs.len()];
         self.step_with(params, grads, &absent)
@@ -229,9 +249,9 @@ impl GpuStepper {
     /// per parameter, or `None` where an optional input is absent.
     pub fn step_with(
         &mut self,
-        params: &mut [&mut CudaSlice<f32>],
-        grads: &[&CudaSlice<f32>],
-        inputs: &[Option<Vec<&CudaSlice<f32>>>],
+        params: &mut [&mut CudaSlice<F>],
+        grads: &[&CudaSlice<F>],
+        inputs: &[Option<Vec<&CudaSlice<F>>>],
     ) -> Result<(), Error> {
         if params.len() != self.lens.len() || grads.len() != self.lens.len() {
             return Err(Error::Mismatch(format!(
@@ -307,7 +327,7 @@ impl GpuStepper {
             for k in 0..tensors {
                 let row = &mut table[k * words..(k + 1) * words];
                 row[0] = self.lens[k] as u64;
-                row[1] = slots_base + (k * self.slot_capacity * 4) as u64;
+                row[1] = slots_base + (k * self.slot_capacity * F::SIZE) as u64;
                 row[2] = params[k].device_ptr(&stream).0;
                 row[3] = grads[k].device_ptr(&stream).0;
                 for (i, given) in inputs.iter().enumerate() {
@@ -332,11 +352,11 @@ impl GpuStepper {
             block_dim: (BLOCK as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let upload_slots = |values: &[Vec<f64>], slots: &mut CudaSlice<f32>| -> Result<(), Error> {
-            let mut host = vec![0f32; tensors * self.slot_capacity];
+        let upload_slots = |values: &[Vec<f64>], slots: &mut CudaSlice<F>| -> Result<(), Error> {
+            let mut host = vec![F::default(); tensors * self.slot_capacity];
             for (k, v) in values.iter().enumerate() {
                 for (j, id) in loaded.schedule.slots.iter().enumerate() {
-                    host[k * self.slot_capacity + j] = v[id.index()] as f32;
+                    host[k * self.slot_capacity + j] = F::from_f64(v[id.index()]);
                 }
             }
             stream.memcpy_htod(&host, slots).map_err(device_error)
