@@ -16,11 +16,16 @@
 //!   combines the partials in order, so results are reproducible for a
 //!   fixed launch shape.
 //!
+//! - circuit kernels (`emit_circuit`): one thread per 64-bit word of examples.
+//!
 //! Arithmetic uses the IEEE-rounded forms (`add.rn`, `mul.rn`, `div.rn`,
 //! `sqrt.rn`, `fma.rn`, so nothing is contracted behind the IR's back) and
-//! NaN-propagating `min`/`max` (`.NaN` in f32, a NaN test in f64), as the IR. `exp`, `ln`,
-//! `pow` and `sigmoid` use the hardware's `ex2`/`lg2` approximations and are
-//! available for f32 only. PTX ISA 7.8, `.target sm_80` or later.
+//! NaN-propagating `min`/`max` (`.NaN` in f32, a NaN test in f64), as the IR.
+//! In f32, `exp`, `ln`, `pow` and `sigmoid` use the hardware's `ex2`/`lg2`
+//! approximations; in f64 they are range reduction and `fma` series
+//! ([`exp_f64_model`], [`ln_f64_model`] are the same steps on the CPU,
+//! checked against libm), `pow` as `e^(y ln x)` for non-negative bases.
+//! PTX ISA 7.8, `.target sm_80` or later.
 
 use lensopt_ir::schedule::{buffer_of, output_buffer, Schedule};
 use lensopt_ir::{BinOp, Op, Rate, ReduceOp, Rule, Ty, UnOp, ValueId};
