@@ -4,6 +4,7 @@
 //! - `lensopt check`: parse and check a rule file, print its IR or its errors;
 //! - `lensopt list`: the catalog;
 //! - `lensopt bench`: optimizer steps in GB/s against ceilings measured in the same run;
+//! - `lensopt jit`: a rule through every stage of the compiler, with timings;
 //! - `lensopt ptx`: the PTX generated for a rule;
 //! - `lensopt demo`: minimise the Rosenbrock function with catalog optimizers
 //!   and a rule written as text, and print a table.
@@ -15,6 +16,7 @@ mod apply;
 mod bench;
 mod check;
 mod demo;
+mod jit;
 mod ptx;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +47,8 @@ enum Command {
     Bench(bench::Args),
     /// Print the PTX generated for a rule (assemble it with ptxas; no GPU needed).
     Ptx(ptx::Args),
+    /// Show what the compiler makes of a rule file (ir, optimized, clif, ptx) and how long each stage took.
+    Jit(jit::Args),
 }
 
 /// A failure to report: message and exit status.
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Ptx(args) => ptx::run(&args),
+        Command::Jit(args) => jit::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -249,3 +249,30 @@ fn misuse_of_the_command_line_exits_2() {
     let out = lensopt(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn jit_shows_every_stage() {
+    let rule = scratch("jit_rule.lo");
+    std::fs::write(
+        &rule,
+        "Sgd { hyper lr = 0.1, wd = 0; update { p = p - lr * (g + wd * p); } }",
+    )
+    .unwrap();
+    for (emit, expect) in [
+        ("ir", "hyper wd"),
+        ("optimized", "out p"),
+        ("clif", "function"),
+        ("ptx", ".target sm_80"),
+    ] {
+        let out = lensopt(&["jit", rule.to_str().unwrap(), "--emit", emit]);
+        assert!(out.status.success(), "{emit}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(expect), "{emit}: {text}");
+        assert!(stderr(&out).contains("cranelift"), "timings on stderr");
+    }
+    // wd = 0 is compiled out of the optimized IR.
+    let out = lensopt(&["jit", rule.to_str().unwrap(), "--emit", "optimized"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("= hyper wd"));
+    let out = lensopt(&["jit", rule.to_str().unwrap(), "--emit", "asm"]);
+    assert_eq!(out.status.code(), Some(2));
+}

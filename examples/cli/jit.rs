@@ -1,0 +1,85 @@
+//! `lensopt jit`: what the compiler makes of a rule, stage by stage, with timings.
+
+use crate::Failure;
+use lensopt::{DynOptimizer, Optimizer};
+use lensopt_codegen::ptx::Precision;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What to print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emit {
+    /// The checked IR.
+    Ir,
+    /// The IR after the e-graph (default hyperparameters, fast mode).
+    Optimized,
+    /// The cranelift IR of every kernel (f32).
+    Clif,
+    /// The PTX (f32, sm_80).
+    Ptx,
+}
+
+/// Flags of `lensopt jit`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The rule file.
+    rule: PathBuf,
+    /// Which stage's output to print.
+    #[arg(long, value_enum, default_value = "optimized")]
+    emit: Emit,
+}
+
+/// Runs `lensopt jit`: prints the chosen stage, then each stage's time on stderr.
+pub fn run(args: &Args) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(&args.rule)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.rule.display())))?;
+    let started = Instant::now();
+    let opt = match DynOptimizer::parse(&text) {
+        Ok(opt) => opt,
+        Err(lensopt::Error::Rule(diags)) => {
+            let file = args.rule.display().to_string();
+            for d in &diags.items {
+                eprintln!("{}", d.render(&text, &file));
+            }
+            return Err(Failure {
+                message: format!("{file}: {} error(s)", diags.items.len()),
+                status: 1,
+            });
+        }
+        Err(e) => return Err(Failure::usage(e.to_string())),
+    };
+    let parse_us = started.elapsed().as_secs_f64() * 1e6;
+    let rule = opt.rule();
+    let key = lensopt::jit::Key::for_step(
+        &[opt.hypers()],
+        &vec![true; rule.inputs.len()],
+        lensopt::Mode::Fast,
+    );
+    let started = Instant::now();
+    let schedule = lensopt::jit::schedule(&rule, &key);
+    let optimize_us = started.elapsed().as_secs_f64() * 1e6;
+    let started = Instant::now();
+    let program = lensopt::Program::<f32>::compile(schedule.clone())
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let codegen_us = started.elapsed().as_secs_f64() * 1e6;
+    let started = Instant::now();
+    let ptx = lensopt_codegen::ptx::emit(&schedule, Precision::F32, "sm_80")
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let ptx_us = started.elapsed().as_secs_f64() * 1e6;
+    match args.emit {
+        Emit::Ir => print!("{rule}"),
+        Emit::Optimized => print!("{}", schedule.rule),
+        Emit::Clif => {
+            for (name, clif) in program.clif() {
+                println!("; {name}\n{clif}");
+            }
+        }
+        Emit::Ptx => print!("{}", ptx.text),
+    }
+    eprintln!(
+        "parse+check {parse_us:.0} us, e-graph+schedule {optimize_us:.0} us ({} reduction passes, {} slots), cranelift {codegen_us:.0} us, ptx {ptx_us:.0} us",
+        schedule.passes.len(),
+        schedule.slots.len()
+    );
+    Ok(())
+}
