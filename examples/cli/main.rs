@@ -3,6 +3,7 @@
 //! - `lensopt apply`: replay a conformance case (JSON) through an optimizer;
 //! - `lensopt check`: parse and check a rule file, print its IR or its errors;
 //! - `lensopt list`: the catalog;
+//! - `lensopt compare`: optimizers on a problem over seeds, with a table and loss curves;
 //! - `lensopt bench`: optimizer steps in GB/s against ceilings measured in the same run;
 //! - `lensopt jit`: a rule through every stage of the compiler, with timings;
 //! - `lensopt ptx`: the PTX generated for a rule;
@@ -15,6 +16,7 @@
 mod apply;
 mod bench;
 mod check;
+mod compare;
 mod demo;
 mod jit;
 mod ptx;
@@ -41,6 +43,8 @@ enum Command {
     Check(check::Args),
     /// List the catalog's optimizers with their hyperparameters.
     List,
+    /// Compare optimizers (catalog names or rule files) on a problem over several seeds: table and loss curves.
+    Compare(compare::Args),
     /// Minimise the Rosenbrock function with several optimizers and print a table.
     Demo(demo::Args),
     /// Measure optimizer steps against the memory bus (GB/s vs ceilings measured in the same run).
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Demo(args) => demo::run(&args),
+        Command::Compare(args) => compare::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Ptx(args) => ptx::run(&args),
         Command::Jit(args) => jit::run(&args),

@@ -276,3 +276,45 @@ fn jit_shows_every_stage() {
     let out = lensopt(&["jit", rule.to_str().unwrap(), "--emit", "asm"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn compare_prints_a_table_and_writes_curves() {
+    let rule = scratch("cmp_rule.lo");
+    std::fs::write(
+        &rule,
+        "Plain { hyper lr = 0.001; update { p = p - lr * g; } }",
+    )
+    .unwrap();
+    let out_dir = scratch("compare_out");
+    let out = lensopt(&[
+        "compare",
+        "adam",
+        rule.to_str().unwrap(),
+        "--problem",
+        "quadratic",
+        "--steps",
+        "50",
+        "--seeds",
+        "2",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["optimizer"], "Plain");
+    assert!(
+        rows[0]["final_loss"].as_f64().unwrap() < rows[0]["best_loss"].as_f64().unwrap() * 10.0
+    );
+    let svg = std::fs::read_to_string(out_dir.join("curves.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 2);
+    assert!(out_dir.join("results.json").exists());
+    let out = lensopt(&["compare", "adam", "--problem", "mnist"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = lensopt(&["compare", "no_such_optimizer", "--problem", "iris"]);
+    assert_eq!(out.status.code(), Some(2));
+}
