@@ -2,7 +2,7 @@
 
 use crate::Failure;
 use lensopt::case::{self, Case};
-use lensopt::{DynOptimizer, HyperValue, Optimizer};
+use lensopt::{DynOptimizer, Optimizer};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 
@@ -41,15 +41,8 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         }
     }
     for item in &args.set {
-        let (name, value) = item
-            .split_once('=')
-            .ok_or_else(|| Failure::usage(format!("--set takes name=value, got `{item}`")))?;
-        let value = HyperValue::parse(value).ok_or_else(|| {
-            Failure::usage(format!(
-                "--set {name}: `{value}` is not a number, `true` or `false`"
-            ))
-        })?;
-        case::set_hyper(&mut opt, name.trim(), value).map_err(|e| Failure::usage(e.to_string()))?;
+        let (name, value) = crate::parse_set(item)?;
+        case::set_hyper(&mut opt, name, value).map_err(|e| Failure::usage(e.to_string()))?;
     }
     let replay = case::run(&case, &opt).map_err(|e| Failure::usage(e.to_string()))?;
     let mut state = Map::new();

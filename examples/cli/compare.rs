@@ -65,14 +65,7 @@ fn optimizer(spec: &str, set: &[String]) -> Result<(String, DynOptimizer), Failu
         }
     };
     for item in set {
-        let (name, value) = item
-            .split_once('=')
-            .ok_or_else(|| Failure::usage(format!("--set takes name=value, got `{item}`")))?;
-        let value = lensopt::HyperValue::parse(value).ok_or_else(|| {
-            Failure::usage(format!(
-                "--set {name}: `{value}` is not a number, true or false"
-            ))
-        })?;
+        let (name, value) = crate::parse_set(item)?;
         // A hyperparameter an optimizer does not have is skipped for that optimizer.
         if opt.rule().hyper_index(name).is_some() {
             opt.set(name, value)

@@ -73,6 +73,19 @@ impl Failure {
     }
 }
 
+/// Parses one `--set name=value` (booleans as true/false).
+pub fn parse_set(item: &str) -> Result<(&str, lensopt::HyperValue), Failure> {
+    let (name, value) = item
+        .split_once('=')
+        .ok_or_else(|| Failure::usage(format!("--set takes name=value, got `{item}`")))?;
+    let parsed = lensopt::HyperValue::parse(value).ok_or_else(|| {
+        Failure::usage(format!(
+            "--set {name}: `{value}` is not a number, `true` or `false`"
+        ))
+    })?;
+    Ok((name.trim(), parsed))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

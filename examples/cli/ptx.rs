@@ -2,7 +2,7 @@
 //! assembling with `ptxas` (no GPU needed).
 
 use crate::Failure;
-use lensopt::{DynOptimizer, HyperValue, Optimizer};
+use lensopt::{DynOptimizer, Optimizer};
 use lensopt_codegen::ptx::Precision;
 use std::path::PathBuf;
 
@@ -40,11 +40,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         (None, None) => return Err(Failure::usage("pass --optimizer NAME or --rule FILE")),
     };
     for item in &args.set {
-        let (name, value) = item
-            .split_once('=')
-            .ok_or_else(|| Failure::usage(format!("--set takes name=value, got `{item}`")))?;
-        let value = HyperValue::parse(value)
-            .ok_or_else(|| Failure::usage(format!("--set {name}: bad value")))?;
+        let (name, value) = crate::parse_set(item)?;
         opt.set(name, value)
             .map_err(|e| Failure::usage(e.to_string()))?;
     }

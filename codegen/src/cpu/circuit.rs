@@ -13,9 +13,8 @@
 use super::program::CompileError;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, UserFuncName, Value};
-use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_jit::JITModule;
 use cranelift_module::{Linkage, Module};
 use lensopt_ir::circuit::{Circuit, Gate};
 
@@ -139,19 +138,7 @@ impl CircuitCode {
     /// Compiles both passes of `circuit`.
     pub fn compile(circuit: &Circuit) -> Result<Self, CompileError> {
         let err = |e: &dyn std::fmt::Display| CompileError(e.to_string());
-        let mut flag_builder = settings::builder();
-        flag_builder
-            .set("opt_level", "speed")
-            .map_err(|e| err(&e))?;
-        flag_builder.set("is_pic", "false").map_err(|e| err(&e))?;
-        let isa = cranelift_native::builder()
-            .map_err(|e| err(&e))?
-            .finish(settings::Flags::new(flag_builder))
-            .map_err(|e| err(&e))?;
-        let mut module = JITModule::new(JITBuilder::with_isa(
-            isa,
-            cranelift_module::default_libcall_names(),
-        ));
+        let mut module = super::program::module()?;
         let mut ctx = module.make_context();
         let mut fctx = FunctionBuilderContext::new();
         let mut clif = Vec::new();

@@ -93,7 +93,8 @@ fn host_isa() -> Result<OwnedTargetIsa, CompileError> {
     isa.clone().map_err(CompileError)
 }
 
-fn module() -> Result<JITModule, CompileError> {
+/// A JIT module for the host, with every math import registered.
+pub(crate) fn module() -> Result<JITModule, CompileError> {
     let isa = host_isa()?;
     let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     for (name, ptr) in math::symbols() {
