@@ -92,7 +92,7 @@ def main():
                          "torch": torch.__version__})
             del opt, p
     out = subprocess.run(
-        [args.lensopt, "bench", "--json", "--threads", str(args.threads), "--sizes", args.sizes,
+        [args.lensopt, "bench", "--json", "--non-finite", "unchecked", "--threads", str(args.threads), "--sizes", args.sizes,
          "--rules", "adam,adamw,lion,adan", "--seconds", str(args.seconds)],
         check=True, capture_output=True, text=True).stdout
     ours = [json.loads(line) for line in out.splitlines() if line.strip()]

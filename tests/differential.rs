@@ -184,6 +184,9 @@ fn run<F: Float>(
     let refs: Vec<&dyn TensorRef<F>> = params.iter().map(|p| p as &dyn TensorRef<F>).collect();
     let mut st: Stepper<F> = opt.init(&refs).expect("init");
     st.set_backend(backend);
+    // The cases feed NaN and infinity on purpose, to compare how the
+    // backends propagate them: no policy may stand in between.
+    st.set_non_finite(lensopt::NonFinite::Unchecked);
     let mut out = Vec::new();
     for g in &grads {
         let mut ps: Vec<&mut dyn TensorMut<F>> = params

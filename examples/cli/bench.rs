@@ -47,6 +47,10 @@ pub struct Args {
     /// `cpu` (default) or `cuda`: Adam on the GPU against a device copy kernel.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The steps' policy for non-finite gradients: `refuse` (the library's
+    /// default: one extra read of the gradient), `skip` or `unchecked`.
+    #[arg(long, default_value = "refuse")]
+    non_finite: String,
 }
 
 /// `lensopt bench --device cuda`: Adam's step on the GPU in GB/s against a
@@ -293,6 +297,7 @@ struct Bench {
     /// would compete for the cores while one of them spins down.
     pool: std::sync::Arc<rayon::ThreadPool>,
     seconds: f64,
+    non_finite: lensopt::NonFinite,
     rows: Vec<Value>,
 }
 
@@ -316,6 +321,7 @@ impl Bench {
         let h = filled(n, 5).mapv(f32::abs);
         let mut st = opt.init::<f32>(&[&p]).map_err(fail)?;
         st.set_pool(self.pool.clone());
+        st.set_non_finite(self.non_finite);
         let mut inputs = Inputs::new();
         for input in &rule.inputs {
             inputs = inputs.with(&input.name, vec![&h as &dyn TensorRef<f32>]);
@@ -349,7 +355,7 @@ impl Bench {
             "bytes_per_element": traffic.bytes_per_element(),
             "step_ms": s * 1e3,
             "gbps": gbps, "ceiling_gbps": ceiling_gbps, "ratio_to_ceiling": ratio,
-            "triad_gbps": triad_gbps,
+            "triad_gbps": triad_gbps, "non_finite": format!("{:?}", self.non_finite).to_lowercase(),
         }));
         Ok(())
     }
@@ -630,6 +636,12 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         threads,
         pool,
         seconds: args.seconds,
+        non_finite: lensopt::NonFinite::parse(&args.non_finite).ok_or_else(|| {
+            Failure::usage(format!(
+                "--non-finite: `{}` is not refuse, skip or unchecked",
+                args.non_finite
+            ))
+        })?,
         rows: Vec::new(),
     };
     for &n in &sizes {

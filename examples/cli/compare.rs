@@ -1,20 +1,30 @@
 //! `lensopt compare`: several optimizers on one problem, over several seeds,
-//! with progress bars, a table and the loss curves as SVG.
+//! with progress bars, a table, loss curves (PNG and SVG) and checkpoints.
 //!
 //! Problems: `rosenbrock` (2-D, start perturbed per seed), `quadratic` (50-D,
 //! curvatures log-spaced from 1 to 1,000), `iris` (logistic regression, test
 //! accuracy on a seeded 80/20 split) and `digits` (the 64-128-64-10 MLP).
 //! An optimizer is a catalog name or a rule file.
+//!
+//! With `--out DIR`, every run (optimizer and seed) is checkpointed to
+//! `DIR/checkpoints/` every `--checkpoint-every` steps and at its end;
+//! `--resume` continues each run from its checkpoint, bit for bit as if it
+//! had never stopped (mini-batches are a function of the seed and the step),
+//! and can extend finished runs to a larger `--steps`. Non-finite gradients
+//! follow `--non-finite`: `stop` ends the run there and reports it, `skip`
+//! skips the step and counts it.
 
+use crate::plot;
 use crate::Failure;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use lensopt::diagram::plan::{Model, SplitMix};
 use lensopt::loss::{accuracy, one_hot, SoftmaxCrossEntropy};
 use lensopt::train::Trainer;
-use lensopt::{DynOptimizer, Optimizer};
+use lensopt::{checkpoint, DynOptimizer, NonFinite, Optimizer, Stepper};
 use ndarray::{Array1, Array2};
 use serde_json::json;
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Flags of `lensopt compare`.
@@ -32,7 +42,7 @@ pub struct Args {
     /// Seeds per optimizer.
     #[arg(long, default_value_t = 3)]
     seeds: u64,
-    /// Folder for `curves.svg` and `results.json`.
+    /// Folder for `curves.png`, `curves.svg`, `results.json` and `checkpoints/`.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Override a hyperparameter of every optimizer, `name=value` (repeatable).
@@ -41,14 +51,102 @@ pub struct Args {
     /// Print the results as JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+    /// With --out: checkpoint each run every N steps (0: only at its end).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    checkpoint_every: usize,
+    /// With --out: continue each run from its checkpoint in DIR/checkpoints.
+    #[arg(long)]
+    resume: bool,
+    /// Non-finite gradients: `stop` the run there, or `skip` the step; both are reported.
+    #[arg(long, default_value = "stop", value_name = "stop|skip")]
+    non_finite: String,
 }
 
 /// One run: the loss after every step, the final test accuracy (if any), timings.
+#[derive(Default)]
 struct Run {
     losses: Vec<f64>,
     accuracy: Option<f64>,
-    micros_per_step: f64,
+    seconds: f64,
     jit_ms: f64,
+    /// Steps whose gradients were not finite and were skipped.
+    skipped: u64,
+    /// The step at which a non-finite gradient stopped the run.
+    stopped_at: Option<usize>,
+    /// Whether the run continued from a checkpoint.
+    resumed: bool,
+}
+
+/// Where and how often one run is checkpointed, and what it must match.
+struct Saving {
+    path: Option<PathBuf>,
+    every: usize,
+    resume: bool,
+    /// The run's configuration; a checkpoint made with another is refused.
+    config: String,
+}
+
+impl Saving {
+    fn due(&self, step: usize) -> bool {
+        self.path.is_some() && self.every > 0 && step.is_multiple_of(self.every)
+    }
+
+    /// The caller's entries of a checkpoint: the run so far.
+    fn entries(&self, run: &Run, step: usize) -> BTreeMap<String, String> {
+        let losses: Vec<String> = run.losses.iter().map(f64::to_string).collect();
+        let mut user = BTreeMap::from([
+            ("config".to_string(), self.config.clone()),
+            ("step".to_string(), step.to_string()),
+            ("losses".to_string(), losses.join(",")),
+            ("seconds".to_string(), run.seconds.to_string()),
+            ("skipped".to_string(), run.skipped.to_string()),
+        ]);
+        if let Some(s) = run.stopped_at {
+            user.insert("stopped_at".to_string(), s.to_string());
+        }
+        user
+    }
+
+    /// Restores the run from a checkpoint's entries; returns the step reached.
+    fn restore(
+        &self,
+        path: &Path,
+        user: &BTreeMap<String, String>,
+        run: &mut Run,
+    ) -> Result<usize, Failure> {
+        let bad =
+            |what: &str| Failure::usage(format!("{}: malformed `{what}` entry", path.display()));
+        let config = user.get("config").ok_or_else(|| bad("config"))?;
+        if *config != self.config {
+            return Err(Failure::usage(format!(
+                "{}: the checkpoint was made by another run ({config}); this run is {}",
+                path.display(),
+                self.config
+            )));
+        }
+        let number = |key: &str| -> Result<f64, Failure> {
+            user.get(key)
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| bad(key))
+        };
+        run.losses = match user.get("losses").map(String::as_str) {
+            Some("") => Vec::new(),
+            Some(text) => text
+                .split(',')
+                .map(|v| v.parse::<f64>().map_err(|_| bad("losses")))
+                .collect::<Result<_, _>>()?,
+            None => return Err(bad("losses")),
+        };
+        run.seconds = number("seconds")?;
+        run.skipped = number("skipped")? as u64;
+        run.stopped_at = user.get("stopped_at").and_then(|v| v.parse().ok());
+        run.resumed = true;
+        let step = number("step")? as usize;
+        if run.losses.len() != step {
+            return Err(bad("losses"));
+        }
+        Ok(step)
+    }
 }
 
 fn optimizer(spec: &str, set: &[String]) -> Result<(String, DynOptimizer), Failure> {
@@ -88,13 +186,58 @@ fn jit_ms(opt: &DynOptimizer) -> f64 {
     started.elapsed().as_secs_f64() * 1e3
 }
 
-fn closed_form(
-    opt: &DynOptimizer,
-    problem: &str,
+/// What one optimizer step did.
+enum Stepped {
+    Applied,
+    Skipped,
+    Stopped,
+}
+
+fn outcome<F: lensopt::Float>(
+    result: Result<(), lensopt::Error>,
+    st: &Stepper<F>,
+) -> Result<Stepped, Failure> {
+    match result {
+        Ok(()) if st.last_skipped() => Ok(Stepped::Skipped),
+        Ok(()) => Ok(Stepped::Applied),
+        Err(lensopt::Error::NonFinite { .. }) => Ok(Stepped::Stopped),
+        Err(e) => Err(Failure::usage(e.to_string())),
+    }
+}
+
+/// Records a step's outcome; true when the run must end.
+fn record(run: &mut Run, stepped: Stepped, step: usize) -> bool {
+    match stepped {
+        Stepped::Applied => false,
+        Stepped::Skipped => {
+            run.skipped += 1;
+            false
+        }
+        Stepped::Stopped => {
+            run.stopped_at = Some(step);
+            true
+        }
+    }
+}
+
+/// One run to make: an optimizer's seed, with its steps, policy,
+/// checkpoint and progress bar.
+struct Job<'a> {
     steps: usize,
     seed: u64,
-    bar: &ProgressBar,
-) -> Result<Run, Failure> {
+    policy: NonFinite,
+    saving: Saving,
+    bar: &'a ProgressBar,
+}
+
+fn closed_form(opt: &DynOptimizer, problem: &str, job: &Job) -> Result<Run, Failure> {
+    let Job {
+        steps,
+        seed,
+        policy,
+        ref saving,
+        bar,
+    } = *job;
     let fail = |e: lensopt::Error| Failure::usage(e.to_string());
     let mut rng = SplitMix(seed);
     let (mut x, curv): (Array1<f64>, Vec<f64>) = if problem == "rosenbrock" {
@@ -131,40 +274,58 @@ fn closed_form(
         }
     };
     let mut st = opt.init::<f64>(&[&x]).map_err(fail)?;
-    let mut losses = Vec::with_capacity(steps + 1);
-    let started = Instant::now();
-    for _ in 0..steps {
+    st.set_non_finite(policy);
+    let mut run = Run::default();
+    let mut step = 0;
+    if let Some(path) = saving.path.as_ref().filter(|p| saving.resume && p.exists()) {
+        let user = checkpoint::load(path, &mut [("x", &mut x)], &mut st).map_err(fail)?;
+        step = saving.restore(path, &user, &mut run)?;
+        bar.inc(step.min(steps) as u64);
+    }
+    let save = |x: &Array1<f64>, st: &Stepper<f64>, run: &Run, step: usize| match &saving.path {
+        Some(path) => {
+            checkpoint::save(path, &[("x", x)], st, &saving.entries(run, step)).map_err(fail)
+        }
+        None => Ok(()),
+    };
+    while step < steps && run.stopped_at.is_none() {
+        let started = Instant::now();
         let (v, g) = value_grad(&x);
-        losses.push(v);
-        st.step(&mut [&mut x], &[&g]).map_err(fail)?;
+        let stepped = outcome(st.step(&mut [&mut x], &[&g]), &st)?;
+        run.seconds += started.elapsed().as_secs_f64();
+        run.losses.push(v);
+        step += 1;
+        let stop = record(&mut run, stepped, step);
+        if stop || saving.due(step) {
+            save(&x, &st, &run, step)?;
+        }
         bar.inc(1);
     }
-    losses.push(value_grad(&x).0);
-    Ok(Run {
-        losses,
-        accuracy: None,
-        micros_per_step: started.elapsed().as_secs_f64() * 1e6 / steps.max(1) as f64,
-        jit_ms: 0.0,
-    })
+    save(&x, &st, &run, step)?;
+    run.losses.push(value_grad(&x).0);
+    Ok(run)
 }
 
-fn supervised(
-    opt: &DynOptimizer,
-    problem: &str,
-    steps: usize,
-    seed: u64,
-    bar: &ProgressBar,
-) -> Result<Run, Failure> {
-    let fail = |e: Box<dyn std::error::Error>| Failure::usage(e.to_string());
+/// Train and test sets of a supervised problem, with its diagram.
+struct Supervised {
+    x_train: Array2<f32>,
+    y_train: Array2<f32>,
+    x_test: Array2<f32>,
+    test_labels: Vec<usize>,
+    diagram: lensopt::diagram::Diagram,
+}
+
+fn supervised_data(problem: &str) -> Result<Supervised, Failure> {
+    let fail = |e: String| Failure::usage(e);
     let (data, diagram, scale) = if problem == "iris" {
         (
-            lensopt::data::iris().map_err(|e| fail(e.into()))?,
+            lensopt::data::iris().map_err(fail)?,
             lensopt::diagram!(dense(logits, 4, 3)),
             None,
         )
     } else {
         (
-            lensopt::data::digits().map_err(|e| fail(e.into()))?,
+            lensopt::data::digits().map_err(fail)?,
             lensopt::diagram!(
                 dense(hidden1, 64, 128)
                     >> relu(128)
@@ -188,42 +349,82 @@ fn supervised(
             (train.scaled(&min, &max), test.scaled(&min, &max))
         }
     };
-    let x_train = train.features.mapv(|v| v as f32);
-    let x_test = test.features.mapv(|v| v as f32);
-    let classes = data.classes;
-    let y_train: Array2<f32> = one_hot(&train.labels, classes);
-    let model = Model::<f32>::new(&diagram, seed).map_err(|e| fail(e.into()))?;
-    let mut trainer = Trainer::new(model, SoftmaxCrossEntropy, opt).map_err(|e| fail(e.into()))?;
-    let batch = 128.min(x_train.nrows());
-    let mut rng = SplitMix(seed ^ 0x5EED);
-    let mut order = rng.permutation(x_train.nrows());
-    let mut at = 0;
-    let mut losses = Vec::with_capacity(steps);
-    let started = Instant::now();
-    for _ in 0..steps {
-        if at + batch > order.len() {
-            order = rng.permutation(x_train.nrows());
-            at = 0;
+    Ok(Supervised {
+        x_train: train.features.mapv(|v| v as f32),
+        y_train: one_hot(&train.labels, data.classes),
+        x_test: test.features.mapv(|v| v as f32),
+        test_labels: test.labels,
+        diagram,
+    })
+}
+
+/// The rows of mini-batch `step`: epoch `e` is a permutation seeded by the
+/// run's seed and `e`, so any step's batch is known without replaying the run.
+fn batch_rows(seed: u64, rows: usize, batch: usize, step: usize) -> Vec<usize> {
+    let per_epoch = (rows / batch).max(1);
+    let epoch = (step / per_epoch) as u64;
+    let at = (step % per_epoch) * batch;
+    let order =
+        SplitMix(seed ^ 0x5EED ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)).permutation(rows);
+    order[at..at + batch].to_vec()
+}
+
+fn supervised(opt: &DynOptimizer, data: &Supervised, job: &Job) -> Result<Run, Failure> {
+    let Job {
+        steps,
+        seed,
+        policy,
+        ref saving,
+        bar,
+    } = *job;
+    let fail = |e: lensopt::Error| Failure::usage(e.to_string());
+    let model =
+        Model::<f32>::new(&data.diagram, seed).map_err(|e| Failure::usage(e.to_string()))?;
+    let mut trainer = Trainer::new(model, SoftmaxCrossEntropy, opt).map_err(fail)?;
+    trainer.optimizer.set_non_finite(policy);
+    let mut run = Run::default();
+    let mut step = 0;
+    if let Some(path) = saving.path.as_ref().filter(|p| saving.resume && p.exists()) {
+        let user = trainer.load(path).map_err(fail)?;
+        step = saving.restore(path, &user, &mut run)?;
+        bar.inc(step.min(steps) as u64);
+    }
+    let (x, y) = (&data.x_train, &data.y_train);
+    let batch = 128.min(x.nrows());
+    let save =
+        |trainer: &Trainer<f32, SoftmaxCrossEntropy>, run: &Run, step: usize| match &saving.path {
+            Some(path) => trainer.save(path, &saving.entries(run, step)).map_err(fail),
+            None => Ok(()),
+        };
+    while step < steps && run.stopped_at.is_none() {
+        let started = Instant::now();
+        let idx = batch_rows(seed, x.nrows(), batch, step);
+        let xb = Array2::from_shape_fn((batch, x.ncols()), |(i, j)| x[(idx[i], j)]);
+        let yb = Array2::from_shape_fn((batch, y.ncols()), |(i, j)| y[(idx[i], j)]);
+        let result = trainer.step(&xb, &yb);
+        let loss = match &result {
+            Ok(loss) => f64::from(*loss),
+            Err(_) => f64::NAN,
+        };
+        let stepped = outcome(result.map(|_| ()), &trainer.optimizer)?;
+        run.seconds += started.elapsed().as_secs_f64();
+        run.losses.push(loss);
+        step += 1;
+        let stop = record(&mut run, stepped, step);
+        if stop || saving.due(step) {
+            save(&trainer, &run, step)?;
         }
-        let idx = &order[at..at + batch];
-        at += batch;
-        let xb = Array2::from_shape_fn((batch, x_train.ncols()), |(i, j)| x_train[(idx[i], j)]);
-        let yb = Array2::from_shape_fn((batch, classes), |(i, j)| y_train[(idx[i], j)]);
-        let loss = trainer.step(&xb, &yb).map_err(|e| fail(e.into()))?;
-        losses.push(f64::from(loss));
         bar.inc(1);
     }
-    let micros = started.elapsed().as_secs_f64() * 1e6 / steps.max(1) as f64;
-    let acc = accuracy(
-        &trainer.model.predict(&x_test).map_err(|e| fail(e.into()))?,
-        &test.labels,
-    );
-    Ok(Run {
-        losses,
-        accuracy: Some(acc),
-        micros_per_step: micros,
-        jit_ms: 0.0,
-    })
+    save(&trainer, &run, step)?;
+    run.accuracy = Some(accuracy(
+        &trainer
+            .model
+            .predict(&data.x_test)
+            .map_err(|e| Failure::usage(e.to_string()))?,
+        &data.test_labels,
+    ));
+    Ok(run)
 }
 
 fn mean_std(values: &[f64]) -> (f64, f64) {
@@ -233,96 +434,18 @@ fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// The loss curves (mean over seeds, band from min to max), log-scaled, as SVG.
-fn svg(problem: &str, curves: &[(String, Vec<Vec<f64>>)]) -> String {
-    const W: f64 = 800.0;
-    const H: f64 = 480.0;
-    const M: f64 = 60.0;
-    let colors = [
-        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
-    ];
-    let log = |v: f64| v.max(1e-300).log10();
-    let all = curves
-        .iter()
-        .flat_map(|(_, runs)| runs.iter().flatten().copied())
-        .filter(|v| v.is_finite());
-    let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-        (a.min(log(v)), b.max(log(v)))
-    });
-    let (lo, hi) = if lo < hi {
-        (lo, hi)
-    } else {
-        (lo - 1.0, lo + 1.0)
-    };
-    let steps = curves
-        .iter()
-        .flat_map(|(_, r)| r.iter().map(Vec::len))
-        .max()
-        .unwrap_or(1)
-        .max(2);
-    let px = |i: usize| M + (W - 2.0 * M) * i as f64 / (steps - 1) as f64;
-    let py = |v: f64| H - M - (H - 2.0 * M) * (log(v).clamp(lo, hi) - lo) / (hi - lo);
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{M}\" y=\"30\" font-size=\"16\">{problem}: loss (log scale) per step, mean over seeds, band min to max</text>\n"
-    );
-    out.push_str(&format!(
-        "<line x1=\"{M}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"black\"/><line x1=\"{M}\" y1=\"{M}\" x2=\"{M}\" y2=\"{0}\" stroke=\"black\"/>\n",
-        H - M,
-        W - M
-    ));
-    for k in 0..=4 {
-        let e = lo + (hi - lo) * k as f64 / 4.0;
-        out.push_str(&format!(
-            "<text x=\"5\" y=\"{:.1}\">1e{e:.1}</text>\n",
-            py(10f64.powf(e)) + 4.0
-        ));
-    }
-    out.push_str(&format!(
-        "<text x=\"{:.1}\" y=\"{:.1}\">{steps} steps</text>\n",
-        W - M - 60.0,
-        H - M + 20.0
-    ));
-    for (c, (name, runs)) in curves.iter().enumerate() {
-        let color = colors[c % colors.len()];
-        let len = runs.iter().map(Vec::len).min().unwrap_or(0);
-        let stat =
-            |i: usize, f: &dyn Fn(&[f64]) -> f64| f(&runs.iter().map(|r| r[i]).collect::<Vec<_>>());
-        let mean: Vec<f64> = (0..len)
-            .map(|i| stat(i, &|v| v.iter().sum::<f64>() / v.len() as f64))
-            .collect();
-        let min: Vec<f64> = (0..len)
-            .map(|i| stat(i, &|v| v.iter().copied().fold(f64::INFINITY, f64::min)))
-            .collect();
-        let max: Vec<f64> = (0..len)
-            .map(|i| stat(i, &|v| v.iter().copied().fold(f64::NEG_INFINITY, f64::max)))
-            .collect();
-        let band: Vec<String> = (0..len)
-            .map(|i| format!("{:.1},{:.1}", px(i), py(max[i])))
-            .chain(
-                (0..len)
-                    .rev()
-                    .map(|i| format!("{:.1},{:.1}", px(i), py(min[i]))),
-            )
-            .collect();
-        out.push_str(&format!(
-            "<polygon points=\"{}\" fill=\"{color}\" fill-opacity=\"0.15\"/>\n",
-            band.join(" ")
-        ));
-        let line: Vec<String> = (0..len)
-            .map(|i| format!("{:.1},{:.1}", px(i), py(mean[i])))
-            .collect();
-        out.push_str(&format!(
-            "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\"/>\n",
-            line.join(" ")
-        ));
-        out.push_str(&format!(
-            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{color}\">{name}</text>\n",
-            W - M - 150.0,
-            M + 15.0 * c as f64
-        ));
-    }
-    out.push_str("</svg>\n");
-    out
+/// A file-name-safe form of an optimizer's label.
+fn file_label(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Runs `lensopt compare`.
@@ -339,12 +462,43 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             )))
         }
     };
+    let policy = match args.non_finite.as_str() {
+        "stop" => NonFinite::Refuse,
+        "skip" => NonFinite::Skip,
+        other => {
+            return Err(Failure::usage(format!(
+                "--non-finite: `{other}` is not stop or skip"
+            )))
+        }
+    };
+    if args.resume && args.out.is_none() {
+        return Err(Failure::usage(
+            "--resume needs --out DIR (the checkpoints' folder)",
+        ));
+    }
     let steps = args.steps.unwrap_or(default_steps);
     let optimizers: Vec<(String, DynOptimizer)> = args
         .optimizers
         .iter()
         .map(|o| optimizer(o, &args.set))
         .collect::<Result<_, _>>()?;
+    let checkpoints = args.out.as_ref().map(|d| d.join("checkpoints"));
+    if let Some(dir) = &checkpoints {
+        let mut labels: Vec<String> = optimizers.iter().map(|(l, _)| file_label(l)).collect();
+        labels.sort();
+        if let Some(w) = labels.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Failure::usage(format!(
+                "two optimizers are called `{}`: their checkpoints would collide",
+                w[0]
+            )));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::usage(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let data = match problem {
+        "iris" | "digits" => Some(supervised_data(problem)?),
+        _ => None,
+    };
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:>22} {bar:30} {pos}/{len} steps {msg}")
         .map_err(|e| Failure::usage(e.to_string()))?;
@@ -354,11 +508,32 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         bar.set_style(style.clone());
         bar.set_prefix(label.clone());
         let jit = jit_ms(opt);
+        let hypers: Vec<String> = opt
+            .rule()
+            .hypers
+            .iter()
+            .zip(opt.hypers())
+            .map(|(h, v)| format!("{}={v}", h.name))
+            .collect();
         let mut runs = Vec::new();
         for seed in 0..args.seeds {
-            let mut run = match problem {
-                "rosenbrock" | "quadratic" => closed_form(opt, problem, steps, seed, &bar)?,
-                _ => supervised(opt, problem, steps, seed, &bar)?,
+            let job = Job {
+                steps,
+                seed,
+                policy,
+                saving: Saving {
+                    path: checkpoints
+                        .as_ref()
+                        .map(|d| d.join(format!("{}-seed{seed}.safetensors", file_label(label)))),
+                    every: args.checkpoint_every,
+                    resume: args.resume,
+                    config: format!("problem={problem} seed={seed} {}", hypers.join(" ")),
+                },
+                bar: &bar,
+            };
+            let mut run = match &data {
+                None => closed_form(opt, problem, &job)?,
+                Some(d) => supervised(opt, d, &job)?,
             };
             run.jit_ms = jit;
             runs.push(run);
@@ -374,19 +549,31 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             .collect();
         let bests: Vec<f64> = runs
             .iter()
-            .map(|r| r.losses.iter().copied().fold(f64::INFINITY, f64::min))
+            .map(|r| {
+                r.losses
+                    .iter()
+                    .copied()
+                    .filter(|v| v.is_finite())
+                    .fold(f64::INFINITY, f64::min)
+            })
             .collect();
         let accs: Vec<f64> = runs.iter().filter_map(|r| r.accuracy).collect();
         let (fm, fs) = mean_std(&finals);
         let (bm, bs) = mean_std(&bests);
         let (am, asd) = mean_std(&accs);
-        let us = runs.iter().map(|r| r.micros_per_step).sum::<f64>() / runs.len().max(1) as f64;
+        let steps_run: usize = runs.iter().map(|r| r.losses.len()).sum();
+        let us = runs.iter().map(|r| r.seconds).sum::<f64>() * 1e6 / steps_run.max(1) as f64;
+        let stopped: Vec<Option<usize>> = runs.iter().map(|r| r.stopped_at).collect();
         rows.push(json!({
             "optimizer": label, "problem": problem, "steps": steps, "seeds": args.seeds,
             "final_loss": fm, "final_loss_std": fs, "best_loss": bm, "best_loss_std": bs,
             "test_accuracy": if accs.is_empty() { serde_json::Value::Null } else { json!(am) },
             "test_accuracy_std": if accs.is_empty() { serde_json::Value::Null } else { json!(asd) },
             "us_per_step": us, "jit_ms": runs.first().map_or(0.0, |r| r.jit_ms),
+            "non_finite": args.non_finite,
+            "skipped_steps": runs.iter().map(|r| r.skipped).sum::<u64>(),
+            "stopped_at": stopped,
+            "resumed_runs": runs.iter().filter(|r| r.resumed).count(),
         }));
     }
     if args.json {
@@ -394,45 +581,66 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             println!("{row}");
         }
     } else {
-        println!(
-            "\n{problem}, {steps} steps, {} seeds (mean ± std)\n{:<20} {:>22} {:>22} {:>16} {:>9} {:>8}",
-            args.seeds, "optimizer", "final loss", "best loss", "test accuracy", "us/step", "JIT ms"
-        );
-        for row in &rows {
-            let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
-            let acc = if row["test_accuracy"].is_null() {
-                "-".to_string()
-            } else {
-                format!("{:.4} ± {:.4}", f("test_accuracy"), f("test_accuracy_std"))
-            };
-            println!(
-                "{:<20} {:>22} {:>22} {:>16} {:>9.1} {:>8.2}",
-                row["optimizer"].as_str().unwrap_or(""),
-                format!("{:.3e} ± {:.1e}", f("final_loss"), f("final_loss_std")),
-                format!("{:.3e} ± {:.1e}", f("best_loss"), f("best_loss_std")),
-                acc,
-                f("us_per_step"),
-                f("jit_ms")
-            );
-        }
+        print_table(problem, steps, args.seeds, &rows);
     }
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Failure::usage(format!("cannot create {}: {e}", dir.display())))?;
         let curves: Vec<(String, Vec<Vec<f64>>)> = results
             .iter()
             .map(|(l, runs)| (l.clone(), runs.iter().map(|r| r.losses.clone()).collect()))
             .collect();
-        let svg_path = dir.join("curves.svg");
-        std::fs::write(&svg_path, svg(problem, &curves))
-            .map_err(|e| Failure::usage(e.to_string()))?;
+        let title =
+            format!("{problem}: loss per step (log scale), mean over seeds, band min to max");
+        plot::loss_curves(&dir.join("curves.png"), &title, &curves)?;
+        plot::loss_curves(&dir.join("curves.svg"), &title, &curves)?;
         let json_text = serde_json::to_string_pretty(&json!({"results": rows, "curves": curves.iter().map(|(l, c)| json!({"optimizer": l, "losses": c})).collect::<Vec<_>>()}))
             .map_err(|e| Failure::usage(e.to_string()))?;
         std::fs::write(dir.join("results.json"), json_text)
             .map_err(|e| Failure::usage(e.to_string()))?;
         if !args.json {
-            println!("\ncurves: {}", svg_path.display());
+            println!(
+                "\ncurves: {0}/curves.png, {0}/curves.svg; checkpoints: {0}/checkpoints",
+                dir.display()
+            );
         }
     }
     Ok(())
+}
+
+fn print_table(problem: &str, steps: usize, seeds: u64, rows: &[serde_json::Value]) {
+    println!(
+        "\n{problem}, {steps} steps, {seeds} seeds (mean ± std)\n{:<20} {:>22} {:>22} {:>16} {:>9} {:>8}  non-finite",
+        "optimizer", "final loss", "best loss", "test accuracy", "us/step", "JIT ms"
+    );
+    for row in rows {
+        let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+        let acc = if row["test_accuracy"].is_null() {
+            "-".to_string()
+        } else {
+            format!("{:.4} ± {:.4}", f("test_accuracy"), f("test_accuracy_std"))
+        };
+        let stopped: Vec<String> = row["stopped_at"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_u64())
+                    .map(|s| s.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let skipped = row["skipped_steps"].as_u64().unwrap_or(0);
+        let non_finite = match (stopped.is_empty(), skipped) {
+            (true, 0) => "-".to_string(),
+            (true, n) => format!("{n} steps skipped"),
+            (false, _) => format!("stopped at step {}", stopped.join(", ")),
+        };
+        println!(
+            "{:<20} {:>22} {:>22} {:>16} {:>9.1} {:>8.2}  {non_finite}",
+            row["optimizer"].as_str().unwrap_or(""),
+            format!("{:.3e} ± {:.1e}", f("final_loss"), f("final_loss_std")),
+            format!("{:.3e} ± {:.1e}", f("best_loss"), f("best_loss_std")),
+            acc,
+            f("us_per_step"),
+            f("jit_ms")
+        );
+    }
 }

@@ -19,6 +19,7 @@ mod check;
 mod compare;
 mod demo;
 mod jit;
+mod plot;
 mod ptx;
 
 use clap::{Parser, Subcommand};

@@ -311,10 +311,134 @@ fn compare_prints_a_table_and_writes_curves() {
         rows[0]["final_loss"].as_f64().unwrap() < rows[0]["best_loss"].as_f64().unwrap() * 10.0
     );
     let svg = std::fs::read_to_string(out_dir.join("curves.svg")).unwrap();
-    assert_eq!(svg.matches("<polyline").count(), 2);
+    assert!(svg.contains("Adam") && svg.contains("Plain"), "legend");
+    assert!(svg.contains("<polygon"), "the seeds' band");
+    let png = std::fs::read(out_dir.join("curves.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // IHDR: width and height, big-endian, after the signature and chunk header.
+    assert_eq!(
+        u32::from_be_bytes([png[16], png[17], png[18], png[19]]),
+        960
+    );
     assert!(out_dir.join("results.json").exists());
+    assert!(out_dir.join("checkpoints/Plain-seed1.safetensors").exists());
     let out = lensopt(&["compare", "adam", "--problem", "mnist"]);
     assert_eq!(out.status.code(), Some(2));
     let out = lensopt(&["compare", "no_such_optimizer", "--problem", "iris"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn compare_json(args: &[&str]) -> (Vec<serde_json::Value>, Output) {
+    let out = lensopt(args);
+    let rows = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (rows, out)
+}
+
+fn curves(dir: &Path) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    v["curves"].clone()
+}
+
+#[test]
+fn compare_resumes_bit_exactly_and_refuses_foreign_checkpoints() {
+    let (half, straight) = (scratch("resume_half"), scratch("resume_straight"));
+    let run = |dir: &Path, steps: &str, extra: &[&str]| {
+        let mut args = vec![
+            "compare",
+            "adam",
+            "lion",
+            "--problem",
+            "iris",
+            "--seeds",
+            "2",
+            "--steps",
+            steps,
+            "--checkpoint-every",
+            "7",
+            "--json",
+            "--out",
+        ];
+        args.push(dir.to_str().unwrap());
+        args.extend_from_slice(extra);
+        compare_json(&args)
+    };
+    let (_, out) = run(&half, "30", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Resume to 60 steps: the same numbers as 60 steps straight.
+    let (resumed, out) = run(&half, "60", &["--resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (fresh, out) = run(&straight, "60", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(resumed[0]["resumed_runs"], 2);
+    assert_eq!(fresh[0]["resumed_runs"], 0);
+    assert_eq!(curves(&half), curves(&straight));
+    for (a, b) in resumed.iter().zip(&fresh) {
+        assert_eq!(a["final_loss"], b["final_loss"]);
+        assert_eq!(a["test_accuracy"], b["test_accuracy"]);
+    }
+    // A checkpoint of another configuration is refused, with exit 2.
+    let (_, out) = run(&half, "60", &["--resume", "--set", "lr=0.5"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("another run"), "{}", stderr(&out));
+    // A checkpoint of another rule under the file name of this one.
+    std::fs::copy(
+        half.join("checkpoints/Lion-seed0.safetensors"),
+        half.join("checkpoints/Adam-seed0.safetensors"),
+    )
+    .unwrap();
+    let (_, out) = run(&half, "60", &["--resume"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not `Adam`"), "{}", stderr(&out));
+    let out = lensopt(&["compare", "adam", "--problem", "iris", "--resume"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn compare_reports_non_finite_gradients() {
+    // Plain gradient descent with lr = 0.01 diverges on Rosenbrock within a few steps.
+    let args = |policy: &str| {
+        vec![
+            "compare",
+            "sgd",
+            "--problem",
+            "rosenbrock",
+            "--seeds",
+            "2",
+            "--steps",
+            "100",
+            "--set",
+            "lr=0.01",
+            "--json",
+            "--non-finite",
+            policy,
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+    };
+    let stop: Vec<String> = args("stop");
+    let (rows, out) = compare_json(&stop.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stopped = rows[0]["stopped_at"].as_array().unwrap();
+    assert!(
+        stopped.iter().all(|s| s.as_u64().is_some_and(|s| s < 100)),
+        "{stopped:?}"
+    );
+    assert_eq!(rows[0]["skipped_steps"], 0);
+    let skip: Vec<String> = args("skip");
+    let (rows, out) = compare_json(&skip.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(rows[0]["skipped_steps"].as_u64().unwrap() > 0);
+    assert!(rows[0]["stopped_at"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s.is_null()));
+    let bad: Vec<String> = args("ignore");
+    let (_, out) = compare_json(&bad.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(out.status.code(), Some(2));
 }

@@ -8,6 +8,9 @@
 //! pointers and the per-tensor scalars into buffers allocated when the
 //! stepper is made, so a step allocates nothing on the device. Scalars and
 //! the combination of reduction partials run on the host in f64, as on the CPU.
+//! Unlike the CPU [`crate::Stepper`], a GPU step does not scan its gradients
+//! for NaN or infinity ([`crate::NonFinite`]): that would need a device
+//! reduction and a synchronisation per step; check the loss on the host.
 
 use crate::circuit::eval::Rows;
 use crate::error::Error;

@@ -30,6 +30,21 @@ pub enum Error {
     Compile(String),
     /// A diagram that does not compose, or data that does not fit it.
     Diagram(crate::diagram::DiagramError),
+    /// A gradient or input held NaN or infinity, and the policy is to refuse
+    /// the step ([`crate::NonFinite::Refuse`]): nothing was changed.
+    NonFinite {
+        /// `gradient 2`, or `input `h` 0`.
+        what: String,
+        /// The element, in row-major order.
+        index: usize,
+        /// Its value.
+        value: f64,
+        /// The step that was refused (1-based).
+        step: u64,
+    },
+    /// A checkpoint that cannot be read, or that belongs to another rule,
+    /// element type or set of shapes: nothing was changed.
+    Checkpoint(String),
 }
 
 impl fmt::Display for Error {
@@ -54,6 +69,16 @@ impl fmt::Display for Error {
             Error::Mismatch(m) => f.write_str(m),
             Error::Compile(m) => f.write_str(m),
             Error::Diagram(e) => write!(f, "{e}"),
+            Error::NonFinite {
+                what,
+                index,
+                value,
+                step,
+            } => write!(
+                f,
+                "step {step}: {what} holds {value} at element {index}; the step was refused and nothing changed"
+            ),
+            Error::Checkpoint(m) => f.write_str(m),
         }
     }
 }

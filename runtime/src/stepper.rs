@@ -7,6 +7,7 @@
 
 use crate::error::{mismatch, Error};
 use crate::jit;
+use crate::non_finite::{self, NonFinite};
 use crate::optimizer::{hyper_slot, resolve_groups, Group};
 use crate::tensor::{TensorMut, TensorRef};
 use crate::Float;
@@ -66,6 +67,10 @@ pub struct Stepper<F: Float> {
     state: Vec<Vec<StateBuf<F>>>,
     t: u64,
     backend: Backend,
+    non_finite: NonFinite,
+    /// Steps skipped under [`NonFinite::Skip`], and whether the last call was one.
+    skipped: u64,
+    last_skipped: bool,
     pool: Option<Arc<rayon::ThreadPool>>,
     /// The program of the last step, with its specialisation.
     program: Option<(jit::Key, Arc<Program<F>>)>,
@@ -112,6 +117,9 @@ impl<F: Float> Stepper<F> {
             state,
             t: 0,
             backend: Backend::default(),
+            non_finite: NonFinite::default(),
+            skipped: 0,
+            last_skipped: false,
             pool: None,
             program: None,
         })
@@ -126,6 +134,27 @@ impl<F: Float> Stepper<F> {
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Chooses what a step does with NaN or infinite gradients or inputs
+    /// (see [`NonFinite`]; refusing the step is the default).
+    pub fn set_non_finite(&mut self, policy: NonFinite) {
+        self.non_finite = policy;
+    }
+
+    /// The policy for non-finite gradients.
+    pub fn non_finite(&self) -> NonFinite {
+        self.non_finite
+    }
+
+    /// Steps skipped so far under [`NonFinite::Skip`] (not counted in [`Stepper::t`]).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// True when the last call to a step method skipped its step.
+    pub fn last_skipped(&self) -> bool {
+        self.last_skipped
     }
 
     /// Runs the JIT's kernels on a pool of `threads` threads owned by this
@@ -238,6 +267,27 @@ impl<F: Float> Stepper<F> {
         }
         for (i, p) in params.iter_mut().enumerate() {
             elements("parameter", i, &**p, &self.shapes[i])?;
+        }
+        self.last_skipped = false;
+        if self.non_finite != NonFinite::Unchecked {
+            let names: Vec<String> = self.rule.inputs.iter().map(|d| d.name.clone()).collect();
+            let found = match &self.pool {
+                Some(pool) => pool.install(|| non_finite::scan(&grad_data, &input_data, &names)),
+                None => non_finite::scan(&grad_data, &input_data, &names),
+            };
+            if let Some(found) = found {
+                if self.non_finite == NonFinite::Skip {
+                    self.skipped += 1;
+                    self.last_skipped = true;
+                    return Ok(());
+                }
+                return Err(Error::NonFinite {
+                    what: found.what,
+                    index: found.index,
+                    value: found.value,
+                    step: self.t + 1,
+                });
+            }
         }
         if self.backend == Backend::Interpreter || n == 0 {
             let mut tensors: Vec<StepTensor<'_, F>> = Vec::with_capacity(n);
@@ -425,6 +475,37 @@ impl<F: Float> Stepper<F> {
             StateBuf::Scalar(x) => Some(x),
             StateBuf::Element(_) => None,
         }
+    }
+
+    /// Every group's hyperparameter values (for checkpoints).
+    pub(crate) fn group_values(&self) -> &[Vec<HyperValue>] {
+        &self.groups
+    }
+
+    /// The group of each tensor (for checkpoints).
+    pub(crate) fn group_of(&self) -> &[usize] {
+        &self.group_of
+    }
+
+    /// Each tensor's state buffers (for checkpoints).
+    pub(crate) fn state_buffers(&self) -> &[Vec<StateBuf<F>>] {
+        &self.state
+    }
+
+    /// Replaces counters, hyperparameters and state with a checkpoint's,
+    /// which [`crate::checkpoint`] has checked against this stepper.
+    pub(crate) fn restore(
+        &mut self,
+        t: u64,
+        skipped: u64,
+        groups: Vec<Vec<HyperValue>>,
+        state: Vec<Vec<StateBuf<F>>>,
+    ) {
+        self.t = t;
+        self.skipped = skipped;
+        self.last_skipped = false;
+        self.groups = groups;
+        self.state = state;
     }
 
     /// The shape of tensor `tensor`.

@@ -10,6 +10,11 @@
 //! (p', _) = R[f](p_view, a, b')            the diagram's reverse derivative
 //! (s, p) <- put(s, p, p')                  the optimizer's update (a DSL rule, JIT-compiled)
 //! ```
+//!
+//! A gradient with NaN or infinity is handled by the optimizer's
+//! [`crate::NonFinite`] policy (refuse by default: [`Trainer::step`] returns
+//! the error and nothing changes). [`Trainer::save`] and [`Trainer::load`]
+//! write and read checkpoints ([`crate::checkpoint`]).
 
 use crate::diagram::plan::{Model, Real};
 use crate::error::Error;
@@ -18,6 +23,8 @@ use crate::optimizer::Optimizer;
 use crate::stepper::Stepper;
 use crate::tensor::{TensorMut, TensorRef};
 use ndarray::{Array2, ArrayD};
+use std::collections::BTreeMap;
+use std::path::Path;
 
 /// A model trained by an optimizer against a loss.
 pub struct Trainer<F: Real, L> {
@@ -90,5 +97,28 @@ impl<F: Real, L: Loss<F>> Trainer<F, L> {
         let gs: Vec<&dyn TensorRef<F>> = grads.iter().map(|g| g as &dyn TensorRef<F>).collect();
         self.optimizer.step(&mut ps, &gs)?;
         Ok(value)
+    }
+
+    /// Saves the model's parameters (by name) and the optimizer's state to
+    /// `path` as safetensors; `user` entries come back from [`Trainer::load`].
+    pub fn save(&self, path: &Path, user: &BTreeMap<String, String>) -> Result<(), Error> {
+        let params: Vec<(&str, &dyn TensorRef<F>)> = self
+            .model
+            .params
+            .iter()
+            .map(|p| (p.name.as_str(), &p.value as &dyn TensorRef<F>))
+            .collect();
+        crate::checkpoint::save(path, &params, &self.optimizer, user)
+    }
+
+    /// Loads a checkpoint written by [`Trainer::save`] for the same diagram
+    /// and rule; refuses any other (and then changes nothing).
+    pub fn load(&mut self, path: &Path) -> Result<BTreeMap<String, String>, Error> {
+        let Model { params, .. } = &mut self.model;
+        let mut named: Vec<(&str, &mut dyn TensorMut<F>)> = params
+            .iter_mut()
+            .map(|p| (p.name.as_str(), &mut p.value as &mut dyn TensorMut<F>))
+            .collect();
+        crate::checkpoint::load(path, &mut named, &mut self.optimizer)
     }
 }

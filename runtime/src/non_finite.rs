@@ -1,0 +1,165 @@
+//! What a step does with gradients that hold NaN or ±infinity.
+//!
+//! A single non-finite gradient element, applied, turns the parameter and
+//! every moment estimate it touches into NaN for good. So a [`Stepper`]
+//! scans its gradients (and extra inputs) before it changes anything and
+//! follows a [`NonFinite`] policy:
+//!
+//! - [`NonFinite::Refuse`] (the default): the step returns
+//!   [`Error::NonFinite`], naming the tensor and the element; parameters,
+//!   state and the step counter are as they were, so the caller can stop,
+//!   lower the learning rate, or load a checkpoint.
+//! - [`NonFinite::Skip`]: the step is skipped (nothing changes, the step
+//!   counter does not advance, as a loss scaler does in mixed precision)
+//!   and counted: [`Stepper::skipped`] and [`Stepper::last_skipped`] report it.
+//! - [`NonFinite::Unchecked`]: no scan, for callers that guarantee finite
+//!   gradients and want to save one read of every gradient.
+//!
+//! The scan is a branch-free pass (`x - x` is 0 for finite `x` and NaN
+//! otherwise) in 64K-element chunks on the stepper's thread pool.
+//!
+//! [`Stepper`]: crate::Stepper
+//! [`Stepper::skipped`]: crate::Stepper::skipped
+//! [`Stepper::last_skipped`]: crate::Stepper::last_skipped
+//! [`Error::NonFinite`]: crate::Error::NonFinite
+
+use crate::Float;
+use rayon::prelude::*;
+
+/// The policy for a step whose gradients or inputs are not all finite.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NonFinite {
+    /// Refuse the step with [`crate::Error::NonFinite`]; nothing changes.
+    #[default]
+    Refuse,
+    /// Skip the step (nothing changes, the step counter stays) and count it.
+    Skip,
+    /// Do not look (the caller guarantees finite gradients).
+    Unchecked,
+}
+
+impl NonFinite {
+    /// Parses `refuse` (also `stop`), `skip` or `unchecked`.
+    pub fn parse(text: &str) -> Option<NonFinite> {
+        match text {
+            "refuse" | "stop" => Some(NonFinite::Refuse),
+            "skip" => Some(NonFinite::Skip),
+            "unchecked" => Some(NonFinite::Unchecked),
+            _ => None,
+        }
+    }
+}
+
+/// Where a non-finite value was found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Found {
+    /// `gradient 2`, `input `h` 0`.
+    pub what: String,
+    /// The element's index in row-major order.
+    pub index: usize,
+    /// The value (NaN, inf or -inf).
+    pub value: f64,
+}
+
+/// Elements per chunk of the parallel scan.
+const CHUNK: usize = 1 << 16;
+/// Independent accumulators, so the loop vectorizes.
+const LANES: usize = 16;
+
+/// True when every element of `xs` is finite.
+fn chunk_is_finite<F: Float>(xs: &[F]) -> bool {
+    let mut acc = [F::default(); LANES];
+    let mut blocks = xs.chunks_exact(LANES);
+    for block in &mut blocks {
+        for (a, &x) in acc.iter_mut().zip(block) {
+            *a = a.add(x.sub(x));
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(blocks.remainder()) {
+        *a = a.add(x.sub(x));
+    }
+    // A NaN anywhere makes its accumulator NaN, and NaN != 0.
+    acc.iter().all(|a| a.to_f64() == 0.0)
+}
+
+/// The first non-finite element of `xs`, if any.
+pub(crate) fn first_non_finite<F: Float>(xs: &[F]) -> Option<(usize, f64)> {
+    let clean = if xs.len() <= CHUNK {
+        chunk_is_finite(xs)
+    } else {
+        xs.par_chunks(CHUNK).all(chunk_is_finite)
+    };
+    if clean {
+        return None;
+    }
+    xs.iter()
+        .position(|x| !x.to_f64().is_finite())
+        .map(|i| (i, xs[i].to_f64()))
+}
+
+/// Scans the gradients and the supplied inputs of one step.
+pub(crate) fn scan<F: Float>(
+    grads: &[&[F]],
+    inputs: &[Vec<Option<&[F]>>],
+    input_names: &[String],
+) -> Option<Found> {
+    for (i, g) in grads.iter().enumerate() {
+        if let Some((index, value)) = first_non_finite(g) {
+            return Some(Found {
+                what: format!("gradient {i}"),
+                index,
+                value,
+            });
+        }
+    }
+    for (i, row) in inputs.iter().enumerate() {
+        for (name, data) in input_names.iter().zip(row) {
+            if let Some((index, value)) = data.and_then(first_non_finite) {
+                return Some(Found {
+                    what: format!("input `{name}` {i}"),
+                    index,
+                    value,
+                });
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_first_bad_element_at_any_position_and_size() {
+        for n in [0usize, 1, 15, 16, 17, 1000, CHUNK + 3, 3 * CHUNK + 5] {
+            let clean = vec![1.5f32; n];
+            assert_eq!(first_non_finite(&clean), None, "n = {n}");
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for at in [0, n / 2, n.saturating_sub(1)] {
+                    if n == 0 {
+                        continue;
+                    }
+                    let mut xs = clean.clone();
+                    xs[at] = bad;
+                    let (i, v) = first_non_finite(&xs).expect("found");
+                    assert_eq!(i, at);
+                    assert!(v.is_nan() == bad.is_nan() && (v.is_nan() || v == f64::from(bad)));
+                }
+            }
+        }
+        // Large finite values are finite (x - x = 0 even at f64::MAX).
+        assert_eq!(
+            first_non_finite(&[f64::MAX, -f64::MAX, f64::MIN_POSITIVE]),
+            None
+        );
+    }
+
+    #[test]
+    fn policies_parse() {
+        assert_eq!(NonFinite::parse("stop"), Some(NonFinite::Refuse));
+        assert_eq!(NonFinite::parse("skip"), Some(NonFinite::Skip));
+        assert_eq!(NonFinite::parse("unchecked"), Some(NonFinite::Unchecked));
+        assert_eq!(NonFinite::parse("ignore"), None);
+    }
+}
