@@ -8,6 +8,9 @@ use std::path::PathBuf;
 pub struct Args {
     /// The rule file (the same language as the body of `optimizer!`).
     rule: PathBuf,
+    /// Print `{"ok": true, "ir": ...}` or `{"ok": false, "errors": [{line, column, message}]}`.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `lensopt check`: prints the IR, or every diagnostic with its source line.
@@ -16,13 +19,29 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.rule.display())))?;
     match lensopt::Rule::parse(&source) {
         Ok(rule) => {
-            print!("{rule}");
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "rule": rule.name, "ir": rule.to_string()})
+                );
+            } else {
+                print!("{rule}");
+            }
             Ok(())
         }
         Err(diags) => {
             let file = args.rule.display().to_string();
-            for d in &diags.items {
-                eprintln!("{}", d.render(&source, &file));
+            if args.json {
+                let errors: Vec<serde_json::Value> = diags
+                    .items
+                    .iter()
+                    .map(|d| serde_json::json!({"line": d.line(), "column": d.column(), "message": d.message}))
+                    .collect();
+                println!("{}", serde_json::json!({"ok": false, "errors": errors}));
+            } else {
+                for d in &diags.items {
+                    eprintln!("{}", d.render(&source, &file));
+                }
             }
             let n = diags.items.len();
             Err(Failure {

@@ -53,13 +53,26 @@ fn run_one(opt: &DynOptimizer, steps: usize) -> Result<Outcome, lensopt::Error> 
     let mut stepper = opt.init::<f64>(&[&x])?;
     let mut best = f64::INFINITY;
     let started = Instant::now();
+    let mut diverged = false;
     for _ in 0..steps {
         let (loss, grad) = rosenbrock(&x);
         best = best.min(loss);
-        stepper.step(&mut [&mut x], &[&grad])?;
+        match stepper.step(&mut [&mut x], &[&grad]) {
+            Ok(()) => {}
+            // This learning rate diverged: the sweep moves on to the next.
+            Err(lensopt::Error::NonFinite { .. }) => {
+                diverged = true;
+                break;
+            }
+            Err(e) => return Err(e),
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let (final_loss, _) = rosenbrock(&x);
+    let final_loss = if diverged {
+        f64::INFINITY
+    } else {
+        rosenbrock(&x).0
+    };
     let lr = match opt.hypers()[opt.rule().hyper_index("lr").unwrap_or(0)] {
         lensopt::HyperValue::Num(v) => v,
         lensopt::HyperValue::Bool(_) => f64::NAN,

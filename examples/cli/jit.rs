@@ -27,6 +27,9 @@ pub struct Args {
     /// Which stage's output to print.
     #[arg(long, value_enum, default_value = "optimized")]
     emit: Emit,
+    /// Print one JSON object: the stage's text and every stage's time.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `lensopt jit`: prints the chosen stage, then each stage's time on stderr.
@@ -66,16 +69,29 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let ptx = lensopt_codegen::ptx::emit(&schedule, Precision::F32, "sm_80")
         .map_err(|e| Failure::usage(e.to_string()))?;
     let ptx_us = started.elapsed().as_secs_f64() * 1e6;
-    match args.emit {
-        Emit::Ir => print!("{rule}"),
-        Emit::Optimized => print!("{}", schedule.rule),
-        Emit::Clif => {
-            for (name, clif) in program.clif() {
-                println!("; {name}\n{clif}");
-            }
-        }
-        Emit::Ptx => print!("{}", ptx.text),
+    let output = match args.emit {
+        Emit::Ir => rule.to_string(),
+        Emit::Optimized => schedule.rule.to_string(),
+        Emit::Clif => program
+            .clif()
+            .iter()
+            .map(|(name, clif)| format!("; {name}\n{clif}\n"))
+            .collect(),
+        Emit::Ptx => ptx.text.clone(),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "rule": rule.name, "emit": format!("{:?}", args.emit).to_lowercase(), "output": output,
+                "parse_check_us": parse_us, "egraph_schedule_us": optimize_us,
+                "cranelift_us": codegen_us, "ptx_us": ptx_us,
+                "reduction_passes": schedule.passes.len(), "slots": schedule.slots.len(),
+            })
+        );
+        return Ok(());
     }
+    print!("{output}");
     eprintln!(
         "parse+check {parse_us:.0} us, e-graph+schedule {optimize_us:.0} us ({} reduction passes, {} slots), cranelift {codegen_us:.0} us, ptx {ptx_us:.0} us",
         schedule.passes.len(),

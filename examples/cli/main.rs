@@ -43,7 +43,7 @@ enum Command {
     /// Parse and check a rule file; print its IR, or its errors with line and column.
     Check(check::Args),
     /// List the catalog's optimizers with their hyperparameters.
-    List,
+    List(ListArgs),
     /// Compare optimizers (catalog names or rule files) on a problem over several seeds: table and loss curves.
     Compare(compare::Args),
     /// Minimise the Rosenbrock function with several optimizers and print a table.
@@ -92,8 +92,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Apply(args) => apply::run(&args),
         Command::Check(args) => check::run(&args),
-        Command::List => {
-            list();
+        Command::List(args) => {
+            list(&args);
             Ok(())
         }
         Command::Demo(args) => demo::run(&args),
@@ -113,11 +113,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn list() {
+/// Flags of `lensopt list`.
+#[derive(clap::Args)]
+struct ListArgs {
+    /// One JSON object per optimizer: name, rule, hyperparameters, states, inputs.
+    #[arg(long)]
+    json: bool,
+}
+
+fn list(args: &ListArgs) {
     use lensopt::Optimizer;
     for name in lensopt::catalog::names() {
         let opt = lensopt::catalog::get(name).expect("listed names exist");
         let rule = opt.rule();
+        if args.json {
+            let hypers: serde_json::Map<String, serde_json::Value> = rule
+                .hypers
+                .iter()
+                .map(|h| {
+                    let v = match h.default {
+                        lensopt::HyperValue::Num(x) => serde_json::json!(x),
+                        lensopt::HyperValue::Bool(b) => serde_json::json!(b),
+                    };
+                    (h.name.clone(), v)
+                })
+                .collect();
+            let states: Vec<&str> = rule.states.iter().map(|s| s.name.as_str()).collect();
+            let inputs: Vec<&str> = rule.inputs.iter().map(|i| i.name.as_str()).collect();
+            println!(
+                "{}",
+                serde_json::json!({"name": name, "rule": rule.name, "hypers": hypers, "states": states, "inputs": inputs, "doc": rule.doc.join("\n")})
+            );
+            continue;
+        }
         let hypers: Vec<String> = rule
             .hypers
             .iter()

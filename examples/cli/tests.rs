@@ -442,3 +442,59 @@ fn compare_reports_non_finite_gradients() {
     let (_, out) = compare_json(&bad.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn list_check_and_jit_speak_json() {
+    let out = lensopt(&["list", "--json"]);
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let adam = rows
+        .iter()
+        .find(|r| r["name"] == "adam")
+        .expect("adam listed");
+    assert_eq!(adam["hypers"]["beta2"], 0.999);
+    assert_eq!(adam["hypers"]["amsgrad"], false);
+    assert_eq!(adam["states"].as_array().unwrap().len(), 3);
+
+    let bad = scratch("json_bad.lo");
+    std::fs::write(
+        &bad,
+        "Bad {\n  hyper lr = 0.1;\n  update { p = p - lr * q; }\n}\n",
+    )
+    .unwrap();
+    let out = lensopt(&["check", bad.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["errors"][0]["line"], 3);
+    assert_eq!(v["errors"][0]["column"], 25);
+    assert!(v["errors"][0]["message"].as_str().unwrap().contains("`q`"));
+
+    let good = scratch("json_good.lo");
+    std::fs::write(&good, "Sgd { hyper lr = 0.1; update { p = p - lr * g; } }").unwrap();
+    let out = lensopt(&["check", good.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["ok"].clone(), v["rule"].clone()),
+        (true.into(), "Sgd".into())
+    );
+    let out = lensopt(&["jit", good.to_str().unwrap(), "--emit", "clif", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["emit"], "clif");
+    assert!(v["output"].as_str().unwrap().contains("function"));
+    assert!(v["cranelift_us"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn demo_sweeps_learning_rates_past_divergence() {
+    // The sweep's largest learning rates diverge on Rosenbrock: those runs
+    // end at the refused step and the sweep goes on.
+    let out = lensopt(&["demo", "--steps", "300"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 2 + 5, "{text}");
+}
