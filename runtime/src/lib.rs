@@ -29,6 +29,9 @@
 //! ```
 //!
 //! The catalog ([`catalog`]) holds the field's optimizers written in the DSL.
+//! [`checkpoint`] saves parameters and optimizer state as safetensors and
+//! resumes them bit for bit; [`NonFinite`] says what a step does with NaN or
+//! infinite gradients (refuse, by default).
 
 extern crate self as lensopt;
 

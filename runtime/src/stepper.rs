@@ -3,7 +3,9 @@
 //! It owns the per-tensor state, the parameter groups' hyperparameters and
 //! the step counter. Every call validates its arguments (counts, shapes,
 //! layouts, inputs) completely before touching anything, so a refused call
-//! leaves parameters and state as they were.
+//! leaves parameters and state as they were. That includes the gradients'
+//! values: NaN and infinity are handled by the stepper's [`NonFinite`]
+//! policy before the first write.
 
 use crate::error::{mismatch, Error};
 use crate::jit;
