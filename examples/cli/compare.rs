@@ -113,6 +113,7 @@ impl Saving {
         path: &Path,
         user: &BTreeMap<String, String>,
         run: &mut Run,
+        steps: usize,
     ) -> Result<usize, Failure> {
         let bad =
             |what: &str| Failure::usage(format!("{}: malformed `{what}` entry", path.display()));
@@ -144,6 +145,12 @@ impl Saving {
         let step = number("step")? as usize;
         if run.losses.len() != step {
             return Err(bad("losses"));
+        }
+        if step > steps {
+            return Err(Failure::usage(format!(
+                "{}: the checkpoint is at step {step}, beyond --steps {steps}",
+                path.display()
+            )));
         }
         Ok(step)
     }
@@ -279,8 +286,8 @@ fn closed_form(opt: &DynOptimizer, problem: &str, job: &Job) -> Result<Run, Fail
     let mut step = 0;
     if let Some(path) = saving.path.as_ref().filter(|p| saving.resume && p.exists()) {
         let user = checkpoint::load(path, &mut [("x", &mut x)], &mut st).map_err(fail)?;
-        step = saving.restore(path, &user, &mut run)?;
-        bar.inc(step.min(steps) as u64);
+        step = saving.restore(path, &user, &mut run, steps)?;
+        bar.inc(step as u64);
     }
     let save = |x: &Array1<f64>, st: &Stepper<f64>, run: &Run, step: usize| match &saving.path {
         Some(path) => {
@@ -386,8 +393,8 @@ fn supervised(opt: &DynOptimizer, data: &Supervised, job: &Job) -> Result<Run, F
     let mut step = 0;
     if let Some(path) = saving.path.as_ref().filter(|p| saving.resume && p.exists()) {
         let user = trainer.load(path).map_err(fail)?;
-        step = saving.restore(path, &user, &mut run)?;
-        bar.inc(step.min(steps) as u64);
+        step = saving.restore(path, &user, &mut run, steps)?;
+        bar.inc(step as u64);
     }
     let (x, y) = (&data.x_train, &data.y_train);
     let batch = 128.min(x.nrows());

@@ -380,6 +380,14 @@ fn compare_resumes_bit_exactly_and_refuses_foreign_checkpoints() {
         assert_eq!(a["final_loss"], b["final_loss"]);
         assert_eq!(a["test_accuracy"], b["test_accuracy"]);
     }
+    // Resuming to fewer steps than the checkpoint holds is refused.
+    let (_, out) = run(&half, "20", &["--resume"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("beyond --steps 20"),
+        "{}",
+        stderr(&out)
+    );
     // A checkpoint of another configuration is refused, with exit 2.
     let (_, out) = run(&half, "60", &["--resume", "--set", "lr=0.5"]);
     assert_eq!(out.status.code(), Some(2));
