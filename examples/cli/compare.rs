@@ -193,40 +193,6 @@ fn jit_ms(opt: &DynOptimizer) -> f64 {
     started.elapsed().as_secs_f64() * 1e3
 }
 
-/// What one optimizer step did.
-enum Stepped {
-    Applied,
-    Skipped,
-    Stopped,
-}
-
-fn outcome<F: lensopt::Float>(
-    result: Result<(), lensopt::Error>,
-    st: &Stepper<F>,
-) -> Result<Stepped, Failure> {
-    match result {
-        Ok(()) if st.last_skipped() => Ok(Stepped::Skipped),
-        Ok(()) => Ok(Stepped::Applied),
-        Err(lensopt::Error::NonFinite { .. }) => Ok(Stepped::Stopped),
-        Err(e) => Err(Failure::usage(e.to_string())),
-    }
-}
-
-/// Records a step's outcome; true when the run must end.
-fn record(run: &mut Run, stepped: Stepped, step: usize) -> bool {
-    match stepped {
-        Stepped::Applied => false,
-        Stepped::Skipped => {
-            run.skipped += 1;
-            false
-        }
-        Stepped::Stopped => {
-            run.stopped_at = Some(step);
-            true
-        }
-    }
-}
-
 /// One run to make: an optimizer's seed, with its steps, policy,
 /// checkpoint and progress bar.
 struct Job<'a> {
@@ -237,33 +203,99 @@ struct Job<'a> {
     bar: &'a ProgressBar,
 }
 
-fn closed_form(opt: &DynOptimizer, problem: &str, job: &Job) -> Result<Run, Failure> {
-    let Job {
-        steps,
-        seed,
-        policy,
-        ref saving,
-        bar,
-    } = *job;
-    let fail = |e: lensopt::Error| Failure::usage(e.to_string());
-    let mut rng = SplitMix(seed);
-    let (mut x, curv): (Array1<f64>, Vec<f64>) = if problem == "rosenbrock" {
-        (
-            Array1::from(vec![-1.2 + 0.1 * rng.normal(), 1.0 + 0.1 * rng.normal()]),
-            Vec::new(),
-        )
-    } else {
-        let n = 50;
-        let curv = (0..n)
-            .map(|i| 10f64.powf(3.0 * i as f64 / (n - 1) as f64))
-            .collect();
-        (
-            Array1::from((0..n).map(|_| rng.normal()).collect::<Vec<_>>()),
-            curv,
-        )
+/// What a run trains: a problem's parameters with their optimizer.
+trait Subject {
+    /// Step `k`: the loss before it, and whether the optimizer skipped it
+    /// (or its refusal).
+    fn step(&mut self, k: usize) -> (f64, Result<bool, lensopt::Error>);
+    /// Writes parameters and optimizer state with the run's entries.
+    fn save(&self, path: &Path, user: &BTreeMap<String, String>) -> Result<(), lensopt::Error>;
+    /// Reads them back; returns the run's entries.
+    fn load(&mut self, path: &Path) -> Result<BTreeMap<String, String>, lensopt::Error>;
+}
+
+fn fail(e: lensopt::Error) -> Failure {
+    Failure::usage(e.to_string())
+}
+
+/// The step loop of every problem: resume, steps with the non-finite
+/// policy's outcome recorded, checkpoints when due and at the end.
+fn drive<S: Subject>(subject: &mut S, job: &Job) -> Result<Run, Failure> {
+    let (steps, saving) = (job.steps, &job.saving);
+    let mut run = Run::default();
+    let mut step = 0;
+    if let Some(path) = saving.path.as_ref().filter(|p| saving.resume && p.exists()) {
+        let user = subject.load(path).map_err(fail)?;
+        step = saving.restore(path, &user, &mut run, steps)?;
+        job.bar.inc(step as u64);
+    }
+    let save = |subject: &S, run: &Run, step: usize| match &saving.path {
+        Some(path) => subject.save(path, &saving.entries(run, step)).map_err(fail),
+        None => Ok(()),
     };
-    let value_grad = |x: &Array1<f64>| -> (f64, Array1<f64>) {
-        if curv.is_empty() {
+    while step < steps && run.stopped_at.is_none() {
+        let started = Instant::now();
+        let (loss, result) = subject.step(step);
+        run.seconds += started.elapsed().as_secs_f64();
+        run.losses.push(loss);
+        step += 1;
+        match result {
+            Ok(skipped) => run.skipped += u64::from(skipped),
+            Err(lensopt::Error::NonFinite { .. }) => run.stopped_at = Some(step),
+            Err(e) => return Err(fail(e)),
+        }
+        if run.stopped_at.is_some() || saving.due(step) {
+            save(subject, &run, step)?;
+        }
+        job.bar.inc(1);
+    }
+    save(subject, &run, step)?;
+    Ok(run)
+}
+
+/// Rosenbrock or the ill-conditioned quadratic, in f64.
+struct ClosedForm {
+    x: Array1<f64>,
+    /// The quadratic's curvatures; empty for Rosenbrock.
+    curvatures: Vec<f64>,
+    optimizer: Stepper<f64>,
+}
+
+impl ClosedForm {
+    fn new(
+        opt: &DynOptimizer,
+        problem: &str,
+        seed: u64,
+        policy: NonFinite,
+    ) -> Result<Self, Failure> {
+        let mut rng = SplitMix(seed);
+        let (x, curvatures): (Array1<f64>, Vec<f64>) = if problem == "rosenbrock" {
+            (
+                Array1::from(vec![-1.2 + 0.1 * rng.normal(), 1.0 + 0.1 * rng.normal()]),
+                Vec::new(),
+            )
+        } else {
+            let n = 50;
+            let curv = (0..n)
+                .map(|i| 10f64.powf(3.0 * i as f64 / (n - 1) as f64))
+                .collect();
+            (
+                Array1::from((0..n).map(|_| rng.normal()).collect::<Vec<_>>()),
+                curv,
+            )
+        };
+        let mut optimizer = opt.init::<f64>(&[&x]).map_err(fail)?;
+        optimizer.set_non_finite(policy);
+        Ok(ClosedForm {
+            x,
+            curvatures,
+            optimizer,
+        })
+    }
+
+    fn value_grad(&self) -> (f64, Array1<f64>) {
+        let x = &self.x;
+        if self.curvatures.is_empty() {
             let (a, b) = (x[0], x[1]);
             (
                 (1.0 - a).powi(2) + 100.0 * (b - a * a).powi(2),
@@ -273,43 +305,33 @@ fn closed_form(opt: &DynOptimizer, problem: &str, job: &Job) -> Result<Run, Fail
                 ]),
             )
         } else {
-            let v = x.iter().zip(&curv).map(|(x, c)| 0.5 * c * x * x).sum();
-            (
-                v,
-                Array1::from_iter(x.iter().zip(&curv).map(|(x, c)| c * x)),
-            )
+            let c = &self.curvatures;
+            let v = x.iter().zip(c).map(|(x, c)| 0.5 * c * x * x).sum();
+            (v, Array1::from_iter(x.iter().zip(c).map(|(x, c)| c * x)))
         }
-    };
-    let mut st = opt.init::<f64>(&[&x]).map_err(fail)?;
-    st.set_non_finite(policy);
-    let mut run = Run::default();
-    let mut step = 0;
-    if let Some(path) = saving.path.as_ref().filter(|p| saving.resume && p.exists()) {
-        let user = checkpoint::load(path, &mut [("x", &mut x)], &mut st).map_err(fail)?;
-        step = saving.restore(path, &user, &mut run, steps)?;
-        bar.inc(step as u64);
     }
-    let save = |x: &Array1<f64>, st: &Stepper<f64>, run: &Run, step: usize| match &saving.path {
-        Some(path) => {
-            checkpoint::save(path, &[("x", x)], st, &saving.entries(run, step)).map_err(fail)
-        }
-        None => Ok(()),
-    };
-    while step < steps && run.stopped_at.is_none() {
-        let started = Instant::now();
-        let (v, g) = value_grad(&x);
-        let stepped = outcome(st.step(&mut [&mut x], &[&g]), &st)?;
-        run.seconds += started.elapsed().as_secs_f64();
-        run.losses.push(v);
-        step += 1;
-        let stop = record(&mut run, stepped, step);
-        if stop || saving.due(step) {
-            save(&x, &st, &run, step)?;
-        }
-        bar.inc(1);
+}
+
+impl Subject for ClosedForm {
+    fn step(&mut self, _k: usize) -> (f64, Result<bool, lensopt::Error>) {
+        let (v, g) = self.value_grad();
+        let result = self.optimizer.step(&mut [&mut self.x], &[&g]);
+        (v, result.map(|()| self.optimizer.last_skipped()))
     }
-    save(&x, &st, &run, step)?;
-    run.losses.push(value_grad(&x).0);
+
+    fn save(&self, path: &Path, user: &BTreeMap<String, String>) -> Result<(), lensopt::Error> {
+        checkpoint::save(path, &[("x", &self.x)], &self.optimizer, user)
+    }
+
+    fn load(&mut self, path: &Path) -> Result<BTreeMap<String, String>, lensopt::Error> {
+        checkpoint::load(path, &mut [("x", &mut self.x)], &mut self.optimizer)
+    }
+}
+
+fn closed_form(opt: &DynOptimizer, problem: &str, job: &Job) -> Result<Run, Failure> {
+    let mut subject = ClosedForm::new(opt, problem, job.seed, job.policy)?;
+    let mut run = drive(&mut subject, job)?;
+    run.losses.push(subject.value_grad().0);
     Ok(run)
 }
 
@@ -365,72 +387,83 @@ fn supervised_data(problem: &str) -> Result<Supervised, Failure> {
     })
 }
 
-/// The rows of mini-batch `step`: epoch `e` is a permutation seeded by the
-/// run's seed and `e`, so any step's batch is known without replaying the run.
-fn batch_rows(seed: u64, rows: usize, batch: usize, step: usize) -> Vec<usize> {
-    let per_epoch = (rows / batch).max(1);
-    let epoch = (step / per_epoch) as u64;
-    let at = (step % per_epoch) * batch;
-    let order =
-        SplitMix(seed ^ 0x5EED ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)).permutation(rows);
-    order[at..at + batch].to_vec()
+/// Mini-batches: epoch `e` is a permutation seeded by the run's seed and
+/// `e`, so any step's batch is known without replaying the run.
+struct Batches {
+    seed: u64,
+    rows: usize,
+    batch: usize,
+    /// The current epoch and its order.
+    epoch: Option<(usize, Vec<usize>)>,
+}
+
+impl Batches {
+    /// The rows of mini-batch `step`.
+    fn rows(&mut self, step: usize) -> &[usize] {
+        let per_epoch = (self.rows / self.batch).max(1);
+        let epoch = step / per_epoch;
+        if self.epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mix = self.seed ^ 0x5EED ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.epoch = Some((epoch, SplitMix(mix).permutation(self.rows)));
+        }
+        let at = (step % per_epoch) * self.batch;
+        let order = self.epoch.as_ref().map_or(&[][..], |(_, o)| o.as_slice());
+        &order[at..at + self.batch]
+    }
+}
+
+/// A supervised problem's trainer and its data.
+struct Learning<'a> {
+    trainer: Trainer<f32, SoftmaxCrossEntropy>,
+    data: &'a Supervised,
+    batches: Batches,
+}
+
+impl Subject for Learning<'_> {
+    fn step(&mut self, k: usize) -> (f64, Result<bool, lensopt::Error>) {
+        let (x, y) = (&self.data.x_train, &self.data.y_train);
+        let idx = self.batches.rows(k);
+        let batch = idx.len();
+        let xb = Array2::from_shape_fn((batch, x.ncols()), |(i, j)| x[(idx[i], j)]);
+        let yb = Array2::from_shape_fn((batch, y.ncols()), |(i, j)| y[(idx[i], j)]);
+        match self.trainer.step(&xb, &yb) {
+            Ok(loss) => (f64::from(loss), Ok(self.trainer.optimizer.last_skipped())),
+            Err(e) => (f64::NAN, Err(e)),
+        }
+    }
+
+    fn save(&self, path: &Path, user: &BTreeMap<String, String>) -> Result<(), lensopt::Error> {
+        self.trainer.save(path, user)
+    }
+
+    fn load(&mut self, path: &Path) -> Result<BTreeMap<String, String>, lensopt::Error> {
+        self.trainer.load(path)
+    }
 }
 
 fn supervised(opt: &DynOptimizer, data: &Supervised, job: &Job) -> Result<Run, Failure> {
-    let Job {
-        steps,
-        seed,
-        policy,
-        ref saving,
-        bar,
-    } = *job;
-    let fail = |e: lensopt::Error| Failure::usage(e.to_string());
     let model =
-        Model::<f32>::new(&data.diagram, seed).map_err(|e| Failure::usage(e.to_string()))?;
+        Model::<f32>::new(&data.diagram, job.seed).map_err(|e| Failure::usage(e.to_string()))?;
     let mut trainer = Trainer::new(model, SoftmaxCrossEntropy, opt).map_err(fail)?;
-    trainer.optimizer.set_non_finite(policy);
-    let mut run = Run::default();
-    let mut step = 0;
-    if let Some(path) = saving.path.as_ref().filter(|p| saving.resume && p.exists()) {
-        let user = trainer.load(path).map_err(fail)?;
-        step = saving.restore(path, &user, &mut run, steps)?;
-        bar.inc(step as u64);
-    }
-    let (x, y) = (&data.x_train, &data.y_train);
-    let batch = 128.min(x.nrows());
-    let save =
-        |trainer: &Trainer<f32, SoftmaxCrossEntropy>, run: &Run, step: usize| match &saving.path {
-            Some(path) => trainer.save(path, &saving.entries(run, step)).map_err(fail),
-            None => Ok(()),
-        };
-    while step < steps && run.stopped_at.is_none() {
-        let started = Instant::now();
-        let idx = batch_rows(seed, x.nrows(), batch, step);
-        let xb = Array2::from_shape_fn((batch, x.ncols()), |(i, j)| x[(idx[i], j)]);
-        let yb = Array2::from_shape_fn((batch, y.ncols()), |(i, j)| y[(idx[i], j)]);
-        let result = trainer.step(&xb, &yb);
-        let loss = match &result {
-            Ok(loss) => f64::from(*loss),
-            Err(_) => f64::NAN,
-        };
-        let stepped = outcome(result.map(|_| ()), &trainer.optimizer)?;
-        run.seconds += started.elapsed().as_secs_f64();
-        run.losses.push(loss);
-        step += 1;
-        let stop = record(&mut run, stepped, step);
-        if stop || saving.due(step) {
-            save(&trainer, &run, step)?;
-        }
-        bar.inc(1);
-    }
-    save(&trainer, &run, step)?;
-    run.accuracy = Some(accuracy(
-        &trainer
-            .model
-            .predict(&data.x_test)
-            .map_err(|e| Failure::usage(e.to_string()))?,
-        &data.test_labels,
-    ));
+    trainer.optimizer.set_non_finite(job.policy);
+    let rows = data.x_train.nrows();
+    let mut subject = Learning {
+        trainer,
+        data,
+        batches: Batches {
+            seed: job.seed,
+            rows,
+            batch: 128.min(rows),
+            epoch: None,
+        },
+    };
+    let mut run = drive(&mut subject, job)?;
+    let predicted = subject
+        .trainer
+        .model
+        .predict(&data.x_test)
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    run.accuracy = Some(accuracy(&predicted, &data.test_labels));
     Ok(run)
 }
 
@@ -469,12 +502,12 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             )))
         }
     };
-    let policy = match args.non_finite.as_str() {
-        "stop" => NonFinite::Refuse,
-        "skip" => NonFinite::Skip,
-        other => {
+    let policy = match NonFinite::parse(&args.non_finite) {
+        Some(p) if p != NonFinite::Unchecked => p,
+        _ => {
             return Err(Failure::usage(format!(
-                "--non-finite: `{other}` is not stop or skip"
+                "--non-finite: `{}` is not stop or skip",
+                args.non_finite
             )))
         }
     };

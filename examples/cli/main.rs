@@ -130,13 +130,7 @@ fn list(args: &ListArgs) {
             let hypers: serde_json::Map<String, serde_json::Value> = rule
                 .hypers
                 .iter()
-                .map(|h| {
-                    let v = match h.default {
-                        lensopt::HyperValue::Num(x) => serde_json::json!(x),
-                        lensopt::HyperValue::Bool(b) => serde_json::json!(b),
-                    };
-                    (h.name.clone(), v)
-                })
+                .map(|h| (h.name.clone(), lensopt::hyper_to_json(h.default)))
                 .collect();
             let states: Vec<&str> = rule.states.iter().map(|s| s.name.as_str()).collect();
             let inputs: Vec<&str> = rule.inputs.iter().map(|i| i.name.as_str()).collect();

@@ -175,15 +175,11 @@ impl Case {
                 let mut hyper = Vec::new();
                 if let Some(map) = meta.get("hyper").and_then(Value::as_object) {
                     for (name, value) in map {
-                        let value = match value {
-                            Value::Bool(b) => HyperValue::Bool(*b),
-                            Value::Number(x) => HyperValue::Num(x.as_f64().unwrap_or(f64::NAN)),
-                            _ => {
-                                return Err(bad(format!(
-                                    "hyperparameter `{name}` must be a number or a boolean"
-                                )))
-                            }
-                        };
+                        let value = crate::hyper_from_json(value).ok_or_else(|| {
+                            bad(format!(
+                                "hyperparameter `{name}` must be a number or a boolean"
+                            ))
+                        })?;
                         hyper.push((name.clone(), value));
                     }
                 }

@@ -23,11 +23,12 @@
 //! checkpoint under the real name.
 
 use crate::error::Error;
+use crate::optimizer::{hyper_from_json, hyper_to_json};
 use crate::stepper::Stepper;
 use crate::tensor::{TensorMut, TensorRef};
 use crate::Float;
 use lensopt_ir::interp::StateBuf;
-use lensopt_ir::{HyperValue, Rule, StateKind};
+use lensopt_ir::{Rule, StateKind};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -60,16 +61,14 @@ fn dtype_of<F: Float>() -> Dtype {
 }
 
 fn encode<F: Float>(xs: &[F]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(xs.len() * if F::NAME == "f32" { 4 } else { 8 });
-    for x in xs {
-        if F::NAME == "f32" {
-            // f32 -> f64 -> f32 is exact.
-            out.extend_from_slice(&(x.to_f64() as f32).to_le_bytes());
-        } else {
-            out.extend_from_slice(&x.to_f64().to_le_bytes());
-        }
+    if F::NAME == "f32" {
+        // f32 -> f64 -> f32 is exact.
+        xs.iter()
+            .flat_map(|x| (x.to_f64() as f32).to_le_bytes())
+            .collect()
+    } else {
+        xs.iter().flat_map(|x| x.to_f64().to_le_bytes()).collect()
     }
-    out
 }
 
 fn decode<F: Float>(bytes: &[u8]) -> Vec<F> {
@@ -87,13 +86,6 @@ fn decode<F: Float>(bytes: &[u8]) -> Vec<F> {
                 F::from_f64(f64::from_le_bytes(b))
             })
             .collect()
-    }
-}
-
-fn hyper_json(v: HyperValue) -> Value {
-    match v {
-        HyperValue::Num(x) => json!(x),
-        HyperValue::Bool(b) => json!(b),
     }
 }
 
@@ -151,7 +143,7 @@ pub fn to_bytes<F: Float>(
     let hyper_names: Vec<&str> = rule.hypers.iter().map(|h| h.name.as_str()).collect();
     let group_values: Vec<Vec<Value>> = groups
         .iter()
-        .map(|g| g.iter().copied().map(hyper_json).collect())
+        .map(|g| g.iter().copied().map(hyper_to_json).collect())
         .collect();
     meta.insert(
         "hypers".into(),
@@ -327,18 +319,15 @@ pub fn from_bytes<F: Float>(
         }
         let mut group = Vec::with_capacity(values.len());
         for (decl, v) in rule.hypers.iter().zip(values) {
-            group.push(match (decl.default, v) {
-                (HyperValue::Num(_), Value::Number(x)) => {
-                    HyperValue::Num(x.as_f64().unwrap_or(f64::NAN))
-                }
-                (HyperValue::Bool(_), Value::Bool(b)) => HyperValue::Bool(b),
+            match hyper_from_json(&v) {
+                Some(value) if value.kind() == decl.default.kind() => group.push(value),
                 _ => {
                     return Err(fail(format!(
                         "hyperparameter `{}` has a value of the wrong kind in the checkpoint",
                         decl.name
                     )))
                 }
-            });
+            }
         }
         groups.push(group);
     }

@@ -61,7 +61,7 @@ pub use lensopt_ir::optimize::{equivalent, Mode};
 pub use lensopt_ir::{interp, Diagnostic, Diagnostics, HyperValue, Rule};
 pub use lensopt_macros::{circuit, diagram, optimizer};
 pub use non_finite::NonFinite;
-pub use optimizer::{DynOptimizer, Group, Optimizer};
+pub use optimizer::{hyper_from_json, hyper_to_json, DynOptimizer, Group, Optimizer};
 pub use stepper::{Backend, Inputs, Stepper};
 pub use tensor::{TensorMut, TensorRef};
 

@@ -24,6 +24,7 @@
 //! [`Error::NonFinite`]: crate::Error::NonFinite
 
 use crate::Float;
+use lensopt_ir::InputDecl;
 use rayon::prelude::*;
 
 /// The policy for a step whose gradients or inputs are not all finite.
@@ -101,7 +102,7 @@ pub(crate) fn first_non_finite<F: Float>(xs: &[F]) -> Option<(usize, f64)> {
 pub(crate) fn scan<F: Float>(
     grads: &[&[F]],
     inputs: &[Vec<Option<&[F]>>],
-    input_names: &[String],
+    decls: &[InputDecl],
 ) -> Option<Found> {
     for (i, g) in grads.iter().enumerate() {
         if let Some((index, value)) = first_non_finite(g) {
@@ -113,10 +114,10 @@ pub(crate) fn scan<F: Float>(
         }
     }
     for (i, row) in inputs.iter().enumerate() {
-        for (name, data) in input_names.iter().zip(row) {
+        for (decl, data) in decls.iter().zip(row) {
             if let Some((index, value)) = data.and_then(first_non_finite) {
                 return Some(Found {
-                    what: format!("input `{name}` {i}"),
+                    what: format!("input `{}` {i}", decl.name),
                     index,
                     value,
                 });

@@ -116,6 +116,23 @@ impl Optimizer for DynOptimizer {
 }
 
 /// Finds the slot of hyperparameter `name` and checks the value's kind.
+/// A hyperparameter's value as JSON: a number or a boolean.
+pub fn hyper_to_json(value: HyperValue) -> serde_json::Value {
+    match value {
+        HyperValue::Num(x) => serde_json::json!(x),
+        HyperValue::Bool(b) => serde_json::json!(b),
+    }
+}
+
+/// A JSON number or boolean as a hyperparameter's value.
+pub fn hyper_from_json(value: &serde_json::Value) -> Option<HyperValue> {
+    match value {
+        serde_json::Value::Bool(b) => Some(HyperValue::Bool(*b)),
+        serde_json::Value::Number(x) => Some(HyperValue::Num(x.as_f64().unwrap_or(f64::NAN))),
+        _ => None,
+    }
+}
+
 pub(crate) fn hyper_slot(rule: &Rule, name: &str, value: HyperValue) -> Result<usize, Error> {
     let Some(index) = rule.hyper_index(name) else {
         return Err(hyper_error(&rule.name, rule, name, value));

@@ -272,10 +272,10 @@ impl<F: Float> Stepper<F> {
         }
         self.last_skipped = false;
         if self.non_finite != NonFinite::Unchecked {
-            let names: Vec<String> = self.rule.inputs.iter().map(|d| d.name.clone()).collect();
+            let decls = &self.rule.inputs;
             let found = match &self.pool {
-                Some(pool) => pool.install(|| non_finite::scan(&grad_data, &input_data, &names)),
-                None => non_finite::scan(&grad_data, &input_data, &names),
+                Some(pool) => pool.install(|| non_finite::scan(&grad_data, &input_data, decls)),
+                None => non_finite::scan(&grad_data, &input_data, decls),
             };
             if let Some(found) = found {
                 if self.non_finite == NonFinite::Skip {
