@@ -9,7 +9,7 @@
 
 use lensopt::{catalog, DynOptimizer, Optimizer};
 use lensopt_codegen::ptx::Precision;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn ptxas() -> Option<PathBuf> {
@@ -26,6 +26,33 @@ fn ptxas() -> Option<PathBuf> {
     let site = String::from_utf8(out.stdout).ok()?;
     let path = PathBuf::from(site.trim()).join("nvidia/cuda_nvcc/bin/ptxas");
     path.exists().then_some(path)
+}
+
+/// `ptxas`, or `None` after saying the test is skipped.
+fn ptxas_or_skip() -> Option<PathBuf> {
+    let found = ptxas();
+    if found.is_none() {
+        eprintln!(
+            "skipped: ptxas not found (pip install nvidia-cuda-nvcc-cu12, or set LENSOPT_PTXAS)"
+        );
+    }
+    found
+}
+
+/// Assembles the PTX in `file` for `target`; ptxas's messages on failure.
+fn assemble(ptxas: &Path, target: &str, file: &Path) -> Result<(), String> {
+    let out = Command::new(ptxas)
+        .args(["--gpu-name", target])
+        .arg(file)
+        .arg("-o")
+        .arg(file.with_extension("cubin"))
+        .output()
+        .expect("ptxas runs");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 /// The catalog with its defaults, plus the switches that add reductions or branches.
@@ -61,10 +88,7 @@ fn ptx(opt: &DynOptimizer, precision: Precision, target: &str) -> Result<String,
 
 #[test]
 fn every_catalog_kernel_assembles_with_ptxas() {
-    let Some(ptxas) = ptxas() else {
-        eprintln!(
-            "skipped: ptxas not found (pip install nvidia-cuda-nvcc-cu12, or set LENSOPT_PTXAS)"
-        );
+    let Some(ptxas) = ptxas_or_skip() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("lensopt-ptx-{}", std::process::id()));
@@ -77,18 +101,9 @@ fn every_catalog_kernel_assembles_with_ptxas() {
                     .unwrap_or_else(|e| panic!("{label} {precision:?} {target}: {e}"));
                 let file = dir.join(format!("{label}_{precision:?}_{target}.ptx"));
                 std::fs::write(&file, &text).unwrap();
-                let out = Command::new(&ptxas)
-                    .args(["--gpu-name", target])
-                    .arg(&file)
-                    .arg("-o")
-                    .arg(file.with_extension("cubin"))
-                    .output()
-                    .expect("ptxas runs");
-                assert!(
-                    out.status.success(),
-                    "{label} {precision:?} {target}: ptxas failed:\n{}\n{text}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                if let Err(e) = assemble(&ptxas, target, &file) {
+                    panic!("{label} {precision:?} {target}: ptxas failed:\n{e}\n{text}");
+                }
                 checked += 1;
             }
         }
@@ -160,10 +175,7 @@ fn example_circuits() -> Vec<(&'static str, lensopt::circuit::Circuit)> {
 
 #[test]
 fn circuit_kernels_assemble_with_ptxas() {
-    let Some(ptxas) = ptxas() else {
-        eprintln!(
-            "skipped: ptxas not found (pip install nvidia-cuda-nvcc-cu12, or set LENSOPT_PTXAS)"
-        );
+    let Some(ptxas) = ptxas_or_skip() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("lensopt-ptx-circuits-{}", std::process::id()));
@@ -173,18 +185,9 @@ fn circuit_kernels_assemble_with_ptxas() {
             let module = lensopt_codegen::ptx::emit_circuit(&circuit, target);
             let file = dir.join(format!("{name}_{target}.ptx"));
             std::fs::write(&file, &module.text).unwrap();
-            let out = Command::new(&ptxas)
-                .args(["--gpu-name", target])
-                .arg(&file)
-                .arg("-o")
-                .arg(file.with_extension("cubin"))
-                .output()
-                .expect("ptxas runs");
-            assert!(
-                out.status.success(),
-                "{name} {target}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            if let Err(e) = assemble(&ptxas, target, &file) {
+                panic!("{name} {target}: {e}");
+            }
         }
     }
 }

@@ -27,8 +27,8 @@
 //! checked against libm), `pow` as `e^(y ln x)` for non-negative bases.
 //! PTX ISA 7.8, `.target sm_80` or later.
 
-use lensopt_ir::schedule::{buffer_of, output_buffer, Schedule};
-use lensopt_ir::{BinOp, Op, Rate, ReduceOp, Rule, Ty, UnOp, ValueId};
+use lensopt_ir::schedule::{buffer_count, buffer_of, element_nodes, output_buffer, Schedule};
+use lensopt_ir::{BinOp, Op, ReduceOp, Rule, Ty, UnOp, ValueId};
 use std::fmt::Write;
 
 /// The element type of the generated kernels.
@@ -156,12 +156,17 @@ pub fn ln_f64_model(x: f64) -> f64 {
     e.mul_add(LN2_HI, e.mul_add(LN2_LO, q))
 }
 
+/// The module header: PTX ISA 7.8 for `target`, 64-bit addresses.
+fn header(target: &str) -> String {
+    format!(".version 7.8\n.target {target}\n.address_size 64\n\n")
+}
+
 /// Threads per block of every kernel (a multiple of the warp size).
 pub const BLOCK: usize = 256;
 
 /// Number of u64 words of one tensor descriptor.
 pub fn descriptor_words(rule: &Rule) -> usize {
-    2 + 2 + rule.inputs.len() + rule.states.len()
+    2 + buffer_count(rule)
 }
 
 /// A PTX module: its text and the names of its kernels.
@@ -181,7 +186,7 @@ pub fn emit(
 ) -> Result<PtxModule, PtxError> {
     let mut text = String::new();
     let _ = writeln!(text, "// lensopt: rule {}", schedule.rule.name);
-    let _ = writeln!(text, ".version 7.8\n.target {target}\n.address_size 64\n");
+    text.push_str(&header(target));
     let mut kernels = Vec::new();
     for (k, pass) in schedule.passes.iter().enumerate() {
         let name = format!("reduce{k}");
@@ -239,6 +244,36 @@ impl<'s> Kernel<'s> {
         format!("%rd{}", self.u64s)
     }
 
+    /// `N` fresh float registers, numbered in order.
+    fn floats<const N: usize>(&mut self) -> [String; N] {
+        std::array::from_fn(|_| self.float())
+    }
+
+    /// `N` fresh predicates, numbered in order.
+    fn preds<const N: usize>(&mut self) -> [String; N] {
+        std::array::from_fn(|_| self.pred())
+    }
+
+    /// `N` fresh u64 registers, numbered in order.
+    fn u64regs<const N: usize>(&mut self) -> [String; N] {
+        std::array::from_fn(|_| self.u64reg())
+    }
+
+    /// A fresh register holding the address of buffer `b`'s element at byte offset `%rd8`.
+    fn address(&mut self, b: usize) -> String {
+        let a = self.u64reg();
+        self.line(format!("add.u64 {a}, %rd{}, %rd8;", 10 + b));
+        a
+    }
+
+    /// `%acc{k} = %acc{k} (op) %acc{32 + k}`: two partials of reduction `k`.
+    fn combine(&mut self, op: ReduceOp, k: usize) {
+        match op {
+            ReduceOp::MaxAbs => self.max_nan(&format!("%acc{k}"), &format!("%acc{}", 32 + k)),
+            _ => self.line(format!("add.rn.f64 %acc{k}, %acc{k}, %acc{};", 32 + k)),
+        }
+    }
+
     /// Loads the descriptor of this block's tensor: `%rd1` = n, `%rd2` = slots,
     /// `%rd{10 + b}` = buffer `b`; `%rd3` = this thread's first element, `%rd4` = stride.
     fn prologue(&mut self, buffers: &[usize]) {
@@ -282,8 +317,8 @@ impl<'s> Kernel<'s> {
             reads[v.index()] = true;
         }
         let mut vals = vec![None; self.rule.nodes.len()];
-        let slots = self.schedule.slots.clone();
-        for (j, v) in slots.iter().enumerate() {
+        let schedule = self.schedule;
+        for (j, v) in schedule.slots.iter().enumerate() {
             if !reads[v.index()] {
                 continue;
             }
@@ -304,18 +339,6 @@ impl<'s> Kernel<'s> {
             });
         }
         vals
-    }
-
-    /// Element-rate nodes needed by `roots`, in order.
-    fn needed(&self, roots: &[ValueId]) -> Vec<usize> {
-        let live = self.rule.reachable(roots);
-        (0..self.rule.nodes.len())
-            .filter(|&i| {
-                live[i]
-                    && self.rule.nodes[i].rate == Rate::Element
-                    && !matches!(self.rule.nodes[i].op, Op::Reduce(..))
-            })
-            .collect()
     }
 
     fn buffers_of(&self, needed: &[usize], written: &[usize]) -> Vec<usize> {
@@ -347,13 +370,12 @@ impl<'s> Kernel<'s> {
                 }
                 Op::Param | Op::Grad | Op::Input(_) | Op::State(_) => {
                     let b = buffer_of(self.rule, &node.op).expect("a buffer");
-                    let a = self.u64reg();
-                    self.line(format!("add.u64 {a}, %rd{}, %rd8;", 10 + b));
+                    let a = self.address(b);
                     let f = self.float();
                     self.line(format!("ld.global.{ty} {f}, [{a}];"));
                     f
                 }
-                Op::Unary(u, a) => self.unary(u, &v(a))?,
+                Op::Unary(u, a) => self.unary(u, &v(a)),
                 Op::Binary(b, x, y) => self.binary(b, &v(x), &v(y))?,
                 Op::Select(c, a, b) => {
                     if node.ty == Ty::Float {
@@ -362,7 +384,7 @@ impl<'s> Kernel<'s> {
                         f
                     } else {
                         // (c & a) | (!c & b) on predicates.
-                        let (t, e, o) = (self.pred(), self.pred(), self.pred());
+                        let [t, e, o] = self.preds();
                         self.line(format!("and.pred {t}, {}, {};", v(c), v(a)));
                         self.line(format!("not.pred {e}, {};", v(c)));
                         self.line(format!("and.pred {e}, {e}, {};", v(b)));
@@ -384,14 +406,14 @@ impl<'s> Kernel<'s> {
 
     /// `e^x`: in f32 `ex2.approx(x * log2 e)`; in f64 the range reduction
     /// of [`exp_f64_model`] (the same steps, checked against libm in the tests).
-    fn exp(&mut self, x: &str) -> Result<String, PtxError> {
+    fn exp(&mut self, x: &str) -> String {
         if self.p == Precision::F64 {
-            return Ok(self.exp64(x));
+            return self.exp64(x);
         }
-        let (t, f) = (self.float(), self.float());
+        let [t, f] = self.floats();
         self.line(format!("mul.rn.f32 {t}, {x}, 0f3FB8AA3B;"));
         self.line(format!("ex2.approx.f32 {f}, {t};"));
-        Ok(f)
+        f
     }
 
     /// `ln x`: in f32 `lg2.approx(x) * ln 2`; in f64 [`ln_f64_model`]'s steps.
@@ -399,7 +421,7 @@ impl<'s> Kernel<'s> {
         if self.p == Precision::F64 {
             return self.ln64(x);
         }
-        let (t, f) = (self.float(), self.float());
+        let [t, f] = self.floats();
         self.line(format!("lg2.approx.f32 {t}, {x};"));
         self.line(format!("mul.rn.f32 {f}, {t}, 0f3F317218;"));
         f
@@ -411,16 +433,9 @@ impl<'s> Kernel<'s> {
 
     /// f64 `e^x` (see [`exp_f64_model`]).
     fn exp64(&mut self, x: &str) -> String {
-        let (c, t, k, r, p, out) = (
-            self.float(),
-            self.float(),
-            self.float(),
-            self.float(),
-            self.float(),
-            self.float(),
-        );
-        let (k1, k2, b1, b2) = (self.u64reg(), self.u64reg(), self.u64reg(), self.u64reg());
-        let (s1, s2) = (self.float(), self.float());
+        let [c, t, k, r, p, out] = self.floats();
+        let [k1, k2, b1, b2] = self.u64regs();
+        let [s1, s2] = self.floats();
         let nan = self.pred();
         self.line(format!("max.f64 {c}, {x}, {};", Self::lit(-746.0)));
         self.line(format!("min.f64 {c}, {c}, {};", Self::lit(710.0)));
@@ -459,25 +474,9 @@ impl<'s> Kernel<'s> {
 
     /// f64 `ln x` (see [`ln_f64_model`]).
     fn ln64(&mut self, x: &str) -> String {
-        let (xs, m, num, den, s, s2, q, e, out) = (
-            self.float(),
-            self.float(),
-            self.float(),
-            self.float(),
-            self.float(),
-            self.float(),
-            self.float(),
-            self.float(),
-            self.float(),
-        );
-        let (bits, ex, mb) = (self.u64reg(), self.u64reg(), self.u64reg());
-        let (sub, big, bad, zero, inf) = (
-            self.pred(),
-            self.pred(),
-            self.pred(),
-            self.pred(),
-            self.pred(),
-        );
+        let [xs, m, num, den, s, s2, q, e, out] = self.floats();
+        let [bits, ex, mb] = self.u64regs();
+        let [sub, big, bad, zero, inf] = self.preds();
         // Subnormals: scale by 2^54 first.
         self.line(format!(
             "setp.lt.f64 {sub}, {x}, {};",
@@ -542,33 +541,29 @@ impl<'s> Kernel<'s> {
         out
     }
 
-    fn unary(&mut self, op: UnOp, a: &str) -> Result<String, PtxError> {
+    fn unary(&mut self, op: UnOp, a: &str) -> String {
         let ty = self.p.ty();
-        Ok(match op {
-            UnOp::Neg => {
+        match op {
+            UnOp::Neg | UnOp::Abs | UnOp::Sqrt => {
+                let name = match op {
+                    UnOp::Neg => "neg",
+                    UnOp::Abs => "abs",
+                    _ => "sqrt.rn",
+                };
                 let f = self.float();
-                self.line(format!("neg.{ty} {f}, {a};"));
-                f
-            }
-            UnOp::Abs => {
-                let f = self.float();
-                self.line(format!("abs.{ty} {f}, {a};"));
-                f
-            }
-            UnOp::Sqrt => {
-                let f = self.float();
-                self.line(format!("sqrt.rn.{ty} {f}, {a};"));
+                self.line(format!("{name}.{ty} {f}, {a};"));
                 f
             }
             UnOp::Rsqrt => {
-                let (s, f) = (self.float(), self.float());
+                let [s, f] = self.floats();
                 self.line(format!("sqrt.rn.{ty} {s}, {a};"));
                 self.line(format!("div.rn.{ty} {f}, {}, {s};", self.p.literal(1.0)));
                 f
             }
             UnOp::Sign => {
                 // 1 where a > 0, -1 where a < 0, else a (0, -0, NaN).
-                let (pos, neg, t, f) = (self.pred(), self.pred(), self.float(), self.float());
+                let [pos, neg] = self.preds();
+                let [t, f] = self.floats();
                 let zero = self.p.literal(0.0);
                 self.line(format!("setp.gt.{ty} {pos}, {a}, {zero};"));
                 self.line(format!("setp.lt.{ty} {neg}, {a}, {zero};"));
@@ -582,13 +577,13 @@ impl<'s> Kernel<'s> {
                 ));
                 f
             }
-            UnOp::Exp => self.exp(a)?,
+            UnOp::Exp => self.exp(a),
             UnOp::Ln => self.ln(a),
             UnOp::Sigmoid => {
                 let m = self.float();
                 self.line(format!("neg.{ty} {m}, {a};"));
-                let e = self.exp(&m)?;
-                let (d, f) = (self.float(), self.float());
+                let e = self.exp(&m);
+                let [d, f] = self.floats();
                 let one = self.p.literal(1.0);
                 self.line(format!("add.rn.{ty} {d}, {e}, {one};"));
                 self.line(format!("div.rn.{ty} {f}, {one}, {d};"));
@@ -599,7 +594,7 @@ impl<'s> Kernel<'s> {
                 self.line(format!("not.pred {p}, {a};"));
                 p
             }
-        })
+        }
     }
 
     fn binary(&mut self, op: BinOp, x: &str, y: &str) -> Result<String, PtxError> {
@@ -631,7 +626,7 @@ impl<'s> Kernel<'s> {
                     self.line(format!("mul.rn.f64 {t}, {y}, {l};"));
                     return Ok(self.exp64(&t));
                 }
-                let (l, t, f) = (self.float(), self.float(), self.float());
+                let [l, t, f] = self.floats();
                 self.line(format!("lg2.approx.f32 {l}, {x};"));
                 self.line(format!("mul.rn.f32 {t}, {y}, {l};"));
                 self.line(format!("ex2.approx.f32 {f}, {t};"));
@@ -682,15 +677,10 @@ impl<'s> Kernel<'s> {
     }
 
     fn element(mut self) -> Result<String, PtxError> {
-        let roots: Vec<ValueId> = self.schedule.outputs.iter().map(|o| o.1).collect();
-        let needed = self.needed(&roots);
-        let written: Vec<usize> = self
-            .schedule
-            .outputs
-            .iter()
-            .map(|(o, _)| output_buffer(self.rule, *o))
-            .collect();
-        let buffers = self.buffers_of(&needed, &written);
+        let schedule = self.schedule;
+        let roots: Vec<ValueId> = schedule.outputs.iter().map(|o| o.1).collect();
+        let needed = element_nodes(self.rule, &roots);
+        let buffers = self.buffers_of(&needed, &schedule.buffers_written());
         self.prologue(&buffers);
         let slot_vals = self.slots(&needed);
         self.vector_loop(&needed, &buffers, &slot_vals)?;
@@ -701,10 +691,8 @@ impl<'s> Kernel<'s> {
         self.offset();
         self.values(&needed, &mut vals)?;
         let ty = self.p.ty();
-        for (out, v) in self.schedule.outputs.clone() {
-            let b = output_buffer(self.rule, out);
-            let a = self.u64reg();
-            self.line(format!("add.u64 {a}, %rd{}, %rd8;", 10 + b));
+        for &(out, v) in &schedule.outputs {
+            let a = self.address(output_buffer(self.rule, out));
             let value = vals[v.index()].clone().expect("outputs are computed");
             self.line(format!("st.global.{ty} [{a}], {value};"));
         }
@@ -752,8 +740,7 @@ impl<'s> Kernel<'s> {
             let op = self.rule.nodes[id].op;
             if let Some(b) = buffer_of(self.rule, &op) {
                 let regs: Vec<String> = (0..lanes).map(|_| self.float()).collect();
-                let a = self.u64reg();
-                self.line(format!("add.u64 {a}, %rd{}, %rd8;", 10 + b));
+                let a = self.address(b);
                 self.line(format!(
                     "ld.global.{v}.{ty} {{{}}}, [{a}];",
                     regs.join(", ")
@@ -766,10 +753,9 @@ impl<'s> Kernel<'s> {
         for vals in &mut lanes_vals {
             self.values(needed, vals)?;
         }
-        for (out, val) in self.schedule.outputs.clone() {
-            let b = output_buffer(self.rule, out);
-            let a = self.u64reg();
-            self.line(format!("add.u64 {a}, %rd{}, %rd8;", 10 + b));
+        let schedule = self.schedule;
+        for &(out, val) in &schedule.outputs {
+            let a = self.address(output_buffer(self.rule, out));
             let regs: Vec<String> = lanes_vals
                 .iter()
                 .map(|vals| vals[val.index()].clone().expect("outputs are computed"))
@@ -804,7 +790,7 @@ impl<'s> Kernel<'s> {
             return Err(PtxError("more than 32 reductions in one pass".into()));
         }
         let roots: Vec<ValueId> = args.iter().map(|a| a.1).collect();
-        let needed = self.needed(&roots);
+        let needed = element_nodes(self.rule, &roots);
         let buffers = self.buffers_of(&needed, &[]);
         self.prologue(&buffers);
         let mut vals = self.slots(&needed);
@@ -847,12 +833,7 @@ impl<'s> Kernel<'s> {
                 self.line(format!("shfl.sync.down.b32 %r9, %r7, {shift}, 31, -1;"));
                 self.line(format!("shfl.sync.down.b32 %r10, %r8, {shift}, 31, -1;"));
                 self.line(format!("mov.b64 %acc{}, {{%r9, %r10}};", 32 + k));
-                match op {
-                    ReduceOp::MaxAbs => {
-                        self.max_nan(&format!("%acc{k}"), &format!("%acc{}", 32 + k))
-                    }
-                    _ => self.line(format!("add.rn.f64 %acc{k}, %acc{k}, %acc{};", 32 + k)),
-                }
+                self.combine(*op, k);
             }
         }
         let count = args.len();
@@ -885,12 +866,7 @@ impl<'s> Kernel<'s> {
                     32 + k,
                     (warp * count + k) * 8
                 ));
-                match op {
-                    ReduceOp::MaxAbs => {
-                        self.max_nan(&format!("%acc{k}"), &format!("%acc{}", 32 + k))
-                    }
-                    _ => self.line(format!("add.rn.f64 %acc{k}, %acc{k}, %acc{};", 32 + k)),
-                }
+                self.combine(*op, k);
             }
             self.line(format!("st.global.f64 [%rd9+{}], %acc{k};", k * 8));
         }
@@ -913,7 +889,7 @@ impl<'s> Kernel<'s> {
 pub fn emit_circuit(circuit: &lensopt_ir::circuit::Circuit, target: &str) -> PtxModule {
     use lensopt_ir::circuit::Gate;
     let n = circuit.gates.len();
-    let mut text = format!(".version 7.8\n.target {target}\n.address_size 64\n\n");
+    let mut text = header(target);
     for reverse in [false, true] {
         let name = if reverse {
             "circuit_reverse"
@@ -994,17 +970,18 @@ pub fn emit_circuit(circuit: &lensopt_ir::circuit::Circuit, target: &str) -> Ptx
             }
             for (o, w) in circuit.outputs.iter().enumerate() {
                 row(&mut line, "%rd4", o);
-                line("ld.global.b64 %v".to_string() + &format!("{n}, [%rd11];"));
+                line(format!("ld.global.b64 %v{n}, [%rd11];"));
                 line(format!("xor.b64 %a{w}, %a{w}, %v{n};"));
             }
             for (w, gate) in circuit.gates.iter().enumerate().rev() {
                 match *gate {
-                    Gate::Input(i) => {
-                        row(&mut line, "%rd6", i);
-                        line(format!("st.global.b64 [%rd11], %a{w};"));
-                    }
-                    Gate::Param(j) => {
-                        row(&mut line, "%rd5", j);
+                    Gate::Input(_) | Gate::Param(_) => {
+                        let (base, r) = match *gate {
+                            Gate::Input(i) => ("%rd6", i),
+                            Gate::Param(j) => ("%rd5", j),
+                            _ => unreachable!("matched above"),
+                        };
+                        row(&mut line, base, r);
                         line(format!("st.global.b64 [%rd11], %a{w};"));
                     }
                     Gate::Zero | Gate::One => {}

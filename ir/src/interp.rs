@@ -242,14 +242,6 @@ fn eval_element<F: Float>(
     }
 }
 
-/// Element-rate nodes that `roots` need, in evaluation order.
-fn element_nodes(rule: &Rule, roots: &[ValueId]) -> Vec<usize> {
-    let live = rule.reachable(roots);
-    (0..rule.nodes.len())
-        .filter(|&i| live[i] && rule.nodes[i].rate == Rate::Element)
-        .collect()
-}
-
 /// Accumulator of one reduction over one tensor, in f64.
 #[derive(Clone, Copy)]
 struct Acc {
@@ -385,7 +377,7 @@ pub fn step<F: Float>(
             }
             continue;
         };
-        let needed = element_nodes(rule, &[arg]);
+        let needed = crate::schedule::element_nodes(rule, &[arg]);
         let accs: Vec<Acc> = tensors
             .iter()
             .zip(&scalars)
@@ -424,7 +416,7 @@ pub fn step<F: Float>(
     }
     // The element pass: new values from the old, then stored.
     let roots = rule.step_roots();
-    let needed = element_nodes(rule, &roots);
+    let needed = crate::schedule::element_nodes(rule, &roots);
     for (tt, sc) in tensors.iter_mut().zip(&scalars) {
         let n = tt.param.len();
         let mut ev: Vec<F> = sc.cast();
@@ -476,7 +468,7 @@ pub fn init_state<F: Float>(rule: &Rule, hypers: &[HyperValue], param: &[F]) -> 
         param.len(),
         &[],
     );
-    let needed = element_nodes(rule, &roots);
+    let needed = crate::schedule::element_nodes(rule, &roots);
     let mut ev: Vec<F> = sc.cast();
     let mut bufs: Vec<StateBuf<F>> = rule
         .states
@@ -529,7 +521,7 @@ pub fn view<F: Float>(
             sc.eval_tensor_node(id);
         }
     }
-    let needed = element_nodes(rule, &[root]);
+    let needed = crate::schedule::element_nodes(rule, &[root]);
     let mut ev: Vec<F> = sc.cast();
     let data = Elements {
         param,

@@ -184,6 +184,24 @@ pub fn buffer_of(rule: &Rule, op: &Op) -> Option<usize> {
     }
 }
 
+/// Number of buffers a kernel of `rule` takes: `p`, `g`, the inputs, the states.
+pub fn buffer_count(rule: &Rule) -> usize {
+    2 + rule.inputs.len() + rule.states.len()
+}
+
+/// Element-rate nodes that `roots` need, in evaluation order, reductions
+/// excluded (their results reach kernels as slots).
+pub fn element_nodes(rule: &Rule, roots: &[ValueId]) -> Vec<usize> {
+    let live = rule.reachable(roots);
+    (0..rule.nodes.len())
+        .filter(|&i| {
+            live[i]
+                && rule.nodes[i].rate == Rate::Element
+                && !matches!(rule.nodes[i].op, Op::Reduce(..))
+        })
+        .collect()
+}
+
 /// The kernel buffer an output is stored to.
 pub fn output_buffer(rule: &Rule, out: Output) -> usize {
     match out {

@@ -14,12 +14,8 @@ use lensopt_ir::{BinOp, Op, Rule, Ty, UnOp, ValueId};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
+pub use lensopt_ir::schedule::buffer_count;
 pub use lensopt_ir::schedule::buffer_of as buffer_index;
-
-/// Number of buffers a kernel of `rule` takes.
-pub fn buffer_count(rule: &Rule) -> usize {
-    2 + rule.inputs.len() + rule.states.len()
-}
 
 /// Memory flags of every kernel access: buffers are checked by the caller,
 /// so accesses cannot trap; vectors are not assumed aligned.

@@ -25,8 +25,9 @@ use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::JITModule;
 use cranelift_module::{FuncId, Linkage, Module, ModuleError};
-use lensopt_ir::schedule::{Output, Schedule};
-use lensopt_ir::{Op, Rate, ReduceOp, Rule, ValueId};
+pub use lensopt_ir::schedule::output_buffer;
+use lensopt_ir::schedule::{element_nodes, Schedule};
+use lensopt_ir::{Op, ReduceOp, Rule, ValueId};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
@@ -44,26 +45,6 @@ pub struct Built {
     pub passes: Vec<FuncId>,
     /// `(name, CLIF)` of every function, as generated (before cranelift's optimizations).
     pub clif: Vec<(String, String)>,
-}
-
-/// Element-rate nodes needed by `roots`, in order (reductions excluded).
-fn element_nodes(rule: &Rule, roots: &[ValueId]) -> Vec<usize> {
-    let live = rule.reachable(roots);
-    (0..rule.nodes.len())
-        .filter(|&i| {
-            live[i]
-                && rule.nodes[i].rate == Rate::Element
-                && !matches!(rule.nodes[i].op, Op::Reduce(..))
-        })
-        .collect()
-}
-
-/// The buffer an output is stored to.
-pub fn output_buffer(rule: &Rule, out: Output) -> usize {
-    match out {
-        Output::Param => 0,
-        Output::State(s) => 2 + rule.inputs.len() + s as usize,
-    }
 }
 
 /// Shared parts of every kernel's entry block.
