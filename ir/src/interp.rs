@@ -88,6 +88,24 @@ pub fn maximum<F: Float>(a: F, b: F) -> F {
     }
 }
 
+/// Two partial results of reduction `op` (over disjoint elements), in f64:
+/// how every backend combines chunks, blocks and tensors.
+pub fn combine_partials(op: ReduceOp, a: f64, b: f64) -> f64 {
+    match op {
+        ReduceOp::MaxAbs => maximum(a, b),
+        _ => a + b,
+    }
+}
+
+/// The value of reduction `op` from its combined partial over `numel` elements.
+pub fn finish_reduction(op: ReduceOp, acc: f64, numel: usize) -> f64 {
+    match op {
+        ReduceOp::Sum | ReduceOp::Count | ReduceOp::MaxAbs => acc,
+        ReduceOp::Mean => acc / numel as f64,
+        ReduceOp::Norm => acc.sqrt(),
+    }
+}
+
 /// IEEE 754-2019 `minimum`: NaN-propagating, -0 below +0.
 pub fn minimum<F: Float>(a: F, b: F) -> F {
     if a.is_nan() || b.is_nan() {

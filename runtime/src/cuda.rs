@@ -12,7 +12,7 @@
 //! for NaN or infinity ([`crate::NonFinite`]): that would need a device
 //! reduction and a synchronisation per step; check the loss on the host.
 
-use crate::circuit::eval::Rows;
+use crate::circuit::eval::{input_words, param_words, Rows};
 use crate::error::Error;
 use crate::jit::{self, Key};
 use crate::optimizer::Optimizer;
@@ -22,10 +22,10 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use lensopt_codegen::ptx::{descriptor_words, Precision, BLOCK};
-use lensopt_ir::interp::{self, maximum};
+use lensopt_ir::interp;
 use lensopt_ir::optimize::Mode;
 use lensopt_ir::schedule::Schedule;
-use lensopt_ir::{HyperValue, Op, ReduceOp, Rule, Scope, StateKind};
+use lensopt_ir::{HyperValue, Op, Rule, Scope, StateKind};
 use std::sync::Arc;
 
 fn device_error(e: impl std::fmt::Display) -> Error {
@@ -377,21 +377,18 @@ impl<F: GpuFloat> GpuStepper<F> {
             // length or unused), and writes blocks * tensors * pass.len() f64
             // partials, within the buffer allocated for 1,024 blocks x 32.
             unsafe { launch.launch(cfg) }.map_err(device_error)?;
-            let mut host = vec![0f64; self.partials.len()];
+            // Only the partials this launch wrote: (tensor, block, reduction).
+            let used = tensors * blocks as usize * pass.len();
+            let mut host = vec![0f64; used];
             stream
-                .memcpy_dtoh(&self.partials, &mut host)
+                .memcpy_dtoh(&self.partials.slice(..used), &mut host)
                 .map_err(device_error)?;
             for (r, id) in pass.iter().enumerate() {
                 let Op::Reduce(op, scope, _) = rule.node(*id).op else {
                     continue;
                 };
-                let combine = |a: f64, b: f64| {
-                    if op == ReduceOp::MaxAbs {
-                        maximum(a, b)
-                    } else {
-                        a + b
-                    }
-                };
+                let combine = |a: f64, b: f64| interp::combine_partials(op, a, b);
+                let finish = |acc: f64, n: usize| interp::finish_reduction(op, acc, n);
                 let per_tensor: Vec<f64> = (0..tensors)
                     .map(|k| {
                         (0..blocks as usize).fold(0.0, |acc, b| {
@@ -399,11 +396,6 @@ impl<F: GpuFloat> GpuStepper<F> {
                         })
                     })
                     .collect();
-                let finish = |acc: f64, n: usize| match op {
-                    ReduceOp::Mean => acc / n as f64,
-                    ReduceOp::Norm => acc.sqrt(),
-                    _ => acc,
-                };
                 match scope {
                     Scope::Tensor => {
                         for k in 0..tensors {
@@ -545,18 +537,9 @@ impl GpuCircuit {
     /// The outputs for `inputs` (one row of words per input bit).
     pub fn forward(&self, params: &[bool], inputs: &[Vec<u64>]) -> Result<Vec<Vec<u64>>, Error> {
         let c = &self.circuit;
-        let words = inputs.first().map_or(0, Vec::len);
-        let x = Self::rows(inputs, c.inputs, words)?;
-        if params.len() != c.params {
-            return Err(Error::Mismatch(format!(
-                "{} parameter bits are needed",
-                c.params
-            )));
-        }
-        let p: Vec<u64> = params
-            .iter()
-            .map(|b| if *b { u64::MAX } else { 0 })
-            .collect();
+        let words = input_words(c, params, inputs).map_err(Error::Mismatch)?;
+        let x = inputs.concat();
+        let p = param_words(params);
         let s = &self.device.stream;
         let dx = s.clone_htod(&x).map_err(device_error)?;
         let dp = s.clone_htod(&p).map_err(device_error)?;
@@ -581,19 +564,10 @@ impl GpuCircuit {
         dy: &[Vec<u64>],
     ) -> Result<(Rows, Rows), Error> {
         let c = &self.circuit;
-        let words = inputs.first().map_or(0, Vec::len);
-        let x = Self::rows(inputs, c.inputs, words)?;
+        let words = input_words(c, params, inputs).map_err(Error::Mismatch)?;
+        let x = inputs.concat();
         let d = Self::rows(dy, c.outputs.len(), words)?;
-        if params.len() != c.params {
-            return Err(Error::Mismatch(format!(
-                "{} parameter bits are needed",
-                c.params
-            )));
-        }
-        let p: Vec<u64> = params
-            .iter()
-            .map(|b| if *b { u64::MAX } else { 0 })
-            .collect();
+        let p = param_words(params);
         let s = &self.device.stream;
         let (dx, dd, dp) = (
             s.clone_htod(&x).map_err(device_error)?,

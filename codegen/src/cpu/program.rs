@@ -14,7 +14,7 @@ use super::math;
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_jit::{JITBuilder, JITModule};
-use lensopt_ir::interp::{self, maximum};
+use lensopt_ir::interp::{self, combine_partials, finish_reduction};
 use lensopt_ir::schedule::Schedule;
 use lensopt_ir::{HyperValue, Op, ReduceOp, Scope, StateKind};
 use rayon::prelude::*;
@@ -572,7 +572,7 @@ impl<F: JitFloat> Program<F> {
                 )
             };
             for (k, pass_value) in out.iter_mut().enumerate() {
-                *pass_value = combine(ops[k], *pass_value, tail[k]);
+                *pass_value = combine_partials(ops[k], *pass_value, tail[k]);
             }
         }
         out
@@ -596,45 +596,26 @@ impl<F: JitFloat> Program<F> {
                 .map(|chunks| {
                     chunks
                         .iter()
-                        .fold(identity(op), |acc, c| combine(op, acc, c[r]))
+                        .fold(0.0, |acc, c| combine_partials(op, acc, c[r]))
                 })
                 .collect();
             match scope {
                 Scope::Tensor => {
                     for (k, t) in tensors.iter().enumerate() {
-                        values[k][id.index()] = finish(op, per_tensor[k], t.param.len());
+                        values[k][id.index()] = finish_reduction(op, per_tensor[k], t.param.len());
                     }
                 }
                 Scope::Global => {
                     let all = per_tensor
                         .iter()
-                        .fold(identity(op), |acc, x| combine(op, acc, *x));
+                        .fold(0.0, |acc, x| combine_partials(op, acc, *x));
                     let numel: usize = tensors.iter().map(|t| t.param.len()).sum();
                     for v in values.iter_mut() {
-                        v[id.index()] = finish(op, all, numel);
+                        v[id.index()] = finish_reduction(op, all, numel);
                     }
                 }
             }
         }
-    }
-}
-
-fn identity(_op: ReduceOp) -> f64 {
-    0.0
-}
-
-fn combine(op: ReduceOp, a: f64, b: f64) -> f64 {
-    match op {
-        ReduceOp::MaxAbs => maximum(a, b),
-        _ => a + b,
-    }
-}
-
-fn finish(op: ReduceOp, acc: f64, numel: usize) -> f64 {
-    match op {
-        ReduceOp::Sum | ReduceOp::Count | ReduceOp::MaxAbs => acc,
-        ReduceOp::Mean => acc / numel as f64,
-        ReduceOp::Norm => acc.sqrt(),
     }
 }
 

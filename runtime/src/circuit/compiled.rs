@@ -2,7 +2,7 @@
 //! interface with the same layout as [`super::eval::Machine`]: one row of
 //! words per bit, 64 examples per word.
 
-use super::eval::Rows;
+use super::eval::{input_words, param_words, Rows};
 use super::Circuit;
 use lensopt_codegen::cpu::circuit::CircuitCode;
 
@@ -43,28 +43,7 @@ impl CompiledCircuit {
     }
 
     fn check(&self, params: &[bool], inputs: &[Vec<u64>]) -> Result<usize, String> {
-        let words = inputs.first().map_or(0, Vec::len);
-        if inputs.len() != self.circuit.inputs || inputs.iter().any(|r| r.len() != words) {
-            return Err(format!(
-                "the circuit takes {} input rows of one length",
-                self.circuit.inputs
-            ));
-        }
-        if params.len() != self.circuit.params {
-            return Err(format!(
-                "the circuit has {} parameter bits, got {}",
-                self.circuit.params,
-                params.len()
-            ));
-        }
-        Ok(words)
-    }
-
-    fn param_words(params: &[bool]) -> Vec<u64> {
-        params
-            .iter()
-            .map(|p| if *p { u64::MAX } else { 0 })
-            .collect()
+        input_words(&self.circuit, params, inputs)
     }
 
     /// The outputs, one row per output bit.
@@ -72,7 +51,7 @@ impl CompiledCircuit {
         let words = self.check(params, inputs)?;
         let padded = words.div_ceil(2) * 2;
         let x = flatten(inputs, padded);
-        let p = Self::param_words(params);
+        let p = param_words(params);
         let mut out = vec![0u64; self.circuit.outputs.len() * padded];
         // SAFETY: `x` holds inputs * padded words, `p` one word per parameter,
         // `out` outputs * padded words, and `padded` is even: the sizes the
@@ -98,7 +77,7 @@ impl CompiledCircuit {
         let padded = words.div_ceil(2) * 2;
         let x = flatten(inputs, padded);
         let d = flatten(dy, padded);
-        let p = Self::param_words(params);
+        let p = param_words(params);
         let mut dp = vec![0u64; self.circuit.params * padded];
         let mut dx = vec![0u64; self.circuit.inputs * padded];
         // SAFETY: as for `forward`, with `d` holding outputs * padded words,

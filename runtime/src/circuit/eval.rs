@@ -25,6 +25,35 @@ fn broadcast(bit: bool) -> u64 {
     }
 }
 
+/// Every parameter bit as a word.
+pub(crate) fn param_words(params: &[bool]) -> Vec<u64> {
+    params.iter().map(|b| broadcast(*b)).collect()
+}
+
+/// Checks a call's parameters and input rows against `circuit`; returns the
+/// words per row.
+pub(crate) fn input_words(
+    circuit: &Circuit,
+    params: &[bool],
+    inputs: &[Vec<u64>],
+) -> Result<usize, String> {
+    let words = inputs.first().map_or(0, Vec::len);
+    if inputs.len() != circuit.inputs || inputs.iter().any(|r| r.len() != words) {
+        return Err(format!(
+            "the circuit takes {} input rows of one length",
+            circuit.inputs
+        ));
+    }
+    if params.len() != circuit.params {
+        return Err(format!(
+            "the circuit has {} parameter bits, got {}",
+            circuit.params,
+            params.len()
+        ));
+    }
+    Ok(words)
+}
+
 impl Machine {
     /// Buffers for `circuit` with `words` words (64 examples each) per wire.
     pub fn new(circuit: &Circuit, words: usize) -> Self {
@@ -54,17 +83,10 @@ impl Machine {
         inputs: &[Vec<u64>],
     ) -> Result<Vec<Vec<u64>>, String> {
         let n = self.words;
-        if inputs.len() != circuit.inputs || inputs.iter().any(|x| x.len() != n) {
+        let words = input_words(circuit, params, inputs)?;
+        if words != n && !inputs.is_empty() {
             return Err(format!(
-                "the circuit takes {} input bits of {n} words each",
-                circuit.inputs
-            ));
-        }
-        if params.len() != circuit.params {
-            return Err(format!(
-                "the circuit has {} parameter bits, got {}",
-                circuit.params,
-                params.len()
+                "the input rows have {words} words, these buffers {n}"
             ));
         }
         if self.values.len() != circuit.gates.len() * n {
