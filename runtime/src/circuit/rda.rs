@@ -88,17 +88,11 @@ impl Rda {
         Ok(())
     }
 
-    fn passes(&self, words: usize) -> Passes<'_> {
-        match &self.compiled {
-            Some(code) => Passes::Compiled(code),
-            None => Passes::Interpreted(&self.circuit, Machine::new(&self.circuit, words)),
-        }
-    }
-
     /// Predictions for each example.
     pub fn predict(&self, x: &[Vec<bool>]) -> Result<Vec<Vec<bool>>, String> {
         let packed = super::eval::pack(x, self.circuit.inputs);
-        let mut m = self.passes(packed.first().map_or(1, Vec::len));
+        let words = packed.first().map_or(1, Vec::len);
+        let mut m = passes(&self.circuit, self.compiled.as_ref(), words);
         let out = m.forward(&self.params, &packed)?;
         Ok((0..x.len())
             .map(|e| out.iter().map(|row| bit(row, e)).collect())
@@ -114,84 +108,106 @@ impl Rda {
 
     /// One pass over `data`, combining updates by `combine`. Returns the number of bits flipped.
     pub fn epoch(&mut self, data: &Bits, combine: Combine) -> Result<usize, String> {
+        let Rda {
+            circuit,
+            params,
+            compiled,
+        } = self;
         match combine {
             Combine::Online => {
+                // One example per call: one word per wire, buffers made once.
+                let mut m = passes(circuit, compiled.as_ref(), 1);
                 let mut flips = 0;
                 for (x, y) in data.x.iter().zip(&data.y) {
-                    flips += self.update(std::slice::from_ref(x), std::slice::from_ref(y), 0)?;
+                    let (x, y) = (std::slice::from_ref(x), std::slice::from_ref(y));
+                    flips += update(circuit, params, &mut m, x, y, combine)?;
                 }
                 Ok(flips)
             }
-            Combine::Majority => self.update(&data.x, &data.y, 1),
-        }
-    }
-
-    /// The update for a batch: with `majority = 1`, flips bit `i` when more
-    /// than half of the examples it influences request it; with `0` (single
-    /// examples), when the example requests it.
-    fn update(
-        &mut self,
-        x: &[Vec<bool>],
-        y: &[Vec<bool>],
-        majority: usize,
-    ) -> Result<usize, String> {
-        let c = &self.circuit;
-        let xs = super::eval::pack(x, c.inputs);
-        let ys = super::eval::pack(y, c.outputs.len());
-        let words = xs.first().map_or(1, Vec::len);
-        let mut m = self.passes(words);
-        let out = m.forward(&self.params, &xs)?;
-        // The error y XOR f(p, x), on real examples only.
-        let valid: Vec<u64> = (0..words)
-            .map(|w| {
-                let left = x.len().saturating_sub(w * 64);
-                if left >= 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << left) - 1
-                }
-            })
-            .collect();
-        let err: Vec<Vec<u64>> = out
-            .iter()
-            .zip(&ys)
-            .map(|(o, t)| {
-                o.iter()
-                    .zip(t)
-                    .zip(&valid)
-                    .map(|((o, t), v)| (o ^ t) & v)
-                    .collect()
-            })
-            .collect();
-        let wrong: u32 = (0..words)
-            .map(|w| err.iter().fold(0u64, |acc, e| acc | e[w]).count_ones())
-            .sum();
-        if wrong == 0 {
-            return Ok(0);
-        }
-        let dparams = m.reverse_params(&self.params, &xs, &err)?;
-        // Which examples each bit influences: R[f] at an all-ones error.
-        let relevance = if majority == 1 {
-            let ones: Vec<Vec<u64>> = c.outputs.iter().map(|_| valid.clone()).collect();
-            Some(m.reverse_params(&self.params, &xs, &ones)?)
-        } else {
-            None
-        };
-        let mut flips = 0;
-        for (i, (p, d)) in self.params.iter_mut().zip(&dparams).enumerate() {
-            let requests: u32 = d.iter().map(|w| w.count_ones()).sum();
-            let flip = match &relevance {
-                None => requests % 2 == 1,
-                Some(r) => {
-                    let influenced: u32 = r[i].iter().map(|w| w.count_ones()).sum();
-                    2 * requests > influenced
-                }
-            };
-            if flip {
-                *p = !*p;
-                flips += 1;
+            Combine::Majority => {
+                let words = data.x.len().div_ceil(64).max(1);
+                let mut m = passes(circuit, compiled.as_ref(), words);
+                update(circuit, params, &mut m, &data.x, &data.y, combine)
             }
         }
-        Ok(flips)
     }
+}
+
+/// The passes of `circuit`: compiled when there is code, else interpreted
+/// with buffers for `words` words per wire.
+fn passes<'a>(
+    circuit: &'a Circuit,
+    compiled: Option<&'a CompiledCircuit>,
+    words: usize,
+) -> Passes<'a> {
+    match compiled {
+        Some(code) => Passes::Compiled(code),
+        None => Passes::Interpreted(circuit, Machine::new(circuit, words)),
+    }
+}
+
+/// The update for a batch: with [`Combine::Majority`], flips bit `i` when
+/// more than half of the examples it influences request it; with
+/// [`Combine::Online`] (single examples), when the example requests it.
+fn update(
+    c: &Circuit,
+    params: &mut [bool],
+    m: &mut Passes,
+    x: &[Vec<bool>],
+    y: &[Vec<bool>],
+    combine: Combine,
+) -> Result<usize, String> {
+    let xs = super::eval::pack(x, c.inputs);
+    let ys = super::eval::pack(y, c.outputs.len());
+    let words = xs.first().map_or(1, Vec::len);
+    let out = m.forward(params, &xs)?;
+    // The error y XOR f(p, x), on real examples only.
+    let valid: Vec<u64> = (0..words)
+        .map(|w| {
+            let left = x.len().saturating_sub(w * 64);
+            if left >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << left) - 1
+            }
+        })
+        .collect();
+    let err: Vec<Vec<u64>> = out
+        .iter()
+        .zip(&ys)
+        .map(|(o, t)| {
+            o.iter()
+                .zip(t)
+                .zip(&valid)
+                .map(|((o, t), v)| (o ^ t) & v)
+                .collect()
+        })
+        .collect();
+    if err.iter().flatten().all(|w| *w == 0) {
+        return Ok(0);
+    }
+    let dparams = m.reverse_params(params, &xs, &err)?;
+    // Which examples each bit influences: R[f] at an all-ones error.
+    let relevance = if combine == Combine::Majority {
+        let ones: Vec<Vec<u64>> = c.outputs.iter().map(|_| valid.clone()).collect();
+        Some(m.reverse_params(params, &xs, &ones)?)
+    } else {
+        None
+    };
+    let mut flips = 0;
+    for (i, (p, d)) in params.iter_mut().zip(&dparams).enumerate() {
+        let requests: u32 = d.iter().map(|w| w.count_ones()).sum();
+        let flip = match &relevance {
+            None => requests % 2 == 1,
+            Some(r) => {
+                let influenced: u32 = r[i].iter().map(|w| w.count_ones()).sum();
+                2 * requests > influenced
+            }
+        };
+        if flip {
+            *p = !*p;
+            flips += 1;
+        }
+    }
+    Ok(flips)
 }
