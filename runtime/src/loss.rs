@@ -11,6 +11,10 @@ pub trait Loss<F: Real> {
     fn value(&self, pred: &Array2<F>, target: &Array2<F>) -> F;
     /// Its gradient with respect to `pred` (the lens's `put` for a loss change of 1).
     fn grad(&self, pred: &Array2<F>, target: &Array2<F>) -> Array2<F>;
+    /// Both at once (a loss may share work between them).
+    fn value_and_grad(&self, pred: &Array2<F>, target: &Array2<F>) -> (F, Array2<F>) {
+        (self.value(pred, target), self.grad(pred, target))
+    }
 }
 
 /// Mean squared error, `E = 1/(2B) Σ (pred - target)^2`, whose reverse derivative is
@@ -37,26 +41,40 @@ impl<F: Real> Loss<F> for MeanSquaredError {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SoftmaxCrossEntropy;
 
-impl<F: Real> Loss<F> for SoftmaxCrossEntropy {
-    fn value(&self, pred: &Array2<F>, target: &Array2<F>) -> F {
-        let b = F::from_f64(pred.nrows().max(1) as f64);
-        let p = softmax_rows(pred);
-        let tiny = F::from_f64(1e-30);
-        let mut total = F::default();
-        for (pr, tr) in p.rows().into_iter().zip(target.rows()) {
-            for (x, t) in pr.iter().zip(tr.iter()) {
-                if *t != F::default() {
-                    let x = if *x > tiny { *x } else { tiny };
-                    total = total - *t * x.ln();
-                }
+/// The cross-entropy of probabilities `p` against `target`, averaged over the batch.
+fn cross_entropy<F: Real>(p: &Array2<F>, target: &Array2<F>) -> F {
+    let b = F::from_f64(p.nrows().max(1) as f64);
+    let tiny = F::from_f64(1e-30);
+    let mut total = F::default();
+    for (pr, tr) in p.rows().into_iter().zip(target.rows()) {
+        for (x, t) in pr.iter().zip(tr.iter()) {
+            if *t != F::default() {
+                let x = if *x > tiny { *x } else { tiny };
+                total = total - *t * x.ln();
             }
         }
-        total / b
+    }
+    total / b
+}
+
+/// `(p - target) / B`: the gradient of the cross-entropy of `softmax(z) = p` at `z`.
+fn cross_entropy_grad<F: Real>(p: Array2<F>, target: &Array2<F>) -> Array2<F> {
+    let b = F::from_f64(p.nrows().max(1) as f64);
+    (p - target).mapv(|v| v / b)
+}
+
+impl<F: Real> Loss<F> for SoftmaxCrossEntropy {
+    fn value(&self, pred: &Array2<F>, target: &Array2<F>) -> F {
+        cross_entropy(&softmax_rows(pred), target)
     }
 
     fn grad(&self, pred: &Array2<F>, target: &Array2<F>) -> Array2<F> {
-        let b = F::from_f64(pred.nrows().max(1) as f64);
-        (softmax_rows(pred) - target).mapv(|v| v / b)
+        cross_entropy_grad(softmax_rows(pred), target)
+    }
+
+    fn value_and_grad(&self, pred: &Array2<F>, target: &Array2<F>) -> (F, Array2<F>) {
+        let p = softmax_rows(pred);
+        (cross_entropy(&p, target), cross_entropy_grad(p, target))
     }
 }
 

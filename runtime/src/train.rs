@@ -34,7 +34,6 @@ pub struct Trainer<F: Real, L> {
     pub loss: L,
     /// The optimizer's state over the model's parameter blocks.
     pub optimizer: Stepper<F>,
-    has_view: bool,
 }
 
 impl<F: Real, L: Loss<F>> Trainer<F, L> {
@@ -46,18 +45,18 @@ impl<F: Real, L: Loss<F>> Trainer<F, L> {
             .map(|p| &p.value as &dyn TensorRef<F>)
             .collect();
         let stepper = optimizer.init(&refs)?;
-        let has_view = stepper.rule().view.is_some();
         Ok(Trainer {
             model,
             loss,
             optimizer: stepper,
-            has_view,
         })
     }
 
     /// One supervised step on a batch; returns the batch's loss.
     pub fn step(&mut self, x: &Array2<F>, target: &Array2<F>) -> Result<F, Error> {
-        let saved: Option<Vec<ArrayD<F>>> = if self.has_view {
+        // With a view (Nesterov's look-ahead), the gradient is taken at the
+        // view: swap it in, and the parameters back whatever happens.
+        let saved: Option<Vec<ArrayD<F>>> = if self.optimizer.rule().view.is_some() {
             let refs: Vec<&dyn TensorRef<F>> = self
                 .model
                 .params
@@ -65,14 +64,36 @@ impl<F: Real, L: Loss<F>> Trainer<F, L> {
                 .map(|p| &p.value as &dyn TensorRef<F>)
                 .collect();
             let views = self.optimizer.view(&refs)?;
-            let saved = self.model.params.iter().map(|p| p.value.clone()).collect();
-            for (p, v) in self.model.params.iter_mut().zip(views) {
-                p.value = v;
-            }
-            Some(saved)
+            Some(
+                self.model
+                    .params
+                    .iter_mut()
+                    .zip(views)
+                    .map(|(p, v)| std::mem::replace(&mut p.value, v))
+                    .collect(),
+            )
         } else {
             None
         };
+        let gradient = self.gradient(x, target);
+        if let Some(saved) = saved {
+            for (p, s) in self.model.params.iter_mut().zip(saved) {
+                p.value = s;
+            }
+        }
+        let value = gradient?;
+        let Model { params, grads, .. } = &mut self.model;
+        let mut ps: Vec<&mut dyn TensorMut<F>> = params
+            .iter_mut()
+            .map(|p| &mut p.value as &mut dyn TensorMut<F>)
+            .collect();
+        let gs: Vec<&dyn TensorRef<F>> = grads.iter().map(|g| g as &dyn TensorRef<F>).collect();
+        self.optimizer.step(&mut ps, &gs)?;
+        Ok(value)
+    }
+
+    /// The batch's loss, with the parameters' gradients left in the model.
+    fn gradient(&mut self, x: &Array2<F>, target: &Array2<F>) -> Result<F, Error> {
         let pred = self.model.predict(x).map_err(Error::Diagram)?;
         if pred.dim() != target.dim() {
             return Err(Error::Mismatch(format!(
@@ -81,21 +102,8 @@ impl<F: Real, L: Loss<F>> Trainer<F, L> {
                 target.dim()
             )));
         }
-        let value = self.loss.value(&pred, target);
-        let grad = self.loss.grad(&pred, target);
+        let (value, grad) = self.loss.value_and_grad(&pred, target);
         self.model.backward(&[grad]).map_err(Error::Diagram)?;
-        if let Some(saved) = saved {
-            for (p, s) in self.model.params.iter_mut().zip(saved) {
-                p.value = s;
-            }
-        }
-        let Model { params, grads, .. } = &mut self.model;
-        let mut ps: Vec<&mut dyn TensorMut<F>> = params
-            .iter_mut()
-            .map(|p| &mut p.value as &mut dyn TensorMut<F>)
-            .collect();
-        let gs: Vec<&dyn TensorRef<F>> = grads.iter().map(|g| g as &dyn TensorRef<F>).collect();
-        self.optimizer.step(&mut ps, &gs)?;
         Ok(value)
     }
 

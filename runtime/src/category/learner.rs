@@ -11,6 +11,7 @@
 //! with `E_I(p, a, b) = Σ_j e(I_j(p, a), b_j)`.
 
 use crate::diagram::plan::Model;
+use crate::loss::LearningRate;
 use ndarray::{concatenate, s, Array1, Array2, Axis};
 use std::sync::{Arc, Mutex};
 
@@ -178,7 +179,8 @@ impl Learner {
             let gradients = gradients.clone();
             move |p: &Vector, a: &Vector, b: &Vector| {
                 let (gp, _) = gradients(p, a, b);
-                p - &(gp * eps)
+                // The learning-rate lens: alpha = -eps scales the gradient.
+                p + &(gp * LearningRate::Descent(eps).factor())
             }
         };
         let request = move |p: &Vector, a: &Vector, b: &Vector| {

@@ -298,16 +298,17 @@ fn run_chain<F: Real>(
         inputs,
         states: Vec::new(),
     }];
+    // The backward kernels read the forward input; the forward ones have none.
+    let present: &[bool] = if program.schedule().rule.inputs.is_empty() {
+        &[]
+    } else {
+        &[true]
+    };
     let plan = StepPlan {
         t: 1,
-        present: &[true],
+        present,
         group_hypers: &[Vec::new()],
         group_of: &[0],
-    };
-    let present = vec![true; program.schedule().rule.inputs.len()];
-    let plan = StepPlan {
-        present: &present,
-        ..plan
     };
     program.step(&plan, &mut buffers, &mut [Vec::new()], None)
 }
@@ -462,12 +463,12 @@ impl<F: Real> Model<F> {
         let x = |k: usize| &self.values[step.inputs[k]];
         let p = |k: usize| &self.params[step.param + k].value;
         let out: Vec<Array2<F>> = match &step.gen {
-            Generator::Linear { .. } => vec![x(0).dot(&as2(p(0)).t())],
-            Generator::Dense { .. } => {
-                let mut y = x(0).dot(&as2(p(0)).t());
-                y += &as1(p(1));
-                vec![y]
-            }
+            Generator::Linear { .. } | Generator::Dense { .. } => unreachable!("GEMM above"),
+            Generator::Relu(_)
+            | Generator::Sigmoid(_)
+            | Generator::Tanh(_)
+            | Generator::Exp(_)
+            | Generator::Log(_) => unreachable!("element-wise steps run as fused chains"),
             Generator::Bias { .. } => vec![x(0) + &as1(p(0))],
             Generator::MatMul { m, k, n } => {
                 let (a, b) = (x(0), x(1));
@@ -487,16 +488,6 @@ impl<F: Real> Model<F> {
             Generator::Discard(_) => vec![],
             Generator::Swap(..) => vec![x(1).clone(), x(0).clone()],
             Generator::Identity(_) | Generator::Reshape(..) => vec![x(0).clone()],
-            Generator::Relu(_) => {
-                vec![x(0).mapv(|v| if v > F::default() { v } else { F::default() })]
-            }
-            Generator::Sigmoid(_) => {
-                let one = F::from_f64(1.0);
-                vec![x(0).mapv(|v| one / (one + (-v).exp()))]
-            }
-            Generator::Tanh(_) => vec![x(0).mapv(|v| v.tanh())],
-            Generator::Exp(_) => vec![x(0).mapv(|v| v.exp())],
-            Generator::Log(_) => vec![x(0).mapv(|v| v.ln())],
             Generator::Softmax(_) => vec![softmax_rows(x(0))],
             Generator::Sum(_) => vec![x(0).sum_axis(Axis(1)).insert_axis(Axis(1))],
             Generator::Broadcast(n) => {
@@ -600,19 +591,14 @@ impl<F: Real> Model<F> {
         let x = |k: usize| &self.values[step.inputs[k]];
         let y = |k: usize| &self.values[step.outputs[k]];
         let dy = |k: usize| &self.adjoints[step.outputs[k]];
-        let p = |k: usize| &self.params[step.param + k].value;
-        let one = F::from_f64(1.0);
         let mut dparams: Vec<ArrayD<F>> = Vec::new();
         let dx: Vec<Array2<F>> = match &step.gen {
-            Generator::Linear { .. } => {
-                dparams.push(dy(0).t().dot(x(0)).into_dyn());
-                vec![dy(0).dot(&as2(p(0)))]
-            }
-            Generator::Dense { .. } => {
-                dparams.push(dy(0).t().dot(x(0)).into_dyn());
-                dparams.push(dy(0).sum_axis(Axis(0)).into_dyn());
-                vec![dy(0).dot(&as2(p(0)))]
-            }
+            Generator::Linear { .. } | Generator::Dense { .. } => unreachable!("GEMM above"),
+            Generator::Relu(_)
+            | Generator::Sigmoid(_)
+            | Generator::Tanh(_)
+            | Generator::Exp(_)
+            | Generator::Log(_) => unreachable!("element-wise steps run as fused chains"),
             Generator::Bias { .. } => {
                 dparams.push(dy(0).sum_axis(Axis(0)).into_dyn());
                 vec![dy(0).clone()]
@@ -638,27 +624,6 @@ impl<F: Real> Model<F> {
             Generator::Discard(_) => vec![Array2::zeros(x(0).dim())],
             Generator::Swap(..) => vec![dy(1).clone(), dy(0).clone()],
             Generator::Identity(_) | Generator::Reshape(..) => vec![dy(0).clone()],
-            Generator::Relu(_) => {
-                let mut d = dy(0).clone();
-                d.zip_mut_with(x(0), |g, v| {
-                    if *v <= F::default() {
-                        *g = F::default();
-                    }
-                });
-                vec![d]
-            }
-            Generator::Sigmoid(_) => {
-                let mut d = dy(0).clone();
-                d.zip_mut_with(y(0), |g, s| *g = *g * *s * (one - *s));
-                vec![d]
-            }
-            Generator::Tanh(_) => {
-                let mut d = dy(0).clone();
-                d.zip_mut_with(y(0), |g, t| *g = *g * (one - *t * *t));
-                vec![d]
-            }
-            Generator::Exp(_) => vec![dy(0) * y(0)],
-            Generator::Log(_) => vec![dy(0) / x(0)],
             Generator::Softmax(_) => {
                 // dx = s * (dy - <dy, s>) per example.
                 let s = y(0);
