@@ -3,22 +3,9 @@
 //! `tests/golden/README.md`, after every step, in f64 and f32, through the
 //! reference interpreter and through the JIT in both rewrite modes.
 
-use lensopt::case::{self, Case, Dtype};
-use lensopt::{catalog, Backend, Mode};
-
-/// The tolerance of `tests/golden/README.md` for one case.
-fn tolerance(case: &Case) -> (f64, f64) {
-    let clipped = case
-        .hyper
-        .iter()
-        .any(|(name, v)| name == "max_grad_norm" && v.as_f64() > 0.0);
-    match case.dtype {
-        // The reference takes Adan's clipping norm in float32.
-        Dtype::F64 if clipped => (1e-6, 1e-6),
-        Dtype::F64 => (1e-12, 1e-9),
-        Dtype::F32 => (2e-6, 1e-5),
-    }
-}
+use lensopt::case::{self, Case};
+use lensopt::{Backend, Mode};
+use lensopt_tests::{configured, tolerance};
 
 #[test]
 fn every_golden_case_matches_its_reference_in_the_interpreter() {
@@ -47,15 +34,7 @@ fn check_all(backend: Backend) {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(file).unwrap();
         let case = Case::from_json(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let opt_name = case
-            .optimizer
-            .clone()
-            .expect("golden cases name their optimizer");
-        let mut opt = catalog::get(&opt_name)
-            .unwrap_or_else(|| panic!("{name}: no catalog entry `{opt_name}`"));
-        for (k, v) in &case.hyper {
-            case::set_hyper(&mut opt, k, *v).unwrap_or_else(|e| panic!("{name}: {e}"));
-        }
+        let opt = configured(&case).unwrap_or_else(|e| panic!("{name}: {e}"));
         let replay = case::run_with(&case, &opt, backend).unwrap_or_else(|e| panic!("{name}: {e}"));
         let reference = case
             .params_after

@@ -12,7 +12,7 @@ fn gpu_tests_need_the_cuda_feature() {
 
 #[cfg(feature = "cuda")]
 mod on_device {
-    use lensopt::case::{self, Case, Dtype};
+    use lensopt::case::{Case, Dtype};
     use lensopt::cuda::{Device, GpuStepper};
     use lensopt::{catalog, Optimizer};
     use std::sync::Arc;
@@ -75,18 +75,11 @@ mod on_device {
         let mut checked = 0;
         for file in lensopt_tests::golden_files() {
             let case = Case::from_json(&std::fs::read_to_string(&file).unwrap()).unwrap();
-            let mut opt = catalog::get(case.optimizer.as_deref().unwrap()).unwrap();
-            for (k, v) in &case.hyper {
-                case::set_hyper(&mut opt, k, *v).unwrap();
-            }
-            let clipped = case
-                .hyper
-                .iter()
-                .any(|(k, v)| k == "max_grad_norm" && v.as_f64() > 0.0);
-            let (ours, (abs, rel)) = match case.dtype {
-                Dtype::F32 => (replay::<f32>(&dev, &case, &opt), (2e-6, 1e-5)),
-                Dtype::F64 if clipped => (replay::<f64>(&dev, &case, &opt), (1e-6, 1e-6)),
-                Dtype::F64 => (replay::<f64>(&dev, &case, &opt), (1e-12, 1e-9)),
+            let opt = lensopt_tests::configured(&case).unwrap();
+            let (abs, rel) = lensopt_tests::tolerance(&case);
+            let ours = match case.dtype {
+                Dtype::F32 => replay::<f32>(&dev, &case, &opt),
+                Dtype::F64 => replay::<f64>(&dev, &case, &opt),
             };
             for (t, (mine, theirs)) in ours
                 .iter()

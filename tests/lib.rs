@@ -1,6 +1,35 @@
 //! Shared helpers of lensopt's integration tests.
 
+use lensopt::case::{self, Case, Dtype};
+use lensopt::{catalog, DynOptimizer};
 use std::path::PathBuf;
+
+/// The tolerance `(abs, rel)` of `tests/golden/README.md` for one case.
+pub fn tolerance(case: &Case) -> (f64, f64) {
+    let clipped = case
+        .hyper
+        .iter()
+        .any(|(name, v)| name == "max_grad_norm" && v.as_f64() > 0.0);
+    match case.dtype {
+        // The reference takes Adan's clipping norm in float32.
+        Dtype::F64 if clipped => (1e-6, 1e-6),
+        Dtype::F64 => (1e-12, 1e-9),
+        Dtype::F32 => (2e-6, 1e-5),
+    }
+}
+
+/// The catalog optimizer a case names, with the case's hyperparameters.
+pub fn configured(case: &Case) -> Result<DynOptimizer, String> {
+    let name = case
+        .optimizer
+        .as_deref()
+        .ok_or("the case names no optimizer")?;
+    let mut opt = catalog::get(name).ok_or(format!("no catalog entry `{name}`"))?;
+    for (k, v) in &case.hyper {
+        case::set_hyper(&mut opt, k, *v).map_err(|e| e.to_string())?;
+    }
+    Ok(opt)
+}
 
 /// The folder of the golden cases copied into the repository.
 pub fn golden_dir() -> PathBuf {

@@ -21,11 +21,7 @@ fn golden_cases() -> Vec<(String, Case)> {
 }
 
 fn configured(case: &Case) -> DynOptimizer {
-    let mut opt = catalog::get(case.optimizer.as_deref().unwrap()).unwrap();
-    for (k, v) in &case.hyper {
-        case::set_hyper(&mut opt, k, *v).unwrap();
-    }
-    opt
+    lensopt_tests::configured(case).unwrap()
 }
 
 fn with_rule(opt: &DynOptimizer, rule: Rule) -> DynOptimizer {
