@@ -13,17 +13,17 @@ use lensopt::diagram::plan::SplitMix;
 /// Evaluates `c` (no parameters) on one example.
 fn apply(c: &Circuit, x: &[bool]) -> Vec<bool> {
     let mut m = Machine::new(c, 1);
-    let out = m.forward(c, &[], &pack(&[x.to_vec()], c.inputs)).unwrap();
+    let out = m.forward(c, &[], &pack(&[x.to_vec()], c.inputs())).unwrap();
     out.iter().map(|w| bit(w, 0)).collect()
 }
 
 /// `R[c](x, dy)` on one example, with respect to the inputs.
 fn reverse(c: &Circuit, params: &[bool], x: &[bool], dy: &[bool]) -> (Vec<bool>, Vec<bool>) {
     let mut m = Machine::new(c, 1);
-    m.forward(c, params, &pack(&[x.to_vec()], c.inputs))
+    m.forward(c, params, &pack(&[x.to_vec()], c.inputs()))
         .unwrap();
     let (dp, dx) = m
-        .reverse(c, &pack(&[dy.to_vec()], c.outputs.len()))
+        .reverse(c, &pack(&[dy.to_vec()], c.outputs().len()))
         .unwrap();
     (
         dp.iter().map(|w| bit(w, 0)).collect(),
@@ -52,9 +52,9 @@ fn oracle(c: &Circuit, x: &[bool], dy: &[bool]) -> Vec<bool> {
 }
 
 fn check_oracle_exhaustively(name: &str, c: &Circuit) {
-    for xv in 0..1usize << c.inputs {
-        for dv in 0..1usize << c.outputs.len() {
-            let (x, dy) = (bits(xv, c.inputs), bits(dv, c.outputs.len()));
+    for xv in 0..1usize << c.inputs() {
+        for dv in 0..1usize << c.outputs().len() {
+            let (x, dy) = (bits(xv, c.inputs()), bits(dv, c.outputs().len()));
             assert_eq!(
                 reverse(c, &[], &x, &dy).1,
                 oracle(c, &x, &dy),
@@ -361,7 +361,7 @@ fn the_circuit_macro_builds_what_the_builder_builds() {
         assert_eq!(apply(&macro_made, &x), vec![x[0] ^ x[1], x[0] & x[1]]);
     }
     let with_param = lensopt::circuit!((param | id(1)) >> and);
-    assert_eq!((with_param.inputs, with_param.params), (1, 1));
+    assert_eq!((with_param.inputs(), with_param.params()), (1, 1));
 }
 
 #[test]

@@ -888,7 +888,7 @@ impl<'s> Kernel<'s> {
 /// `params[j]` is all ones or zeros.
 pub fn emit_circuit(circuit: &lensopt_ir::circuit::Circuit, target: &str) -> PtxModule {
     use lensopt_ir::circuit::Gate;
-    let n = circuit.gates.len();
+    let n = circuit.gates().len();
     let mut text = header(target);
     for reverse in [false, true] {
         let name = if reverse {
@@ -944,7 +944,7 @@ pub fn emit_circuit(circuit: &lensopt_ir::circuit::Circuit, target: &str) -> Ptx
             line(format!("mad.lo.u64 %rd11, %rd10, {r}, {base};"));
             line("add.u64 %rd11, %rd11, %rd9;".into());
         };
-        for (w, gate) in circuit.gates.iter().enumerate() {
+        for (w, gate) in circuit.gates().iter().enumerate() {
             match *gate {
                 Gate::Input(i) => {
                     row(&mut line, "%rd1", i);
@@ -959,7 +959,7 @@ pub fn emit_circuit(circuit: &lensopt_ir::circuit::Circuit, target: &str) -> Ptx
             }
         }
         if !reverse {
-            for (o, w) in circuit.outputs.iter().enumerate() {
+            for (o, w) in circuit.outputs().iter().enumerate() {
                 row(&mut line, "%rd4", o);
                 line(format!("st.global.b64 [%rd11], %v{w};"));
             }
@@ -968,12 +968,12 @@ pub fn emit_circuit(circuit: &lensopt_ir::circuit::Circuit, target: &str) -> Ptx
             for w in 0..n {
                 line(format!("mov.b64 %a{w}, 0;"));
             }
-            for (o, w) in circuit.outputs.iter().enumerate() {
+            for (o, w) in circuit.outputs().iter().enumerate() {
                 row(&mut line, "%rd4", o);
                 line(format!("ld.global.b64 %v{n}, [%rd11];"));
                 line(format!("xor.b64 %a{w}, %a{w}, %v{n};"));
             }
-            for (w, gate) in circuit.gates.iter().enumerate().rev() {
+            for (w, gate) in circuit.gates().iter().enumerate().rev() {
                 match *gate {
                     Gate::Input(_) | Gate::Param(_) => {
                         let (base, r) = match *gate {

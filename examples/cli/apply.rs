@@ -3,7 +3,7 @@
 use crate::Failure;
 use lensopt::case::{self, Case};
 use lensopt::{DynOptimizer, Optimizer};
-use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Flags of `lensopt apply`.
@@ -28,9 +28,10 @@ pub struct Args {
 
 /// Runs `lensopt apply`.
 pub fn run(args: &Args) -> Result<(), Failure> {
-    let text = std::fs::read_to_string(&args.input)
+    // Streamed: the case's numbers are the only copy of it in memory.
+    let file = std::fs::File::open(&args.input)
         .map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.input.display())))?;
-    let case = Case::from_json(&text)
+    let case = Case::from_reader(file)
         .map_err(|e| Failure::usage(format!("{}: {e}", args.input.display())))?;
     let mut opt = optimizer(args, &case)?;
     // The case's own hyperparameters apply only to the optimizer it names.
@@ -45,21 +46,35 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         case::set_hyper(&mut opt, name, value).map_err(|e| Failure::usage(e.to_string()))?;
     }
     let replay = case::run(&case, &opt).map_err(|e| Failure::usage(e.to_string()))?;
-    let mut state = Map::new();
-    for (name, values) in &replay.state {
-        state.insert(name.clone(), json!(values));
-    }
-    let rule = opt.rule();
-    let out = json!({
-        "optimizer": rule.catalog_name(),
-        "dtype": match case.dtype { case::Dtype::F32 => "float32", case::Dtype::F64 => "float64" },
-        "params_after": replay.params_after,
-        "state": Value::Object(state),
-    });
-    let text = serde_json::to_string(&out).map_err(|e| Failure::usage(e.to_string()))?;
-    std::fs::write(&args.output, text + "\n")
-        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", args.output.display())))?;
-    Ok(())
+    let dtype = match case.dtype {
+        case::Dtype::F32 => "float32",
+        case::Dtype::F64 => "float64",
+    };
+    drop(case);
+    let name = opt.rule().catalog_name();
+    // The keys in serde_json's order (sorted, as a `json!` object prints
+    // them), written straight from the vectors: no JSON tree of them.
+    let state: BTreeMap<&str, &Vec<f64>> = replay
+        .state
+        .iter()
+        .map(|(name, values)| (name.as_str(), values))
+        .collect();
+    crate::atomic::write(&args.output, |w| {
+        write!(w, "{{\"dtype\":\"{dtype}\",\"optimizer\":")?;
+        serde_json::to_writer(&mut *w, &name)?;
+        w.write_all(b",\"params_after\":")?;
+        serde_json::to_writer(&mut *w, &replay.params_after)?;
+        w.write_all(b",\"state\":{")?;
+        for (k, (name, values)) in state.iter().enumerate() {
+            if k > 0 {
+                w.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *w, name)?;
+            w.write_all(b":")?;
+            serde_json::to_writer(&mut *w, values)?;
+        }
+        w.write_all(b"}}\n")
+    })
 }
 
 fn optimizer(args: &Args, case: &Case) -> Result<DynOptimizer, Failure> {

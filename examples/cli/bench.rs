@@ -35,13 +35,15 @@ pub struct Args {
     /// Threads for every kernel (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Tensor sizes (default 1e6, 1e7, and 1e8 when memory allows).
+    /// Tensor sizes (default 1e6, 1e7, and 1e8 when memory allows; at most 2^34,
+    /// and what the machine's available memory holds).
     #[arg(long, value_delimiter = ',')]
     sizes: Vec<usize>,
     /// Rules to measure (default adam, adamw, lion, adan, sophiah).
     #[arg(long, value_delimiter = ',')]
     rules: Vec<String>,
-    /// Seconds to spend per measurement (at least 3 steps are timed).
+    /// Seconds to spend per measurement (at least 3 steps are timed): finite,
+    /// more than 0, at most 3600.
     #[arg(long, default_value_t = 0.5)]
     seconds: f64,
     /// `cpu` (default) or `cuda`: Adam on the GPU against a device copy kernel.
@@ -65,9 +67,10 @@ fn gpu(args: &Args) -> Result<(), Failure> {
         args.sizes.clone()
     };
     for n in sizes {
-        let host = filled(n, 3).to_vec();
+        check_memory(n, "adam on the GPU (host copies)", 3)?;
+        let host = filled_vec(n, 3)?;
         let mut p = dev.upload(&host).map_err(fail)?;
-        let g = dev.upload(&filled(n, 4).to_vec()).map_err(fail)?;
+        let g = dev.upload(&filled_vec(n, 4)?).map_err(fail)?;
         let adam = catalog::get("adam").ok_or_else(|| fail("no adam"))?;
         let mut st = GpuStepper::new(dev.clone(), &adam, &[&p]).map_err(fail)?;
         let mut result = Ok(());
@@ -84,7 +87,7 @@ fn gpu(args: &Args) -> Result<(), Failure> {
             "kernel": "adam", "device": "cuda", "gpu": dev.name(), "n": n, "dtype": "f32",
             "step_ms": s * 1e3, "gbps": gbps, "copy_gbps": copy_gbps, "ratio_to_copy": gbps / copy_gbps,
         });
-        println!("{row}");
+        outln!("{row}");
     }
     Ok(())
 }
@@ -139,16 +142,90 @@ fn time_pair(seconds: f64, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f6
     (ta, tb, ratios[ROUNDS / 2])
 }
 
-fn filled(n: usize, seed: u32) -> Array1<f32> {
+/// The largest tensor `--sizes` takes: 2^34 elements (64 GiB per f32 array).
+const MAX_SIZE: usize = 1 << 34;
+
+/// The most `--seconds` takes per measurement: an hour.
+const MAX_SECONDS: f64 = 3600.0;
+
+/// `n` values of `f`, with the allocation's failure as an error (not an abort).
+fn try_vec(n: usize, f: impl FnMut() -> f32) -> Result<Vec<f32>, Failure> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Failure::usage(format!(
+            "cannot allocate {n} f32 elements ({:.1} GiB): use smaller --sizes",
+            4.0 * n as f64 / GIB
+        ))
+    })?;
+    v.extend(std::iter::repeat_with(f).take(n));
+    Ok(v)
+}
+
+fn zeros(n: usize) -> Result<Vec<f32>, Failure> {
+    try_vec(n, || 0.0)
+}
+
+/// `n` pseudo-random values in [-0.5, 0.5) (xorshift, seeded).
+fn filled_vec(n: usize, seed: u32) -> Result<Vec<f32>, Failure> {
     let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        })
-        .collect()
+    try_vec(n, || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+    })
+}
+
+fn filled(n: usize, seed: u32) -> Result<Array1<f32>, Failure> {
+    filled_vec(n, seed).map(Array1::from_vec)
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Refuses `--seconds` that are not finite, not positive, or over [`MAX_SECONDS`].
+fn check_seconds(seconds: f64) -> Result<(), Failure> {
+    if seconds.is_finite() && seconds > 0.0 && seconds <= MAX_SECONDS {
+        return Ok(());
+    }
+    Err(Failure::usage(format!(
+        "--seconds {seconds}: expected a finite number of seconds, more than 0 and at most {MAX_SECONDS}"
+    )))
+}
+
+/// Refuses a size of 0 or over [`MAX_SIZE`].
+fn check_size(n: usize) -> Result<(), Failure> {
+    if n == 0 {
+        return Err(Failure::usage("--sizes: 0 is not a tensor size"));
+    }
+    if n > MAX_SIZE {
+        return Err(Failure::usage(format!(
+            "--sizes {n}: at most {MAX_SIZE} (2^34) elements"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a size whose `arrays` f32 arrays of `n` elements would not fit
+/// in the memory available (when the system says how much that is).
+fn check_memory(n: usize, what: &str, arrays: usize) -> Result<(), Failure> {
+    let need = (4 * arrays) as f64 * n as f64;
+    match available_memory() {
+        Some(have) if need > have as f64 => Err(Failure::usage(format!(
+            "--sizes {n}: {what} needs about {:.1} GiB, more than the {:.1} GiB of memory available",
+            need / GIB,
+            have as f64 / GIB
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// How many f32 arrays of the tensor's size the bench of rule `opt` holds at
+/// once: p, g and h, the stepper's states, and the ceiling's copies of every
+/// buffer, with one more for the stepper's own scratch.
+fn arrays_held(opt: &DynOptimizer) -> usize {
+    let rule = opt.rule();
+    let buffers = 2 + rule.inputs.len() + rule.states.len();
+    3 + rule.states.len() + buffers + 1
 }
 
 /// Which arrays a rule's compiled kernels read and write, by kernel buffer index.
@@ -302,12 +379,12 @@ struct Bench {
 }
 
 impl Bench {
-    fn triad_gbps(&self, n: usize) -> f64 {
-        let mut a = vec![0.0f32; n];
-        let b = filled(n, 1).to_vec();
-        let c = filled(n, 2).to_vec();
+    fn triad_gbps(&self, n: usize) -> Result<f64, Failure> {
+        let mut a = zeros(n)?;
+        let b = filled_vec(n, 1)?;
+        let c = filled_vec(n, 2)?;
         let s = time(self.seconds, || triad(&mut a, &b, &c, &self.pool));
-        16.0 * n as f64 / s / 1e9
+        Ok(16.0 * n as f64 / s / 1e9)
     }
 
     fn rule(&mut self, name: &str, n: usize, triad_gbps: f64) -> Result<(), Failure> {
@@ -316,9 +393,10 @@ impl Bench {
         let present = vec![true; rule.inputs.len()];
         let traffic = compiled_traffic(&opt, &present)?;
         let bytes = traffic.bytes_per_element() as f64 * n as f64;
-        let mut p = filled(n, 3);
-        let g = filled(n, 4);
-        let h = filled(n, 5).mapv(f32::abs);
+        let mut p = filled(n, 3)?;
+        let g = filled(n, 4)?;
+        let mut h = filled(n, 5)?;
+        h.mapv_inplace(f32::abs);
         let mut st = opt.init::<f32>(&[&p]).map_err(fail)?;
         st.set_pool(self.pool.clone());
         st.set_non_finite(self.non_finite);
@@ -330,12 +408,12 @@ impl Bench {
         let mut arrays: Vec<Vec<f32>> = (0..buffers)
             .map(|b| {
                 if traffic.reads.contains(&b) || traffic.writes.contains(&b) {
-                    filled(n, 10 + b as u32).to_vec()
+                    filled_vec(n, 10 + b as u32)
                 } else {
-                    vec![0.0; n]
+                    zeros(n)
                 }
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let mut result = Ok(());
         let pool = &self.pool;
         let (s, c, ratio) = time_pair(
@@ -360,11 +438,11 @@ impl Bench {
         Ok(())
     }
 
-    fn handwritten(&mut self, n: usize, triad_gbps: f64, adam_ceiling: f64) {
-        let mut p = filled(n, 3).to_vec();
-        let g = filled(n, 4).to_vec();
-        let mut m = vec![0.0f32; n];
-        let mut v = vec![0.0f32; n];
+    fn handwritten(&mut self, n: usize, triad_gbps: f64, adam_ceiling: f64) -> Result<(), Failure> {
+        let mut p = filled_vec(n, 3)?;
+        let g = filled_vec(n, 4)?;
+        let mut m = zeros(n)?;
+        let mut v = zeros(n)?;
         let mut t = 0;
         let s = time(self.seconds, || {
             t += 1;
@@ -377,14 +455,19 @@ impl Bench {
             "gbps": gbps, "ceiling_gbps": adam_ceiling, "ratio_to_ceiling": gbps / adam_ceiling,
             "triad_gbps": triad_gbps,
         }));
+        Ok(())
     }
 
     fn many_small(&mut self, triad_gbps: f64) -> Result<(), Failure> {
         let (tensors, each) = (1000, 1000);
         let n = tensors * each;
         let opt = catalog::get("adam").ok_or_else(|| fail("no adam"))?;
-        let mut params: Vec<Array1<f32>> = (0..tensors).map(|k| filled(each, k as u32)).collect();
-        let grads: Vec<Array1<f32>> = (0..tensors).map(|k| filled(each, 7 + k as u32)).collect();
+        let mut params: Vec<Array1<f32>> = (0..tensors)
+            .map(|k| filled(each, k as u32))
+            .collect::<Result<_, _>>()?;
+        let grads: Vec<Array1<f32>> = (0..tensors)
+            .map(|k| filled(each, 7 + k as u32))
+            .collect::<Result<_, _>>()?;
         let refs: Vec<&dyn TensorRef<f32>> =
             params.iter().map(|p| p as &dyn TensorRef<f32>).collect();
         let groups = [
@@ -406,8 +489,8 @@ impl Bench {
         });
         result.map_err(fail)?;
         // One tensor of the same total size, same rule, in the same run.
-        let mut p = filled(n, 3);
-        let g = filled(n, 4);
+        let mut p = filled(n, 3)?;
+        let g = filled(n, 4)?;
         let mut one = opt.init::<f32>(&[&p]).map_err(fail)?;
         one.set_pool(self.pool.clone());
         let s1 = time(self.seconds, || {
@@ -483,7 +566,7 @@ fn random_circuit(gates: usize, seed: u64) -> lensopt::circuit::Circuit {
 /// The baseline: one `bool` per byte, one example at a time.
 fn bool_forward(c: &lensopt::circuit::Circuit, x: &[bool], values: &mut [bool]) {
     use lensopt::circuit::Gate;
-    for (w, g) in c.gates.iter().enumerate() {
+    for (w, g) in c.gates().iter().enumerate() {
         values[w] = match *g {
             Gate::Input(i) => x[i],
             Gate::Param(_) | Gate::Zero => false,
@@ -498,10 +581,10 @@ fn bool_forward(c: &lensopt::circuit::Circuit, x: &[bool], values: &mut [bool]) 
 fn bool_reverse(c: &lensopt::circuit::Circuit, values: &[bool], adj: &mut [bool]) {
     use lensopt::circuit::Gate;
     adj.fill(false);
-    for o in &c.outputs {
+    for o in c.outputs() {
         adj[*o] ^= true;
     }
-    for (w, g) in c.gates.iter().enumerate().rev() {
+    for (w, g) in c.gates().iter().enumerate().rev() {
         let d = adj[w];
         match *g {
             Gate::And(a, b) => {
@@ -527,14 +610,14 @@ impl Bench {
         let words = 1024;
         let examples = 64 * words;
         let mut rng = lensopt::diagram::plan::SplitMix(3);
-        let inputs: Vec<Vec<u64>> = (0..c.inputs)
+        let inputs: Vec<Vec<u64>> = (0..c.inputs())
             .map(|_| (0..words).map(|_| rng.next_u64()).collect())
             .collect();
         let mut m = Machine::new(&c, words);
         let fwd = time(self.seconds, || {
             let _ = m.forward(&c, &[], &inputs);
         });
-        let dy: Vec<Vec<u64>> = c.outputs.iter().map(|_| vec![u64::MAX; words]).collect();
+        let dy: Vec<Vec<u64>> = c.outputs().iter().map(|_| vec![u64::MAX; words]).collect();
         let rev = time(self.seconds, || {
             let _ = m.reverse(&c, &dy);
         });
@@ -543,8 +626,8 @@ impl Bench {
         let xs: Vec<Vec<bool>> = (0..few)
             .map(|_| (0..64).map(|_| rng.next_u64() & 1 == 1).collect())
             .collect();
-        let mut values = vec![false; c.gates.len()];
-        let mut adj = vec![false; c.gates.len()];
+        let mut values = vec![false; c.gates().len()];
+        let mut adj = vec![false; c.gates().len()];
         let base_fwd = time(self.seconds, || {
             for x in &xs {
                 bool_forward(&c, x, &mut values);
@@ -597,6 +680,10 @@ fn available_memory() -> Option<usize> {
 
 /// Runs `lensopt bench`.
 pub fn run(args: &Args) -> Result<(), Failure> {
+    check_seconds(args.seconds)?;
+    for &n in &args.sizes {
+        check_size(n)?;
+    }
     match args.device.as_str() {
         "cpu" => {}
         "cuda" => return gpu(args),
@@ -622,6 +709,10 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     } else {
         args.rules.clone()
     };
+    let opts: Vec<DynOptimizer> = rules
+        .iter()
+        .map(|name| catalog::get(name).ok_or_else(|| fail(format!("unknown rule `{name}`"))))
+        .collect::<Result<_, _>>()?;
     let sizes: Vec<usize> = if args.sizes.is_empty() {
         let mut s = vec![1_000_000, 10_000_000];
         // Adan touches 11 arrays; keep 1e8 for machines with room for it and the ceiling's copies.
@@ -632,6 +723,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     } else {
         args.sizes.clone()
     };
+    for &n in &sizes {
+        for (name, opt) in rules.iter().zip(&opts) {
+            check_memory(n, name, arrays_held(opt))?;
+        }
+    }
     let mut bench = Bench {
         threads,
         pool,
@@ -645,7 +741,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         rows: Vec::new(),
     };
     for &n in &sizes {
-        let triad_gbps = bench.triad_gbps(n);
+        let triad_gbps = bench.triad_gbps(n)?;
         for name in &rules {
             bench.rule(name, n, triad_gbps)?;
             if !args.json {
@@ -658,12 +754,12 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             .rev()
             .find(|r| r["kernel"] == "adam" && r["n"] == n)
             .map_or(f64::NAN, |r| r["ceiling_gbps"].as_f64().unwrap_or(f64::NAN));
-        bench.handwritten(n, triad_gbps, adam_ceiling);
+        bench.handwritten(n, triad_gbps, adam_ceiling)?;
         if !args.json {
             print_row(bench.rows.last().expect("a row"), false);
         }
     }
-    let triad_gbps = bench.triad_gbps(1_000_000);
+    let triad_gbps = bench.triad_gbps(1_000_000)?;
     bench.many_small(triad_gbps)?;
     for name in ["adam", "adamw", "lion", "adan", "sophiah", "lamb"] {
         bench.jit_latency(name)?;
@@ -671,7 +767,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     bench.circuits()?;
     if args.json {
         for row in &bench.rows {
-            println!("{row}");
+            outln!("{row}");
         }
     } else {
         for row in bench
@@ -679,7 +775,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             .iter()
             .filter(|r| r["kernel"] == "adam_many_small")
         {
-            println!(
+            outln!(
                 "\nadam_many_small: {} tensors, {} elements in all, 2 groups: {:.3} ms per step, {:.2}x the time of one tensor of the same size ({:.3} ms)",
                 row["tensors"], row["n"], row["step_ms"].as_f64().unwrap_or(0.0),
                 row["time_ratio_to_one_tensor"].as_f64().unwrap_or(0.0), row["one_tensor_step_ms"].as_f64().unwrap_or(0.0)
@@ -691,7 +787,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
                 .is_some_and(|k| k.starts_with("circuit_"))
         }) {
             let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
-            println!(
+            outln!(
                 "\n{}: {} gates x {} examples, 1 thread: {:.2e} gate evaluations/s (one bool per byte: {:.2e}, {:.0}x)",
                 row["kernel"].as_str().unwrap_or(""),
                 row["gates"],
@@ -701,10 +797,10 @@ pub fn run(args: &Args) -> Result<(), Failure> {
                 f("gate_evals_per_s") / f("baseline_gate_evals_per_s")
             );
         }
-        println!("\nJIT latency (rule text -> callable kernels, median of 100):");
+        outln!("\nJIT latency (rule text -> callable kernels, median of 100):");
         for row in bench.rows.iter().filter(|r| r["kernel"] == "jit_latency") {
             let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
-            println!(
+            outln!(
                 "  {:<8} {:>6.0} us (p10 {:.0}, p90 {:.0}; parse {:.0}, e-graph {:.0}, cranelift {:.0})",
                 row["rule"].as_str().unwrap_or(""),
                 f("median_us"),
@@ -721,13 +817,21 @@ pub fn run(args: &Args) -> Result<(), Failure> {
 
 fn print_row(row: &Value, header: bool) {
     if header {
-        println!(
+        outln!(
             "{:<18} {:>11} {:>7} {:>5} {:>9} {:>8} {:>9} {:>7} {:>9}",
-            "kernel", "n", "threads", "B/el", "step ms", "GB/s", "ceiling", "ratio", "triad"
+            "kernel",
+            "n",
+            "threads",
+            "B/el",
+            "step ms",
+            "GB/s",
+            "ceiling",
+            "ratio",
+            "triad"
         );
     }
     let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
-    println!(
+    outln!(
         "{:<18} {:>11} {:>7} {:>5} {:>9.3} {:>8.1} {:>9.1} {:>7.2} {:>9.1}",
         row["kernel"].as_str().unwrap_or(""),
         row["n"],

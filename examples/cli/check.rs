@@ -20,12 +20,12 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     match lensopt::Rule::parse(&source) {
         Ok(rule) => {
             if args.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"ok": true, "rule": rule.name, "ir": rule.to_string()})
                 );
             } else {
-                print!("{rule}");
+                out!("{rule}");
             }
             Ok(())
         }
@@ -37,10 +37,10 @@ pub fn run(args: &Args) -> Result<(), Failure> {
                     .iter()
                     .map(|d| serde_json::json!({"line": d.line(), "column": d.column(), "message": d.message}))
                     .collect();
-                println!("{}", serde_json::json!({"ok": false, "errors": errors}));
+                outln!("{}", serde_json::json!({"ok": false, "errors": errors}));
             } else {
                 for d in &diags.items {
-                    eprintln!("{}", d.render(&source, &file));
+                    errln!("{}", d.render(&source, &file));
                 }
             }
             let n = diags.items.len();

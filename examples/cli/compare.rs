@@ -180,6 +180,41 @@ fn optimizer(spec: &str, set: &[String]) -> Result<(String, DynOptimizer), Failu
     Ok((opt.rule().name.clone(), opt))
 }
 
+/// Refuses a `--set` name that is a hyperparameter of none of `optimizers`
+/// (a typo would otherwise change nothing), naming those they have.
+fn check_set(set: &[String], optimizers: &[(String, DynOptimizer)]) -> Result<(), Failure> {
+    for item in set {
+        let (name, _) = crate::parse_set(item)?;
+        if optimizers
+            .iter()
+            .any(|(_, o)| o.rule().hyper_index(name).is_some())
+        {
+            continue;
+        }
+        let mut known: Vec<String> = optimizers
+            .iter()
+            .flat_map(|(_, o)| {
+                o.rule()
+                    .hypers
+                    .iter()
+                    .map(|h| h.name.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        known.sort();
+        known.dedup();
+        let known = if known.is_empty() {
+            "they have none".to_string()
+        } else {
+            format!("they have: {}", known.join(", "))
+        };
+        return Err(Failure::usage(format!(
+            "--set {name}: no optimizer compared has a hyperparameter `{name}` ({known})"
+        )));
+    }
+    Ok(())
+}
+
 /// Compile time of the optimizer's kernels (uncached), for the table.
 fn jit_ms(opt: &DynOptimizer) -> f64 {
     let rule = opt.rule();
@@ -522,6 +557,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         .iter()
         .map(|o| optimizer(o, &args.set))
         .collect::<Result<_, _>>()?;
+    check_set(&args.set, &optimizers)?;
     let checkpoints = args.out.as_ref().map(|d| d.join("checkpoints"));
     if let Some(dir) = &checkpoints {
         let mut labels: Vec<String> = optimizers.iter().map(|(l, _)| file_label(l)).collect();
@@ -616,13 +652,8 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             "resumed_runs": runs.iter().filter(|r| r.resumed).count(),
         }));
     }
-    if args.json {
-        for row in &rows {
-            println!("{row}");
-        }
-    } else {
-        print_table(problem, steps, args.seeds, &rows);
-    }
+    // The files first (atomically), then stdout: a reader that stops
+    // reading early (`| head`) does not cost the results.
     if let Some(dir) = &args.out {
         let curves: Vec<(String, Vec<Vec<f64>>)> = results
             .iter()
@@ -634,10 +665,18 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         plot::loss_curves(&dir.join("curves.svg"), &title, &curves)?;
         let json_text = serde_json::to_string_pretty(&json!({"results": rows, "curves": curves.iter().map(|(l, c)| json!({"optimizer": l, "losses": c})).collect::<Vec<_>>()}))
             .map_err(|e| Failure::usage(e.to_string()))?;
-        std::fs::write(dir.join("results.json"), json_text)
-            .map_err(|e| Failure::usage(e.to_string()))?;
+        crate::atomic::write_bytes(&dir.join("results.json"), json_text.as_bytes())?;
+    }
+    if args.json {
+        for row in &rows {
+            outln!("{row}");
+        }
+    } else {
+        print_table(problem, steps, args.seeds, &rows);
+    }
+    if let Some(dir) = &args.out {
         if !args.json {
-            println!(
+            outln!(
                 "\ncurves: {0}/curves.png, {0}/curves.svg; checkpoints: {0}/checkpoints",
                 dir.display()
             );
@@ -647,7 +686,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
 }
 
 fn print_table(problem: &str, steps: usize, seeds: u64, rows: &[serde_json::Value]) {
-    println!(
+    outln!(
         "\n{problem}, {steps} steps, {seeds} seeds (mean ± std)\n{:<20} {:>22} {:>22} {:>16} {:>9} {:>8}  non-finite",
         "optimizer", "final loss", "best loss", "test accuracy", "us/step", "JIT ms"
     );
@@ -673,7 +712,7 @@ fn print_table(problem: &str, steps: usize, seeds: u64, rows: &[serde_json::Valu
             (true, n) => format!("{n} steps skipped"),
             (false, _) => format!("stopped at step {}", stopped.join(", ")),
         };
-        println!(
+        outln!(
             "{:<20} {:>22} {:>22} {:>16} {:>9.1} {:>8.2}  {non_finite}",
             row["optimizer"].as_str().unwrap_or(""),
             format!("{:.3e} ± {:.1e}", f("final_loss"), f("final_loss_std")),

@@ -110,13 +110,19 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         DynOptimizer::parse(YOGI).map_err(fail)?,
     ));
     let lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
-    println!(
+    outln!(
         "Rosenbrock from (-1.2, 1), {} steps, best learning rate of {:?}",
-        args.steps, lrs
+        args.steps,
+        lrs
     );
-    println!(
+    outln!(
         "{:<20} {:>8} {:>12} {:>12} {:>12} {:>9}",
-        "optimizer", "lr", "final loss", "best loss", "|x - x*|", "us/step"
+        "optimizer",
+        "lr",
+        "final loss",
+        "best loss",
+        "|x - x*|",
+        "us/step"
     );
     for (label, opt) in contestants {
         let mut best: Option<Outcome> = None;
@@ -131,9 +137,14 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             }
         }
         let b = best.expect("at least one learning rate");
-        println!(
+        outln!(
             "{:<20} {:>8.0e} {:>12.3e} {:>12.3e} {:>12.3e} {:>9.2}",
-            label, b.lr, b.final_loss, b.best_loss, b.distance, b.micros_per_step
+            label,
+            b.lr,
+            b.final_loss,
+            b.best_loss,
+            b.distance,
+            b.micros_per_step
         );
     }
     Ok(())

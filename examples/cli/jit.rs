@@ -42,7 +42,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         Err(lensopt::Error::Rule(diags)) => {
             let file = args.rule.display().to_string();
             for d in &diags.items {
-                eprintln!("{}", d.render(&text, &file));
+                errln!("{}", d.render(&text, &file));
             }
             return Err(Failure {
                 message: format!("{file}: {} error(s)", diags.items.len()),
@@ -80,7 +80,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         Emit::Ptx => ptx.text.clone(),
     };
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "rule": rule.name, "emit": format!("{:?}", args.emit).to_lowercase(), "output": output,
@@ -91,8 +91,8 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    print!("{output}");
-    eprintln!(
+    out!("{output}");
+    errln!(
         "parse+check {parse_us:.0} us, e-graph+schedule {optimize_us:.0} us ({} reduction passes, {} slots), cranelift {codegen_us:.0} us, ptx {ptx_us:.0} us",
         schedule.passes.len(),
         schedule.slots.len()

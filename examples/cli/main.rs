@@ -12,8 +12,13 @@
 //!
 //! Misuse (bad flags, unreadable or malformed input, unknown names,
 //! mismatched lengths) exits with status 2 and a one-line message on stderr.
+//! Output goes through [`output`] (a closed pipe ends the command quietly),
+//! result files through [`atomic`] (never left half-written).
 
+#[macro_use]
+mod output;
 mod apply;
+mod atomic;
 mod bench;
 mod check;
 mod compare;
@@ -74,7 +79,7 @@ impl Failure {
     }
 }
 
-/// Parses one `--set name=value` (booleans as true/false).
+/// Parses one `--set name=value` (booleans as true/false; numbers finite).
 pub fn parse_set(item: &str) -> Result<(&str, lensopt::HyperValue), Failure> {
     let (name, value) = item
         .split_once('=')
@@ -84,6 +89,13 @@ pub fn parse_set(item: &str) -> Result<(&str, lensopt::HyperValue), Failure> {
             "--set {name}: `{value}` is not a number, `true` or `false`"
         ))
     })?;
+    if let lensopt::HyperValue::Num(x) = parsed {
+        if !x.is_finite() {
+            return Err(Failure::usage(format!(
+                "--set {name}: `{value}` is not a finite number"
+            )));
+        }
+    }
     Ok((name.trim(), parsed))
 }
 
@@ -102,11 +114,12 @@ fn main() -> ExitCode {
         Command::Ptx(args) => ptx::run(&args),
         Command::Jit(args) => jit::run(&args),
     };
+    output::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if !f.message.is_empty() {
-                eprintln!("lensopt: error: {}", f.message);
+                errln!("lensopt: error: {}", f.message);
             }
             ExitCode::from(f.status)
         }
@@ -134,7 +147,7 @@ fn list(args: &ListArgs) {
                 .collect();
             let states: Vec<&str> = rule.states.iter().map(|s| s.name.as_str()).collect();
             let inputs: Vec<&str> = rule.inputs.iter().map(|i| i.name.as_str()).collect();
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"name": name, "rule": rule.name, "hypers": hypers, "states": states, "inputs": inputs, "doc": rule.doc.join("\n")})
             );
@@ -145,6 +158,6 @@ fn list(args: &ListArgs) {
             .iter()
             .map(|h| format!("{}={}", h.name, h.default))
             .collect();
-        println!("{name:<11} {}", hypers.join(" "));
+        outln!("{name:<11} {}", hypers.join(" "));
     }
 }

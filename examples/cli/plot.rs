@@ -159,25 +159,30 @@ fn draw<DB: DrawingBackend>(
     Ok(())
 }
 
-/// Writes the loss curves to `path`: PNG for `.png`, SVG otherwise.
+/// Writes the loss curves to `path` (atomically): PNG for `.png`, SVG otherwise.
 pub fn loss_curves(
     path: &Path,
     title: &str,
     curves: &[(String, Vec<Vec<f64>>)],
 ) -> Result<(), Failure> {
     register_font()?;
-    let result = if path.extension().is_some_and(|x| x == "png") {
-        draw(
-            BitMapBackend::new(path, SIZE).into_drawing_area(),
-            title,
-            curves,
-        )
+    if path.extension().is_some_and(|x| x == "png") {
+        // The PNG backend writes to a path (on `present`), named with `.png`.
+        crate::atomic::write_with_path(path, |tmp| {
+            draw(
+                BitMapBackend::new(tmp, SIZE).into_drawing_area(),
+                title,
+                curves,
+            )
+        })
     } else {
+        let mut svg = String::new();
         draw(
-            SVGBackend::new(path, SIZE).into_drawing_area(),
+            SVGBackend::with_string(&mut svg, SIZE).into_drawing_area(),
             title,
             curves,
         )
-    };
-    result.map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))
+        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
+        crate::atomic::write_bytes(path, svg.as_bytes())
+    }
 }

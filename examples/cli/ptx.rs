@@ -15,7 +15,7 @@ pub struct Args {
     /// A rule file.
     #[arg(long)]
     rule: Option<PathBuf>,
-    /// The GPU architecture (`.target`), sm_80 or later.
+    /// The GPU architecture (`.target`), sm_80 or later: `sm_` and 2 or 3 digits.
     #[arg(long, default_value = "sm_80")]
     target: String,
     /// Element type: f32 or f64.
@@ -53,12 +53,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             )))
         }
     };
-    if !args.target.starts_with("sm_") || args.target[3..].parse::<u32>().map_or(true, |v| v < 80) {
-        return Err(Failure::usage(format!(
-            "target `{}`: sm_80 or later",
-            args.target
-        )));
-    }
+    check_target(&args.target)?;
     let rule = opt.rule();
     let key = lensopt::jit::Key::for_step(
         &[opt.hypers()],
@@ -66,6 +61,22 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         lensopt::Mode::Fast,
     );
     let module = lensopt::jit::ptx(&rule, &key, precision, &args.target).map_err(Failure::usage)?;
-    print!("{}", module.text);
+    out!("{}", module.text);
     Ok(())
+}
+
+/// Refuses anything but `sm_` followed by 2 or 3 ASCII digits (no leading
+/// zero), 80 or more. Arch-specific targets (`sm_90a`) are refused too: they
+/// need a later PTX ISA than the `.version` lensopt emits.
+fn check_target(target: &str) -> Result<(), Failure> {
+    let digits = target.strip_prefix("sm_").unwrap_or("");
+    let well_formed = (2..=3).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    if well_formed && digits.parse::<u32>().is_ok_and(|v| v >= 80) {
+        return Ok(());
+    }
+    Err(Failure::usage(format!(
+        "target `{target}`: expected sm_ and 2 or 3 digits, sm_80 or later (sm_80, sm_90)"
+    )))
 }

@@ -506,3 +506,663 @@ fn demo_sweeps_learning_rates_past_divergence() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 2 + 5, "{text}");
 }
+
+/// Runs lensopt with stdout a pipe whose reading end is already closed:
+/// every write to stdout fails with a broken pipe.
+fn with_closed_stdout(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_lensopt"))
+        .args(args)
+        .stdout(writer)
+        .output()
+        .expect("the binary runs")
+}
+
+fn assert_quiet_exit(args: &[&str], out: &Output) {
+    let err = stderr(out);
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    assert!(!err.contains("error"), "{args:?}: {err}");
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly() {
+    let good = scratch("pipe_good.lo");
+    std::fs::write(&good, "Sgd { hyper lr = 0.1; update { p = p - lr * g; } }").unwrap();
+    let good = good.to_str().unwrap();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["list"],
+        vec!["list", "--json"],
+        vec!["check", good],
+        vec!["check", good, "--json"],
+        vec!["jit", good],
+        vec!["jit", good, "--json"],
+        vec!["ptx", "--optimizer", "adam"],
+        vec!["demo", "--steps", "10"],
+        vec![
+            "compare",
+            "adam",
+            "--problem",
+            "rosenbrock",
+            "--steps",
+            "5",
+            "--seeds",
+            "1",
+            "--json",
+        ],
+        vec![
+            "bench",
+            "--sizes",
+            "1000",
+            "--rules",
+            "adam",
+            "--seconds",
+            "0.001",
+        ],
+    ];
+    for args in &commands {
+        assert_quiet_exit(args, &with_closed_stdout(args));
+    }
+}
+
+#[test]
+fn a_reader_that_stops_after_one_line_ends_the_command_quietly() {
+    use std::io::BufRead;
+    // An IR far larger than a pipe's buffer: the writer is still writing
+    // when the reader goes away.
+    let states: Vec<String> = (0..3000).map(|i| format!("s{i} = 0")).collect();
+    let body: Vec<String> = (0..3000)
+        .map(|i| format!("s{i} = 0.5 * s{i} + g;"))
+        .collect();
+    let big = scratch("pipe_big.lo");
+    std::fs::write(
+        &big,
+        format!(
+            "Big {{ hyper lr = 0.1; state {}; update {{ {} p = p - lr * g; }} }}",
+            states.join(", "),
+            body.join(" ")
+        ),
+    )
+    .unwrap();
+    for args in [vec!["check", big.to_str().unwrap()], vec!["list"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lensopt"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty(), "{args:?}");
+        let out = child.wait_with_output().unwrap();
+        assert_quiet_exit(&args, &out);
+    }
+}
+
+#[test]
+fn a_failing_stdout_is_reported_on_one_line() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        return; // not Linux
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_lensopt"))
+        .arg("list")
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("lensopt: error: cannot write to standard output"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bench_refuses_sizes_and_seconds_it_cannot_run() {
+    let mut refused = vec![
+        (
+            vec!["--sizes", "18446744073709551615"],
+            "at most 17179869184",
+        ),
+        (vec!["--sizes", "1000000000000"], "at most 17179869184"),
+        (vec!["--sizes", "1000,0"], "0 is not a tensor size"),
+        (vec!["--seconds", "inf"], "--seconds inf"),
+        (vec!["--seconds", "NaN"], "--seconds NaN"),
+        (vec!["--seconds", "0"], "more than 0"),
+        (vec!["--seconds=-1"], "more than 0"),
+        (vec!["--seconds", "1e9"], "at most 3600"),
+        (vec!["--rules", "adam,nosuch"], "unknown rule `nosuch`"),
+        (
+            vec!["--device", "cuda", "--seconds", "inf"],
+            "--seconds inf",
+        ),
+        (
+            vec!["--device", "cuda", "--sizes", "18446744073709551615"],
+            "at most",
+        ),
+    ];
+    if cfg!(target_os = "linux") {
+        // 2^34 - 1 elements pass the bound, not the memory (about 0.7 TiB).
+        refused.push((vec!["--sizes", "17179869183"], "memory available"));
+    }
+    for (args, expect) in refused {
+        let mut all = vec!["bench"];
+        all.extend(args);
+        assert_usage_error(&all, expect);
+    }
+}
+
+#[test]
+fn bench_runs_small_sizes() {
+    let out = lensopt(&[
+        "bench",
+        "--sizes",
+        "1000,3000",
+        "--rules",
+        "adam",
+        "--seconds",
+        "0.001",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(rows
+        .iter()
+        .any(|r| r["kernel"] == "adam" && r["n"] == 3000 && r["gbps"].as_f64().unwrap() > 0.0));
+}
+
+/// A case with one field replaced (or added) in a valid one.
+fn case_with(field: &str, value: &str) -> String {
+    let mut fields = vec![
+        ("lensopt", r#"{"optimizer": "sgd", "hyper": {"lr": 0.1}}"#),
+        ("dtype", r#""float64""#),
+        ("n", "2"),
+        ("steps", "1"),
+        ("p0", "[1.0, 2.0]"),
+        ("grads", "[[0.1, 0.2]]"),
+    ];
+    match fields.iter_mut().find(|(k, _)| *k == field) {
+        Some(f) => f.1 = value,
+        None => fields.push((field, value)),
+    }
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("\"{k}\": {v}"))
+        .collect();
+    format!("{{{}}}", body.join(", "))
+}
+
+fn apply_text(name: &str, text: &str, extra: &[&str]) -> Output {
+    let input = scratch(&format!("{name}.json"));
+    std::fs::write(&input, text).unwrap();
+    let output = scratch(&format!("{name}.out.json"));
+    let mut args = vec![
+        "apply",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    lensopt(&args)
+}
+
+#[test]
+fn apply_refuses_case_fields_of_the_wrong_type() {
+    let out = apply_text("typed_ok", &case_with("dtype", r#""float32""#), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let accepted = [
+        (
+            "lensopt",
+            r#"{"optimizer": "sgd", "hyper": null, "x": [{}]}"#,
+        ),
+        ("hessians", "null"),
+        ("hessians", "[null]"),
+        (
+            "notes",
+            r#"{"a": ["\u00e9\ud83d\ude00", 1e-300, -0, true, null]}"#,
+        ),
+    ];
+    for (field, value) in accepted {
+        let out = apply_text("typed_accepted", &case_with(field, value), &[]);
+        assert!(out.status.success(), "{field}: {value}: {}", stderr(&out));
+    }
+    let out = apply_text(
+        "typed_null_optimizer",
+        &case_with("lensopt", r#"{"optimizer": null}"#),
+        &["--optimizer", "sgd"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let refused = [
+        ("dtype", "32", "`dtype` must be the string"),
+        ("dtype", "null", "`dtype` must be the string"),
+        ("dtype", r#""float16""#, "unknown dtype `float16`"),
+        ("dtype", r#""Float64""#, "unknown dtype `Float64`"),
+        ("lensopt", "3", "`lensopt` must be an object"),
+        (
+            "lensopt",
+            r#"{"optimizer": 3}"#,
+            "`lensopt.optimizer` must be a string",
+        ),
+        (
+            "lensopt",
+            r#"{"optimizer": "sgd", "hyper": 3}"#,
+            "`lensopt.hyper` must be an object",
+        ),
+        (
+            "lensopt",
+            r#"{"optimizer": "sgd", "hyper": [0.1]}"#,
+            "`lensopt.hyper` must be an object",
+        ),
+        (
+            "lensopt",
+            r#"{"optimizer": "sgd", "hyper": {"lr": "0.1"}}"#,
+            "`lr` must be a number or a boolean",
+        ),
+        (
+            "lensopt",
+            r#"{"optimizer": "sgd", "hyper": {"lr": 0.1, "lr": 0.2}}"#,
+            "`lr` is given twice",
+        ),
+        (
+            "lensopt",
+            r#"{"optimizer": "sgd", "optimizer": "adam"}"#,
+            "`lensopt.optimizer` is given twice",
+        ),
+        ("p0", r#""[1.0, 2.0]""#, "`p0` must be an array of numbers"),
+        ("p0", "[1.0, true]", "`p0[1]` is not a number"),
+        ("p0", "[1.0, 1e999]", "malformed JSON: number out of range"),
+        ("p0", "[1.0, NaN]", "malformed JSON"),
+        ("p0", "[1.0, 02]", "malformed JSON"),
+        ("p0", "[1.0, 2.0,]", "malformed JSON: trailing comma"),
+        (
+            "grads",
+            "null",
+            "`grads` must be an array with one entry per step",
+        ),
+        (
+            "grads",
+            "{}",
+            "`grads` must be an array with one entry per step",
+        ),
+        ("grads", "[[0.1, 0.2], null]", "`grads[1]` is null"),
+        (
+            "hessians",
+            "3",
+            "`hessians` must be an array with one entry per step",
+        ),
+        ("hessians", "[[1.0]]", "`hessians[0]` has 1 elements"),
+        ("params_after", "[null]", "`params_after` has a null entry"),
+        ("n", "2.0", "`n` must be a non-negative integer"),
+        ("n", r#""2""#, "`n` must be a non-negative integer"),
+        ("n", "3", "`n` is 3, but `p0` has 2 elements"),
+        ("steps", "-1", "`steps` must be a non-negative integer"),
+        ("steps", "2", "`steps` is 2, but `grads` has 1 entries"),
+    ];
+    for (field, value, expect) in refused {
+        let text = case_with(field, value);
+        let out = apply_text("typed_refused", &text, &[]);
+        assert_eq!(out.status.code(), Some(2), "{text}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{text}: {err}");
+        assert!(err.contains(expect), "{text}: `{expect}` not in {err}");
+    }
+    let valid = case_with("dtype", r#""float64""#);
+    for (text, expect) in [
+        (format!("{valid} x"), "trailing characters"),
+        (
+            valid.replacen("\"p0\"", "\"p0\": [3], \"p0\"", 1),
+            "`p0` is given twice",
+        ),
+        ("[1, 2]".to_string(), "the top level must be a JSON object"),
+        (String::new(), "malformed JSON"),
+        (
+            format!("{}{}", "[".repeat(200), "]".repeat(200)),
+            "malformed JSON",
+        ),
+        (
+            valid.replacen(
+                "\"n\"",
+                "\"deep\": [[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]], \"n\"",
+                1,
+            ) + "{",
+            "trailing characters",
+        ),
+    ] {
+        let out = apply_text("typed_refused", &text, &[]);
+        assert_eq!(out.status.code(), Some(2), "{text}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expect), "{text}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn apply_refuses_cases_over_the_element_limit_without_aborting() {
+    // Declared sizes are refused before any number is read.
+    for (n, steps) in [("100000000", "1"), ("20000000", "10")] {
+        let text = format!(r#"{{"n": {n}, "steps": {steps}, "p0": [1]}}"#);
+        let out = apply_text("declared_huge", &text, &[]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("more than 67108864 numbers"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // Undeclared: refused while streaming, at 2^26 + 1 numbers.
+    let input = scratch("over_limit.json");
+    {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        w.write_all(br#"{"lensopt": {"optimizer": "sgd"}, "p0": ["#)
+            .unwrap();
+        for _ in 0..(1 << 26) {
+            w.write_all(b"0,").unwrap();
+        }
+        w.write_all(br#"0], "grads": []}"#).unwrap();
+    }
+    let output = scratch("over_limit.out.json");
+    let out = lensopt(&[
+        "apply",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(&input).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("more than 67108864 numbers"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!output.exists());
+}
+
+#[test]
+fn apply_writes_its_output_in_the_documented_layout() {
+    let input = golden("adam.json");
+    let output = scratch("layout.out.json");
+    let out = lensopt(&[
+        "apply",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&output).unwrap();
+    assert!(
+        text.starts_with(r#"{"dtype":"float64","optimizer":"adam","params_after":[["#),
+        "{}",
+        &text[..80]
+    );
+    assert!(text.ends_with("]}}\n"));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // The same text as serde_json prints the value it parses to.
+    assert_eq!(serde_json::to_string(&v).unwrap() + "\n", text);
+    assert!(v["state"].as_object().is_some_and(|s| !s.is_empty()));
+}
+
+/// The names in `dir` that look like this CLI's temporary files.
+fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect()
+}
+
+#[test]
+fn apply_replaces_its_output_atomically() {
+    let dir = scratch("atomic");
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = golden("adam.json");
+    let input = input.to_str().unwrap();
+    // A folder as output: refused, and nothing left beside it.
+    let folder = dir.join("folder.json");
+    std::fs::create_dir_all(&folder).unwrap();
+    assert_usage_error(
+        &[
+            "apply",
+            "--input",
+            input,
+            "--output",
+            folder.to_str().unwrap(),
+        ],
+        "cannot write",
+    );
+    assert_usage_error(
+        &[
+            "apply",
+            "--input",
+            input,
+            "--output",
+            dir.join("no/such/dir.json").to_str().unwrap(),
+        ],
+        "cannot write",
+    );
+    assert_eq!(temporaries(&dir), Vec::<String>::new());
+
+    // A run killed while it writes leaves the old output or the new one.
+    let big = dir.join("big.json");
+    {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
+        let n = 1_000_000;
+        let row = |k: u64| -> String {
+            let v: Vec<String> = (0..n)
+                .map(|i| format!("{}", ((i * 7919 + k) % 1000) as f64 / 997.0 - 0.5))
+                .collect();
+            format!("[{}]", v.join(","))
+        };
+        write!(
+            w,
+            r#"{{"lensopt": {{"optimizer": "adam"}}, "p0": {}, "grads": [{}, {}]}}"#,
+            row(1),
+            row(2),
+            row(3)
+        )
+        .unwrap();
+    }
+    let output = dir.join("big.out.json");
+    let old = "{\"old\": true}\n";
+    std::fs::write(&output, old).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lensopt"))
+        .args([
+            "apply",
+            "--input",
+            big.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    // Kill it as soon as it starts writing: a temporary file appears, or
+    // (written in place) the output changes.
+    loop {
+        let writing = !temporaries(&dir).is_empty()
+            || std::fs::metadata(&output).map_or(true, |m| m.len() != old.len() as u64);
+        if writing || child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&output).unwrap();
+    if text != old {
+        let v: serde_json::Value = serde_json::from_str(&text).expect("a complete output");
+        assert_eq!(v["params_after"].as_array().unwrap().len(), 2);
+    }
+    // Left by the kill: the next run writes its own, complete output.
+    for t in temporaries(&dir) {
+        std::fs::remove_file(dir.join(t)).unwrap();
+    }
+    let out = lensopt(&[
+        "apply",
+        "--input",
+        big.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(params_after(&output).len(), 2);
+    assert_eq!(temporaries(&dir), Vec::<String>::new());
+    std::fs::remove_file(&big).unwrap();
+    std::fs::remove_file(&output).unwrap();
+}
+
+#[test]
+fn compare_refuses_unknown_or_non_finite_settings() {
+    let base = [
+        "compare",
+        "adam",
+        "lion",
+        "--problem",
+        "rosenbrock",
+        "--steps",
+        "5",
+        "--seeds",
+        "1",
+    ];
+    let with = |set: &str| {
+        let mut args = base.to_vec();
+        args.extend(["--set", set]);
+        args.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let args = with("lrr=0.1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_usage_error(&args, "--set lrr");
+    let err = stderr(&lensopt(&args));
+    assert!(
+        err.contains("`lrr`") && err.contains("beta1") && err.contains("lr,"),
+        "{err}"
+    );
+    for bad in ["lr=nan", "lr=NaN", "lr=inf", "lr=-inf", "lr=1e999"] {
+        let args = with(bad);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_usage_error(&args, "not a finite number");
+    }
+    // A hyperparameter of only one of the optimizers applies to that one.
+    let out = lensopt(&[
+        "compare",
+        "adam",
+        "sgd",
+        "--problem",
+        "rosenbrock",
+        "--steps",
+        "5",
+        "--seeds",
+        "1",
+        "--set",
+        "momentum=0.9",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // apply and ptx refuse non-finite settings too.
+    let input = golden("adam.json");
+    let output = scratch("nan_set.out.json");
+    assert_usage_error(
+        &[
+            "apply",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--set",
+            "lr=nan",
+        ],
+        "not a finite number",
+    );
+    assert_usage_error(
+        &["ptx", "--optimizer", "adam", "--set", "eps=inf"],
+        "not a finite number",
+    );
+}
+
+#[test]
+fn compare_leaves_no_temporary_files() {
+    let out_dir = scratch("compare_atomic");
+    let out = lensopt(&[
+        "compare",
+        "adam",
+        "--problem",
+        "quadratic",
+        "--steps",
+        "5",
+        "--seeds",
+        "1",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for f in ["results.json", "curves.png", "curves.svg"] {
+        assert!(out_dir.join(f).exists(), "{f}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["results"][0]["optimizer"], "Adam");
+    assert!(std::fs::read_to_string(out_dir.join("curves.svg"))
+        .unwrap()
+        .contains("</svg>"));
+    assert_eq!(temporaries(&out_dir), Vec::<String>::new());
+    // An output that cannot be written is refused on one line.
+    let blocked = scratch("compare_blocked");
+    std::fs::create_dir_all(blocked.join("results.json")).unwrap();
+    assert_usage_error(
+        &[
+            "compare",
+            "adam",
+            "--problem",
+            "quadratic",
+            "--steps",
+            "5",
+            "--seeds",
+            "1",
+            "--out",
+            blocked.to_str().unwrap(),
+        ],
+        "cannot write",
+    );
+    assert_eq!(temporaries(&blocked), Vec::<String>::new());
+}
+
+#[test]
+fn ptx_parses_targets_strictly() {
+    for target in [
+        "sm_+80",
+        "sm_8_0",
+        "sm_",
+        "sm",
+        "sm_79",
+        "sm_080",
+        "sm_0080",
+        "sm_1000",
+        "SM_80",
+        "sm_80a",
+        " sm_80",
+        "sm_80 ",
+        "sm_-80",
+        "sm_８０",
+        "compute_80",
+    ] {
+        assert_usage_error(
+            &["ptx", "--optimizer", "adam", "--target", target],
+            "sm_80 or later",
+        );
+    }
+    for target in ["sm_80", "sm_90", "sm_120"] {
+        let out = lensopt(&["ptx", "--optimizer", "adam", "--target", target]);
+        assert!(out.status.success(), "{target}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!(".target {target}\n")), "{target}");
+    }
+}

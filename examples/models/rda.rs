@@ -163,7 +163,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             train.x.len(),
             test.x.len(),
             circuit.logic_gates(),
-            circuit.params
+            circuit.params()
         );
         // The paper's rule (online) is the headline; majority vote is reported beside it.
         lines.push(format!("task={name} test_accuracy={online:.4}"));
@@ -223,7 +223,7 @@ fn ten_digits(digits: &Dataset) -> Result<(f64, usize, usize), String> {
             };
             let circuit = two_level(64, 1, 7, 7, (a * 10 + b) as u64);
             gates += circuit.logic_gates();
-            params += circuit.params;
+            params += circuit.params();
             let model = train_best(&circuit, &data, 30)?;
             for (v, p) in votes.iter_mut().zip(model.predict(&test.x)?) {
                 v[if p[0] { b } else { a }] += 1;

@@ -12,10 +12,54 @@ pub struct GraphBuilder {
     /// The nodes so far.
     pub nodes: Vec<Node>,
     dedup: HashMap<(u8, u64, u32, u32, u32), ValueId>,
+    leaves: Option<LeafTypes>,
+}
+
+/// The type and rate of each kind of leaf of one rule.
+struct LeafTypes {
+    hypers: Vec<Ty>,
+    states: Vec<Rate>,
+}
+
+impl LeafTypes {
+    fn of(rule: &Rule) -> Self {
+        LeafTypes {
+            hypers: rule
+                .hypers
+                .iter()
+                .map(|h| match h.default {
+                    crate::HyperValue::Num(_) => Ty::Float,
+                    crate::HyperValue::Bool(_) => Ty::Bool,
+                })
+                .collect(),
+            states: rule
+                .states
+                .iter()
+                .map(|s| match s.kind {
+                    StateKind::Element => Rate::Element,
+                    StateKind::Scalar => Rate::Tensor,
+                })
+                .collect(),
+        }
+    }
+
+    fn of_leaf(&self, op: Op) -> (Ty, Rate) {
+        match op {
+            Op::Const(_) => (Ty::Float, Rate::Const),
+            Op::ConstBool(_) => (Ty::Bool, Rate::Const),
+            Op::Hyper(i) => (self.hypers[i as usize], Rate::Step),
+            Op::Step => (Ty::Float, Rate::Step),
+            Op::Present(_) => (Ty::Bool, Rate::Step),
+            Op::Numel => (Ty::Float, Rate::Tensor),
+            Op::Param | Op::Grad | Op::Input(_) => (Ty::Float, Rate::Element),
+            Op::State(i) => (Ty::Float, self.states[i as usize]),
+            interior => unreachable!("{interior:?} is not a leaf"),
+        }
+    }
 }
 
 /// Hash-consing key of an op (floats by their bits).
-fn op_key(op: &Op) -> (u8, u64, u32, u32, u32) {
+pub(crate) fn op_key(op: &Op) -> (u8, u64, u32, u32, u32) {
     match *op {
         Op::Const(x) => (0, x.to_bits(), 0, 0, 0),
         Op::ConstBool(b) => (1, b as u64, 0, 0, 0),
@@ -36,6 +80,30 @@ fn op_key(op: &Op) -> (u8, u64, u32, u32, u32) {
 }
 
 impl GraphBuilder {
+    /// An empty builder that knows the leaf types and rates of `rule`
+    /// (for [`GraphBuilder::add_like`]).
+    pub fn for_rule(rule: &Rule) -> Self {
+        GraphBuilder {
+            nodes: Vec::new(),
+            dedup: HashMap::new(),
+            leaves: Some(LeafTypes::of(rule)),
+        }
+    }
+
+    /// Adds any op: leaves take their type and rate from the rule given to
+    /// [`GraphBuilder::for_rule`], interior nodes infer theirs.
+    pub fn add_like(&mut self, op: Op) -> ValueId {
+        if !op.args().is_empty() {
+            return self.interior(op);
+        }
+        let (ty, rate) = self
+            .leaves
+            .as_ref()
+            .expect("add_like needs a builder made by for_rule")
+            .of_leaf(op);
+        self.add(op, ty, rate)
+    }
+
     /// Adds a node with an explicit type and rate (leaves), or returns the existing one.
     pub fn add(&mut self, op: Op, ty: Ty, rate: Rate) -> ValueId {
         let key = op_key(&op);
@@ -66,6 +134,16 @@ impl GraphBuilder {
             leaf => unreachable!("leaf {leaf:?} passed to interior()"),
         };
         self.add(op, ty, rate)
+    }
+}
+
+/// The type of the value an interior op computes, its arguments in `graph`.
+pub fn result_type(graph: &GraphBuilder, op: &Op) -> Ty {
+    match *op {
+        Op::Unary(UnOp::Not, _) => Ty::Bool,
+        Op::Binary(b, ..) => binary_result(b),
+        Op::Select(_, a, _) => graph.nodes[a.index()].ty,
+        _ => Ty::Float,
     }
 }
 

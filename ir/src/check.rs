@@ -25,7 +25,8 @@ pub fn check(decl: &RuleDecl) -> Result<Rule, Diagnostics> {
         hypers: Vec::new(),
         inputs: Vec::new(),
         states: Vec::new(),
-        later_lets: Vec::new(),
+        later_lets: HashMap::new(),
+        statement: 0,
         current_p: None,
         current_state: Vec::new(),
     };
@@ -81,8 +82,10 @@ struct Checker<'a> {
     hypers: Vec<HyperDecl>,
     inputs: Vec<InputDecl>,
     states: Vec<StateDecl>,
-    /// `let` names defined at or after the statement being checked (for "used before its definition").
-    later_lets: Vec<String>,
+    /// The last statement that binds each `let` name (for "used before its definition").
+    later_lets: HashMap<String, usize>,
+    /// Index of the statement being checked.
+    statement: usize,
     /// The current SSA version of `p` in the update block (`None`: its value at the step's start).
     current_p: Option<ValueId>,
     /// The current SSA version of each state in the update block.
@@ -90,6 +93,9 @@ struct Checker<'a> {
 }
 
 const RESERVED: &[&str] = &["p", "g", "t"];
+
+/// Declarations are numbered with 16 bits in the IR.
+const MAX_DECLARED: usize = u16::MAX as usize;
 
 impl Checker<'_> {
     fn add(&mut self, op: Op, ty: Ty, rate: Rate) -> ValueId {
@@ -106,6 +112,18 @@ impl Checker<'_> {
 
     /// Brings a declared name into scope, reporting clashes.
     fn bind_new(&mut self, name: &ast::Name, binding: Binding) -> bool {
+        let declared = self
+            .hypers
+            .len()
+            .max(self.inputs.len())
+            .max(self.states.len());
+        if !matches!(binding, Binding::Let(_)) && declared >= MAX_DECLARED {
+            self.error(
+                name.span,
+                format!("a rule may declare at most {MAX_DECLARED} hyperparameters, inputs or states of each kind"),
+            );
+            return false;
+        }
         if RESERVED.contains(&name.text.as_str()) {
             self.error(
                 name.span,
@@ -238,18 +256,21 @@ impl Checker<'_> {
                 ),
             ),
             Some(block) => {
+                // The last statement index at which each name is bound by `let`.
+                let mut last_let: HashMap<String, usize> = HashMap::new();
                 for (index, stmt) in block.stmts.iter().enumerate() {
-                    self.later_lets = block.stmts[index..]
-                        .iter()
-                        .filter_map(|s| match s {
-                            Stmt::Let(name, _) => Some(name.text.clone()),
-                            Stmt::Assign(..) => None,
-                        })
-                        .collect();
+                    if let Stmt::Let(name, _) = stmt {
+                        last_let.insert(name.text.clone(), index);
+                    }
+                }
+                self.later_lets = last_let;
+                for (index, stmt) in block.stmts.iter().enumerate() {
+                    self.statement = index;
                     match stmt {
                         Stmt::Let(name, value) => {
                             let v = self.expr(value, Context::Update);
-                            self.later_lets.retain(|n| n != &name.text);
+                            // The name is defined from the next statement on.
+                            self.statement = index + 1;
                             self.bind_new(name, Binding::Let(v));
                         }
                         Stmt::Assign(name, value, eq_span) => {
@@ -297,7 +318,7 @@ impl Checker<'_> {
                                     format!("cannot assign to `{}`, a `let` binding: bind a new name instead", name.text),
                                 ),
                                 None => {
-                                    let later = self.later_lets.contains(&name.text);
+                                    let later = self.defined_later(&name.text);
                                     self.unknown_name(&name.text, name.span, later);
                                 }
                             }
@@ -346,6 +367,13 @@ impl Checker<'_> {
         }
     }
 
+    /// True when a `let` at or after the current statement binds `name`.
+    fn defined_later(&self, name: &str) -> bool {
+        self.later_lets
+            .get(name)
+            .is_some_and(|&at| at >= self.statement)
+    }
+
     fn unknown_name(&mut self, name: &str, span: Span, defined_later: bool) {
         if defined_later {
             self.error(span, format!("`{name}` is used before its definition"));
@@ -359,7 +387,7 @@ impl Checker<'_> {
         let Some(&(binding, _)) = self.names.get(name) else {
             let later_state =
                 cx == Context::Init && self.decl.states.iter().any(|s| s.name.text == name);
-            let later = self.later_lets.iter().any(|n| n == name) || later_state;
+            let later = self.defined_later(name) || later_state;
             self.unknown_name(name, span, later);
             return None;
         };

@@ -23,7 +23,7 @@ use std::fmt;
 use std::ops::{BitOr, Shr};
 
 /// A gate of the netlist: its kind and the wires it reads.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Gate {
     /// Input bit `i` of the circuit.
     Input(usize),
@@ -46,6 +46,15 @@ pub enum Gate {
 pub enum CircuitError {
     /// A gate reads a wire that does not exist (yet).
     UnknownWire(usize),
+    /// An input or parameter bit beyond the circuit's count.
+    NoSuchBit {
+        /// `"input"` or `"parameter"`.
+        what: &'static str,
+        /// The index used.
+        index: usize,
+        /// How many there are.
+        count: usize,
+    },
     /// `f >> g` with f's outputs not matching g's inputs in number.
     Mismatch {
         /// Bits f produces.
@@ -59,6 +68,10 @@ impl fmt::Display for CircuitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CircuitError::UnknownWire(w) => write!(f, "wire {w} does not exist at that point of the circuit"),
+            CircuitError::NoSuchBit { what, index, count } => write!(
+                f,
+                "{what} bit {index} does not exist: the circuit has {count}"
+            ),
             CircuitError::Mismatch { left, right } => write!(
                 f,
                 "cannot compose: the left circuit produces {left} bits but the right one takes {right}"
@@ -70,16 +83,18 @@ impl fmt::Display for CircuitError {
 impl std::error::Error for CircuitError {}
 
 /// A boolean circuit with inputs, parameter bits and outputs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Its fields are private so that every circuit is well formed (checked by
+/// [`CircuitBuilder`] and [`Circuit::from_parts`]): every gate reads only
+/// wires before it, inputs and parameter bits are in range, and outputs are
+/// wires. Evaluators and compiled code index buffers by these numbers, so
+/// this invariant is what makes them memory-safe.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Circuit {
-    /// Gates in topological order; gate `w` produces wire `w`.
-    pub gates: Vec<Gate>,
-    /// Number of input bits.
-    pub inputs: usize,
-    /// Number of parameter bits.
-    pub params: usize,
-    /// The wires that are outputs, in order.
-    pub outputs: Vec<usize>,
+    gates: Vec<Gate>,
+    inputs: usize,
+    params: usize,
+    outputs: Vec<usize>,
 }
 
 /// Builds a circuit gate by gate, checking every wire reference.
@@ -170,6 +185,68 @@ impl CircuitBuilder {
 }
 
 impl Circuit {
+    /// A circuit from its netlist, checked: gate `w` may read only wires
+    /// `< w`, `Input(i)` needs `i < inputs`, `Param(i)` needs `i < params`,
+    /// and every output must be a wire.
+    pub fn from_parts(
+        gates: Vec<Gate>,
+        inputs: usize,
+        params: usize,
+        outputs: Vec<usize>,
+    ) -> Result<Circuit, CircuitError> {
+        for (w, g) in gates.iter().enumerate() {
+            let bad = match *g {
+                Gate::Input(i) if i >= inputs => Some(CircuitError::NoSuchBit {
+                    what: "input",
+                    index: i,
+                    count: inputs,
+                }),
+                Gate::Param(i) if i >= params => Some(CircuitError::NoSuchBit {
+                    what: "parameter",
+                    index: i,
+                    count: params,
+                }),
+                Gate::And(a, b) | Gate::Xor(a, b) if a >= w || b >= w => {
+                    Some(CircuitError::UnknownWire(a.max(b)))
+                }
+                Gate::Not(a) if a >= w => Some(CircuitError::UnknownWire(a)),
+                _ => None,
+            };
+            if let Some(e) = bad {
+                return Err(e);
+            }
+        }
+        if let Some(bad) = outputs.iter().find(|o| **o >= gates.len()) {
+            return Err(CircuitError::UnknownWire(*bad));
+        }
+        Ok(Circuit {
+            gates,
+            inputs,
+            params,
+            outputs,
+        })
+    }
+
+    /// The gates in topological order; gate `w` produces wire `w`.
+    pub fn gates(&self) -> &[Gate] {
+        &self.gates
+    }
+
+    /// Number of input bits.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Number of parameter bits.
+    pub fn params(&self) -> usize {
+        self.params
+    }
+
+    /// The wires that are outputs, in order.
+    pub fn outputs(&self) -> &[usize] {
+        &self.outputs
+    }
+
     /// Number of AND, XOR and NOT gates.
     pub fn logic_gates(&self) -> usize {
         self.gates

@@ -14,8 +14,11 @@ pub struct Diagnostic {
     pub span: Span,
     /// What is wrong, in one sentence.
     pub message: String,
-    /// An explicit (line, column) for errors found before tokens exist.
+    /// An explicit (line, column) for errors found before tokens exist,
+    /// and for errors whose span was resolved ([`Diagnostics::resolve`]).
     pub position: Option<(usize, usize)>,
+    /// The width in columns of the token pointed at, once resolved.
+    pub width: Option<usize>,
 }
 
 impl Diagnostic {
@@ -25,6 +28,7 @@ impl Diagnostic {
             span,
             message: message.into(),
             position: None,
+            width: None,
         }
     }
 
@@ -43,6 +47,15 @@ impl Diagnostic {
 }
 
 impl Diagnostic {
+    /// The width of the span on one line, when it has a location.
+    fn span_width(&self) -> Option<usize> {
+        if self.position.is_some() {
+            return None;
+        }
+        let (start, end) = (self.span.start(), self.span.end());
+        (end.line == start.line && end.column > start.column).then(|| end.column - start.column)
+    }
+
     /// Renders the diagnostic as a compiler does, with the source line and a caret:
     ///
     /// ```text
@@ -63,14 +76,7 @@ impl Diagnostic {
                 .take(column.saturating_sub(1))
                 .map(|c| if c == '\t' { '\t' } else { ' ' })
                 .collect();
-            let start = self.span.start();
-            let end = self.span.end();
-            let width =
-                if self.position.is_none() && end.line == start.line && end.column > start.column {
-                    end.column - start.column
-                } else {
-                    1
-                };
+            let width = self.width.unwrap_or_else(|| self.span_width().unwrap_or(1));
             out.push_str(&format!(
                 "{pad} |\n{line} | {text}\n{pad} | {caret_at}{}\n",
                 "^".repeat(width)
@@ -115,6 +121,19 @@ impl Diagnostics {
         let mut d = Diagnostic::new(Span::call_site(), message);
         d.position = Some((line, column));
         self.items.push(d);
+    }
+
+    /// Turns every span into an explicit line, column and width, and
+    /// forgets the span (it becomes `Span::call_site()`), so that the
+    /// diagnostics outlive the source map of the thread that parsed them.
+    pub fn resolve(&mut self) {
+        for d in &mut self.items {
+            if d.position.is_none() {
+                d.width = d.span_width();
+                d.position = Some((d.span.start().line, d.span.start().column + 1));
+            }
+            d.span = Span::call_site();
+        }
     }
 
     /// True when no error was recorded.

@@ -139,6 +139,12 @@ pub struct Options {
     pub node_limit: usize,
     /// Rewrite iteration limit.
     pub iter_limit: usize,
+    /// Wall-clock budget of the rewrites; when it runs out the best form
+    /// found so far is extracted.
+    pub time_limit: std::time::Duration,
+    /// Rules with more nodes than this skip the e-graph: they are only
+    /// specialised and constant-folded, in linear time (see [`Optimized`]).
+    pub max_rule_nodes: usize,
 }
 
 impl Options {
@@ -150,6 +156,8 @@ impl Options {
             present: Vec::new(),
             node_limit: 10_000,
             iter_limit: 12,
+            time_limit: std::time::Duration::from_secs(2),
+            max_rule_nodes: 2_000,
         }
     }
 
@@ -715,10 +723,92 @@ impl<'r> Raising<'r> {
     }
 }
 
+/// An optimized rule, and why the e-graph was skipped if it was.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Optimized {
+    /// The rule to schedule.
+    pub rule: Rule,
+    /// `Some(reason)` when the rule was too large for the e-graph's budget
+    /// and was only specialised and constant-folded.
+    pub fallback: Option<String>,
+}
+
 /// Optimizes a rule. The result has the same interface (hyperparameters,
 /// inputs, states) and computes the same update, exactly in [`Mode::Exact`]
 /// and within the documented tolerances in [`Mode::Fast`].
 pub fn optimize(rule: &Rule, options: &Options) -> Rule {
+    optimize_report(rule, options).rule
+}
+
+/// [`optimize`], saying whether the budget made it fall back. A rule with
+/// more than [`Options::max_rule_nodes`] nodes is not given to the e-graph
+/// (whose extraction is superlinear in the depth of the graph): it is
+/// specialised and its constants folded in one linear pass, exactly.
+pub fn optimize_report(rule: &Rule, options: &Options) -> Optimized {
+    if rule.nodes.len() > options.max_rule_nodes {
+        return Optimized {
+            rule: specialize_only(rule, options),
+            fallback: Some(format!(
+                "the rule has {} nodes, more than the e-graph's budget of {}: it was only specialised and constant-folded",
+                rule.nodes.len(),
+                options.max_rule_nodes
+            )),
+        };
+    }
+    Optimized {
+        rule: saturate(rule, options),
+        fallback: None,
+    }
+}
+
+/// The linear fallback: specialisation (hyperparameters, presence, absent
+/// inputs) and folding of nodes whose arguments are all constants, computed
+/// in f64 as the interpreter does. Exact in every mode.
+pub fn specialize_only(rule: &Rule, options: &Options) -> Rule {
+    let specialized = |i: u16| options.specialize.get(i as usize).copied().flatten();
+    let present = |i: u16| options.present.get(i as usize).copied().flatten();
+    rule.clone().rebuild(|graph, op| {
+        let op = match op {
+            Op::Hyper(i) => match specialized(i) {
+                Some(HyperValue::Num(x)) => Op::Const(x),
+                Some(HyperValue::Bool(b)) => Op::ConstBool(b),
+                None => op,
+            },
+            Op::Present(i) => present(i).map_or(op, Op::ConstBool),
+            Op::Input(i) if present(i) == Some(false) => Op::Const(0.0),
+            op => op,
+        };
+        let konst = |v: ValueId| match graph.nodes[v.index()].op {
+            Op::Const(x) => Some(x),
+            Op::ConstBool(b) => Some(f64::from(u8::from(b))),
+            _ => None,
+        };
+        let folded = match op {
+            Op::Unary(u, a) => konst(a).map(|a| eval_unary(u, a)),
+            Op::Binary(b, x, y) => konst(x).zip(konst(y)).map(|(x, y)| eval_binary(b, x, y)),
+            Op::Select(c, a, b) => match (konst(c), konst(a), konst(b)) {
+                (Some(c), Some(a), Some(b)) => Some(if c != 0.0 { a } else { b }),
+                _ => None,
+            },
+            Op::Fma(a, b, c) => match (konst(a), konst(b), konst(c)) {
+                (Some(a), Some(b), Some(c)) => Some(a.mul_add(b, c)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match folded {
+            Some(x) if op.args().is_empty() => unreachable!("leaves do not fold: {x}"),
+            Some(x) => match crate::builder::result_type(graph, &op) {
+                Ty::Float => graph.add(Op::Const(x), Ty::Float, Rate::Const),
+                Ty::Bool => graph.add(Op::ConstBool(x != 0.0), Ty::Bool, Rate::Const),
+            },
+            None => graph.add_like(op),
+        }
+    })
+}
+
+/// The e-graph proper: saturation within the limits, then extraction.
+fn saturate(rule: &Rule, options: &Options) -> Rule {
     let mut egraph = new_graph();
     let lowering = Lowering {
         rule,
@@ -735,7 +825,7 @@ pub fn optimize(rule: &Rule, options: &Options) -> Rule {
         .with_egraph(egraph)
         .with_node_limit(options.node_limit)
         .with_iter_limit(options.iter_limit)
-        .with_time_limit(std::time::Duration::from_secs(3600))
+        .with_time_limit(options.time_limit)
         .run(&rules);
     let egraph = runner.egraph;
     let extractor = Extractor::new(&egraph, RateCost { egraph: &egraph });

@@ -25,9 +25,48 @@ use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::{braced, parenthesized, Ident, Token};
 
+/// The deepest nesting of brackets, and of operators within one
+/// expression, that a rule may use. Real rules stay far below it; the limit
+/// keeps every recursive pass (parsing, checking, dropping the syntax tree)
+/// within a small, fixed stack.
+pub const MAX_DEPTH: u32 = 256;
+
 /// Parses a whole rule declaration from tokens.
 pub fn parse_tokens(tokens: TokenStream) -> syn::Result<RuleDecl> {
+    check_bracket_depth(&tokens)?;
     syn::parse2::<RuleDecl>(tokens)
+}
+
+/// Refuses tokens whose brackets nest deeper than [`MAX_DEPTH`], walking
+/// them with an explicit stack (the parser itself recurses per bracket).
+fn check_bracket_depth(tokens: &TokenStream) -> syn::Result<()> {
+    let mut stack = vec![tokens.clone().into_iter()];
+    while let Some(top) = stack.last_mut() {
+        match top.next() {
+            Some(TokenTree::Group(group)) => {
+                if stack.len() > MAX_DEPTH as usize {
+                    return Err(syn::Error::new(
+                        group.span_open(),
+                        format!("brackets nest more than {MAX_DEPTH} deep"),
+                    ));
+                }
+                stack.push(group.stream().into_iter());
+            }
+            Some(_) => {}
+            None => {
+                stack.pop();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The error for an expression nested deeper than [`MAX_DEPTH`].
+fn too_deep(span: Span) -> syn::Error {
+    syn::Error::new(
+        span,
+        format!("this expression nests more than {MAX_DEPTH} operations deep; split it with `let`"),
+    )
 }
 
 impl Parse for RuleDecl {
@@ -242,7 +281,7 @@ fn parse_number(input: ParseStream) -> syn::Result<(f64, Span)> {
             ));
         }
         let value = lit.base10_parse::<f64>()?;
-        Ok((value, lit.span()))
+        finite(value, lit.span())
     } else {
         let lit: syn::LitInt = input.parse()?;
         if !lit.suffix().is_empty() {
@@ -255,7 +294,19 @@ fn parse_number(input: ParseStream) -> syn::Result<(f64, Span)> {
             .base10_digits()
             .parse::<f64>()
             .map_err(|_| syn::Error::new(lit.span(), "integer literal is not a valid number"))?;
-        Ok((value, lit.span()))
+        finite(value, lit.span())
+    }
+}
+
+/// A literal must be a finite f64: `1e400` would silently become infinity.
+fn finite(value: f64, span: Span) -> syn::Result<(f64, Span)> {
+    if value.is_finite() {
+        Ok((value, span))
+    } else {
+        Err(syn::Error::new(
+            span,
+            "this number is too large for f64 (the largest is about 1.8e308)",
+        ))
     }
 }
 
@@ -311,7 +362,17 @@ fn parse_stmt(input: ParseStream) -> syn::Result<Stmt> {
 
 /// Parses one expression.
 pub fn parse_expr(input: ParseStream) -> syn::Result<Expr> {
-    parse_binary(input, 0)
+    parse_nested(input, 0)
+}
+
+/// Parses an expression that sits `nest` recursive calls deep; its syntax
+/// tree may be at most [`MAX_DEPTH`] deep.
+fn parse_nested(input: ParseStream, nest: u32) -> syn::Result<Expr> {
+    let (expr, depth) = parse_binary(input, 0, nest)?;
+    if depth > MAX_DEPTH {
+        return Err(too_deep(expr.span));
+    }
+    Ok(expr)
 }
 
 const PREC_OR: u8 = 1;
@@ -384,8 +445,14 @@ fn take_binary(input: ParseStream, op: BinaryOp) -> syn::Result<Span> {
     })
 }
 
-fn parse_binary(input: ParseStream, min_prec: u8) -> syn::Result<Expr> {
-    let mut lhs = parse_unary(input)?;
+/// Parses operators of precedence `min_prec` and tighter; returns the
+/// expression and the depth of its syntax tree. `nest` counts the recursive
+/// calls above this one, so that no input can exhaust the stack.
+fn parse_binary(input: ParseStream, min_prec: u8, nest: u32) -> syn::Result<(Expr, u32)> {
+    if nest > MAX_DEPTH {
+        return Err(too_deep(input.span()));
+    }
+    let (mut lhs, mut depth) = parse_unary(input, nest)?;
     while let Some((op, prec)) = peek_binary(input) {
         if prec < min_prec {
             break;
@@ -393,7 +460,7 @@ fn parse_binary(input: ParseStream, min_prec: u8) -> syn::Result<Expr> {
         let span = take_binary(input, op)?;
         // `^` is right-associative; everything else associates to the left.
         let next_min = if op == BinaryOp::Pow { prec } else { prec + 1 };
-        let rhs = parse_binary(input, next_min)?;
+        let (rhs, rhs_depth) = parse_binary(input, next_min, nest + 1)?;
         if prec == PREC_CMP {
             if let Some((
                 BinaryOp::Lt
@@ -408,53 +475,64 @@ fn parse_binary(input: ParseStream, min_prec: u8) -> syn::Result<Expr> {
                 return Err(input.error("comparisons cannot be chained: write `a < b && b < c`"));
             }
         }
+        depth = depth.max(rhs_depth) + 1;
+        if depth > MAX_DEPTH {
+            return Err(too_deep(span));
+        }
         lhs = Expr {
             kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
             span,
         };
     }
-    Ok(lhs)
+    Ok((lhs, depth))
 }
 
-fn parse_unary(input: ParseStream) -> syn::Result<Expr> {
-    if input.peek(Token![-]) {
-        let minus: Token![-] = input.parse()?;
-        let operand = parse_binary(input, PREC_UNARY)?;
-        return Ok(Expr {
-            kind: ExprKind::Unary(UnaryOp::Neg, Box::new(operand)),
-            span: minus.span,
-        });
+fn parse_unary(input: ParseStream, nest: u32) -> syn::Result<(Expr, u32)> {
+    let unary = if input.peek(Token![-]) {
+        Some((UnaryOp::Neg, input.parse::<Token![-]>()?.span))
+    } else if input.peek(Token![!]) {
+        Some((UnaryOp::Not, input.parse::<Token![!]>()?.span))
+    } else {
+        None
+    };
+    if let Some((op, span)) = unary {
+        let (operand, depth) = parse_binary(input, PREC_UNARY, nest + 1)?;
+        return Ok((
+            Expr {
+                kind: ExprKind::Unary(op, Box::new(operand)),
+                span,
+            },
+            depth + 1,
+        ));
     }
-    if input.peek(Token![!]) {
-        let bang: Token![!] = input.parse()?;
-        let operand = parse_binary(input, PREC_UNARY)?;
-        return Ok(Expr {
-            kind: ExprKind::Unary(UnaryOp::Not, Box::new(operand)),
-            span: bang.span,
-        });
-    }
-    parse_primary(input)
+    parse_primary(input, nest)
 }
 
-fn parse_primary(input: ParseStream) -> syn::Result<Expr> {
+fn parse_primary(input: ParseStream, nest: u32) -> syn::Result<(Expr, u32)> {
     if input.peek(syn::LitFloat) || input.peek(syn::LitInt) {
         let (value, span) = parse_number(input)?;
-        return Ok(Expr {
-            kind: ExprKind::Num(value),
-            span,
-        });
+        return Ok((
+            Expr {
+                kind: ExprKind::Num(value),
+                span,
+            },
+            1,
+        ));
     }
     if input.peek(syn::LitBool) {
         let b: syn::LitBool = input.parse()?;
-        return Ok(Expr {
-            kind: ExprKind::Bool(b.value),
-            span: b.span,
-        });
+        return Ok((
+            Expr {
+                kind: ExprKind::Bool(b.value),
+                span: b.span,
+            },
+            1,
+        ));
     }
     if input.peek(syn::token::Paren) {
         let content;
         parenthesized!(content in input);
-        let inner = parse_expr(&content)?;
+        let inner = parse_binary(&content, 0, nest + 1)?;
         if !content.is_empty() {
             return Err(content.error("expected `)`"));
         }
@@ -466,22 +544,31 @@ fn parse_primary(input: ParseStream) -> syn::Result<Expr> {
             let content;
             parenthesized!(content in input);
             let mut args = Vec::new();
+            let mut depth = 0;
             while !content.is_empty() {
-                args.push(parse_expr(&content)?);
+                let (arg, arg_depth) = parse_binary(&content, 0, nest + 1)?;
+                args.push(arg);
+                depth = depth.max(arg_depth);
                 if content.is_empty() {
                     break;
                 }
                 content.parse::<Token![,]>()?;
             }
-            return Ok(Expr {
-                kind: ExprKind::Call(name.text, args),
-                span: name.span,
-            });
+            return Ok((
+                Expr {
+                    kind: ExprKind::Call(name.text, args),
+                    span: name.span,
+                },
+                depth + 1,
+            ));
         }
-        return Ok(Expr {
-            kind: ExprKind::Var(name.text),
-            span: name.span,
-        });
+        return Ok((
+            Expr {
+                kind: ExprKind::Var(name.text),
+                span: name.span,
+            },
+            1,
+        ));
     }
     Err(input.error("expected an expression: a number, a name, a call or `(`"))
 }

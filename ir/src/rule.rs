@@ -14,6 +14,7 @@
 //! The textual form printed by `Display` is stable: snapshot tests and
 //! `lensopt check` show it.
 
+use crate::builder::GraphBuilder;
 use crate::diag::Diagnostics;
 use crate::hyper::HyperValue;
 use std::fmt;
@@ -298,6 +299,19 @@ impl Rule {
     /// assert_eq!(err.to_string(), "1:45: unknown name `q`");
     /// ```
     pub fn parse(text: &str) -> Result<Rule, Diagnostics> {
+        let result = Rule::parse_text(text).map_err(|mut d| {
+            d.resolve();
+            d
+        });
+        // Text parsed at run time registers its source with proc-macro2's
+        // per-thread source map, which would otherwise grow with every
+        // parse. Nothing refers to those spans any more: the rule holds
+        // none and the diagnostics were resolved to lines and columns.
+        proc_macro2::extra::invalidate_current_thread_spans();
+        result
+    }
+
+    fn parse_text(text: &str) -> Result<Rule, Diagnostics> {
         let tokens: proc_macro2::TokenStream =
             text.parse().map_err(|e: proc_macro2::LexError| {
                 let mut d = Diagnostics::default();
@@ -408,6 +422,76 @@ impl Rule {
         rule
     }
 
+    /// Rebuilds the graph node by node: `rewrite` receives each op with its
+    /// arguments already renumbered and adds its replacement to the
+    /// builder (leaves with [`GraphBuilder::add_like`]). Roots, initial
+    /// values and the view follow their nodes; dead nodes are dropped.
+    pub fn rebuild(self, mut rewrite: impl FnMut(&mut GraphBuilder, Op) -> ValueId) -> Rule {
+        let mut graph = GraphBuilder::for_rule(&self);
+        let mut remap: Vec<ValueId> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let m = |v: ValueId| remap[v.index()];
+            let op = match node.op {
+                Op::Unary(u, a) => Op::Unary(u, m(a)),
+                Op::Binary(b, x, y) => Op::Binary(b, m(x), m(y)),
+                Op::Select(c, a, b) => Op::Select(m(c), m(a), m(b)),
+                Op::Fma(a, b, c) => Op::Fma(m(a), m(b), m(c)),
+                Op::Reduce(r, s, a) => Op::Reduce(r, s, m(a)),
+                leaf => leaf,
+            };
+            let id = rewrite(&mut graph, op);
+            remap.push(id);
+        }
+        let m = |v: ValueId| remap[v.index()];
+        let mut rule = self;
+        rule.param_out = m(rule.param_out);
+        rule.state_out = rule.state_out.iter().map(|&v| m(v)).collect();
+        rule.view = rule.view.map(m);
+        for s in &mut rule.states {
+            s.init = m(s.init);
+        }
+        rule.nodes = graph.nodes;
+        rule.compact()
+    }
+
+    /// A hash of everything that makes up the rule (name, declarations,
+    /// nodes, outputs; not the doc comment), stable across processes and
+    /// builds: FNV-1a over a canonical encoding. Equal rules hash equally.
+    pub fn structural_hash(&self) -> u64 {
+        let mut h = Fnv::default();
+        h.text(&self.name);
+        for d in &self.hypers {
+            h.text(&d.name);
+            match d.default {
+                HyperValue::Num(x) => h.word(x.to_bits()),
+                HyperValue::Bool(b) => h.word(2 + u64::from(b)),
+            }
+        }
+        for i in &self.inputs {
+            h.text(&i.name);
+            h.word(u64::from(i.optional));
+        }
+        for s in &self.states {
+            h.text(&s.name);
+            h.word(s.kind as u64);
+            h.word(u64::from(s.init.0));
+        }
+        h.word(self.nodes.len() as u64);
+        for n in &self.nodes {
+            let (tag, a, b, c, d) = crate::builder::op_key(&n.op);
+            h.word(u64::from(tag) | (n.rate as u64) << 8 | (n.ty as u64) << 16);
+            h.word(a);
+            h.word(u64::from(b) | u64::from(c) << 32);
+            h.word(u64::from(d));
+        }
+        h.word(self.view.map_or(u64::MAX, |v| u64::from(v.0)));
+        h.word(u64::from(self.param_out.0));
+        for v in &self.state_out {
+            h.word(u64::from(v.0));
+        }
+        h.0
+    }
+
     /// The lower-case name under which the catalog lists the rule.
     pub fn catalog_name(&self) -> String {
         self.name.to_lowercase()
@@ -509,5 +593,33 @@ impl fmt::Display for Rule {
             writeln!(f, "  out {} = {v}", s.name)?;
         }
         Ok(())
+    }
+}
+
+/// 64-bit FNV-1a, for hashes that must not change between builds.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn word(&mut self, x: u64) {
+        self.bytes(&x.to_le_bytes());
+    }
+
+    /// A string, length first, so that concatenations cannot collide.
+    fn text(&mut self, s: &str) {
+        self.word(s.len() as u64);
+        self.bytes(s.as_bytes());
     }
 }

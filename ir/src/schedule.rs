@@ -34,33 +34,21 @@ pub struct Schedule {
     pub outputs: Vec<(Output, ValueId)>,
     /// Non-element values that kernels read, in slot order.
     pub slots: Vec<ValueId>,
-    /// Element states the element pass keeps up to date. A state whose value
-    /// can never reach `p`, the view or another maintained state (Adam's
-    /// `vmax` with `amsgrad` compiled out) is left as it is.
-    pub live_states: Vec<bool>,
     /// True when some tensor-rate value (a reduction, `numel()`, scalar
     /// state) is needed, so scalars must be evaluated per tensor.
     pub per_tensor_scalars: bool,
 }
 
 impl Schedule {
-    /// Cuts `rule` into phases, maintaining the states that `rule` can observe.
+    /// Cuts `rule` into phases. Every declared state is maintained: a state
+    /// is observable (`state()`, checkpoints, a later change of
+    /// specialisation), so only a state whose new value is its old one is
+    /// left unwritten.
     pub fn new(rule: Rule) -> Schedule {
-        let live = live_states(&rule);
-        Schedule::with_live_states(rule, live)
-    }
-
-    /// Cuts `rule` into phases, maintaining the states marked in `live_states`
-    /// (for a rule specialised on something that changes from step to step,
-    /// such as the presence of an optional input, liveness must come from
-    /// the rule without that specialisation).
-    pub fn with_live_states(rule: Rule, live_states: Vec<bool>) -> Schedule {
+        let rule = broadcast_scalar_reductions(rule);
         let mut outputs = vec![(Output::Param, rule.param_out)];
         for (i, s) in rule.states.iter().enumerate() {
-            if s.kind == StateKind::Element
-                && live_states[i]
-                && rule.state_out[i] != state_read(&rule, i)
-            {
+            if s.kind == StateKind::Element && rule.state_out[i] != state_read(&rule, i) {
                 outputs.push((Output::State(i as u16), rule.state_out[i]));
             }
         }
@@ -133,7 +121,6 @@ impl Schedule {
             passes,
             outputs,
             slots,
-            live_states,
             per_tensor_scalars,
         }
     }
@@ -190,16 +177,39 @@ pub fn buffer_count(rule: &Rule) -> usize {
 }
 
 /// Element-rate nodes that `roots` need, in evaluation order, reductions
-/// excluded (their results reach kernels as slots).
+/// excluded (their results reach kernels as slots). The order is a
+/// depth-first post-order from the roots, so each value is computed close
+/// to its use: a long chain of terms keeps few values live at once, which
+/// keeps register allocation linear in the size of the kernel.
 pub fn element_nodes(rule: &Rule, roots: &[ValueId]) -> Vec<usize> {
-    let live = rule.reachable(roots);
-    (0..rule.nodes.len())
-        .filter(|&i| {
-            live[i]
-                && rule.nodes[i].rate == Rate::Element
-                && !matches!(rule.nodes[i].op, Op::Reduce(..))
-        })
-        .collect()
+    let in_kernel = |i: usize| {
+        rule.nodes[i].rate == Rate::Element && !matches!(rule.nodes[i].op, Op::Reduce(..))
+    };
+    let mut done = vec![false; rule.nodes.len()];
+    let mut order = Vec::new();
+    // (node, whether its arguments have been pushed)
+    let mut stack: Vec<(usize, bool)> = roots.iter().rev().map(|r| (r.index(), false)).collect();
+    while let Some((i, expanded)) = stack.pop() {
+        if done[i] {
+            continue;
+        }
+        if !in_kernel(i) {
+            done[i] = true;
+            continue;
+        }
+        if expanded {
+            done[i] = true;
+            order.push(i);
+            continue;
+        }
+        stack.push((i, true));
+        for a in rule.nodes[i].op.args().iter().rev() {
+            if !done[a.index()] {
+                stack.push((a.index(), false));
+            }
+        }
+    }
+    order
 }
 
 /// The kernel buffer an output is stored to.
@@ -217,31 +227,30 @@ fn state_read(rule: &Rule, i: usize) -> ValueId {
         .map_or(ValueId(u32::MAX), |k| ValueId(k as u32))
 }
 
-/// States to maintain: those that can influence `p` or the view, directly or
-/// through other states, and those never read at all (pure outputs, whose
-/// value is only there to be inspected). What is left is state read only to
-/// update itself, such as Adam's `vmax` when `amsgrad` is compiled out.
-pub fn live_states(rule: &Rule) -> Vec<bool> {
-    let mut live: Vec<bool> = (0..rule.states.len())
-        .map(|s| !rule.nodes.iter().any(|n| n.op == Op::State(s as u16)))
-        .collect();
-    let mut roots = vec![rule.param_out];
-    roots.extend(rule.view);
-    loop {
-        let reach = rule.reachable(&roots);
-        let mut changed = false;
-        for (i, node) in rule.nodes.iter().enumerate() {
-            if let Op::State(s) = node.op {
-                let s = s as usize;
-                if reach[i] && !live[s] {
-                    live[s] = true;
-                    roots.push(rule.state_out[s]);
-                    changed = true;
-                }
-            }
-        }
-        if !changed {
-            return live;
-        }
+/// Gives every reduction an element-rate argument. The optimizer may fold
+/// a reduction's argument to a per-step value (`sum(z * g)` with `z = 0`
+/// compiled in); kernels reduce element values, so such an argument is
+/// broadcast with `select(true, x, g)`, which every element evaluates to `x`
+/// rounded to the element type, exactly as the interpreter does.
+pub fn broadcast_scalar_reductions(rule: Rule) -> Rule {
+    let scalar_arg = |op: &Op| match *op {
+        Op::Reduce(_, _, a) => rule.node(a).rate < Rate::Element,
+        _ => false,
+    };
+    if !rule.nodes.iter().any(|n| scalar_arg(&n.op)) {
+        return rule;
     }
+    rule.rebuild(|graph, op| match op {
+        Op::Reduce(r, scope, a) if graph.nodes[a.index()].rate < Rate::Element => {
+            let always = graph.add(Op::ConstBool(true), Ty::Bool, Rate::Const);
+            let g = graph.add(Op::Grad, Ty::Float, Rate::Element);
+            let other = match graph.nodes[a.index()].ty {
+                Ty::Float => g,
+                Ty::Bool => graph.interior(Op::Binary(BinOp::Eq, g, g)),
+            };
+            let broadcast = graph.interior(Op::Select(always, a, other));
+            graph.interior(Op::Reduce(r, scope, broadcast))
+        }
+        op => graph.add_like(op),
+    })
 }

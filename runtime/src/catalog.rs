@@ -22,7 +22,7 @@ crate::optimizer! {
         state buf = 0;
         update {
             let d = g + weight_decay * p;
-            buf = select(t == 1, d, momentum * buf + (1 - dampening) * d);
+            buf = select(momentum == 0, buf, select(t == 1, d, momentum * buf + (1 - dampening) * d));
             let step = select(nesterov, d + momentum * buf, buf);
             p = p - lr * select(momentum == 0, d, step);
         }
@@ -39,7 +39,7 @@ crate::optimizer! {
             let gw = g + weight_decay * p;
             m = beta1 * m + (1 - beta1) * gw;
             v = beta2 * v + (1 - beta2) * gw * gw;
-            vmax = max(vmax, v);
+            vmax = select(amsgrad, max(vmax, v), vmax);
             let root = sqrt(select(amsgrad, vmax, v)) / sqrt(1 - beta2 ^ t);
             p = p - lr / (1 - beta1 ^ t) * m / (root + eps);
         }
@@ -56,7 +56,7 @@ crate::optimizer! {
             p = p * (1 - lr * weight_decay);
             m = beta1 * m + (1 - beta1) * g;
             v = beta2 * v + (1 - beta2) * g * g;
-            vmax = max(vmax, v);
+            vmax = select(amsgrad, max(vmax, v), vmax);
             let root = sqrt(select(amsgrad, vmax, v)) / sqrt(1 - beta2 ^ t);
             p = p - lr / (1 - beta1 ^ t) * m / (root + eps);
         }
@@ -72,9 +72,9 @@ crate::optimizer! {
         update {
             let gw = g + weight_decay * p;
             v = alpha * v + (1 - alpha) * gw * gw;
-            gbar = gbar + (1 - alpha) * (gw - gbar);
+            gbar = select(centered, gbar + (1 - alpha) * (gw - gbar), gbar);
             let den = sqrt(select(centered, v - gbar * gbar, v)) + eps;
-            buf = momentum * buf + gw / den;
+            buf = select(momentum > 0, momentum * buf + gw / den, buf);
             p = p - lr * select(momentum > 0, buf, gw / den);
         }
     }

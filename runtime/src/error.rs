@@ -5,6 +5,7 @@ use std::fmt;
 
 /// Why an optimizer call was refused. Nothing is modified when a call fails.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Error {
     /// A rule written at run time did not parse or check.
     Rule(Diagnostics),
@@ -23,6 +24,13 @@ pub enum Error {
         name: String,
         /// `"number"` or `"boolean"`.
         expected: &'static str,
+    },
+    /// A hyperparameter given a value no step can use (NaN).
+    HyperValue {
+        /// The hyperparameter.
+        name: String,
+        /// The value refused.
+        value: f64,
     },
     /// Tensors, shapes, lengths, groups or inputs that do not fit together.
     Mismatch(String),
@@ -66,6 +74,9 @@ impl fmt::Display for Error {
             Error::HyperType { name, expected } => {
                 write!(f, "hyperparameter `{name}` takes a {expected}")
             }
+            Error::HyperValue { name, value } => {
+                write!(f, "hyperparameter `{name}` cannot be {value}")
+            }
             Error::Mismatch(m) => f.write_str(m),
             Error::Compile(m) => f.write_str(m),
             Error::Diagram(e) => write!(f, "{e}"),
@@ -83,7 +94,15 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Rule(d) => Some(d),
+            Error::Diagram(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<Diagnostics> for Error {
     fn from(d: Diagnostics) -> Self {

@@ -1,7 +1,8 @@
-//! Compiled programs for the runtime: specialisation keys and the process-wide cache.
+//! Compiled programs for the runtime: specialisation keys and the [`Engine`] that owns them.
 //!
 //! A rule is compiled once per element type, specialisation and rewrite
-//! mode, and the result is shared by every `Stepper` of the process. The
+//! mode, and the result is shared by every `Stepper` of the process
+//! through a bounded cache. The
 //! specialisation compiles in the boolean hyperparameters, the numeric ones
 //! that are exactly 0, and which optional inputs are present, provided every
 //! parameter group agrees on the value (otherwise the value stays a runtime
@@ -10,7 +11,7 @@
 use crate::Float;
 use lensopt_codegen::cpu::Program;
 use lensopt_ir::optimize::{optimize, Mode, Options};
-use lensopt_ir::schedule::{live_states, Schedule};
+use lensopt_ir::schedule::Schedule;
 use lensopt_ir::{HyperValue, Rule};
 use std::any::Any;
 use std::collections::HashMap;
@@ -30,7 +31,14 @@ pub struct Key {
 impl Key {
     /// The key for one step: values shared by all groups, presence of the inputs.
     pub fn for_step(groups: &[Vec<HyperValue>], present: &[bool], mode: Mode) -> Key {
-        let first = &groups[0];
+        let Some(first) = groups.first() else {
+            // No parameter groups (an optimizer over no tensors): nothing to specialise on.
+            return Key {
+                specialize: Vec::new(),
+                present: present.to_vec(),
+                mode,
+            };
+        };
         let specialize = Options::specialized_for(mode, first)
             .specialize
             .into_iter()
@@ -45,23 +53,11 @@ impl Key {
     }
 
     fn options(&self) -> Options {
-        let mut options = self.options_without_presence();
+        let mut options = Options::new(self.mode);
+        options.specialize = self.specialize.clone();
         options.present = self.present.iter().map(|p| Some(*p)).collect();
         options
     }
-
-    fn options_without_presence(&self) -> Options {
-        let mut options = Options::new(self.mode);
-        options.specialize = self.specialize.clone();
-        options
-    }
-}
-
-type Cache = Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>;
-
-fn cache() -> &'static Cache {
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 /// Time spent in each stage of [`compile_timed`], in microseconds.
@@ -80,15 +76,7 @@ pub fn compile<F: Float>(rule: &Rule, key: &Key) -> Result<Program<F>, String> {
 
 /// Optimizes and schedules `rule` for `key`: what every backend compiles.
 pub fn schedule(rule: &Rule, key: &Key) -> Schedule {
-    let optimized = optimize(rule, &key.options());
-    // Presence changes from step to step: a state unread at this step may be
-    // read at the next, so liveness comes from the rule without it.
-    let live = if rule.inputs.iter().any(|i| i.optional) {
-        live_states(&optimize(rule, &key.options_without_presence()))
-    } else {
-        live_states(&optimized)
-    };
-    Schedule::with_live_states(optimized, live)
+    Schedule::new(optimize(rule, &key.options()))
 }
 
 /// [`compile`], reporting how long each stage took.
@@ -108,26 +96,186 @@ pub fn compile_timed<F: Float>(rule: &Rule, key: &Key) -> Result<(Program<F>, St
     ))
 }
 
-/// The compiled program for `rule` and `key`, from the cache or compiled now.
+/// The compiled program for `rule` and `key`, from [`Engine::shared`] or compiled now.
 pub fn program<F: Float>(rule: &Rule, key: &Key) -> Result<Arc<Program<F>>, String> {
-    let name = format!(
-        "{}|{:?}|{:?}|{:?}|{rule}",
-        F::NAME,
-        key.mode,
-        key.specialize,
-        key.present
-    );
-    if let Some(found) = cache().lock().map_err(|e| e.to_string())?.get(&name) {
-        if let Ok(program) = found.clone().downcast::<Program<F>>() {
-            return Ok(program);
+    Engine::shared().program(rule, key)
+}
+
+/// Owner of compiled programs: a bounded cache, least recently used first
+/// out. Programs are keyed by the structural hash of their optimized IR
+/// (so two rules that optimize to the same code share one program); a
+/// second, larger memo maps a checked rule and its specialisation to that
+/// hash, so a hit costs no optimization. Every hit is verified against
+/// the stored rule, so a hash collision costs a compile, never a wrong
+/// program. A dropped program frees its machine code.
+pub struct Engine {
+    capacity: usize,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    clock: u64,
+    /// (element type, checked rule, key) -> structural hash of the optimized IR.
+    memo: HashMap<u64, Memo>,
+    /// (element type, optimized-IR hash) -> program.
+    programs: HashMap<(&'static str, u64), Compiled>,
+}
+
+struct Memo {
+    element: &'static str,
+    rule: Rule,
+    key: Key,
+    optimized: u64,
+    used: u64,
+}
+
+struct Compiled {
+    rule: Rule,
+    program: Arc<dyn Any + Send + Sync>,
+    used: u64,
+}
+
+/// Removes the least recently used entries until `map` holds `keep`.
+fn evict<K: Clone + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    keep: usize,
+    used: impl Fn(&V) -> u64,
+) {
+    while map.len() > keep {
+        let oldest = map
+            .iter()
+            .min_by_key(|(_, v)| used(v))
+            .map(|(k, _)| k.clone());
+        match oldest {
+            Some(k) => map.remove(&k),
+            None => return,
+        };
+    }
+}
+
+impl Engine {
+    /// An engine that keeps at most `capacity` compiled programs (at least one).
+    pub fn new(capacity: usize) -> Self {
+        Engine {
+            capacity: capacity.max(1),
+            entries: Mutex::new(Entries::default()),
         }
     }
-    let program = Arc::new(compile::<F>(rule, key)?);
-    cache()
-        .lock()
-        .map_err(|e| e.to_string())?
-        .insert(name, program.clone());
-    Ok(program)
+
+    /// The process's default engine (64 programs), used by every `Stepper`.
+    pub fn shared() -> &'static Engine {
+        static SHARED: OnceLock<Engine> = OnceLock::new();
+        SHARED.get_or_init(|| Engine::new(64))
+    }
+
+    /// How many compiled programs the engine holds.
+    pub fn len(&self) -> usize {
+        self.lock().programs.len()
+    }
+
+    /// True when the engine holds no program.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        // A panic while holding the lock leaves only a cache behind: use it.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The compiled program for `rule` and `key`, from the cache or compiled now.
+    pub fn program<F: Float>(&self, rule: &Rule, key: &Key) -> Result<Arc<Program<F>>, String> {
+        let memo_key = {
+            let mut h = rule.structural_hash();
+            for word in [
+                F::NAME.len() as u64,
+                key.mode as u64,
+                key.specialize.len() as u64,
+                key.present.len() as u64,
+            ] {
+                h = h.rotate_left(7) ^ word.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            }
+            for (i, v) in key.specialize.iter().enumerate() {
+                let bits = match v {
+                    None => u64::MAX,
+                    Some(HyperValue::Num(x)) => x.to_bits(),
+                    Some(HyperValue::Bool(b)) => u64::from(*b) + 2,
+                };
+                h = h.rotate_left(11) ^ (bits ^ i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            }
+            for p in &key.present {
+                h = h.rotate_left(3) ^ u64::from(*p);
+            }
+            h
+        };
+        {
+            let mut entries = self.lock();
+            entries.clock += 1;
+            let now = entries.clock;
+            let optimized = match entries.memo.get_mut(&memo_key) {
+                Some(m) if m.element == F::NAME && m.key == *key && m.rule == *rule => {
+                    m.used = now;
+                    Some(m.optimized)
+                }
+                _ => None,
+            };
+            if let Some(hash) = optimized {
+                if let Some(c) = entries.programs.get_mut(&(F::NAME, hash)) {
+                    c.used = now;
+                    if let Ok(program) = c.program.clone().downcast::<Program<F>>() {
+                        return Ok(program);
+                    }
+                }
+            }
+        }
+        let schedule = schedule(rule, key);
+        let hash = schedule.rule.structural_hash();
+        let found = {
+            let mut entries = self.lock();
+            let now = entries.clock;
+            match entries.programs.get_mut(&(F::NAME, hash)) {
+                Some(c) if c.rule == schedule.rule => {
+                    c.used = now;
+                    c.program.clone().downcast::<Program<F>>().ok()
+                }
+                _ => None,
+            }
+        };
+        let program = match found {
+            Some(program) => program,
+            None => {
+                let optimized_rule = schedule.rule.clone();
+                let program = Arc::new(Program::<F>::compile(schedule).map_err(|e| e.to_string())?);
+                let mut entries = self.lock();
+                let now = entries.clock;
+                entries.programs.insert(
+                    (F::NAME, hash),
+                    Compiled {
+                        rule: optimized_rule,
+                        program: program.clone(),
+                        used: now,
+                    },
+                );
+                evict(&mut entries.programs, self.capacity, |c| c.used);
+                program
+            }
+        };
+        let mut entries = self.lock();
+        let now = entries.clock;
+        entries.memo.insert(
+            memo_key,
+            Memo {
+                element: F::NAME,
+                rule: rule.clone(),
+                key: key.clone(),
+                optimized: hash,
+                used: now,
+            },
+        );
+        evict(&mut entries.memo, self.capacity * 4, |m| m.used);
+        Ok(program)
+    }
 }
 
 /// The PTX of `rule` for `key` (optimized and scheduled as for the CPU).

@@ -141,6 +141,14 @@ pub(crate) fn hyper_slot(rule: &Rule, name: &str, value: HyperValue) -> Result<u
     if std::mem::discriminant(&expected) != std::mem::discriminant(&value) {
         return Err(hyper_error(&rule.name, rule, name, value));
     }
+    if let HyperValue::Num(x) = value {
+        if x.is_nan() {
+            return Err(Error::HyperValue {
+                name: name.to_string(),
+                value: x,
+            });
+        }
+    }
     Ok(index)
 }
 

@@ -183,6 +183,14 @@ impl<F: Float> Stepper<F> {
             Backend::Jit(mode) => mode,
             Backend::JitDefault | Backend::Interpreter => Mode::Fast,
         };
+        if present.len() != self.rule.inputs.len() {
+            return Err(mismatch(format!(
+                "{} presence flags for the {} inputs of `{}`",
+                present.len(),
+                self.rule.inputs.len(),
+                self.rule.name
+            )));
+        }
         let key = jit::Key::for_step(&self.groups, present, mode);
         if let Some((k, p)) = &self.program {
             if *k == key {
@@ -218,7 +226,12 @@ impl<F: Float> Stepper<F> {
                 grads.len()
             )));
         }
-        for (name, _) in &inputs.items {
+        for (k, (name, _)) in inputs.items.iter().enumerate() {
+            if inputs.items[..k].iter().any(|(other, _)| other == name) {
+                return Err(mismatch(format!(
+                    "input `{name}` is given twice: give each input once"
+                )));
+            }
             if self.rule.input_index(name).is_none() {
                 return Err(mismatch(format!(
                     "optimizer `{}` takes no input `{name}`",

@@ -10,27 +10,17 @@
 //! the netlist (adjoints of a wire with several readers XOR together, which
 //! is `R[copy]`). `words` must be even; the safe wrapper pads.
 
+use super::program::Code;
 use super::program::CompileError;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, UserFuncName, Value};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use cranelift_jit::JITModule;
 use cranelift_module::{Linkage, Module};
 use lensopt_ir::circuit::{Circuit, Gate};
 
 type ForwardFn = unsafe extern "C" fn(*const u64, *const u64, *mut u64, usize);
 type ReverseFn =
     unsafe extern "C" fn(*const u64, *const u64, *const u64, *mut u64, *mut u64, usize);
-
-/// Keeps the JIT's code alive.
-struct Code(#[allow(dead_code)] JITModule);
-
-// SAFETY: the module is kept only so that its executable memory stays
-// mapped; nothing mutates it after `finalize_definitions`, and the compiled
-// functions are pure code that may run on any thread.
-unsafe impl Send for Code {}
-// SAFETY: as above.
-unsafe impl Sync for Code {}
 
 /// A circuit's forward and reverse passes as native code.
 pub struct CircuitCode {
@@ -69,8 +59,8 @@ fn forward_values(
     zero: Value,
     ones: Value,
 ) -> Vec<Value> {
-    let mut vals: Vec<Value> = Vec::with_capacity(circuit.gates.len());
-    for gate in &circuit.gates {
+    let mut vals: Vec<Value> = Vec::with_capacity(circuit.gates().len());
+    for gate in circuit.gates() {
         let v = match *gate {
             Gate::Input(i) => {
                 let addr = row_addr(b, inputs, i, stride, koff);
@@ -122,7 +112,7 @@ fn entry_values(
     circuit: &Circuit,
     params: Value,
 ) -> (Vec<Value>, Value, Value) {
-    let ps = (0..circuit.params)
+    let ps = (0..circuit.params())
         .map(|j| {
             let w = b.ins().load(types::I64, flags(), params, (j * 8) as i32);
             b.ins().splat(types::I64X2, w)
@@ -188,7 +178,7 @@ impl CircuitCode {
             forward,
             reverse,
             clif,
-            _code: Code(module),
+            _code: Code(Some(module)),
         })
     }
 
@@ -239,7 +229,7 @@ fn forward_body(b: &mut FunctionBuilder<'_>, circuit: &Circuit, args: &[Value]) 
     let (ps, zero, ones) = entry_values(b, circuit, params);
     words_loop(b, words, |b, koff| {
         let vals = forward_values(b, circuit, inputs, stride, koff, &ps, zero, ones);
-        for (o, w) in circuit.outputs.iter().enumerate() {
+        for (o, w) in circuit.outputs().iter().enumerate() {
             let addr = row_addr(b, outputs, o, stride, koff);
             b.ins().store(flags(), vals[*w], addr, 0);
         }
@@ -253,7 +243,7 @@ fn reverse_body(b: &mut FunctionBuilder<'_>, circuit: &Circuit, args: &[Value]) 
     let (ps, zero, ones) = entry_values(b, circuit, params);
     words_loop(b, words, |b, koff| {
         let vals = forward_values(b, circuit, inputs, stride, koff, &ps, zero, ones);
-        let mut adj: Vec<Option<Value>> = vec![None; circuit.gates.len()];
+        let mut adj: Vec<Option<Value>> = vec![None; circuit.gates().len()];
         // Contributions to one wire XOR together: R[copy](x, (d1, d2)) = d1 ^ d2.
         fn add(b: &mut FunctionBuilder<'_>, adj: &mut [Option<Value>], w: usize, d: Value) {
             adj[w] = Some(match adj[w] {
@@ -261,12 +251,12 @@ fn reverse_body(b: &mut FunctionBuilder<'_>, circuit: &Circuit, args: &[Value]) 
                 None => d,
             });
         }
-        for (o, w) in circuit.outputs.iter().enumerate() {
+        for (o, w) in circuit.outputs().iter().enumerate() {
             let addr = row_addr(b, dy, o, stride, koff);
             let d = b.ins().load(types::I64X2, flags(), addr, 0);
             add(b, &mut adj, *w, d);
         }
-        for (w, gate) in circuit.gates.iter().enumerate().rev() {
+        for (w, gate) in circuit.gates().iter().enumerate().rev() {
             let d = adj[w];
             match *gate {
                 Gate::Input(i) => {

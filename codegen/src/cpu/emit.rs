@@ -31,12 +31,26 @@ pub struct Emitter<'a, 'b, F> {
     pub rule: &'a Rule,
     /// Base pointer of each buffer (loaded once at entry).
     pub bases: &'a [Option<Value>],
-    /// Vector (or mask) of every non-element value the kernel reads.
+    /// Vector (or mask) of every non-element value loaded at entry.
     pub scalars: &'a [Option<Value>],
+    /// Slots loaded where they are used instead (slot index and type), with
+    /// the slot table's address: a kernel reading many slots would otherwise
+    /// keep them all live across its loop, which the register allocator
+    /// handles in superlinear time.
+    pub lazy: LazySlots<'a>,
     /// Imported math functions.
     pub imports: &'a HashMap<MathFn, FuncRef>,
     /// Element type.
     pub element: PhantomData<F>,
+}
+
+/// Slots that a kernel loads at their uses (see [`Emitter::lazy`]).
+#[derive(Clone, Copy)]
+pub struct LazySlots<'a> {
+    /// The address of the slot table, when any slot is loaded lazily.
+    pub table: Option<Value>,
+    /// Per node, its slot index and type when it is loaded lazily.
+    pub slots: &'a [Option<(usize, Ty)>],
 }
 
 impl<F: JitFloat> Emitter<'_, '_, F> {
@@ -46,6 +60,14 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
         let mut vals: Vec<Option<Value>> = self.scalars.to_vec();
         for &id in needed {
             let op = self.rule.nodes[id].op;
+            if let Some(table) = self.lazy.table {
+                for a in op.args() {
+                    if let (None, Some((slot, ty))) = (vals[a.index()], self.lazy.slots[a.index()])
+                    {
+                        vals[a.index()] = Some(load_slot::<F>(self.b, table, slot, ty));
+                    }
+                }
+            }
             let v = |x: ValueId| vals[x.index()].expect("arguments are emitted first");
             let value = match op {
                 Op::Param | Op::Grad | Op::Input(_) | Op::State(_) => self.load(&op, offset, imm),

@@ -14,7 +14,7 @@
 //! (lanes at index `>= valid` contribute nothing), lanes summed in order at
 //! the end and stored to `out[k]`.
 
-use super::emit::{buffer_count, buffer_index, load_slot, mem_flags, Emitter};
+use super::emit::{buffer_count, buffer_index, load_slot, mem_flags, Emitter, LazySlots};
 use super::lanes::JitFloat;
 use super::math::MathFn;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -51,8 +51,22 @@ pub struct Built {
 struct Entry {
     bases: Vec<Option<Value>>,
     scalars: Vec<Option<Value>>,
+    lazy: Vec<Option<(usize, lensopt_ir::Ty)>>,
+    slot_table: Option<Value>,
     imports: HashMap<MathFn, FuncRef>,
 }
+
+impl Entry {
+    fn lazy(&self) -> LazySlots<'_> {
+        LazySlots {
+            table: self.slot_table,
+            slots: &self.lazy,
+        }
+    }
+}
+
+/// Kernels reading at most this many slots load them all once, at entry.
+const HOISTED_SLOTS: usize = 48;
 
 #[allow(clippy::too_many_arguments)]
 fn entry<F: JitFloat>(
@@ -92,9 +106,20 @@ fn entry<F: JitFloat>(
         reads[r.index()] = true;
     }
     let mut scalars = vec![None; rule.nodes.len()];
+    let mut lazy = vec![None; rule.nodes.len()];
+    let read_count = schedule.slots.iter().filter(|v| reads[v.index()]).count();
+    let hoist_all = read_count <= HOISTED_SLOTS;
+    let mut any_lazy = false;
     for (slot, v) in schedule.slots.iter().enumerate() {
-        if reads[v.index()] {
-            scalars[v.index()] = Some(load_slot::<F>(b, slots, slot, rule.node(*v).ty));
+        if !reads[v.index()] {
+            continue;
+        }
+        let ty = rule.node(*v).ty;
+        if hoist_all || extra_roots.contains(v) {
+            scalars[v.index()] = Some(load_slot::<F>(b, slots, slot, ty));
+        } else {
+            lazy[v.index()] = Some((slot, ty));
+            any_lazy = true;
         }
     }
     let mut imports = HashMap::new();
@@ -110,6 +135,8 @@ fn entry<F: JitFloat>(
     Ok(Entry {
         bases,
         scalars,
+        lazy,
+        slot_table: any_lazy.then_some(slots),
         imports,
     })
 }
@@ -263,6 +290,7 @@ fn vector_step<F: JitFloat>(
         rule,
         bases: &e.bases,
         scalars: &e.scalars,
+        lazy: e.lazy(),
         imports: &e.imports,
         element: PhantomData,
     };
@@ -334,6 +362,7 @@ fn reduction_body<F: JitFloat>(
             rule,
             bases: &e.bases,
             scalars: &e.scalars,
+            lazy: e.lazy(),
             imports: &e.imports,
             element: PhantomData,
         };

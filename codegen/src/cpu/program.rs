@@ -46,8 +46,22 @@ impl std::error::Error for CompileError {}
 type ElementFn = unsafe extern "C" fn(*const *mut u8, *const u8, usize);
 type ReduceFn = unsafe extern "C" fn(*const *mut u8, *const u8, usize, usize, *mut f64);
 
-/// Keeps the JIT's code alive as long as the program.
-struct Code(#[allow(dead_code)] JITModule);
+/// Keeps the JIT's code alive as long as the program, and unmaps it when
+/// the program is dropped.
+pub(crate) struct Code(pub(crate) Option<JITModule>);
+
+impl Drop for Code {
+    fn drop(&mut self) {
+        if let Some(module) = self.0.take() {
+            // SAFETY: the only pointers into this module's code are the
+            // function pointers of the `Program` or `CircuitCode` that owns
+            // this `Code`; they are private to it and never handed out, and
+            // the owner is being dropped, so no call into the code can happen
+            // after this.
+            unsafe { module.free_memory() };
+        }
+    }
+}
 
 // SAFETY: the module is only kept so that its executable memory stays
 // mapped; after `finalize_definitions` nothing mutates it, and the compiled
@@ -242,7 +256,7 @@ impl<F: JitFloat> Program<F> {
             element,
             passes,
             clif: built.clif,
-            _code: Code(module),
+            _code: Code(Some(module)),
             _element: PhantomData,
         })
     }

@@ -52,7 +52,7 @@ impl CompiledCircuit {
         let padded = words.div_ceil(2) * 2;
         let x = flatten(inputs, padded);
         let p = param_words(params);
-        let mut out = vec![0u64; self.circuit.outputs.len() * padded];
+        let mut out = vec![0u64; self.circuit.outputs().len() * padded];
         // SAFETY: `x` holds inputs * padded words, `p` one word per parameter,
         // `out` outputs * padded words, and `padded` is even: the sizes the
         // generated code indexes within.
@@ -60,7 +60,7 @@ impl CompiledCircuit {
             self.code
                 .forward_raw(x.as_ptr(), p.as_ptr(), out.as_mut_ptr(), padded)
         };
-        Ok(unflatten(&out, self.circuit.outputs.len(), padded, words))
+        Ok(unflatten(&out, self.circuit.outputs().len(), padded, words))
     }
 
     /// `R[f]` at `(params, inputs)` for output changes `dy`: `(d params, d inputs)`, per example.
@@ -71,15 +71,15 @@ impl CompiledCircuit {
         dy: &[Vec<u64>],
     ) -> Result<(Rows, Rows), String> {
         let words = self.check(params, inputs)?;
-        if dy.len() != self.circuit.outputs.len() || dy.iter().any(|r| r.len() != words) {
+        if dy.len() != self.circuit.outputs().len() || dy.iter().any(|r| r.len() != words) {
             return Err(format!("one row of {words} words per output is needed"));
         }
         let padded = words.div_ceil(2) * 2;
         let x = flatten(inputs, padded);
         let d = flatten(dy, padded);
         let p = param_words(params);
-        let mut dp = vec![0u64; self.circuit.params * padded];
-        let mut dx = vec![0u64; self.circuit.inputs * padded];
+        let mut dp = vec![0u64; self.circuit.params() * padded];
+        let mut dx = vec![0u64; self.circuit.inputs() * padded];
         // SAFETY: as for `forward`, with `d` holding outputs * padded words,
         // `dp` params * padded and `dx` inputs * padded.
         unsafe {
@@ -93,8 +93,8 @@ impl CompiledCircuit {
             )
         };
         Ok((
-            unflatten(&dp, self.circuit.params, padded, words),
-            unflatten(&dx, self.circuit.inputs, padded, words),
+            unflatten(&dp, self.circuit.params(), padded, words),
+            unflatten(&dx, self.circuit.inputs(), padded, words),
         ))
     }
 }

@@ -14,6 +14,16 @@ pub struct Machine {
     words: usize,
     values: Vec<u64>,
     adjoints: Vec<u64>,
+    /// The circuit of the last forward pass, which `reverse` must be given.
+    forward_of: Option<u64>,
+}
+
+/// A fingerprint of a circuit's netlist, to tie a reverse pass to its forward pass.
+fn netlist_hash(circuit: &Circuit) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    circuit.hash(&mut h);
+    h.finish()
 }
 
 /// All ones or all zeros: a parameter bit shared by every example.
@@ -38,16 +48,16 @@ pub(crate) fn input_words(
     inputs: &[Vec<u64>],
 ) -> Result<usize, String> {
     let words = inputs.first().map_or(0, Vec::len);
-    if inputs.len() != circuit.inputs || inputs.iter().any(|r| r.len() != words) {
+    if inputs.len() != circuit.inputs() || inputs.iter().any(|r| r.len() != words) {
         return Err(format!(
             "the circuit takes {} input rows of one length",
-            circuit.inputs
+            circuit.inputs()
         ));
     }
-    if params.len() != circuit.params {
+    if params.len() != circuit.params() {
         return Err(format!(
             "the circuit has {} parameter bits, got {}",
-            circuit.params,
+            circuit.params(),
             params.len()
         ));
     }
@@ -59,8 +69,9 @@ impl Machine {
     pub fn new(circuit: &Circuit, words: usize) -> Self {
         Machine {
             words,
-            values: vec![0; circuit.gates.len() * words],
-            adjoints: vec![0; circuit.gates.len() * words],
+            values: vec![0; circuit.gates().len() * words],
+            adjoints: vec![0; circuit.gates().len() * words],
+            forward_of: None,
         }
     }
 
@@ -89,10 +100,11 @@ impl Machine {
                 "the input rows have {words} words, these buffers {n}"
             ));
         }
-        if self.values.len() != circuit.gates.len() * n {
+        if Some(self.values.len()) != circuit.gates().len().checked_mul(n) {
             return Err("these buffers were made for another circuit".into());
         }
-        for (w, gate) in circuit.gates.iter().enumerate() {
+        self.forward_of = None;
+        for (w, gate) in circuit.gates().iter().enumerate() {
             let (before, rest) = self.values.split_at_mut(w * n);
             let out = &mut rest[..n];
             let row = |k: usize| &before[k * n..(k + 1) * n];
@@ -118,8 +130,9 @@ impl Machine {
                 }
             }
         }
+        self.forward_of = Some(netlist_hash(circuit));
         Ok(circuit
-            .outputs
+            .outputs()
             .iter()
             .map(|o| self.wire(*o).to_vec())
             .collect())
@@ -129,19 +142,22 @@ impl Machine {
     /// `dy` for every output, returns `(d params, d inputs)`, per bit and example.
     pub fn reverse(&mut self, circuit: &Circuit, dy: &[Vec<u64>]) -> Result<(Rows, Rows), String> {
         let n = self.words;
-        if dy.len() != circuit.outputs.len() || dy.iter().any(|d| d.len() != n) {
+        if self.forward_of != Some(netlist_hash(circuit)) {
+            return Err("reverse needs a forward pass of the same circuit first".into());
+        }
+        if dy.len() != circuit.outputs().len() || dy.iter().any(|d| d.len() != n) {
             return Err(format!("one row of {n} words per output is needed"));
         }
         self.adjoints.fill(0);
         // Outputs that share a wire add up: R[copy](x, (d1, d2)) = d1 ^ d2.
-        for (o, d) in circuit.outputs.iter().zip(dy) {
+        for (o, d) in circuit.outputs().iter().zip(dy) {
             for (a, x) in self.adjoints[o * n..(o + 1) * n].iter_mut().zip(d) {
                 *a ^= x;
             }
         }
-        let mut dparams = vec![vec![0u64; n]; circuit.params];
-        let mut dinputs = vec![vec![0u64; n]; circuit.inputs];
-        for (w, gate) in circuit.gates.iter().enumerate().rev() {
+        let mut dparams = vec![vec![0u64; n]; circuit.params()];
+        let mut dinputs = vec![vec![0u64; n]; circuit.inputs()];
+        for (w, gate) in circuit.gates().iter().enumerate().rev() {
             let (low, high) = self.adjoints.split_at_mut(w * n);
             let dw = &high[..n];
             let value = |k: usize| &self.values[k * n..(k + 1) * n];

@@ -73,7 +73,7 @@ pub struct Bits {
 impl Rda {
     /// A learner for `circuit` with every parameter bit 0.
     pub fn new(circuit: Circuit) -> Self {
-        let params = vec![false; circuit.params];
+        let params = vec![false; circuit.params()];
         Rda {
             circuit,
             params,
@@ -90,7 +90,7 @@ impl Rda {
 
     /// Predictions for each example.
     pub fn predict(&self, x: &[Vec<bool>]) -> Result<Vec<Vec<bool>>, String> {
-        let packed = super::eval::pack(x, self.circuit.inputs);
+        let packed = super::eval::pack(x, self.circuit.inputs());
         let words = packed.first().map_or(1, Vec::len);
         let mut m = passes(&self.circuit, self.compiled.as_ref(), words);
         let out = m.forward(&self.params, &packed)?;
@@ -157,8 +157,8 @@ fn update(
     y: &[Vec<bool>],
     combine: Combine,
 ) -> Result<usize, String> {
-    let xs = super::eval::pack(x, c.inputs);
-    let ys = super::eval::pack(y, c.outputs.len());
+    let xs = super::eval::pack(x, c.inputs());
+    let ys = super::eval::pack(y, c.outputs().len());
     let words = xs.first().map_or(1, Vec::len);
     let out = m.forward(params, &xs)?;
     // The error y XOR f(p, x), on real examples only.
@@ -189,7 +189,7 @@ fn update(
     let dparams = m.reverse_params(params, &xs, &err)?;
     // Which examples each bit influences: R[f] at an all-ones error.
     let relevance = if combine == Combine::Majority {
-        let ones: Vec<Vec<u64>> = c.outputs.iter().map(|_| valid.clone()).collect();
+        let ones: Vec<Vec<u64>> = c.outputs().iter().map(|_| valid.clone()).collect();
         Some(m.reverse_params(params, &xs, &ones)?)
     } else {
         None
