@@ -14,7 +14,15 @@
 //!   by f64 rounding; after that the results agree within
 //!   `1e-4 * (1 + |x|)` in f32 and `1e-10 * (1 + |x|)` in f64.
 //!
-//! NaN matches NaN. 2,000 cases per run, from a fixed seed (set
+//! - a specialised hyperparameter changed between steps (a boolean flipped,
+//!   a number set to 0), in both modes: within the tolerances above (fast
+//!   mode `2e-3 * (1 + |x|)` in f32, `1e-8 * (1 + |x|)` in f64, as it may
+//!   reassociate).
+//!
+//! Every rule carries two states that never reach `p` (`seen`, `w`): they
+//! are compared like the others, as every state is observable.
+//!
+//! NaN matches NaN. 5,100 cases per run, from a fixed seed (set
 //! `LENSOPT_PROPTEST_RANDOM=1` for fresh ones).
 
 use lensopt::ir::interp;
@@ -136,9 +144,12 @@ fn rule_text(reductions: bool) -> BoxedStrategy<String> {
                 String::new()
             };
             let k_use = if reductions { " + 0.01 * k" } else { "" };
+            // `seen` and `w` never reach `p`: they are observable only as
+            // state, which every backend must maintain all the same.
             format!(
-                "R {{ hyper a = {:?}, b = {:?}, flag = {flag}; state m = 0.1, v = p * 0.5; {scalar}
+                "R {{ hyper a = {:?}, b = {:?}, flag = {flag}; state m = 0.1, v = p * 0.5, seen = 0, w = 0; {scalar}
                    update {{ let x = {x}; m = {m}; v = {v} + 0.25 * x; {k_update}
+                             seen = seen + 1; w = select(flag, max(w, x), w);
                              p = {p} + 0.001 * m + 0.001 * v{k_use}; }} }}",
                 f64::from(a) / 4.0,
                 f64::from(b) / 4.0
@@ -167,6 +178,18 @@ fn run<F: Float>(
     data: &[(Vec<f64>, Vec<f64>, Vec<f64>)],
     backend: Backend,
 ) -> Vec<Vec<f64>> {
+    run_changing::<F>(opt, data, backend, &[])
+}
+
+/// [`run`], setting hyperparameters `changes` (name, value) before the
+/// second step: values the JIT specialises on (booleans, zeros) change the
+/// compiled program mid-run.
+fn run_changing<F: Float>(
+    opt: &DynOptimizer,
+    data: &[(Vec<f64>, Vec<f64>, Vec<f64>)],
+    backend: Backend,
+    changes: &[(&str, lensopt::HyperValue)],
+) -> Vec<Vec<f64>> {
     let mut params: Vec<Array1<F>> = data
         .iter()
         .map(|d| d.0.iter().map(|x| F::from_f64(*x)).collect())
@@ -188,7 +211,13 @@ fn run<F: Float>(
     // backends propagate them: no policy may stand in between.
     st.set_non_finite(lensopt::NonFinite::Unchecked);
     let mut out = Vec::new();
-    for g in &grads {
+    for (step, g) in grads.iter().enumerate() {
+        if step == 1 {
+            for (name, value) in changes {
+                st.set_hyper(name, *value)
+                    .expect("a declared hyperparameter");
+            }
+        }
         let mut ps: Vec<&mut dyn TensorMut<F>> = params
             .iter_mut()
             .map(|p| p as &mut dyn TensorMut<F>)
@@ -248,7 +277,7 @@ fn runner(cases: u32) -> TestRunner {
 
 #[test]
 fn exact_jit_is_bit_identical_to_the_interpreter() {
-    runner(800)
+    runner(1500)
         .run(&(rule_text(false), tensors()), |(text, data)| {
             let opt = parse(&text);
             let want = run::<f32>(&opt, &data, Backend::Interpreter);
@@ -283,7 +312,7 @@ fn compiled_rule<F: Float>(
 
 #[test]
 fn fast_jit_is_bit_identical_to_its_optimized_ir() {
-    runner(600)
+    runner(1000)
         .run(&(rule_text(false), tensors()), |(text, data)| {
             let opt = parse(&text);
             let optimized = compiled_rule::<f32>(&opt, &data);
@@ -300,7 +329,7 @@ fn fast_jit_is_bit_identical_to_its_optimized_ir() {
 
 #[test]
 fn jit_reductions_agree_with_the_interpreter() {
-    runner(600)
+    runner(1200)
         .run(&(rule_text(true), tensors()), |(text, data)| {
             let opt = parse(&text);
             let want = run::<f32>(&opt, &data, Backend::Interpreter);
@@ -310,6 +339,47 @@ fn jit_reductions_agree_with_the_interpreter() {
             let got = run::<f64>(&opt, &data, Backend::Jit(Mode::Exact));
             compare(&got, &want, 1e-10)
         })
+        .unwrap();
+}
+
+#[test]
+fn specialisations_changed_mid_run_agree_with_the_interpreter() {
+    // `flag` (a boolean) and `a` (set to 0) are compiled in as constants, so
+    // the second step runs another program than the first, over the state
+    // the first one left: every state must have been maintained.
+    let changes = (any::<bool>(), any::<bool>());
+    runner(1400)
+        .run(
+            &(rule_text(true), tensors(), changes),
+            |(text, data, (flip, zero))| {
+                let opt = parse(&text);
+                let flag = opt.rule().hypers[2].default;
+                let lensopt::HyperValue::Bool(flag) = flag else {
+                    unreachable!("flag is a boolean")
+                };
+                let mut changes = Vec::new();
+                if flip {
+                    changes.push(("flag", lensopt::HyperValue::Bool(!flag)));
+                }
+                if zero {
+                    changes.push(("a", lensopt::HyperValue::Num(0.0)));
+                }
+                for mode in [Mode::Exact, Mode::Fast] {
+                    let tol = if mode == Mode::Exact {
+                        (1e-4, 1e-10)
+                    } else {
+                        (2e-3, 1e-8)
+                    };
+                    let want = run_changing::<f32>(&opt, &data, Backend::Interpreter, &changes);
+                    let got = run_changing::<f32>(&opt, &data, Backend::Jit(mode), &changes);
+                    compare(&got, &want, tol.0)?;
+                    let want = run_changing::<f64>(&opt, &data, Backend::Interpreter, &changes);
+                    let got = run_changing::<f64>(&opt, &data, Backend::Jit(mode), &changes);
+                    compare(&got, &want, tol.1)?;
+                }
+                Ok(())
+            },
+        )
         .unwrap();
 }
 

@@ -492,6 +492,18 @@ impl Rule {
         h.0
     }
 
+    /// Equality of everything [`Rule::structural_hash`] covers (all but the doc comment).
+    pub fn same_structure(&self, other: &Rule) -> bool {
+        self.name == other.name
+            && self.hypers == other.hypers
+            && self.inputs == other.inputs
+            && self.states == other.states
+            && self.nodes == other.nodes
+            && self.view == other.view
+            && self.param_out == other.param_out
+            && self.state_out == other.state_out
+    }
+
     /// The lower-case name under which the catalog lists the rule.
     pub fn catalog_name(&self) -> String {
         self.name.to_lowercase()

@@ -544,7 +544,7 @@ impl GpuCircuit {
         let dx = s.clone_htod(&x).map_err(device_error)?;
         let dp = s.clone_htod(&p).map_err(device_error)?;
         let mut out = s
-            .alloc_zeros::<u64>(c.outputs.len() * words)
+            .alloc_zeros::<u64>(c.outputs().len() * words)
             .map_err(device_error)?;
         let w = words as u64;
         let mut launch = s.launch_builder(&self.forward);
@@ -566,7 +566,7 @@ impl GpuCircuit {
         let c = &self.circuit;
         let words = input_words(c, params, inputs).map_err(Error::Mismatch)?;
         let x = inputs.concat();
-        let d = Self::rows(dy, c.outputs.len(), words)?;
+        let d = Self::rows(dy, c.outputs().len(), words)?;
         let p = param_words(params);
         let s = &self.device.stream;
         let (dx, dd, dp) = (
@@ -575,10 +575,10 @@ impl GpuCircuit {
             s.clone_htod(&p).map_err(device_error)?,
         );
         let mut gp = s
-            .alloc_zeros::<u64>(c.params.max(1) * words.max(1))
+            .alloc_zeros::<u64>(c.params().max(1) * words.max(1))
             .map_err(device_error)?;
         let mut gx = s
-            .alloc_zeros::<u64>(c.inputs.max(1) * words.max(1))
+            .alloc_zeros::<u64>(c.inputs().max(1) * words.max(1))
             .map_err(device_error)?;
         let w = words as u64;
         let mut launch = s.launch_builder(&self.reverse);
@@ -600,6 +600,6 @@ impl GpuCircuit {
                 .map(|r| v[r * words..(r + 1) * words].to_vec())
                 .collect()
         };
-        Ok((split(hp, c.params), split(hx, c.inputs)))
+        Ok((split(hp, c.params()), split(hx, c.inputs())))
     }
 }

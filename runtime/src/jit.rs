@@ -214,7 +214,7 @@ impl Engine {
             entries.clock += 1;
             let now = entries.clock;
             let optimized = match entries.memo.get_mut(&memo_key) {
-                Some(m) if m.element == F::NAME && m.key == *key && m.rule == *rule => {
+                Some(m) if m.element == F::NAME && m.key == *key && m.rule.same_structure(rule) => {
                     m.used = now;
                     Some(m.optimized)
                 }
@@ -235,7 +235,7 @@ impl Engine {
             let mut entries = self.lock();
             let now = entries.clock;
             match entries.programs.get_mut(&(F::NAME, hash)) {
-                Some(c) if c.rule == schedule.rule => {
+                Some(c) if c.rule.same_structure(&schedule.rule) => {
                     c.used = now;
                     c.program.clone().downcast::<Program<F>>().ok()
                 }
