@@ -432,3 +432,39 @@ fn a_trainer_refuses_a_batch_whose_gradients_are_not_finite() {
     assert_eq!((t.optimizer.skipped(), t.optimizer.t()), (1, 0));
     assert_eq!(bits(&t), before);
 }
+
+#[test]
+#[ignore]
+fn zz_time_old_save() {
+    let adam = lensopt::catalog::get("adam").unwrap();
+    let mut x = vec![ArrayD::<f64>::zeros(IxDyn(&[2]))];
+    let st = adam.init::<f64>(&refs(&x)).unwrap();
+    let losses: Vec<f64> = (0..200_000)
+        .map(|i| 1.0 / (1.0 + i as f64).sqrt())
+        .collect();
+    let path = temp("timing.safetensors");
+    let n = 20;
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        let text: Vec<String> = losses.iter().map(f64::to_string).collect();
+        let user = BTreeMap::from([("losses".to_string(), text.join(","))]);
+        checkpoint::save(&path, &[("x", &x[0])], &st, &user).unwrap();
+    }
+    let save = started.elapsed().as_secs_f64() / n as f64;
+    let mut st2 = adam.init::<f64>(&refs(&x)).unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        let user = checkpoint::load(&path, &mut [("x", &mut x[0])], &mut st2).unwrap();
+        let _: Vec<f64> = user["losses"]
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect();
+    }
+    let load = started.elapsed().as_secs_f64() / n as f64;
+    eprintln!(
+        "old: save {:.2} ms, load {:.2} ms, file {} bytes",
+        save * 1e3,
+        load * 1e3,
+        std::fs::metadata(&path).unwrap().len()
+    );
+}

@@ -7,29 +7,42 @@
 use lensopt::ir::optimize::{optimize, Mode, Options};
 use lensopt::{catalog, Optimizer};
 
+/// Checks every snapshot of `cases` and reports all that differ, rather
+/// than stopping at the first.
+fn assert_snapshots(cases: impl IntoIterator<Item = (String, String)>) {
+    let mut differ = Vec::new();
+    for (name, text) in cases {
+        let outcome = std::panic::catch_unwind(|| insta::assert_snapshot!(name.clone(), text));
+        if outcome.is_err() {
+            differ.push(name);
+        }
+    }
+    assert!(differ.is_empty(), "snapshots that differ: {differ:?}");
+}
+
 #[test]
 fn checked_ir_of_the_catalog() {
-    for name in catalog::names() {
+    assert_snapshots(catalog::names().into_iter().map(|name| {
         let rule = catalog::get(name).unwrap().rule();
-        insta::assert_snapshot!(format!("ir_{name}"), rule.to_string());
-    }
+        (format!("ir_{name}"), rule.to_string())
+    }));
 }
 
 #[test]
 fn optimized_ir_of_the_catalog() {
-    for name in catalog::names() {
+    assert_snapshots(catalog::names().into_iter().map(|name| {
         let opt = catalog::get(name).unwrap();
         let optimized = optimize(
             &opt.rule(),
             &Options::specialized_for(Mode::Fast, &opt.hypers()),
         );
-        insta::assert_snapshot!(format!("optimized_{name}"), optimized.to_string());
-    }
+        (format!("optimized_{name}"), optimized.to_string())
+    }));
 }
 
 #[test]
 fn clif_of_adam_lion_adan_lamb() {
-    for name in ["adam", "lion", "adan", "lamb"] {
+    assert_snapshots(["adam", "lion", "adan", "lamb"].into_iter().map(|name| {
         let opt = catalog::get(name).unwrap();
         let p = ndarray::Array1::<f32>::zeros(8);
         let mut stepper = opt.init::<f32>(&[&p]).unwrap();
@@ -40,8 +53,8 @@ fn clif_of_adam_lion_adan_lamb() {
             .iter()
             .map(|(f, clif)| format!("; {f}\n{clif}\n"))
             .collect();
-        insta::assert_snapshot!(format!("clif_{name}"), text);
-    }
+        (format!("clif_{name}"), text)
+    }));
 }
 
 #[test]
@@ -56,7 +69,10 @@ fn clif_of_a_full_adder_and_its_reverse_derivative() {
     let carry = b.xor(c1, c2);
     let adder = b.finish(vec![sum, carry]).unwrap();
     let compiled = CompiledCircuit::new(&adder).unwrap();
-    for (name, clif) in compiled.clif() {
-        insta::assert_snapshot!(format!("circuit_full_adder_{name}"), clif);
-    }
+    assert_snapshots(
+        compiled
+            .clif()
+            .iter()
+            .map(|(name, clif)| (format!("circuit_full_adder_{name}"), clif.clone())),
+    );
 }

@@ -14,6 +14,7 @@ pub mod builder;
 pub mod builtins;
 pub mod check;
 pub mod circuit;
+pub mod counterexample;
 pub mod diag;
 pub mod diagram;
 pub mod float;

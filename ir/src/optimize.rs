@@ -852,12 +852,36 @@ fn saturate(rule: &Rule, options: &Options) -> Rule {
     out.compact()
 }
 
-/// Whether two rules are provably the same update: the same hyperparameter,
-/// input and state names, and, for `p` and every state, new values that the
-/// e-graph proves equal using algebra over the reals (commutativity,
+/// What [`equivalent`] found out about two rules.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Equivalence {
+    /// The e-graph proved `p`, every state's new value and every initial
+    /// value equal over the reals.
+    Proved,
+    /// The rules differ: a counterexample from the interpreter (or the
+    /// interface that differs), in words.
+    Different(String),
+    /// Neither proved equal within the e-graph's limits nor told apart by
+    /// the interpreter on random inputs.
+    Unknown,
+}
+
+impl Equivalence {
+    /// True for [`Equivalence::Proved`].
+    pub fn is_proved(&self) -> bool {
+        *self == Equivalence::Proved
+    }
+}
+
+/// Whether two rules are the same update. The interfaces must match (the
+/// same hyperparameter, input and state names and kinds); then the e-graph
+/// tries to prove, using algebra over the reals (commutativity,
 /// associativity, distributivity, `sqrt(a / b) = sqrt(a) / sqrt(b)` for
-/// non-negative radicands). `false` means "not proved within the limits".
-pub fn equivalent(a: &Rule, b: &Rule) -> bool {
+/// non-negative radicands), that the new `p`, every new state and every
+/// initial value agree. Failing a proof, both rules run on the interpreter
+/// (f64, declared defaults, random tensors, three steps) and a difference
+/// beyond rounding is reported as a counterexample.
+pub fn equivalent(a: &Rule, b: &Rule) -> Equivalence {
     let names = |r: &Rule| {
         let mut h: Vec<(String, String)> = r
             .hypers
@@ -880,8 +904,21 @@ pub fn equivalent(a: &Rule, b: &Rule) -> bool {
         (h, s, i)
     };
     if names(a) != names(b) {
-        return false;
+        return Equivalence::Different(
+            "the rules declare different hyperparameters, inputs or states".into(),
+        );
     }
+    if proved_equal(a, b) {
+        return Equivalence::Proved;
+    }
+    match crate::counterexample::search(a, b) {
+        Some(found) => Equivalence::Different(found),
+        None => Equivalence::Unknown,
+    }
+}
+
+/// The e-graph half of [`equivalent`], for rules with the same interface.
+fn proved_equal(a: &Rule, b: &Rule) -> bool {
     let mut egraph = new_graph();
     let ids_a = Lowering {
         rule: a,
@@ -910,7 +947,9 @@ pub fn equivalent(a: &Rule, b: &Rule) -> bool {
         .with_egraph(egraph)
         .with_node_limit(50_000)
         .with_iter_limit(30)
-        .with_time_limit(std::time::Duration::from_secs(10))
+        // The node and iteration limits bound the search; the clock is only
+        // a safety net, so that the answer does not depend on machine speed.
+        .with_time_limit(std::time::Duration::from_secs(120))
         .with_hook(move |runner| {
             if goals
                 .iter()

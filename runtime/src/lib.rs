@@ -57,7 +57,7 @@ pub use error::Error;
 pub use lensopt_codegen::cpu::JitFloat as Float;
 pub use lensopt_codegen::cpu::Program;
 pub use lensopt_ir as ir;
-pub use lensopt_ir::optimize::{equivalent, Mode};
+pub use lensopt_ir::optimize::{equivalent, Equivalence, Mode};
 pub use lensopt_ir::{interp, Diagnostic, Diagnostics, HyperValue, Rule};
 pub use lensopt_macros::{circuit, diagram, optimizer};
 pub use non_finite::NonFinite;
