@@ -51,7 +51,7 @@ pub fn search(a: &Rule, b: &Rule) -> Option<String> {
             .iter()
             .map(|h| match h.default {
                 _ if trial < 2 => h.default,
-                HyperValue::Num(x) if x == 0.0 => HyperValue::Num(0.05 * values.next().abs()),
+                HyperValue::Num(0.0) => HyperValue::Num(0.05 * values.next().abs()),
                 HyperValue::Num(x) => HyperValue::Num(x * (1.0 + 0.125 * values.next())),
                 HyperValue::Bool(v) => HyperValue::Bool(v ^ (values.next() > 0.0)),
             })
