@@ -43,11 +43,11 @@ fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
 fn directives(text: &str) -> Vec<(String, String)> {
     text.lines()
         .map_while(|l| l.strip_prefix("//"))
-        .filter_map(|l| {
+        .map(|l| {
             let l = l.trim();
             match l.split_once(':') {
-                Some((k, v)) => Some((k.trim().to_string(), v.trim().to_string())),
-                None => Some((l.to_string(), String::new())),
+                Some((k, v)) => (k.trim().to_string(), v.trim().to_string()),
+                None => (l.to_string(), String::new()),
             }
         })
         .collect()
