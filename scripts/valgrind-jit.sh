@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Runs the JIT's tests under valgrind memcheck: generated code, the safe
-# wrappers around it and the padded tails must make no invalid read or
-# write, use no uninitialised value and leak nothing definite.
+# Runs the JIT's tests under valgrind memcheck: generated optimizer
+# kernels and compiled circuits, the safe wrappers around them and the
+# padded tails must make no invalid read or write, use no uninitialised
+# value and leak nothing definite. The soundness tests add the reproducers
+# (folded reductions, circuits with bad wires refused, a bounded engine
+# that unmaps the code it evicts).
 #
 #   bash scripts/valgrind-jit.sh
 #
@@ -12,8 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)"; exit 2; }
-cargo test --no-run -p lensopt-tests --test jit --test differential 2>&1 | tail -n 3
-for test in jit differential; do
+cargo test --no-run -p lensopt-tests --test jit --test differential --test circuits --test soundness 2>&1 | tail -n 3
+for test in jit differential circuits soundness; do
   bin=$(find target/debug/deps -maxdepth 1 -type f -executable -name "${test}-*" -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2)
   echo "== valgrind: $bin"
   LENSOPT_PROPTEST_CASES=40 valgrind --tool=memcheck --smc-check=all --error-exitcode=99 \

@@ -433,38 +433,563 @@ fn a_trainer_refuses_a_batch_whose_gradients_are_not_finite() {
     assert_eq!(bits(&t), before);
 }
 
-#[test]
-#[ignore]
-fn zz_time_old_save() {
-    let adam = lensopt::catalog::get("adam").unwrap();
-    let mut x = vec![ArrayD::<f64>::zeros(IxDyn(&[2]))];
-    let st = adam.init::<f64>(&refs(&x)).unwrap();
-    let losses: Vec<f64> = (0..200_000)
-        .map(|i| 1.0 / (1.0 + i as f64).sqrt())
-        .collect();
-    let path = temp("timing.safetensors");
-    let n = 20;
-    let started = std::time::Instant::now();
-    for _ in 0..n {
-        let text: Vec<String> = losses.iter().map(f64::to_string).collect();
-        let user = BTreeMap::from([("losses".to_string(), text.join(","))]);
-        checkpoint::save(&path, &[("x", &x[0])], &st, &user).unwrap();
-    }
-    let save = started.elapsed().as_secs_f64() / n as f64;
-    let mut st2 = adam.init::<f64>(&refs(&x)).unwrap();
-    let started = std::time::Instant::now();
-    for _ in 0..n {
-        let user = checkpoint::load(&path, &mut [("x", &mut x[0])], &mut st2).unwrap();
-        let _: Vec<f64> = user["losses"]
-            .split(',')
-            .map(|v| v.parse().unwrap())
+// ---------------------------------------------------------------------------
+// The file itself: caller tensors, header first, checksums, unknown tensors,
+// version 1, temporary files.
+
+/// Two f64 tensors in two groups under the scalar-state rule, after a few
+/// steps (a stepper-level checkpoint, quick to write and read).
+fn small(steps: usize) -> (Vec<ArrayD<f64>>, Stepper<f64>) {
+    let rule = DynOptimizer::parse(SCALAR_STATE_RULE).unwrap();
+    let mut p = vec![
+        ArrayD::from_shape_fn(IxDyn(&[3, 4]), |i| (i[0] * 4 + i[1]) as f64 * 0.1 - 0.5),
+        ArrayD::from_shape_fn(IxDyn(&[5]), |i| 1.0 - i[0] as f64 * 0.3),
+    ];
+    let groups = [Group::new(vec![0]), Group::new(vec![1]).set("lr", 0.01)];
+    let mut st = rule.init_groups(&refs(&p), &groups).unwrap();
+    for k in 0..steps {
+        let g: Vec<ArrayD<f64>> = p
+            .iter()
+            .map(|t| t.mapv(|v| v * v - 0.1 * k as f64))
             .collect();
+        st.step(&mut muts(&mut p), &refs(&g)).unwrap();
     }
-    let load = started.elapsed().as_secs_f64() / n as f64;
-    eprintln!(
-        "old: save {:.2} ms, load {:.2} ms, file {} bytes",
-        save * 1e3,
-        load * 1e3,
-        std::fs::metadata(&path).unwrap().len()
+    (p, st)
+}
+
+/// Every bit of `p` and of `st`'s state, counters and hyperparameters.
+fn snapshot(p: &[ArrayD<f64>], st: &Stepper<f64>) -> Vec<u64> {
+    let mut out: Vec<u64> = p
+        .iter()
+        .flat_map(|t| t.iter().map(|v| v.to_bits()))
+        .collect();
+    for i in 0..st.len() {
+        for s in &st.rule().states {
+            if let Some(v) = st.state(i, &s.name) {
+                out.extend(v.iter().map(|x| x.to_bits()));
+            }
+            if let Some(x) = st.scalar_state(i, &s.name) {
+                out.push(x.to_bits());
+            }
+        }
+    }
+    for g in 0..st.num_groups() {
+        for h in &st.rule().hypers {
+            if let Some(lensopt::HyperValue::Num(x)) = st.hyper(g, &h.name) {
+                out.push(x.to_bits());
+            }
+        }
+    }
+    out.extend([st.t(), st.skipped()]);
+    out
+}
+
+fn small_bytes(st: &Stepper<f64>, p: &[ArrayD<f64>], losses: &[f64]) -> Vec<u8> {
+    let entries = BTreeMap::from([
+        ("step".to_string(), st.t().to_string()),
+        ("note".to_string(), "small".to_string()),
+    ]);
+    checkpoint::to_bytes_with(
+        &[("w", &p[0]), ("b", &p[1])],
+        st,
+        &entries,
+        &[("losses", losses)],
+    )
+    .unwrap()
+}
+
+/// Loads `bytes` into a fresh `small(0)`; returns the result, and whether
+/// a refusal left the target exactly as it was.
+fn load_small(
+    bytes: &[u8],
+    check: impl FnOnce(&checkpoint::Contents) -> Result<(), String>,
+) -> (Result<checkpoint::Contents, Error>, Vec<u64>, bool) {
+    let (mut p, mut st) = small(0);
+    let before = snapshot(&p, &st);
+    let result = {
+        let (a, b) = p.split_at_mut(1);
+        checkpoint::from_bytes_with(
+            bytes,
+            &mut [("w", &mut a[0]), ("b", &mut b[0])],
+            &mut st,
+            check,
+        )
+    };
+    let after = snapshot(&p, &st);
+    let unchanged = after == before;
+    (result, after, unchanged)
+}
+
+fn header_len(bytes: &[u8]) -> usize {
+    u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize
+}
+
+fn refusal<T: std::fmt::Debug>(result: Result<T, Error>) -> String {
+    match result {
+        Err(Error::Checkpoint(m)) => m,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn caller_tensors_live_in_the_data_and_the_header_stays_small() {
+    let (p, st) = small(4);
+    let history = |n: usize| -> Vec<f64> { (0..n).map(|i| 1.0 / (1.0 + i as f64)).collect() };
+    let short = small_bytes(&st, &p, &history(10));
+    let long_losses = history(1_000_000);
+    let long = small_bytes(&st, &p, &long_losses);
+    // The header grows by the digits of one shape and two offsets at most
+    // (and its padding), not with the history.
+    let (hs, hl) = (header_len(&short), header_len(&long));
+    assert!(hl < 2048, "header of {hl} bytes");
+    assert!(hl - hs <= 24, "header grew from {hs} to {hl} bytes");
+    assert_eq!(long.len(), 8 + hl + 8 * 1_000_000 + 2 * 8 * 17 + 2 * 8);
+    // Plain safetensors: the history is an F64 tensor, not a header entry.
+    let file = safetensors::SafeTensors::deserialize(&long).unwrap();
+    let losses = file.tensor("user.losses").unwrap();
+    assert_eq!(losses.dtype(), safetensors::Dtype::F64);
+    assert_eq!(losses.shape(), &[1_000_000]);
+    let (_, header) = safetensors::SafeTensors::read_metadata(&long).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    assert_eq!(meta["format"], "lensopt.checkpoint.v2");
+    assert_eq!(meta["user.note"], "small");
+    assert!(!meta.contains_key("user.losses"));
+    // Back, bit for bit, with the entries and the counters.
+    let (result, after, _) = load_small(&long, |_| Ok(()));
+    let contents = result.unwrap();
+    assert_eq!(after, snapshot(&p, &st));
+    assert_eq!(contents.tensors.len(), 1);
+    assert!(contents.tensors["losses"]
+        .iter()
+        .zip(&long_losses)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert_eq!(contents.tensors["losses"].len(), long_losses.len());
+    assert_eq!(contents.entries["note"], "small");
+    assert_eq!((contents.t, contents.skipped), (4, 0));
+    // `load` without tensors still returns the entries.
+    let (mut q, mut s2) = small(0);
+    let (a, b) = q.split_at_mut(1);
+    let entries =
+        checkpoint::from_bytes(&long, &mut [("w", &mut a[0]), ("b", &mut b[0])], &mut s2).unwrap();
+    assert_eq!(entries["step"], "4");
+    // Two caller tensors under one key, and a header over the limit, are refused.
+    let twice: &[(&str, &[f64])] = &[("a", &[1.0]), ("a", &[2.0])];
+    let result = checkpoint::to_bytes_with(&[], &st, &BTreeMap::new(), twice);
+    assert!(refusal(result).contains("two caller tensors are called `a`"));
+    let huge = BTreeMap::from([("x".to_string(), "a".repeat(100_000_001))]);
+    let result = checkpoint::to_bytes(&[], &st, &huge);
+    assert!(refusal(result).contains("limit"));
+}
+
+#[test]
+fn the_header_is_checked_before_the_data_is_read() {
+    let path = temp("header-first.safetensors");
+    let mut p = vec![ArrayD::from_elem(IxDyn(&[1_000_000]), 0.25f64)];
+    let st = Momentum::default().init(&refs(&p)).unwrap();
+    checkpoint::save(&path, &[("w", &p[0])], &st, &BTreeMap::new()).unwrap();
+    // Keep only the length and the header: a loader that read the data
+    // first would complain of the missing data, not of the shape.
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..8 + header_len(&bytes)]).unwrap();
+    let mut wrong = vec![ArrayD::<f64>::zeros(IxDyn(&[999_999]))];
+    let mut st_wrong = Momentum::default().init(&refs(&wrong)).unwrap();
+    let m = refusal(checkpoint::load(
+        &path,
+        &mut [("w", &mut wrong[0])],
+        &mut st_wrong,
+    ));
+    assert!(m.contains("shape [1000000] in the checkpoint"), "{m}");
+    assert!(m.starts_with(&path.display().to_string()), "{m}");
+    // The right shape: the missing data is found before anything is read.
+    p[0].fill(1.0);
+    let mut st_right = Momentum::default().init(&refs(&p)).unwrap();
+    let m = refusal(checkpoint::load(
+        &path,
+        &mut [("w", &mut p[0])],
+        &mut st_right,
+    ));
+    assert!(m.contains("truncated"), "{m}");
+    assert!(p[0].iter().all(|&v| v == 1.0));
+    // Header lengths are bounded before anything is allocated.
+    let mut huge = (1u64 << 40).to_le_bytes().to_vec();
+    huge.extend_from_slice(b"{}");
+    std::fs::write(&path, &huge).unwrap();
+    let m = refusal(checkpoint::load(
+        &path,
+        &mut [("w", &mut p[0])],
+        &mut st_right,
+    ));
+    assert!(m.contains("over the 100000000-byte limit"), "{m}");
+    let mut past = 1000u64.to_le_bytes().to_vec();
+    past.extend_from_slice(b"{}");
+    std::fs::write(&path, &past).unwrap();
+    let m = refusal(checkpoint::load(
+        &path,
+        &mut [("w", &mut p[0])],
+        &mut st_right,
+    ));
+    assert!(m.contains("runs past the end of the file"), "{m}");
+    assert_eq!(st_right.t(), 0);
+}
+
+#[test]
+fn the_callers_check_sees_counters_and_hyperparameters_and_can_refuse() {
+    let (p, st) = small(7);
+    let bytes = small_bytes(&st, &p, &[0.5; 7]);
+    // A caller that recorded another step than the optimizer's `t`.
+    let (result, _, unchanged) = load_small(&bytes, |c| {
+        let step: u64 = c.entries["step"].parse().unwrap();
+        if step + 1 != c.t {
+            return Err(format!(
+                "the checkpoint records step {}, its optimizer t = {}",
+                step + 1,
+                c.t
+            ));
+        }
+        Ok(())
+    });
+    let m = refusal(result);
+    assert!(m.contains("records step 8, its optimizer t = 7"), "{m}");
+    assert!(unchanged, "a refused check changed the target");
+    // The check sees every group's hyperparameters, by name.
+    let mut seen = Vec::new();
+    let (result, after, _) = load_small(&bytes, |c| {
+        seen = c.hypers.clone();
+        Ok(())
+    });
+    result.unwrap();
+    assert_eq!(after, snapshot(&p, &st));
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[0][0],
+        ("lr".to_string(), lensopt::HyperValue::Num(0.05))
     );
+    assert_eq!(
+        seen[1][0],
+        ("lr".to_string(), lensopt::HyperValue::Num(0.01))
+    );
+    assert_eq!(
+        seen[1][1],
+        ("beta".to_string(), lensopt::HyperValue::Num(0.9))
+    );
+}
+
+/// The checksum as the module's docs define it, written independently.
+fn documented_hash(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |h: u64, w: u64| {
+        let h = (h ^ w).wrapping_mul(K);
+        h ^ (h >> 32)
+    };
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for c in bytes.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        h = mix(h, u64::from_le_bytes(w));
+    }
+    let h = mix(h, bytes.len() as u64).wrapping_mul(K);
+    h ^ (h >> 29)
+}
+
+const START: &str = r#"{"__metadata__":{"header_checksum":""#;
+
+type Tensors = Vec<(String, String, Vec<usize>, Vec<u8>)>;
+
+/// A checkpoint's metadata (checksums left out) and tensors.
+fn unseal(bytes: &[u8]) -> (Vec<(String, String)>, Tensors) {
+    let n = header_len(bytes);
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut meta = Vec::new();
+    let mut tensors = Vec::new();
+    for (k, v) in header.as_object().unwrap() {
+        if k == "__metadata__" {
+            for (k, v) in v.as_object().unwrap() {
+                if k != "checksum" && k != "header_checksum" {
+                    meta.push((k.clone(), v.as_str().unwrap().to_string()));
+                }
+            }
+        } else {
+            let off = &v["data_offsets"];
+            let (s, e) = (
+                off[0].as_u64().unwrap() as usize,
+                off[1].as_u64().unwrap() as usize,
+            );
+            let shape = v["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize);
+            tensors.push((
+                k.clone(),
+                v["dtype"].as_str().unwrap().to_string(),
+                shape.collect(),
+                data[s..e].to_vec(),
+            ));
+        }
+    }
+    (meta, tensors)
+}
+
+/// A v2 file of `meta` and `tensors`, sealed as the module's docs say.
+fn seal(meta: &[(String, String)], tensors: &Tensors) -> Vec<u8> {
+    let data: Vec<u8> = tensors.iter().flat_map(|t| t.3.clone()).collect();
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let mut header = format!(
+        "{START}0000000000000000\",\"checksum\":\"{:016x}\"",
+        documented_hash(&data)
+    );
+    for (k, v) in meta {
+        header += &format!(",{}:{}", q(k), q(v));
+    }
+    header.push('}');
+    let mut offset = 0;
+    for (name, dtype, shape, bytes) in tensors {
+        header += &format!(
+            ",{}:{{\"dtype\":\"{dtype}\",\"shape\":{shape:?},\"data_offsets\":[{offset},{}]}}",
+            q(name),
+            offset + bytes.len()
+        );
+        offset += bytes.len();
+    }
+    header.push('}');
+    while (8 + header.len()) % 8 != 0 {
+        header.push(' ');
+    }
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header.as_bytes());
+    let sum = format!("{:016x}", documented_hash(&file));
+    file[8 + START.len()..8 + START.len() + 16].copy_from_slice(sum.as_bytes());
+    file.extend_from_slice(&data);
+    file
+}
+
+#[test]
+fn checksums_follow_the_documented_algorithm_and_unknown_tensors_are_refused() {
+    let (p, st) = small(3);
+    let bytes = small_bytes(&st, &p, &[0.25, 0.5, 0.75]);
+    assert!(bytes[8..].starts_with(START.as_bytes()));
+    // Resealed by the documented algorithm: the very same bytes.
+    let (meta, tensors) = unseal(&bytes);
+    let mut ordered = tensors.clone();
+    let position = |name: &str| {
+        bytes
+            .windows(name.len() + 2)
+            .position(|w| w[1..w.len() - 1] == *name.as_bytes())
+    };
+    ordered.sort_by_key(|t| position(&t.0));
+    let order = |m: &(String, String)| position(&m.0);
+    let mut meta_ordered = meta.clone();
+    meta_ordered.sort_by_key(order);
+    assert_eq!(seal(&meta_ordered, &ordered), bytes);
+    // An extra tensor, correctly sealed, is refused, changing nothing.
+    let mut extra = ordered.clone();
+    extra.push((
+        "extra".into(),
+        "F64".into(),
+        vec![1],
+        1f64.to_le_bytes().to_vec(),
+    ));
+    let (result, _, unchanged) = load_small(&seal(&meta_ordered, &extra), |_| Ok(()));
+    assert!(refusal(result).contains("unknown tensor `extra`"));
+    assert!(unchanged);
+    // So is a state tensor of a tensor the optimizer does not have.
+    let mut extra = ordered.clone();
+    extra.push((
+        "state.2.m".into(),
+        "F64".into(),
+        vec![1],
+        1f64.to_le_bytes().to_vec(),
+    ));
+    let (result, _, _) = load_small(&seal(&meta_ordered, &extra), |_| Ok(()));
+    assert!(refusal(result).contains("unknown tensor `state.2.m`"));
+    // An unknown entry.
+    let mut more = meta_ordered.clone();
+    more.push(("learning_rate".into(), "0.1".into()));
+    let (result, _, unchanged) = load_small(&seal(&more, &ordered), |_| Ok(()));
+    assert!(refusal(result).contains("unknown entry `learning_rate`"));
+    assert!(unchanged);
+    // A caller tensor that is not an f64 vector.
+    let mut odd = ordered.clone();
+    odd.push((
+        "user.grid".into(),
+        "F64".into(),
+        vec![1, 1],
+        1f64.to_le_bytes().to_vec(),
+    ));
+    let (result, _, _) = load_small(&seal(&meta_ordered, &odd), |_| Ok(()));
+    assert!(refusal(result).contains("caller tensor `grid` has shape [1, 1]"));
+    // A missing tensor.
+    let fewer: Tensors = ordered
+        .iter()
+        .filter(|t| t.0 != "state.1.m")
+        .cloned()
+        .collect();
+    let (result, _, _) = load_small(&seal(&meta_ordered, &fewer), |_| Ok(()));
+    assert!(refusal(result).contains("no state `m` of tensor 1"));
+}
+
+/// SplitMix64, for reproducible flips.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// 300 single-bit flips (fixed seed), half in the length and header, half
+/// in the data: every one is refused, and the target is left as it was.
+/// No flip can go undetected: one in the header changes the bytes that
+/// `header_checksum` covers (or its own digits), one in the data the bytes
+/// `checksum` covers, and a change confined to one 8-byte word always
+/// changes the hash (each step of it is a bijection).
+#[test]
+fn every_flipped_bit_is_refused() {
+    let (p, st) = small(5);
+    let losses: Vec<f64> = (0..40).map(|i| 0.9f64.powi(i)).collect();
+    let bytes = small_bytes(&st, &p, &losses);
+    let (result, after, _) = load_small(&bytes, |_| Ok(()));
+    result.unwrap();
+    assert_eq!(after, snapshot(&p, &st));
+    let head = 8 + header_len(&bytes);
+    let mut rng = 0x5EED_u64;
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for k in 0..300 {
+        let at = if k % 2 == 0 {
+            splitmix(&mut rng) as usize % head
+        } else {
+            head + splitmix(&mut rng) as usize % (bytes.len() - head)
+        };
+        let bit = splitmix(&mut rng) % 8;
+        let mut flipped = bytes.clone();
+        flipped[at] ^= 1 << bit;
+        let (result, _, unchanged) = load_small(&flipped, |_| Ok(()));
+        let m = match result {
+            Err(Error::Checkpoint(m)) => m,
+            other => {
+                panic!("flip of bit {bit} of byte {at} (header: {head} bytes) loaded: {other:?}")
+            }
+        };
+        assert!(
+            unchanged,
+            "flip of bit {bit} of byte {at}: a refused load changed the target"
+        );
+        let reason = if m.contains("corrupt") {
+            "checksum"
+        } else if m.contains("not a safetensors file") {
+            "structure"
+        } else {
+            "other"
+        };
+        *reasons.entry(reason.to_string()).or_default() += 1;
+    }
+    eprintln!("300 flips refused: {reasons:?}");
+    assert!(reasons["checksum"] >= 250, "{reasons:?}");
+}
+
+#[test]
+fn version_1_files_still_load() {
+    let (p, st) = small(6);
+    let bytes = small_bytes(&st, &p, &[]);
+    // A v1 file: what the first layout wrote, through the safetensors crate.
+    let v1 = |extra: Option<(&str, &str)>, tensor: bool| {
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let mut meta = header.metadata().clone().unwrap();
+        meta.remove("checksum");
+        meta.remove("header_checksum");
+        meta.insert("format".into(), "lensopt.checkpoint.v1".into());
+        if let Some((k, v)) = extra {
+            meta.insert(k.into(), v.into());
+        }
+        let one = 1f64.to_le_bytes();
+        let mut views: Vec<(String, safetensors::tensor::TensorView)> = file
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("user."))
+            .collect();
+        if tensor {
+            views.push((
+                "extra".into(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![1], &one)
+                    .unwrap(),
+            ));
+        }
+        safetensors::serialize(views, Some(meta)).unwrap()
+    };
+    let (result, after, _) = load_small(&v1(None, false), |_| Ok(()));
+    let contents = result.unwrap();
+    assert_eq!(after, snapshot(&p, &st));
+    assert_eq!(contents.entries["step"], "6");
+    let (result, _, unchanged) = load_small(&v1(None, true), |_| Ok(()));
+    assert!(refusal(result).contains("unknown tensor `extra`"));
+    assert!(unchanged);
+    let (result, _, _) = load_small(&v1(Some(("checksum", "0")), false), |_| Ok(()));
+    assert!(refusal(result).contains("unknown entry `checksum`"));
+    // A format this version does not know.
+    let mut v3 = bytes.clone();
+    let at = v3
+        .windows(21)
+        .position(|w| w == b"lensopt.checkpoint.v2")
+        .unwrap();
+    v3[at + 20] = b'3';
+    let (meta, tensors) = unseal(&v3);
+    let mut meta = meta;
+    meta.sort_by_key(|(k, _)| k != "format");
+    let (result, _, _) = load_small(&seal(&meta, &tensors), |_| Ok(()));
+    let m = refusal(result);
+    assert!(
+        m.contains("format `lensopt.checkpoint.v3` is not one this version reads"),
+        "{m}"
+    );
+}
+
+fn temporaries(dir: &std::path::Path, name: &str) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!(".{name}.tmp.")))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn saving_cleans_up_temporary_files() {
+    let dir = temp("temporaries");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (p, st) = small(2);
+    let params: [(&str, &dyn lensopt::TensorRef<f64>); 2] = [("w", &p[0]), ("b", &p[1])];
+    // Stale temporaries of this target (a dead process's, this one's),
+    // and files that only look alike, which stay.
+    let pid = std::process::id();
+    for name in [
+        ".run.safetensors.tmp.4000000000".to_string(),
+        format!(".run.safetensors.tmp.{pid}"),
+        ".run.safetensors.tmp.notes".to_string(),
+        ".other.safetensors.tmp.4000000000".to_string(),
+    ] {
+        std::fs::write(dir.join(name), b"stale").unwrap();
+    }
+    let target = dir.join("run.safetensors");
+    checkpoint::save(&target, &params, &st, &BTreeMap::new()).unwrap();
+    assert_eq!(
+        temporaries(&dir, "run.safetensors"),
+        [".run.safetensors.tmp.notes"]
+    );
+    assert_eq!(temporaries(&dir, "other.safetensors").len(), 1);
+    let (result, after, _) = load_small(&std::fs::read(&target).unwrap(), |_| Ok(()));
+    result.unwrap();
+    assert_eq!(after, snapshot(&p, &st));
+    // A save that fails at the rename (the target is a folder) leaves no temporary.
+    let folder = dir.join("folder.safetensors");
+    std::fs::create_dir_all(folder.join("inside")).unwrap();
+    let m = refusal(checkpoint::save(&folder, &params, &st, &BTreeMap::new()));
+    assert!(m.contains("cannot write"), "{m}");
+    assert!(temporaries(&dir, "folder.safetensors").is_empty());
+    // Nor does one whose folder does not exist.
+    let nowhere = dir.join("missing").join("run.safetensors");
+    assert!(checkpoint::save(&nowhere, &params, &st, &BTreeMap::new()).is_err());
 }

@@ -1,13 +1,96 @@
 //! The GPU backend on a device: every golden case, f32 and f64, extra
 //! inputs included, through PTX launched with cudarc, against the references, and
 //! large multi-tensor steps against the CPU JIT. Build with
-//! `cargo test -p lensopt-tests --features cuda --test gpu`; without the
-//! feature, or without a driver or device, each test says it was skipped.
+//! `cargo test -p lensopt-tests --features cuda --test gpu`.
+//!
+//! This test binary has its own harness, so that a skipped test is counted
+//! where everyone sees it: it prints `gpu: N passed, M skipped (reason)`.
+//! Without the feature, a driver or a device the tests are skipped; with
+//! `LENSOPT_REQUIRE_GPU=1` (set by `scripts/gpu-check.sh`) a skip is a
+//! failure instead, so a broken driver cannot pass unnoticed.
+
+use std::process::ExitCode;
+
+/// Why the tests cannot run here, if they cannot.
+#[cfg(not(feature = "cuda"))]
+fn unavailable() -> Option<String> {
+    Some(
+        "built without the `cuda` feature (cargo test -p lensopt-tests --features cuda --test gpu)"
+            .into(),
+    )
+}
+
+#[cfg(feature = "cuda")]
+fn unavailable() -> Option<String> {
+    lensopt::cuda::Device::new(0).err().map(|e| e.to_string())
+}
 
 #[cfg(not(feature = "cuda"))]
-#[test]
-fn gpu_tests_need_the_cuda_feature() {
-    eprintln!("skipped: built without the `cuda` feature (cargo test -p lensopt-tests --features cuda --test gpu)");
+const TESTS: &[(&str, fn())] = &[
+    ("golden_cases_on_the_gpu", || {}),
+    ("many_tensors_agree_with_the_cpu_jit", || {}),
+    ("circuits_on_the_gpu_agree_with_the_cpu", || {}),
+];
+
+#[cfg(feature = "cuda")]
+const TESTS: &[(&str, fn())] = &[
+    (
+        "golden_cases_on_the_gpu",
+        on_device::golden_cases_on_the_gpu,
+    ),
+    (
+        "many_tensors_agree_with_the_cpu_jit",
+        on_device::many_tensors_agree_with_the_cpu_jit,
+    ),
+    (
+        "circuits_on_the_gpu_agree_with_the_cpu",
+        on_device::circuits_on_the_gpu_agree_with_the_cpu,
+    ),
+];
+
+fn main() -> ExitCode {
+    let required = std::env::var("LENSOPT_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    // `cargo test -- --list` and filters: honour a name filter, list nothing else.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in TESTS {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
+    let selected: Vec<&(&str, fn())> = TESTS
+        .iter()
+        .filter(|(name, _)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())))
+        .collect();
+    if let Some(reason) = unavailable() {
+        println!("gpu: 0 passed, {} skipped ({reason})", selected.len());
+        if required {
+            println!("gpu: LENSOPT_REQUIRE_GPU=1, so a skipped GPU test is a failure");
+            return ExitCode::FAILURE;
+        }
+        return ExitCode::SUCCESS;
+    }
+    let mut failed = Vec::new();
+    for (name, test) in &selected {
+        match std::panic::catch_unwind(test) {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed.push(*name);
+            }
+        }
+    }
+    println!(
+        "gpu: {} passed, {} failed, 0 skipped",
+        selected.len() - failed.len(),
+        failed.len()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -17,14 +100,9 @@ mod on_device {
     use lensopt::{catalog, Optimizer};
     use std::sync::Arc;
 
+    /// The device (`main` checked that there is one).
     fn device() -> Option<Arc<Device>> {
-        match Device::new(0) {
-            Ok(d) => Some(Arc::new(d)),
-            Err(e) => {
-                eprintln!("skipped: {e}");
-                None
-            }
-        }
+        Some(Arc::new(Device::new(0).expect("a device")))
     }
 
     /// Replays `case` on the device in `F`; returns the parameters after each step.
@@ -69,8 +147,7 @@ mod on_device {
         out
     }
 
-    #[test]
-    fn golden_cases_on_the_gpu() {
+    pub fn golden_cases_on_the_gpu() {
         let Some(dev) = device() else { return };
         let mut checked = 0;
         for file in lensopt_tests::golden_files() {
@@ -100,8 +177,7 @@ mod on_device {
         assert_eq!(checked, 50, "every golden case runs on the GPU");
     }
 
-    #[test]
-    fn many_tensors_agree_with_the_cpu_jit() {
+    pub fn many_tensors_agree_with_the_cpu_jit() {
         let Some(dev) = device() else { return };
         for opt in [
             catalog::get("adam").unwrap(),
@@ -171,8 +247,7 @@ mod on_device {
         }
     }
 
-    #[test]
-    fn circuits_on_the_gpu_agree_with_the_cpu() {
+    pub fn circuits_on_the_gpu_agree_with_the_cpu() {
         use lensopt::circuit::eval::Machine;
         use lensopt::circuit::CircuitBuilder;
         use lensopt::cuda::GpuCircuit;

@@ -59,7 +59,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         lensopt::Mode::Fast,
     );
     let started = Instant::now();
-    let schedule = lensopt::jit::schedule(&rule, &key);
+    let (schedule, fallback) = lensopt::jit::schedule_report(&rule, &key);
     let optimize_us = started.elapsed().as_secs_f64() * 1e6;
     let started = Instant::now();
     let program = lensopt::Program::<f32>::compile(schedule.clone())
@@ -87,11 +87,15 @@ pub fn run(args: &Args) -> Result<(), Failure> {
                 "parse_check_us": parse_us, "egraph_schedule_us": optimize_us,
                 "cranelift_us": codegen_us, "ptx_us": ptx_us,
                 "reduction_passes": schedule.passes.len(), "slots": schedule.slots.len(),
+                "egraph_fallback": fallback,
             })
         );
         return Ok(());
     }
     out!("{output}");
+    if let Some(why) = &fallback {
+        errln!("note: {why}");
+    }
     errln!(
         "parse+check {parse_us:.0} us, e-graph+schedule {optimize_us:.0} us ({} reduction passes, {} slots), cranelift {codegen_us:.0} us, ptx {ptx_us:.0} us",
         schedule.passes.len(),

@@ -167,3 +167,182 @@ pub fn binary_result(op: BinOp) -> Ty {
         | BinOp::Or => Ty::Bool,
     }
 }
+
+/// Builds a checked [`Rule`] from code, without text: what diagram fusion
+/// and other generators use instead of printing DSL and parsing it back.
+/// Every operation is type-checked as the checker would (numbers versus
+/// booleans, reductions over per-element numbers), so a built rule has the
+/// invariants of a parsed one.
+///
+/// ```
+/// use lensopt_ir::builder::RuleBuilder;
+/// use lensopt_ir::{BinOp, Op};
+/// let mut b = RuleBuilder::new("Sgd");
+/// let lr = b.hyper("lr", 0.1.into());
+/// let (p, g) = (b.param(), b.grad());
+/// let step = b.op(Op::Binary(BinOp::Mul, lr, g)).unwrap();
+/// let p_new = b.op(Op::Binary(BinOp::Sub, p, step)).unwrap();
+/// let rule = b.finish(p_new, &[]).unwrap();
+/// assert_eq!(rule.hypers[0].name, "lr");
+/// ```
+pub struct RuleBuilder {
+    rule: Rule,
+    graph: GraphBuilder,
+}
+
+impl RuleBuilder {
+    /// An empty rule called `name`.
+    pub fn new(name: &str) -> Self {
+        let rule = Rule {
+            name: name.to_string(),
+            doc: Vec::new(),
+            hypers: Vec::new(),
+            inputs: Vec::new(),
+            states: Vec::new(),
+            nodes: Vec::new(),
+            view: None,
+            param_out: ValueId(0),
+            state_out: Vec::new(),
+        };
+        RuleBuilder {
+            rule,
+            graph: GraphBuilder::default(),
+        }
+    }
+
+    /// Declares a hyperparameter; returns its value.
+    pub fn hyper(&mut self, name: &str, default: crate::HyperValue) -> ValueId {
+        let i = self.rule.hypers.len() as u16;
+        self.rule.hypers.push(HyperDecl {
+            name: name.to_string(),
+            default,
+        });
+        let ty = match default {
+            crate::HyperValue::Num(_) => Ty::Float,
+            crate::HyperValue::Bool(_) => Ty::Bool,
+        };
+        self.graph.add(Op::Hyper(i), ty, Rate::Step)
+    }
+
+    /// Declares an extra per-element input; returns its value.
+    pub fn input(&mut self, name: &str, optional: bool) -> ValueId {
+        let i = self.rule.inputs.len() as u16;
+        self.rule.inputs.push(InputDecl {
+            name: name.to_string(),
+            optional,
+        });
+        self.graph.add(Op::Input(i), Ty::Float, Rate::Element)
+    }
+
+    /// Declares a state with its initial value (built before, from
+    /// constants, hyperparameters and `p`); returns its value at the start
+    /// of the step.
+    pub fn state(&mut self, name: &str, kind: StateKind, init: ValueId) -> Result<ValueId, String> {
+        let node = self.node(init)?;
+        if node.ty != Ty::Float || (kind == StateKind::Scalar && node.rate == Rate::Element) {
+            return Err(format!(
+                "state `{name}`: its initial value does not fit the state"
+            ));
+        }
+        let i = self.rule.states.len() as u16;
+        self.rule.states.push(StateDecl {
+            name: name.to_string(),
+            kind,
+            init,
+        });
+        let rate = match kind {
+            StateKind::Element => Rate::Element,
+            StateKind::Scalar => Rate::Tensor,
+        };
+        Ok(self.graph.add(Op::State(i), Ty::Float, rate))
+    }
+
+    /// The parameter `p` at the start of the step.
+    pub fn param(&mut self) -> ValueId {
+        self.graph.add(Op::Param, Ty::Float, Rate::Element)
+    }
+
+    /// The gradient `g`.
+    pub fn grad(&mut self) -> ValueId {
+        self.graph.add(Op::Grad, Ty::Float, Rate::Element)
+    }
+
+    /// The step counter `t`.
+    pub fn step(&mut self) -> ValueId {
+        self.graph.add(Op::Step, Ty::Float, Rate::Step)
+    }
+
+    /// A number.
+    pub fn constant(&mut self, x: f64) -> ValueId {
+        self.graph.add(Op::Const(x), Ty::Float, Rate::Const)
+    }
+
+    fn node(&self, v: ValueId) -> Result<Node, String> {
+        self.graph
+            .nodes
+            .get(v.index())
+            .copied()
+            .ok_or_else(|| format!("{v} is not a value of this rule"))
+    }
+
+    /// Adds an interior operation, checking its arguments' types.
+    pub fn op(&mut self, op: Op) -> Result<ValueId, String> {
+        let args = op.args();
+        if args.is_empty() {
+            return Err(format!("{op:?} is a leaf: use the builder's leaf methods"));
+        }
+        let tys: Vec<Ty> = args
+            .iter()
+            .map(|a| self.node(*a).map(|n| n.ty))
+            .collect::<Result<_, _>>()?;
+        let want: Vec<Ty> = match op {
+            Op::Unary(UnOp::Not, _) => vec![Ty::Bool],
+            Op::Unary(..) => vec![Ty::Float],
+            Op::Binary(BinOp::And | BinOp::Or, ..) => vec![Ty::Bool; 2],
+            Op::Binary(..) | Op::Fma(..) => vec![Ty::Float; args.len()],
+            Op::Select(..) => vec![Ty::Bool, tys[1], tys[1]],
+            Op::Reduce(ReduceOp::Count, ..) => vec![Ty::Bool],
+            Op::Reduce(..) => vec![Ty::Float],
+            _ => unreachable!("leaves have no arguments"),
+        };
+        if tys != want {
+            return Err(format!(
+                "{op:?}: arguments of types {tys:?}, expected {want:?}"
+            ));
+        }
+        if let Op::Reduce(_, _, a) = op {
+            if self.node(a)?.rate != Rate::Element {
+                return Err(format!("{op:?}: a reduction needs a per-element argument"));
+            }
+        }
+        Ok(self.graph.interior(op))
+    }
+
+    /// The rule whose update gives `p` the value `param_out` and each
+    /// declared state, in order, the value of `state_out`.
+    pub fn finish(mut self, param_out: ValueId, state_out: &[ValueId]) -> Result<Rule, String> {
+        if self.node(param_out)?.ty != Ty::Float {
+            return Err("`p` holds numbers, but its new value is a boolean".into());
+        }
+        if state_out.len() != self.rule.states.len() {
+            return Err(format!(
+                "{} new state values for {} states",
+                state_out.len(),
+                self.rule.states.len()
+            ));
+        }
+        for (v, s) in state_out.iter().zip(&self.rule.states) {
+            let node = self.node(*v)?;
+            if node.ty != Ty::Float || (s.kind == StateKind::Scalar && node.rate == Rate::Element) {
+                return Err(format!(
+                    "state `{}`: its new value does not fit the state",
+                    s.name
+                ));
+            }
+        }
+        self.rule.nodes = self.graph.nodes;
+        self.rule.param_out = param_out;
+        self.rule.state_out = state_out.to_vec();
+        Ok(self.rule.compact())
+    }
+}

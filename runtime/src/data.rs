@@ -1,9 +1,10 @@
-//! The data sets in the repository's `data/` folder (Iris, 8x8 digits),
-//! loaded as matrices, and seeded train/test splits.
+//! The data sets of the repository's `data/` folder (Iris, 8x8 digits),
+//! compiled into the library and loaded as matrices; CSV files of the same
+//! form; seeded train/test splits.
 
 use crate::diagram::plan::SplitMix;
 use ndarray::Array2;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Features (one example per row) and integer class labels.
 #[derive(Clone, Debug)]
@@ -16,10 +17,12 @@ pub struct Dataset {
     pub classes: usize,
 }
 
-/// The repository's `data/` folder.
-pub fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")
-}
+/// The Iris CSV, compiled into the library so that a binary does not
+/// depend on the tree it was built in.
+const IRIS_CSV: &str = include_str!("../../data/iris.csv");
+
+/// The digits CSV (260 KB), compiled in for the same reason.
+const DIGITS_CSV: &str = include_str!("../../data/digits.csv");
 
 fn parse_rows(text: &str, skip: usize, path: &Path) -> Result<Vec<Vec<f64>>, String> {
     text.lines()
@@ -42,7 +45,12 @@ fn parse_rows(text: &str, skip: usize, path: &Path) -> Result<Vec<Vec<f64>>, Str
 pub fn load_csv(path: &Path, skip_header: bool) -> Result<Dataset, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let rows = parse_rows(&text, usize::from(skip_header), path)?;
+    parse_csv(&text, skip_header, path)
+}
+
+/// Parses CSV text whose last column is the class label (`path` names it in errors).
+fn parse_csv(text: &str, skip_header: bool, path: &Path) -> Result<Dataset, String> {
+    let rows = parse_rows(text, usize::from(skip_header), path)?;
     let width = rows.first().map_or(0, Vec::len);
     if width < 2 || rows.iter().any(|r| r.len() != width) {
         return Err(format!(
@@ -51,6 +59,20 @@ pub fn load_csv(path: &Path, skip_header: bool) -> Result<Dataset, String> {
         ));
     }
     let features = Array2::from_shape_fn((rows.len(), width - 1), |(i, j)| rows[i][j]);
+    // Labels are class indices: whole numbers from 0, and not absurdly many
+    // classes (a model allocates one output per class).
+    const MAX_CLASSES: f64 = 1e6;
+    if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| {
+        let y = r[width - 1];
+        !(0.0..MAX_CLASSES).contains(&y) || y.fract() != 0.0
+    }) {
+        return Err(format!(
+            "{}: row {}: the label {} is not a class index (a whole number from 0 below {MAX_CLASSES})",
+            path.display(),
+            i + 1,
+            r[width - 1]
+        ));
+    }
     let labels: Vec<usize> = rows.iter().map(|r| r[width - 1] as usize).collect();
     let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
     Ok(Dataset {
@@ -62,12 +84,12 @@ pub fn load_csv(path: &Path, skip_header: bool) -> Result<Dataset, String> {
 
 /// Fisher's Iris: 150 examples, 4 features (cm), 3 classes.
 pub fn iris() -> Result<Dataset, String> {
-    load_csv(&data_dir().join("iris.csv"), true)
+    parse_csv(IRIS_CSV, true, Path::new("data/iris.csv"))
 }
 
 /// The 8x8 handwritten digits: 1,797 examples, 64 pixel counts (0..16), 10 classes.
 pub fn digits() -> Result<Dataset, String> {
-    load_csv(&data_dir().join("digits.csv"), false)
+    parse_csv(DIGITS_CSV, false, Path::new("data/digits.csv"))
 }
 
 impl Dataset {

@@ -10,7 +10,7 @@
 
 use crate::Float;
 use lensopt_codegen::cpu::Program;
-use lensopt_ir::optimize::{optimize, Mode, Options};
+use lensopt_ir::optimize::{optimize_report, Mode, Options};
 use lensopt_ir::schedule::Schedule;
 use lensopt_ir::{HyperValue, Rule};
 use std::any::Any;
@@ -76,7 +76,14 @@ pub fn compile<F: Float>(rule: &Rule, key: &Key) -> Result<Program<F>, String> {
 
 /// Optimizes and schedules `rule` for `key`: what every backend compiles.
 pub fn schedule(rule: &Rule, key: &Key) -> Schedule {
-    Schedule::new(optimize(rule, &key.options()))
+    schedule_report(rule, key).0
+}
+
+/// [`schedule`], with the reason the e-graph was skipped, if it was (a rule
+/// beyond its budget is only specialised and constant-folded).
+pub fn schedule_report(rule: &Rule, key: &Key) -> (Schedule, Option<String>) {
+    let optimized = optimize_report(rule, &key.options());
+    (Schedule::new(optimized.rule), optimized.fallback)
 }
 
 /// [`compile`], reporting how long each stage took.

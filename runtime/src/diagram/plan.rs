@@ -186,35 +186,77 @@ impl<F> fmt::Debug for Chain<F> {
     }
 }
 
-/// The DSL text of a chain's forward and backward kernels.
-fn chain_rules(ops: &[Generator]) -> (String, String) {
-    let mut fwd = String::from("FusedForward { update { let x0 = g; ");
-    let mut bwd = String::from("FusedBackward { input x; update { let x0 = x; let d0 = g; ");
-    for (i, op) in ops.iter().enumerate() {
-        let (a, b) = (format!("x{i}"), format!("x{}", i + 1));
-        let value = match op {
-            Generator::Relu(_) => format!("max({a}, 0)"),
-            Generator::Sigmoid(_) => format!("sigmoid({a})"),
-            Generator::Tanh(_) => format!("2 * sigmoid(2 * {a}) - 1"),
-            Generator::Exp(_) => format!("exp({a})"),
-            _ => format!("ln({a})"),
-        };
-        let slope = match op {
-            Generator::Relu(_) => format!("select({a} > 0, 1, 0)"),
-            Generator::Sigmoid(_) => format!("{b} * (1 - {b})"),
-            Generator::Tanh(_) => format!("1 - {b} * {b}"),
-            Generator::Exp(_) => b.clone(),
-            _ => format!("1 / {a}"),
-        };
-        fwd.push_str(&format!("let {b} = {value}; "));
-        bwd.push_str(&format!(
-            "let {b} = {value}; let d{} = d{i} * ({slope}); ",
-            i + 1
-        ));
+/// Builds a chain's forward and backward kernels as rules. The forward
+/// rule maps `g` (the chain's input) through the chain into `p`; the
+/// backward rule takes the chain's input as input `x` and the output's
+/// adjoint as `g`, and writes the input's adjoint into `p`.
+fn chain_rules(ops: &[Generator]) -> Result<(Rule, Rule), String> {
+    use lensopt_ir::builder::RuleBuilder;
+    use lensopt_ir::{BinOp, Op, UnOp, ValueId};
+    /// `op(a)` and its slope at `a` (given `b = op(a)`).
+    fn value(r: &mut RuleBuilder, op: &Generator, a: ValueId) -> Result<ValueId, String> {
+        let bin = |r: &mut RuleBuilder, o, x, y| r.op(Op::Binary(o, x, y));
+        match op {
+            Generator::Relu(_) => {
+                let zero = r.constant(0.0);
+                bin(r, BinOp::Max, a, zero)
+            }
+            Generator::Sigmoid(_) => r.op(Op::Unary(UnOp::Sigmoid, a)),
+            Generator::Tanh(_) => {
+                // tanh(a) = 2 sigmoid(2a) - 1
+                let (one, two) = (r.constant(1.0), r.constant(2.0));
+                let twice = bin(r, BinOp::Mul, two, a)?;
+                let s = r.op(Op::Unary(UnOp::Sigmoid, twice))?;
+                let s2 = bin(r, BinOp::Mul, two, s)?;
+                bin(r, BinOp::Sub, s2, one)
+            }
+            Generator::Exp(_) => r.op(Op::Unary(UnOp::Exp, a)),
+            _ => r.op(Op::Unary(UnOp::Ln, a)),
+        }
     }
-    fwd.push_str(&format!("p = x{}; }} }}", ops.len()));
-    bwd.push_str(&format!("p = d{}; }} }}", ops.len()));
-    (fwd, bwd)
+    fn slope(
+        r: &mut RuleBuilder,
+        op: &Generator,
+        a: ValueId,
+        b: ValueId,
+    ) -> Result<ValueId, String> {
+        let bin = |r: &mut RuleBuilder, o, x, y| r.op(Op::Binary(o, x, y));
+        let one = r.constant(1.0);
+        match op {
+            Generator::Relu(_) => {
+                let zero = r.constant(0.0);
+                let positive = bin(r, BinOp::Gt, a, zero)?;
+                r.op(Op::Select(positive, one, zero))
+            }
+            Generator::Sigmoid(_) => {
+                let rest = bin(r, BinOp::Sub, one, b)?;
+                bin(r, BinOp::Mul, b, rest)
+            }
+            Generator::Tanh(_) => {
+                let sq = bin(r, BinOp::Mul, b, b)?;
+                bin(r, BinOp::Sub, one, sq)
+            }
+            Generator::Exp(_) => Ok(b),
+            _ => bin(r, BinOp::Div, one, a),
+        }
+    }
+    let mut fwd = RuleBuilder::new("FusedForward");
+    let mut x = fwd.grad();
+    for op in ops {
+        x = value(&mut fwd, op, x)?;
+    }
+    let forward = fwd.finish(x, &[])?;
+    let mut bwd = RuleBuilder::new("FusedBackward");
+    let mut x = bwd.input("x", false);
+    let mut d = bwd.grad();
+    for op in ops {
+        let y = value(&mut bwd, op, x)?;
+        let s = slope(&mut bwd, op, x, y)?;
+        d = bwd.op(Op::Binary(BinOp::Mul, d, s))?;
+        x = y;
+    }
+    let backward = bwd.finish(d, &[])?;
+    Ok((forward, backward))
 }
 
 fn elementwise(g: &Generator) -> bool {
@@ -259,11 +301,10 @@ fn fuse<F: Real>(steps: &[Step], outputs: &[usize]) -> Result<Fusion<F>, Diagram
             j += 1;
         }
         let ops: Vec<Generator> = steps[i..=j].iter().map(|s| s.gen.clone()).collect();
-        let (fwd, bwd) = chain_rules(&ops);
-        let compile = |text: &str| -> Result<Arc<Program<F>>, DiagramError> {
-            let rule = Rule::parse(text).map_err(|e| DiagramError::Invalid(e.to_string()))?;
+        let (fwd, bwd) = chain_rules(&ops).map_err(DiagramError::Invalid)?;
+        let compile = |rule: &Rule| -> Result<Arc<Program<F>>, DiagramError> {
             let key = jit::Key::for_step(&[Vec::new()], &vec![true; rule.inputs.len()], Mode::Fast);
-            jit::program::<F>(&rule, &key).map_err(DiagramError::Invalid)
+            jit::program::<F>(rule, &key).map_err(DiagramError::Invalid)
         };
         chains[i] = Some(Chain {
             input: steps[i].inputs[0],

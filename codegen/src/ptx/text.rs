@@ -1,0 +1,178 @@
+//! The low-level PTX text: the module header, and [`Kernel`], one kernel
+//! under construction: its body's lines, fresh registers (floats,
+//! predicates, u64s) and their declarations, the prologue that loads a
+//! tensor's descriptor, the slot loads, buffer addresses and offsets.
+
+use super::{descriptor_words, Precision};
+use lensopt_ir::schedule::{buffer_of, Schedule};
+use lensopt_ir::{Rule, Ty};
+
+/// The module header: PTX ISA 7.8 for `target`, 64-bit addresses.
+pub(super) fn header(target: &str) -> String {
+    format!(".version 7.8\n.target {target}\n.address_size 64\n\n")
+}
+
+/// One kernel under construction: its body, and counters for registers
+/// (private: registers come from [`Kernel::float`] and its siblings).
+pub(super) struct Kernel<'s> {
+    pub(super) schedule: &'s Schedule,
+    pub(super) rule: &'s Rule,
+    pub(super) p: Precision,
+    pub(super) body: String,
+    floats: usize,
+    preds: usize,
+    u64s: usize,
+}
+
+impl<'s> Kernel<'s> {
+    pub(super) fn new(schedule: &'s Schedule, p: Precision) -> Self {
+        Kernel {
+            schedule,
+            rule: &schedule.rule,
+            p,
+            body: String::new(),
+            floats: 0,
+            // %p0 to %p2 are the kernels' own (bounds and loop tests).
+            preds: 2,
+            u64s: 100,
+        }
+    }
+
+    pub(super) fn line(&mut self, s: impl AsRef<str>) {
+        self.body.push('\t');
+        self.body.push_str(s.as_ref());
+        self.body.push('\n');
+    }
+
+    pub(super) fn float(&mut self) -> String {
+        self.floats += 1;
+        format!("{}{}", self.p.reg(), self.floats)
+    }
+
+    pub(super) fn pred(&mut self) -> String {
+        self.preds += 1;
+        format!("%p{}", self.preds)
+    }
+
+    pub(super) fn u64reg(&mut self) -> String {
+        self.u64s += 1;
+        format!("%rd{}", self.u64s)
+    }
+
+    /// `N` fresh float registers, numbered in order.
+    pub(super) fn floats<const N: usize>(&mut self) -> [String; N] {
+        std::array::from_fn(|_| self.float())
+    }
+
+    /// `N` fresh predicates, numbered in order.
+    pub(super) fn preds<const N: usize>(&mut self) -> [String; N] {
+        std::array::from_fn(|_| self.pred())
+    }
+
+    /// `N` fresh u64 registers, numbered in order.
+    pub(super) fn u64regs<const N: usize>(&mut self) -> [String; N] {
+        std::array::from_fn(|_| self.u64reg())
+    }
+
+    /// A fresh register holding the address of buffer `b`'s element at byte offset `%rd8`.
+    pub(super) fn address(&mut self, b: usize) -> String {
+        let a = self.u64reg();
+        self.line(format!("add.u64 {a}, %rd{}, %rd8;", 10 + b));
+        a
+    }
+
+    /// Loads the descriptor of this block's tensor: `%rd1` = n, `%rd2` = slots,
+    /// `%rd{10 + b}` = buffer `b`; `%rd3` = this thread's first element, `%rd4` = stride.
+    pub(super) fn prologue(&mut self, buffers: &[usize]) {
+        let words = descriptor_words(self.rule);
+        self.line("ld.param.u64 %rd5, [table];");
+        self.line("cvta.to.global.u64 %rd5, %rd5;");
+        self.line("mov.u32 %r1, %ctaid.y;");
+        self.line("ld.param.u32 %r2, [tensors];");
+        self.line("setp.ge.u32 %p0, %r1, %r2;");
+        self.line("@%p0 bra DONE;");
+        self.line(format!("mul.wide.u32 %rd6, %r1, {};", words * 8));
+        self.line("add.u64 %rd6, %rd5, %rd6;");
+        self.line("ld.global.u64 %rd1, [%rd6];");
+        self.line("ld.global.u64 %rd2, [%rd6+8];");
+        for &b in buffers {
+            self.line(format!(
+                "ld.global.u64 %rd{}, [%rd6+{}];",
+                10 + b,
+                16 + 8 * b
+            ));
+        }
+        self.line("mov.u32 %r3, %ctaid.x;");
+        self.line("mov.u32 %r4, %ntid.x;");
+        self.line("mov.u32 %r5, %tid.x;");
+        self.line("mul.wide.u32 %rd3, %r3, %r4;");
+        self.line("cvt.u64.u32 %rd7, %r5;");
+        self.line("add.u64 %rd3, %rd3, %rd7;");
+        self.line("mov.u32 %r6, %nctaid.x;");
+        self.line("mul.wide.u32 %rd4, %r6, %r4;");
+    }
+
+    /// The values of the slots (loaded once per thread), by node.
+    pub(super) fn slots(&mut self, needed_by: &[usize]) -> Vec<Option<String>> {
+        let mut reads = vec![false; self.rule.nodes.len()];
+        for &id in needed_by {
+            for a in self.rule.nodes[id].op.args() {
+                reads[a.index()] = true;
+            }
+        }
+        for (_, v) in &self.schedule.outputs {
+            reads[v.index()] = true;
+        }
+        let mut vals = vec![None; self.rule.nodes.len()];
+        let schedule = self.schedule;
+        for (j, v) in schedule.slots.iter().enumerate() {
+            if !reads[v.index()] {
+                continue;
+            }
+            let f = self.float();
+            let ty = self.p.ty();
+            self.line(format!(
+                "ld.global.{ty} {f}, [%rd2+{}];",
+                j * self.p.bytes()
+            ));
+            vals[v.index()] = Some(match self.rule.node(*v).ty {
+                Ty::Float => f,
+                Ty::Bool => {
+                    let p = self.pred();
+                    let zero = self.p.literal(0.0);
+                    self.line(format!("setp.ne.{ty} {p}, {f}, {zero};"));
+                    p
+                }
+            });
+        }
+        vals
+    }
+
+    pub(super) fn buffers_of(&self, needed: &[usize], written: &[usize]) -> Vec<usize> {
+        let mut b: Vec<usize> = needed
+            .iter()
+            .filter_map(|&i| buffer_of(self.rule, &self.rule.nodes[i].op))
+            .chain(written.iter().copied())
+            .collect();
+        b.sort_unstable();
+        b.dedup();
+        b
+    }
+
+    /// `%rd8` = byte offset of element `%rd3`.
+    pub(super) fn offset(&mut self) {
+        self.line(format!("mul.lo.u64 %rd8, %rd3, {};", self.p.bytes()));
+    }
+
+    /// The register declarations of everything this kernel allocated.
+    pub(super) fn declarations(&self) -> String {
+        format!(
+            "\t.reg .pred %p<{}>;\n\t.reg .u32 %r<16>;\n\t.reg .u64 %rd<{}>;\n\t.reg .{} {}<{}>;\n\t.reg .f64 %acc<64>;\n",
+            self.preds + 2,
+            self.u64s + 2,
+            self.p.ty(),
+            self.p.reg(),
+            self.floats + 2
+        )
+    }
+}
