@@ -746,8 +746,9 @@ fn seal(meta: &[(String, String)], tensors: &Tensors) -> Vec<u8> {
     let mut offset = 0;
     for (name, dtype, shape, bytes) in tensors {
         header += &format!(
-            ",{}:{{\"dtype\":\"{dtype}\",\"shape\":{shape:?},\"data_offsets\":[{offset},{}]}}",
+            ",{}:{{\"dtype\":\"{dtype}\",\"shape\":{},\"data_offsets\":[{offset},{}]}}",
             q(name),
+            serde_json::json!(shape),
             offset + bytes.len()
         );
         offset += bytes.len();
@@ -769,19 +770,22 @@ fn checksums_follow_the_documented_algorithm_and_unknown_tensors_are_refused() {
     let (p, st) = small(3);
     let bytes = small_bytes(&st, &p, &[0.25, 0.5, 0.75]);
     assert!(bytes[8..].starts_with(START.as_bytes()));
-    // Resealed by the documented algorithm: the very same bytes.
+    // The stored checksums are those the documented algorithm computes.
+    let n = header_len(&bytes);
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    let data_sum = format!("{:016x}", documented_hash(&bytes[8 + n..]));
+    assert_eq!(meta["checksum"], data_sum);
+    let mut zeroed = bytes[..8 + n].to_vec();
+    zeroed[8 + START.len()..8 + START.len() + 16].copy_from_slice(b"0000000000000000");
+    let header_sum = format!("{:016x}", documented_hash(&zeroed));
+    assert_eq!(meta["header_checksum"], header_sum);
+    // A file written from the documented layout alone loads.
     let (meta, tensors) = unseal(&bytes);
-    let mut ordered = tensors.clone();
-    let position = |name: &str| {
-        bytes
-            .windows(name.len() + 2)
-            .position(|w| w[1..w.len() - 1] == *name.as_bytes())
-    };
-    ordered.sort_by_key(|t| position(&t.0));
-    let order = |m: &(String, String)| position(&m.0);
-    let mut meta_ordered = meta.clone();
-    meta_ordered.sort_by_key(order);
-    assert_eq!(seal(&meta_ordered, &ordered), bytes);
+    let (result, after, _) = load_small(&seal(&meta, &tensors), |_| Ok(()));
+    result.unwrap();
+    assert_eq!(after, snapshot(&p, &st));
+    let (meta_ordered, ordered) = (meta, tensors);
     // An extra tensor, correctly sealed, is refused, changing nothing.
     let mut extra = ordered.clone();
     extra.push((
@@ -935,8 +939,6 @@ fn version_1_files_still_load() {
         .unwrap();
     v3[at + 20] = b'3';
     let (meta, tensors) = unseal(&v3);
-    let mut meta = meta;
-    meta.sort_by_key(|(k, _)| k != "format");
     let (result, _, _) = load_small(&seal(&meta, &tensors), |_| Ok(()));
     let m = refusal(result);
     assert!(

@@ -83,7 +83,9 @@ fn ptx(opt: &DynOptimizer, precision: Precision, target: &str) -> Result<String,
         &vec![true; rule.inputs.len()],
         lensopt::Mode::Fast,
     );
-    lensopt::jit::ptx(&rule, &key, precision, target).map(|m| m.text)
+    lensopt::jit::ptx(&rule, &key, precision, target)
+        .map(|m| m.text)
+        .map_err(|e| e.to_string())
 }
 
 #[test]

@@ -383,13 +383,13 @@ fn supervised_data(problem: &str) -> Result<Supervised, Failure> {
     let fail = |e: String| Failure::usage(e);
     let (data, diagram, scale) = if problem == "iris" {
         (
-            lensopt::data::iris().map_err(fail)?,
+            lensopt::data::iris().map_err(|e| fail(e.to_string()))?,
             lensopt::diagram!(dense(logits, 4, 3)),
             None,
         )
     } else {
         (
-            lensopt::data::digits().map_err(fail)?,
+            lensopt::data::digits().map_err(|e| fail(e.to_string()))?,
             lensopt::diagram!(
                 dense(hidden1, 64, 128)
                     >> relu(128)

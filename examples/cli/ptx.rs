@@ -60,7 +60,8 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         &vec![true; rule.inputs.len()],
         lensopt::Mode::Fast,
     );
-    let module = lensopt::jit::ptx(&rule, &key, precision, &args.target).map_err(Failure::usage)?;
+    let module = lensopt::jit::ptx(&rule, &key, precision, &args.target)
+        .map_err(|e| Failure::usage(e.to_string()))?;
     out!("{}", module.text);
     Ok(())
 }

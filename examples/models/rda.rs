@@ -124,7 +124,7 @@ fn run(
     test: &Bits,
     combine: Combine,
     epochs: usize,
-) -> Result<f64, String> {
+) -> Result<f64, lensopt::Error> {
     let mut rda = Rda::new(circuit.clone());
     let mut best = (-1.0, 0.0);
     for _ in 0..epochs {
@@ -181,7 +181,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Trains online for `epochs` passes and keeps the parameters of the epoch
 /// with the best training accuracy.
-fn train_best(circuit: &Circuit, data: &Bits, epochs: usize) -> Result<Rda, String> {
+fn train_best(circuit: &Circuit, data: &Bits, epochs: usize) -> Result<Rda, lensopt::Error> {
     let mut rda = Rda::new(circuit.clone());
     let mut best = (rda.accuracy(data)?, rda.params.clone());
     for _ in 0..epochs {
@@ -198,7 +198,7 @@ fn train_best(circuit: &Circuit, data: &Bits, epochs: usize) -> Result<Rda, Stri
 /// All ten digits: one two-level table circuit per pair of digits (trained
 /// on those two digits only, target bit = "the second"), the class with the
 /// most votes wins. Returns (test accuracy, logic gates, parameter bits).
-fn ten_digits(digits: &Dataset) -> Result<(f64, usize, usize), String> {
+fn ten_digits(digits: &Dataset) -> Result<(f64, usize, usize), lensopt::Error> {
     let all = binarise(digits, &(0..10).collect::<Vec<_>>(), 4);
     let (train, test) = split(&all, 42);
     let label = |y: &[bool]| {

@@ -685,12 +685,10 @@ struct Info {
     end: u64,
 }
 
-/// The safetensors structure of a header: its metadata and its tensors,
-/// sorted by offset, which must tile the `data_len` bytes of data exactly.
-fn parse_header(
-    header: &[u8],
-    data_len: u64,
-) -> Result<(HashMap<String, String>, Vec<Info>), Error> {
+/// The safetensors structure of a header: its metadata, its tensors
+/// sorted by offset, which must tile the data without gaps or overlaps,
+/// and the length of the data they describe.
+fn parse_header(header: &[u8]) -> Result<(HashMap<String, String>, Vec<Info>, u64), Error> {
     let map: Map<String, Value> = serde_json::from_slice(header)
         .map_err(|e| not_safetensors(format!("its header is not a JSON object: {e}")))?;
     let mut metadata = HashMap::new();
@@ -769,6 +767,11 @@ fn parse_header(
         }
         expect = info.end;
     }
+    Ok((metadata, infos, expect))
+}
+
+/// Whether the file holds the `expect` bytes of data its header describes.
+fn check_data_len(expect: u64, data_len: u64) -> Result<(), Error> {
     if expect > data_len {
         return Err(fail(format!(
             "the file is truncated: its tensors need {expect} bytes of data, it holds {data_len}"
@@ -780,7 +783,7 @@ fn parse_header(
             data_len - expect
         )));
     }
-    Ok((metadata, infos))
+    Ok(())
 }
 
 /// Where a tensor of the file goes.
@@ -843,7 +846,7 @@ fn read<F: Float, R: Read>(
             )));
         }
     }
-    let (m, infos) = parse_header(&header, data_len)?;
+    let (m, infos, described) = parse_header(&header)?;
     drop(header);
 
     let v2 = match m.get("format").map(String::as_str) {
@@ -1073,6 +1076,7 @@ fn read<F: Float, R: Read>(
     }
 
     // Everything the header says is checked: the data, verified as it is read.
+    check_data_len(described, data_len)?;
     let mut sum = Checksum::new();
     let mut buf = vec![0u8; CHUNK * 8];
     let mut param_data: Vec<Vec<F>> = vec![Vec::new(); params.len()];

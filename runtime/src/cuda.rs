@@ -537,7 +537,7 @@ impl GpuCircuit {
     /// The outputs for `inputs` (one row of words per input bit).
     pub fn forward(&self, params: &[bool], inputs: &[Vec<u64>]) -> Result<Vec<Vec<u64>>, Error> {
         let c = &self.circuit;
-        let words = input_words(c, params, inputs).map_err(Error::Mismatch)?;
+        let words = input_words(c, params, inputs)?;
         let x = inputs.concat();
         let p = param_words(params);
         let s = &self.device.stream;
@@ -564,7 +564,7 @@ impl GpuCircuit {
         dy: &[Vec<u64>],
     ) -> Result<(Rows, Rows), Error> {
         let c = &self.circuit;
-        let words = input_words(c, params, inputs).map_err(Error::Mismatch)?;
+        let words = input_words(c, params, inputs)?;
         let x = inputs.concat();
         let d = Self::rows(dy, c.outputs().len(), words)?;
         let p = param_words(params);

@@ -3,8 +3,16 @@
 //! form; seeded train/test splits.
 
 use crate::diagram::plan::SplitMix;
+use crate::error::Error;
 use ndarray::Array2;
 use std::path::Path;
+
+fn data_error(path: &Path, message: impl Into<String>) -> Error {
+    Error::Data {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
 
 /// Features (one example per row) and integer class labels.
 #[derive(Clone, Debug)]
@@ -24,7 +32,7 @@ const IRIS_CSV: &str = include_str!("../../data/iris.csv");
 /// The digits CSV (260 KB), compiled in for the same reason.
 const DIGITS_CSV: &str = include_str!("../../data/digits.csv");
 
-fn parse_rows(text: &str, skip: usize, path: &Path) -> Result<Vec<Vec<f64>>, String> {
+fn parse_rows(text: &str, skip: usize, path: &Path) -> Result<Vec<Vec<f64>>, Error> {
     text.lines()
         .enumerate()
         .skip(skip)
@@ -32,9 +40,9 @@ fn parse_rows(text: &str, skip: usize, path: &Path) -> Result<Vec<Vec<f64>>, Str
         .map(|(i, line)| {
             line.split(',')
                 .map(|x| {
-                    x.trim()
-                        .parse::<f64>()
-                        .map_err(|_| format!("{}:{}: `{x}` is not a number", path.display(), i + 1))
+                    x.trim().parse::<f64>().map_err(|_| {
+                        data_error(path, format!("line {}: `{x}` is not a number", i + 1))
+                    })
                 })
                 .collect()
         })
@@ -42,20 +50,20 @@ fn parse_rows(text: &str, skip: usize, path: &Path) -> Result<Vec<Vec<f64>>, Str
 }
 
 /// Loads a CSV whose last column is the class label.
-pub fn load_csv(path: &Path, skip_header: bool) -> Result<Dataset, String> {
+pub fn load_csv(path: &Path, skip_header: bool) -> Result<Dataset, Error> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(|e| data_error(path, format!("cannot read it: {e}")))?;
     parse_csv(&text, skip_header, path)
 }
 
 /// Parses CSV text whose last column is the class label (`path` names it in errors).
-fn parse_csv(text: &str, skip_header: bool, path: &Path) -> Result<Dataset, String> {
+fn parse_csv(text: &str, skip_header: bool, path: &Path) -> Result<Dataset, Error> {
     let rows = parse_rows(text, usize::from(skip_header), path)?;
     let width = rows.first().map_or(0, Vec::len);
     if width < 2 || rows.iter().any(|r| r.len() != width) {
-        return Err(format!(
-            "{}: rows must all have the same number (>= 2) of columns",
-            path.display()
+        return Err(data_error(
+            path,
+            "rows must all have the same number (>= 2) of columns",
         ));
     }
     let features = Array2::from_shape_fn((rows.len(), width - 1), |(i, j)| rows[i][j]);
@@ -66,11 +74,13 @@ fn parse_csv(text: &str, skip_header: bool, path: &Path) -> Result<Dataset, Stri
         let y = r[width - 1];
         !(0.0..MAX_CLASSES).contains(&y) || y.fract() != 0.0
     }) {
-        return Err(format!(
-            "{}: row {}: the label {} is not a class index (a whole number from 0 below {MAX_CLASSES})",
-            path.display(),
-            i + 1,
-            r[width - 1]
+        return Err(data_error(
+            path,
+            format!(
+                "row {}: the label {} is not a class index (a whole number from 0 below {MAX_CLASSES})",
+                i + 1,
+                r[width - 1]
+            ),
         ));
     }
     let labels: Vec<usize> = rows.iter().map(|r| r[width - 1] as usize).collect();
@@ -83,12 +93,12 @@ fn parse_csv(text: &str, skip_header: bool, path: &Path) -> Result<Dataset, Stri
 }
 
 /// Fisher's Iris: 150 examples, 4 features (cm), 3 classes.
-pub fn iris() -> Result<Dataset, String> {
+pub fn iris() -> Result<Dataset, Error> {
     parse_csv(IRIS_CSV, true, Path::new("data/iris.csv"))
 }
 
 /// The 8x8 handwritten digits: 1,797 examples, 64 pixel counts (0..16), 10 classes.
-pub fn digits() -> Result<Dataset, String> {
+pub fn digits() -> Result<Dataset, Error> {
     parse_csv(DIGITS_CSV, false, Path::new("data/digits.csv"))
 }
 

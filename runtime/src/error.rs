@@ -50,6 +50,13 @@ pub enum Error {
         /// The step that was refused (1-based).
         step: u64,
     },
+    /// A data file that cannot be read or does not hold a data set.
+    Data {
+        /// The file (or the name of a data set compiled in).
+        path: std::path::PathBuf,
+        /// What is wrong, with the line where there is one.
+        message: String,
+    },
     /// A checkpoint that cannot be read, or that belongs to another rule,
     /// element type or set of shapes: nothing was changed.
     Checkpoint(String),
@@ -89,6 +96,7 @@ impl fmt::Display for Error {
                 f,
                 "step {step}: {what} holds {value} at element {index}; the step was refused and nothing changed"
             ),
+            Error::Data { path, message } => write!(f, "{}: {message}", path.display()),
             Error::Checkpoint(m) => f.write_str(m),
         }
     }

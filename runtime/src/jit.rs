@@ -8,6 +8,7 @@
 //! parameter group agrees on the value (otherwise the value stays a runtime
 //! scalar, so one program serves all groups).
 
+use crate::error::Error;
 use crate::Float;
 use lensopt_codegen::cpu::Program;
 use lensopt_ir::optimize::{optimize_report, Mode, Options};
@@ -70,7 +71,7 @@ pub struct Stages {
 }
 
 /// Optimizes, schedules and compiles `rule` for `key` (no caching).
-pub fn compile<F: Float>(rule: &Rule, key: &Key) -> Result<Program<F>, String> {
+pub fn compile<F: Float>(rule: &Rule, key: &Key) -> Result<Program<F>, Error> {
     compile_timed(rule, key).map(|(p, _)| p)
 }
 
@@ -87,12 +88,12 @@ pub fn schedule_report(rule: &Rule, key: &Key) -> (Schedule, Option<String>) {
 }
 
 /// [`compile`], reporting how long each stage took.
-pub fn compile_timed<F: Float>(rule: &Rule, key: &Key) -> Result<(Program<F>, Stages), String> {
+pub fn compile_timed<F: Float>(rule: &Rule, key: &Key) -> Result<(Program<F>, Stages), Error> {
     let start = std::time::Instant::now();
     let schedule = schedule(rule, key);
     let optimize_us = start.elapsed().as_secs_f64() * 1e6;
     let start = std::time::Instant::now();
-    let program = Program::<F>::compile(schedule).map_err(|e| e.to_string())?;
+    let program = Program::<F>::compile(schedule).map_err(|e| Error::Compile(e.to_string()))?;
     let codegen_us = start.elapsed().as_secs_f64() * 1e6;
     Ok((
         program,
@@ -104,7 +105,7 @@ pub fn compile_timed<F: Float>(rule: &Rule, key: &Key) -> Result<(Program<F>, St
 }
 
 /// The compiled program for `rule` and `key`, from [`Engine::shared`] or compiled now.
-pub fn program<F: Float>(rule: &Rule, key: &Key) -> Result<Arc<Program<F>>, String> {
+pub fn program<F: Float>(rule: &Rule, key: &Key) -> Result<Arc<Program<F>>, Error> {
     Engine::shared().program(rule, key)
 }
 
@@ -192,7 +193,7 @@ impl Engine {
     }
 
     /// The compiled program for `rule` and `key`, from the cache or compiled now.
-    pub fn program<F: Float>(&self, rule: &Rule, key: &Key) -> Result<Arc<Program<F>>, String> {
+    pub fn program<F: Float>(&self, rule: &Rule, key: &Key) -> Result<Arc<Program<F>>, Error> {
         let memo_key = {
             let mut h = rule.structural_hash();
             for word in [
@@ -253,7 +254,9 @@ impl Engine {
             Some(program) => program,
             None => {
                 let optimized_rule = schedule.rule.clone();
-                let program = Arc::new(Program::<F>::compile(schedule).map_err(|e| e.to_string())?);
+                let program = Arc::new(
+                    Program::<F>::compile(schedule).map_err(|e| Error::Compile(e.to_string()))?,
+                );
                 let mut entries = self.lock();
                 let now = entries.clock;
                 entries.programs.insert(
@@ -291,6 +294,7 @@ pub fn ptx(
     key: &Key,
     precision: lensopt_codegen::ptx::Precision,
     target: &str,
-) -> Result<lensopt_codegen::ptx::PtxModule, String> {
-    lensopt_codegen::ptx::emit(&schedule(rule, key), precision, target).map_err(|e| e.to_string())
+) -> Result<lensopt_codegen::ptx::PtxModule, Error> {
+    lensopt_codegen::ptx::emit(&schedule(rule, key), precision, target)
+        .map_err(|e| Error::Compile(e.to_string()))
 }

@@ -197,7 +197,7 @@ impl<F: Float> Stepper<F> {
                 return Ok(p.clone());
             }
         }
-        let program = jit::program::<F>(&self.rule, &key).map_err(Error::Compile)?;
+        let program = jit::program::<F>(&self.rule, &key)?;
         self.program = Some((key, program.clone()));
         Ok(program)
     }

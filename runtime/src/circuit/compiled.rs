@@ -4,6 +4,7 @@
 
 use super::eval::{input_words, param_words, Rows};
 use super::Circuit;
+use crate::error::{mismatch, Error};
 use lensopt_codegen::cpu::circuit::CircuitCode;
 
 /// A circuit's forward and reverse passes as native code.
@@ -29,8 +30,8 @@ fn unflatten(buf: &[u64], rows: usize, padded: usize, words: usize) -> Rows {
 
 impl CompiledCircuit {
     /// Compiles `circuit`.
-    pub fn new(circuit: &Circuit) -> Result<Self, String> {
-        let code = CircuitCode::compile(circuit).map_err(|e| e.to_string())?;
+    pub fn new(circuit: &Circuit) -> Result<Self, Error> {
+        let code = CircuitCode::compile(circuit).map_err(|e| Error::Compile(e.to_string()))?;
         Ok(CompiledCircuit {
             circuit: circuit.clone(),
             code,
@@ -42,12 +43,12 @@ impl CompiledCircuit {
         self.code.clif()
     }
 
-    fn check(&self, params: &[bool], inputs: &[Vec<u64>]) -> Result<usize, String> {
+    fn check(&self, params: &[bool], inputs: &[Vec<u64>]) -> Result<usize, Error> {
         input_words(&self.circuit, params, inputs)
     }
 
     /// The outputs, one row per output bit.
-    pub fn forward(&self, params: &[bool], inputs: &[Vec<u64>]) -> Result<Rows, String> {
+    pub fn forward(&self, params: &[bool], inputs: &[Vec<u64>]) -> Result<Rows, Error> {
         let words = self.check(params, inputs)?;
         let padded = words.div_ceil(2) * 2;
         let x = flatten(inputs, padded);
@@ -69,10 +70,12 @@ impl CompiledCircuit {
         params: &[bool],
         inputs: &[Vec<u64>],
         dy: &[Vec<u64>],
-    ) -> Result<(Rows, Rows), String> {
+    ) -> Result<(Rows, Rows), Error> {
         let words = self.check(params, inputs)?;
         if dy.len() != self.circuit.outputs().len() || dy.iter().any(|r| r.len() != words) {
-            return Err(format!("one row of {words} words per output is needed"));
+            return Err(mismatch(format!(
+                "one row of {words} words per output is needed"
+            )));
         }
         let padded = words.div_ceil(2) * 2;
         let x = flatten(inputs, padded);

@@ -4,6 +4,7 @@
 //! evaluates 256 or more gates).
 
 use super::{Circuit, Gate};
+use crate::error::{mismatch, Error};
 
 /// Rows of words, one row per bit.
 pub type Rows = Vec<Vec<u64>>;
@@ -46,20 +47,20 @@ pub(crate) fn input_words(
     circuit: &Circuit,
     params: &[bool],
     inputs: &[Vec<u64>],
-) -> Result<usize, String> {
+) -> Result<usize, Error> {
     let words = inputs.first().map_or(0, Vec::len);
     if inputs.len() != circuit.inputs() || inputs.iter().any(|r| r.len() != words) {
-        return Err(format!(
+        return Err(mismatch(format!(
             "the circuit takes {} input rows of one length",
             circuit.inputs()
-        ));
+        )));
     }
     if params.len() != circuit.params() {
-        return Err(format!(
+        return Err(mismatch(format!(
             "the circuit has {} parameter bits, got {}",
             circuit.params(),
             params.len()
-        ));
+        )));
     }
     Ok(words)
 }
@@ -92,16 +93,16 @@ impl Machine {
         circuit: &Circuit,
         params: &[bool],
         inputs: &[Vec<u64>],
-    ) -> Result<Vec<Vec<u64>>, String> {
+    ) -> Result<Vec<Vec<u64>>, Error> {
         let n = self.words;
         let words = input_words(circuit, params, inputs)?;
         if words != n && !inputs.is_empty() {
-            return Err(format!(
+            return Err(mismatch(format!(
                 "the input rows have {words} words, these buffers {n}"
-            ));
+            )));
         }
         if Some(self.values.len()) != circuit.gates().len().checked_mul(n) {
-            return Err("these buffers were made for another circuit".into());
+            return Err(mismatch("these buffers were made for another circuit"));
         }
         self.forward_of = None;
         for (w, gate) in circuit.gates().iter().enumerate() {
@@ -140,13 +141,17 @@ impl Machine {
 
     /// The reverse derivative at the last forward pass: given the words of
     /// `dy` for every output, returns `(d params, d inputs)`, per bit and example.
-    pub fn reverse(&mut self, circuit: &Circuit, dy: &[Vec<u64>]) -> Result<(Rows, Rows), String> {
+    pub fn reverse(&mut self, circuit: &Circuit, dy: &[Vec<u64>]) -> Result<(Rows, Rows), Error> {
         let n = self.words;
         if self.forward_of != Some(netlist_hash(circuit)) {
-            return Err("reverse needs a forward pass of the same circuit first".into());
+            return Err(mismatch(
+                "reverse needs a forward pass of the same circuit first",
+            ));
         }
         if dy.len() != circuit.outputs().len() || dy.iter().any(|d| d.len() != n) {
-            return Err(format!("one row of {n} words per output is needed"));
+            return Err(mismatch(format!(
+                "one row of {n} words per output is needed"
+            )));
         }
         self.adjoints.fill(0);
         // Outputs that share a wire add up: R[copy](x, (d1, d2)) = d1 ^ d2.

@@ -12,6 +12,7 @@
 use super::compiled::CompiledCircuit;
 use super::eval::{bit, Machine, Rows};
 use super::Circuit;
+use crate::error::Error;
 
 /// How the parameter changes requested by the examples of a batch combine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +42,7 @@ enum Passes<'a> {
 }
 
 impl Passes<'_> {
-    fn forward(&mut self, params: &[bool], x: &[Vec<u64>]) -> Result<Rows, String> {
+    fn forward(&mut self, params: &[bool], x: &[Vec<u64>]) -> Result<Rows, Error> {
         match self {
             Passes::Interpreted(c, m) => m.forward(c, params, x),
             Passes::Compiled(code) => code.forward(params, x),
@@ -53,7 +54,7 @@ impl Passes<'_> {
         params: &[bool],
         x: &[Vec<u64>],
         dy: &[Vec<u64>],
-    ) -> Result<Rows, String> {
+    ) -> Result<Rows, Error> {
         match self {
             Passes::Interpreted(c, m) => Ok(m.reverse(c, dy)?.0),
             Passes::Compiled(code) => Ok(code.reverse(params, x, dy)?.0),
@@ -83,13 +84,13 @@ impl Rda {
 
     /// Compiles the circuit's passes to bitwise code (cranelift) and uses
     /// them from now on; worth it when the circuit will see many examples.
-    pub fn compile(&mut self) -> Result<(), String> {
+    pub fn compile(&mut self) -> Result<(), Error> {
         self.compiled = Some(CompiledCircuit::new(&self.circuit)?);
         Ok(())
     }
 
     /// Predictions for each example.
-    pub fn predict(&self, x: &[Vec<bool>]) -> Result<Vec<Vec<bool>>, String> {
+    pub fn predict(&self, x: &[Vec<bool>]) -> Result<Vec<Vec<bool>>, Error> {
         let packed = super::eval::pack(x, self.circuit.inputs());
         let words = packed.first().map_or(1, Vec::len);
         let mut m = passes(&self.circuit, self.compiled.as_ref(), words);
@@ -100,14 +101,14 @@ impl Rda {
     }
 
     /// Fraction of examples whose every output bit is right.
-    pub fn accuracy(&self, data: &Bits) -> Result<f64, String> {
+    pub fn accuracy(&self, data: &Bits) -> Result<f64, Error> {
         let pred = self.predict(&data.x)?;
         let right = pred.iter().zip(&data.y).filter(|(p, y)| p == y).count();
         Ok(right as f64 / data.x.len().max(1) as f64)
     }
 
     /// One pass over `data`, combining updates by `combine`. Returns the number of bits flipped.
-    pub fn epoch(&mut self, data: &Bits, combine: Combine) -> Result<usize, String> {
+    pub fn epoch(&mut self, data: &Bits, combine: Combine) -> Result<usize, Error> {
         let Rda {
             circuit,
             params,
@@ -156,7 +157,7 @@ fn update(
     x: &[Vec<bool>],
     y: &[Vec<bool>],
     combine: Combine,
-) -> Result<usize, String> {
+) -> Result<usize, Error> {
     let xs = super::eval::pack(x, c.inputs());
     let ys = super::eval::pack(y, c.outputs().len());
     let words = xs.first().map_or(1, Vec::len);

@@ -304,7 +304,7 @@ fn fuse<F: Real>(steps: &[Step], outputs: &[usize]) -> Result<Fusion<F>, Diagram
         let (fwd, bwd) = chain_rules(&ops).map_err(DiagramError::Invalid)?;
         let compile = |rule: &Rule| -> Result<Arc<Program<F>>, DiagramError> {
             let key = jit::Key::for_step(&[Vec::new()], &vec![true; rule.inputs.len()], Mode::Fast);
-            jit::program::<F>(rule, &key).map_err(DiagramError::Invalid)
+            jit::program::<F>(rule, &key).map_err(|e| DiagramError::Invalid(e.to_string()))
         };
         chains[i] = Some(Chain {
             input: steps[i].inputs[0],
