@@ -10,19 +10,26 @@
 //! `DIR/checkpoints/` every `--checkpoint-every` steps and at its end;
 //! `--resume` continues each run from its checkpoint, bit for bit as if it
 //! had never stopped (mini-batches are a function of the seed and the step),
-//! and can extend finished runs to a larger `--steps`. Non-finite gradients
+//! and can extend finished runs to a larger `--steps`. A checkpoint's loss
+//! history is a tensor of the file (`user.losses`), not a header entry, so a
+//! save costs the same header however long the run. A checkpoint is refused
+//! when it was made by another run: another problem, seed or rule,
+//! hyperparameters other than this command line's (named), or a recorded
+//! step that its optimizer's step counter contradicts. Non-finite gradients
 //! follow `--non-finite`: `stop` ends the run there and reports it, `skip`
 //! skips the step and counts it.
 
 use crate::plot;
 use crate::Failure;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use lensopt::checkpoint::{self, Contents};
 use lensopt::diagram::plan::{Model, SplitMix};
 use lensopt::loss::{accuracy, one_hot, SoftmaxCrossEntropy};
 use lensopt::train::Trainer;
-use lensopt::{checkpoint, DynOptimizer, NonFinite, Optimizer, Stepper};
+use lensopt::{DynOptimizer, HyperValue, NonFinite, Optimizer, Stepper, TensorMut, TensorRef};
 use ndarray::{Array1, Array2};
 use serde_json::json;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -84,6 +91,38 @@ struct Saving {
     resume: bool,
     /// The run's configuration; a checkpoint made with another is refused.
     config: String,
+    /// The hyperparameters the command line configures; a checkpoint whose
+    /// optimizer holds others is refused.
+    hypers: Vec<(String, HyperValue)>,
+}
+
+/// Whether two hyperparameter values are the same, bit for bit.
+fn same(a: HyperValue, b: HyperValue) -> bool {
+    match (a, b) {
+        (HyperValue::Num(x), HyperValue::Num(y)) => x.to_bits() == y.to_bits(),
+        (HyperValue::Bool(x), HyperValue::Bool(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// A checkpoint's loss history: its `losses` tensor, or (checkpoints of
+/// format v1) its comma-separated `losses` entry.
+fn losses(c: &Contents) -> Result<Cow<'_, [f64]>, String> {
+    if let Some(l) = c.tensors.get("losses") {
+        return Ok(Cow::Borrowed(l));
+    }
+    match c.entries.get("losses").map(String::as_str) {
+        Some("") => Ok(Cow::Owned(Vec::new())),
+        Some(text) => text
+            .split(',')
+            .map(|v| {
+                v.parse::<f64>()
+                    .map_err(|_| "malformed `losses` entry".to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Cow::Owned),
+        None => Err("the checkpoint has no loss history (`losses`)".to_string()),
+    }
 }
 
 impl Saving {
@@ -91,13 +130,12 @@ impl Saving {
         self.path.is_some() && self.every > 0 && step.is_multiple_of(self.every)
     }
 
-    /// The caller's entries of a checkpoint: the run so far.
+    /// The caller's entries of a checkpoint: the run so far (its losses go
+    /// as a tensor, beside them).
     fn entries(&self, run: &Run, step: usize) -> BTreeMap<String, String> {
-        let losses: Vec<String> = run.losses.iter().map(f64::to_string).collect();
         let mut user = BTreeMap::from([
             ("config".to_string(), self.config.clone()),
             ("step".to_string(), step.to_string()),
-            ("losses".to_string(), losses.join(",")),
             ("seconds".to_string(), run.seconds.to_string()),
             ("skipped".to_string(), run.skipped.to_string()),
         ]);
@@ -107,52 +145,89 @@ impl Saving {
         user
     }
 
-    /// Restores the run from a checkpoint's entries; returns the step reached.
-    fn restore(
-        &self,
-        path: &Path,
-        user: &BTreeMap<String, String>,
-        run: &mut Run,
-        steps: usize,
-    ) -> Result<usize, Failure> {
-        let bad =
-            |what: &str| Failure::usage(format!("{}: malformed `{what}` entry", path.display()));
-        let config = user.get("config").ok_or_else(|| bad("config"))?;
-        if *config != self.config {
-            return Err(Failure::usage(format!(
-                "{}: the checkpoint was made by another run ({config}); this run is {}",
-                path.display(),
-                self.config
-            )));
+    /// Checks a checkpoint's contents against this run, before the load
+    /// writes anything; returns the step it reached.
+    fn check(&self, c: &Contents, steps: usize) -> Result<usize, String> {
+        // Stored hyperparameters must be this command line's: a checkpoint's
+        // would otherwise silently win.
+        for group in &c.hypers {
+            for (name, stored) in group {
+                let here = self.hypers.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+                if !here.is_some_and(|h| same(h, *stored)) {
+                    let here = here.map_or("unset".to_string(), |h| h.to_string());
+                    return Err(format!(
+                        "the checkpoint was made by another run: its hyperparameter `{name}` is {stored}, this run's {here}"
+                    ));
+                }
+            }
         }
-        let number = |key: &str| -> Result<f64, Failure> {
-            user.get(key)
-                .and_then(|v| v.parse::<f64>().ok())
+        let bad = |what: &str| format!("malformed `{what}` entry");
+        let config = c.entries.get("config").ok_or_else(|| bad("config"))?;
+        if *config != self.config {
+            return Err(format!(
+                "the checkpoint was made by another run ({config}); this run is {}",
+                self.config
+            ));
+        }
+        let count = |key: &str| -> Result<u64, String> {
+            c.entries
+                .get(key)
+                .and_then(|v| v.parse::<u64>().ok())
                 .ok_or_else(|| bad(key))
         };
-        run.losses = match user.get("losses").map(String::as_str) {
-            Some("") => Vec::new(),
-            Some(text) => text
-                .split(',')
-                .map(|v| v.parse::<f64>().map_err(|_| bad("losses")))
-                .collect::<Result<_, _>>()?,
-            None => return Err(bad("losses")),
+        let (step, skipped) = (count("step")?, count("skipped")?);
+        let stopped = match c.entries.get("stopped_at") {
+            None => false,
+            Some(_) if count("stopped_at")? == step => true,
+            Some(at) => {
+                return Err(format!(
+                    "the checkpoint records a run stopped at step {at} but saved at step {step}"
+                ))
+            }
         };
-        run.seconds = number("seconds")?;
-        run.skipped = number("skipped")? as u64;
-        run.stopped_at = user.get("stopped_at").and_then(|v| v.parse().ok());
-        run.resumed = true;
-        let step = number("step")? as usize;
-        if run.losses.len() != step {
-            return Err(bad("losses"));
+        if skipped != c.skipped {
+            return Err(format!(
+                "the checkpoint records {skipped} skipped steps, its optimizer {}",
+                c.skipped
+            ));
         }
+        // Each step the run counts was taken, skipped, or (the last) refused.
+        let reached = c.t + c.skipped + u64::from(stopped);
+        if reached != step {
+            return Err(format!(
+                "the checkpoint records step {step}, but its optimizer took {} steps and skipped {}{}",
+                c.t,
+                c.skipped,
+                if stopped { ", then stopped" } else { "" }
+            ));
+        }
+        let n = losses(c)?.len() as u64;
+        if n != step {
+            return Err(format!("the checkpoint holds {n} losses for {step} steps"));
+        }
+        c.entries
+            .get("seconds")
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| bad("seconds"))?;
+        let step = usize::try_from(step).map_err(|_| bad("step"))?;
         if step > steps {
-            return Err(Failure::usage(format!(
-                "{}: the checkpoint is at step {step}, beyond --steps {steps}",
-                path.display()
-            )));
+            return Err(format!(
+                "the checkpoint is at step {step}, beyond --steps {steps}"
+            ));
         }
         Ok(step)
+    }
+
+    /// Restores the run from a checkpoint that [`Saving::check`] accepted.
+    fn restore(&self, c: &Contents, run: &mut Run) -> Result<(), Failure> {
+        let bad = |what: String| Failure::usage(what);
+        run.losses = losses(c).map_err(bad)?.into_owned();
+        let number = |key: &str| c.entries.get(key).and_then(|v| v.parse::<f64>().ok());
+        run.seconds = number("seconds").unwrap_or(0.0);
+        run.skipped = c.skipped;
+        run.stopped_at = c.entries.get("stopped_at").and_then(|v| v.parse().ok());
+        run.resumed = true;
+        Ok(())
     }
 }
 
@@ -243,10 +318,19 @@ trait Subject {
     /// Step `k`: the loss before it, and whether the optimizer skipped it
     /// (or its refusal).
     fn step(&mut self, k: usize) -> (f64, Result<bool, lensopt::Error>);
-    /// Writes parameters and optimizer state with the run's entries.
-    fn save(&self, path: &Path, user: &BTreeMap<String, String>) -> Result<(), lensopt::Error>;
-    /// Reads them back; returns the run's entries.
-    fn load(&mut self, path: &Path) -> Result<BTreeMap<String, String>, lensopt::Error>;
+    /// Writes parameters and optimizer state with the run's entries and tensors.
+    fn save(
+        &self,
+        path: &Path,
+        entries: &BTreeMap<String, String>,
+        tensors: &[(&str, &[f64])],
+    ) -> Result<(), lensopt::Error>;
+    /// Reads them back if `check` accepts the checkpoint's contents; returns them.
+    fn load(
+        &mut self,
+        path: &Path,
+        check: impl FnOnce(&Contents) -> Result<(), String>,
+    ) -> Result<Contents, lensopt::Error>;
 }
 
 fn fail(e: lensopt::Error) -> Failure {
@@ -260,12 +344,24 @@ fn drive<S: Subject>(subject: &mut S, job: &Job) -> Result<Run, Failure> {
     let mut run = Run::default();
     let mut step = 0;
     if let Some(path) = saving.path.as_ref().filter(|p| saving.resume && p.exists()) {
-        let user = subject.load(path).map_err(fail)?;
-        step = saving.restore(path, &user, &mut run, steps)?;
+        // Checked before the load writes anything.
+        let contents = subject
+            .load(path, |c| {
+                step = saving.check(c, steps)?;
+                Ok(())
+            })
+            .map_err(fail)?;
+        saving.restore(&contents, &mut run)?;
         job.bar.inc(step as u64);
     }
     let save = |subject: &S, run: &Run, step: usize| match &saving.path {
-        Some(path) => subject.save(path, &saving.entries(run, step)).map_err(fail),
+        Some(path) => subject
+            .save(
+                path,
+                &saving.entries(run, step),
+                &[("losses", run.losses.as_slice())],
+            )
+            .map_err(fail),
         None => Ok(()),
     };
     while step < steps && run.stopped_at.is_none() {
@@ -354,12 +450,21 @@ impl Subject for ClosedForm {
         (v, result.map(|()| self.optimizer.last_skipped()))
     }
 
-    fn save(&self, path: &Path, user: &BTreeMap<String, String>) -> Result<(), lensopt::Error> {
-        checkpoint::save(path, &[("x", &self.x)], &self.optimizer, user)
+    fn save(
+        &self,
+        path: &Path,
+        entries: &BTreeMap<String, String>,
+        tensors: &[(&str, &[f64])],
+    ) -> Result<(), lensopt::Error> {
+        checkpoint::save_with(path, &[("x", &self.x)], &self.optimizer, entries, tensors)
     }
 
-    fn load(&mut self, path: &Path) -> Result<BTreeMap<String, String>, lensopt::Error> {
-        checkpoint::load(path, &mut [("x", &mut self.x)], &mut self.optimizer)
+    fn load(
+        &mut self,
+        path: &Path,
+        check: impl FnOnce(&Contents) -> Result<(), String>,
+    ) -> Result<Contents, lensopt::Error> {
+        checkpoint::load_with(path, &mut [("x", &mut self.x)], &mut self.optimizer, check)
     }
 }
 
@@ -467,12 +572,35 @@ impl Subject for Learning<'_> {
         }
     }
 
-    fn save(&self, path: &Path, user: &BTreeMap<String, String>) -> Result<(), lensopt::Error> {
-        self.trainer.save(path, user)
+    fn save(
+        &self,
+        path: &Path,
+        entries: &BTreeMap<String, String>,
+        tensors: &[(&str, &[f64])],
+    ) -> Result<(), lensopt::Error> {
+        let params: Vec<(&str, &dyn TensorRef<f32>)> = self
+            .trainer
+            .model
+            .params
+            .iter()
+            .map(|p| (p.name.as_str(), &p.value as &dyn TensorRef<f32>))
+            .collect();
+        checkpoint::save_with(path, &params, &self.trainer.optimizer, entries, tensors)
     }
 
-    fn load(&mut self, path: &Path) -> Result<BTreeMap<String, String>, lensopt::Error> {
-        self.trainer.load(path)
+    fn load(
+        &mut self,
+        path: &Path,
+        check: impl FnOnce(&Contents) -> Result<(), String>,
+    ) -> Result<Contents, lensopt::Error> {
+        let trainer = &mut self.trainer;
+        let mut named: Vec<(&str, &mut dyn TensorMut<f32>)> = trainer
+            .model
+            .params
+            .iter_mut()
+            .map(|p| (p.name.as_str(), &mut p.value as &mut dyn TensorMut<f32>))
+            .collect();
+        checkpoint::load_with(path, &mut named, &mut trainer.optimizer, check)
     }
 }
 
@@ -584,12 +712,16 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         bar.set_style(style.clone());
         bar.set_prefix(label.clone());
         let jit = jit_ms(opt);
-        let hypers: Vec<String> = opt
+        let configured: Vec<(String, HyperValue)> = opt
             .rule()
             .hypers
             .iter()
             .zip(opt.hypers())
-            .map(|(h, v)| format!("{}={v}", h.name))
+            .map(|(h, v)| (h.name.clone(), v))
+            .collect();
+        let hypers: Vec<String> = configured
+            .iter()
+            .map(|(name, v)| format!("{name}={v}"))
             .collect();
         let mut runs = Vec::new();
         for seed in 0..args.seeds {
@@ -604,6 +736,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
                     every: args.checkpoint_every,
                     resume: args.resume,
                     config: format!("problem={problem} seed={seed} {}", hypers.join(" ")),
+                    hypers: configured.clone(),
                 },
                 bar: &bar,
             };

@@ -1166,3 +1166,153 @@ fn ptx_parses_targets_strictly() {
         assert!(text.contains(&format!(".target {target}\n")), "{target}");
     }
 }
+
+/// A checkpoint's header length and header (plain safetensors).
+fn checkpoint_header(path: &Path) -> (usize, serde_json::Value) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    (n, serde_json::from_slice(&bytes[8..8 + n]).unwrap())
+}
+
+fn compare_adam_rosenbrock(dir: &Path, steps: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "compare",
+        "adam",
+        "--problem",
+        "rosenbrock",
+        "--seeds",
+        "1",
+        "--steps",
+        steps,
+        "--checkpoint-every",
+        "500",
+        "--json",
+        "--out",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    lensopt(&args)
+}
+
+#[test]
+fn compare_keeps_the_loss_history_out_of_the_checkpoint_header() {
+    let (short, long) = (scratch("history_short"), scratch("history_long"));
+    // A temporary file left by a crashed save goes with the next save.
+    std::fs::create_dir_all(long.join("checkpoints")).unwrap();
+    let stale = long.join("checkpoints/.Adam-seed0.safetensors.tmp.4000000000");
+    std::fs::write(&stale, b"stale").unwrap();
+    let out = compare_adam_rosenbrock(&short, "50", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = compare_adam_rosenbrock(&long, "5000", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stale.exists());
+    let file = long.join("checkpoints/Adam-seed0.safetensors");
+    let (hs, _) = checkpoint_header(&short.join("checkpoints/Adam-seed0.safetensors"));
+    let (hl, header) = checkpoint_header(&file);
+    // The header does not grow with the steps (but for a few digits).
+    assert!(hl < 4096 && hl.abs_diff(hs) <= 24, "{hs} and {hl} bytes");
+    assert!(header["__metadata__"].get("user.losses").is_none());
+    assert_eq!(header["__metadata__"]["user.step"], "5000");
+    assert_eq!(header["user.losses"]["dtype"], "F64");
+    assert_eq!(header["user.losses"]["shape"], serde_json::json!([5000]));
+    // Resumed from it, the run goes on and the history grows in the data.
+    let out = compare_adam_rosenbrock(&long, "6000", &["--resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let row: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(row["resumed_runs"], 1);
+    let (_, header) = checkpoint_header(&file);
+    assert_eq!(header["user.losses"]["shape"], serde_json::json!([6000]));
+    let leftovers = std::fs::read_dir(long.join("checkpoints"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains(".tmp."))
+        .count();
+    assert_eq!(leftovers, 0);
+}
+
+/// Rewrites `compare`'s checkpoint of Adam on Rosenbrock through the
+/// library, after `edit` of its optimizer, entries and losses.
+fn rewrite_adam_checkpoint(
+    path: &Path,
+    edit: impl FnOnce(
+        &mut lensopt::Stepper<f64>,
+        &mut std::collections::BTreeMap<String, String>,
+        &mut Vec<f64>,
+    ),
+) {
+    use lensopt::Optimizer;
+    let mut x = ndarray::Array1::<f64>::zeros(2);
+    let mut st = lensopt::catalog::get("adam")
+        .unwrap()
+        .init::<f64>(&[&x])
+        .unwrap();
+    let contents =
+        lensopt::checkpoint::load_with(path, &mut [("x", &mut x)], &mut st, |_| Ok(())).unwrap();
+    let (mut entries, mut losses) = (contents.entries, contents.tensors["losses"].clone());
+    edit(&mut st, &mut entries, &mut losses);
+    lensopt::checkpoint::save_with(path, &[("x", &x)], &st, &entries, &[("losses", &losses)])
+        .unwrap();
+}
+
+#[test]
+fn compare_resume_refuses_hyperparameters_the_command_line_contradicts() {
+    let dir = scratch("resume_hypers");
+    let file = dir.join("checkpoints/Adam-seed0.safetensors");
+    let out = compare_adam_rosenbrock(&dir, "20", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Rewritten as it was: it resumes.
+    rewrite_adam_checkpoint(&file, |_, _, _| {});
+    let out = compare_adam_rosenbrock(&dir, "30", &["--resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Its optimizer's learning rate changed under the same configuration
+    // entry: refused, naming the hyperparameter, not silently adopted.
+    rewrite_adam_checkpoint(&file, |st, _, _| st.set_hyper("lr", 0.5).unwrap());
+    let before = std::fs::read(&file).unwrap();
+    let out = compare_adam_rosenbrock(&dir, "40", &["--resume"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("hyperparameter `lr` is 0.5, this run's 0.001"),
+        "{err}"
+    );
+    assert!(err.contains("Adam-seed0.safetensors"), "{err}");
+    let after = std::fs::read(&file).unwrap();
+    assert!(after == before, "the refused resume changed the checkpoint");
+    // The command line that configures 0.5 is another run too (its
+    // configuration entry says 0.001).
+    let out = compare_adam_rosenbrock(&dir, "40", &["--resume", "--set", "lr=0.5"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("another run"), "{}", stderr(&out));
+}
+
+#[test]
+fn compare_resume_refuses_a_step_its_optimizer_did_not_take() {
+    let dir = scratch("resume_step");
+    let file = dir.join("checkpoints/Adam-seed0.safetensors");
+    let out = compare_adam_rosenbrock(&dir, "20", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A recorded step (with a history to match) that `t` contradicts.
+    rewrite_adam_checkpoint(&file, |_, entries, losses| {
+        entries.insert("step".into(), "15".into());
+        losses.truncate(15);
+    });
+    let out = compare_adam_rosenbrock(&dir, "40", &["--resume"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("records step 15, but its optimizer took 20 steps"),
+        "{err}"
+    );
+    // A history that does not match the step.
+    let out = compare_adam_rosenbrock(&dir, "20", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    rewrite_adam_checkpoint(&file, |_, _, losses| losses.truncate(19));
+    let out = compare_adam_rosenbrock(&dir, "40", &["--resume"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("19 losses for 20 steps"),
+        "{}",
+        stderr(&out)
+    );
+}
