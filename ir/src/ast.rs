@@ -4,6 +4,7 @@
 //! names are still strings, nothing is resolved or typed yet. Every node
 //! keeps the span of the token a diagnostic about it should point at.
 
+use crate::rule::{BinOp, UnOp};
 use proc_macro2::{Span, TokenStream};
 
 /// A name with its span.
@@ -94,67 +95,6 @@ pub enum Stmt {
     Assign(Name, Expr, Span),
 }
 
-/// Unary operators of the surface syntax.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnaryOp {
-    /// `-x`
-    Neg,
-    /// `!b`
-    Not,
-}
-
-/// Binary operators of the surface syntax.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BinaryOp {
-    /// `+`
-    Add,
-    /// `-`
-    Sub,
-    /// `*`
-    Mul,
-    /// `/`
-    Div,
-    /// `^` (power)
-    Pow,
-    /// `<`
-    Lt,
-    /// `<=`
-    Le,
-    /// `>`
-    Gt,
-    /// `>=`
-    Ge,
-    /// `==`
-    Eq,
-    /// `!=`
-    Ne,
-    /// `&&`
-    And,
-    /// `||`
-    Or,
-}
-
-impl BinaryOp {
-    /// The operator as written.
-    pub fn symbol(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "+",
-            BinaryOp::Sub => "-",
-            BinaryOp::Mul => "*",
-            BinaryOp::Div => "/",
-            BinaryOp::Pow => "^",
-            BinaryOp::Lt => "<",
-            BinaryOp::Le => "<=",
-            BinaryOp::Gt => ">",
-            BinaryOp::Ge => ">=",
-            BinaryOp::Eq => "==",
-            BinaryOp::Ne => "!=",
-            BinaryOp::And => "&&",
-            BinaryOp::Or => "||",
-        }
-    }
-}
-
 /// An expression; `span` is the token a diagnostic about it points at
 /// (the operator of a binary expression, the name of a call).
 #[derive(Clone, Debug)]
@@ -174,10 +114,10 @@ pub enum ExprKind {
     Bool(bool),
     /// A name.
     Var(String),
-    /// A unary operation.
-    Unary(UnaryOp, Box<Expr>),
-    /// A binary operation.
-    Binary(BinaryOp, Box<Expr>, Box<Expr>),
+    /// A prefix operation (`-x`, `!b`), from the operation table.
+    Unary(UnOp, Box<Expr>),
+    /// An infix operation, from the operation table.
+    Binary(BinOp, Box<Expr>, Box<Expr>),
     /// A function call `f(a, b)`.
     Call(String, Vec<Expr>),
 }

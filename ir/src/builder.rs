@@ -126,8 +126,8 @@ impl GraphBuilder {
             .max()
             .unwrap_or(Rate::Const);
         let (ty, rate) = match op {
-            Op::Unary(UnOp::Not, _) => (Ty::Bool, rate),
-            Op::Unary(..) | Op::Fma(..) => (Ty::Float, rate),
+            Op::Unary(u, _) => (u.info().result, rate),
+            Op::Fma(..) => (Ty::Float, rate),
             Op::Binary(b, ..) => (binary_result(b), rate),
             Op::Select(_, a, _) => (self.nodes[a.index()].ty, rate),
             Op::Reduce(..) => (Ty::Float, Rate::Tensor),
@@ -140,32 +140,16 @@ impl GraphBuilder {
 /// The type of the value an interior op computes, its arguments in `graph`.
 pub fn result_type(graph: &GraphBuilder, op: &Op) -> Ty {
     match *op {
-        Op::Unary(UnOp::Not, _) => Ty::Bool,
+        Op::Unary(u, _) => u.info().result,
         Op::Binary(b, ..) => binary_result(b),
         Op::Select(_, a, _) => graph.nodes[a.index()].ty,
         _ => Ty::Float,
     }
 }
 
-/// The result type of a binary operation.
+/// The result type of a binary operation (from the operation table).
 pub fn binary_result(op: BinOp) -> Ty {
-    match op {
-        BinOp::Add
-        | BinOp::Sub
-        | BinOp::Mul
-        | BinOp::Div
-        | BinOp::Pow
-        | BinOp::Min
-        | BinOp::Max => Ty::Float,
-        BinOp::Lt
-        | BinOp::Le
-        | BinOp::Gt
-        | BinOp::Ge
-        | BinOp::Eq
-        | BinOp::Ne
-        | BinOp::And
-        | BinOp::Or => Ty::Bool,
-    }
+    op.info().result
 }
 
 /// Builds a checked [`Rule`] from code, without text: what diagram fusion
@@ -296,10 +280,9 @@ impl RuleBuilder {
             .map(|a| self.node(*a).map(|n| n.ty))
             .collect::<Result<_, _>>()?;
         let want: Vec<Ty> = match op {
-            Op::Unary(UnOp::Not, _) => vec![Ty::Bool],
-            Op::Unary(..) => vec![Ty::Float],
-            Op::Binary(BinOp::And | BinOp::Or, ..) => vec![Ty::Bool; 2],
-            Op::Binary(..) | Op::Fma(..) => vec![Ty::Float; args.len()],
+            Op::Unary(u, _) => vec![u.info().operand],
+            Op::Binary(b, ..) => vec![b.info().operand; 2],
+            Op::Fma(..) => vec![Ty::Float; 3],
             Op::Select(..) => vec![Ty::Bool, tys[1], tys[1]],
             Op::Reduce(ReduceOp::Count, ..) => vec![Ty::Bool],
             Op::Reduce(..) => vec![Ty::Float],

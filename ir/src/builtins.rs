@@ -25,17 +25,10 @@ pub enum Builtin {
     Dot(Scope),
 }
 
-/// Every function, with its arity, in the order the documentation lists them.
+/// The functions beyond the operation table's (whose unary and binary
+/// operations spelled as calls, `sqrt` to `max`, come first), with their
+/// arity. `pow(a, b)` is the function form of the `^` operator.
 pub const BUILTINS: &[(&str, Builtin, usize)] = &[
-    ("sqrt", Builtin::Unary(UnOp::Sqrt), 1),
-    ("rsqrt", Builtin::Unary(UnOp::Rsqrt), 1),
-    ("abs", Builtin::Unary(UnOp::Abs), 1),
-    ("sign", Builtin::Unary(UnOp::Sign), 1),
-    ("exp", Builtin::Unary(UnOp::Exp), 1),
-    ("ln", Builtin::Unary(UnOp::Ln), 1),
-    ("sigmoid", Builtin::Unary(UnOp::Sigmoid), 1),
-    ("min", Builtin::Binary(BinOp::Min), 2),
-    ("max", Builtin::Binary(BinOp::Max), 2),
     ("pow", Builtin::Binary(BinOp::Pow), 2),
     ("clamp", Builtin::Clamp, 3),
     ("select", Builtin::Select, 3),
@@ -82,6 +75,11 @@ pub const BUILTINS: &[(&str, Builtin, usize)] = &[
 
 /// Looks a function up by name: what it lowers to and how many arguments it takes.
 pub fn lookup(name: &str) -> Option<(Builtin, usize)> {
+    match crate::ops::call(name) {
+        Some(Ok(u)) => return Some((Builtin::Unary(u), 1)),
+        Some(Err(b)) => return Some((Builtin::Binary(b), 2)),
+        None => {}
+    }
     BUILTINS
         .iter()
         .find(|(n, _, _)| *n == name)

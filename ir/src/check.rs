@@ -6,7 +6,7 @@
 //! It collects all errors instead of stopping at the first; a value that
 //! failed to check is "poisoned" so that its uses report nothing more.
 
-use crate::ast::{self, BinaryOp, Expr, ExprKind, RuleDecl, Stmt, UnaryOp};
+use crate::ast::{self, Expr, ExprKind, RuleDecl, Stmt};
 use crate::builder::GraphBuilder;
 use crate::builtins::{self, Builtin};
 use crate::diag::Diagnostics;
@@ -447,42 +447,22 @@ impl Checker<'_> {
             ExprKind::Var(name) => self.var(name, e.span, cx),
             ExprKind::Unary(op, inner) => {
                 let a = self.expr(inner, cx)?;
-                match op {
-                    UnaryOp::Neg => {
-                        self.operand(a, Ty::Float, inner.span, "`-`")?;
-                        Some(self.unary(UnOp::Neg, a))
-                    }
-                    UnaryOp::Not => {
-                        self.operand(a, Ty::Bool, inner.span, "`!`")?;
-                        Some(self.unary(UnOp::Not, a))
-                    }
-                }
+                let info = op.info();
+                let what = format!("`{}`", crate::ops::Spelling::symbol(info.spelling));
+                self.operand(a, info.operand, inner.span, &what)?;
+                Some(self.unary(*op, a))
             }
             ExprKind::Binary(op, l, r) => {
                 let a = self.expr(l, cx);
                 let b = self.expr(r, cx);
                 let (a, b) = (a?, b?);
-                let (bin, operand_ty, result_ty) = match op {
-                    BinaryOp::Add => (BinOp::Add, Ty::Float, Ty::Float),
-                    BinaryOp::Sub => (BinOp::Sub, Ty::Float, Ty::Float),
-                    BinaryOp::Mul => (BinOp::Mul, Ty::Float, Ty::Float),
-                    BinaryOp::Div => (BinOp::Div, Ty::Float, Ty::Float),
-                    BinaryOp::Pow => (BinOp::Pow, Ty::Float, Ty::Float),
-                    BinaryOp::Lt => (BinOp::Lt, Ty::Float, Ty::Bool),
-                    BinaryOp::Le => (BinOp::Le, Ty::Float, Ty::Bool),
-                    BinaryOp::Gt => (BinOp::Gt, Ty::Float, Ty::Bool),
-                    BinaryOp::Ge => (BinOp::Ge, Ty::Float, Ty::Bool),
-                    BinaryOp::Eq => (BinOp::Eq, Ty::Float, Ty::Bool),
-                    BinaryOp::Ne => (BinOp::Ne, Ty::Float, Ty::Bool),
-                    BinaryOp::And => (BinOp::And, Ty::Bool, Ty::Bool),
-                    BinaryOp::Or => (BinOp::Or, Ty::Bool, Ty::Bool),
-                };
+                let info = op.info();
                 let what = format!("`{}`", op.symbol());
-                let ok_a = self.operand(a, operand_ty, l.span, &what);
-                let ok_b = self.operand(b, operand_ty, r.span, &what);
+                let ok_a = self.operand(a, info.operand, l.span, &what);
+                let ok_b = self.operand(b, info.operand, r.span, &what);
                 ok_a?;
                 ok_b?;
-                Some(self.binary(bin, a, b, result_ty))
+                Some(self.binary(*op, a, b, info.result))
             }
             ExprKind::Call(name, args) => self.call(name, args, e.span, cx),
         }

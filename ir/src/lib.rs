@@ -20,6 +20,7 @@ pub mod diagram;
 pub mod float;
 pub mod hyper;
 pub mod interp;
+pub mod ops;
 pub mod optimize;
 pub mod parse;
 pub mod rule;

@@ -20,6 +20,7 @@
 //! reports all its findings at once.
 
 use crate::ast::*;
+use crate::rule::{BinOp, UnOp};
 use proc_macro2::{Span, TokenStream, TokenTree};
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
@@ -324,13 +325,13 @@ fn parse_stmt(input: ParseStream) -> syn::Result<Stmt> {
     }
     let name = parse_name(input)?;
     let compound = if input.peek(Token![+=]) {
-        Some((BinaryOp::Add, input.parse::<Token![+=]>()?.spans[0]))
+        Some((BinOp::Add, input.parse::<Token![+=]>()?.spans[0]))
     } else if input.peek(Token![-=]) {
-        Some((BinaryOp::Sub, input.parse::<Token![-=]>()?.spans[0]))
+        Some((BinOp::Sub, input.parse::<Token![-=]>()?.spans[0]))
     } else if input.peek(Token![*=]) {
-        Some((BinaryOp::Mul, input.parse::<Token![*=]>()?.spans[0]))
+        Some((BinOp::Mul, input.parse::<Token![*=]>()?.spans[0]))
     } else if input.peek(Token![/=]) {
-        Some((BinaryOp::Div, input.parse::<Token![/=]>()?.spans[0]))
+        Some((BinOp::Div, input.parse::<Token![/=]>()?.spans[0]))
     } else {
         None
     };
@@ -375,73 +376,50 @@ fn parse_nested(input: ParseStream, nest: u32) -> syn::Result<Expr> {
     Ok(expr)
 }
 
-const PREC_OR: u8 = 1;
-const PREC_AND: u8 = 2;
-const PREC_CMP: u8 = 3;
-const PREC_ADD: u8 = 4;
-const PREC_MUL: u8 = 5;
-const PREC_UNARY: u8 = 6;
-const PREC_POW: u8 = 7;
+const PREC_UNARY: u8 = crate::ops::precedence::UNARY;
 
-fn peek_binary(input: ParseStream) -> Option<(BinaryOp, u8)> {
-    // Longer operators first: `<=` also starts with `<`.
-    let table: [(bool, BinaryOp, u8); 13] = [
-        (input.peek(Token![||]), BinaryOp::Or, PREC_OR),
-        (input.peek(Token![&&]), BinaryOp::And, PREC_AND),
-        (input.peek(Token![<=]), BinaryOp::Le, PREC_CMP),
-        (input.peek(Token![>=]), BinaryOp::Ge, PREC_CMP),
-        (input.peek(Token![==]), BinaryOp::Eq, PREC_CMP),
-        (input.peek(Token![!=]), BinaryOp::Ne, PREC_CMP),
-        (input.peek(Token![<]), BinaryOp::Lt, PREC_CMP),
-        (input.peek(Token![>]), BinaryOp::Gt, PREC_CMP),
-        (
-            input.peek(Token![+]) && !input.peek(Token![+=]),
-            BinaryOp::Add,
-            PREC_ADD,
-        ),
-        (
-            input.peek(Token![-]) && !input.peek(Token![-=]),
-            BinaryOp::Sub,
-            PREC_ADD,
-        ),
-        (
-            input.peek(Token![*]) && !input.peek(Token![*=]),
-            BinaryOp::Mul,
-            PREC_MUL,
-        ),
-        (
-            input.peek(Token![/]) && !input.peek(Token![/=]),
-            BinaryOp::Div,
-            PREC_MUL,
-        ),
-        (
-            input.peek(Token![^]) && !input.peek(Token![^=]),
-            BinaryOp::Pow,
-            PREC_POW,
-        ),
+fn peek_binary(input: ParseStream) -> Option<(BinOp, u8)> {
+    // Longer operators first: `<=` also starts with `<`. The precedence
+    // comes from the operation table.
+    let table: [(bool, BinOp); 13] = [
+        (input.peek(Token![||]), BinOp::Or),
+        (input.peek(Token![&&]), BinOp::And),
+        (input.peek(Token![<=]), BinOp::Le),
+        (input.peek(Token![>=]), BinOp::Ge),
+        (input.peek(Token![==]), BinOp::Eq),
+        (input.peek(Token![!=]), BinOp::Ne),
+        (input.peek(Token![<]), BinOp::Lt),
+        (input.peek(Token![>]), BinOp::Gt),
+        (input.peek(Token![+]) && !input.peek(Token![+=]), BinOp::Add),
+        (input.peek(Token![-]) && !input.peek(Token![-=]), BinOp::Sub),
+        (input.peek(Token![*]) && !input.peek(Token![*=]), BinOp::Mul),
+        (input.peek(Token![/]) && !input.peek(Token![/=]), BinOp::Div),
+        (input.peek(Token![^]) && !input.peek(Token![^=]), BinOp::Pow),
     ];
-    table
-        .iter()
-        .find(|(hit, _, _)| *hit)
-        .map(|&(_, op, prec)| (op, prec))
+    let op = table.iter().find(|(hit, _)| *hit)?.1;
+    match op.info().spelling {
+        crate::ops::Spelling::Infix(_, prec) => Some((op, prec)),
+        _ => None,
+    }
 }
 
 /// Consumes the operator `op` (already peeked) and returns its span.
-fn take_binary(input: ParseStream, op: BinaryOp) -> syn::Result<Span> {
+fn take_binary(input: ParseStream, op: BinOp) -> syn::Result<Span> {
     Ok(match op {
-        BinaryOp::Or => input.parse::<Token![||]>()?.spans[0],
-        BinaryOp::And => input.parse::<Token![&&]>()?.spans[0],
-        BinaryOp::Le => input.parse::<Token![<=]>()?.spans[0],
-        BinaryOp::Ge => input.parse::<Token![>=]>()?.spans[0],
-        BinaryOp::Eq => input.parse::<Token![==]>()?.spans[0],
-        BinaryOp::Ne => input.parse::<Token![!=]>()?.spans[0],
-        BinaryOp::Lt => input.parse::<Token![<]>()?.span,
-        BinaryOp::Gt => input.parse::<Token![>]>()?.span,
-        BinaryOp::Add => input.parse::<Token![+]>()?.span,
-        BinaryOp::Sub => input.parse::<Token![-]>()?.span,
-        BinaryOp::Mul => input.parse::<Token![*]>()?.span,
-        BinaryOp::Div => input.parse::<Token![/]>()?.span,
-        BinaryOp::Pow => input.parse::<Token![^]>()?.span,
+        BinOp::Or => input.parse::<Token![||]>()?.spans[0],
+        BinOp::And => input.parse::<Token![&&]>()?.spans[0],
+        BinOp::Le => input.parse::<Token![<=]>()?.spans[0],
+        BinOp::Ge => input.parse::<Token![>=]>()?.spans[0],
+        BinOp::Eq => input.parse::<Token![==]>()?.spans[0],
+        BinOp::Ne => input.parse::<Token![!=]>()?.spans[0],
+        BinOp::Lt => input.parse::<Token![<]>()?.span,
+        BinOp::Gt => input.parse::<Token![>]>()?.span,
+        BinOp::Add => input.parse::<Token![+]>()?.span,
+        BinOp::Sub => input.parse::<Token![-]>()?.span,
+        BinOp::Mul => input.parse::<Token![*]>()?.span,
+        BinOp::Div => input.parse::<Token![/]>()?.span,
+        BinOp::Pow => input.parse::<Token![^]>()?.span,
+        BinOp::Min | BinOp::Max => unreachable!("`min` and `max` are functions"),
     })
 }
 
@@ -459,21 +437,10 @@ fn parse_binary(input: ParseStream, min_prec: u8, nest: u32) -> syn::Result<(Exp
         }
         let span = take_binary(input, op)?;
         // `^` is right-associative; everything else associates to the left.
-        let next_min = if op == BinaryOp::Pow { prec } else { prec + 1 };
+        let next_min = if op == BinOp::Pow { prec } else { prec + 1 };
         let (rhs, rhs_depth) = parse_binary(input, next_min, nest + 1)?;
-        if prec == PREC_CMP {
-            if let Some((
-                BinaryOp::Lt
-                | BinaryOp::Le
-                | BinaryOp::Gt
-                | BinaryOp::Ge
-                | BinaryOp::Eq
-                | BinaryOp::Ne,
-                _,
-            )) = peek_binary(input)
-            {
-                return Err(input.error("comparisons cannot be chained: write `a < b && b < c`"));
-            }
+        if op.is_comparison() && peek_binary(input).is_some_and(|(next, _)| next.is_comparison()) {
+            return Err(input.error("comparisons cannot be chained: write `a < b && b < c`"));
         }
         depth = depth.max(rhs_depth) + 1;
         if depth > MAX_DEPTH {
@@ -489,9 +456,9 @@ fn parse_binary(input: ParseStream, min_prec: u8, nest: u32) -> syn::Result<(Exp
 
 fn parse_unary(input: ParseStream, nest: u32) -> syn::Result<(Expr, u32)> {
     let unary = if input.peek(Token![-]) {
-        Some((UnaryOp::Neg, input.parse::<Token![-]>()?.span))
+        Some((UnOp::Neg, input.parse::<Token![-]>()?.span))
     } else if input.peek(Token![!]) {
-        Some((UnaryOp::Not, input.parse::<Token![!]>()?.span))
+        Some((UnOp::Not, input.parse::<Token![!]>()?.span))
     } else {
         None
     };

@@ -511,34 +511,8 @@ impl Rule {
 }
 
 fn op_text(rule: &Rule, op: &Op) -> String {
-    let unary = |u: &UnOp| match u {
-        UnOp::Neg => "neg",
-        UnOp::Sqrt => "sqrt",
-        UnOp::Rsqrt => "rsqrt",
-        UnOp::Abs => "abs",
-        UnOp::Sign => "sign",
-        UnOp::Exp => "exp",
-        UnOp::Ln => "ln",
-        UnOp::Sigmoid => "sigmoid",
-        UnOp::Not => "not",
-    };
-    let binary = |b: &BinOp| match b {
-        BinOp::Add => "add",
-        BinOp::Sub => "sub",
-        BinOp::Mul => "mul",
-        BinOp::Div => "div",
-        BinOp::Pow => "pow",
-        BinOp::Min => "min",
-        BinOp::Max => "max",
-        BinOp::Lt => "lt",
-        BinOp::Le => "le",
-        BinOp::Gt => "gt",
-        BinOp::Ge => "ge",
-        BinOp::Eq => "eq",
-        BinOp::Ne => "ne",
-        BinOp::And => "and",
-        BinOp::Or => "or",
-    };
+    let unary = |u: &UnOp| u.info().name;
+    let binary = |b: &BinOp| b.info().name;
     match op {
         Op::Const(x) => format!("const {x:?}"),
         Op::ConstBool(b) => format!("const {b}"),

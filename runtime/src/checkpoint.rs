@@ -475,7 +475,7 @@ fn encode<'a, F: Float>(
         offset = end;
     }
     header.push('}');
-    while (8 + header.len()) % 8 != 0 {
+    while !(8 + header.len()).is_multiple_of(8) {
         header.push(' ');
     }
     if header.len() as u64 > MAX_HEADER {
@@ -685,10 +685,18 @@ struct Info {
     end: u64,
 }
 
-/// The safetensors structure of a header: its metadata, its tensors
-/// sorted by offset, which must tile the data without gaps or overlaps,
-/// and the length of the data they describe.
-fn parse_header(header: &[u8]) -> Result<(HashMap<String, String>, Vec<Info>, u64), Error> {
+/// The safetensors structure of a header.
+struct Layout {
+    /// The `__metadata__` entries.
+    meta: HashMap<String, String>,
+    /// The tensors, sorted by offset: they tile the data without gaps or overlaps.
+    infos: Vec<Info>,
+    /// The length of the data they describe.
+    data_len: u64,
+}
+
+/// The safetensors structure of a header, checked.
+fn parse_header(header: &[u8]) -> Result<Layout, Error> {
     let map: Map<String, Value> = serde_json::from_slice(header)
         .map_err(|e| not_safetensors(format!("its header is not a JSON object: {e}")))?;
     let mut metadata = HashMap::new();
@@ -767,7 +775,11 @@ fn parse_header(header: &[u8]) -> Result<(HashMap<String, String>, Vec<Info>, u6
         }
         expect = info.end;
     }
-    Ok((metadata, infos, expect))
+    Ok(Layout {
+        meta: metadata,
+        infos,
+        data_len: expect,
+    })
 }
 
 /// Whether the file holds the `expect` bytes of data its header describes.
@@ -846,7 +858,11 @@ fn read<F: Float, R: Read>(
             )));
         }
     }
-    let (m, infos, described) = parse_header(&header)?;
+    let Layout {
+        meta: m,
+        infos,
+        data_len: described,
+    } = parse_header(&header)?;
     drop(header);
 
     let v2 = match m.get("format").map(String::as_str) {

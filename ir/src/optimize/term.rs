@@ -100,34 +100,9 @@ pub struct RuleAnalysis {
 }
 
 pub(super) fn fold(term: &Term, c: impl Fn(Id) -> Option<f64>) -> Option<f64> {
-    let un = |op: UnOp, a: &Id| Some(eval_unary(op, c(*a)?));
-    let bin = |op: BinOp, [a, b]: &[Id; 2]| Some(eval_binary(op, c(*a)?, c(*b)?));
+    let ch = term.children();
     match term {
         Term::Num(k) => Some(k.value()),
-        Term::Add(x) => bin(BinOp::Add, x),
-        Term::Sub(x) => bin(BinOp::Sub, x),
-        Term::Mul(x) => bin(BinOp::Mul, x),
-        Term::Div(x) => bin(BinOp::Div, x),
-        Term::Pow(x) => bin(BinOp::Pow, x),
-        Term::Min(x) => bin(BinOp::Min, x),
-        Term::Max(x) => bin(BinOp::Max, x),
-        Term::Lt(x) => bin(BinOp::Lt, x),
-        Term::Le(x) => bin(BinOp::Le, x),
-        Term::Gt(x) => bin(BinOp::Gt, x),
-        Term::Ge(x) => bin(BinOp::Ge, x),
-        Term::Eq(x) => bin(BinOp::Eq, x),
-        Term::Ne(x) => bin(BinOp::Ne, x),
-        Term::And(x) => bin(BinOp::And, x),
-        Term::Or(x) => bin(BinOp::Or, x),
-        Term::Neg([a]) => un(UnOp::Neg, a),
-        Term::Sqrt([a]) => un(UnOp::Sqrt, a),
-        Term::Rsqrt([a]) => un(UnOp::Rsqrt, a),
-        Term::Abs([a]) => un(UnOp::Abs, a),
-        Term::Sign([a]) => un(UnOp::Sign, a),
-        Term::Exp([a]) => un(UnOp::Exp, a),
-        Term::Ln([a]) => un(UnOp::Ln, a),
-        Term::Sigmoid([a]) => un(UnOp::Sigmoid, a),
-        Term::Not([a]) => un(UnOp::Not, a),
         // Folded only when every operand is constant: picking a constant
         // branch over an element-rate one would lower the rate (see the rules).
         Term::Select([k, a, b]) => {
@@ -135,7 +110,10 @@ pub(super) fn fold(term: &Term, c: impl Fn(Id) -> Option<f64>) -> Option<f64> {
             Some(if c(*k)? != 0.0 { a } else { b })
         }
         Term::Fma([a, b, d]) => Some(c(*a)?.mul_add(c(*b)?, c(*d)?)),
-        _ => None,
+        _ => match super::translate::op_of(term)? {
+            Ok(u) => Some(eval_unary(u, c(ch[0])?)),
+            Err(b) => Some(eval_binary(b, c(ch[0])?, c(ch[1])?)),
+        },
     }
 }
 
@@ -157,12 +135,12 @@ pub(super) fn is_reduction(term: &Term) -> bool {
 
 pub(super) fn term_type(term: &Term, child: impl Fn(Id) -> Ty) -> Ty {
     match term {
-        Term::Lt(_) | Term::Le(_) | Term::Gt(_) | Term::Ge(_) | Term::Eq(_) | Term::Ne(_) => {
-            Ty::Bool
-        }
-        Term::And(_) | Term::Or(_) | Term::Not(_) => Ty::Bool,
         Term::Select([_, a, _]) => child(*a),
-        _ => Ty::Float,
+        _ => match super::translate::op_of(term) {
+            Some(Ok(u)) => u.info().result,
+            Some(Err(b)) => b.info().result,
+            None => Ty::Float,
+        },
     }
 }
 
@@ -251,12 +229,12 @@ pub(super) struct RateCost<'g> {
 pub(super) fn op_cost(term: &Term) -> f64 {
     match term {
         Term::Num(_) | Term::Leaf(_) => 0.0,
-        Term::Div(_) | Term::Sqrt(_) => 4.0,
-        Term::Rsqrt(_) => 5.0,
         Term::Fma(_) => 1.2,
-        Term::Sign(_) => 2.0,
-        Term::Pow(_) | Term::Exp(_) | Term::Ln(_) | Term::Sigmoid(_) => 20.0,
-        _ => 1.0,
+        _ => match super::translate::op_of(term) {
+            Some(Ok(u)) => u.info().cost,
+            Some(Err(b)) => b.info().cost,
+            None => 1.0,
+        },
     }
 }
 

@@ -69,57 +69,11 @@ impl Lowering<'_> {
                 Op::Input(i) if self.present.get(i as usize).copied().flatten() == Some(false) => {
                     Term::Num(Constant::new(0.0))
                 }
-                Op::Unary(u, a) => {
-                    let a = [c(a)];
-                    match u {
-                        UnOp::Neg => Term::Neg(a),
-                        UnOp::Sqrt => Term::Sqrt(a),
-                        UnOp::Rsqrt => Term::Rsqrt(a),
-                        UnOp::Abs => Term::Abs(a),
-                        UnOp::Sign => Term::Sign(a),
-                        UnOp::Exp => Term::Exp(a),
-                        UnOp::Ln => Term::Ln(a),
-                        UnOp::Sigmoid => Term::Sigmoid(a),
-                        UnOp::Not => Term::Not(a),
-                    }
-                }
-                Op::Binary(b, x, y) => {
-                    let a = [c(x), c(y)];
-                    match b {
-                        BinOp::Add => Term::Add(a),
-                        BinOp::Sub => Term::Sub(a),
-                        BinOp::Mul => Term::Mul(a),
-                        BinOp::Div => Term::Div(a),
-                        BinOp::Pow => Term::Pow(a),
-                        BinOp::Min => Term::Min(a),
-                        BinOp::Max => Term::Max(a),
-                        BinOp::Lt => Term::Lt(a),
-                        BinOp::Le => Term::Le(a),
-                        BinOp::Gt => Term::Gt(a),
-                        BinOp::Ge => Term::Ge(a),
-                        BinOp::Eq => Term::Eq(a),
-                        BinOp::Ne => Term::Ne(a),
-                        BinOp::And => Term::And(a),
-                        BinOp::Or => Term::Or(a),
-                    }
-                }
-                Op::Select(k, a, b) => Term::Select([c(k), c(a), c(b)]),
-                Op::Fma(a, b, d) => Term::Fma([c(a), c(b), c(d)]),
-                Op::Reduce(r, s, a) => {
-                    let a = [c(a)];
-                    match (r, s) {
-                        (ReduceOp::Sum, Scope::Tensor) => Term::Sum(a),
-                        (ReduceOp::Mean, Scope::Tensor) => Term::Mean(a),
-                        (ReduceOp::MaxAbs, Scope::Tensor) => Term::MaxAbs(a),
-                        (ReduceOp::Norm, Scope::Tensor) => Term::Norm(a),
-                        (ReduceOp::Count, Scope::Tensor) => Term::Count(a),
-                        (ReduceOp::Sum, Scope::Global) => Term::GSum(a),
-                        (ReduceOp::Mean, Scope::Global) => Term::GMean(a),
-                        (ReduceOp::MaxAbs, Scope::Global) => Term::GMaxAbs(a),
-                        (ReduceOp::Norm, Scope::Global) => Term::GNorm(a),
-                        (ReduceOp::Count, Scope::Global) => Term::GCount(a),
-                    }
-                }
+                op @ (Op::Unary(..)
+                | Op::Binary(..)
+                | Op::Select(..)
+                | Op::Fma(..)
+                | Op::Reduce(..)) => term_of(op, c),
                 ref leaf => {
                     let name = Symbol::from(self.leaf_name(leaf));
                     egraph.analysis.leaves.insert(name, (node.rate, node.ty));
@@ -201,45 +155,128 @@ impl<'r> Raising<'r> {
                     vals.push(id);
                     continue;
                 }
-                Term::Add([a, b]) => Op::Binary(BinOp::Add, v(a), v(b)),
-                Term::Sub([a, b]) => Op::Binary(BinOp::Sub, v(a), v(b)),
-                Term::Mul([a, b]) => Op::Binary(BinOp::Mul, v(a), v(b)),
-                Term::Div([a, b]) => Op::Binary(BinOp::Div, v(a), v(b)),
-                Term::Pow([a, b]) => Op::Binary(BinOp::Pow, v(a), v(b)),
-                Term::Min([a, b]) => Op::Binary(BinOp::Min, v(a), v(b)),
-                Term::Max([a, b]) => Op::Binary(BinOp::Max, v(a), v(b)),
-                Term::Lt([a, b]) => Op::Binary(BinOp::Lt, v(a), v(b)),
-                Term::Le([a, b]) => Op::Binary(BinOp::Le, v(a), v(b)),
-                Term::Gt([a, b]) => Op::Binary(BinOp::Gt, v(a), v(b)),
-                Term::Ge([a, b]) => Op::Binary(BinOp::Ge, v(a), v(b)),
-                Term::Eq([a, b]) => Op::Binary(BinOp::Eq, v(a), v(b)),
-                Term::Ne([a, b]) => Op::Binary(BinOp::Ne, v(a), v(b)),
-                Term::And([a, b]) => Op::Binary(BinOp::And, v(a), v(b)),
-                Term::Or([a, b]) => Op::Binary(BinOp::Or, v(a), v(b)),
-                Term::Neg([a]) => Op::Unary(UnOp::Neg, v(a)),
-                Term::Sqrt([a]) => Op::Unary(UnOp::Sqrt, v(a)),
-                Term::Rsqrt([a]) => Op::Unary(UnOp::Rsqrt, v(a)),
-                Term::Abs([a]) => Op::Unary(UnOp::Abs, v(a)),
-                Term::Sign([a]) => Op::Unary(UnOp::Sign, v(a)),
-                Term::Exp([a]) => Op::Unary(UnOp::Exp, v(a)),
-                Term::Ln([a]) => Op::Unary(UnOp::Ln, v(a)),
-                Term::Sigmoid([a]) => Op::Unary(UnOp::Sigmoid, v(a)),
-                Term::Not([a]) => Op::Unary(UnOp::Not, v(a)),
-                Term::Select([k, a, b]) => Op::Select(v(k), v(a), v(b)),
-                Term::Fma([a, b, c]) => Op::Fma(v(a), v(b), v(c)),
-                Term::Sum([a]) => Op::Reduce(ReduceOp::Sum, Scope::Tensor, v(a)),
-                Term::Mean([a]) => Op::Reduce(ReduceOp::Mean, Scope::Tensor, v(a)),
-                Term::MaxAbs([a]) => Op::Reduce(ReduceOp::MaxAbs, Scope::Tensor, v(a)),
-                Term::Norm([a]) => Op::Reduce(ReduceOp::Norm, Scope::Tensor, v(a)),
-                Term::Count([a]) => Op::Reduce(ReduceOp::Count, Scope::Tensor, v(a)),
-                Term::GSum([a]) => Op::Reduce(ReduceOp::Sum, Scope::Global, v(a)),
-                Term::GMean([a]) => Op::Reduce(ReduceOp::Mean, Scope::Global, v(a)),
-                Term::GMaxAbs([a]) => Op::Reduce(ReduceOp::MaxAbs, Scope::Global, v(a)),
-                Term::GNorm([a]) => Op::Reduce(ReduceOp::Norm, Scope::Global, v(a)),
-                Term::GCount([a]) => Op::Reduce(ReduceOp::Count, Scope::Global, v(a)),
+                interior => op_of_term(interior, |i| v(&i)),
             };
             vals.push(self.graph.interior(op));
         }
         *vals.last().expect("a non-empty term")
+    }
+}
+
+/// The term of an interior IR operation, its arguments' classes given by `c`.
+/// With [`op_of_term`], the one place that pairs IR operations with terms.
+pub(super) fn term_of(op: Op, c: impl Fn(ValueId) -> Id) -> Term {
+    match op {
+        Op::Unary(u, a) => {
+            let a = [c(a)];
+            match u {
+                UnOp::Neg => Term::Neg(a),
+                UnOp::Sqrt => Term::Sqrt(a),
+                UnOp::Rsqrt => Term::Rsqrt(a),
+                UnOp::Abs => Term::Abs(a),
+                UnOp::Sign => Term::Sign(a),
+                UnOp::Exp => Term::Exp(a),
+                UnOp::Ln => Term::Ln(a),
+                UnOp::Sigmoid => Term::Sigmoid(a),
+                UnOp::Not => Term::Not(a),
+            }
+        }
+        Op::Binary(b, x, y) => {
+            let a = [c(x), c(y)];
+            match b {
+                BinOp::Add => Term::Add(a),
+                BinOp::Sub => Term::Sub(a),
+                BinOp::Mul => Term::Mul(a),
+                BinOp::Div => Term::Div(a),
+                BinOp::Pow => Term::Pow(a),
+                BinOp::Min => Term::Min(a),
+                BinOp::Max => Term::Max(a),
+                BinOp::Lt => Term::Lt(a),
+                BinOp::Le => Term::Le(a),
+                BinOp::Gt => Term::Gt(a),
+                BinOp::Ge => Term::Ge(a),
+                BinOp::Eq => Term::Eq(a),
+                BinOp::Ne => Term::Ne(a),
+                BinOp::And => Term::And(a),
+                BinOp::Or => Term::Or(a),
+            }
+        }
+        Op::Select(k, a, b) => Term::Select([c(k), c(a), c(b)]),
+        Op::Fma(a, b, d) => Term::Fma([c(a), c(b), c(d)]),
+        Op::Reduce(r, s, a) => {
+            let a = [c(a)];
+            match (r, s) {
+                (ReduceOp::Sum, Scope::Tensor) => Term::Sum(a),
+                (ReduceOp::Mean, Scope::Tensor) => Term::Mean(a),
+                (ReduceOp::MaxAbs, Scope::Tensor) => Term::MaxAbs(a),
+                (ReduceOp::Norm, Scope::Tensor) => Term::Norm(a),
+                (ReduceOp::Count, Scope::Tensor) => Term::Count(a),
+                (ReduceOp::Sum, Scope::Global) => Term::GSum(a),
+                (ReduceOp::Mean, Scope::Global) => Term::GMean(a),
+                (ReduceOp::MaxAbs, Scope::Global) => Term::GMaxAbs(a),
+                (ReduceOp::Norm, Scope::Global) => Term::GNorm(a),
+                (ReduceOp::Count, Scope::Global) => Term::GCount(a),
+            }
+        }
+        leaf => unreachable!("{leaf:?} is a leaf"),
+    }
+}
+
+/// The interior IR operation of a term (not a number or leaf), its
+/// children's values given by `v`.
+pub(super) fn op_of_term(term: &Term, v: impl Fn(Id) -> ValueId) -> Op {
+    let un = |u: UnOp, [a]: &[Id; 1]| Op::Unary(u, v(*a));
+    let bin = |b: BinOp, [x, y]: &[Id; 2]| Op::Binary(b, v(*x), v(*y));
+    let red = |r: ReduceOp, s: Scope, [a]: &[Id; 1]| Op::Reduce(r, s, v(*a));
+    match term {
+        Term::Add(a) => bin(BinOp::Add, a),
+        Term::Sub(a) => bin(BinOp::Sub, a),
+        Term::Mul(a) => bin(BinOp::Mul, a),
+        Term::Div(a) => bin(BinOp::Div, a),
+        Term::Pow(a) => bin(BinOp::Pow, a),
+        Term::Min(a) => bin(BinOp::Min, a),
+        Term::Max(a) => bin(BinOp::Max, a),
+        Term::Lt(a) => bin(BinOp::Lt, a),
+        Term::Le(a) => bin(BinOp::Le, a),
+        Term::Gt(a) => bin(BinOp::Gt, a),
+        Term::Ge(a) => bin(BinOp::Ge, a),
+        Term::Eq(a) => bin(BinOp::Eq, a),
+        Term::Ne(a) => bin(BinOp::Ne, a),
+        Term::And(a) => bin(BinOp::And, a),
+        Term::Or(a) => bin(BinOp::Or, a),
+        Term::Neg(a) => un(UnOp::Neg, a),
+        Term::Sqrt(a) => un(UnOp::Sqrt, a),
+        Term::Rsqrt(a) => un(UnOp::Rsqrt, a),
+        Term::Abs(a) => un(UnOp::Abs, a),
+        Term::Sign(a) => un(UnOp::Sign, a),
+        Term::Exp(a) => un(UnOp::Exp, a),
+        Term::Ln(a) => un(UnOp::Ln, a),
+        Term::Sigmoid(a) => un(UnOp::Sigmoid, a),
+        Term::Not(a) => un(UnOp::Not, a),
+        Term::Select([k, a, b]) => Op::Select(v(*k), v(*a), v(*b)),
+        Term::Fma([a, b, c]) => Op::Fma(v(*a), v(*b), v(*c)),
+        Term::Sum(a) => red(ReduceOp::Sum, Scope::Tensor, a),
+        Term::Mean(a) => red(ReduceOp::Mean, Scope::Tensor, a),
+        Term::MaxAbs(a) => red(ReduceOp::MaxAbs, Scope::Tensor, a),
+        Term::Norm(a) => red(ReduceOp::Norm, Scope::Tensor, a),
+        Term::Count(a) => red(ReduceOp::Count, Scope::Tensor, a),
+        Term::GSum(a) => red(ReduceOp::Sum, Scope::Global, a),
+        Term::GMean(a) => red(ReduceOp::Mean, Scope::Global, a),
+        Term::GMaxAbs(a) => red(ReduceOp::MaxAbs, Scope::Global, a),
+        Term::GNorm(a) => red(ReduceOp::Norm, Scope::Global, a),
+        Term::GCount(a) => red(ReduceOp::Count, Scope::Global, a),
+        Term::Num(_) | Term::Leaf(_) => unreachable!("{term:?} is not an operation"),
+    }
+}
+
+/// The unary (`Ok`) or binary (`Err`) operation of a term, if it is one.
+pub(super) fn op_of(term: &Term) -> Option<Result<UnOp, BinOp>> {
+    match term {
+        Term::Num(_) | Term::Leaf(_) => None,
+        _ => match op_of_term(term, |_| ValueId(0)) {
+            Op::Unary(u, _) => Some(Ok(u)),
+            Op::Binary(b, ..) => Some(Err(b)),
+            _ => None,
+        },
     }
 }
