@@ -4,8 +4,14 @@
 //! step counter, bit for bit, as N/2 steps, a save, a load into a freshly
 //! built (differently initialised) trainer, and N/2 more. Checkpoints of
 //! another rule, element type, model or set of groups are refused with a
-//! clear error and change nothing. A NaN or infinite gradient is refused by
-//! default, skipped and counted under `NonFinite::Skip`, and never applied.
+//! clear error and change nothing. The file: caller tensors live in the data,
+//! so the header does not grow with them; the header is read and checked
+//! before the data; both checksums follow the documented algorithm, and
+//! every one of 300 flipped bits is refused; unknown tensors and entries are
+//! refused; the caller's check runs before anything is written; v1 files
+//! still load; saving leaves no temporary file behind. A NaN or infinite
+//! gradient is refused by default, skipped and counted under
+//! `NonFinite::Skip`, and never applied.
 
 use lensopt::checkpoint;
 use lensopt::diagram::plan::Model;

@@ -88,24 +88,6 @@ pub fn maximum<F: Float>(a: F, b: F) -> F {
     }
 }
 
-/// Two partial results of reduction `op` (over disjoint elements), in f64:
-/// how every backend combines chunks, blocks and tensors.
-pub fn combine_partials(op: ReduceOp, a: f64, b: f64) -> f64 {
-    match op {
-        ReduceOp::MaxAbs => maximum(a, b),
-        _ => a + b,
-    }
-}
-
-/// The value of reduction `op` from its combined partial over `numel` elements.
-pub fn finish_reduction(op: ReduceOp, acc: f64, numel: usize) -> f64 {
-    match op {
-        ReduceOp::Sum | ReduceOp::Count | ReduceOp::MaxAbs => acc,
-        ReduceOp::Mean => acc / numel as f64,
-        ReduceOp::Norm => acc.sqrt(),
-    }
-}
-
 /// IEEE 754-2019 `minimum`: NaN-propagating, -0 below +0.
 pub fn minimum<F: Float>(a: F, b: F) -> F {
     if a.is_nan() || b.is_nan() {
@@ -553,38 +535,4 @@ pub fn view<F: Float>(
             ev[root.index()]
         })
         .collect()
-}
-
-/// Evaluates the const-, step- and tensor-rate values of one tensor, in f64,
-/// into `values` (indexed by node). Entries of `Reduce` nodes must already hold
-/// the reductions' results (NaN where not yet known: what depends on them
-/// comes out NaN and is computed again after the next pass). `scalar_state`
-/// holds each state's value for scalar states (ignored otherwise).
-#[allow(clippy::too_many_arguments)]
-pub fn scalar_values(
-    rule: &Rule,
-    hypers: &[HyperValue],
-    t: u64,
-    present: &[bool],
-    numel: usize,
-    scalar_state: &[f64],
-    per_tensor: bool,
-    values: &mut [f64],
-) {
-    for (i, node) in rule.nodes.iter().enumerate() {
-        if node.rate == Rate::Element || (node.rate == Rate::Tensor && !per_tensor) {
-            continue;
-        }
-        values[i] = match node.op {
-            Op::Const(x) => x,
-            Op::ConstBool(b) => f64::from(u8::from(b)),
-            Op::Hyper(h) => hypers[h as usize].as_f64(),
-            Op::Step => t as f64,
-            Op::Present(k) => f64::from(u8::from(present[k as usize])),
-            Op::Numel => numel as f64,
-            Op::State(s) => scalar_state.get(s as usize).copied().unwrap_or(f64::NAN),
-            Op::Reduce(..) => values[i],
-            ref op => eval_interior(op, values),
-        };
-    }
 }

@@ -1,7 +1,7 @@
 //! Scheduling: an optimized rule split into the phases a backend runs.
 //!
 //! - **scalar** work (const, step and tensor rates) is evaluated by the host,
-//!   once per step and group or once per tensor ([`crate::interp::scalar_values`]);
+//!   once per step and group or once per tensor (by the compiled backends' host code);
 //! - **reduction passes**: reductions grouped by depth (a reduction whose
 //!   argument needs another reduction runs one pass later), each pass one
 //!   read of the tensors computing all its reductions at once;

@@ -309,7 +309,7 @@ impl<F: GpuFloat> GpuStepper<F> {
         let mut values: Vec<Vec<f64>> = (0..tensors)
             .map(|k| {
                 let mut v = vec![f64::NAN; rule.nodes.len()];
-                interp::scalar_values(
+                lensopt_codegen::host::scalar_values(
                     rule,
                     &self.hypers,
                     t,
@@ -387,8 +387,9 @@ impl<F: GpuFloat> GpuStepper<F> {
                 let Op::Reduce(op, scope, _) = rule.node(*id).op else {
                     continue;
                 };
-                let combine = |a: f64, b: f64| interp::combine_partials(op, a, b);
-                let finish = |acc: f64, n: usize| interp::finish_reduction(op, acc, n);
+                let combine = |a: f64, b: f64| lensopt_codegen::host::combine_partials(op, a, b);
+                let finish =
+                    |acc: f64, n: usize| lensopt_codegen::host::finish_reduction(op, acc, n);
                 let per_tensor: Vec<f64> = (0..tensors)
                     .map(|k| {
                         (0..blocks as usize).fold(0.0, |acc, b| {
@@ -412,7 +413,7 @@ impl<F: GpuFloat> GpuStepper<F> {
                 }
             }
             for (k, v) in values.iter_mut().enumerate() {
-                interp::scalar_values(
+                lensopt_codegen::host::scalar_values(
                     rule,
                     &self.hypers,
                     t,

@@ -11,10 +11,10 @@ use super::emit::buffer_count;
 use super::kernel::{self, output_buffer};
 use super::lanes::JitFloat;
 use super::math;
+use crate::host::{self, combine_partials, finish_reduction};
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_jit::{JITBuilder, JITModule};
-use lensopt_ir::interp::{self, combine_partials, finish_reduction};
 use lensopt_ir::schedule::Schedule;
 use lensopt_ir::{HyperValue, Op, ReduceOp, Scope, StateKind};
 use rayon::prelude::*;
@@ -370,7 +370,7 @@ impl<F: JitFloat> Program<F> {
             .iter()
             .map(|h| {
                 let mut v = vec![f64::NAN; nodes];
-                interp::scalar_values(rule, h, plan.t, plan.present, 0, &[], false, &mut v);
+                host::scalar_values(rule, h, plan.t, plan.present, 0, &[], false, &mut v);
                 v
             })
             .collect();
@@ -380,7 +380,7 @@ impl<F: JitFloat> Program<F> {
             for (k, t) in tensors.iter().enumerate() {
                 let g = plan.group_of[k];
                 let mut v = group_values[g].clone();
-                interp::scalar_values(
+                host::scalar_values(
                     rule,
                     &plan.group_hypers[g],
                     plan.t,
@@ -414,7 +414,7 @@ impl<F: JitFloat> Program<F> {
             self.finish_pass(pass, &partials, tensors, &mut tensor_values);
             for (k, t) in tensors.iter().enumerate() {
                 let g = plan.group_of[k];
-                interp::scalar_values(
+                host::scalar_values(
                     rule,
                     &plan.group_hypers[g],
                     plan.t,
