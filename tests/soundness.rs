@@ -376,3 +376,34 @@ fn parse_errors_keep_their_positions() {
         assert!(rendered.contains("^"), "{rendered}");
     }
 }
+
+#[test]
+fn code_generation_refuses_rules_beyond_its_budget() {
+    // 5,000 levels of nested reductions: more passes than code generation
+    // takes. The step is refused with an error, nothing changes.
+    let nested: String = (1..5_000)
+        .map(|i| format!("let r{i} = sum(g * r{});", i - 1))
+        .collect();
+    let text = format!(
+        "N {{ hyper lr = 0.1; update {{ let r0 = sum(g); {nested} p = p - lr * g * r4999; }} }}"
+    );
+    let opt = DynOptimizer::parse(&text).unwrap();
+    let mut p = Array1::<f32>::ones(3);
+    let g = Array1::<f32>::ones(3);
+    let mut st: Stepper<f32> = opt.init(&[&p as &dyn TensorRef<f32>]).unwrap();
+    let e = st
+        .step(&mut [&mut p as &mut dyn TensorMut<f32>], &[&g])
+        .unwrap_err();
+    assert!(matches!(e, Error::Compile(_)), "{e}");
+    assert!(e.to_string().contains("passes"), "{e}");
+    assert_eq!(p, Array1::<f32>::ones(3));
+    assert_eq!(st.t(), 0);
+    let key = Key::for_step(&[opt.hypers()], &[], Mode::Fast);
+    assert!(lensopt::jit::ptx(
+        &opt.rule(),
+        &key,
+        lensopt_codegen::ptx::Precision::F32,
+        "sm_80"
+    )
+    .is_err());
+}

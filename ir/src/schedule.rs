@@ -14,6 +14,12 @@
 
 use crate::rule::*;
 
+/// Most reduction passes (levels of nested reductions) code generation takes.
+pub const MAX_PASSES: usize = 4096;
+
+/// Most element operations, over all kernels of a rule, code generation takes.
+pub const MAX_KERNEL_OPERATIONS: usize = 1 << 20;
+
 /// Where a kernel output goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Output {
@@ -151,6 +157,34 @@ impl Schedule {
             .iter()
             .map(|(o, _)| output_buffer(&self.rule, *o))
             .collect()
+    }
+
+    /// Checks the schedule against the code generators' budget: at most
+    /// [`MAX_PASSES`] reduction passes and [`MAX_KERNEL_OPERATIONS`] element
+    /// operations over all kernels, so that compiling any rule takes
+    /// bounded time and memory. Backends call this before generating code.
+    pub fn check_budget(&self) -> Result<(), String> {
+        if self.passes.len() > MAX_PASSES {
+            return Err(format!(
+                "the rule nests reductions {} deep, more than the {MAX_PASSES} passes code generation allows",
+                self.passes.len()
+            ));
+        }
+        let roots: Vec<ValueId> = self.outputs.iter().map(|o| o.1).collect();
+        let mut operations = element_nodes(&self.rule, &roots).len();
+        for pass in &self.passes {
+            let args: Vec<ValueId> = pass
+                .iter()
+                .flat_map(|r| self.rule.node(*r).op.args())
+                .collect();
+            operations += element_nodes(&self.rule, &args).len();
+        }
+        if operations > MAX_KERNEL_OPERATIONS {
+            return Err(format!(
+                "the rule's kernels hold {operations} element operations, more than the {MAX_KERNEL_OPERATIONS} code generation allows"
+            ));
+        }
+        Ok(())
     }
 
     /// The slot index of a value, if kernels read it.

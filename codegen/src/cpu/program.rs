@@ -224,6 +224,7 @@ pub struct StepPlan<'a> {
 impl<F: JitFloat> Program<F> {
     /// Compiles every phase of `schedule` to native code.
     pub fn compile(schedule: Schedule) -> Result<Self, CompileError> {
+        schedule.check_budget().map_err(CompileError)?;
         if buffer_count(&schedule.rule) > MAX_BUFFERS {
             return Err(CompileError(format!(
                 "a rule may have at most {} inputs and states",

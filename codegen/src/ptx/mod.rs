@@ -125,6 +125,7 @@ pub fn emit(
     precision: Precision,
     target: &str,
 ) -> Result<PtxModule, PtxError> {
+    schedule.check_budget().map_err(PtxError)?;
     let mut text = String::new();
     let _ = writeln!(text, "// lensopt: rule {}", schedule.rule.name);
     text.push_str(&header(target));
