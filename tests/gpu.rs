@@ -106,7 +106,7 @@ mod on_device {
     }
 
     /// Replays `case` on the device in `F`; returns the parameters after each step.
-    fn replay<F: lensopt::cuda::GpuFloat>(
+    fn replay<F: lensopt::Float>(
         dev: &Arc<Device>,
         case: &Case,
         opt: &lensopt::DynOptimizer,

@@ -16,12 +16,13 @@ use crate::circuit::eval::{input_words, param_words, Rows};
 use crate::error::Error;
 use crate::jit::{self, Key};
 use crate::optimizer::Optimizer;
+use crate::Float;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
     PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use lensopt_codegen::ptx::{descriptor_words, Precision, BLOCK};
+use lensopt_codegen::ptx::{descriptor_words, BLOCK};
 use lensopt_ir::interp;
 use lensopt_ir::optimize::Mode;
 use lensopt_ir::schedule::Schedule;
@@ -30,26 +31,6 @@ use std::sync::Arc;
 
 fn device_error(e: impl std::fmt::Display) -> Error {
     Error::Compile(format!("CUDA: {e}"))
-}
-
-/// Element types of GPU steppers: f32 and f64.
-pub trait GpuFloat:
-    crate::Float + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits
-{
-    /// The PTX precision of kernels for this type.
-    const PRECISION: Precision;
-    /// Bytes per element.
-    const SIZE: usize;
-}
-
-impl GpuFloat for f32 {
-    const PRECISION: Precision = Precision::F32;
-    const SIZE: usize = 4;
-}
-
-impl GpuFloat for f64 {
-    const PRECISION: Precision = Precision::F64;
-    const SIZE: usize = 8;
 }
 
 /// A CUDA device and its stream.
@@ -96,12 +77,12 @@ impl Device {
     }
 
     /// Copies host values to a new device buffer.
-    pub fn upload<F: GpuFloat>(&self, values: &[F]) -> Result<CudaSlice<F>, Error> {
+    pub fn upload<F: Float>(&self, values: &[F]) -> Result<CudaSlice<F>, Error> {
         self.stream.clone_htod(values).map_err(device_error)
     }
 
     /// Copies a device buffer back to the host.
-    pub fn download<F: GpuFloat>(&self, values: &CudaSlice<F>) -> Result<Vec<F>, Error> {
+    pub fn download<F: Float>(&self, values: &CudaSlice<F>) -> Result<Vec<F>, Error> {
         self.stream.clone_dtoh(values).map_err(device_error)
     }
 }
@@ -116,7 +97,7 @@ struct Loaded {
 }
 
 /// An optimizer's state over tensors of `F` on a GPU (one parameter group).
-pub struct GpuStepper<F: GpuFloat> {
+pub struct GpuStepper<F: Float> {
     device: Arc<Device>,
     rule: Arc<Rule>,
     hypers: Vec<HyperValue>,
@@ -133,7 +114,7 @@ pub struct GpuStepper<F: GpuFloat> {
     t: u64,
 }
 
-impl<F: GpuFloat> GpuStepper<F> {
+impl<F: Float> GpuStepper<F> {
     /// State for `params` (device buffers) under `optimizer`'s rule and hyperparameters.
     pub fn new(
         device: Arc<Device>,
@@ -330,7 +311,7 @@ impl<F: GpuFloat> GpuStepper<F> {
             for k in 0..tensors {
                 let row = &mut table[k * words..(k + 1) * words];
                 row[0] = self.lens[k] as u64;
-                row[1] = slots_base + (k * self.slot_capacity * F::SIZE) as u64;
+                row[1] = slots_base + (k * self.slot_capacity * F::BYTES) as u64;
                 row[2] = params[k].device_ptr(&stream).0;
                 row[3] = grads[k].device_ptr(&stream).0;
                 for (i, given) in inputs.iter().enumerate() {

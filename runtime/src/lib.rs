@@ -45,6 +45,7 @@ pub mod cuda;
 pub mod data;
 pub mod diagram;
 mod error;
+mod float;
 pub mod jit;
 pub mod loss;
 mod non_finite;
@@ -54,7 +55,7 @@ mod tensor;
 pub mod train;
 
 pub use error::Error;
-pub use lensopt_codegen::cpu::JitFloat as Float;
+pub use float::Float;
 pub use lensopt_codegen::cpu::Program;
 pub use lensopt_ir as ir;
 pub use lensopt_ir::optimize::{equivalent, Equivalence, Mode};

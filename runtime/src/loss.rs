@@ -2,11 +2,12 @@
 //! against a target, `put` the loss's reverse derivative, the gradient that
 //! flows back into the model. Both average over the examples of a batch.
 
-use crate::diagram::plan::{softmax_rows, Real};
+use crate::diagram::plan::softmax_rows;
+use crate::Float;
 use ndarray::Array2;
 
 /// A loss as a lens from predictions (given targets) to a number.
-pub trait Loss<F: Real> {
+pub trait Loss<F: Float> {
     /// The loss of `pred` against `target`, averaged over the batch (the lens's `get`).
     fn value(&self, pred: &Array2<F>, target: &Array2<F>) -> F;
     /// Its gradient with respect to `pred` (the lens's `put` for a loss change of 1).
@@ -22,7 +23,7 @@ pub trait Loss<F: Real> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MeanSquaredError;
 
-impl<F: Real> Loss<F> for MeanSquaredError {
+impl<F: Float> Loss<F> for MeanSquaredError {
     fn value(&self, pred: &Array2<F>, target: &Array2<F>) -> F {
         let b = F::from_f64(pred.nrows().max(1) as f64);
         let half = F::from_f64(0.5);
@@ -42,7 +43,7 @@ impl<F: Real> Loss<F> for MeanSquaredError {
 pub struct SoftmaxCrossEntropy;
 
 /// The cross-entropy of probabilities `p` against `target`, averaged over the batch.
-fn cross_entropy<F: Real>(p: &Array2<F>, target: &Array2<F>) -> F {
+fn cross_entropy<F: Float>(p: &Array2<F>, target: &Array2<F>) -> F {
     let b = F::from_f64(p.nrows().max(1) as f64);
     let tiny = F::from_f64(1e-30);
     let mut total = F::default();
@@ -58,12 +59,12 @@ fn cross_entropy<F: Real>(p: &Array2<F>, target: &Array2<F>) -> F {
 }
 
 /// `(p - target) / B`: the gradient of the cross-entropy of `softmax(z) = p` at `z`.
-fn cross_entropy_grad<F: Real>(p: Array2<F>, target: &Array2<F>) -> Array2<F> {
+fn cross_entropy_grad<F: Float>(p: Array2<F>, target: &Array2<F>) -> Array2<F> {
     let b = F::from_f64(p.nrows().max(1) as f64);
     (p - target).mapv(|v| v / b)
 }
 
-impl<F: Real> Loss<F> for SoftmaxCrossEntropy {
+impl<F: Float> Loss<F> for SoftmaxCrossEntropy {
     fn value(&self, pred: &Array2<F>, target: &Array2<F>) -> F {
         cross_entropy(&softmax_rows(pred), target)
     }
@@ -79,7 +80,7 @@ impl<F: Real> Loss<F> for SoftmaxCrossEntropy {
 }
 
 /// One-hot rows for class labels `0..classes`.
-pub fn one_hot<F: Real>(labels: &[usize], classes: usize) -> Array2<F> {
+pub fn one_hot<F: Float>(labels: &[usize], classes: usize) -> Array2<F> {
     let mut out = Array2::from_elem((labels.len(), classes), F::default());
     for (i, &l) in labels.iter().enumerate() {
         if l < classes {
@@ -90,7 +91,7 @@ pub fn one_hot<F: Real>(labels: &[usize], classes: usize) -> Array2<F> {
 }
 
 /// Fraction of rows whose largest logit is the label.
-pub fn accuracy<F: Real>(logits: &Array2<F>, labels: &[usize]) -> f64 {
+pub fn accuracy<F: Float>(logits: &Array2<F>, labels: &[usize]) -> f64 {
     let hits = logits
         .rows()
         .into_iter()

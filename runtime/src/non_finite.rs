@@ -24,6 +24,7 @@
 //! [`Error::NonFinite`]: crate::Error::NonFinite
 
 use crate::Float;
+use lensopt_ir::Float as IrFloat;
 use lensopt_ir::InputDecl;
 use rayon::prelude::*;
 
@@ -73,11 +74,11 @@ fn chunk_is_finite<F: Float>(xs: &[F]) -> bool {
     let mut blocks = xs.chunks_exact(LANES);
     for block in &mut blocks {
         for (a, &x) in acc.iter_mut().zip(block) {
-            *a = a.add(x.sub(x));
+            *a = IrFloat::add(*a, IrFloat::sub(x, x));
         }
     }
     for (a, &x) in acc.iter_mut().zip(blocks.remainder()) {
-        *a = a.add(x.sub(x));
+        *a = IrFloat::add(*a, IrFloat::sub(x, x));
     }
     // A NaN anywhere makes its accumulator NaN, and NaN != 0.
     acc.iter().all(|a| a.to_f64() == 0.0)

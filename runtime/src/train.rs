@@ -16,18 +16,19 @@
 //! the error and nothing changes). [`Trainer::save`] and [`Trainer::load`]
 //! write and read checkpoints ([`crate::checkpoint`]).
 
-use crate::diagram::plan::{Model, Real};
+use crate::diagram::plan::Model;
 use crate::error::Error;
 use crate::loss::Loss;
 use crate::optimizer::Optimizer;
 use crate::stepper::Stepper;
 use crate::tensor::{TensorMut, TensorRef};
+use crate::Float;
 use ndarray::{Array2, ArrayD};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// A model trained by an optimizer against a loss.
-pub struct Trainer<F: Real, L> {
+pub struct Trainer<F: Float, L> {
     /// The model (diagram and parameters).
     pub model: Model<F>,
     /// The loss lens.
@@ -36,7 +37,7 @@ pub struct Trainer<F: Real, L> {
     pub optimizer: Stepper<F>,
 }
 
-impl<F: Real, L: Loss<F>> Trainer<F, L> {
+impl<F: Float, L: Loss<F>> Trainer<F, L> {
     /// Binds `optimizer` to the parameters of `model`.
     pub fn new(model: Model<F>, loss: L, optimizer: &impl Optimizer) -> Result<Self, Error> {
         let refs: Vec<&dyn TensorRef<F>> = model

@@ -17,20 +17,11 @@ use super::{size, Diagram, DiagramError, Generator, Init, Shape, Term};
 use crate::{jit, Float, Mode, Rule};
 use lensopt_codegen::cpu::{Program, StepBuffers, StepPlan};
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array2, ArrayD, Axis, IxDyn, LinalgScalar, ScalarOperand};
+use ndarray::{s, Array2, ArrayD, Axis, IxDyn};
 use std::fmt;
 use std::sync::Arc;
 
 /// Element types models run in.
-pub trait Real:
-    Float + LinalgScalar + ScalarOperand + std::ops::AddAssign + std::ops::Neg<Output = Self>
-{
-}
-impl<T: Float + LinalgScalar + ScalarOperand + std::ops::AddAssign + std::ops::Neg<Output = T>> Real
-    for T
-{
-}
-
 /// One generator application in the plan.
 #[derive(Clone, Debug)]
 struct Step {
@@ -151,7 +142,7 @@ fn flatten(
     }
 }
 
-fn init_block<F: Real>(shape: &[usize], init: Init, rng: &mut SplitMix) -> ArrayD<F> {
+fn init_block<F: Float>(shape: &[usize], init: Init, rng: &mut SplitMix) -> ArrayD<F> {
     let fan_in = if shape.len() == 2 { shape[1] } else { shape[0] };
     let fan_out = shape[0];
     ArrayD::from_shape_fn(IxDyn(shape), |_| {
@@ -276,7 +267,7 @@ type Fusion<F> = (Vec<Option<Chain<F>>>, Vec<bool>);
 /// Finds maximal chains of element-wise steps whose intermediate wires feed
 /// nothing else, and compiles each. Returns the chains by first step, and
 /// which steps lie inside a chain.
-fn fuse<F: Real>(steps: &[Step], outputs: &[usize]) -> Result<Fusion<F>, DiagramError> {
+fn fuse<F: Float>(steps: &[Step], outputs: &[usize]) -> Result<Fusion<F>, DiagramError> {
     let mut readers = std::collections::HashMap::<usize, usize>::new();
     for st in steps {
         for r in &st.inputs {
@@ -321,7 +312,7 @@ fn fuse<F: Real>(steps: &[Step], outputs: &[usize]) -> Result<Fusion<F>, Diagram
 }
 
 /// Runs a chain kernel: `out = kernel(grad, input)`.
-fn run_chain<F: Real>(
+fn run_chain<F: Float>(
     program: &Program<F>,
     out: &mut Array2<F>,
     grad: &Array2<F>,
@@ -362,7 +353,7 @@ fn as1<F>(a: &ArrayD<F>) -> ndarray::ArrayView1<'_, F> {
     a.view().into_dimensionality().expect("a 1-d parameter")
 }
 
-impl<F: Real> Model<F> {
+impl<F: Float> Model<F> {
     /// Compiles `diagram`, initialising its parameters from `seed`.
     pub fn new(diagram: &Diagram, seed: u64) -> Result<Self, DiagramError> {
         let term = diagram.check()?.clone();
@@ -740,7 +731,7 @@ impl<F: Real> Model<F> {
 }
 
 /// Softmax of each row, shifted by the row's maximum for stability.
-pub fn softmax_rows<F: Real>(x: &Array2<F>) -> Array2<F> {
+pub fn softmax_rows<F: Float>(x: &Array2<F>) -> Array2<F> {
     let mut out = x.clone();
     for mut row in out.rows_mut() {
         let max =

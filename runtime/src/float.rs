@@ -1,0 +1,46 @@
+//! The element type of every backend: one trait, implemented by f32 and f64.
+//!
+//! [`Float`] gathers what each layer needs of an element type: the
+//! interpreter's arithmetic (`lensopt_ir::Float`), the JIT's vector layout
+//! (`lensopt_codegen::cpu::JitFloat`), ndarray's linear algebra for models,
+//! and, with the `cuda` feature, what cudarc needs to move it to a device
+//! plus its PTX precision. The lower crates keep their narrower traits
+//! because they cannot depend on ndarray or cudarc; everything above them,
+//! and every user, names this one.
+
+use lensopt_codegen::cpu::JitFloat;
+use lensopt_codegen::ptx::Precision;
+use ndarray::{LinalgScalar, ScalarOperand};
+
+/// What the GPU path needs of an element type (nothing without `cuda`).
+#[cfg(feature = "cuda")]
+pub trait DeviceElement: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits {}
+#[cfg(feature = "cuda")]
+impl<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits> DeviceElement for T {}
+
+/// What the GPU path needs of an element type (nothing without `cuda`).
+#[cfg(not(feature = "cuda"))]
+pub trait DeviceElement {}
+#[cfg(not(feature = "cuda"))]
+impl<T> DeviceElement for T {}
+
+/// An element type of lensopt: `f32` or `f64`.
+pub trait Float:
+    JitFloat
+    + LinalgScalar
+    + ScalarOperand
+    + std::ops::AddAssign
+    + std::ops::Neg<Output = Self>
+    + DeviceElement
+{
+    /// The precision of PTX kernels for this type.
+    const PRECISION: Precision;
+}
+
+impl Float for f32 {
+    const PRECISION: Precision = Precision::F32;
+}
+
+impl Float for f64 {
+    const PRECISION: Precision = Precision::F64;
+}
