@@ -4,15 +4,18 @@
 //! - [`math`]: the math functions generated code imports, registered by hand;
 //! - [`emit`]: element-wise IR nodes to CLIF vector instructions;
 //! - [`kernel`]: the element and reduction functions (loops, loads, stores);
-//! - [`program`]: a compiled schedule and the safe, parallel execution of a step;
+//! - [`program`]: a compiled schedule: the native functions and their code;
+//! - [`execute`]: the safe, parallel execution of a step with a program;
 //! - [`circuit`]: boolean circuits (forward and reverse) as bitwise code.
 
 pub mod circuit;
 pub mod emit;
+pub mod execute;
 pub mod kernel;
 pub mod lanes;
 pub mod math;
 pub mod program;
 
+pub use execute::{StepBuffers, StepPlan};
 pub use lanes::JitFloat;
-pub use program::{CompileError, Program, StepBuffers, StepPlan};
+pub use program::{CompileError, Program};

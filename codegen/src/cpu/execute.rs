@@ -1,0 +1,550 @@
+//! The safe, parallel execution of one step with a compiled [`Program`].
+//!
+//! The host evaluates per-step values once per group and per-tensor values
+//! once per tensor (in f64, [`crate::host`]), then runs the kernels over
+//! chunks of every tensor on a thread pool: each reduction pass, then the
+//! element pass. Chunks are fixed in size (independent of the number of
+//! threads), so element results are identical for any thread count and
+//! reductions are combined in the same order every time. Every buffer is
+//! checked against the schedule before the first kernel runs.
+
+use super::kernel::output_buffer;
+use super::lanes::JitFloat;
+use super::program::{Program, ReduceFn, MAX_BUFFERS};
+use crate::host::{self, combine_partials, finish_reduction};
+use lensopt_ir::schedule::Schedule;
+use lensopt_ir::{HyperValue, Op, ReduceOp, Scope, StateKind};
+use rayon::prelude::*;
+
+/// Elements per chunk of work: a multiple of every vector width times the unroll.
+pub const CHUNK: usize = 1 << 16;
+
+/// Below this many elements in a step, kernels run on the calling thread.
+pub const PARALLEL_MIN: usize = 1 << 17;
+
+/// One tensor's buffers for a step.
+pub struct StepBuffers<'a, F> {
+    /// The parameter, updated in place.
+    pub param: &'a mut [F],
+    /// The gradient.
+    pub grad: &'a [F],
+    /// Extra inputs in the rule's order (`None`: absent).
+    pub inputs: Vec<Option<&'a [F]>>,
+    /// States in the rule's order: element states as slices, `None` for scalar states.
+    pub states: Vec<Option<&'a mut [F]>>,
+}
+
+impl<'a, F> StepBuffers<'a, F> {
+    /// A shorter-lived view of the same buffers.
+    fn reborrow(&mut self) -> StepBuffers<'_, F> {
+        StepBuffers {
+            param: &mut *self.param,
+            grad: self.grad,
+            inputs: self.inputs.clone(),
+            states: self.states.iter_mut().map(|s| s.as_deref_mut()).collect(),
+        }
+    }
+
+    /// Splits off the first `len` elements of every buffer.
+    fn split_first(self, len: usize) -> (StepBuffers<'a, F>, StepBuffers<'a, F>) {
+        let (p0, p1) = self.param.split_at_mut(len);
+        let (g0, g1) = self.grad.split_at(len);
+        let mut i0 = Vec::with_capacity(self.inputs.len());
+        let mut i1 = Vec::with_capacity(self.inputs.len());
+        for input in self.inputs {
+            let (a, b) = match input {
+                Some(s) => {
+                    let (a, b) = s.split_at(len);
+                    (Some(a), Some(b))
+                }
+                None => (None, None),
+            };
+            i0.push(a);
+            i1.push(b);
+        }
+        let mut s0 = Vec::with_capacity(self.states.len());
+        let mut s1 = Vec::with_capacity(self.states.len());
+        for state in self.states {
+            let (a, b) = match state {
+                Some(s) => {
+                    let (a, b) = s.split_at_mut(len);
+                    (Some(a), Some(b))
+                }
+                None => (None, None),
+            };
+            s0.push(a);
+            s1.push(b);
+        }
+        (
+            StepBuffers {
+                param: p0,
+                grad: g0,
+                inputs: i0,
+                states: s0,
+            },
+            StepBuffers {
+                param: p1,
+                grad: g1,
+                inputs: i1,
+                states: s1,
+            },
+        )
+    }
+
+    /// The buffer table a kernel takes, in kernel order (null where absent).
+    fn pointers(&mut self) -> [*mut u8; MAX_BUFFERS] {
+        let mut ptrs = [std::ptr::null_mut(); MAX_BUFFERS];
+        ptrs[0] = self.param.as_mut_ptr().cast();
+        // Kernels never store through the gradient or input pointers (only
+        // `p` and states are outputs), so casting away const is sound.
+        ptrs[1] = self.grad.as_ptr().cast_mut().cast();
+        let k = 2;
+        for (j, input) in self.inputs.iter().enumerate() {
+            if let Some(s) = input {
+                ptrs[k + j] = s.as_ptr().cast_mut().cast();
+            }
+        }
+        let k = k + self.inputs.len();
+        for (j, state) in self.states.iter_mut().enumerate() {
+            if let Some(s) = state {
+                ptrs[k + j] = s.as_mut_ptr().cast();
+            }
+        }
+        ptrs
+    }
+}
+
+/// The step-level facts a step needs besides the buffers.
+pub struct StepPlan<'a> {
+    /// The step counter (1 on the first step).
+    pub t: u64,
+    /// Whether each optional input is present.
+    pub present: &'a [bool],
+    /// Hyperparameters of each group.
+    pub group_hypers: &'a [Vec<HyperValue>],
+    /// Group of each tensor.
+    pub group_of: &'a [usize],
+}
+
+impl<F: JitFloat> Program<F> {
+    /// Checks that every buffer a kernel touches is there, with the parameter's length.
+    fn validate(&self, tensors: &[StepBuffers<'_, F>], plan: &StepPlan<'_>) -> Result<(), String> {
+        let rule = &self.schedule.rule;
+        if plan.group_of.len() != tensors.len()
+            || plan.group_of.iter().any(|g| *g >= plan.group_hypers.len())
+        {
+            return Err("every tensor needs a parameter group".into());
+        }
+        if plan.present.len() != rule.inputs.len() {
+            return Err("one presence flag per input is needed".into());
+        }
+        let mut reads_input = vec![false; rule.inputs.len()];
+        let mut reads_state = vec![false; rule.states.len()];
+        for node in &rule.nodes {
+            match node.op {
+                Op::Input(i) => reads_input[i as usize] = true,
+                Op::State(i) => reads_state[i as usize] = true,
+                _ => {}
+            }
+        }
+        for (out, _) in &self.schedule.outputs {
+            if let lensopt_ir::schedule::Output::State(i) = out {
+                reads_state[*i as usize] = true;
+            }
+        }
+        for (k, t) in tensors.iter().enumerate() {
+            let n = t.param.len();
+            if t.grad.len() != n {
+                return Err(format!(
+                    "tensor {k}: gradient of {} elements for {n} parameters",
+                    t.grad.len()
+                ));
+            }
+            if t.inputs.len() != rule.inputs.len() || t.states.len() != rule.states.len() {
+                return Err(format!(
+                    "tensor {k}: inputs or states do not match the rule"
+                ));
+            }
+            for (i, input) in t.inputs.iter().enumerate() {
+                match input {
+                    Some(s) if s.len() != n => {
+                        return Err(format!(
+                            "tensor {k}: input `{}` has {} elements, not {n}",
+                            rule.inputs[i].name,
+                            s.len()
+                        ))
+                    }
+                    None if reads_input[i] => {
+                        return Err(format!(
+                            "tensor {k}: input `{}` is missing",
+                            rule.inputs[i].name
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            for (i, state) in t.states.iter().enumerate() {
+                let element = rule.states[i].kind == StateKind::Element;
+                match state {
+                    Some(s) if s.len() != n => {
+                        return Err(format!(
+                            "tensor {k}: state `{}` has {} elements, not {n}",
+                            rule.states[i].name,
+                            s.len()
+                        ))
+                    }
+                    None if element && reads_state[i] => {
+                        return Err(format!(
+                            "tensor {k}: state `{}` is missing",
+                            rule.states[i].name
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one step over `tensors`. `scalar_state[k]` holds tensor `k`'s
+    /// scalar states (indexed like the rule's states) and is updated.
+    pub fn step(
+        &self,
+        plan: &StepPlan<'_>,
+        tensors: &mut [StepBuffers<'_, F>],
+        scalar_state: &mut [Vec<f64>],
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Result<(), String> {
+        self.validate(tensors, plan)?;
+        if scalar_state.len() != tensors.len() {
+            return Err("one scalar-state vector per tensor is needed".into());
+        }
+        let rule = &self.schedule.rule;
+        let nodes = rule.nodes.len();
+        let group_values: Vec<Vec<f64>> = plan
+            .group_hypers
+            .iter()
+            .map(|h| {
+                let mut v = vec![f64::NAN; nodes];
+                host::scalar_values(rule, h, plan.t, plan.present, 0, &[], false, &mut v);
+                v
+            })
+            .collect();
+        let per_tensor = self.schedule.per_tensor_scalars;
+        let mut tensor_values: Vec<Vec<f64>> = Vec::new();
+        if per_tensor {
+            for (k, t) in tensors.iter().enumerate() {
+                let g = plan.group_of[k];
+                let mut v = group_values[g].clone();
+                host::scalar_values(
+                    rule,
+                    &plan.group_hypers[g],
+                    plan.t,
+                    plan.present,
+                    t.param.len(),
+                    &scalar_state[k],
+                    true,
+                    &mut v,
+                );
+                tensor_values.push(v);
+            }
+        }
+        let total: usize = tensors.iter().map(|t| t.param.len()).sum();
+        let parallel = total >= PARALLEL_MIN;
+        for (pass, func) in self.schedule.passes.iter().zip(&self.passes) {
+            let slots: Vec<Vec<F>> = tensor_values.iter().map(|v| self.slots(v)).collect();
+            let ops: Vec<ReduceOp> = pass
+                .iter()
+                .map(|id| match rule.node(*id).op {
+                    Op::Reduce(op, _, _) => op,
+                    _ => unreachable!("passes hold reductions"),
+                })
+                .collect();
+            let mut partials: Vec<Vec<Vec<f64>>> = (0..tensors.len()).map(|_| Vec::new()).collect();
+            let results = self.run_chunks(tensors, parallel, pool, |k, chunk| {
+                self.reduce_chunk(*func, &ops, chunk, &slots[k])
+            });
+            for (k, r) in results {
+                partials[k].push(r);
+            }
+            self.finish_pass(pass, &partials, tensors, &mut tensor_values);
+            for (k, t) in tensors.iter().enumerate() {
+                let g = plan.group_of[k];
+                host::scalar_values(
+                    rule,
+                    &plan.group_hypers[g],
+                    plan.t,
+                    plan.present,
+                    t.param.len(),
+                    &scalar_state[k],
+                    true,
+                    &mut tensor_values[k],
+                );
+            }
+        }
+        let slots: Vec<Vec<F>> = if per_tensor {
+            tensor_values.iter().map(|v| self.slots(v)).collect()
+        } else {
+            group_values.iter().map(|v| self.slots(v)).collect()
+        };
+        let slot_of = |k: usize| if per_tensor { k } else { plan.group_of[k] };
+        self.run_chunks(tensors, parallel, pool, |k, chunk| {
+            self.element_chunk(chunk, &slots[slot_of(k)]);
+        });
+        for (k, state) in scalar_state.iter_mut().enumerate() {
+            for (i, s) in rule.states.iter().enumerate() {
+                if s.kind == StateKind::Scalar {
+                    let values = if per_tensor {
+                        &tensor_values[k]
+                    } else {
+                        &group_values[plan.group_of[k]]
+                    };
+                    state[i] = values[rule.state_out[i].index()];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernels' scalar slots, rounded to the element type, each repeated
+    /// across a whole vector (the layout the kernels load).
+    fn slots(&self, values: &[f64]) -> Vec<F> {
+        self.schedule
+            .slots
+            .iter()
+            .flat_map(|v| std::iter::repeat_n(F::from_f64(values[v.index()]), F::LANES))
+            .collect()
+    }
+
+    /// Splits every tensor into chunks and runs `work` on each; returns
+    /// `(tensor, result)` pairs, tensors and chunks in order.
+    fn run_chunks<R: Send>(
+        &self,
+        tensors: &mut [StepBuffers<'_, F>],
+        parallel: bool,
+        pool: Option<&rayon::ThreadPool>,
+        work: impl Fn(usize, &mut StepBuffers<'_, F>) -> R + Sync,
+    ) -> Vec<(usize, R)> {
+        if !parallel {
+            // Small steps: no chunk list, no allocation per tensor.
+            let mut out = Vec::new();
+            for (k, t) in tensors.iter_mut().enumerate() {
+                if !t.param.is_empty() {
+                    out.push((k, work(k, t)));
+                }
+            }
+            return out;
+        }
+        // Small tensors go whole (borrowed as they are); large ones in pieces.
+        enum Chunk<'s, 'a, F> {
+            Whole(&'s mut StepBuffers<'a, F>),
+            Part(StepBuffers<'s, F>),
+        }
+        let mut chunks: Vec<(usize, Chunk<'_, '_, F>)> = Vec::with_capacity(tensors.len());
+        for (k, t) in tensors.iter_mut().enumerate() {
+            if t.param.len() <= CHUNK {
+                if !t.param.is_empty() {
+                    chunks.push((k, Chunk::Whole(t)));
+                }
+                continue;
+            }
+            let mut rest = t.reborrow();
+            while rest.param.len() > CHUNK {
+                let (head, tail) = rest.split_first(CHUNK);
+                chunks.push((k, Chunk::Part(head)));
+                rest = tail;
+            }
+            chunks.push((k, Chunk::Part(rest)));
+        }
+        let mut run = || {
+            chunks
+                .par_iter_mut()
+                .map(|(k, c)| {
+                    let r = match c {
+                        Chunk::Whole(t) => work(*k, t),
+                        Chunk::Part(t) => work(*k, t),
+                    };
+                    (*k, r)
+                })
+                .collect()
+        };
+        match pool {
+            Some(p) => p.install(run),
+            None => run(),
+        }
+    }
+
+    /// Runs the element kernel over one chunk: whole vectors in place, the
+    /// last `n % L` elements on zero-padded copies.
+    fn element_chunk(&self, chunk: &mut StepBuffers<'_, F>, slots: &[F]) {
+        let n = chunk.param.len();
+        let main = n - n % F::LANES;
+        let ptrs = chunk.pointers();
+        if main > 0 {
+            // SAFETY: `validate` checked that every buffer the kernel reads or
+            // writes is present with exactly `n >= main` elements; the pointer
+            // table and `slots` (every schedule slot broadcast to `F::LANES`
+            // values, the layout `load_slot` reads) outlive the call; the
+            // kernel touches elements [0, main) only, `main` is a multiple of
+            // the lane count as it requires, and the only buffers it writes
+            // (p and states) are distinct `&mut` slices.
+            unsafe { (self.element)(ptrs.as_ptr(), slots.as_ptr().cast(), main) };
+        }
+        if main < n {
+            let mut pad = Padded::<F>::new(chunk, main);
+            let ptrs = pad.pointers();
+            // SAFETY: as above, with every present buffer replaced by a padded
+            // copy of exactly `F::LANES` elements.
+            unsafe { (self.element)(ptrs.as_ptr(), slots.as_ptr().cast(), F::LANES) };
+            pad.write_back(chunk, main, &self.schedule);
+        }
+    }
+
+    /// Runs a reduction kernel over one chunk; returns one partial per reduction.
+    fn reduce_chunk(
+        &self,
+        func: ReduceFn,
+        ops: &[ReduceOp],
+        chunk: &mut StepBuffers<'_, F>,
+        slots: &[F],
+    ) -> Vec<f64> {
+        let count = ops.len();
+        let n = chunk.param.len();
+        let main = n - n % F::LANES;
+        let mut out = vec![0.0f64; count];
+        let ptrs = chunk.pointers();
+        if main > 0 {
+            // SAFETY: as for the element kernel; reduction kernels only read
+            // the buffers, and write `count` f64 values to `out`.
+            unsafe {
+                func(
+                    ptrs.as_ptr(),
+                    slots.as_ptr().cast(),
+                    main,
+                    main,
+                    out.as_mut_ptr(),
+                )
+            };
+        }
+        if main < n {
+            let mut tail = vec![0.0f64; count];
+            let mut pad = Padded::<F>::new(chunk, main);
+            let ptrs = pad.pointers();
+            // SAFETY: as above on padded copies of `F::LANES` elements; lanes
+            // at or past `n - main` are masked out by the kernel.
+            unsafe {
+                func(
+                    ptrs.as_ptr(),
+                    slots.as_ptr().cast(),
+                    F::LANES,
+                    n - main,
+                    tail.as_mut_ptr(),
+                )
+            };
+            for (k, pass_value) in out.iter_mut().enumerate() {
+                *pass_value = combine_partials(ops[k], *pass_value, tail[k]);
+            }
+        }
+        out
+    }
+
+    /// Combines chunk partials into each tensor's (or the global) result.
+    fn finish_pass(
+        &self,
+        pass: &[lensopt_ir::ValueId],
+        partials: &[Vec<Vec<f64>>],
+        tensors: &[StepBuffers<'_, F>],
+        values: &mut [Vec<f64>],
+    ) {
+        let rule = &self.schedule.rule;
+        for (r, id) in pass.iter().enumerate() {
+            let Op::Reduce(op, scope, _) = rule.node(*id).op else {
+                unreachable!("passes hold reductions")
+            };
+            let per_tensor: Vec<f64> = partials
+                .iter()
+                .map(|chunks| {
+                    chunks
+                        .iter()
+                        .fold(0.0, |acc, c| combine_partials(op, acc, c[r]))
+                })
+                .collect();
+            match scope {
+                Scope::Tensor => {
+                    for (k, t) in tensors.iter().enumerate() {
+                        values[k][id.index()] = finish_reduction(op, per_tensor[k], t.param.len());
+                    }
+                }
+                Scope::Global => {
+                    let all = per_tensor
+                        .iter()
+                        .fold(0.0, |acc, x| combine_partials(op, acc, *x));
+                    let numel: usize = tensors.iter().map(|t| t.param.len()).sum();
+                    for v in values.iter_mut() {
+                        v[id.index()] = finish_reduction(op, all, numel);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Zero-padded copies of the last `n % L` elements of every buffer of a chunk.
+struct Padded<F> {
+    data: Vec<F>,
+    present: Vec<bool>,
+}
+
+impl<F: JitFloat> Padded<F> {
+    fn new(chunk: &StepBuffers<'_, F>, from: usize) -> Self {
+        let nb = 2 + chunk.inputs.len() + chunk.states.len();
+        let mut data = vec![F::default(); nb * F::LANES];
+        let mut present = vec![false; nb];
+        let mut put = |b: usize, src: &[F]| {
+            let tail = &src[from..];
+            data[b * F::LANES..b * F::LANES + tail.len()].copy_from_slice(tail);
+            present[b] = true;
+        };
+        put(0, chunk.param);
+        put(1, chunk.grad);
+        for (j, input) in chunk.inputs.iter().enumerate() {
+            if let Some(s) = input {
+                put(2 + j, s);
+            }
+        }
+        let base = 2 + chunk.inputs.len();
+        for (j, state) in chunk.states.iter().enumerate() {
+            if let Some(s) = state {
+                put(base + j, s);
+            }
+        }
+        Padded { data, present }
+    }
+
+    fn pointers(&mut self) -> [*mut u8; MAX_BUFFERS] {
+        let mut ptrs = [std::ptr::null_mut(); MAX_BUFFERS];
+        for (b, p) in self.present.iter().enumerate() {
+            if *p {
+                ptrs[b] = self.data[b * F::LANES..].as_mut_ptr().cast();
+            }
+        }
+        ptrs
+    }
+
+    /// Copies the outputs (p and written states) back into the chunk.
+    fn write_back(&self, chunk: &mut StepBuffers<'_, F>, from: usize, schedule: &Schedule) {
+        let rest = chunk.param.len() - from;
+        for (out, _) in &schedule.outputs {
+            let b = output_buffer(&schedule.rule, *out);
+            let src = &self.data[b * F::LANES..b * F::LANES + rest];
+            match out {
+                lensopt_ir::schedule::Output::Param => chunk.param[from..].copy_from_slice(src),
+                lensopt_ir::schedule::Output::State(s) => {
+                    if let Some(dst) = chunk.states[*s as usize].as_deref_mut() {
+                        dst[from..].copy_from_slice(src);
+                    }
+                }
+            }
+        }
+    }
+}
