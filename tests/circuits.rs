@@ -12,14 +12,14 @@ use lensopt::diagram::plan::SplitMix;
 
 /// Evaluates `c` (no parameters) on one example.
 fn apply(c: &Circuit, x: &[bool]) -> Vec<bool> {
-    let mut m = Machine::new(c, 1);
+    let mut m = Machine::new(c, 1).unwrap();
     let out = m.forward(c, &[], &pack(&[x.to_vec()], c.inputs())).unwrap();
     out.iter().map(|w| bit(w, 0)).collect()
 }
 
 /// `R[c](x, dy)` on one example, with respect to the inputs.
 fn reverse(c: &Circuit, params: &[bool], x: &[bool], dy: &[bool]) -> (Vec<bool>, Vec<bool>) {
-    let mut m = Machine::new(c, 1);
+    let mut m = Machine::new(c, 1).unwrap();
     m.forward(c, params, &pack(&[x.to_vec()], c.inputs()))
         .unwrap();
     let (dp, dx) = m
@@ -228,12 +228,12 @@ fn bit_sliced_batches_equal_one_example_at_a_time() {
     let params = vec![true, false, true];
     let examples: Vec<Vec<bool>> = (0..200).map(|_| bits(rng.next_u64() as usize, 6)).collect();
     let dys: Vec<Vec<bool>> = (0..200).map(|_| bits(rng.next_u64() as usize, 2)).collect();
-    let mut m = Machine::new(&c, 4);
+    let mut m = Machine::new(&c, 4).unwrap();
     let out = m.forward(&c, &params, &pack(&examples, 6)).unwrap();
     let (dp, dx) = m.reverse(&c, &pack(&dys, 2)).unwrap();
     for (e, x) in examples.iter().enumerate() {
         let (p1, x1) = reverse(&c, &params, x, &dys[e]);
-        let mut single = Machine::new(&c, 1);
+        let mut single = Machine::new(&c, 1).unwrap();
         let o1 = single
             .forward(&c, &params, &pack(std::slice::from_ref(x), 6))
             .unwrap();
@@ -259,7 +259,7 @@ fn wiring_errors_are_values() {
     b.and(x, 5);
     assert_eq!(b.finish(vec![x]).unwrap_err(), CircuitError::UnknownWire(5));
     let c = gates::xor();
-    let mut m = Machine::new(&c, 1);
+    let mut m = Machine::new(&c, 1).unwrap();
     assert!(
         m.forward(&c, &[], &[vec![0]]).is_err(),
         "one input row for two inputs"
@@ -319,7 +319,7 @@ fn compiled_circuits_agree_with_the_bit_sliced_interpreter() {
         let dy: Vec<Vec<u64>> = (0..m)
             .map(|_| (0..words).map(|_| rng.next_u64()).collect())
             .collect();
-        let mut machine = Machine::new(&c, words);
+        let mut machine = Machine::new(&c, words).unwrap();
         let want = machine.forward(&c, &params, &inputs).unwrap();
         assert_eq!(
             compiled.forward(&params, &inputs).unwrap(),

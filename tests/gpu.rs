@@ -285,7 +285,7 @@ mod on_device {
             .collect();
         let params = [true, false, true];
         let gpu = GpuCircuit::new(dev, &c).unwrap();
-        let mut cpu = Machine::new(&c, words);
+        let mut cpu = Machine::new(&c, words).unwrap();
         assert_eq!(
             gpu.forward(&params, &inputs).unwrap(),
             cpu.forward(&c, &params, &inputs).unwrap()

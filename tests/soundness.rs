@@ -175,7 +175,7 @@ fn a_machine_refuses_a_reverse_pass_of_another_circuit() {
     let a = b.and(ins[0], ins[1]);
     let c = b.xor(a, ins[2]);
     let big = b.finish(vec![c, a]).unwrap();
-    let mut m = Machine::new(&small, 1);
+    let mut m = Machine::new(&small, 1).unwrap();
     // Reverse before any forward pass.
     assert!(m.reverse(&small, &[vec![1]]).is_err());
     m.forward(&small, &[], &[vec![5]]).unwrap();
@@ -406,4 +406,14 @@ fn code_generation_refuses_rules_beyond_its_budget() {
         "sm_80"
     )
     .is_err());
+}
+
+#[test]
+fn circuit_buffers_too_large_to_exist_are_an_error() {
+    let mut b = CircuitBuilder::new();
+    let x = b.input();
+    let y = b.not(x);
+    let c = b.finish(vec![y]).unwrap();
+    assert!(Machine::new(&c, usize::MAX).is_err());
+    assert!(Machine::new(&c, 1 << 61).is_err());
 }

@@ -613,7 +613,7 @@ impl Bench {
         let inputs: Vec<Vec<u64>> = (0..c.inputs())
             .map(|_| (0..words).map(|_| rng.next_u64()).collect())
             .collect();
-        let mut m = Machine::new(&c, words);
+        let mut m = Machine::new(&c, words).map_err(|e| Failure::usage(e.to_string()))?;
         let fwd = time(self.seconds, || {
             let _ = m.forward(&c, &[], &inputs);
         });

@@ -66,14 +66,32 @@ pub(crate) fn input_words(
 }
 
 impl Machine {
-    /// Buffers for `circuit` with `words` words (64 examples each) per wire.
-    pub fn new(circuit: &Circuit, words: usize) -> Self {
-        Machine {
+    /// Buffers for `circuit` with `words` words (64 examples each) per
+    /// wire: two words per wire and example word. A size that overflows or
+    /// cannot be allocated is an error, not an abort.
+    pub fn new(circuit: &Circuit, words: usize) -> Result<Self, Error> {
+        let len = circuit.gates().len().checked_mul(words).ok_or_else(|| {
+            mismatch(format!(
+                "{} gates times {words} words per wire overflows",
+                circuit.gates().len()
+            ))
+        })?;
+        let zeros = |len: usize| -> Result<Vec<u64>, Error> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(len).map_err(|_| {
+                mismatch(format!(
+                    "cannot allocate {len} words for the circuit's wires"
+                ))
+            })?;
+            v.resize(len, 0);
+            Ok(v)
+        };
+        Ok(Machine {
             words,
-            values: vec![0; circuit.gates().len() * words],
-            adjoints: vec![0; circuit.gates().len() * words],
+            values: zeros(len)?,
+            adjoints: zeros(len)?,
             forward_of: None,
-        }
+        })
     }
 
     /// Words per wire.

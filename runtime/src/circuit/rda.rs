@@ -93,7 +93,7 @@ impl Rda {
     pub fn predict(&self, x: &[Vec<bool>]) -> Result<Vec<Vec<bool>>, Error> {
         let packed = super::eval::pack(x, self.circuit.inputs());
         let words = packed.first().map_or(1, Vec::len);
-        let mut m = passes(&self.circuit, self.compiled.as_ref(), words);
+        let mut m = passes(&self.circuit, self.compiled.as_ref(), words)?;
         let out = m.forward(&self.params, &packed)?;
         Ok((0..x.len())
             .map(|e| out.iter().map(|row| bit(row, e)).collect())
@@ -117,7 +117,7 @@ impl Rda {
         match combine {
             Combine::Online => {
                 // One example per call: one word per wire, buffers made once.
-                let mut m = passes(circuit, compiled.as_ref(), 1);
+                let mut m = passes(circuit, compiled.as_ref(), 1)?;
                 let mut flips = 0;
                 for (x, y) in data.x.iter().zip(&data.y) {
                     let (x, y) = (std::slice::from_ref(x), std::slice::from_ref(y));
@@ -127,7 +127,7 @@ impl Rda {
             }
             Combine::Majority => {
                 let words = data.x.len().div_ceil(64).max(1);
-                let mut m = passes(circuit, compiled.as_ref(), words);
+                let mut m = passes(circuit, compiled.as_ref(), words)?;
                 update(circuit, params, &mut m, &data.x, &data.y, combine)
             }
         }
@@ -140,11 +140,11 @@ fn passes<'a>(
     circuit: &'a Circuit,
     compiled: Option<&'a CompiledCircuit>,
     words: usize,
-) -> Passes<'a> {
-    match compiled {
+) -> Result<Passes<'a>, Error> {
+    Ok(match compiled {
         Some(code) => Passes::Compiled(code),
-        None => Passes::Interpreted(circuit, Machine::new(circuit, words)),
-    }
+        None => Passes::Interpreted(circuit, Machine::new(circuit, words)?),
+    })
 }
 
 /// The update for a batch: with [`Combine::Majority`], flips bit `i` when
