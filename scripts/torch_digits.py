@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The digits MLP of `examples/models/digits_mlp.rs`, side by side in PyTorch.
+"""The digits MLP of `cli/examples/digits_mlp.rs`, side by side in PyTorch.
 
     cargo build --release --example digits_mlp
     python3 scripts/torch_digits.py [--threads 2]

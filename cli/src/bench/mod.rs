@@ -1,0 +1,155 @@
+//! `lensopt bench`: optimizer steps against the memory bus, measured in one run.
+//!
+//! For every rule and size it reports the step's bandwidth (the bytes the
+//! compiled kernels must move: each array the rule reads, plus each it
+//! writes, once per element) beside two ceilings measured in the same run
+//! with the same threads:
+//! - `ceiling_gbps`: a Rust kernel that reads and writes exactly the same
+//!   arrays in place with trivial arithmetic (for Adam: read p, g, m, v;
+//!   write p, m, v), i.e. the traffic the rule cannot avoid;
+//! - `triad_gbps`: the STREAM triad `a = b + s * c`, 16 bytes per element
+//!   (the store's write-allocate read included).
+//!
+//! `gbps` and `ceiling_gbps` come from the fastest step of each;
+//! `ratio_to_ceiling` is the median over nine alternating rounds of the
+//! ratio of the two, which bursts of bandwidth on a shared machine do not skew.
+//!
+//! Also: a hand-written Rust Adam (`adam_handwritten`), 1,000 small tensors
+//! in two parameter groups in one step (`adam_many_small`) beside one tensor
+//! of the same total size, and JIT latency (rule text to callable kernels).
+//!
+//! The command's parts: [`harness`] runs and times (settings, timing,
+//! buffers, limits), [`ceilings`] holds the reference kernels the steps are
+//! measured against, [`workloads`] the optimizer steps measured (CPU and
+//! GPU) and the JIT's latency, [`circuits`] the bit-sliced circuit
+//! throughput, and [`report`] prints the table or the JSON lines.
+
+mod ceilings;
+mod circuits;
+mod harness;
+mod report;
+mod workloads;
+
+use crate::Failure;
+use harness::{arrays_held, check_memory, check_seconds, check_size, fail, Bench};
+use lensopt::{catalog, DynOptimizer};
+
+/// Flags of `lensopt bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print one JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Threads for every kernel (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Tensor sizes (default 1e6, 1e7, and 1e8 when memory allows; at most 2^34,
+    /// and what the machine's available memory holds).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Rules to measure (default adam, adamw, lion, adan, sophiah).
+    #[arg(long, value_delimiter = ',')]
+    rules: Vec<String>,
+    /// Seconds to spend per measurement (at least 3 steps are timed): finite,
+    /// more than 0, at most 3600.
+    #[arg(long, default_value_t = 0.5)]
+    seconds: f64,
+    /// `cpu` (default) or `cuda`: Adam on the GPU against a device copy kernel.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// The steps' policy for non-finite gradients: `refuse` (the library's
+    /// default: one extra read of the gradient), `skip` or `unchecked`.
+    #[arg(long, default_value = "refuse")]
+    non_finite: String,
+}
+
+/// Runs `lensopt bench`.
+pub fn run(args: &Args) -> Result<(), Failure> {
+    check_seconds(args.seconds)?;
+    for &n in &args.sizes {
+        check_size(n)?;
+    }
+    match args.device.as_str() {
+        "cpu" => {}
+        "cuda" => return workloads::gpu(args),
+        other => {
+            return Err(Failure::usage(format!(
+                "unknown device `{other}`: cpu or cuda"
+            )))
+        }
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let pool = std::sync::Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(fail)?,
+    );
+    let rules: Vec<String> = if args.rules.is_empty() {
+        ["adam", "adamw", "lion", "adan", "sophiah"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        args.rules.clone()
+    };
+    let opts: Vec<DynOptimizer> = rules
+        .iter()
+        .map(|name| catalog::get(name).ok_or_else(|| fail(format!("unknown rule `{name}`"))))
+        .collect::<Result<_, _>>()?;
+    let sizes: Vec<usize> = if args.sizes.is_empty() {
+        let mut s = vec![1_000_000, 10_000_000];
+        // Adan touches 11 arrays; keep 1e8 for machines with room for it and the ceiling's copies.
+        if harness::available_memory().is_some_and(|m| m > 2 * 12 * 4 * 100_000_000) {
+            s.push(100_000_000);
+        }
+        s
+    } else {
+        args.sizes.clone()
+    };
+    for &n in &sizes {
+        for (name, opt) in rules.iter().zip(&opts) {
+            check_memory(n, name, arrays_held(opt))?;
+        }
+    }
+    let mut bench = Bench {
+        threads,
+        pool,
+        seconds: args.seconds,
+        non_finite: lensopt::NonFinite::parse(&args.non_finite).ok_or_else(|| {
+            Failure::usage(format!(
+                "--non-finite: `{}` is not refuse, skip or unchecked",
+                args.non_finite
+            ))
+        })?,
+        rows: Vec::new(),
+    };
+    for &n in &sizes {
+        let triad_gbps = bench.triad_gbps(n)?;
+        for name in &rules {
+            bench.rule(name, n, triad_gbps)?;
+            if !args.json {
+                report::print_row(bench.rows.last().expect("a row"), bench.rows.len() == 1);
+            }
+        }
+        let adam_ceiling = bench
+            .rows
+            .iter()
+            .rev()
+            .find(|r| r["kernel"] == "adam" && r["n"] == n)
+            .map_or(f64::NAN, |r| r["ceiling_gbps"].as_f64().unwrap_or(f64::NAN));
+        bench.handwritten(n, triad_gbps, adam_ceiling)?;
+        if !args.json {
+            report::print_row(bench.rows.last().expect("a row"), false);
+        }
+    }
+    let triad_gbps = bench.triad_gbps(1_000_000)?;
+    bench.many_small(triad_gbps)?;
+    for name in ["adam", "adamw", "lion", "adan", "sophiah", "lamb"] {
+        bench.jit_latency(name)?;
+    }
+    bench.circuits()?;
+    report::print_end(&bench.rows, args.json);
+    Ok(())
+}

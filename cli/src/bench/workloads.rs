@@ -1,0 +1,223 @@
+//! The workloads of `lensopt bench`: each catalog rule's step against its
+//! ceiling, the hand-written Adam, 1,000 small tensors in two groups beside
+//! one tensor of the same size, the JIT's latency (rule text to callable
+//! kernels), and Adam on the GPU against a device copy (`--device cuda`).
+//! Each adds its JSON rows to [`Bench`].
+
+use super::ceilings::{adam_handwritten, ceiling, compiled_traffic};
+use super::harness::{fail, filled, filled_vec, time, time_pair, zeros, Bench};
+use super::Args;
+use crate::Failure;
+use lensopt::{catalog, Group, Inputs, Optimizer, Rule, TensorMut, TensorRef};
+use ndarray::Array1;
+use serde_json::json;
+use std::time::Instant;
+
+/// `lensopt bench --device cuda`: Adam's step on the GPU in GB/s against a
+/// device-to-device copy kernel measured in the same run.
+#[cfg(feature = "cuda")]
+pub(super) fn gpu(args: &Args) -> Result<(), Failure> {
+    use super::harness::check_memory;
+    use lensopt::cuda::{copy_seconds, Device, GpuStepper};
+    let dev = std::sync::Arc::new(Device::new(0).map_err(fail)?);
+    let sizes = if args.sizes.is_empty() {
+        vec![10_000_000, 100_000_000]
+    } else {
+        args.sizes.clone()
+    };
+    for n in sizes {
+        check_memory(n, "adam on the GPU (host copies)", 3)?;
+        let host = filled_vec(n, 3)?;
+        let mut p = dev.upload(&host).map_err(fail)?;
+        let g = dev.upload(&filled_vec(n, 4)?).map_err(fail)?;
+        let adam = catalog::get("adam").ok_or_else(|| fail("no adam"))?;
+        let mut st = GpuStepper::new(dev.clone(), &adam, &[&p]).map_err(fail)?;
+        let mut result = Ok(());
+        let s = time(args.seconds, || {
+            if let Err(e) = st.step(&mut [&mut p], &[&g]) {
+                result = Err(e);
+            }
+        });
+        result.map_err(fail)?;
+        let c = copy_seconds(&dev, n, 20).map_err(fail)?;
+        let gbps = 28.0 * n as f64 / s / 1e9;
+        let copy_gbps = 8.0 * n as f64 / c / 1e9;
+        let row = json!({
+            "kernel": "adam", "device": "cuda", "gpu": dev.name(), "n": n, "dtype": "f32",
+            "step_ms": s * 1e3, "gbps": gbps, "copy_gbps": copy_gbps, "ratio_to_copy": gbps / copy_gbps,
+        });
+        outln!("{row}");
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+pub(super) fn gpu(_: &Args) -> Result<(), Failure> {
+    Err(Failure::usage(
+        "this lensopt was built without the `cuda` feature: cargo run --release --features cuda --bin lensopt -- bench --device cuda",
+    ))
+}
+
+impl Bench {
+    /// Rule `name`'s step on `n` elements against its ceiling.
+    pub(super) fn rule(&mut self, name: &str, n: usize, triad_gbps: f64) -> Result<(), Failure> {
+        let opt = catalog::get(name).ok_or_else(|| fail(format!("unknown rule `{name}`")))?;
+        let rule = opt.rule();
+        let present = vec![true; rule.inputs.len()];
+        let traffic = compiled_traffic(&opt, &present)?;
+        let bytes = traffic.bytes_per_element() as f64 * n as f64;
+        let mut p = filled(n, 3)?;
+        let g = filled(n, 4)?;
+        let mut h = filled(n, 5)?;
+        h.mapv_inplace(f32::abs);
+        let mut st = opt.init::<f32>(&[&p]).map_err(fail)?;
+        st.set_pool(self.pool.clone());
+        st.set_non_finite(self.non_finite);
+        let mut inputs = Inputs::new();
+        for input in &rule.inputs {
+            inputs = inputs.with(&input.name, vec![&h as &dyn TensorRef<f32>]);
+        }
+        let buffers = 2 + rule.inputs.len() + rule.states.len();
+        let mut arrays: Vec<Vec<f32>> = (0..buffers)
+            .map(|b| {
+                if traffic.reads.contains(&b) || traffic.writes.contains(&b) {
+                    filled_vec(n, 10 + b as u32)
+                } else {
+                    zeros(n)
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let mut result = Ok(());
+        let pool = &self.pool;
+        let (s, c, ratio) = time_pair(
+            self.seconds,
+            || {
+                if let Err(e) = st.step_with(&mut [&mut p], &[&g], &inputs) {
+                    result = Err(e);
+                }
+            },
+            || ceiling(&mut arrays, &traffic, pool),
+        );
+        result.map_err(fail)?;
+        let gbps = bytes / s / 1e9;
+        let ceiling_gbps = bytes / c / 1e9;
+        self.rows.push(json!({
+            "kernel": name, "n": n, "dtype": "f32", "threads": self.threads,
+            "bytes_per_element": traffic.bytes_per_element(),
+            "step_ms": s * 1e3,
+            "gbps": gbps, "ceiling_gbps": ceiling_gbps, "ratio_to_ceiling": ratio,
+            "triad_gbps": triad_gbps, "non_finite": format!("{:?}", self.non_finite).to_lowercase(),
+        }));
+        Ok(())
+    }
+
+    /// The hand-written Adam on `n` elements, against Adam's ceiling.
+    pub(super) fn handwritten(
+        &mut self,
+        n: usize,
+        triad_gbps: f64,
+        adam_ceiling: f64,
+    ) -> Result<(), Failure> {
+        let mut p = filled_vec(n, 3)?;
+        let g = filled_vec(n, 4)?;
+        let mut m = zeros(n)?;
+        let mut v = zeros(n)?;
+        let mut t = 0;
+        let s = time(self.seconds, || {
+            t += 1;
+            adam_handwritten(&mut p, &g, &mut m, &mut v, t, &self.pool);
+        });
+        let gbps = 28.0 * n as f64 / s / 1e9;
+        self.rows.push(json!({
+            "kernel": "adam_handwritten", "n": n, "dtype": "f32", "threads": self.threads,
+            "bytes_per_element": 28, "step_ms": s * 1e3,
+            "gbps": gbps, "ceiling_gbps": adam_ceiling, "ratio_to_ceiling": gbps / adam_ceiling,
+            "triad_gbps": triad_gbps,
+        }));
+        Ok(())
+    }
+
+    /// Adam on 1,000 tensors of 1,000 elements in two groups, and on one
+    /// tensor of the same total size.
+    pub(super) fn many_small(&mut self, triad_gbps: f64) -> Result<(), Failure> {
+        let (tensors, each) = (1000, 1000);
+        let n = tensors * each;
+        let opt = catalog::get("adam").ok_or_else(|| fail("no adam"))?;
+        let mut params: Vec<Array1<f32>> = (0..tensors)
+            .map(|k| filled(each, k as u32))
+            .collect::<Result<_, _>>()?;
+        let grads: Vec<Array1<f32>> = (0..tensors)
+            .map(|k| filled(each, 7 + k as u32))
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&dyn TensorRef<f32>> =
+            params.iter().map(|p| p as &dyn TensorRef<f32>).collect();
+        let groups = [
+            Group::new(0..tensors / 2),
+            Group::new(tensors / 2..tensors).set("lr", 1e-4),
+        ];
+        let mut st = opt.init_groups(&refs, &groups).map_err(fail)?;
+        st.set_pool(self.pool.clone());
+        let gs: Vec<&dyn TensorRef<f32>> = grads.iter().map(|g| g as &dyn TensorRef<f32>).collect();
+        let mut result = Ok(());
+        let s = time(self.seconds, || {
+            let mut ps: Vec<&mut dyn TensorMut<f32>> = params
+                .iter_mut()
+                .map(|p| p as &mut dyn TensorMut<f32>)
+                .collect();
+            if let Err(e) = st.step(&mut ps, &gs) {
+                result = Err(e);
+            }
+        });
+        result.map_err(fail)?;
+        // One tensor of the same total size, same rule, in the same run.
+        let mut p = filled(n, 3)?;
+        let g = filled(n, 4)?;
+        let mut one = opt.init::<f32>(&[&p]).map_err(fail)?;
+        one.set_pool(self.pool.clone());
+        let s1 = time(self.seconds, || {
+            let _ = one.step(&mut [&mut p], &[&g]);
+        });
+        let gbps = 28.0 * n as f64 / s / 1e9;
+        self.rows.push(json!({
+            "kernel": "adam_many_small", "tensors": tensors, "n": n, "dtype": "f32", "threads": self.threads,
+            "groups": 2, "step_ms": s * 1e3, "one_tensor_step_ms": s1 * 1e3, "time_ratio_to_one_tensor": s / s1,
+            "gbps": gbps, "triad_gbps": triad_gbps,
+        }));
+        Ok(())
+    }
+
+    /// Rule text to callable kernels, 100 times: median, p10, p90, stages.
+    pub(super) fn jit_latency(&mut self, name: &str) -> Result<(), Failure> {
+        let text = catalog::source(name).ok_or_else(|| fail(format!("unknown rule `{name}`")))?;
+        let defaults = Rule::parse(text).map_err(fail)?.default_hypers();
+        let mut samples = Vec::new();
+        let mut stages = Vec::new();
+        for _ in 0..100 {
+            let t = Instant::now();
+            let rule = Rule::parse(text).map_err(fail)?;
+            let parse_us = t.elapsed().as_secs_f64() * 1e6;
+            let key = lensopt::jit::Key::for_step(
+                std::slice::from_ref(&defaults),
+                &vec![true; rule.inputs.len()],
+                lensopt::Mode::Fast,
+            );
+            let (_, s) = lensopt::jit::compile_timed::<f32>(&rule, &key).map_err(fail)?;
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+            stages.push((parse_us, s.optimize_us, s.codegen_us));
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let parse = median(stages.iter().map(|s| s.0).collect());
+        let optimize = median(stages.iter().map(|s| s.1).collect());
+        let codegen = median(stages.iter().map(|s| s.2).collect());
+        samples.sort_by(f64::total_cmp);
+        self.rows.push(json!({
+            "kernel": "jit_latency", "rule": name, "median_us": samples[50],
+            "p10_us": samples[10], "p90_us": samples[90],
+            "parse_us": parse, "optimize_us": optimize, "codegen_us": codegen,
+        }));
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! `lensopt compare`: several optimizers on one problem, over several seeds,
+//! with progress bars, a table, loss curves (PNG and SVG) and checkpoints.
+//!
+//! Problems: `rosenbrock` (2-D, start perturbed per seed), `quadratic` (50-D,
+//! curvatures log-spaced from 1 to 1,000), `iris` (logistic regression, test
+//! accuracy on a seeded 80/20 split) and `digits` (the 64-128-64-10 MLP).
+//! An optimizer is a catalog name or a rule file.
+//!
+//! With `--out DIR`, every run (optimizer and seed) is checkpointed to
+//! `DIR/checkpoints/` every `--checkpoint-every` steps and at its end;
+//! `--resume` continues each run from its checkpoint, bit for bit as if it
+//! had never stopped (mini-batches are a function of the seed and the step),
+//! and can extend finished runs to a larger `--steps`. A checkpoint's loss
+//! history is a tensor of the file (`user.losses`), not a header entry, so a
+//! save costs the same header however long the run. A checkpoint is refused
+//! when it was made by another run: another problem, seed or rule,
+//! hyperparameters other than this command line's (named), or a recorded
+//! step that its optimizer's step counter contradicts. Non-finite gradients
+//! follow `--non-finite`: `stop` ends the run there and reports it, `skip`
+//! skips the step and counts it.
+//!
+//! The command's parts: [`harness`] runs every optimizer over the seeds
+//! (progress bars, the step loop, checkpoints saved and resumed), with
+//! [`checkpoints`] deciding what a checkpoint records and whether one
+//! belongs to this run; [`optimizers`] turns the command line's names and
+//! `--set` into optimizers; [`problems`] holds the four problems; and
+//! [`report`] summarises the runs (table, JSON lines, `results.json`, plots).
+
+mod checkpoints;
+mod harness;
+mod optimizers;
+mod problems;
+mod report;
+
+use crate::Failure;
+use lensopt::{DynOptimizer, NonFinite};
+use optimizers::{check_set, file_label, optimizer};
+use std::path::PathBuf;
+
+/// Flags of `lensopt compare`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Optimizers: catalog names or rule files.
+    #[arg(required = true)]
+    optimizers: Vec<String>,
+    /// rosenbrock, quadratic, iris or digits.
+    #[arg(long)]
+    problem: String,
+    /// Steps per run (default depends on the problem).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Seeds per optimizer.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Folder for `curves.png`, `curves.svg`, `results.json` and `checkpoints/`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override a hyperparameter of every optimizer, `name=value` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Print the results as JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// With --out: checkpoint each run every N steps (0: only at its end).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    checkpoint_every: usize,
+    /// With --out: continue each run from its checkpoint in DIR/checkpoints.
+    #[arg(long)]
+    resume: bool,
+    /// Non-finite gradients: `stop` the run there, or `skip` the step; both are reported.
+    #[arg(long, default_value = "stop", value_name = "stop|skip")]
+    non_finite: String,
+}
+
+/// Runs `lensopt compare`.
+pub fn run(args: &Args) -> Result<(), Failure> {
+    let problem = args.problem.as_str();
+    let default_steps = problems::default_steps(problem)?;
+    let policy = match NonFinite::parse(&args.non_finite) {
+        Some(p) if p != NonFinite::Unchecked => p,
+        _ => {
+            return Err(Failure::usage(format!(
+                "--non-finite: `{}` is not stop or skip",
+                args.non_finite
+            )))
+        }
+    };
+    if args.resume && args.out.is_none() {
+        return Err(Failure::usage(
+            "--resume needs --out DIR (the checkpoints' folder)",
+        ));
+    }
+    let steps = args.steps.unwrap_or(default_steps);
+    let optimizers: Vec<(String, DynOptimizer)> = args
+        .optimizers
+        .iter()
+        .map(|o| optimizer(o, &args.set))
+        .collect::<Result<_, _>>()?;
+    check_set(&args.set, &optimizers)?;
+    let checkpoints = args.out.as_ref().map(|d| d.join("checkpoints"));
+    if let Some(dir) = &checkpoints {
+        let mut labels: Vec<String> = optimizers.iter().map(|(l, _)| file_label(l)).collect();
+        labels.sort();
+        if let Some(w) = labels.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Failure::usage(format!(
+                "two optimizers are called `{}`: their checkpoints would collide",
+                w[0]
+            )));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::usage(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let data = match problem {
+        "iris" | "digits" => Some(problems::supervised_data(problem)?),
+        _ => None,
+    };
+    let results = harness::run_all(
+        args,
+        steps,
+        policy,
+        &optimizers,
+        checkpoints.as_deref(),
+        data.as_ref(),
+    )?;
+    let rows = report::rows(args, steps, &results);
+    // The files first (atomically), then stdout: a reader that stops
+    // reading early (`| head`) does not cost the results.
+    if let Some(dir) = &args.out {
+        report::write_files(dir, problem, &results, &rows)?;
+    }
+    report::print(args, steps, &rows);
+    Ok(())
+}
