@@ -25,6 +25,7 @@
 //! diagnostic must be the one rustc printed (message, line and column).
 
 use lensopt::ir::optimize::{optimize, Mode, Options};
+use lensopt::ParseRule;
 use lensopt::{Backend, DynOptimizer, Optimizer, Rule, Stepper, TensorMut, TensorRef};
 use ndarray::Array1;
 use std::path::{Path, PathBuf};

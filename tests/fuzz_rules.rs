@@ -11,6 +11,7 @@
 
 use lensopt::ir::optimize::{optimize, Mode, Options};
 use lensopt::ir::schedule::Schedule;
+use lensopt::ParseRule;
 use lensopt::Rule;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

@@ -6,6 +6,7 @@
 use lensopt::case::{self, Case};
 use lensopt::ir::optimize::{equivalent, optimize, Mode, Options};
 use lensopt::ir::{Op, Rate};
+use lensopt::ParseRule;
 use lensopt::{catalog, Backend, DynOptimizer, Equivalence, Optimizer, Rule};
 use std::sync::Arc;
 

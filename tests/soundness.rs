@@ -6,6 +6,7 @@ use lensopt::circuit::eval::Machine;
 use lensopt::circuit::{Circuit, CircuitBuilder, Gate};
 use lensopt::ir::optimize::{optimize_report, Mode, Options};
 use lensopt::jit::{Engine, Key};
+use lensopt::ParseRule;
 use lensopt::{
     catalog, Backend, DynOptimizer, Error, HyperValue, Inputs, NonFinite, Optimizer, Rule, Stepper,
     TensorMut, TensorRef,

@@ -2,6 +2,7 @@
 
 use crate::Failure;
 use lensopt::case::{self, Case};
+use lensopt::ParseRule;
 use lensopt::{DynOptimizer, Optimizer};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

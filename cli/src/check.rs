@@ -1,6 +1,7 @@
 //! `lensopt check`: parse and check a rule file from the shell.
 
 use crate::Failure;
+use lensopt::ParseRule;
 use std::path::PathBuf;
 
 /// Flags of `lensopt check`.

@@ -1,7 +1,8 @@
 //! The typed IR of a rule: an SSA graph of values, each with a type and a rate.
 //!
 //! A [`Rule`] is what every later stage consumes (interpreter, e-graph,
-//! backends). Its invariants, established by [`crate::check`]:
+//! backends). Its invariants, established by the front end's checker
+//! (`lensopt_frontend::check`) and by [`crate::builder`]:
 //! - `nodes` are in topological order: a node's arguments have smaller ids;
 //! - every node's `ty` and `rate` are consistent with its op and arguments
 //!   (the rate of a compound value is the highest rate of its arguments);
@@ -15,7 +16,6 @@
 //! `lensopt check` show it.
 
 use crate::builder::GraphBuilder;
-use crate::diag::Diagnostics;
 use crate::hyper::HyperValue;
 use std::fmt;
 
@@ -289,47 +289,6 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// Parses and checks a rule written as text, the same language as the
-    /// body of `optimizer!`. Errors carry line and column.
-    ///
-    /// ```
-    /// let rule = lensopt_ir::Rule::parse("Sgd { hyper lr = 0.1; update { p = p - lr * g; } }").unwrap();
-    /// assert_eq!(rule.name, "Sgd");
-    /// let err = lensopt_ir::Rule::parse("Sgd { hyper lr = 0.1; update { p = p - lr * q; } }").unwrap_err();
-    /// assert_eq!(err.to_string(), "1:45: unknown name `q`");
-    /// ```
-    pub fn parse(text: &str) -> Result<Rule, Diagnostics> {
-        let result = Rule::parse_text(text).map_err(|mut d| {
-            d.resolve();
-            d
-        });
-        // Text parsed at run time registers its source with proc-macro2's
-        // per-thread source map, which would otherwise grow with every
-        // parse. Nothing refers to those spans any more: the rule holds
-        // none and the diagnostics were resolved to lines and columns.
-        proc_macro2::extra::invalidate_current_thread_spans();
-        result
-    }
-
-    fn parse_text(text: &str) -> Result<Rule, Diagnostics> {
-        let tokens: proc_macro2::TokenStream =
-            text.parse().map_err(|e: proc_macro2::LexError| {
-                let mut d = Diagnostics::default();
-                match crate::parse::unbalanced_delimiter(text) {
-                    Some((line, column, message)) => d.push_at(line, column, message),
-                    None => d.push(e.span(), format!("cannot read the rule: {e}")),
-                }
-                d
-            })?;
-        Rule::from_tokens(tokens)
-    }
-
-    /// Parses and checks a rule from tokens (what `optimizer!` receives).
-    pub fn from_tokens(tokens: proc_macro2::TokenStream) -> Result<Rule, Diagnostics> {
-        let decl = crate::parse::parse_tokens(tokens)?;
-        crate::check::check(&decl)
-    }
-
     /// The node of a value.
     pub fn node(&self, id: ValueId) -> &Node {
         &self.nodes[id.index()]

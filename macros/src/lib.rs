@@ -33,11 +33,11 @@ use quote::quote;
 pub fn optimizer(input: TokenStream) -> TokenStream {
     let tokens = TokenStream2::from(input);
     let source = tokens.to_string();
-    let decl = match lensopt_ir::parse::parse_tokens(tokens) {
+    let decl = match lensopt_frontend::parse::parse_tokens(tokens) {
         Ok(decl) => decl,
         Err(err) => return err.to_compile_error().into(),
     };
-    match lensopt_ir::check::check(&decl) {
+    match lensopt_frontend::check::check(&decl) {
         Ok(rule) => match expand(&decl, &rule, &source) {
             Ok(tokens) => tokens.into(),
             Err(err) => err.to_compile_error().into(),
@@ -92,7 +92,7 @@ const TAKEN: &[&str] = &[
 ];
 
 fn expand(
-    decl: &lensopt_ir::ast::RuleDecl,
+    decl: &lensopt_frontend::ast::RuleDecl,
     rule: &Rule,
     source: &str,
 ) -> syn_like::Result<TokenStream2> {

@@ -1,6 +1,6 @@
 //! The runtime's error type: every way a call can be refused, as a value.
 
-use lensopt_ir::Diagnostics;
+use lensopt_frontend::Diagnostics;
 use std::fmt;
 
 /// Why an optimizer call was refused. Nothing is modified when a call fails.

@@ -9,6 +9,7 @@ use crate::error::{mismatch, Error};
 use crate::stepper::Stepper;
 use crate::tensor::TensorRef;
 use crate::Float;
+use lensopt_frontend::ParseRule;
 use lensopt_ir::{HyperValue, Rule};
 use std::sync::Arc;
 

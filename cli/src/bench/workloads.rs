@@ -8,6 +8,7 @@ use super::ceilings::{adam_handwritten, ceiling, compiled_traffic};
 use super::harness::{fail, filled, filled_vec, time, time_pair, zeros, Bench};
 use super::Args;
 use crate::Failure;
+use lensopt::ParseRule;
 use lensopt::{catalog, Group, Inputs, Optimizer, Rule, TensorMut, TensorRef};
 use ndarray::Array1;
 use serde_json::json;

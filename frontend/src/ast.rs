@@ -4,7 +4,7 @@
 //! names are still strings, nothing is resolved or typed yet. Every node
 //! keeps the span of the token a diagnostic about it should point at.
 
-use crate::rule::{BinOp, UnOp};
+use lensopt_ir::rule::{BinOp, UnOp};
 use proc_macro2::{Span, TokenStream};
 
 /// A name with its span.

@@ -7,11 +7,11 @@
 //! failed to check is "poisoned" so that its uses report nothing more.
 
 use crate::ast::{self, Expr, ExprKind, RuleDecl, Stmt};
-use crate::builder::GraphBuilder;
 use crate::builtins::{self, Builtin};
 use crate::diag::Diagnostics;
-use crate::hyper::HyperValue;
-use crate::rule::*;
+use lensopt_ir::builder::GraphBuilder;
+use lensopt_ir::hyper::HyperValue;
+use lensopt_ir::rule::*;
 use proc_macro2::Span;
 use std::collections::HashMap;
 
@@ -448,7 +448,7 @@ impl Checker<'_> {
             ExprKind::Unary(op, inner) => {
                 let a = self.expr(inner, cx)?;
                 let info = op.info();
-                let what = format!("`{}`", crate::ops::Spelling::symbol(info.spelling));
+                let what = format!("`{}`", lensopt_ir::ops::Spelling::symbol(info.spelling));
                 self.operand(a, info.operand, inner.span, &what)?;
                 Some(self.unary(*op, a))
             }

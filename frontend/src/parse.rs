@@ -20,7 +20,7 @@
 //! reports all its findings at once.
 
 use crate::ast::*;
-use crate::rule::{BinOp, UnOp};
+use lensopt_ir::rule::{BinOp, UnOp};
 use proc_macro2::{Span, TokenStream, TokenTree};
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
@@ -376,7 +376,7 @@ fn parse_nested(input: ParseStream, nest: u32) -> syn::Result<Expr> {
     Ok(expr)
 }
 
-const PREC_UNARY: u8 = crate::ops::precedence::UNARY;
+const PREC_UNARY: u8 = lensopt_ir::ops::precedence::UNARY;
 
 fn peek_binary(input: ParseStream) -> Option<(BinOp, u8)> {
     // Longer operators first: `<=` also starts with `<`. The precedence
@@ -398,7 +398,7 @@ fn peek_binary(input: ParseStream) -> Option<(BinOp, u8)> {
     ];
     let op = table.iter().find(|(hit, _)| *hit)?.1;
     match op.info().spelling {
-        crate::ops::Spelling::Infix(_, prec) => Some((op, prec)),
+        lensopt_ir::ops::Spelling::Infix(_, prec) => Some((op, prec)),
         _ => None,
     }
 }

@@ -1,6 +1,6 @@
 //! The functions of the optimizer language: names, arities, and what they lower to.
 
-use crate::rule::{BinOp, ReduceOp, Scope, UnOp};
+use lensopt_ir::rule::{BinOp, ReduceOp, Scope, UnOp};
 
 /// What a call lowers to in the IR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub const BUILTINS: &[(&str, Builtin, usize)] = &[
 
 /// Looks a function up by name: what it lowers to and how many arguments it takes.
 pub fn lookup(name: &str) -> Option<(Builtin, usize)> {
-    match crate::ops::call(name) {
+    match lensopt_ir::ops::call(name) {
         Some(Ok(u)) => return Some((Builtin::Unary(u), 1)),
         Some(Err(b)) => return Some((Builtin::Binary(b), 2)),
         None => {}

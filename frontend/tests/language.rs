@@ -1,6 +1,7 @@
 //! The meaning of the language: precedence, rates, SSA order, reductions,
 //! and the interpreter's arithmetic, checked on small rules.
 
+use lensopt_frontend::ParseRule;
 use lensopt_ir::interp::{self, StateBuf, StepTensor};
 use lensopt_ir::{HyperValue, Op, Rate, Rule};
 
