@@ -46,3 +46,22 @@ pub fn golden_files() -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// Checks every `(name, text)` snapshot of an iterator with insta and
+/// reports all that differ, rather than stopping at the first. A macro, so
+/// that insta files the snapshots under the calling test's name.
+#[macro_export]
+macro_rules! assert_snapshots {
+    ($cases:expr $(,)?) => {{
+        let mut differ = Vec::new();
+        for (name, text) in $cases {
+            let name: String = name;
+            let text: String = text;
+            let outcome = std::panic::catch_unwind(|| insta::assert_snapshot!(name.clone(), text));
+            if outcome.is_err() {
+                differ.push(name);
+            }
+        }
+        assert!(differ.is_empty(), "snapshots that differ: {differ:?}");
+    }};
+}

@@ -115,7 +115,7 @@ fn every_catalog_kernel_assembles_with_ptxas() {
 
 #[test]
 fn ptx_of_the_catalog() {
-    assert_snapshots(variants().into_iter().map(|(label, opt)| {
+    lensopt_tests::assert_snapshots!(variants().into_iter().map(|(label, opt)| {
         (
             format!("ptx_{label}"),
             ptx(&opt, Precision::F32, "sm_80").unwrap(),
@@ -201,17 +201,4 @@ fn ptx_of_a_full_adder() {
         "ptx_circuit_full_adder",
         lensopt_codegen::ptx::emit_circuit(&adder, "sm_80").text
     );
-}
-
-/// Checks every snapshot of `cases` and reports all that differ, rather
-/// than stopping at the first.
-fn assert_snapshots(cases: impl IntoIterator<Item = (String, String)>) {
-    let mut differ = Vec::new();
-    for (name, text) in cases {
-        let outcome = std::panic::catch_unwind(|| insta::assert_snapshot!(name.clone(), text));
-        if outcome.is_err() {
-            differ.push(name);
-        }
-    }
-    assert!(differ.is_empty(), "snapshots that differ: {differ:?}");
 }

@@ -7,22 +7,9 @@
 use lensopt::ir::optimize::{optimize, Mode, Options};
 use lensopt::{catalog, Optimizer};
 
-/// Checks every snapshot of `cases` and reports all that differ, rather
-/// than stopping at the first.
-fn assert_snapshots(cases: impl IntoIterator<Item = (String, String)>) {
-    let mut differ = Vec::new();
-    for (name, text) in cases {
-        let outcome = std::panic::catch_unwind(|| insta::assert_snapshot!(name.clone(), text));
-        if outcome.is_err() {
-            differ.push(name);
-        }
-    }
-    assert!(differ.is_empty(), "snapshots that differ: {differ:?}");
-}
-
 #[test]
 fn checked_ir_of_the_catalog() {
-    assert_snapshots(catalog::names().into_iter().map(|name| {
+    lensopt_tests::assert_snapshots!(catalog::names().into_iter().map(|name| {
         let rule = catalog::get(name).unwrap().rule();
         (format!("ir_{name}"), rule.to_string())
     }));
@@ -30,7 +17,7 @@ fn checked_ir_of_the_catalog() {
 
 #[test]
 fn optimized_ir_of_the_catalog() {
-    assert_snapshots(catalog::names().into_iter().map(|name| {
+    lensopt_tests::assert_snapshots!(catalog::names().into_iter().map(|name| {
         let opt = catalog::get(name).unwrap();
         let optimized = optimize(
             &opt.rule(),
@@ -42,7 +29,7 @@ fn optimized_ir_of_the_catalog() {
 
 #[test]
 fn clif_of_adam_lion_adan_lamb() {
-    assert_snapshots(["adam", "lion", "adan", "lamb"].into_iter().map(|name| {
+    lensopt_tests::assert_snapshots!(["adam", "lion", "adan", "lamb"].into_iter().map(|name| {
         let opt = catalog::get(name).unwrap();
         let p = ndarray::Array1::<f32>::zeros(8);
         let mut stepper = opt.init::<f32>(&[&p]).unwrap();
@@ -69,10 +56,8 @@ fn clif_of_a_full_adder_and_its_reverse_derivative() {
     let carry = b.xor(c1, c2);
     let adder = b.finish(vec![sum, carry]).unwrap();
     let compiled = CompiledCircuit::new(&adder).unwrap();
-    assert_snapshots(
-        compiled
-            .clif()
-            .iter()
-            .map(|(name, clif)| (format!("circuit_full_adder_{name}"), clif.clone())),
-    );
+    lensopt_tests::assert_snapshots!(compiled
+        .clif()
+        .iter()
+        .map(|(name, clif)| (format!("circuit_full_adder_{name}"), clif.clone())),);
 }

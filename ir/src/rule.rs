@@ -203,6 +203,18 @@ pub enum Op {
 }
 
 impl Op {
+    /// The same operation with every argument replaced by `f(argument)`.
+    pub fn map_args(self, f: impl Fn(ValueId) -> ValueId) -> Op {
+        match self {
+            Op::Unary(u, a) => Op::Unary(u, f(a)),
+            Op::Binary(b, x, y) => Op::Binary(b, f(x), f(y)),
+            Op::Select(c, a, b) => Op::Select(f(c), f(a), f(b)),
+            Op::Fma(a, b, c) => Op::Fma(f(a), f(b), f(c)),
+            Op::Reduce(r, s, a) => Op::Reduce(r, s, f(a)),
+            leaf => leaf,
+        }
+    }
+
     /// The argument values of the operation.
     pub fn args(&self) -> Vec<ValueId> {
         match *self {
@@ -359,15 +371,7 @@ impl Rule {
                 continue;
             }
             remap[i] = ValueId(nodes.len() as u32);
-            let m = |v: ValueId| remap[v.index()];
-            let op = match node.op {
-                Op::Unary(u, a) => Op::Unary(u, m(a)),
-                Op::Binary(b, x, y) => Op::Binary(b, m(x), m(y)),
-                Op::Select(c, a, b) => Op::Select(m(c), m(a), m(b)),
-                Op::Fma(a, b, c) => Op::Fma(m(a), m(b), m(c)),
-                Op::Reduce(r, s, a) => Op::Reduce(r, s, m(a)),
-                leaf => leaf,
-            };
+            let op = node.op.map_args(|v| remap[v.index()]);
             nodes.push(Node { op, ..*node });
         }
         let m = |v: ValueId| remap[v.index()];
@@ -389,15 +393,7 @@ impl Rule {
         let mut graph = GraphBuilder::for_rule(&self);
         let mut remap: Vec<ValueId> = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
-            let m = |v: ValueId| remap[v.index()];
-            let op = match node.op {
-                Op::Unary(u, a) => Op::Unary(u, m(a)),
-                Op::Binary(b, x, y) => Op::Binary(b, m(x), m(y)),
-                Op::Select(c, a, b) => Op::Select(m(c), m(a), m(b)),
-                Op::Fma(a, b, c) => Op::Fma(m(a), m(b), m(c)),
-                Op::Reduce(r, s, a) => Op::Reduce(r, s, m(a)),
-                leaf => leaf,
-            };
+            let op = node.op.map_args(|v| remap[v.index()]);
             let id = rewrite(&mut graph, op);
             remap.push(id);
         }
