@@ -143,3 +143,124 @@ pub fn finish_reduction(op: ReduceOp, acc: f64, numel: usize) -> f64 {
         ReduceOp::Norm => acc.sqrt(),
     }
 }
+
+/// The step-level facts the phase driver needs.
+pub struct StepFacts<'a> {
+    /// The step counter (1 on the first step).
+    pub t: u64,
+    /// Whether each optional input is present.
+    pub present: &'a [bool],
+    /// Hyperparameters of each group.
+    pub group_hypers: &'a [Vec<HyperValue>],
+    /// Group of each tensor.
+    pub group_of: &'a [usize],
+    /// Elements of each tensor.
+    pub numels: &'a [usize],
+}
+
+/// A compiled backend as the phase driver sees it: it runs one pass of the
+/// schedule over every tensor, the host doing everything else.
+pub trait PassRunner {
+    /// Runs reduction pass `pass` of the schedule over every tensor, tensor
+    /// `k` reading the scalar values `values[k]` (indexed by node). Returns,
+    /// per tensor, the partial of each of the pass's reductions, combined
+    /// over the tensor with [`combine_partials`] in a fixed order.
+    fn reduce(&mut self, pass: usize, values: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, String>;
+
+    /// Runs the element pass, tensor `k` reading the scalar values `values[k]`.
+    fn element(&mut self, values: &[&[f64]]) -> Result<(), String>;
+}
+
+/// One step of `schedule`, in phases: the per-step scalars of every group,
+/// the per-tensor scalars, each reduction pass (its partials combined per
+/// tensor, then over tensors in order for global reductions, finished, and
+/// the scalars that depend on them computed again), the element pass, and
+/// the new scalar states written back into `scalar_state`.
+pub fn drive(
+    schedule: &lensopt_ir::schedule::Schedule,
+    facts: &StepFacts<'_>,
+    scalar_state: &mut [Vec<f64>],
+    runner: &mut impl PassRunner,
+) -> Result<(), String> {
+    let rule = &schedule.rule;
+    let tensors = facts.numels.len();
+    if facts.group_of.len() != tensors || scalar_state.len() != tensors {
+        return Err("one group and one scalar-state vector per tensor are needed".into());
+    }
+    let group_values: Vec<Vec<f64>> = facts
+        .group_hypers
+        .iter()
+        .map(|h| {
+            let mut v = vec![f64::NAN; rule.nodes.len()];
+            scalar_values(rule, h, facts.t, facts.present, 0, &[], false, &mut v);
+            v
+        })
+        .collect();
+    let tensor_scalars = |k: usize, values: &mut Vec<f64>, state: &[f64]| {
+        let g = facts.group_of[k];
+        scalar_values(
+            rule,
+            &facts.group_hypers[g],
+            facts.t,
+            facts.present,
+            facts.numels[k],
+            state,
+            true,
+            values,
+        );
+    };
+    let per_tensor = schedule.per_tensor_scalars;
+    let mut tensor_values: Vec<Vec<f64>> = Vec::new();
+    if per_tensor {
+        for k in 0..tensors {
+            let mut v = group_values[facts.group_of[k]].clone();
+            tensor_scalars(k, &mut v, &scalar_state[k]);
+            tensor_values.push(v);
+        }
+    }
+    for (p, pass) in schedule.passes.iter().enumerate() {
+        let partials = runner.reduce(p, &tensor_values)?;
+        for (r, id) in pass.iter().enumerate() {
+            let Op::Reduce(op, scope, _) = rule.node(*id).op else {
+                unreachable!("passes hold reductions")
+            };
+            match scope {
+                lensopt_ir::Scope::Tensor => {
+                    for k in 0..tensors {
+                        tensor_values[k][id.index()] =
+                            finish_reduction(op, partials[k][r], facts.numels[k]);
+                    }
+                }
+                lensopt_ir::Scope::Global => {
+                    let all = partials
+                        .iter()
+                        .fold(0.0, |acc, x| combine_partials(op, acc, x[r]));
+                    let numel = facts.numels.iter().sum();
+                    for v in tensor_values.iter_mut() {
+                        v[id.index()] = finish_reduction(op, all, numel);
+                    }
+                }
+            }
+        }
+        for (k, v) in tensor_values.iter_mut().enumerate() {
+            tensor_scalars(k, v, &scalar_state[k]);
+        }
+    }
+    let values_of = |k: usize| -> &[f64] {
+        if per_tensor {
+            &tensor_values[k]
+        } else {
+            &group_values[facts.group_of[k]]
+        }
+    };
+    let element_values: Vec<&[f64]> = (0..tensors).map(values_of).collect();
+    runner.element(&element_values)?;
+    for (k, state) in scalar_state.iter_mut().enumerate() {
+        for (i, s) in rule.states.iter().enumerate() {
+            if s.kind == lensopt_ir::StateKind::Scalar {
+                state[i] = values_of(k)[rule.state_out[i].index()];
+            }
+        }
+    }
+    Ok(())
+}

@@ -11,9 +11,9 @@
 use super::kernel::output_buffer;
 use super::lanes::JitFloat;
 use super::program::{Program, ReduceFn, MAX_BUFFERS};
-use crate::host::{self, combine_partials, finish_reduction};
+use crate::host::{self, combine_partials};
 use lensopt_ir::schedule::Schedule;
-use lensopt_ir::{HyperValue, Op, ReduceOp, Scope, StateKind};
+use lensopt_ir::{HyperValue, Op, ReduceOp, StateKind};
 use rayon::prelude::*;
 
 /// Elements per chunk of work: a multiple of every vector width times the unroll.
@@ -219,91 +219,22 @@ impl<F: JitFloat> Program<F> {
         if scalar_state.len() != tensors.len() {
             return Err("one scalar-state vector per tensor is needed".into());
         }
-        let rule = &self.schedule.rule;
-        let nodes = rule.nodes.len();
-        let group_values: Vec<Vec<f64>> = plan
-            .group_hypers
-            .iter()
-            .map(|h| {
-                let mut v = vec![f64::NAN; nodes];
-                host::scalar_values(rule, h, plan.t, plan.present, 0, &[], false, &mut v);
-                v
-            })
-            .collect();
-        let per_tensor = self.schedule.per_tensor_scalars;
-        let mut tensor_values: Vec<Vec<f64>> = Vec::new();
-        if per_tensor {
-            for (k, t) in tensors.iter().enumerate() {
-                let g = plan.group_of[k];
-                let mut v = group_values[g].clone();
-                host::scalar_values(
-                    rule,
-                    &plan.group_hypers[g],
-                    plan.t,
-                    plan.present,
-                    t.param.len(),
-                    &scalar_state[k],
-                    true,
-                    &mut v,
-                );
-                tensor_values.push(v);
-            }
-        }
         let total: usize = tensors.iter().map(|t| t.param.len()).sum();
-        let parallel = total >= PARALLEL_MIN;
-        for (pass, func) in self.schedule.passes.iter().zip(&self.passes) {
-            let slots: Vec<Vec<F>> = tensor_values.iter().map(|v| self.slots(v)).collect();
-            let ops: Vec<ReduceOp> = pass
-                .iter()
-                .map(|id| match rule.node(*id).op {
-                    Op::Reduce(op, _, _) => op,
-                    _ => unreachable!("passes hold reductions"),
-                })
-                .collect();
-            let mut partials: Vec<Vec<Vec<f64>>> = (0..tensors.len()).map(|_| Vec::new()).collect();
-            let results = self.run_chunks(tensors, parallel, pool, |k, chunk| {
-                self.reduce_chunk(*func, &ops, chunk, &slots[k])
-            });
-            for (k, r) in results {
-                partials[k].push(r);
-            }
-            self.finish_pass(pass, &partials, tensors, &mut tensor_values);
-            for (k, t) in tensors.iter().enumerate() {
-                let g = plan.group_of[k];
-                host::scalar_values(
-                    rule,
-                    &plan.group_hypers[g],
-                    plan.t,
-                    plan.present,
-                    t.param.len(),
-                    &scalar_state[k],
-                    true,
-                    &mut tensor_values[k],
-                );
-            }
-        }
-        let slots: Vec<Vec<F>> = if per_tensor {
-            tensor_values.iter().map(|v| self.slots(v)).collect()
-        } else {
-            group_values.iter().map(|v| self.slots(v)).collect()
+        let numels: Vec<usize> = tensors.iter().map(|t| t.param.len()).collect();
+        let facts = host::StepFacts {
+            t: plan.t,
+            present: plan.present,
+            group_hypers: plan.group_hypers,
+            group_of: plan.group_of,
+            numels: &numels,
         };
-        let slot_of = |k: usize| if per_tensor { k } else { plan.group_of[k] };
-        self.run_chunks(tensors, parallel, pool, |k, chunk| {
-            self.element_chunk(chunk, &slots[slot_of(k)]);
-        });
-        for (k, state) in scalar_state.iter_mut().enumerate() {
-            for (i, s) in rule.states.iter().enumerate() {
-                if s.kind == StateKind::Scalar {
-                    let values = if per_tensor {
-                        &tensor_values[k]
-                    } else {
-                        &group_values[plan.group_of[k]]
-                    };
-                    state[i] = values[rule.state_out[i].index()];
-                }
-            }
-        }
-        Ok(())
+        let mut runner = Runner {
+            program: self,
+            tensors,
+            parallel: total >= PARALLEL_MIN,
+            pool,
+        };
+        host::drive(&self.schedule, &facts, scalar_state, &mut runner)
     }
 
     /// The kernels' scalar slots, rounded to the element type, each repeated
@@ -447,46 +378,6 @@ impl<F: JitFloat> Program<F> {
         }
         out
     }
-
-    /// Combines chunk partials into each tensor's (or the global) result.
-    fn finish_pass(
-        &self,
-        pass: &[lensopt_ir::ValueId],
-        partials: &[Vec<Vec<f64>>],
-        tensors: &[StepBuffers<'_, F>],
-        values: &mut [Vec<f64>],
-    ) {
-        let rule = &self.schedule.rule;
-        for (r, id) in pass.iter().enumerate() {
-            let Op::Reduce(op, scope, _) = rule.node(*id).op else {
-                unreachable!("passes hold reductions")
-            };
-            let per_tensor: Vec<f64> = partials
-                .iter()
-                .map(|chunks| {
-                    chunks
-                        .iter()
-                        .fold(0.0, |acc, c| combine_partials(op, acc, c[r]))
-                })
-                .collect();
-            match scope {
-                Scope::Tensor => {
-                    for (k, t) in tensors.iter().enumerate() {
-                        values[k][id.index()] = finish_reduction(op, per_tensor[k], t.param.len());
-                    }
-                }
-                Scope::Global => {
-                    let all = per_tensor
-                        .iter()
-                        .fold(0.0, |acc, x| combine_partials(op, acc, *x));
-                    let numel: usize = tensors.iter().map(|t| t.param.len()).sum();
-                    for v in values.iter_mut() {
-                        v[id.index()] = finish_reduction(op, all, numel);
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Zero-padded copies of the last `n % L` elements of every buffer of a chunk.
@@ -546,5 +437,61 @@ impl<F: JitFloat> Padded<F> {
                 }
             }
         }
+    }
+}
+
+/// The CPU program as the phase driver's [`host::PassRunner`]: each pass
+/// runs over fixed-size chunks of every tensor on the thread pool.
+struct Runner<'p, 'b, 'a, F> {
+    program: &'p Program<F>,
+    tensors: &'b mut [StepBuffers<'a, F>],
+    parallel: bool,
+    pool: Option<&'p rayon::ThreadPool>,
+}
+
+impl<F: JitFloat> host::PassRunner for Runner<'_, '_, '_, F> {
+    fn reduce(&mut self, pass: usize, values: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, String> {
+        let program = self.program;
+        let rule = &program.schedule.rule;
+        let func = program.passes[pass];
+        let ops: Vec<ReduceOp> = program.schedule.passes[pass]
+            .iter()
+            .map(|id| match rule.node(*id).op {
+                Op::Reduce(op, _, _) => op,
+                _ => unreachable!("passes hold reductions"),
+            })
+            .collect();
+        let slots: Vec<Vec<F>> = values.iter().map(|v| program.slots(v)).collect();
+        let results = program.run_chunks(self.tensors, self.parallel, self.pool, |k, chunk| {
+            program.reduce_chunk(func, &ops, chunk, &slots[k])
+        });
+        // Chunks come back in order; each tensor's are combined in that order.
+        let mut per_tensor = vec![vec![0.0; ops.len()]; self.tensors.len()];
+        for (k, partial) in results {
+            for (r, op) in ops.iter().enumerate() {
+                per_tensor[k][r] = combine_partials(*op, per_tensor[k][r], partial[r]);
+            }
+        }
+        Ok(per_tensor)
+    }
+
+    fn element(&mut self, values: &[&[f64]]) -> Result<(), String> {
+        let program = self.program;
+        // Tensors of one group share their values (and so their slots)
+        // unless a rule has per-tensor scalars.
+        let mut slots: Vec<Vec<F>> = Vec::new();
+        let mut slot_of: Vec<usize> = Vec::with_capacity(values.len());
+        let mut seen: std::collections::HashMap<*const f64, usize> = Default::default();
+        for v in values {
+            let index = *seen.entry(v.as_ptr()).or_insert_with(|| {
+                slots.push(program.slots(v));
+                slots.len() - 1
+            });
+            slot_of.push(index);
+        }
+        program.run_chunks(self.tensors, self.parallel, self.pool, |k, chunk| {
+            program.element_chunk(chunk, &slots[slot_of[k]]);
+        });
+        Ok(())
     }
 }
