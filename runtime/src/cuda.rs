@@ -26,7 +26,7 @@ use lensopt_codegen::ptx::{descriptor_words, BLOCK};
 use lensopt_ir::interp;
 use lensopt_ir::optimize::Mode;
 use lensopt_ir::schedule::Schedule;
-use lensopt_ir::{HyperValue, Op, Rule, Scope, StateKind};
+use lensopt_ir::{HyperValue, Op, Rule};
 use std::sync::Arc;
 
 fn device_error(e: impl std::fmt::Display) -> Error {
@@ -286,23 +286,6 @@ impl<F: Float> GpuStepper<F> {
         let stream = self.device.stream.clone();
         let tensors = self.lens.len();
         let t = self.t + 1;
-        // Scalars per tensor, on the host.
-        let mut values: Vec<Vec<f64>> = (0..tensors)
-            .map(|k| {
-                let mut v = vec![f64::NAN; rule.nodes.len()];
-                lensopt_codegen::host::scalar_values(
-                    rule,
-                    &self.hypers,
-                    t,
-                    &present,
-                    self.lens[k],
-                    &self.scalar_states[k],
-                    true,
-                    &mut v,
-                );
-                v
-            })
-            .collect();
         // The descriptor table: n, slots pointer, then p, g and the states' pointers.
         let words = descriptor_words(rule);
         let mut table = vec![0u64; tensors * words];
@@ -336,92 +319,123 @@ impl<F: Float> GpuStepper<F> {
             block_dim: (BLOCK as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let upload_slots = |values: &[Vec<f64>], slots: &mut CudaSlice<F>| -> Result<(), Error> {
-            let mut host = vec![F::default(); tensors * self.slot_capacity];
-            for (k, v) in values.iter().enumerate() {
-                for (j, id) in loaded.schedule.slots.iter().enumerate() {
-                    host[k * self.slot_capacity + j] = F::from_f64(v[id.index()]);
-                }
-            }
-            stream.memcpy_htod(&host, slots).map_err(device_error)
+        let groups = [self.hypers.clone()];
+        let group_of = vec![0; tensors];
+        let facts = lensopt_codegen::host::StepFacts {
+            t,
+            present: &present,
+            group_hypers: &groups,
+            group_of: &group_of,
+            numels: &self.lens,
         };
-        let tensors_arg = tensors as u32;
-        for (pass, func) in loaded.schedule.passes.iter().zip(&loaded.passes) {
-            upload_slots(&values, &mut self.slots)?;
-            let mut launch = stream.launch_builder(func);
-            launch
-                .arg(&self.table)
-                .arg(&tensors_arg)
-                .arg(&mut self.partials);
-            // SAFETY: the kernel reads the descriptor table just uploaded
-            // (tensors rows, every pointer a live device buffer of the row's
-            // length or unused), and writes blocks * tensors * pass.len() f64
-            // partials, within the buffer allocated for 1,024 blocks x 32.
-            unsafe { launch.launch(cfg) }.map_err(device_error)?;
-            // Only the partials this launch wrote: (tensor, block, reduction).
-            let used = tensors * blocks as usize * pass.len();
-            let mut host = vec![0f64; used];
-            stream
-                .memcpy_dtoh(&self.partials.slice(..used), &mut host)
-                .map_err(device_error)?;
-            for (r, id) in pass.iter().enumerate() {
-                let Op::Reduce(op, scope, _) = rule.node(*id).op else {
-                    continue;
-                };
-                let combine = |a: f64, b: f64| lensopt_codegen::host::combine_partials(op, a, b);
-                let finish =
-                    |acc: f64, n: usize| lensopt_codegen::host::finish_reduction(op, acc, n);
-                let per_tensor: Vec<f64> = (0..tensors)
-                    .map(|k| {
-                        (0..blocks as usize).fold(0.0, |acc, b| {
-                            combine(acc, host[(k * blocks as usize + b) * pass.len() + r])
-                        })
-                    })
-                    .collect();
-                match scope {
-                    Scope::Tensor => {
-                        for k in 0..tensors {
-                            values[k][id.index()] = finish(per_tensor[k], self.lens[k]);
-                        }
-                    }
-                    Scope::Global => {
-                        let all = per_tensor.iter().fold(0.0, |a, b| combine(a, *b));
-                        let n: usize = self.lens.iter().sum();
-                        for v in values.iter_mut() {
-                            v[id.index()] = finish(all, n);
-                        }
-                    }
-                }
-            }
-            for (k, v) in values.iter_mut().enumerate() {
-                lensopt_codegen::host::scalar_values(
-                    rule,
-                    &self.hypers,
-                    t,
-                    &present,
-                    self.lens[k],
-                    &self.scalar_states[k],
-                    true,
-                    v,
-                );
-            }
-        }
-        upload_slots(&values, &mut self.slots)?;
-        let mut launch = stream.launch_builder(&loaded.element);
-        launch.arg(&self.table).arg(&tensors_arg);
-        // SAFETY: as above; the element kernel writes p and the states
-        // through the table's pointers, each within its row's length.
-        unsafe { launch.launch(cfg) }.map_err(device_error)?;
-        stream.synchronize().map_err(device_error)?;
-        for (k, scalars) in self.scalar_states.iter_mut().enumerate() {
-            for (s, decl) in self.rule.states.iter().enumerate() {
-                if decl.kind == StateKind::Scalar {
-                    scalars[s] = values[k][rule.state_out[s].index()];
-                }
-            }
-        }
+        let mut runner = DevicePasses {
+            loaded,
+            stream: &stream,
+            table: &self.table,
+            slots: &mut self.slots,
+            partials: &mut self.partials,
+            cfg,
+            blocks: blocks as usize,
+            tensors,
+            slot_capacity: self.slot_capacity,
+        };
+        // Device failures come back as the driver's strings ("CUDA: ..."),
+        // reported as the compile-or-launch errors they are.
+        lensopt_codegen::host::drive(
+            &loaded.schedule,
+            &facts,
+            &mut self.scalar_states,
+            &mut runner,
+        )
+        .map_err(Error::Compile)?;
         self.t = t;
         Ok(())
+    }
+}
+
+/// The GPU stepper's passes as the phase driver's
+/// [`lensopt_codegen::host::PassRunner`]: each pass is one launch over every
+/// tensor, its scalar slots uploaded first, and a reduction's per-block
+/// partials copied back and combined per tensor in block order.
+struct DevicePasses<'a, F> {
+    loaded: &'a Loaded,
+    stream: &'a Arc<CudaStream>,
+    table: &'a CudaSlice<u64>,
+    slots: &'a mut CudaSlice<F>,
+    partials: &'a mut CudaSlice<f64>,
+    cfg: LaunchConfig,
+    blocks: usize,
+    tensors: usize,
+    slot_capacity: usize,
+}
+
+impl<F: Float> DevicePasses<'_, F> {
+    /// Uploads each tensor's slot values (rounded to the element type).
+    fn upload_slots(&mut self, values: &[&[f64]]) -> Result<(), String> {
+        let mut host = vec![F::default(); self.tensors * self.slot_capacity];
+        for (k, v) in values.iter().enumerate() {
+            for (j, id) in self.loaded.schedule.slots.iter().enumerate() {
+                host[k * self.slot_capacity + j] = F::from_f64(v[id.index()]);
+            }
+        }
+        self.stream
+            .memcpy_htod(&host, self.slots)
+            .map_err(|e| device_error(e).to_string())
+    }
+}
+
+impl<F: Float> lensopt_codegen::host::PassRunner for DevicePasses<'_, F> {
+    fn reduce(&mut self, pass: usize, values: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, String> {
+        let views: Vec<&[f64]> = values.iter().map(Vec::as_slice).collect();
+        self.upload_slots(&views)?;
+        let reductions = &self.loaded.schedule.passes[pass];
+        let rule = &self.loaded.schedule.rule;
+        let tensors_arg = self.tensors as u32;
+        let mut launch = self.stream.launch_builder(&self.loaded.passes[pass]);
+        launch
+            .arg(self.table)
+            .arg(&tensors_arg)
+            .arg(&mut *self.partials);
+        // SAFETY: the kernel reads the descriptor table just uploaded
+        // (tensors rows, every pointer a live device buffer of the row's
+        // length or unused), and writes blocks * tensors * pass.len() f64
+        // partials, within the buffer allocated for 1,024 blocks x 32.
+        unsafe { launch.launch(self.cfg) }.map_err(|e| device_error(e).to_string())?;
+        // Only the partials this launch wrote: (tensor, block, reduction).
+        let used = self.tensors * self.blocks * reductions.len();
+        let mut host = vec![0f64; used];
+        self.stream
+            .memcpy_dtoh(&self.partials.slice(..used), &mut host)
+            .map_err(|e| device_error(e).to_string())?;
+        let mut per_tensor = vec![vec![0.0; reductions.len()]; self.tensors];
+        for (r, id) in reductions.iter().enumerate() {
+            let Op::Reduce(op, _, _) = rule.node(*id).op else {
+                continue;
+            };
+            for (k, out) in per_tensor.iter_mut().enumerate() {
+                out[r] = (0..self.blocks).fold(0.0, |acc, b| {
+                    lensopt_codegen::host::combine_partials(
+                        op,
+                        acc,
+                        host[(k * self.blocks + b) * reductions.len() + r],
+                    )
+                });
+            }
+        }
+        Ok(per_tensor)
+    }
+
+    fn element(&mut self, values: &[&[f64]]) -> Result<(), String> {
+        self.upload_slots(values)?;
+        let tensors_arg = self.tensors as u32;
+        let mut launch = self.stream.launch_builder(&self.loaded.element);
+        launch.arg(self.table).arg(&tensors_arg);
+        // SAFETY: as for the reductions; the element kernel writes p and the
+        // states through the table's pointers, each within its row's length.
+        unsafe { launch.launch(self.cfg) }.map_err(|e| device_error(e).to_string())?;
+        self.stream
+            .synchronize()
+            .map_err(|e| device_error(e).to_string())
     }
 }
 
