@@ -1,7 +1,8 @@
 //! lensopt: optimizers declared in a small DSL, applied to ndarray tensors.
 //!
 //! Declare an update rule with [`optimizer!`] (checked at compile time) or
-//! parse one at run time with [`Rule::parse`]; either way you get an
+//! parse one at run time with `Rule::parse` (the [`ParseRule`] trait);
+//! either way you get an
 //! [`Optimizer`], whose [`Optimizer::init`] creates the state for a set of
 //! parameter tensors and returns a [`Stepper`] that applies steps.
 //!
@@ -31,7 +32,8 @@
 //! The catalog ([`catalog`]) holds the field's optimizers written in the DSL.
 //! [`checkpoint`] saves parameters and optimizer state as safetensors and
 //! resumes them bit for bit; [`NonFinite`] says what a step does with NaN or
-//! infinite gradients (refuse, by default).
+//! infinite gradients (refuse, by default). Compiled programs are owned by
+//! a bounded [`jit::Engine`]; every error is an [`Error`].
 
 extern crate self as lensopt;
 
