@@ -30,6 +30,7 @@ const TESTS: &[(&str, fn())] = &[
     ("golden_cases_on_the_gpu", || {}),
     ("many_tensors_agree_with_the_cpu_jit", || {}),
     ("circuits_on_the_gpu_agree_with_the_cpu", || {}),
+    ("parameter_groups_agree_with_the_cpu_jit", || {}),
 ];
 
 #[cfg(feature = "cuda")]
@@ -45,6 +46,10 @@ const TESTS: &[(&str, fn())] = &[
     (
         "circuits_on_the_gpu_agree_with_the_cpu",
         on_device::circuits_on_the_gpu_agree_with_the_cpu,
+    ),
+    (
+        "parameter_groups_agree_with_the_cpu_jit",
+        on_device::parameter_groups_agree_with_the_cpu_jit,
     ),
 ];
 
@@ -243,6 +248,80 @@ mod on_device {
                         opt.rule().name
                     );
                 }
+            }
+        }
+    }
+
+    /// Two parameter groups with their own learning rate and weight decay
+    /// (one switched mid-run, which changes the specialisation), on the
+    /// GPU and on the CPU JIT.
+    pub fn parameter_groups_agree_with_the_cpu_jit() {
+        use lensopt::Group;
+        let Some(dev) = device() else { return };
+        let opt = catalog::get("adamw").unwrap();
+        let sizes = [5usize, 262_147, 1000];
+        let host: Vec<Vec<f32>> = sizes
+            .iter()
+            .map(|&n| {
+                (0..n)
+                    .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+                    .collect()
+            })
+            .collect();
+        let grads: Vec<Vec<f32>> = sizes
+            .iter()
+            .map(|&n| {
+                (0..n)
+                    .map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0)
+                    .collect()
+            })
+            .collect();
+        let groups = [
+            Group::new([0, 2]).set("lr", 1e-2),
+            Group::new([1]).set("lr", 3e-3).set("weight_decay", 0.0),
+        ];
+        let mut cpu: Vec<ndarray::Array1<f32>> = host
+            .iter()
+            .map(|v| ndarray::Array1::from(v.clone()))
+            .collect();
+        let refs: Vec<&dyn lensopt::TensorRef<f32>> = cpu
+            .iter()
+            .map(|p| p as &dyn lensopt::TensorRef<f32>)
+            .collect();
+        let mut cpu_step = opt.init_groups(&refs, &groups).unwrap();
+        let mut gpu: Vec<_> = host.iter().map(|v| dev.upload(v).unwrap()).collect();
+        let g_gpu: Vec<_> = grads.iter().map(|v| dev.upload(v).unwrap()).collect();
+        let g_cpu: Vec<ndarray::Array1<f32>> = grads
+            .iter()
+            .map(|v| ndarray::Array1::from(v.clone()))
+            .collect();
+        let mut st =
+            GpuStepper::with_groups(dev.clone(), &opt, &gpu.iter().collect::<Vec<_>>(), &groups)
+                .unwrap();
+        for step in 0..4 {
+            if step == 2 {
+                cpu_step.set_group_hyper(1, "weight_decay", 0.1).unwrap();
+                st.set_group_hyper(1, "weight_decay", 0.1).unwrap();
+            }
+            let mut ps: Vec<&mut dyn lensopt::TensorMut<f32>> = cpu
+                .iter_mut()
+                .map(|p| p as &mut dyn lensopt::TensorMut<f32>)
+                .collect();
+            let gs: Vec<&dyn lensopt::TensorRef<f32>> = g_cpu
+                .iter()
+                .map(|g| g as &dyn lensopt::TensorRef<f32>)
+                .collect();
+            cpu_step.step(&mut ps, &gs).unwrap();
+            let mut ps: Vec<_> = gpu.iter_mut().collect();
+            st.step(&mut ps, &g_gpu.iter().collect::<Vec<_>>()).unwrap();
+        }
+        for (c, g) in cpu.iter().zip(&gpu) {
+            let g = dev.download(g).unwrap();
+            for (a, b) in c.iter().zip(&g) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                    "groups: {a} vs {b}"
+                );
             }
         }
     }

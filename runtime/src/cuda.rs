@@ -15,7 +15,7 @@
 use crate::circuit::eval::{input_words, param_words, Rows};
 use crate::error::Error;
 use crate::jit::{self, Key};
-use crate::optimizer::Optimizer;
+use crate::optimizer::{hyper_slot, resolve_groups, Group, Optimizer};
 use crate::Float;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
@@ -96,11 +96,14 @@ struct Loaded {
     passes: Vec<CudaFunction>,
 }
 
-/// An optimizer's state over tensors of `F` on a GPU (one parameter group).
+/// An optimizer's state over tensors of `F` on a GPU, in parameter groups
+/// with their own hyperparameters as on the CPU.
 pub struct GpuStepper<F: Float> {
     device: Arc<Device>,
     rule: Arc<Rule>,
-    hypers: Vec<HyperValue>,
+    /// Hyperparameters of each group, and the group of each tensor.
+    groups: Vec<Vec<HyperValue>>,
+    group_of: Vec<usize>,
     lens: Vec<usize>,
     /// Element states per tensor (`None` for scalar states).
     states: Vec<Vec<Option<CudaSlice<F>>>>,
@@ -121,14 +124,25 @@ impl<F: Float> GpuStepper<F> {
         optimizer: &impl Optimizer,
         params: &[&CudaSlice<F>],
     ) -> Result<Self, Error> {
+        Self::with_groups(device, optimizer, params, &[Group::new(0..params.len())])
+    }
+
+    /// State for `params` in parameter `groups` (each tensor in exactly one),
+    /// each group's hyperparameters `optimizer`'s with the group's overrides.
+    pub fn with_groups(
+        device: Arc<Device>,
+        optimizer: &impl Optimizer,
+        params: &[&CudaSlice<F>],
+        groups: &[Group],
+    ) -> Result<Self, Error> {
         let rule = optimizer.rule();
-        let hypers = optimizer.hypers();
+        let (groups, group_of) = resolve_groups(&rule, &optimizer.hypers(), params.len(), groups)?;
         let lens: Vec<usize> = params.iter().map(|p| p.len()).collect();
         let mut states = Vec::new();
         let mut scalar_states = Vec::new();
-        for p in params {
+        for (k, p) in params.iter().enumerate() {
             let host = device.download(p)?;
-            let init = interp::init_state::<F>(&rule, &hypers, &host);
+            let init = interp::init_state::<F>(&rule, &groups[group_of[k]], &host);
             let mut row = Vec::new();
             let mut scalars = Vec::new();
             for buf in init {
@@ -162,7 +176,8 @@ impl<F: Float> GpuStepper<F> {
         Ok(GpuStepper {
             device,
             rule,
-            hypers,
+            groups,
+            group_of,
             lens,
             states,
             scalar_states,
@@ -181,8 +196,42 @@ impl<F: Float> GpuStepper<F> {
         self.t
     }
 
+    /// The value of hyperparameter `name` in group `group`.
+    pub fn hyper(&self, group: usize, name: &str) -> Option<HyperValue> {
+        let index = self.rule.hyper_index(name)?;
+        self.groups.get(group).map(|g| g[index])
+    }
+
+    /// Sets a hyperparameter in every group, for the following steps.
+    pub fn set_hyper(&mut self, name: &str, value: impl Into<HyperValue>) -> Result<(), Error> {
+        let value = value.into();
+        let index = hyper_slot(&self.rule, name, value)?;
+        for g in &mut self.groups {
+            g[index] = value;
+        }
+        Ok(())
+    }
+
+    /// Sets a hyperparameter in one group, for the following steps.
+    pub fn set_group_hyper(
+        &mut self,
+        group: usize,
+        name: &str,
+        value: impl Into<HyperValue>,
+    ) -> Result<(), Error> {
+        let value = value.into();
+        let index = hyper_slot(&self.rule, name, value)?;
+        let count = self.groups.len();
+        let g = self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| Error::Mismatch(format!("no group {group}: there are {count}")))?;
+        g[index] = value;
+        Ok(())
+    }
+
     fn load(&mut self, present: &[bool]) -> Result<(), Error> {
-        let key = Key::for_step(std::slice::from_ref(&self.hypers), present, Mode::Fast);
+        let key = Key::for_step(&self.groups, present, Mode::Fast);
         if self.loaded.as_ref().is_some_and(|l| l.key == key) {
             return Ok(());
         }
@@ -319,13 +368,11 @@ impl<F: Float> GpuStepper<F> {
             block_dim: (BLOCK as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let groups = [self.hypers.clone()];
-        let group_of = vec![0; tensors];
         let facts = lensopt_codegen::host::StepFacts {
             t,
             present: &present,
-            group_hypers: &groups,
-            group_of: &group_of,
+            group_hypers: &self.groups,
+            group_of: &self.group_of,
             numels: &self.lens,
         };
         let mut runner = DevicePasses {
