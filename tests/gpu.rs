@@ -324,6 +324,24 @@ mod on_device {
                 );
             }
         }
+        // The states agree too (every state is maintained on the device).
+        for k in 0..sizes.len() {
+            for name in ["m", "v", "vmax"] {
+                let want = cpu_step.state(k, name).unwrap();
+                let got = st.state(k, name).unwrap();
+                for (a, b) in want.iter().zip(&got) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                        "{name}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+        // And the view (AdamW's is `p` itself).
+        let views = st.view(&gpu.iter().collect::<Vec<_>>()).unwrap();
+        for (v, g) in views.iter().zip(&gpu) {
+            assert_eq!(v, &dev.download(g).unwrap());
+        }
     }
 
     pub fn circuits_on_the_gpu_agree_with_the_cpu() {

@@ -196,6 +196,61 @@ impl<F: Float> GpuStepper<F> {
         self.t
     }
 
+    /// The state of tensor `k` copied to the host, in the interpreter's form.
+    fn host_state(&self, k: usize) -> Result<Vec<interp::StateBuf<F>>, Error> {
+        self.states[k]
+            .iter()
+            .zip(&self.scalar_states[k])
+            .map(|(buf, scalar)| match buf {
+                Some(b) => Ok(interp::StateBuf::Element(self.device.download(b)?)),
+                None => Ok(interp::StateBuf::Scalar(*scalar)),
+            })
+            .collect()
+    }
+
+    /// Per-element state `name` of tensor `tensor`, copied to the host.
+    pub fn state(&self, tensor: usize, name: &str) -> Result<Vec<F>, Error> {
+        let s = self
+            .rule
+            .state_index(name)
+            .ok_or_else(|| Error::Mismatch(format!("no state `{name}`")))?;
+        match self.states.get(tensor).map(|row| &row[s]) {
+            Some(Some(buf)) => self.device.download(buf),
+            Some(None) => Err(Error::Mismatch(format!(
+                "state `{name}` is one value per tensor"
+            ))),
+            None => Err(Error::Mismatch(format!("no tensor {tensor}"))),
+        }
+    }
+
+    /// What the model sees of the parameters (the lens's forward part, the
+    /// rule's `view`), computed on the host from copies, as
+    /// [`crate::Stepper::view`] does.
+    pub fn view(&self, params: &[&CudaSlice<F>]) -> Result<Vec<Vec<F>>, Error> {
+        if params.len() != self.lens.len() {
+            return Err(Error::Mismatch(format!(
+                "the stepper holds {} tensors, but the view got {}",
+                self.lens.len(),
+                params.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(params.len());
+        for (k, p) in params.iter().enumerate() {
+            if p.len() != self.lens[k] {
+                return Err(Error::Mismatch(format!(
+                    "parameter {k} has {} elements, not {}",
+                    p.len(),
+                    self.lens[k]
+                )));
+            }
+            let data = self.device.download(p)?;
+            let state = self.host_state(k)?;
+            let hypers = &self.groups[self.group_of[k]];
+            out.push(interp::view(&self.rule, self.t + 1, hypers, &data, &state));
+        }
+        Ok(out)
+    }
+
     /// The value of hyperparameter `name` in group `group`.
     pub fn hyper(&self, group: usize, name: &str) -> Option<HyperValue> {
         let index = self.rule.hyper_index(name)?;
