@@ -342,6 +342,59 @@ mod on_device {
         for (v, g) in views.iter().zip(&gpu) {
             assert_eq!(v, &dev.download(g).unwrap());
         }
+        // A GPU checkpoint loads on the CPU and back onto the device.
+        let dir = std::env::temp_dir().join(format!("lensopt-gpu-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("groups.safetensors");
+        let names = ["a", "b", "c"];
+        st.save(
+            &path,
+            &names,
+            &gpu.iter().collect::<Vec<_>>(),
+            &Default::default(),
+        )
+        .unwrap();
+        let mut host: Vec<ndarray::Array1<f32>> =
+            sizes.iter().map(|&n| ndarray::Array1::zeros(n)).collect();
+        let refs: Vec<&dyn lensopt::TensorRef<f32>> = host
+            .iter()
+            .map(|p| p as &dyn lensopt::TensorRef<f32>)
+            .collect();
+        let mut fresh = opt.init_groups(&refs, &groups).unwrap();
+        {
+            let mut named: Vec<(&str, &mut dyn lensopt::TensorMut<f32>)> = names
+                .iter()
+                .zip(host.iter_mut())
+                .map(|(n, h)| (*n, h as &mut dyn lensopt::TensorMut<f32>))
+                .collect();
+            lensopt::checkpoint::load(&path, &mut named, &mut fresh).unwrap();
+        }
+        assert_eq!(fresh.t(), 4);
+        for k in 0..sizes.len() {
+            let want = cpu_step.state(k, "v").unwrap();
+            let got = fresh.state(k, "v").unwrap();
+            for (a, b) in want.iter().zip(got.iter()) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "v: {a} vs {b}");
+            }
+        }
+        let mut gpu2: Vec<_> = sizes
+            .iter()
+            .map(|&n| dev.upload(&vec![0f32; n]).unwrap())
+            .collect();
+        let mut st2 =
+            GpuStepper::with_groups(dev.clone(), &opt, &gpu2.iter().collect::<Vec<_>>(), &groups)
+                .unwrap();
+        st2.load(&path, &names, &mut gpu2.iter_mut().collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(st2.t(), 4);
+        for k in 0..sizes.len() {
+            assert_eq!(st2.state(k, "m").unwrap(), st.state(k, "m").unwrap());
+            assert_eq!(
+                dev.download(&gpu2[k]).unwrap(),
+                dev.download(&gpu[k]).unwrap()
+            );
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     pub fn circuits_on_the_gpu_agree_with_the_cpu() {

@@ -16,6 +16,8 @@ use crate::circuit::eval::{input_words, param_words, Rows};
 use crate::error::Error;
 use crate::jit::{self, Key};
 use crate::optimizer::{hyper_slot, resolve_groups, Group, Optimizer};
+use crate::stepper::Stepper;
+use crate::tensor::{TensorMut, TensorRef};
 use crate::Float;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
@@ -251,6 +253,107 @@ impl<F: Float> GpuStepper<F> {
         Ok(out)
     }
 
+    /// A host [`Stepper`] holding copies of this stepper's groups, state and
+    /// step counter over `params` (copied too), for checkpoints.
+    fn host_stepper(
+        &self,
+        params: &[&CudaSlice<F>],
+    ) -> Result<(Stepper<F>, Vec<ndarray::Array1<F>>), Error> {
+        if params.len() != self.lens.len()
+            || params.iter().zip(&self.lens).any(|(p, n)| p.len() != *n)
+        {
+            return Err(Error::Mismatch(
+                "one parameter per tensor of the stepper, of its length, is needed".into(),
+            ));
+        }
+        let hosts: Vec<ndarray::Array1<F>> = params
+            .iter()
+            .map(|p| self.device.download(p).map(ndarray::Array1::from))
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&dyn TensorRef<F>> = hosts.iter().map(|h| h as &dyn TensorRef<F>).collect();
+        let groups: Vec<Group> = (0..self.groups.len())
+            .map(|g| Group::new((0..self.lens.len()).filter(|&k| self.group_of[k] == g)))
+            .collect();
+        let base = self.groups.first().cloned().unwrap_or_default();
+        let mut stepper = Stepper::new(self.rule.clone(), base, &refs, &groups)?;
+        let states = (0..self.lens.len())
+            .map(|k| self.host_state(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        stepper.restore(self.t, 0, self.groups.clone(), states);
+        Ok((stepper, hosts))
+    }
+
+    /// Saves the parameters (named by `names`), every group's
+    /// hyperparameters, the state and the step counter as a checkpoint
+    /// ([`crate::checkpoint::save`]'s format: a GPU checkpoint loads on the
+    /// CPU and back).
+    pub fn save(
+        &self,
+        path: &std::path::Path,
+        names: &[&str],
+        params: &[&CudaSlice<F>],
+        user: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        if names.len() != params.len() {
+            return Err(Error::Mismatch("one name per parameter is needed".into()));
+        }
+        let (stepper, hosts) = self.host_stepper(params)?;
+        let named: Vec<(&str, &dyn TensorRef<F>)> = names
+            .iter()
+            .zip(&hosts)
+            .map(|(n, h)| (*n, h as &dyn TensorRef<F>))
+            .collect();
+        crate::checkpoint::save(path, &named, &stepper, user)
+    }
+
+    /// Restores a checkpoint into `params` (on the device) and this
+    /// stepper, checked first as [`crate::checkpoint::load`] checks: a
+    /// refused checkpoint changes nothing. Returns the caller's entries.
+    pub fn load(
+        &mut self,
+        path: &std::path::Path,
+        names: &[&str],
+        params: &mut [&mut CudaSlice<F>],
+    ) -> Result<std::collections::BTreeMap<String, String>, Error> {
+        if names.len() != params.len() {
+            return Err(Error::Mismatch("one name per parameter is needed".into()));
+        }
+        let (mut stepper, mut hosts) = {
+            let views: Vec<&CudaSlice<F>> = params.iter().map(|p| &**p).collect();
+            self.host_stepper(&views)?
+        };
+        let user = {
+            let mut named: Vec<(&str, &mut dyn TensorMut<F>)> = names
+                .iter()
+                .zip(hosts.iter_mut())
+                .map(|(n, h)| (*n, h as &mut dyn TensorMut<F>))
+                .collect();
+            crate::checkpoint::load(path, &mut named, &mut stepper)?
+        };
+        // Checked and decoded: now copy everything back to the device.
+        let stream = self.device.stream.clone();
+        for (p, h) in params.iter_mut().zip(&hosts) {
+            let data = h
+                .as_slice()
+                .ok_or_else(|| Error::Mismatch("non-contiguous".into()))?;
+            stream.memcpy_htod(data, &mut **p).map_err(device_error)?;
+        }
+        for (k, row) in stepper.state_buffers().iter().enumerate() {
+            for (s, buf) in row.iter().enumerate() {
+                match (buf, &mut self.states[k][s]) {
+                    (interp::StateBuf::Element(v), Some(device)) => {
+                        stream.memcpy_htod(v, device).map_err(device_error)?
+                    }
+                    (interp::StateBuf::Scalar(x), None) => self.scalar_states[k][s] = *x,
+                    _ => return Err(Error::Mismatch("state kinds differ".into())),
+                }
+            }
+        }
+        self.groups = stepper.group_values().to_vec();
+        self.t = stepper.t();
+        Ok(user)
+    }
+
     /// The value of hyperparameter `name` in group `group`.
     pub fn hyper(&self, group: usize, name: &str) -> Option<HyperValue> {
         let index = self.rule.hyper_index(name)?;
@@ -285,7 +388,7 @@ impl<F: Float> GpuStepper<F> {
         Ok(())
     }
 
-    fn load(&mut self, present: &[bool]) -> Result<(), Error> {
+    fn load_kernels(&mut self, present: &[bool]) -> Result<(), Error> {
         let key = Key::for_step(&self.groups, present, Mode::Fast);
         if self.loaded.as_ref().is_some_and(|l| l.key == key) {
             return Ok(());
@@ -384,7 +487,7 @@ impl<F: Float> GpuStepper<F> {
             }
         }
         let present: Vec<bool> = inputs.iter().map(Option::is_some).collect();
-        self.load(&present)?;
+        self.load_kernels(&present)?;
         let loaded = self.loaded.as_ref().expect("loaded above");
         let rule = &loaded.schedule.rule;
         let stream = self.device.stream.clone();
