@@ -110,6 +110,16 @@ mod on_device {
         Some(Arc::new(Device::new(0).expect("a device")))
     }
 
+    /// Parameters and gradients in [-1, 1) for tensors of `sizes`, f32.
+    fn sample_tensors(sizes: &[usize]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let fill = |n: usize, a: usize, m: usize, h: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i * a % m) as f32 / h) - 1.0).collect()
+        };
+        let host = sizes.iter().map(|&n| fill(n, 7919, 1000, 500.0)).collect();
+        let grads = sizes.iter().map(|&n| fill(n, 104729, 997, 498.5)).collect();
+        (host, grads)
+    }
+
     /// Replays `case` on the device in `F`; returns the parameters after each step.
     fn replay<F: lensopt::Float>(
         dev: &Arc<Device>,
@@ -193,22 +203,7 @@ mod on_device {
                 .unwrap(),
         ] {
             let sizes = [1usize, 3, 1000, 70_001, 1 << 20];
-            let host: Vec<Vec<f32>> = sizes
-                .iter()
-                .map(|&n| {
-                    (0..n)
-                        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-                        .collect()
-                })
-                .collect();
-            let grads: Vec<Vec<f32>> = sizes
-                .iter()
-                .map(|&n| {
-                    (0..n)
-                        .map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0)
-                        .collect()
-                })
-                .collect();
+            let (host, grads) = sample_tensors(&sizes);
             let mut cpu: Vec<ndarray::Array1<f32>> = host
                 .iter()
                 .map(|v| ndarray::Array1::from(v.clone()))
@@ -260,22 +255,7 @@ mod on_device {
         let Some(dev) = device() else { return };
         let opt = catalog::get("adamw").unwrap();
         let sizes = [5usize, 262_147, 1000];
-        let host: Vec<Vec<f32>> = sizes
-            .iter()
-            .map(|&n| {
-                (0..n)
-                    .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-                    .collect()
-            })
-            .collect();
-        let grads: Vec<Vec<f32>> = sizes
-            .iter()
-            .map(|&n| {
-                (0..n)
-                    .map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0)
-                    .collect()
-            })
-            .collect();
+        let (host, grads) = sample_tensors(&sizes);
         let groups = [
             Group::new([0, 2]).set("lr", 1e-2),
             Group::new([1]).set("lr", 3e-3).set("weight_decay", 0.0),

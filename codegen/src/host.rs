@@ -167,8 +167,10 @@ pub trait PassRunner {
     /// over the tensor with [`combine_partials`] in a fixed order.
     fn reduce(&mut self, pass: usize, values: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, String>;
 
-    /// Runs the element pass, tensor `k` reading the scalar values `values[k]`.
-    fn element(&mut self, values: &[&[f64]]) -> Result<(), String>;
+    /// Runs the element pass, tensor `k` reading the scalar values
+    /// `values[value_of[k]]` (one set per group, or per tensor when the rule
+    /// has per-tensor scalars).
+    fn element(&mut self, values: &[&[f64]], value_of: &[usize]) -> Result<(), String>;
 }
 
 /// One step of `schedule`, in phases: the per-step scalars of every group,
@@ -246,19 +248,22 @@ pub fn drive(
             tensor_scalars(k, v, &scalar_state[k]);
         }
     }
-    let values_of = |k: usize| -> &[f64] {
-        if per_tensor {
-            &tensor_values[k]
-        } else {
-            &group_values[facts.group_of[k]]
-        }
+    let (values, value_of): (Vec<&[f64]>, Vec<usize>) = if per_tensor {
+        (
+            tensor_values.iter().map(Vec::as_slice).collect(),
+            (0..tensors).collect(),
+        )
+    } else {
+        (
+            group_values.iter().map(Vec::as_slice).collect(),
+            facts.group_of.to_vec(),
+        )
     };
-    let element_values: Vec<&[f64]> = (0..tensors).map(values_of).collect();
-    runner.element(&element_values)?;
+    runner.element(&values, &value_of)?;
     for (k, state) in scalar_state.iter_mut().enumerate() {
         for (i, s) in rule.states.iter().enumerate() {
             if s.kind == lensopt_ir::StateKind::Scalar {
-                state[i] = values_of(k)[rule.state_out[i].index()];
+                state[i] = values[value_of[k]][rule.state_out[i].index()];
             }
         }
     }

@@ -25,7 +25,7 @@ pub fn check(decl: &RuleDecl) -> Result<Rule, Diagnostics> {
         hypers: Vec::new(),
         inputs: Vec::new(),
         states: Vec::new(),
-        later_lets: HashMap::new(),
+        let_positions: HashMap::new(),
         statement: 0,
         current_p: None,
         current_state: Vec::new(),
@@ -83,7 +83,7 @@ struct Checker<'a> {
     inputs: Vec<InputDecl>,
     states: Vec<StateDecl>,
     /// The last statement that binds each `let` name (for "used before its definition").
-    later_lets: HashMap<String, usize>,
+    let_positions: HashMap<String, usize>,
     /// Index of the statement being checked.
     statement: usize,
     /// The current SSA version of `p` in the update block (`None`: its value at the step's start).
@@ -263,7 +263,7 @@ impl Checker<'_> {
                         last_let.insert(name.text.clone(), index);
                     }
                 }
-                self.later_lets = last_let;
+                self.let_positions = last_let;
                 for (index, stmt) in block.stmts.iter().enumerate() {
                     self.statement = index;
                     match stmt {
@@ -333,7 +333,7 @@ impl Checker<'_> {
                 }
             }
         }
-        self.later_lets.clear();
+        self.let_positions.clear();
         let param_out = self
             .current_p
             .unwrap_or_else(|| self.add(Op::Param, Ty::Float, Rate::Element));
@@ -369,7 +369,7 @@ impl Checker<'_> {
 
     /// True when a `let` at or after the current statement binds `name`.
     fn defined_later(&self, name: &str) -> bool {
-        self.later_lets
+        self.let_positions
             .get(name)
             .is_some_and(|&at| at >= self.statement)
     }

@@ -23,7 +23,7 @@ use std::fmt;
 use std::ops::{BitOr, Shr};
 
 /// A gate of the netlist: its kind and the wires it reads.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Gate {
     /// Input bit `i` of the circuit.
     Input(usize),
@@ -89,7 +89,7 @@ impl std::error::Error for CircuitError {}
 /// wires before it, inputs and parameter bits are in range, and outputs are
 /// wires. Evaluators and compiled code index buffers by these numbers, so
 /// this invariant is what makes them memory-safe.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Circuit {
     gates: Vec<Gate>,
     inputs: usize,

@@ -15,7 +15,7 @@
 use crate::circuit::eval::{input_words, param_words, Rows};
 use crate::error::Error;
 use crate::jit::{self, Key};
-use crate::optimizer::{hyper_slot, resolve_groups, Group, Optimizer};
+use crate::optimizer::{resolve_groups, set_in_groups, Group, Optimizer};
 use crate::stepper::Stepper;
 use crate::tensor::{TensorMut, TensorRef};
 use crate::Float;
@@ -362,12 +362,7 @@ impl<F: Float> GpuStepper<F> {
 
     /// Sets a hyperparameter in every group, for the following steps.
     pub fn set_hyper(&mut self, name: &str, value: impl Into<HyperValue>) -> Result<(), Error> {
-        let value = value.into();
-        let index = hyper_slot(&self.rule, name, value)?;
-        for g in &mut self.groups {
-            g[index] = value;
-        }
-        Ok(())
+        set_in_groups(&self.rule, &mut self.groups, None, name, value.into())
     }
 
     /// Sets a hyperparameter in one group, for the following steps.
@@ -377,15 +372,13 @@ impl<F: Float> GpuStepper<F> {
         name: &str,
         value: impl Into<HyperValue>,
     ) -> Result<(), Error> {
-        let value = value.into();
-        let index = hyper_slot(&self.rule, name, value)?;
-        let count = self.groups.len();
-        let g = self
-            .groups
-            .get_mut(group)
-            .ok_or_else(|| Error::Mismatch(format!("no group {group}: there are {count}")))?;
-        g[index] = value;
-        Ok(())
+        set_in_groups(
+            &self.rule,
+            &mut self.groups,
+            Some(group),
+            name,
+            value.into(),
+        )
     }
 
     fn load_kernels(&mut self, present: &[bool]) -> Result<(), Error> {
@@ -575,10 +568,16 @@ struct DevicePasses<'a, F> {
 }
 
 impl<F: Float> DevicePasses<'_, F> {
-    /// Uploads each tensor's slot values (rounded to the element type).
-    fn upload_slots(&mut self, values: &[&[f64]]) -> Result<(), String> {
+    /// Uploads each tensor's slot values (rounded to the element type):
+    /// tensor `k` reads `values[value_of(k)]`.
+    fn upload_slots(
+        &mut self,
+        values: &[&[f64]],
+        value_of: impl Fn(usize) -> usize,
+    ) -> Result<(), String> {
         let mut host = vec![F::default(); self.tensors * self.slot_capacity];
-        for (k, v) in values.iter().enumerate() {
+        for k in 0..self.tensors {
+            let v = values[value_of(k)];
             for (j, id) in self.loaded.schedule.slots.iter().enumerate() {
                 host[k * self.slot_capacity + j] = F::from_f64(v[id.index()]);
             }
@@ -592,7 +591,7 @@ impl<F: Float> DevicePasses<'_, F> {
 impl<F: Float> lensopt_codegen::host::PassRunner for DevicePasses<'_, F> {
     fn reduce(&mut self, pass: usize, values: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, String> {
         let views: Vec<&[f64]> = values.iter().map(Vec::as_slice).collect();
-        self.upload_slots(&views)?;
+        self.upload_slots(&views, |k| k)?;
         let reductions = &self.loaded.schedule.passes[pass];
         let rule = &self.loaded.schedule.rule;
         let tensors_arg = self.tensors as u32;
@@ -630,8 +629,8 @@ impl<F: Float> lensopt_codegen::host::PassRunner for DevicePasses<'_, F> {
         Ok(per_tensor)
     }
 
-    fn element(&mut self, values: &[&[f64]]) -> Result<(), String> {
-        self.upload_slots(values)?;
+    fn element(&mut self, values: &[&[f64]], value_of: &[usize]) -> Result<(), String> {
+        self.upload_slots(values, |k| value_of[k])?;
         let tensors_arg = self.tensors as u32;
         let mut launch = self.stream.launch_builder(&self.loaded.element);
         launch.arg(self.table).arg(&tensors_arg);

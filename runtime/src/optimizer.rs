@@ -153,6 +153,30 @@ pub(crate) fn hyper_slot(rule: &Rule, name: &str, value: HyperValue) -> Result<u
     Ok(index)
 }
 
+/// Sets hyperparameter `name` to `value` in group `group`, or in every group
+/// with `None`, after checking name, kind and value; the setter of both the
+/// CPU and the GPU stepper.
+pub(crate) fn set_in_groups(
+    rule: &Rule,
+    groups: &mut [Vec<HyperValue>],
+    group: Option<usize>,
+    name: &str,
+    value: HyperValue,
+) -> Result<(), Error> {
+    let index = hyper_slot(rule, name, value)?;
+    match group {
+        None => groups.iter_mut().for_each(|g| g[index] = value),
+        Some(k) => {
+            let count = groups.len();
+            groups
+                .get_mut(k)
+                .ok_or_else(|| mismatch(format!("no group {k}: there are {count}")))?[index] =
+                value;
+        }
+    }
+    Ok(())
+}
+
 /// The error for `name = value` on `rule`: unknown name or wrong kind.
 pub(crate) fn hyper_error(optimizer: &str, rule: &Rule, name: &str, value: HyperValue) -> Error {
     match rule.hyper_index(name) {

@@ -10,7 +10,7 @@
 use crate::error::{mismatch, Error};
 use crate::jit;
 use crate::non_finite::{self, NonFinite};
-use crate::optimizer::{hyper_slot, resolve_groups, Group};
+use crate::optimizer::{resolve_groups, set_in_groups, Group};
 use crate::tensor::{TensorMut, TensorRef};
 use crate::Float;
 use lensopt_codegen::cpu::{Program, StepBuffers, StepPlan};
@@ -447,12 +447,7 @@ impl<F: Float> Stepper<F> {
 
     /// Sets a hyperparameter in every group (a schedule, say), for the following steps.
     pub fn set_hyper(&mut self, name: &str, value: impl Into<HyperValue>) -> Result<(), Error> {
-        let value = value.into();
-        let index = hyper_slot(&self.rule, name, value)?;
-        for g in &mut self.groups {
-            g[index] = value;
-        }
-        Ok(())
+        set_in_groups(&self.rule, &mut self.groups, None, name, value.into())
     }
 
     /// Sets a hyperparameter in one group, for the following steps.
@@ -462,15 +457,13 @@ impl<F: Float> Stepper<F> {
         name: &str,
         value: impl Into<HyperValue>,
     ) -> Result<(), Error> {
-        let value = value.into();
-        let index = hyper_slot(&self.rule, name, value)?;
-        let groups = self.groups.len();
-        let g = self
-            .groups
-            .get_mut(group)
-            .ok_or_else(|| mismatch(format!("no group {group}: there are {groups}")))?;
-        g[index] = value;
-        Ok(())
+        set_in_groups(
+            &self.rule,
+            &mut self.groups,
+            Some(group),
+            name,
+            value.into(),
+        )
     }
 
     /// Per-element state `name` of tensor `tensor`, shaped like the parameter.

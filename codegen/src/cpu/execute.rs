@@ -475,22 +475,11 @@ impl<F: JitFloat> host::PassRunner for Runner<'_, '_, '_, F> {
         Ok(per_tensor)
     }
 
-    fn element(&mut self, values: &[&[f64]]) -> Result<(), String> {
+    fn element(&mut self, values: &[&[f64]], value_of: &[usize]) -> Result<(), String> {
         let program = self.program;
-        // Tensors of one group share their values (and so their slots)
-        // unless a rule has per-tensor scalars.
-        let mut slots: Vec<Vec<F>> = Vec::new();
-        let mut slot_of: Vec<usize> = Vec::with_capacity(values.len());
-        let mut seen: std::collections::HashMap<*const f64, usize> = Default::default();
-        for v in values {
-            let index = *seen.entry(v.as_ptr()).or_insert_with(|| {
-                slots.push(program.slots(v));
-                slots.len() - 1
-            });
-            slot_of.push(index);
-        }
+        let slots: Vec<Vec<F>> = values.iter().map(|v| program.slots(v)).collect();
         program.run_chunks(self.tensors, self.parallel, self.pool, |k, chunk| {
-            program.element_chunk(chunk, &slots[slot_of[k]]);
+            program.element_chunk(chunk, &slots[value_of[k]]);
         });
         Ok(())
     }

@@ -87,14 +87,13 @@ impl Lowering<'_> {
 }
 
 /// Rebuilds IR nodes from extracted terms.
-pub(super) struct Raising<'r> {
-    rule: &'r Rule,
+pub(super) struct Raising {
     pub(super) graph: GraphBuilder,
     leaves: HashMap<String, Op>,
 }
 
-impl<'r> Raising<'r> {
-    pub(super) fn new(rule: &'r Rule) -> Self {
+impl Raising {
+    pub(super) fn new(rule: &Rule) -> Self {
         let lowering = Lowering {
             rule,
             naming: Naming::Index,
@@ -112,31 +111,13 @@ impl<'r> Raising<'r> {
             ])
             .collect();
         Raising {
-            rule,
-            graph: GraphBuilder::default(),
+            graph: GraphBuilder::for_rule(rule),
             leaves,
         }
     }
 
     pub(super) fn leaf(&mut self, op: Op) -> ValueId {
-        let (ty, rate) = match op {
-            Op::Const(_) => (Ty::Float, Rate::Const),
-            Op::ConstBool(_) => (Ty::Bool, Rate::Const),
-            Op::Hyper(i) => match self.rule.hypers[i as usize].default {
-                HyperValue::Num(_) => (Ty::Float, Rate::Step),
-                HyperValue::Bool(_) => (Ty::Bool, Rate::Step),
-            },
-            Op::Step => (Ty::Float, Rate::Step),
-            Op::Present(_) => (Ty::Bool, Rate::Step),
-            Op::Numel => (Ty::Float, Rate::Tensor),
-            Op::Param | Op::Grad | Op::Input(_) => (Ty::Float, Rate::Element),
-            Op::State(i) => match self.rule.states[i as usize].kind {
-                StateKind::Element => (Ty::Float, Rate::Element),
-                StateKind::Scalar => (Ty::Float, Rate::Tensor),
-            },
-            _ => unreachable!("not a leaf"),
-        };
-        self.graph.add(op, ty, rate)
+        self.graph.add_like(op)
     }
 
     pub(super) fn raise(&mut self, expr: &RecExpr<Term>) -> ValueId {
