@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The GPU check: run first on any machine with an NVIDIA GPU. It builds with
-# the `cuda` feature, runs the GPU test suite with LENSOPT_REQUIRE_GPU=1 (a
-# missing driver or device is a failure, not a skip), measures Adam on the
-# device against a device copy kernel (`lensopt bench --device cuda`) and,
-# when PyTorch with CUDA is importable, against torch's fused AdamW, and
-# writes everything to one report. It finishes well inside 10 minutes.
+# The GPU check: run first on any machine with an NVIDIA GPU. In order:
+# nvidia-smi; the GPU test suite with LENSOPT_REQUIRE_GPU=1 (a missing
+# driver or device is a failure, not a skip), which holds the size tests
+# (1 to 3,000,003 elements, f32 and f64), many tensors of mixed sizes and
+# global reductions against the CPU JIT; `lensopt bench --device cuda` (Adam
+# at 1e6, 1e7 and 1e8 elements against the best device copy and the
+# device's bandwidth, the fixed cost per step, GPT-2 small's tensors and one
+# large tensor beside 300 small ones); PyTorch's fused AdamW on the same GPU
+# when torch with CUDA is importable; then one SGD step over 2^31 + 7
+# elements, and `compute-sanitizer` on one step when it is installed. It
+# writes one report and finishes well inside 10 minutes.
 #
 #   bash scripts/gpu-check.sh            # report in $OUT/gpu-report.txt, or ./gpu-report.txt
 #
@@ -26,13 +31,19 @@ step() { # step NAME TIMEOUT COMMAND...: runs one step, appends its output to th
   [ "$rc" -eq 0 ] || status=1
 }
 step device 30 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv
-step build 300 cargo build --release -p lensopt-cli -p lensopt-tests --features cuda --tests --bins
+step build 300 cargo build --release -p lensopt-cli -p lensopt-tests --features cuda --tests --bins --examples
 step gpu-tests 180 env LENSOPT_REQUIRE_GPU=1 cargo test --release -p lensopt-tests --features cuda --test gpu
-step bench 120 target/release/lensopt bench --device cuda --sizes 1000000,10000000,100000000 --seconds 0.5
+step bench 150 target/release/lensopt bench --device cuda --sizes 1000000,10000000,100000000 --seconds 0.5
 if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  step torch-peer 120 python3 scripts/torch_peers.py --device cuda --sizes 1000000,10000000 --seconds 0.5
+  step torch-peer 120 python3 scripts/torch_peers.py --device cuda --sizes 1000000,10000000,100000000 --seconds 0.5
 else
   echo "== torch-peer: skipped (PyTorch with CUDA is not importable here)" | tee -a "$report"
+fi
+step large-step 150 target/release/examples/gpu_large_step
+if command -v compute-sanitizer >/dev/null; then
+  step sanitizer 120 compute-sanitizer --error-exitcode 1 target/release/examples/gpu_large_step 3000003
+else
+  echo "== sanitizer: skipped (compute-sanitizer is not installed here)" | tee -a "$report"
 fi
 echo "== gpu-check: $([ $status -eq 0 ] && echo passed || echo FAILED); report in $report" | tee -a "$report"
 exit $status

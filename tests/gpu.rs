@@ -1,6 +1,8 @@
 //! The GPU backend on a device: every golden case, f32 and f64, extra
-//! inputs included, through PTX launched with cudarc, against the references, and
-//! large multi-tensor steps against the CPU JIT. Build with
+//! inputs included, through PTX launched with cudarc, against the references;
+//! sizes from 1 to 3,000,003 elements (f32 and f64), many tensors of mixed
+//! sizes and global reductions across them against the CPU JIT, parameters
+//! and every state; `pow`'s special values; optional inputs that come and go. Build with
 //! `cargo test -p lensopt-tests --features cuda --test gpu`.
 //!
 //! This test binary has its own harness, so that a skipped test is counted
@@ -31,6 +33,14 @@ const TESTS: &[(&str, fn())] = &[
     ("many_tensors_agree_with_the_cpu_jit", || {}),
     ("circuits_on_the_gpu_agree_with_the_cpu", || {}),
     ("parameter_groups_agree_with_the_cpu_jit", || {}),
+    ("sizes_agree_with_the_cpu_jit", || {}),
+    (
+        "mixed_tensors_and_global_reductions_agree_with_the_cpu_jit",
+        || {},
+    ),
+    ("optional_inputs_keep_their_specialisations", || {}),
+    ("pow_matches_the_cpu", || {}),
+    ("empty_launches_are_no_launches", || {}),
 ];
 
 #[cfg(feature = "cuda")]
@@ -50,6 +60,23 @@ const TESTS: &[(&str, fn())] = &[
     (
         "parameter_groups_agree_with_the_cpu_jit",
         on_device::parameter_groups_agree_with_the_cpu_jit,
+    ),
+    (
+        "sizes_agree_with_the_cpu_jit",
+        on_device::sizes_agree_with_the_cpu_jit,
+    ),
+    (
+        "mixed_tensors_and_global_reductions_agree_with_the_cpu_jit",
+        on_device::mixed_tensors_and_global_reductions_agree_with_the_cpu_jit,
+    ),
+    (
+        "optional_inputs_keep_their_specialisations",
+        on_device::optional_inputs_keep_their_specialisations,
+    ),
+    ("pow_matches_the_cpu", on_device::pow_matches_the_cpu),
+    (
+        "empty_launches_are_no_launches",
+        on_device::empty_launches_are_no_launches,
     ),
 ];
 
@@ -375,6 +402,268 @@ mod on_device {
             );
         }
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Runs `opt` for `steps` steps on tensors of `sizes` in `F` on the CPU
+    /// JIT and on the GPU from the same values, then compares parameters
+    /// and every element state within `tol` (relative to 1 + |value|).
+    fn agree_with_the_cpu<F: lensopt::Float>(
+        dev: &Arc<Device>,
+        opt: &lensopt::DynOptimizer,
+        sizes: &[usize],
+        steps: usize,
+        tol: f64,
+    ) {
+        let (host, grads) = sample_tensors(sizes);
+        let conv = |v: &Vec<f32>| v.iter().map(|x| F::from_f64(*x as f64)).collect::<Vec<F>>();
+        let host: Vec<Vec<F>> = host.iter().map(conv).collect();
+        let grads: Vec<Vec<F>> = grads.iter().map(conv).collect();
+        let mut cpu: Vec<ndarray::Array1<F>> = host
+            .iter()
+            .map(|v| ndarray::Array1::from(v.clone()))
+            .collect();
+        let g_cpu: Vec<ndarray::Array1<F>> = grads
+            .iter()
+            .map(|v| ndarray::Array1::from(v.clone()))
+            .collect();
+        let refs: Vec<&dyn lensopt::TensorRef<F>> = cpu
+            .iter()
+            .map(|p| p as &dyn lensopt::TensorRef<F>)
+            .collect();
+        let mut cpu_step = opt.init(&refs).unwrap();
+        let mut gpu: Vec<_> = host.iter().map(|v| dev.upload(v).unwrap()).collect();
+        let g_gpu: Vec<_> = grads.iter().map(|v| dev.upload(v).unwrap()).collect();
+        let mut st = GpuStepper::new(dev.clone(), opt, &gpu.iter().collect::<Vec<_>>()).unwrap();
+        for _ in 0..steps {
+            let mut ps: Vec<&mut dyn lensopt::TensorMut<F>> = cpu
+                .iter_mut()
+                .map(|p| p as &mut dyn lensopt::TensorMut<F>)
+                .collect();
+            let gs: Vec<&dyn lensopt::TensorRef<F>> = g_cpu
+                .iter()
+                .map(|g| g as &dyn lensopt::TensorRef<F>)
+                .collect();
+            cpu_step.step(&mut ps, &gs).unwrap();
+            let mut ps: Vec<_> = gpu.iter_mut().collect();
+            st.step(&mut ps, &g_gpu.iter().collect::<Vec<_>>()).unwrap();
+        }
+        let rule = opt.rule();
+        let close = |what: &str, k: usize, a: &[F], b: &[F]| {
+            assert_eq!(a.len(), b.len());
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                let (x, y) = (x.to_f64(), y.to_f64());
+                assert!(
+                    (x - y).abs() <= tol * (1.0 + x.abs()) || (x.is_nan() && y.is_nan()),
+                    "{} {what} tensor {k} (of {}) element {i}: cpu {x} gpu {y}",
+                    rule.name,
+                    sizes[k]
+                );
+            }
+        };
+        for (k, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+            close("p", k, c.as_slice().unwrap(), &dev.download(g).unwrap());
+            for state in &rule.states {
+                if let (Some(want), Ok(got)) =
+                    (cpu_step.state(k, &state.name), st.state(k, &state.name))
+                {
+                    let want: Vec<F> = want.iter().copied().collect();
+                    close(&state.name, k, &want, &got);
+                }
+            }
+        }
+    }
+
+    /// One tensor of each size from the list, f32 and f64: one
+    /// element, a vector tail, many chunks, chunks plus a tail.
+    pub fn sizes_agree_with_the_cpu_jit() {
+        let Some(dev) = device() else { return };
+        let adam = catalog::get("adam").unwrap();
+        for n in [1usize, 5, 262_147, 1_048_577, 3_000_003] {
+            agree_with_the_cpu::<f32>(&dev, &adam, &[n], 3, 1e-5);
+            agree_with_the_cpu::<f64>(&dev, &adam, &[n], 3, 1e-10);
+        }
+    }
+
+    /// 40 tensors of mixed sizes in one launch, and
+    /// rules whose reductions span tensors (Adan's global gradient norm
+    /// clipping, LAMB's trust ratios, cautious Lion's mask mean).
+    pub fn mixed_tensors_and_global_reductions_agree_with_the_cpu_jit() {
+        let Some(dev) = device() else { return };
+        let sizes: Vec<usize> = (0..40)
+            .map(|k| match k % 5 {
+                0 => 2,
+                1 => 1 + k,
+                2 => 16_384 * (k % 3) + 7,
+                3 => 100_003,
+                _ => 1000 + 13 * k,
+            })
+            .collect();
+        for opt in [
+            catalog::get("adan")
+                .unwrap()
+                .with("max_grad_norm", 1.0)
+                .unwrap(),
+            catalog::get("lamb").unwrap(),
+            catalog::get("lion")
+                .unwrap()
+                .with("cautious", true)
+                .unwrap(),
+            catalog::get("adamw").unwrap(),
+        ] {
+            agree_with_the_cpu::<f32>(&dev, &opt, &sizes, 3, 1e-5);
+            agree_with_the_cpu::<f64>(&dev, &opt, &sizes, 3, 1e-10);
+        }
+    }
+
+    /// Sophia-H with its Hessian every other step: two specialisations,
+    /// each compiled once and kept, and the same result as the CPU.
+    pub fn optional_inputs_keep_their_specialisations() {
+        let Some(dev) = device() else { return };
+        let opt = catalog::get("sophiah").unwrap();
+        let sizes = [1000usize, 70_001];
+        let (host, grads) = sample_tensors(&sizes);
+        let hess: Vec<Vec<f32>> = grads
+            .iter()
+            .map(|g| g.iter().map(|x| x.abs()).collect())
+            .collect();
+        let mut cpu: Vec<ndarray::Array1<f32>> = host
+            .iter()
+            .map(|v| ndarray::Array1::from(v.clone()))
+            .collect();
+        let g_cpu: Vec<ndarray::Array1<f32>> = grads
+            .iter()
+            .map(|v| ndarray::Array1::from(v.clone()))
+            .collect();
+        let h_cpu: Vec<ndarray::Array1<f32>> = hess
+            .iter()
+            .map(|v| ndarray::Array1::from(v.clone()))
+            .collect();
+        let refs: Vec<&dyn lensopt::TensorRef<f32>> = cpu
+            .iter()
+            .map(|p| p as &dyn lensopt::TensorRef<f32>)
+            .collect();
+        let mut cpu_step = opt.init(&refs).unwrap();
+        let mut gpu: Vec<_> = host.iter().map(|v| dev.upload(v).unwrap()).collect();
+        let g_gpu: Vec<_> = grads.iter().map(|v| dev.upload(v).unwrap()).collect();
+        let h_gpu: Vec<_> = hess.iter().map(|v| dev.upload(v).unwrap()).collect();
+        let mut st = GpuStepper::new(dev.clone(), &opt, &gpu.iter().collect::<Vec<_>>()).unwrap();
+        for step in 0..6 {
+            let with_h = step % 2 == 0;
+            let mut ps: Vec<&mut dyn lensopt::TensorMut<f32>> = cpu
+                .iter_mut()
+                .map(|p| p as &mut dyn lensopt::TensorMut<f32>)
+                .collect();
+            let gs: Vec<&dyn lensopt::TensorRef<f32>> = g_cpu
+                .iter()
+                .map(|g| g as &dyn lensopt::TensorRef<f32>)
+                .collect();
+            let inputs = if with_h {
+                lensopt::Inputs::new().with(
+                    "h",
+                    h_cpu
+                        .iter()
+                        .map(|h| h as &dyn lensopt::TensorRef<f32>)
+                        .collect(),
+                )
+            } else {
+                lensopt::Inputs::new()
+            };
+            cpu_step.step_with(&mut ps, &gs, &inputs).unwrap();
+            let mut ps: Vec<_> = gpu.iter_mut().collect();
+            let given = with_h.then(|| h_gpu.iter().collect::<Vec<_>>());
+            st.step_with(&mut ps, &g_gpu.iter().collect::<Vec<_>>(), &[given])
+                .unwrap();
+        }
+        assert_eq!(st.specialisations(), 2, "one per presence of `h`, kept");
+        for (c, g) in cpu.iter().zip(&gpu) {
+            for (a, b) in c.iter().zip(&dev.download(g).unwrap()) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                    "sophiah: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    /// `pow` at its special values (zero, negative and NaN bases and
+    /// exponents, integer and fractional) gives the CPU's results, NaN
+    /// exactly where the CPU has NaN.
+    pub fn pow_matches_the_cpu() {
+        let Some(dev) = device() else { return };
+        let opt = lensopt::DynOptimizer::parse(
+            "P { hyper lr = 1.0; state y = 0; update { y = pow(p, g); p = p - lr * 0; } }",
+        )
+        .unwrap();
+        let specials = [
+            0.0f64,
+            -0.0,
+            1.0,
+            -1.0,
+            2.0,
+            -2.0,
+            0.5,
+            -0.5,
+            3.0,
+            -3.0,
+            2.5,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        for f64_elements in [false, true] {
+            let (mut bases, mut exponents) = (Vec::new(), Vec::new());
+            for &x in &specials {
+                for &y in &specials {
+                    bases.push(x);
+                    exponents.push(y);
+                }
+            }
+            let check = |got: Vec<f64>| {
+                for ((x, y), v) in bases.iter().zip(&exponents).zip(&got) {
+                    let want = x.powf(*y);
+                    let tol = if f64_elements { 1e-12 } else { 1e-5 };
+                    assert!(
+                        (want.is_nan() && v.is_nan())
+                            || want == *v
+                            || (want - v).abs() <= tol * want.abs(),
+                        "pow({x}, {y}): gpu {v}, cpu {want}"
+                    );
+                }
+            };
+            if f64_elements {
+                let mut p = dev.upload(&bases).unwrap();
+                let g = dev.upload(&exponents).unwrap();
+                let mut st = GpuStepper::<f64>::new(dev.clone(), &opt, &[&p]).unwrap();
+                st.step(&mut [&mut p], &[&g]).unwrap();
+                check(st.state(0, "y").unwrap());
+            } else {
+                let to32 = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<f32>>();
+                let mut p = dev.upload(&to32(&bases)).unwrap();
+                let g = dev.upload(&to32(&exponents)).unwrap();
+                let mut st = GpuStepper::<f32>::new(dev.clone(), &opt, &[&p]).unwrap();
+                st.step(&mut [&mut p], &[&g]).unwrap();
+                check(
+                    st.state(0, "y")
+                        .unwrap()
+                        .iter()
+                        .map(|x| *x as f64)
+                        .collect(),
+                );
+            }
+        }
+    }
+
+    /// No tensors: a step launches nothing and succeeds (the driver
+    /// refuses an empty grid, and cannot allocate an empty tensor).
+    pub fn empty_launches_are_no_launches() {
+        let Some(dev) = device() else { return };
+        for name in ["adam", "lamb"] {
+            let opt = catalog::get(name).unwrap();
+            let mut st = GpuStepper::<f32>::new(dev.clone(), &opt, &[]).unwrap();
+            st.step(&mut [], &[]).unwrap();
+            st.step(&mut [], &[]).unwrap();
+            assert_eq!((st.t(), st.blocks()), (2, 0));
+        }
     }
 
     pub fn circuits_on_the_gpu_agree_with_the_cpu() {

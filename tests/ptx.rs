@@ -1,7 +1,8 @@
 //! The PTX backend without a GPU: every catalog optimizer (default and
 //! non-default switches, reductions included) emits PTX that NVIDIA's
-//! `ptxas` assembles for sm_80 and sm_90, and the PTX of the catalog is
-//! snapshot-tested.
+//! `ptxas` assembles: the sm_80 module the runtime loads, compiled forward
+//! for sm_80, sm_90 and sm_100 as the driver does, and modules emitted for
+//! sm_90 and sm_100 themselves; the PTX of the catalog is snapshot-tested.
 //!
 //! `ptxas` comes from the `nvidia-cuda-nvcc-cu12` wheel (`.ci/run` installs
 //! it); set `LENSOPT_PTXAS` to use another. Without it the assembly test says
@@ -38,6 +39,15 @@ fn ptxas_or_skip() -> Option<PathBuf> {
     }
     found
 }
+
+/// (the target a module is emitted for, the GPU ptxas compiles it for).
+const TARGETS: [(&str, &str); 5] = [
+    ("sm_80", "sm_80"),
+    ("sm_80", "sm_90"),
+    ("sm_80", "sm_100"),
+    ("sm_90", "sm_90"),
+    ("sm_100", "sm_100"),
+];
 
 /// Assembles the PTX in `file` for `target`; ptxas's messages on failure.
 fn assemble(ptxas: &Path, target: &str, file: &Path) -> Result<(), String> {
@@ -98,19 +108,19 @@ fn every_catalog_kernel_assembles_with_ptxas() {
     let mut checked = 0;
     for (label, opt) in variants() {
         for precision in [Precision::F32, Precision::F64] {
-            for target in ["sm_80", "sm_90"] {
+            for (target, gpu) in TARGETS {
                 let text = ptx(&opt, precision, target)
                     .unwrap_or_else(|e| panic!("{label} {precision:?} {target}: {e}"));
-                let file = dir.join(format!("{label}_{precision:?}_{target}.ptx"));
+                let file = dir.join(format!("{label}_{precision:?}_{target}_{gpu}.ptx"));
                 std::fs::write(&file, &text).unwrap();
-                if let Err(e) = assemble(&ptxas, target, &file) {
-                    panic!("{label} {precision:?} {target}: ptxas failed:\n{e}\n{text}");
+                if let Err(e) = assemble(&ptxas, gpu, &file) {
+                    panic!("{label} {precision:?} {target} on {gpu}: ptxas failed:\n{e}\n{text}");
                 }
                 checked += 1;
             }
         }
     }
-    assert_eq!(checked, 80, "every variant, f32 and f64, sm_80 and sm_90");
+    assert_eq!(checked, 200, "every variant, f32 and f64, every target");
 }
 
 #[test]
@@ -183,15 +193,37 @@ fn circuit_kernels_assemble_with_ptxas() {
     let dir = std::env::temp_dir().join(format!("lensopt-ptx-circuits-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for (name, circuit) in example_circuits() {
-        for target in ["sm_80", "sm_90"] {
-            let module = lensopt_codegen::ptx::emit_circuit(&circuit, target);
-            let file = dir.join(format!("{name}_{target}.ptx"));
+        for (target, gpu) in TARGETS {
+            let module = lensopt_codegen::ptx::emit_circuit(&circuit, target).unwrap();
+            let file = dir.join(format!("{name}_{target}_{gpu}.ptx"));
             std::fs::write(&file, &module.text).unwrap();
-            if let Err(e) = assemble(&ptxas, target, &file) {
-                panic!("{name} {target}: {e}");
+            if let Err(e) = assemble(&ptxas, gpu, &file) {
+                panic!("{name} {target} on {gpu}: {e}");
             }
         }
     }
+    // And the benchmark's copy kernel.
+    for (target, gpu) in TARGETS {
+        let module = lensopt_codegen::ptx::copy_kernel(target).unwrap();
+        let file = dir.join(format!("copy_{target}_{gpu}.ptx"));
+        std::fs::write(&file, &module.text).unwrap();
+        if let Err(e) = assemble(&ptxas, gpu, &file) {
+            panic!("copy {target} on {gpu}: {e}");
+        }
+    }
+}
+
+/// A target lensopt does not know is an error, not a module the driver
+/// would refuse at load time.
+#[test]
+fn unknown_targets_are_refused() {
+    let opt = catalog::get("adam").unwrap();
+    for target in ["sm_70", "sm_75", "compute_80", "sm_999", ""] {
+        let err = ptx(&opt, Precision::F32, target).unwrap_err();
+        assert!(err.contains("unknown target"), "{target}: {err}");
+    }
+    assert_eq!(lensopt_codegen::ptx::isa_version("sm_80"), Some("7.0"));
+    assert_eq!(lensopt_codegen::ptx::isa_version("sm_100"), Some("8.6"));
 }
 
 #[test]
@@ -199,6 +231,32 @@ fn ptx_of_a_full_adder() {
     let (_, adder) = example_circuits().swap_remove(0);
     insta::assert_snapshot!(
         "ptx_circuit_full_adder",
-        lensopt_codegen::ptx::emit_circuit(&adder, "sm_80").text
+        lensopt_codegen::ptx::emit_circuit(&adder, "sm_80")
+            .unwrap()
+            .text
     );
+}
+
+/// An element-wise `pow` (C's special cases around `e^(y ln |x|)`)
+/// assembles in f32 and f64.
+#[test]
+fn element_pow_assembles_with_ptxas() {
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let opt = DynOptimizer::parse(
+        "P { hyper lr = 0.1; state m = 0; update { m = pow(g, p) + m ^ 3; p = p - lr * m; } }",
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("lensopt-ptx-pow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for precision in [Precision::F32, Precision::F64] {
+        let text = ptx(&opt, precision, "sm_80").unwrap();
+        assert!(text.contains("copysign"), "the special cases are emitted");
+        let file = dir.join(format!("pow_{precision:?}.ptx"));
+        std::fs::write(&file, &text).unwrap();
+        if let Err(e) = assemble(&ptxas, "sm_90", &file) {
+            panic!("pow {precision:?}: {e}\n{text}");
+        }
+    }
 }

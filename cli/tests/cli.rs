@@ -1156,14 +1156,24 @@ fn ptx_parses_targets_strictly() {
     ] {
         assert_usage_error(
             &["ptx", "--optimizer", "adam", "--target", target],
-            "sm_80 or later",
+            "expected one of sm_80",
         );
     }
-    for target in ["sm_80", "sm_90", "sm_120"] {
+    // Each target with the oldest PTX ISA that knows it.
+    for (target, version) in [
+        ("sm_80", "7.0"),
+        ("sm_90", "7.8"),
+        ("sm_90a", "8.0"),
+        ("sm_100", "8.6"),
+        ("sm_120", "8.7"),
+    ] {
         let out = lensopt(&["ptx", "--optimizer", "adam", "--target", target]);
         assert!(out.status.success(), "{target}: {}", stderr(&out));
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains(&format!(".target {target}\n")), "{target}");
+        assert!(
+            text.contains(&format!(".version {version}\n.target {target}\n")),
+            "{target}"
+        );
     }
 }
 

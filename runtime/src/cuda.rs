@@ -4,10 +4,23 @@
 //!
 //! The driver is loaded at run time: without one, [`Device::new`] returns an
 //! error (never a panic), so the crate builds and its tests run anywhere.
-//! Parameters and state live on the device; a step uploads the gradients'
-//! pointers and the per-tensor scalars into buffers allocated when the
-//! stepper is made, so a step allocates nothing on the device. Scalars and
-//! the combination of reduction partials run on the host in f64, as on the CPU.
+//! Modules are emitted for sm_80 under PTX ISA 7.0, which the driver
+//! compiles forward for any later GPU (Hopper, Blackwell and beyond); a
+//! module it refuses is reported with the driver's compile log.
+//!
+//! Parameters and state live on the device. A launch has one block per
+//! chunk of each tensor ([`LaunchMap`], uploaded once: the tensors' lengths
+//! are fixed), so small tensors beside a large one cost one block each. The
+//! descriptor table is uploaded only when a buffer changed; a step uploads
+//! its per-tensor scalars from page-locked memory without waiting, and a rule with reductions copies the per-block
+//! partials back and combines them on the host in f64, as on the CPU. The
+//! element pass is queued without waiting: steps follow each other on the
+//! stream, and a download (or [`Device::synchronize`]) waits for them; a
+//! launch failure surfaces at the next call that waits. Every
+//! specialisation used (hyperparameters compiled in, optional inputs
+//! present or absent) stays loaded, so inputs that come and go cost no
+//! recompilation. A state no loaded kernel touches stays on the host.
+//!
 //! Unlike the CPU [`crate::Stepper`], a GPU step does not scan its gradients
 //! for NaN or infinity ([`crate::NonFinite`]): that would need a device
 //! reduction and a synchronisation per step; check the loss on the host.
@@ -20,13 +33,14 @@ use crate::stepper::Stepper;
 use crate::tensor::{TensorMut, TensorRef};
 use crate::Float;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DevicePtrMut, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use lensopt_codegen::ptx::{descriptor_words, BLOCK};
+use lensopt_codegen::ptx::{descriptor_words, LaunchMap, BLOCK, DEVICE_TARGET};
 use lensopt_ir::interp;
 use lensopt_ir::optimize::Mode;
+use lensopt_ir::schedule::buffer_count;
 use lensopt_ir::schedule::Schedule;
 use lensopt_ir::{HyperValue, Op, Rule};
 use std::sync::Arc;
@@ -39,7 +53,7 @@ fn device_error(e: impl std::fmt::Display) -> Error {
 pub struct Device {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    target: String,
+    capability: (i32, i32),
     name: String,
 }
 
@@ -68,7 +82,7 @@ impl Device {
         Ok(Device {
             ctx,
             stream,
-            target: format!("sm_{major}{minor}"),
+            capability: (major, minor),
             name,
         })
     }
@@ -76,6 +90,12 @@ impl Device {
     /// The device's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The device's compute capability (major, minor). Kernels are emitted
+    /// for sm_80 whatever it is: the driver compiles them forward.
+    pub fn capability(&self) -> (i32, i32) {
+        self.capability
     }
 
     /// Copies host values to a new device buffer.
@@ -93,9 +113,23 @@ impl Device {
 struct Loaded {
     key: Key,
     schedule: Schedule,
+    /// Which kernel buffers (by [`lensopt_ir::schedule::buffer_of`] index)
+    /// any kernel reads or writes.
+    uses: Vec<bool>,
     _module: Arc<CudaModule>,
     element: CudaFunction,
     passes: Vec<CudaFunction>,
+}
+
+/// The most specialisations a stepper keeps loaded (the oldest goes first).
+const MAX_LOADED: usize = 16;
+
+/// A tensor's element state: on the host until a loaded kernel uses it, then
+/// on the device (a state that no specialisation touches costs no device
+/// memory, e.g. Adam's `vmax` while `amsgrad` is off).
+enum ElementState<F> {
+    Host(Vec<F>),
+    Device(CudaSlice<F>),
 }
 
 /// An optimizer's state over tensors of `F` on a GPU, in parameter groups
@@ -108,14 +142,22 @@ pub struct GpuStepper<F: Float> {
     group_of: Vec<usize>,
     lens: Vec<usize>,
     /// Element states per tensor (`None` for scalar states).
-    states: Vec<Vec<Option<CudaSlice<F>>>>,
+    states: Vec<Vec<Option<ElementState<F>>>>,
     scalar_states: Vec<Vec<f64>>,
+    /// The block-to-tensor map, on the host and on the device (fixed: the
+    /// tensors' lengths do not change).
+    launch: LaunchMap,
+    map: Option<CudaSlice<u64>>,
+    /// The descriptor table last uploaded, and its device copy.
+    table_host: Vec<u64>,
     table: CudaSlice<u64>,
     slots: CudaSlice<F>,
-    partials: CudaSlice<f64>,
+    staging: Staging<F>,
+    /// Per-block reduction partials, allocated for the widest pass loaded.
+    partials: Option<CudaSlice<f64>>,
     slot_capacity: usize,
-    blocks: u32,
-    loaded: Option<Loaded>,
+    /// Every specialisation used so far (at most [`MAX_LOADED`]).
+    loaded: Vec<Loaded>,
     t: u64,
 }
 
@@ -140,6 +182,7 @@ impl<F: Float> GpuStepper<F> {
         let rule = optimizer.rule();
         let (groups, group_of) = resolve_groups(&rule, &optimizer.hypers(), params.len(), groups)?;
         let lens: Vec<usize> = params.iter().map(|p| p.len()).collect();
+        let launch = LaunchMap::new(&lens).map_err(|e| Error::Mismatch(e.to_string()))?;
         let mut states = Vec::new();
         let mut scalar_states = Vec::new();
         for (k, p) in params.iter().enumerate() {
@@ -150,7 +193,7 @@ impl<F: Float> GpuStepper<F> {
             for buf in init {
                 match buf {
                     interp::StateBuf::Element(v) => {
-                        row.push(Some(device.upload(&v)?));
+                        row.push(Some(ElementState::Host(v)));
                         scalars.push(f64::NAN);
                     }
                     interp::StateBuf::Scalar(x) => {
@@ -164,17 +207,18 @@ impl<F: Float> GpuStepper<F> {
         }
         let n = params.len().max(1);
         let slot_capacity = 64;
-        let blocks = 1024u32;
         let stream = &device.stream;
+        let map = match launch.blocks() {
+            0 => None,
+            _ => Some(stream.clone_htod(launch.entries()).map_err(device_error)?),
+        };
         let table = stream
             .alloc_zeros::<u64>(n * descriptor_words(&rule))
             .map_err(device_error)?;
         let slots = stream
             .alloc_zeros::<F>(n * slot_capacity)
             .map_err(device_error)?;
-        let partials = stream
-            .alloc_zeros::<f64>(n * blocks as usize * 32)
-            .map_err(device_error)?;
+        let staging = Staging::new(&device, n * slot_capacity)?;
         Ok(GpuStepper {
             device,
             rule,
@@ -183,19 +227,41 @@ impl<F: Float> GpuStepper<F> {
             lens,
             states,
             scalar_states,
+            launch,
+            map,
+            table_host: Vec::new(),
             table,
             slots,
-            partials,
+            staging,
+            partials: None,
             slot_capacity,
-            blocks,
-            loaded: None,
+            loaded: Vec::new(),
             t: 0,
         })
+    }
+
+    /// Specialisations compiled and loaded so far (each kept for reuse: an
+    /// optional input that comes and goes costs no recompilation).
+    pub fn specialisations(&self) -> usize {
+        self.loaded.len()
+    }
+
+    /// Blocks per launch: one per [`lensopt_codegen::ptx::CHUNK`] elements of each tensor.
+    pub fn blocks(&self) -> usize {
+        self.launch.blocks()
     }
 
     /// Steps taken.
     pub fn t(&self) -> u64 {
         self.t
+    }
+
+    /// An element state's values on the host.
+    fn download_state(&self, state: &ElementState<F>) -> Result<Vec<F>, Error> {
+        match state {
+            ElementState::Host(v) => Ok(v.clone()),
+            ElementState::Device(b) => self.device.download(b),
+        }
     }
 
     /// The state of tensor `k` copied to the host, in the interpreter's form.
@@ -204,7 +270,7 @@ impl<F: Float> GpuStepper<F> {
             .iter()
             .zip(&self.scalar_states[k])
             .map(|(buf, scalar)| match buf {
-                Some(b) => Ok(interp::StateBuf::Element(self.device.download(b)?)),
+                Some(b) => Ok(interp::StateBuf::Element(self.download_state(b)?)),
                 None => Ok(interp::StateBuf::Scalar(*scalar)),
             })
             .collect()
@@ -217,7 +283,7 @@ impl<F: Float> GpuStepper<F> {
             .state_index(name)
             .ok_or_else(|| Error::Mismatch(format!("no state `{name}`")))?;
         match self.states.get(tensor).map(|row| &row[s]) {
-            Some(Some(buf)) => self.device.download(buf),
+            Some(Some(buf)) => self.download_state(buf),
             Some(None) => Err(Error::Mismatch(format!(
                 "state `{name}` is one value per tensor"
             ))),
@@ -341,8 +407,11 @@ impl<F: Float> GpuStepper<F> {
         for (k, row) in stepper.state_buffers().iter().enumerate() {
             for (s, buf) in row.iter().enumerate() {
                 match (buf, &mut self.states[k][s]) {
-                    (interp::StateBuf::Element(v), Some(device)) => {
+                    (interp::StateBuf::Element(v), Some(ElementState::Device(device))) => {
                         stream.memcpy_htod(v, device).map_err(device_error)?
+                    }
+                    (interp::StateBuf::Element(v), Some(ElementState::Host(host))) => {
+                        host.clone_from(v)
                     }
                     (interp::StateBuf::Scalar(x), None) => self.scalar_states[k][s] = *x,
                     _ => return Err(Error::Mismatch("state kinds differ".into())),
@@ -381,26 +450,25 @@ impl<F: Float> GpuStepper<F> {
         )
     }
 
-    fn load_kernels(&mut self, present: &[bool]) -> Result<(), Error> {
+    /// The index in `loaded` of the kernels for `present` and the current
+    /// hyperparameters, compiling and loading them if they are new. A
+    /// module the driver refuses is reported with the driver's log.
+    fn load_kernels(&mut self, present: &[bool]) -> Result<usize, Error> {
         let key = Key::for_step(&self.groups, present, Mode::Fast);
-        if self.loaded.as_ref().is_some_and(|l| l.key == key) {
-            return Ok(());
+        if let Some(i) = self.loaded.iter().position(|l| l.key == key) {
+            return Ok(i);
         }
         // One schedule for the kernels and for the host's scalars and slots.
         let schedule = jit::schedule(&self.rule, &key);
-        let module = lensopt_codegen::ptx::emit(&schedule, F::PRECISION, &self.device.target)
-            .map_err(|e| Error::Compile(e.to_string()))?;
         if schedule.slots.len() > self.slot_capacity {
             return Err(Error::Compile(format!(
                 "more than {} scalar slots",
                 self.slot_capacity
             )));
         }
-        let cuda_module = self
-            .device
-            .ctx
-            .load_module(Ptx::from_src(module.text))
-            .map_err(device_error)?;
+        let module = lensopt_codegen::ptx::emit(&schedule, F::PRECISION, DEVICE_TARGET)
+            .map_err(|e| Error::Compile(e.to_string()))?;
+        let cuda_module = load_module(&self.device, &module.text)?;
         let element = cuda_module.load_function("element").map_err(device_error)?;
         let passes = (0..schedule.passes.len())
             .map(|k| {
@@ -409,14 +477,37 @@ impl<F: Float> GpuStepper<F> {
                     .map_err(device_error)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.loaded = Some(Loaded {
+        // Partials for the widest pass: one f64 per block and reduction.
+        let widest = schedule.passes.iter().map(Vec::len).max().unwrap_or(0);
+        let needed = widest * self.launch.blocks();
+        if needed > 0 && self.partials.as_ref().is_none_or(|p| p.len() < needed) {
+            let buffer = self
+                .device
+                .stream
+                .alloc_zeros::<f64>(needed)
+                .map_err(device_error)?;
+            self.partials = Some(buffer);
+        }
+        let mut uses = vec![false; buffer_count(&schedule.rule)];
+        for b in schedule
+            .buffers_read()
+            .into_iter()
+            .chain(schedule.buffers_written())
+        {
+            uses[b] = true;
+        }
+        if self.loaded.len() == MAX_LOADED {
+            self.loaded.remove(0);
+        }
+        self.loaded.push(Loaded {
             key,
             schedule,
+            uses,
             _module: cuda_module,
             element,
             passes,
         });
-        Ok(())
+        Ok(self.loaded.len() - 1)
     }
 
     /// One step: `params` are updated in place on the device from `grads`.
@@ -480,45 +571,67 @@ impl<F: Float> GpuStepper<F> {
             }
         }
         let present: Vec<bool> = inputs.iter().map(Option::is_some).collect();
-        self.load_kernels(&present)?;
-        let loaded = self.loaded.as_ref().expect("loaded above");
-        let rule = &loaded.schedule.rule;
+        let index = self.load_kernels(&present)?;
         let stream = self.device.stream.clone();
-        let tensors = self.lens.len();
-        let t = self.t + 1;
-        // The descriptor table: n, slots pointer, then p, g and the states' pointers.
-        let words = descriptor_words(rule);
-        let mut table = vec![0u64; tensors * words];
-        {
-            let (slots_base, _s) = self.slots.device_ptr(&stream);
-            for k in 0..tensors {
-                let row = &mut table[k * words..(k + 1) * words];
-                row[0] = self.lens[k] as u64;
-                row[1] = slots_base + (k * self.slot_capacity * F::BYTES) as u64;
-                row[2] = params[k].device_ptr(&stream).0;
-                row[3] = grads[k].device_ptr(&stream).0;
-                for (i, given) in inputs.iter().enumerate() {
-                    if let Some(ts) = given {
-                        row[4 + i] = ts[k].device_ptr(&stream).0;
-                    }
-                }
-                for (s, state) in self.states[k].iter().enumerate() {
-                    if let Some(buf) = state {
-                        row[4 + rule.inputs.len() + s] = buf.device_ptr(&stream).0;
+        // A state this specialisation's kernels use moves to the device, once.
+        let first_state = 2 + self.rule.inputs.len();
+        for row in &mut self.states {
+            for (s, state) in row.iter_mut().enumerate() {
+                if let Some(ElementState::Host(values)) = state {
+                    // (An empty tensor has no blocks: its states stay here.)
+                    if self.loaded[index].uses[first_state + s] && !values.is_empty() {
+                        *state = Some(ElementState::Device(self.device.upload(values)?));
                     }
                 }
             }
         }
-        stream
-            .memcpy_htod(&table, &mut self.table)
-            .map_err(device_error)?;
-        let max_n = self.lens.iter().copied().max().unwrap_or(0);
-        let blocks = (max_n.div_ceil(BLOCK) as u32).clamp(1, self.blocks);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, tensors as u32, 1),
-            block_dim: (BLOCK as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let loaded = &self.loaded[index];
+        let rule = &loaded.schedule.rule;
+        let tensors = self.lens.len();
+        let t = self.t + 1;
+        // The descriptor table: n, slots pointer, then p, g, the inputs' and
+        // the states' pointers (0 for a buffer no kernel touches). Written
+        // buffers are taken with write intent, read ones with read intent;
+        // the guards record this step's work on them when dropped, after
+        // the launches.
+        let words = descriptor_words(rule);
+        let mut table = vec![0u64; tensors * words];
+        let mut guards = Vec::new();
+        let (slots_base, _) = self.slots.device_ptr(&stream);
+        for (k, p) in params.iter_mut().enumerate() {
+            let row = &mut table[k * words..(k + 1) * words];
+            row[0] = self.lens[k] as u64;
+            row[1] = slots_base + (k * self.slot_capacity * F::BYTES) as u64;
+            let (pointer, guard) = p.device_ptr_mut(&stream);
+            row[2] = pointer;
+            guards.push(guard);
+            let (pointer, guard) = grads[k].device_ptr(&stream);
+            row[3] = pointer;
+            guards.push(guard);
+            for (i, given) in inputs.iter().enumerate() {
+                if let Some(ts) = given {
+                    let (pointer, guard) = ts[k].device_ptr(&stream);
+                    row[4 + i] = pointer;
+                    guards.push(guard);
+                }
+            }
+        }
+        for (k, row_states) in self.states.iter_mut().enumerate() {
+            for (s, state) in row_states.iter_mut().enumerate() {
+                if let Some(ElementState::Device(buf)) = state {
+                    let (pointer, guard) = buf.device_ptr_mut(&stream);
+                    table[k * words + 4 + rule.inputs.len() + s] = pointer;
+                    guards.push(guard);
+                }
+            }
+        }
+        // The table stays on the device while the buffers stay the same.
+        if tensors > 0 && table != self.table_host {
+            stream
+                .memcpy_htod(&table, &mut self.table)
+                .map_err(device_error)?;
+            self.table_host = table;
+        }
         let facts = lensopt_codegen::host::StepFacts {
             t,
             present: &present,
@@ -530,10 +643,11 @@ impl<F: Float> GpuStepper<F> {
             loaded,
             stream: &stream,
             table: &self.table,
+            map: self.map.as_ref(),
+            launch: &self.launch,
             slots: &mut self.slots,
-            partials: &mut self.partials,
-            cfg,
-            blocks: blocks as usize,
+            staging: &mut self.staging,
+            partials: self.partials.as_mut(),
             tensors,
             slot_capacity: self.slot_capacity,
         };
@@ -546,23 +660,122 @@ impl<F: Float> GpuStepper<F> {
             &mut runner,
         )
         .map_err(Error::Compile)?;
+        drop(guards);
         self.t = t;
         Ok(())
     }
 }
 
+/// Page-locked staging for the scalar slots: a ring of host buffers, each
+/// with an event recorded after the copy out of it. A copy from page-locked
+/// memory is queued without waiting for the device (one from ordinary
+/// memory waits for the stream), and a buffer is rewritten only once its
+/// last copy is done.
+struct Staging<F> {
+    ring: Vec<(PinnedHostSlice<F>, CudaEvent)>,
+    next: usize,
+}
+
+impl<F: Float> Staging<F> {
+    /// Buffers in the ring: how many phases the host may run ahead.
+    const DEPTH: usize = 4;
+
+    fn new(device: &Device, len: usize) -> Result<Self, Error> {
+        let ring = (0..Self::DEPTH)
+            .map(|_| {
+                // SAFETY: the buffer's contents are unset; every upload
+                // fills it completely (see `upload`) before copying it.
+                let mut buf = unsafe { device.ctx.alloc_pinned::<F>(len) }.map_err(device_error)?;
+                buf.as_mut_slice().map_err(device_error)?.fill(F::default());
+                let event = device.ctx.new_event(None).map_err(device_error)?;
+                Ok((buf, event))
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Staging { ring, next: 0 })
+    }
+
+    /// Fills the next buffer with `fill` and queues its copy into `dst`.
+    fn upload(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        dst: &mut CudaSlice<F>,
+        fill: impl FnOnce(&mut [F]),
+    ) -> Result<(), cudarc::driver::DriverError> {
+        let (buf, event) = &mut self.ring[self.next];
+        self.next = (self.next + 1) % Self::DEPTH;
+        // The previous copy out of this buffer has finished.
+        event.synchronize()?;
+        fill(buf.as_mut_slice()?);
+        stream.memcpy_htod(&*buf, dst)?;
+        event.record(stream)
+    }
+}
+
+/// Loads a PTX module; when the driver refuses it, the error carries the
+/// driver's compile log (loading it again with a log buffer).
+fn load_module(device: &Device, text: &str) -> Result<Arc<CudaModule>, Error> {
+    match device.ctx.load_module(Ptx::from_src(text)) {
+        Ok(module) => Ok(module),
+        Err(e) => {
+            let log = driver_log(device, text).unwrap_or_default();
+            Err(device_error(format!("{e}: {log}")))
+        }
+    }
+}
+
+/// The driver's error log for loading `text`, if it writes one.
+fn driver_log(device: &Device, text: &str) -> Option<String> {
+    use cudarc::driver::sys;
+    let source = std::ffi::CString::new(text).ok()?;
+    device.ctx.bind_to_thread().ok()?;
+    let mut log = vec![0u8; 1 << 14];
+    let mut options = [
+        sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER,
+        sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+    ];
+    // The size option's value is the integer itself, as the driver API expects.
+    let mut values = [
+        log.as_mut_ptr().cast::<std::ffi::c_void>(),
+        log.len() as *mut std::ffi::c_void,
+    ];
+    let mut module: sys::CUmodule = std::ptr::null_mut();
+    // SAFETY: `source` is a NUL-terminated image that outlives the call; the
+    // two options point at `log` (writable, of the size passed) and at the
+    // size; the context is current on this thread (bound above).
+    let status = unsafe {
+        sys::cuModuleLoadDataEx(
+            &mut module,
+            source.as_ptr().cast(),
+            options.len() as u32,
+            options.as_mut_ptr(),
+            values.as_mut_ptr(),
+        )
+    };
+    if status == sys::CUresult::CUDA_SUCCESS {
+        // SAFETY: `module` was just loaded by this call and is not shared.
+        unsafe { sys::cuModuleUnload(module) };
+    }
+    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+    let text = String::from_utf8_lossy(&log[..end]).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
 /// The GPU stepper's passes as the phase driver's
 /// [`lensopt_codegen::host::PassRunner`]: each pass is one launch over every
-/// tensor, its scalar slots uploaded first, and a reduction's per-block
-/// partials copied back and combined per tensor in block order.
+/// tensor's chunks (the [`LaunchMap`]), its scalar slots uploaded first; a
+/// reduction's per-block partials are copied back and combined per tensor in
+/// block order. The element pass is queued without waiting for it: a later
+/// copy on the stream (a download, the next step's reduction) waits for it.
 struct DevicePasses<'a, F> {
     loaded: &'a Loaded,
     stream: &'a Arc<CudaStream>,
     table: &'a CudaSlice<u64>,
+    /// `None` when the tensors hold no element (nothing to launch).
+    map: Option<&'a CudaSlice<u64>>,
+    launch: &'a LaunchMap,
     slots: &'a mut CudaSlice<F>,
-    partials: &'a mut CudaSlice<f64>,
-    cfg: LaunchConfig,
-    blocks: usize,
+    staging: &'a mut Staging<F>,
+    partials: Option<&'a mut CudaSlice<f64>>,
     tensors: usize,
     slot_capacity: usize,
 }
@@ -575,54 +788,68 @@ impl<F: Float> DevicePasses<'_, F> {
         values: &[&[f64]],
         value_of: impl Fn(usize) -> usize,
     ) -> Result<(), String> {
-        let mut host = vec![F::default(); self.tensors * self.slot_capacity];
-        for k in 0..self.tensors {
-            let v = values[value_of(k)];
-            for (j, id) in self.loaded.schedule.slots.iter().enumerate() {
-                host[k * self.slot_capacity + j] = F::from_f64(v[id.index()]);
-            }
+        let slots = &self.loaded.schedule.slots;
+        if slots.is_empty() || self.tensors == 0 {
+            return Ok(());
         }
-        self.stream
-            .memcpy_htod(&host, self.slots)
+        let (tensors, capacity) = (self.tensors, self.slot_capacity);
+        self.staging
+            .upload(self.stream, self.slots, |host| {
+                for k in 0..tensors {
+                    let v = values[value_of(k)];
+                    for (j, id) in slots.iter().enumerate() {
+                        host[k * capacity + j] = F::from_f64(v[id.index()]);
+                    }
+                }
+            })
             .map_err(|e| device_error(e).to_string())
+    }
+
+    fn config(&self) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (self.launch.blocks() as u32, 1, 1),
+            block_dim: (BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        }
     }
 }
 
 impl<F: Float> lensopt_codegen::host::PassRunner for DevicePasses<'_, F> {
     fn reduce(&mut self, pass: usize, values: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, String> {
+        let reductions = &self.loaded.schedule.passes[pass];
+        let count = reductions.len();
+        let mut per_tensor = vec![vec![0.0; count]; self.tensors];
+        let (Some(map), Some(_)) = (self.map, self.partials.as_ref()) else {
+            // No elements anywhere: every partial is its identity, 0.
+            return Ok(per_tensor);
+        };
         let views: Vec<&[f64]> = values.iter().map(Vec::as_slice).collect();
         self.upload_slots(&views, |k| k)?;
-        let reductions = &self.loaded.schedule.passes[pass];
-        let rule = &self.loaded.schedule.rule;
-        let tensors_arg = self.tensors as u32;
+        let cfg = self.config();
+        let partials = self.partials.as_deref_mut().expect("checked above");
         let mut launch = self.stream.launch_builder(&self.loaded.passes[pass]);
-        launch
-            .arg(self.table)
-            .arg(&tensors_arg)
-            .arg(&mut *self.partials);
-        // SAFETY: the kernel reads the descriptor table just uploaded
-        // (tensors rows, every pointer a live device buffer of the row's
-        // length or unused), and writes blocks * tensors * pass.len() f64
-        // partials, within the buffer allocated for 1,024 blocks x 32.
-        unsafe { launch.launch(self.cfg) }.map_err(|e| device_error(e).to_string())?;
-        // Only the partials this launch wrote: (tensor, block, reduction).
-        let used = self.tensors * self.blocks * reductions.len();
+        launch.arg(self.table).arg(map).arg(&mut *partials);
+        // SAFETY: one block per map entry; each reads its entry, its
+        // tensor's row of the descriptor table just uploaded (every pointer
+        // a live device buffer of the row's length, or 0 for a buffer this
+        // kernel does not touch) and elements of its chunk below the
+        // tensor's length, and writes `count` f64 partials at `block *
+        // count`, within the buffer sized for the widest pass.
+        unsafe { launch.launch(cfg) }.map_err(|e| device_error(e).to_string())?;
+        // Only the partials this launch wrote: (block, reduction).
+        let used = self.launch.blocks() * count;
         let mut host = vec![0f64; used];
         self.stream
-            .memcpy_dtoh(&self.partials.slice(..used), &mut host)
+            .memcpy_dtoh(&partials.slice(..used), &mut host)
             .map_err(|e| device_error(e).to_string())?;
-        let mut per_tensor = vec![vec![0.0; reductions.len()]; self.tensors];
+        let rule = &self.loaded.schedule.rule;
         for (r, id) in reductions.iter().enumerate() {
             let Op::Reduce(op, _, _) = rule.node(*id).op else {
                 continue;
             };
             for (k, out) in per_tensor.iter_mut().enumerate() {
-                out[r] = (0..self.blocks).fold(0.0, |acc, b| {
-                    lensopt_codegen::host::combine_partials(
-                        op,
-                        acc,
-                        host[(k * self.blocks + b) * reductions.len() + r],
-                    )
+                out[r] = self.launch.blocks_of(k).fold(0.0, |acc, b| {
+                    lensopt_codegen::host::combine_partials(op, acc, host[b * count + r])
                 });
             }
         }
@@ -630,45 +857,44 @@ impl<F: Float> lensopt_codegen::host::PassRunner for DevicePasses<'_, F> {
     }
 
     fn element(&mut self, values: &[&[f64]], value_of: &[usize]) -> Result<(), String> {
+        let Some(map) = self.map else {
+            return Ok(());
+        };
         self.upload_slots(values, |k| value_of[k])?;
-        let tensors_arg = self.tensors as u32;
+        let cfg = self.config();
         let mut launch = self.stream.launch_builder(&self.loaded.element);
-        launch.arg(self.table).arg(&tensors_arg);
+        launch.arg(self.table).arg(map);
         // SAFETY: as for the reductions; the element kernel writes p and the
-        // states through the table's pointers, each within its row's length.
-        unsafe { launch.launch(self.cfg) }.map_err(|e| device_error(e).to_string())?;
-        self.stream
-            .synchronize()
-            .map_err(|e| device_error(e).to_string())
+        // states through the table's pointers, each within its chunk of its
+        // row's length.
+        unsafe { launch.launch(cfg) }.map_err(|e| device_error(e).to_string())?;
+        Ok(())
     }
 }
 
-/// Device-to-device copy bandwidth: a grid-stride f32 copy kernel of `n`
-/// elements, timed with the stream synchronised (seconds per copy, best of `reps`).
+/// The best device-to-device copy of `n` f32 values (`n` rounded down to a
+/// multiple of 4): [`lensopt_codegen::ptx::copy_kernel`], 16-byte loads with
+/// four in flight per thread, timed with the stream synchronised (seconds
+/// per copy, best of `reps`).
 pub fn copy_seconds(device: &Device, n: usize, reps: usize) -> Result<f64, Error> {
-    const COPY: &str = ".version 7.8\n.target sm_80\n.address_size 64\n\
-.visible .entry copy(.param .u64 src, .param .u64 dst, .param .u64 n)\n{\n\
-\t.reg .pred %p<2>;\n\t.reg .u32 %r<8>;\n\t.reg .u64 %rd<12>;\n\t.reg .f32 %f<2>;\n\
-\tld.param.u64 %rd1, [src];\n\tld.param.u64 %rd2, [dst];\n\tld.param.u64 %rd3, [n];\n\
-\tcvta.to.global.u64 %rd1, %rd1;\n\tcvta.to.global.u64 %rd2, %rd2;\n\
-\tmov.u32 %r1, %ctaid.x;\n\tmov.u32 %r2, %ntid.x;\n\tmov.u32 %r3, %tid.x;\n\
-\tmul.wide.u32 %rd4, %r1, %r2;\n\tcvt.u64.u32 %rd5, %r3;\n\tadd.u64 %rd4, %rd4, %rd5;\n\
-\tmov.u32 %r4, %nctaid.x;\n\tmul.wide.u32 %rd6, %r4, %r2;\n\
-LOOP:\n\tsetp.ge.u64 %p1, %rd4, %rd3;\n\t@%p1 bra DONE;\n\
-\tmul.lo.u64 %rd7, %rd4, 4;\n\tadd.u64 %rd8, %rd1, %rd7;\n\tadd.u64 %rd9, %rd2, %rd7;\n\
-\tld.global.f32 %f1, [%rd8];\n\tst.global.f32 [%rd9], %f1;\n\
-\tadd.u64 %rd4, %rd4, %rd6;\n\tbra LOOP;\nDONE:\n\tret;\n}\n";
-    let module = device
-        .ctx
-        .load_module(Ptx::from_src(COPY))
-        .map_err(device_error)?;
-    let func = module.load_function("copy").map_err(device_error)?;
+    let module = lensopt_codegen::ptx::copy_kernel(DEVICE_TARGET)
+        .map_err(|e| Error::Compile(e.to_string()))?;
+    let module = load_module(device, &module.text)?;
+    let func = module.load_function("copy16").map_err(device_error)?;
     let stream = &device.stream;
-    let src = stream.alloc_zeros::<f32>(n).map_err(device_error)?;
-    let mut dst = stream.alloc_zeros::<f32>(n).map_err(device_error)?;
-    let n64 = n as u64;
+    let groups = n / 4;
+    let src = stream
+        .alloc_zeros::<f32>(groups * 4)
+        .map_err(device_error)?;
+    let mut dst = stream
+        .alloc_zeros::<f32>(groups * 4)
+        .map_err(device_error)?;
+    let groups64 = groups as u64;
+    let blocks = groups
+        .div_ceil(4 * BLOCK)
+        .clamp(1, lensopt_codegen::ptx::MAX_BLOCKS);
     let cfg = LaunchConfig {
-        grid_dim: ((n.div_ceil(BLOCK) as u32).clamp(1, 4096), 1, 1),
+        grid_dim: (blocks as u32, 1, 1),
         block_dim: (BLOCK as u32, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -676,13 +902,39 @@ LOOP:\n\tsetp.ge.u64 %p1, %rd4, %rd3;\n\t@%p1 bra DONE;\n\
     for _ in 0..reps.max(2) {
         let started = std::time::Instant::now();
         let mut launch = stream.launch_builder(&func);
-        launch.arg(&src).arg(&mut dst).arg(&n64);
-        // SAFETY: both buffers hold `n` f32 values and the kernel touches indices below `n`.
+        launch.arg(&src).arg(&mut dst).arg(&groups64);
+        // SAFETY: both buffers hold `groups` 16-byte groups (allocations are
+        // 256-byte aligned) and the kernel touches groups below `groups`.
         unsafe { launch.launch(cfg) }.map_err(device_error)?;
         stream.synchronize().map_err(device_error)?;
         best = best.min(started.elapsed().as_secs_f64());
     }
     Ok(best)
+}
+
+impl Device {
+    /// The memory bandwidth the device's attributes imply (memory clock x
+    /// bus width x 2 transfers per clock), in GB/s; `None` when the driver
+    /// does not report them.
+    pub fn peak_gbps(&self) -> Option<f64> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let clock_khz = self
+            .ctx
+            .attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)
+            .ok()?;
+        let bus_bits = self
+            .ctx
+            .attribute(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)
+            .ok()?;
+        (clock_khz > 0 && bus_bits > 0)
+            .then(|| 2.0 * clock_khz as f64 * 1e3 * bus_bits as f64 / 8.0 / 1e9)
+    }
+
+    /// Waits until all queued work on the device's stream is done (steps
+    /// are queued without waiting; a download waits by itself).
+    pub fn synchronize(&self) -> Result<(), Error> {
+        self.stream.synchronize().map_err(device_error)
+    }
 }
 
 /// A boolean circuit's bit-sliced forward and reverse passes on the GPU.
@@ -697,11 +949,9 @@ pub struct GpuCircuit {
 impl GpuCircuit {
     /// Loads `circuit`'s kernels on `device`.
     pub fn new(device: Arc<Device>, circuit: &crate::circuit::Circuit) -> Result<Self, Error> {
-        let module = lensopt_codegen::ptx::emit_circuit(circuit, &device.target);
-        let loaded = device
-            .ctx
-            .load_module(Ptx::from_src(module.text))
-            .map_err(device_error)?;
+        let module = lensopt_codegen::ptx::emit_circuit(circuit, DEVICE_TARGET)
+            .map_err(|e| Error::Compile(e.to_string()))?;
+        let loaded = load_module(&device, &module.text)?;
         let forward = loaded
             .load_function("circuit_forward")
             .map_err(device_error)?;

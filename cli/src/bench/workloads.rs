@@ -14,42 +14,139 @@ use ndarray::Array1;
 use serde_json::json;
 use std::time::Instant;
 
-/// `lensopt bench --device cuda`: Adam's step on the GPU in GB/s against a
-/// device-to-device copy kernel measured in the same run.
+/// `lensopt bench --device cuda`: Adam's step on the GPU in GB/s against
+/// the best device copy measured in the same run and the bandwidth the
+/// device reports; the fixed cost of a step (one small tensor, waited for
+/// and queued); and Adam over GPT-2 small's 148 tensors and over one large
+/// tensor beside 300 small ones, with the blocks launched.
 #[cfg(feature = "cuda")]
 pub(super) fn gpu(args: &Args) -> Result<(), Failure> {
-    use super::harness::check_memory;
-    use lensopt::cuda::{copy_seconds, Device, GpuStepper};
+    use lensopt::cuda::{copy_seconds, Device};
     let dev = std::sync::Arc::new(Device::new(0).map_err(fail)?);
     let sizes = if args.sizes.is_empty() {
         vec![10_000_000, 100_000_000]
     } else {
         args.sizes.clone()
     };
+    let peak = dev.peak_gbps();
     for n in sizes {
-        check_memory(n, "adam on the GPU (host copies)", 3)?;
-        let host = filled_vec(n, 3)?;
-        let mut p = dev.upload(&host).map_err(fail)?;
-        let g = dev.upload(&filled_vec(n, 4)?).map_err(fail)?;
-        let adam = catalog::get("adam").ok_or_else(|| fail("no adam"))?;
-        let mut st = GpuStepper::new(dev.clone(), &adam, &[&p]).map_err(fail)?;
-        let mut result = Ok(());
-        let s = time(args.seconds, || {
-            if let Err(e) = st.step(&mut [&mut p], &[&g]) {
-                result = Err(e);
-            }
-        });
-        result.map_err(fail)?;
+        let (s, _) = gpu_adam(&dev, &[n], args.seconds)?;
         let c = copy_seconds(&dev, n, 20).map_err(fail)?;
         let gbps = 28.0 * n as f64 / s / 1e9;
-        let copy_gbps = 8.0 * n as f64 / c / 1e9;
+        let copy_gbps = 8.0 * (n / 4 * 4) as f64 / c / 1e9;
         let row = json!({
             "kernel": "adam", "device": "cuda", "gpu": dev.name(), "n": n, "dtype": "f32",
             "step_ms": s * 1e3, "gbps": gbps, "copy_gbps": copy_gbps, "ratio_to_copy": gbps / copy_gbps,
+            "peak_gbps": peak, "ratio_to_peak": peak.map(|p| gbps / p),
         });
         outln!("{row}");
     }
+    // The fixed cost: one tensor of 1,024 elements, each step waited for,
+    // and 1,000 steps queued back to back.
+    let (waited, queued) = gpu_adam(&dev, &[1024], args.seconds)?;
+    outln!(
+        "{}",
+        json!({"kernel": "adam_fixed_cost", "device": "cuda", "gpu": dev.name(), "n": 1024,
+            "step_us_waited": waited * 1e6, "step_us_queued": queued * 1e6})
+    );
+    for (name, lens) in [
+        ("adam_gpt2_small_tensors", gpt2_small_lengths()),
+        ("adam_one_large_300_small", {
+            let mut v = vec![10_000_000];
+            v.extend([1000; 300]);
+            v
+        }),
+    ] {
+        let (s, _) = gpu_adam(&dev, &lens, args.seconds)?;
+        let total: usize = lens.iter().sum();
+        let map = lensopt_codegen::ptx::LaunchMap::new(&lens).map_err(fail)?;
+        // The former launch: every tensor as many blocks as the largest needed (capped at 1,024).
+        let largest = lens.iter().copied().max().unwrap_or(0);
+        let uniform = lens.len() * largest.div_ceil(lensopt_codegen::ptx::BLOCK).min(1024);
+        outln!(
+            "{}",
+            json!({"kernel": name, "device": "cuda", "gpu": dev.name(), "tensors": lens.len(),
+                "n": total, "dtype": "f32", "step_ms": s * 1e3, "gbps": 28.0 * total as f64 / s / 1e9,
+                "blocks": map.blocks(), "blocks_uniform_grid": uniform})
+        );
+    }
     Ok(())
+}
+
+/// Adam on the GPU over tensors of `lens`: the best time of one step waited
+/// for, and the time per step of a queue of steps waited for once.
+#[cfg(feature = "cuda")]
+fn gpu_adam(
+    dev: &std::sync::Arc<lensopt::cuda::Device>,
+    lens: &[usize],
+    seconds: f64,
+) -> Result<(f64, f64), Failure> {
+    use super::harness::check_memory;
+    use lensopt::cuda::GpuStepper;
+    let total: usize = lens.iter().sum();
+    check_memory(total, "adam on the GPU (host copies)", 3)?;
+    let mut ps = Vec::new();
+    let mut gs = Vec::new();
+    for (k, &n) in lens.iter().enumerate() {
+        ps.push(
+            dev.upload(&filled_vec(n, 3 + 2 * k as u32)?)
+                .map_err(fail)?,
+        );
+        gs.push(
+            dev.upload(&filled_vec(n, 4 + 2 * k as u32)?)
+                .map_err(fail)?,
+        );
+    }
+    let adam = catalog::get("adam").ok_or_else(|| fail("no adam"))?;
+    let mut st =
+        GpuStepper::new(dev.clone(), &adam, &ps.iter().collect::<Vec<_>>()).map_err(fail)?;
+    let grads: Vec<_> = gs.iter().collect();
+    let mut result = Ok(());
+    let waited = time(seconds, || {
+        let mut params: Vec<_> = ps.iter_mut().collect();
+        if let Err(e) = st
+            .step(&mut params, &grads)
+            .and_then(|()| dev.synchronize())
+        {
+            result = Err(e);
+        }
+    });
+    result.map_err(fail)?;
+    let steps = 200;
+    let start = Instant::now();
+    for _ in 0..steps {
+        let mut params: Vec<_> = ps.iter_mut().collect();
+        st.step(&mut params, &grads).map_err(fail)?;
+    }
+    dev.synchronize().map_err(fail)?;
+    Ok((waited, start.elapsed().as_secs_f64() / steps as f64))
+}
+
+/// The parameter tensors of GPT-2 small (124M parameters, 148 tensors):
+/// token and position embeddings, 12 blocks of layer norms, attention and
+/// MLP weights and biases, the final layer norm.
+#[cfg(feature = "cuda")]
+fn gpt2_small_lengths() -> Vec<usize> {
+    let d = 768;
+    let mut v = vec![50_257 * d, 1024 * d];
+    for _ in 0..12 {
+        v.extend([
+            d,
+            d,
+            d * 3 * d,
+            3 * d,
+            d * d,
+            d,
+            d,
+            d,
+            d * 4 * d,
+            4 * d,
+            4 * d * d,
+            d,
+        ]);
+    }
+    v.extend([d, d]);
+    v
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -2,7 +2,7 @@
 //! passes, one thread per 64-bit word of examples.
 
 use super::text::header;
-use super::PtxModule;
+use super::{PtxError, PtxModule};
 use std::fmt::Write;
 
 /// PTX of a boolean circuit's forward and reverse passes, bit-sliced: one
@@ -10,11 +10,14 @@ use std::fmt::Write;
 /// `and.b64` / `xor.b64` / `not.b64`. Layouts as the CPU's
 /// (`[row][word]`): `circuit_forward(inputs, params, outputs, words)` and
 /// `circuit_reverse(inputs, params, dy, dparams, dinputs, words)`, where
-/// `params[j]` is all ones or zeros.
-pub fn emit_circuit(circuit: &lensopt_ir::circuit::Circuit, target: &str) -> PtxModule {
+/// `params[j]` is all ones or zeros. An error for an unknown `target`.
+pub fn emit_circuit(
+    circuit: &lensopt_ir::circuit::Circuit,
+    target: &str,
+) -> Result<PtxModule, PtxError> {
     use lensopt_ir::circuit::Gate;
     let n = circuit.gates().len();
-    let mut text = header(target);
+    let mut text = header(target)?;
     for reverse in [false, true] {
         let name = if reverse {
             "circuit_reverse"
@@ -127,8 +130,8 @@ pub fn emit_circuit(circuit: &lensopt_ir::circuit::Circuit, target: &str) -> Ptx
         b.push_str("DONE:\n\tret;\n");
         let _ = write!(text, ".visible .entry {name}({params})\n{{\n{b}}}\n\n");
     }
-    PtxModule {
+    Ok(PtxModule {
         text,
         kernels: vec!["circuit_forward".into(), "circuit_reverse".into()],
-    }
+    })
 }

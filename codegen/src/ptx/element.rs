@@ -83,7 +83,7 @@ impl Kernel<'_> {
         self.line("bra LOOP;");
         self.body.push_str("DONE:\n\tret;\n");
         Ok(format!(
-            ".visible .entry element(\n\t.param .u64 table,\n\t.param .u32 tensors\n)\n{{\n{}{}}}\n\n",
+            ".visible .entry element(\n\t.param .u64 table,\n\t.param .u64 map\n)\n{{\n{}{}}}\n\n",
             self.declarations(),
             self.body
         ))
@@ -111,8 +111,13 @@ impl Kernel<'_> {
         self.line("and.b64 %rd9, %rd9, 15;");
         self.line("setp.ne.u64 %p2, %rd9, 0;");
         self.line("@%p2 bra LOOP;");
-        // %rd9 = number of whole groups; the thread's first group is %rd3.
-        self.line(format!("shr.u64 %rd9, %rd1, {};", lanes.trailing_zeros()));
+        // Groups from the chunk's first (%rd0 / lanes) + thread to %rd9 =
+        // end / lanes (the chunk starts on a group boundary).
+        let shift = lanes.trailing_zeros();
+        self.line(format!("shr.u64 %rd9, %rd1, {shift};"));
+        self.line(format!("shr.u64 %rd3, %rd0, {shift};"));
+        self.line("cvt.u64.u32 %rd7, %r5;");
+        self.line("add.u64 %rd3, %rd3, %rd7;");
         self.body.push_str("VLOOP:\n");
         self.line("setp.ge.u64 %p2, %rd3, %rd9;");
         self.line("@%p2 bra VDONE;");
@@ -150,14 +155,11 @@ impl Kernel<'_> {
         }
         self.line("add.u64 %rd3, %rd3, %rd4;");
         self.line("bra VLOOP;");
-        // The tail: elements from groups * lanes on, one per thread.
+        // The tail: elements from groups_end * lanes on, one per thread.
         self.body.push_str("VDONE:\n");
-        self.line(format!("shl.b64 %rd9, %rd9, {};", lanes.trailing_zeros()));
-        self.line("mov.u32 %r3, %ctaid.x;");
-        self.line("mul.wide.u32 %rd3, %r3, %r4;");
+        self.line(format!("shl.b64 %rd9, %rd9, {shift};"));
         self.line("cvt.u64.u32 %rd7, %r5;");
-        self.line("add.u64 %rd3, %rd3, %rd7;");
-        self.line("add.u64 %rd3, %rd3, %rd9;");
+        self.line("add.u64 %rd3, %rd9, %rd7;");
         Ok(())
     }
 }

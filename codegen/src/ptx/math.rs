@@ -84,7 +84,90 @@ pub fn ln_f64_model(x: f64) -> f64 {
     e.mul_add(LN2_HI, e.mul_add(LN2_LO, q))
 }
 
+/// The special cases the PTX `pow` applies around its core
+/// `core(|x|, y)` = `e^(y ln |x|)`, on the CPU: with an exact core the
+/// result is C's `pow` (tests check it against libm). Negative bases (and
+/// -0) take the sign from odd integer exponents and give NaN for finite
+/// non-integer ones; a NaN exponent gives NaN; `pow(x, ±0)`, `pow(1, y)` and `pow(-1, ±inf)` are 1.
+pub fn pow_special_model(x: f64, y: f64, core: impl Fn(f64, f64) -> f64) -> f64 {
+    let r = core(x.abs(), y);
+    // The PTX steps: integer test by truncation, odd test on y / 2.
+    let integer = y.trunc() == y;
+    let odd = integer && (y * 0.5).trunc() != y * 0.5;
+    let negative_sign = 1f64.copysign(x) < 0.0;
+    let mut r = if negative_sign && odd { -r } else { r };
+    let fraction = !integer && !y.is_nan();
+    if (x < 0.0 && x > f64::NEG_INFINITY && fraction) || y.is_nan() {
+        r = f64::NAN;
+    }
+    if x == 1.0 || y == 0.0 || (x == -1.0 && y.abs() == f64::INFINITY) {
+        r = 1.0;
+    }
+    r
+}
+
 impl Kernel<'_> {
+    /// `x^y` with C's semantics: the core `e^(y ln |x|)` (`ex2`/`lg2` in
+    /// f32), then [`pow_special_model`]'s special cases, step for step.
+    fn pow(&mut self, x: &str, y: &str) -> String {
+        let ty = self.p.ty();
+        let lit = |v: f64| self.p.literal(v);
+        let (one, half, zero, inf) = (lit(1.0), lit(0.5), lit(0.0), lit(f64::INFINITY));
+        let (minus_one, minus_inf, nan) = (lit(-1.0), lit(f64::NEG_INFINITY), lit(f64::NAN));
+        let a = self.float();
+        self.line(format!("abs.{ty} {a}, {x};"));
+        let r = if self.p == Precision::F64 {
+            let l = self.ln64(&a);
+            let t = self.float();
+            self.line(format!("mul.rn.f64 {t}, {y}, {l};"));
+            self.exp64(&t)
+        } else {
+            let [l, t, f] = self.floats();
+            self.line(format!("lg2.approx.f32 {l}, {a};"));
+            self.line(format!("mul.rn.f32 {t}, {y}, {l};"));
+            self.line(format!("ex2.approx.f32 {f}, {t};"));
+            f
+        };
+        // integer = trunc(y) == y; odd = integer && trunc(y / 2) != y / 2.
+        let [yi, h, hi, sign, neg, out, ya] = self.floats();
+        let [integer, odd, negative, flip, xneg, xfin, fraction, ynum, ones, p1, p2] = self.preds();
+        self.line(format!("cvt.rzi.{ty}.{ty} {yi}, {y};"));
+        self.line(format!("setp.eq.{ty} {integer}, {yi}, {y};"));
+        self.line(format!("mul.rn.{ty} {h}, {y}, {half};"));
+        self.line(format!("cvt.rzi.{ty}.{ty} {hi}, {h};"));
+        self.line(format!("setp.neu.{ty} {odd}, {hi}, {h};"));
+        self.line(format!("and.pred {odd}, {odd}, {integer};"));
+        // A negative sign (-0 included) and an odd exponent: the sign flips.
+        self.line(format!("copysign.{ty} {sign}, {x}, {one};"));
+        self.line(format!("setp.lt.{ty} {negative}, {sign}, {zero};"));
+        self.line(format!("and.pred {flip}, {negative}, {odd};"));
+        self.line(format!("neg.{ty} {neg}, {r};"));
+        self.line(format!("selp.{ty} {out}, {neg}, {r}, {flip};"));
+        // A finite negative base and a finite non-integer exponent: NaN.
+        self.line(format!("setp.lt.{ty} {xneg}, {x}, {zero};"));
+        self.line(format!("setp.gt.{ty} {xfin}, {x}, {minus_inf};"));
+        self.line(format!("and.pred {xneg}, {xneg}, {xfin};"));
+        self.line(format!("setp.num.{ty} {ynum}, {y}, {y};"));
+        self.line(format!("not.pred {fraction}, {integer};"));
+        self.line(format!("and.pred {fraction}, {fraction}, {ynum};"));
+        self.line(format!("and.pred {xneg}, {xneg}, {fraction};"));
+        // A NaN exponent: NaN (unless the base is 1, below).
+        self.line(format!("not.pred {ynum}, {ynum};"));
+        self.line(format!("or.pred {xneg}, {xneg}, {ynum};"));
+        self.line(format!("selp.{ty} {out}, {nan}, {out}, {xneg};"));
+        // x == 1, y == ±0, or x == -1 with an infinite exponent: 1.
+        self.line(format!("setp.eq.{ty} {ones}, {x}, {one};"));
+        self.line(format!("setp.eq.{ty} {p1}, {y}, {zero};"));
+        self.line(format!("or.pred {ones}, {ones}, {p1};"));
+        self.line(format!("abs.{ty} {ya}, {y};"));
+        self.line(format!("setp.eq.{ty} {p1}, {ya}, {inf};"));
+        self.line(format!("setp.eq.{ty} {p2}, {x}, {minus_one};"));
+        self.line(format!("and.pred {p1}, {p1}, {p2};"));
+        self.line(format!("or.pred {ones}, {ones}, {p1};"));
+        self.line(format!("selp.{ty} {out}, {one}, {out}, {ones};"));
+        out
+    }
+
     /// `e^x`: in f32 `ex2.approx(x * log2 e)`; in f64 the range reduction
     /// of [`exp_f64_model`] (the same steps, checked against libm in the tests).
     fn exp(&mut self, x: &str) -> String {
@@ -299,20 +382,7 @@ impl Kernel<'_> {
             }
             BinOp::Min => format!("min.NaN.{ty}"),
             BinOp::Max => format!("max.NaN.{ty}"),
-            BinOp::Pow => {
-                // x^y as e^(y ln x) (non-negative bases; ex2/lg2 directly in f32).
-                if self.p == Precision::F64 {
-                    let l = self.ln64(x);
-                    let t = self.float();
-                    self.line(format!("mul.rn.f64 {t}, {y}, {l};"));
-                    return Ok(self.exp64(&t));
-                }
-                let [l, t, f] = self.floats();
-                self.line(format!("lg2.approx.f32 {l}, {x};"));
-                self.line(format!("mul.rn.f32 {t}, {y}, {l};"));
-                self.line(format!("ex2.approx.f32 {f}, {t};"));
-                return Ok(f);
-            }
+            BinOp::Pow => return Ok(self.pow(x, y)),
             BinOp::And | BinOp::Or => {
                 let p = self.pred();
                 let name = if op == BinOp::And { "and" } else { "or" };

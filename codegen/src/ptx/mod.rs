@@ -3,18 +3,19 @@
 //! One kernel per phase, all tensors of a step in one launch: the kernel
 //! reads a table of tensor descriptors (u64 words: element count, pointer
 //! to the tensor's scalar slots, then one pointer per buffer in kernel
-//! order), takes its tensor from `%ctaid.y` and walks its elements with a
-//! grid-stride loop over `%ctaid.x`.
+//! order) and a block-to-tensor map ([`LaunchMap`]): each block takes one
+//! chunk of [`CHUNK`] elements of one tensor and walks it with a
+//! block-stride loop, so a launch is as large as the tensors need.
 //!
-//! - element kernel `element(table, tensors)`: loads, arithmetic, stores,
+//! - element kernel `element(table, map)`: loads, arithmetic, stores,
 //!   16 bytes at a time (`ld.global.v4.f32` / `v2.f64`) when the tensor's
 //!   buffers are aligned, element by element for the rest;
-//! - reduction kernel `reduceK(table, tensors, partials)` per pass: each
+//! - reduction kernel `reduceK(table, map, partials)` per pass: each
 //!   thread accumulates in f64, warps combine with `shfl.sync.down`, warps
 //!   through shared memory, and every block writes one partial per reduction
-//!   to `partials[(tensor * gridDim.x + block) * count + k]`; the host
-//!   combines the partials in order, so results are reproducible for a
-//!   fixed launch shape.
+//!   to `partials[block * count + k]`; the host combines a tensor's
+//!   partials in block order, so results are reproducible for a fixed
+//!   list of tensor lengths.
 //!
 //! - circuit kernels (`emit_circuit`): one thread per 64-bit word of examples.
 //!
@@ -24,8 +25,11 @@
 //! In f32, `exp`, `ln`, `pow` and `sigmoid` use the hardware's `ex2`/`lg2`
 //! approximations; in f64 they are range reduction and `fma` series
 //! ([`exp_f64_model`], [`ln_f64_model`] are the same steps on the CPU,
-//! checked against libm), `pow` as `e^(y ln x)` for non-negative bases.
-//! PTX ISA 7.8, `.target sm_80` or later.
+//! checked against libm); `pow` is `e^(y ln |x|)` with C's special cases
+//! (negative bases with integer exponents, `pow(x, 0) = pow(1, y) = 1`;
+//! [`pow_special_model`]). A module declares the oldest PTX ISA that knows
+//! its target ([`isa_version`]); the runtime emits for `sm_80` under ISA
+//! 7.0, which the driver compiles forward for any later GPU.
 //!
 //! The code is split by what it writes:
 //!
@@ -38,16 +42,27 @@
 //!   (vector and scalar loops, stores);
 //! - `reduce`: the reduction kernels, down to one partial per block, and the
 //!   combine of two partials;
-//! - `circuit`: the bit-sliced circuit kernels ([`emit_circuit`]).
+//! - `circuit`: the bit-sliced circuit kernels ([`emit_circuit`]);
+//! - `launch`: the block-to-tensor map of a launch ([`LaunchMap`]);
+//! - `copy`: the device copy the benchmark measures against ([`copy_kernel`]).
 
 mod circuit;
+mod copy;
 mod element;
+mod launch;
 mod math;
 mod reduce;
 mod text;
 
 pub use circuit::emit_circuit;
-pub use math::{exp_f64_model, ln_f64_model};
+pub use copy::copy_kernel;
+pub use launch::{LaunchMap, CHUNK, MAX_BLOCKS};
+pub use math::{exp_f64_model, ln_f64_model, pow_special_model};
+pub use text::isa_version;
+
+/// The target of the modules the runtime loads: sm_80 PTX, which every
+/// driver that knows a later GPU compiles forward for it.
+pub const DEVICE_TARGET: &str = "sm_80";
 
 use lensopt_ir::schedule::{buffer_count, Schedule};
 use lensopt_ir::Rule;
@@ -128,7 +143,7 @@ pub fn emit(
     schedule.check_budget().map_err(PtxError)?;
     let mut text = String::new();
     let _ = writeln!(text, "// lensopt: rule {}", schedule.rule.name);
-    text.push_str(&header(target));
+    text.push_str(&header(target)?);
     let mut kernels = Vec::new();
     for (k, pass) in schedule.passes.iter().enumerate() {
         let name = format!("reduce{k}");

@@ -101,9 +101,7 @@ impl Kernel<'_> {
         // Thread 0 combines the warps' partials in order and writes the block's.
         self.line("ld.param.u64 %rd9, [partials];");
         self.line("cvta.to.global.u64 %rd9, %rd9;");
-        self.line("mov.u32 %r15, %nctaid.x;");
-        self.line("mad.lo.u32 %r15, %r1, %r15, %r3;");
-        self.line(format!("mul.wide.u32 %rd7, %r15, {};", count * 8));
+        self.line(format!("mul.wide.u32 %rd7, %r1, {};", count * 8));
         self.line("add.u64 %rd9, %rd9, %rd7;");
         for (k, (op, _)) in args.iter().enumerate() {
             self.line(format!("mov.f64 %acc{k}, 0d0000000000000000;"));
@@ -119,7 +117,7 @@ impl Kernel<'_> {
         }
         self.body.push_str("DONE:\n\tret;\n");
         Ok(format!(
-            ".visible .entry {name}(\n\t.param .u64 table,\n\t.param .u32 tensors,\n\t.param .u64 partials\n)\n{{\n{}\t.shared .align 8 .f64 warp_partials[{}];\n{}}}\n\n",
+            ".visible .entry {name}(\n\t.param .u64 table,\n\t.param .u64 map,\n\t.param .u64 partials\n)\n{{\n{}\t.shared .align 8 .f64 warp_partials[{}];\n{}}}\n\n",
             self.declarations(),
             BLOCK / 32 * count,
             self.body

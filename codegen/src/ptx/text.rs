@@ -3,13 +3,46 @@
 //! predicates, u64s) and their declarations, the prologue that loads a
 //! tensor's descriptor, the slot loads, buffer addresses and offsets.
 
-use super::{descriptor_words, Precision};
+use super::{descriptor_words, Precision, PtxError, CHUNK};
 use lensopt_ir::schedule::{buffer_of, Schedule};
 use lensopt_ir::{Rule, Ty};
 
-/// The module header: PTX ISA 7.8 for `target`, 64-bit addresses.
-pub(super) fn header(target: &str) -> String {
-    format!(".version 7.8\n.target {target}\n.address_size 64\n\n")
+/// The module header: the oldest PTX ISA that knows `target`, 64-bit addresses.
+pub(super) fn header(target: &str) -> Result<String, PtxError> {
+    let version = isa_version(target).ok_or_else(|| {
+        PtxError(format!(
+            "unknown target `{target}`: one of {}",
+            TARGETS.iter().map(|t| t.0).collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    Ok(format!(
+        ".version {version}\n.target {target}\n.address_size 64\n\n"
+    ))
+}
+
+/// The targets lensopt emits for, with the first PTX ISA version that has
+/// each. A module for `sm_80` under ISA 7.0 is what the runtime loads on
+/// every device: the driver compiles it forward for any newer GPU.
+const TARGETS: [(&str, &str); 13] = [
+    ("sm_80", "7.0"),
+    ("sm_86", "7.1"),
+    ("sm_87", "7.4"),
+    ("sm_89", "7.8"),
+    ("sm_90", "7.8"),
+    ("sm_90a", "8.0"),
+    ("sm_100", "8.6"),
+    ("sm_100a", "8.6"),
+    ("sm_101", "8.6"),
+    ("sm_103", "8.8"),
+    ("sm_120", "8.7"),
+    ("sm_120a", "8.7"),
+    ("sm_121", "8.8"),
+];
+
+/// The PTX ISA version a module for `target` declares, or `None` for a
+/// target lensopt does not know.
+pub fn isa_version(target: &str) -> Option<&'static str> {
+    TARGETS.iter().find(|t| t.0 == target).map(|t| t.1)
 }
 
 /// One kernel under construction: its body, and counters for registers
@@ -81,17 +114,25 @@ impl<'s> Kernel<'s> {
         a
     }
 
-    /// Loads the descriptor of this block's tensor: `%rd1` = n, `%rd2` = slots,
-    /// `%rd{10 + b}` = buffer `b`; `%rd3` = this thread's first element, `%rd4` = stride.
+    /// Loads this block's map entry and its tensor's descriptor: `%rd0` =
+    /// the chunk's first element, `%rd1` = its end (the chunk's or the
+    /// tensor's), `%rd2` = slots, `%rd{10 + b}` = buffer `b`; `%rd3` = this
+    /// thread's first element, `%rd4` = the stride (the block's threads).
+    /// [`super::LaunchMap::thread_elements`] is this arithmetic on the CPU.
     pub(super) fn prologue(&mut self, buffers: &[usize]) {
         let words = descriptor_words(self.rule);
+        self.line("ld.param.u64 %rd5, [map];");
+        self.line("cvta.to.global.u64 %rd5, %rd5;");
+        self.line("mov.u32 %r1, %ctaid.x;");
+        self.line("mul.wide.u32 %rd6, %r1, 8;");
+        self.line("add.u64 %rd6, %rd5, %rd6;");
+        self.line("ld.global.u64 %rd7, [%rd6];");
+        self.line("shr.u64 %rd6, %rd7, 32;");
+        self.line("cvt.u32.u64 %r2, %rd6;");
+        self.line("and.b64 %rd7, %rd7, 4294967295;");
         self.line("ld.param.u64 %rd5, [table];");
         self.line("cvta.to.global.u64 %rd5, %rd5;");
-        self.line("mov.u32 %r1, %ctaid.y;");
-        self.line("ld.param.u32 %r2, [tensors];");
-        self.line("setp.ge.u32 %p0, %r1, %r2;");
-        self.line("@%p0 bra DONE;");
-        self.line(format!("mul.wide.u32 %rd6, %r1, {};", words * 8));
+        self.line(format!("mul.wide.u32 %rd6, %r2, {};", words * 8));
         self.line("add.u64 %rd6, %rd5, %rd6;");
         self.line("ld.global.u64 %rd1, [%rd6];");
         self.line("ld.global.u64 %rd2, [%rd6+8];");
@@ -102,14 +143,14 @@ impl<'s> Kernel<'s> {
                 16 + 8 * b
             ));
         }
-        self.line("mov.u32 %r3, %ctaid.x;");
+        self.line(format!("mul.lo.u64 %rd0, %rd7, {CHUNK};"));
+        self.line(format!("add.u64 %rd7, %rd0, {CHUNK};"));
+        self.line("min.u64 %rd1, %rd1, %rd7;");
         self.line("mov.u32 %r4, %ntid.x;");
         self.line("mov.u32 %r5, %tid.x;");
-        self.line("mul.wide.u32 %rd3, %r3, %r4;");
         self.line("cvt.u64.u32 %rd7, %r5;");
-        self.line("add.u64 %rd3, %rd3, %rd7;");
-        self.line("mov.u32 %r6, %nctaid.x;");
-        self.line("mul.wide.u32 %rd4, %r6, %r4;");
+        self.line("add.u64 %rd3, %rd0, %rd7;");
+        self.line("cvt.u64.u32 %rd4, %r4;");
     }
 
     /// The values of the slots (loaded once per thread), by node.
