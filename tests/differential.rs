@@ -66,7 +66,7 @@ fn float_expr(reductions: bool) -> BoxedStrategy<String> {
                 .boxed(),
             inner.clone().prop_map(|x| format!("(-{x})")).boxed(),
             inner.clone().prop_map(|x| format!("({x}) ^ 2")).boxed(),
-            (inner.clone(), 0..8usize)
+            (inner.clone(), 0..11usize)
                 .prop_map(|(x, k)| match k {
                     0 => format!("sqrt(abs({x}))"),
                     1 => format!("abs({x})"),
@@ -75,6 +75,9 @@ fn float_expr(reductions: bool) -> BoxedStrategy<String> {
                     4 => format!("ln(abs({x}) + 0.25)"),
                     5 => format!("sigmoid({x})"),
                     6 => format!("rsqrt(abs({x}) + 0.5)"),
+                    7 => format!("f32({x})"),
+                    8 => format!("bf16({x})"),
+                    9 => format!("lerp({x}, g, 0.7)"),
                     _ => format!("pow(abs({x}) + 0.5, 1.5)"),
                 })
                 .boxed(),

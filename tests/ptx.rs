@@ -237,15 +237,15 @@ fn ptx_of_a_full_adder() {
     );
 }
 
-/// An element-wise `pow` (C's special cases around `e^(y ln |x|)`)
-/// assembles in f32 and f64.
+/// An element-wise `pow` (C's special cases around `e^(y ln |x|)`), the
+/// precision roundings `f32` and `bf16` and `lerp` assemble in f32 and f64.
 #[test]
-fn element_pow_assembles_with_ptxas() {
+fn element_pow_and_precision_assemble_with_ptxas() {
     let Some(ptxas) = ptxas_or_skip() else {
         return;
     };
     let opt = DynOptimizer::parse(
-        "P { hyper lr = 0.1; state m = 0; update { m = pow(g, p) + m ^ 3; p = p - lr * m; } }",
+        "P { hyper lr = 0.1; state m = 0; update { m = pow(g, p) + m ^ 3 + bf16(g) + f32(p * 3); p = lerp(p, m, lr); } }",
     )
     .unwrap();
     let dir = std::env::temp_dir().join(format!("lensopt-ptx-pow-{}", std::process::id()));
@@ -253,6 +253,7 @@ fn element_pow_assembles_with_ptxas() {
     for precision in [Precision::F32, Precision::F64] {
         let text = ptx(&opt, precision, "sm_80").unwrap();
         assert!(text.contains("copysign"), "the special cases are emitted");
+        assert!(text.contains("cvt.rn.bf16.f32"), "bf16 is emitted");
         let file = dir.join(format!("pow_{precision:?}.ptx"));
         std::fs::write(&file, &text).unwrap();
         if let Err(e) = assemble(&ptxas, "sm_90", &file) {

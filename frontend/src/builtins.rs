@@ -15,6 +15,11 @@ pub enum Builtin {
     Select,
     /// `fma(a, b, c) = a * b + c`, one rounding.
     Fma,
+    /// `f64(x)`: `x` itself (every value is representable in f64; the
+    /// function says in the rule that no rounding is wanted).
+    KeepF64,
+    /// `lerp(a, b, w)`: `a + w (b - a)`, in PyTorch's two-sided form.
+    Lerp,
     /// `present(h)`: whether optional input `h` is supplied this step.
     Present,
     /// `numel()`: the element count of the tensor.
@@ -33,6 +38,8 @@ pub const BUILTINS: &[(&str, Builtin, usize)] = &[
     ("clamp", Builtin::Clamp, 3),
     ("select", Builtin::Select, 3),
     ("fma", Builtin::Fma, 3),
+    ("f64", Builtin::KeepF64, 1),
+    ("lerp", Builtin::Lerp, 3),
     ("present", Builtin::Present, 1),
     ("numel", Builtin::Numel, 0),
     ("sum", Builtin::Reduce(ReduceOp::Sum, Scope::Tensor), 1),

@@ -500,6 +500,15 @@ impl Checker<'_> {
         self.add(Op::Binary(op, a, b), ty, rate)
     }
 
+    fn constant(&mut self, x: f64) -> ValueId {
+        self.add(Op::Const(x), Ty::Float, Rate::Const)
+    }
+
+    fn fma(&mut self, a: ValueId, b: ValueId, c: ValueId) -> ValueId {
+        let rate = self.rate_of(&[a, b, c]);
+        self.add(Op::Fma(a, b, c), Ty::Float, rate)
+    }
+
     fn call(&mut self, name: &str, args: &[Expr], span: Span, cx: Context) -> Option<ValueId> {
         let Some((builtin, arity)) = builtins::lookup(name) else {
             let hint = if self.names.contains_key(name) {
@@ -563,6 +572,26 @@ impl Checker<'_> {
                 self.floats(&vals, args, &what)?;
                 let lo = self.binary(BinOp::Max, vals[0], vals[1], Ty::Float);
                 Some(self.binary(BinOp::Min, lo, vals[2], Ty::Float))
+            }
+            Builtin::KeepF64 => {
+                self.floats(&vals, args, &what)?;
+                Some(vals[0])
+            }
+            // lerp(a, b, w) = a + w (b - a) for |w| < 1/2, else b - (b - a)(1 - w),
+            // each as one fma, as PyTorch's vectorised `lerp`.
+            Builtin::Lerp => {
+                self.floats(&vals, args, &what)?;
+                let (a, b, w) = (vals[0], vals[1], vals[2]);
+                let diff = self.binary(BinOp::Sub, b, a, Ty::Float);
+                let abs = self.unary(UnOp::Abs, w);
+                let half = self.constant(0.5);
+                let small = self.binary(BinOp::Lt, abs, half, Ty::Bool);
+                let one = self.constant(1.0);
+                let w1 = self.binary(BinOp::Sub, w, one, Ty::Float);
+                let near_a = self.fma(w, diff, a);
+                let near_b = self.fma(w1, diff, b);
+                let rate = self.rate_of(&[small, near_a, near_b]);
+                Some(self.add(Op::Select(small, near_a, near_b), Ty::Float, rate))
             }
             Builtin::Fma => {
                 self.floats(&vals, args, &what)?;

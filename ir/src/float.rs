@@ -41,6 +41,25 @@ pub trait Float: Copy + Debug + Display + Default + PartialOrd + Send + Sync + '
     fn is_nan(self) -> bool;
     /// True when the sign bit is set.
     fn is_sign_negative(self) -> bool;
+    /// Rounded to the nearest f32 (ties to even), in this type.
+    fn round_f32(self) -> Self {
+        Self::from_f64(f64::from(self.to_f64() as f32))
+    }
+    /// Rounded to f32, then to the nearest bfloat16 (ties to even), in this type.
+    fn round_bf16(self) -> Self {
+        Self::from_f64(f64::from(bf16_of_f32(self.to_f64() as f32)))
+    }
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as an f32: the top
+/// 16 bits of the f32, rounded on the lower 16. NaN stays NaN (quieted).
+pub fn bf16_of_f32(x: f32) -> f32 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return f32::from_bits((bits | 0x0040_0000) & 0xFFFF_0000);
+    }
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000;
+    f32::from_bits(rounded)
 }
 
 macro_rules! impl_float {

@@ -102,6 +102,12 @@ pub enum UnOp {
     Ln,
     /// `1 / (1 + e^-x)`
     Sigmoid,
+    /// `f32(x)`: `x` rounded to the nearest f32 (ties to even; the identity
+    /// on f32 elements). The optimizer moves no arithmetic across it.
+    RoundF32,
+    /// `bf16(x)`: `x` rounded to f32, then to the nearest bfloat16 (ties to
+    /// even), as PyTorch converts.
+    RoundBf16,
     /// `!b`
     Not,
 }

@@ -140,6 +140,10 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
                 let den = self.b.ins().fadd(one, e);
                 self.b.ins().fdiv(one, den)
             }
+            // Rounding to f32 is the identity on f32 lanes.
+            UnOp::RoundF32 if F::VECTOR.lane_type() == ir::types::F32 => a,
+            UnOp::RoundF32 => self.per_lane(MathFn::RoundF32, &[a]),
+            UnOp::RoundBf16 => self.per_lane(MathFn::RoundBf16, &[a]),
             UnOp::Not => self.b.ins().bnot(a),
         }
     }

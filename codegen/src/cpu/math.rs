@@ -15,16 +15,27 @@ pub enum MathFn {
     Pow,
     /// a * b + c, one rounding (cranelift's fallback when the CPU lacks FMA).
     Fma,
+    /// x rounded to f32 ([`lensopt_ir::Float::round_f32`]).
+    RoundF32,
+    /// x rounded to bfloat16 ([`lensopt_ir::Float::round_bf16`]).
+    RoundBf16,
 }
 
 impl MathFn {
     /// Every function, for registration.
-    pub const ALL: [MathFn; 4] = [MathFn::Exp, MathFn::Ln, MathFn::Pow, MathFn::Fma];
+    pub const ALL: [MathFn; 6] = [
+        MathFn::Exp,
+        MathFn::Ln,
+        MathFn::Pow,
+        MathFn::Fma,
+        MathFn::RoundF32,
+        MathFn::RoundBf16,
+    ];
 
     /// Number of arguments.
     pub fn arity(self) -> usize {
         match self {
-            MathFn::Exp | MathFn::Ln => 1,
+            MathFn::Exp | MathFn::Ln | MathFn::RoundF32 | MathFn::RoundBf16 => 1,
             MathFn::Pow => 2,
             MathFn::Fma => 3,
         }
@@ -37,6 +48,8 @@ impl MathFn {
             MathFn::Ln => "ln",
             MathFn::Pow => "pow",
             MathFn::Fma => "fma",
+            MathFn::RoundF32 => "round_f32",
+            MathFn::RoundBf16 => "round_bf16",
         };
         format!("lensopt_{base}_{ty}")
     }
@@ -67,15 +80,38 @@ extern "C" fn fma_f64(a: f64, b: f64, c: f64) -> f64 {
     a.mul_add(b, c)
 }
 
+extern "C" fn round_f32_f32(x: f32) -> f32 {
+    x
+}
+extern "C" fn round_f32_f64(x: f64) -> f64 {
+    lensopt_ir::Float::round_f32(x)
+}
+extern "C" fn round_bf16_f32(x: f32) -> f32 {
+    lensopt_ir::Float::round_bf16(x)
+}
+extern "C" fn round_bf16_f64(x: f64) -> f64 {
+    lensopt_ir::Float::round_bf16(x)
+}
+
 /// Every symbol generated code may reference, with its address: our math
 /// functions, and cranelift's libcall names for the operations it may lower
 /// to calls (`fmaf`, `fma`).
 pub fn symbols() -> Vec<(String, *const u8)> {
-    let ours: [(MathFn, *const u8, *const u8); 4] = [
+    let ours: [(MathFn, *const u8, *const u8); 6] = [
         (MathFn::Exp, exp_f32 as *const u8, exp_f64 as *const u8),
         (MathFn::Ln, ln_f32 as *const u8, ln_f64 as *const u8),
         (MathFn::Pow, pow_f32 as *const u8, pow_f64 as *const u8),
         (MathFn::Fma, fma_f32 as *const u8, fma_f64 as *const u8),
+        (
+            MathFn::RoundF32,
+            round_f32_f32 as *const u8,
+            round_f32_f64 as *const u8,
+        ),
+        (
+            MathFn::RoundBf16,
+            round_bf16_f32 as *const u8,
+            round_bf16_f64 as *const u8,
+        ),
     ];
     let mut out = Vec::new();
     for (f, p32, p64) in ours {

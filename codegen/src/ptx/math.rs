@@ -168,6 +168,43 @@ impl Kernel<'_> {
         out
     }
 
+    /// `f32(x)` and `bf16(x)`: rounded to f32 (`cvt.rn`, the identity on
+    /// f32 elements), then for bf16 to bfloat16 with `cvt.rn.bf16.f32` and
+    /// widened back by placing its bits on top of a zero half.
+    fn round(&mut self, bf16: bool, a: &str) -> String {
+        let (narrow, half) = self.narrow();
+        let single = match self.p {
+            Precision::F32 if !bf16 => return a.to_string(),
+            Precision::F32 => a.to_string(),
+            Precision::F64 => {
+                self.line(format!("cvt.rn.f32.f64 {narrow}, {a};"));
+                narrow.clone()
+            }
+        };
+        let rounded = if bf16 {
+            let (zero, _) = self.narrow();
+            let (_, low) = self.narrow();
+            self.line(format!("cvt.rn.bf16.f32 {half}, {single};"));
+            self.line(format!("mov.b16 {low}, 0;"));
+            self.line(format!("mov.b32 {zero}, {{{low}, {half}}};"));
+            zero
+        } else {
+            single
+        };
+        match self.p {
+            Precision::F32 => {
+                let f = self.float();
+                self.line(format!("mov.f32 {f}, {rounded};"));
+                f
+            }
+            Precision::F64 => {
+                let f = self.float();
+                self.line(format!("cvt.f64.f32 {f}, {rounded};"));
+                f
+            }
+        }
+    }
+
     /// `e^x`: in f32 `ex2.approx(x * log2 e)`; in f64 the range reduction
     /// of [`exp_f64_model`] (the same steps, checked against libm in the tests).
     fn exp(&mut self, x: &str) -> String {
@@ -308,6 +345,7 @@ impl Kernel<'_> {
     pub(super) fn unary(&mut self, op: UnOp, a: &str) -> String {
         let ty = self.p.ty();
         match op {
+            UnOp::RoundF32 | UnOp::RoundBf16 => self.round(op == UnOp::RoundBf16, a),
             UnOp::Neg | UnOp::Abs | UnOp::Sqrt => {
                 let name = match op {
                     UnOp::Neg => "neg",

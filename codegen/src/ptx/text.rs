@@ -55,6 +55,8 @@ pub(super) struct Kernel<'s> {
     floats: usize,
     preds: usize,
     u64s: usize,
+    /// Scratch registers for precision rounding: f32 (`%sf`) and b16 (`%hb`).
+    narrow: usize,
 }
 
 impl<'s> Kernel<'s> {
@@ -68,6 +70,7 @@ impl<'s> Kernel<'s> {
             // %p0 to %p2 are the kernels' own (bounds and loop tests).
             preds: 2,
             u64s: 100,
+            narrow: 0,
         }
     }
 
@@ -90,6 +93,12 @@ impl<'s> Kernel<'s> {
     pub(super) fn u64reg(&mut self) -> String {
         self.u64s += 1;
         format!("%rd{}", self.u64s)
+    }
+
+    /// A fresh f32 scratch register and a fresh b16 one (any element type).
+    pub(super) fn narrow(&mut self) -> (String, String) {
+        self.narrow += 1;
+        (format!("%sf{}", self.narrow), format!("%hb{}", self.narrow))
     }
 
     /// `N` fresh float registers, numbered in order.
@@ -207,13 +216,20 @@ impl<'s> Kernel<'s> {
 
     /// The register declarations of everything this kernel allocated.
     pub(super) fn declarations(&self) -> String {
-        format!(
+        let mut out = format!(
             "\t.reg .pred %p<{}>;\n\t.reg .u32 %r<16>;\n\t.reg .u64 %rd<{}>;\n\t.reg .{} {}<{}>;\n\t.reg .f64 %acc<64>;\n",
             self.preds + 2,
             self.u64s + 2,
             self.p.ty(),
             self.p.reg(),
             self.floats + 2
-        )
+        );
+        if self.narrow > 0 {
+            out.push_str(&format!(
+                "\t.reg .f32 %sf<{0}>;\n\t.reg .b16 %hb<{0}>;\n",
+                self.narrow + 1
+            ));
+        }
+        out
     }
 }

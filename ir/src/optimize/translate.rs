@@ -159,6 +159,8 @@ pub(super) fn term_of(op: Op, c: impl Fn(ValueId) -> Id) -> Term {
                 UnOp::Exp => Term::Exp(a),
                 UnOp::Ln => Term::Ln(a),
                 UnOp::Sigmoid => Term::Sigmoid(a),
+                UnOp::RoundF32 => Term::RoundF32(a),
+                UnOp::RoundBf16 => Term::RoundBf16(a),
                 UnOp::Not => Term::Not(a),
             }
         }
@@ -233,6 +235,8 @@ pub(super) fn op_of_term(term: &Term, v: impl Fn(Id) -> ValueId) -> Op {
         Term::Exp(a) => un(UnOp::Exp, a),
         Term::Ln(a) => un(UnOp::Ln, a),
         Term::Sigmoid(a) => un(UnOp::Sigmoid, a),
+        Term::RoundF32(a) => un(UnOp::RoundF32, a),
+        Term::RoundBf16(a) => un(UnOp::RoundBf16, a),
         Term::Not(a) => un(UnOp::Not, a),
         Term::Select([k, a, b]) => Op::Select(v(*k), v(*a), v(*b)),
         Term::Fma([a, b, c]) => Op::Fma(v(*a), v(*b), v(*c)),
