@@ -3,9 +3,7 @@
 //! both JIT modes (a rounding is never optimised away), and PTX that keeps
 //! the rounding.
 
-use lensopt::{
-    Backend, DynOptimizer, Float, Mode, Optimizer, ParseRule, Stepper, TensorMut, TensorRef,
-};
+use lensopt::{Backend, DynOptimizer, Float, Mode, Optimizer, Stepper, TensorMut, TensorRef};
 use ndarray::Array1;
 
 /// One step of `text` on `p`, `g` under `backend`: the parameters and state `d`.
