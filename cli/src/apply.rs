@@ -16,10 +16,12 @@ pub struct Args {
     /// Where to write `{"params_after": [...], "state": {...}}`.
     #[arg(long)]
     output: PathBuf,
-    /// Use this catalog optimizer instead of the case's `lensopt.optimizer`.
+    /// Use this catalog optimizer instead of the case's `lensopt.optimizer`
+    /// (with its own defaults: the case's hyperparameters are not applied).
     #[arg(long, conflicts_with = "rule")]
     optimizer: Option<String>,
-    /// Use the rule in this file instead of a catalog optimizer.
+    /// Use the rule in this file instead of a catalog optimizer; the case's
+    /// hyperparameters apply to it (each must be one the rule declares).
     #[arg(long)]
     rule: Option<PathBuf>,
     /// Override a hyperparameter, `name=value` (repeatable; booleans as true/false).
@@ -35,10 +37,25 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let case = Case::from_reader(file)
         .map_err(|e| Failure::usage(format!("{}: {e}", args.input.display())))?;
     let mut opt = optimizer(args, &case)?;
-    // The case's own hyperparameters apply only to the optimizer it names.
-    let case_hypers_apply = args.rule.is_none() && args.optimizer.is_none();
-    if case_hypers_apply {
+    // The case's own hyperparameters apply to the optimizer it names and to
+    // a rule file (every key must be one the rule declares); a catalog
+    // optimizer named on the command line keeps its defaults.
+    if args.optimizer.is_none() {
+        let rule = opt.rule();
         for (name, value) in &case.hyper {
+            if rule.hyper_index(name).is_none() {
+                let declared: Vec<&str> = rule.hypers.iter().map(|h| h.name.as_str()).collect();
+                let source = args
+                    .rule
+                    .as_ref()
+                    .map_or_else(String::new, |p| format!(" in {}", p.display()));
+                return Err(Failure::usage(format!(
+                    "{}: no hyperparameter `{name}` in `{}`{source}: the case sets it, but the rule declares only: {}",
+                    args.input.display(),
+                    rule.name,
+                    declared.join(", ")
+                )));
+            }
             case::set_hyper(&mut opt, name, *value).map_err(|e| Failure::usage(e.to_string()))?;
         }
     }

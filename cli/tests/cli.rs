@@ -71,34 +71,60 @@ fn apply_writes_f32_cases_exactly_as_f32_values() {
 
 #[test]
 fn apply_overrides_optimizer_rule_and_hyperparameters() {
+    // sgd.json sets lr = 0.01 and weight_decay = 0.1.
     let input = golden("sgd.json");
     let rule = scratch("plain_sgd.lo");
     std::fs::write(
         &rule,
-        "Plain { hyper lr = 0.5; update { p = p - lr * g; } }",
+        "Plain { hyper lr = 0.5, weight_decay = 0; update { p = p - lr * (g + weight_decay * p); } }",
     )
     .unwrap();
-    let output = scratch("sgd_rule.out.json");
-    let out = lensopt(&[
-        "apply",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--rule",
-        rule.to_str().unwrap(),
-        "--set",
-        "lr=0.25",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
     let text = std::fs::read_to_string(&input).unwrap();
     let case: serde_json::Value = serde_json::from_str(&text).unwrap();
     let p0: Vec<f64> = serde_json::from_value(case["p0"].clone()).unwrap();
     let g0: Vec<f64> = serde_json::from_value(case["grads"][0].clone()).unwrap();
-    let first = &params_after(&output)[0];
+    let apply = |name: &str, extra: &[&str]| {
+        let output = scratch(name);
+        let mut args = vec![
+            "apply",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--rule",
+            rule.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = lensopt(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        params_after(&output)[0].clone()
+    };
+    // The case's hyperparameters apply to the rule...
+    let first = apply("sgd_rule.out.json", &[]);
     for i in 0..p0.len() {
-        assert_eq!(first[i], p0[i] - 0.25 * g0[i]);
+        assert_eq!(first[i], p0[i] - 0.01 * (g0[i] + 0.1 * p0[i]));
     }
+    // ... and `--set` overrides them.
+    let first = apply("sgd_rule_set.out.json", &["--set", "lr=0.25"]);
+    for i in 0..p0.len() {
+        assert_eq!(first[i], p0[i] - 0.25 * (g0[i] + 0.1 * p0[i]));
+    }
+    // A case key the rule does not declare is refused, in one line.
+    let narrow = scratch("narrow_sgd.lo");
+    std::fs::write(&narrow, "Narrow { hyper lr = 0.5; update { p = p - lr * g; } }").unwrap();
+    assert_usage_error(
+        &[
+            "apply",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            scratch("narrow.out.json").to_str().unwrap(),
+            "--rule",
+            narrow.to_str().unwrap(),
+        ],
+        "no hyperparameter `weight_decay` in `Narrow` in",
+    );
+    // A catalog optimizer on the command line keeps its own defaults.
     let output = scratch("sgd_as_adam.out.json");
     let out = lensopt(&[
         "apply",
