@@ -111,7 +111,11 @@ fn apply_overrides_optimizer_rule_and_hyperparameters() {
     }
     // A case key the rule does not declare is refused, in one line.
     let narrow = scratch("narrow_sgd.lo");
-    std::fs::write(&narrow, "Narrow { hyper lr = 0.5; update { p = p - lr * g; } }").unwrap();
+    std::fs::write(
+        &narrow,
+        "Narrow { hyper lr = 0.5; update { p = p - lr * g; } }",
+    )
+    .unwrap();
     assert_usage_error(
         &[
             "apply",

@@ -80,6 +80,61 @@ pub const BUILTINS: &[(&str, Builtin, usize)] = &[
     ("global_dot", Builtin::Dot(Scope::Global), 2),
 ];
 
+/// Every function's name: the operation table's calls, then [`BUILTINS`].
+pub fn names() -> Vec<&'static str> {
+    let table = lensopt_ir::rule::UnOp::ALL
+        .iter()
+        .map(|u| u.info().spelling)
+        .chain(
+            lensopt_ir::rule::BinOp::ALL
+                .iter()
+                .map(|b| b.info().spelling),
+        )
+        .filter_map(|s| match s {
+            lensopt_ir::ops::Spelling::Call(n) => Some(n),
+            _ => None,
+        });
+    let mut out: Vec<&'static str> = table.chain(BUILTINS.iter().map(|b| b.0)).collect();
+    out.dedup();
+    out
+}
+
+/// The message for a call of a function that does not exist: the nearest
+/// name (by edit distance, when close) and every function there is.
+pub fn unknown_function(name: &str) -> String {
+    let all = names();
+    // (A name longer than any function's is not a misspelling of one.)
+    let nearest = all
+        .iter()
+        .filter(|_| name.len() <= 32)
+        .map(|n| (edit_distance(name, n), *n))
+        .min()
+        .filter(|(d, n)| *d <= 2.max(n.len() / 3));
+    let hint = nearest.map_or_else(String::new, |(_, n)| format!(": did you mean `{n}`?"));
+    format!(
+        "unknown function `{name}`{hint} (the functions are: {})",
+        all.join(", ")
+    )
+}
+
+/// Levenshtein distance over characters (names are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 /// Looks a function up by name: what it lowers to and how many arguments it takes.
 pub fn lookup(name: &str) -> Option<(Builtin, usize)> {
     match lensopt_ir::ops::call(name) {

@@ -514,7 +514,7 @@ impl Checker<'_> {
             let hint = if self.names.contains_key(name) {
                 format!("`{name}` is a value, not a function")
             } else {
-                format!("unknown function `{name}`")
+                builtins::unknown_function(name)
             };
             self.error(span, hint);
             // Still check the arguments, for their own errors.

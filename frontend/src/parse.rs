@@ -158,6 +158,18 @@ fn parse_section(input: ParseStream, decl: &mut RuleDecl) -> syn::Result<()> {
             input.parse::<Token![;]>()?;
         }
         "state" => {
+            // `state WORD NAME = ...` with WORD other than `scalar`.
+            if input.peek(Ident) && input.peek2(Ident) {
+                let kind: Ident = input.fork().parse()?;
+                if kind != "scalar" {
+                    return Err(syn::Error::new(
+                        kind.span(),
+                        format!(
+                            "unknown state kind `{kind}`: write `state m = 0` for a value per element, or `state scalar k = 0` for one value per tensor"
+                        ),
+                    ));
+                }
+            }
             let scalar = input.peek(Ident)
                 && input.fork().parse::<Ident>()? == "scalar"
                 && !input.peek2(Token![=]);
@@ -451,7 +463,27 @@ fn parse_binary(input: ParseStream, min_prec: u8, nest: u32) -> syn::Result<(Exp
             span,
         };
     }
+    if let Some(error) = foreign_operator(input) {
+        return Err(error);
+    }
     Ok((lhs, depth))
+}
+
+/// An operator other languages have and this one does not, right after an
+/// operand: a message that says what to write instead of "expected `)`".
+fn foreign_operator(input: ParseStream) -> Option<syn::Error> {
+    let message = if input.peek(Token![?]) {
+        "the language has no `? :`: write `select(condition, if_true, if_false)`"
+    } else if input.peek(Token![%]) {
+        "the language has no `%` (remainder) operator"
+    } else if input.peek(Token![&]) && !input.peek(Token![&&]) {
+        "`&` is not an operator here: write `&&` for a logical and"
+    } else if input.peek(Token![|]) && !input.peek(Token![||]) {
+        "`|` is not an operator here: write `||` for a logical or"
+    } else {
+        return None;
+    };
+    Some(input.error(message))
 }
 
 fn parse_unary(input: ParseStream, nest: u32) -> syn::Result<(Expr, u32)> {
