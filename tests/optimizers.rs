@@ -1,7 +1,7 @@
 //! The runtime's optimizer API: many tensors of any shape, parameter groups,
 //! schedules, views, inputs, state access, and errors that change nothing.
 
-use lensopt::catalog::{Adam, AdamW, Adan, Lamb, Sgd};
+use lensopt::catalog::{Adam, AdamW, Adan, Lamb, SGD};
 use lensopt::{optimizer, DynOptimizer, Error, Group, Inputs, Optimizer, TensorMut, TensorRef};
 use ndarray::{Array, ArrayD, IxDyn};
 
@@ -152,7 +152,7 @@ fn parameter_groups_have_their_own_hyperparameters() {
 fn hyperparameters_change_between_steps_without_a_new_optimizer() {
     let mut p = ndarray::array![1.0f32, 2.0, -3.0];
     let g = ndarray::array![0.5f32, -1.0, 2.0];
-    let mut opt = Sgd::default().lr(0.1).init(&[&p]).unwrap();
+    let mut opt = SGD::default().lr(0.1).init(&[&p]).unwrap();
     opt.step(&mut [&mut p], &[&g]).unwrap();
     opt.set_hyper("lr", 0.01).unwrap();
     opt.step(&mut [&mut p], &[&g]).unwrap();

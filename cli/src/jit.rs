@@ -22,7 +22,7 @@ pub enum Emit {
 /// Flags of `lensopt jit`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The rule file.
+    /// A rule file, or the name of a catalog optimizer (`adamw`, `SGD`).
     rule: PathBuf,
     /// Which stage's output to print.
     #[arg(long, value_enum, default_value = "optimized")]
@@ -32,10 +32,33 @@ pub struct Args {
     json: bool,
 }
 
+/// The text of the rule `arg` names: the file at that path, or else the
+/// catalog optimizer of that name (any case).
+fn rule_text(arg: &std::path::Path) -> Result<String, Failure> {
+    match std::fs::read_to_string(arg) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let name = arg.to_string_lossy().to_lowercase();
+            lensopt::catalog::source(&name)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    Failure::usage(format!(
+                        "{}: no such file, and no catalog optimizer of that name (the catalog has: {})",
+                        arg.display(),
+                        lensopt::catalog::names().join(", ")
+                    ))
+                })
+        }
+        Err(e) => Err(Failure::usage(format!(
+            "cannot read {}: {e}",
+            arg.display()
+        ))),
+    }
+}
+
 /// Runs `lensopt jit`: prints the chosen stage, then each stage's time on stderr.
 pub fn run(args: &Args) -> Result<(), Failure> {
-    let text = std::fs::read_to_string(&args.rule)
-        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.rule.display())))?;
+    let text = rule_text(&args.rule)?;
     let started = Instant::now();
     let opt = match DynOptimizer::parse(&text) {
         Ok(opt) => opt,

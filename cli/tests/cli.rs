@@ -1356,3 +1356,25 @@ fn compare_resume_refuses_a_step_its_optimizer_did_not_take() {
         stderr(&out)
     );
 }
+
+/// `jit` takes a catalog optimizer's name (any case) as well as a file, and
+/// display names follow the references (`SGD`, `AdamW`).
+#[test]
+fn jit_takes_catalog_names() {
+    for (name, display) in [("SGD", "SGD"), ("adamw", "AdamW"), ("Lion", "Lion")] {
+        let out = lensopt(&["jit", name, "--emit", "ir"]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with(&format!("rule {display}\n")),
+            "{name}: {text}"
+        );
+    }
+    assert_usage_error(
+        &["jit", "no_such_optimizer"],
+        "no such file, and no catalog optimizer of that name",
+    );
+    let out = lensopt(&["ptx", "--optimizer", "SGD"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rule SGD"));
+}

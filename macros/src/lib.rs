@@ -151,6 +151,8 @@ fn expand(
     let rule_name = &decl.name.text;
     Ok(quote! {
         #(#[doc = #doc])*
+        // Optimizer names follow their papers and references (`SGD`).
+        #[allow(clippy::upper_case_acronyms)]
         #[derive(Clone, Debug, PartialEq)]
         #vis struct #name {
             #(#fields,)*

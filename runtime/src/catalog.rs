@@ -17,7 +17,7 @@ crate::optimizer! {
     /// SGD with momentum, dampening, Nesterov momentum and L2 weight decay,
     /// as `torch.optim.SGD` (Sutskever et al. 2013 for Nesterov's form).
     /// The momentum buffer takes the gradient itself on the first step.
-    pub Sgd {
+    pub SGD {
         hyper lr = 1e-3, momentum = 0.0, dampening = 0.0, weight_decay = 0.0, nesterov = false;
         state buf = 0;
         update {
@@ -313,8 +313,8 @@ fn dynamic<O: Optimizer + Default>() -> DynOptimizer {
 const ENTRIES: &[Entry] = &[
     Entry {
         name: "sgd",
-        make: dynamic::<Sgd>,
-        source: Sgd::SOURCE,
+        make: dynamic::<SGD>,
+        source: SGD::SOURCE,
     },
     Entry {
         name: "adam",
