@@ -103,6 +103,11 @@ const WORDS: &[&str] = &[
     "f64",
     "bf16",
     "lerp",
+    "chain",
+    "transform",
+    "scale_by_adam",
+    "ema",
+    "cautious",
     "present",
     "numel",
     "true",
@@ -226,6 +231,10 @@ fn seeds() -> Vec<String> {
     out.push("H { hyper lr = 0.1; input h?; update { p = p - lr * g * sum(h); } }".into());
     out.push(
         "D { hyper lr = 0.1; state m = 0, seen = 0; update { seen = seen + 1; m = 0.9 * m + g; p = p - lr * m; } }"
+            .into(),
+    );
+    out.push(
+        "transform mom(u) { hyper mu = 0.9; state buf = 0; buf = mu * buf + u; buf } fn half(x) { let h = x * 0.5; h } C { hyper lr = 0.1; update { p = p + chain(g, mom, half, scale_by_learning_rate) + 0 * ema(p, g, 0.5); } }"
             .into(),
     );
     out

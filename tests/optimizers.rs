@@ -448,3 +448,51 @@ fn every_catalog_optimizer_runs_in_f32_and_f64() {
         );
     }
 }
+
+optimizer! {
+    /// Heavy-ball momentum written as a transform, used by a rule, all in
+    /// one `optimizer!`: checked at compile time, with the prelude.
+    transform heavy_ball(u) {
+        hyper mu = 0.9;
+        state buf = 0;
+        buf = mu * buf + u;
+        buf
+    }
+    fn scaled(x, s) = s * x;
+    /// SGD with heavy-ball momentum, composed.
+    pub ComposedMomentum {
+        hyper lr = 0.1;
+        update { p = p - scaled(heavy_ball(g), lr); }
+    }
+}
+
+/// A rule declared with functions and transforms in `optimizer!` gets the
+/// transform's hyperparameter as a builder method and its state, and steps
+/// as the same rule written out.
+#[test]
+fn optimizer_macro_takes_functions_and_transforms() {
+    let p0 = ndarray::arr1(&[1.0f64, -2.0]);
+    let g = ndarray::arr1(&[0.5f64, 0.25]);
+    let mut p = p0.clone();
+    let opt = ComposedMomentum::default().lr(0.5).mu(0.5);
+    let mut st = opt.init(&[&p as &dyn TensorRef<f64>]).unwrap();
+    for _ in 0..2 {
+        st.step(
+            &mut [&mut p as &mut dyn TensorMut<f64>],
+            &[&g as &dyn TensorRef<f64>],
+        )
+        .unwrap();
+    }
+    // buf: g, then 0.5 g + g = 1.5 g; p = p0 - 0.5 g - 0.5 * 1.5 g.
+    for k in 0..2 {
+        assert_eq!(p[k], p0[k] - 0.5 * g[k] - 0.75 * g[k]);
+    }
+    assert_eq!(
+        st.state(0, "buf")
+            .unwrap()
+            .iter()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![0.75, 0.375]
+    );
+}

@@ -35,8 +35,35 @@ pub struct RuleDecl {
     pub view: Option<Expr>,
     /// The `update` block, if present (its absence is a check error).
     pub update: Option<Block>,
+    /// The functions and transforms the rule may call: the prelude's, then
+    /// those declared before the rule (a later one of the same name hides
+    /// an earlier one).
+    pub functions: Vec<FunctionDecl>,
     /// Span of the whole declaration's name, for errors about missing parts.
     pub span: Span,
+}
+
+/// `fn name(params) = expr;` or `fn name(params) { let ...; expr }`: a pure
+/// function, inlined where it is called; or `transform name(params) { hyper
+/// ...; state ...; statements; expr }`: a piece of an update with its own
+/// hyperparameters and state, inlined into the update block that calls it
+/// (its hyperparameters and states become the rule's).
+#[derive(Clone, Debug)]
+pub struct FunctionDecl {
+    /// True for a `transform`.
+    pub transform: bool,
+    /// The function's name.
+    pub name: Name,
+    /// Parameter names.
+    pub params: Vec<Name>,
+    /// A transform's hyperparameters (empty for a function).
+    pub hypers: Vec<HyperItem>,
+    /// A transform's states (empty for a function).
+    pub states: Vec<StateItem>,
+    /// `let` bindings (and, in a transform, assignments to its states).
+    pub stmts: Vec<Stmt>,
+    /// The value the call stands for.
+    pub result: Expr,
 }
 
 /// A literal value of a hyperparameter default.

@@ -29,6 +29,9 @@ pub fn check(decl: &RuleDecl) -> Result<Rule, Diagnostics> {
         statement: 0,
         current_p: None,
         current_state: Vec::new(),
+        visible: decl.functions.len(),
+        inlined: 0,
+        in_pure_function: false,
     };
     cx.declare();
     let view = cx.check_view();
@@ -90,6 +93,13 @@ struct Checker<'a> {
     current_p: Option<ValueId>,
     /// The current SSA version of each state in the update block.
     current_state: Vec<Option<ValueId>>,
+    /// How many of the declared functions the body being checked may call
+    /// (a function sees only those declared before it: no recursion).
+    visible: usize,
+    /// Calls inlined so far ([`crate::expand::MAX_INLINED`] at most).
+    inlined: usize,
+    /// True inside a `fn`'s body, which may not call a transform.
+    in_pure_function: bool,
 }
 
 const RESERVED: &[&str] = &["p", "g", "t"];
@@ -274,54 +284,7 @@ impl Checker<'_> {
                             self.bind_new(name, Binding::Let(v));
                         }
                         Stmt::Assign(name, value, eq_span) => {
-                            let v = self.expr(value, Context::Update);
-                            match self.names.get(&name.text).map(|b| b.0) {
-                                Some(Binding::Param) => {
-                                    p_assigned = true;
-                                    if let Some(v) = v {
-                                        if self.expect_float(v, value.span, "`p`") {
-                                            self.current_p = Some(v);
-                                        }
-                                    }
-                                }
-                                Some(Binding::State(i)) => {
-                                    if let Some(v) = v {
-                                        let state = &self.states[i as usize];
-                                        let what = format!("state `{}`", state.name);
-                                        let scalar = state.kind == StateKind::Scalar;
-                                        if self.expect_float(v, value.span, &what) {
-                                            if scalar && self.node(v).rate == Rate::Element {
-                                                self.error(*eq_span, format!(
-                                                    "scalar state `{}` is one value per tensor, but this value is per element (reduce it first, e.g. with `mean`)",
-                                                    name.text
-                                                ));
-                                            } else {
-                                                self.current_state[i as usize] = Some(v);
-                                            }
-                                        }
-                                    }
-                                }
-                                Some(Binding::Hyper(_)) => self.error(
-                                    name.span,
-                                    format!("cannot assign to hyperparameter `{}`: hyperparameters are fixed during a step (change them between steps)", name.text),
-                                ),
-                                Some(Binding::Grad) | Some(Binding::Input(_)) => self.error(
-                                    name.span,
-                                    format!("cannot assign to input `{}`: inputs are read-only; bind a new name with `let`", name.text),
-                                ),
-                                Some(Binding::Step) => self.error(
-                                    name.span,
-                                    "cannot assign to the step counter `t`",
-                                ),
-                                Some(Binding::Let(_)) => self.error(
-                                    name.span,
-                                    format!("cannot assign to `{}`, a `let` binding: bind a new name instead", name.text),
-                                ),
-                                None => {
-                                    let later = self.defined_later(&name.text);
-                                    self.unknown_name(&name.text, name.span, later);
-                                }
-                            }
+                            p_assigned |= self.assign(name, value, *eq_span);
                         }
                     }
                 }
@@ -345,6 +308,229 @@ impl Checker<'_> {
             .map(|(i, v)| v.unwrap_or_else(|| self.state_read(i as u16)))
             .collect();
         (param_out, state_out)
+    }
+
+    /// `name = value;` in an update block or a transform: a new SSA version
+    /// of `p` or of a state. True when `p` was assigned.
+    fn assign(&mut self, name: &ast::Name, value: &Expr, eq_span: Span) -> bool {
+        let eq_span = &eq_span;
+        let mut assigned_p = false;
+        let v = self.expr(value, Context::Update);
+        match self.names.get(&name.text).map(|b| b.0) {
+            Some(Binding::Param) => {
+                assigned_p = true;
+                if let Some(v) = v {
+                    if self.expect_float(v, value.span, "`p`") {
+                        self.current_p = Some(v);
+                    }
+                }
+            }
+            Some(Binding::State(i)) => {
+                if let Some(v) = v {
+                    let state = &self.states[i as usize];
+                    let what = format!("state `{}`", state.name);
+                    let scalar = state.kind == StateKind::Scalar;
+                    if self.expect_float(v, value.span, &what) {
+                        if scalar && self.node(v).rate == Rate::Element {
+                            self.error(*eq_span, format!(
+                                "scalar state `{}` is one value per tensor, but this value is per element (reduce it first, e.g. with `mean`)",
+                                name.text
+                            ));
+                        } else {
+                            self.current_state[i as usize] = Some(v);
+                        }
+                    }
+                }
+            }
+            Some(Binding::Hyper(_)) => self.error(
+                name.span,
+                format!("cannot assign to hyperparameter `{}`: hyperparameters are fixed during a step (change them between steps)", name.text),
+            ),
+            Some(Binding::Grad) | Some(Binding::Input(_)) => self.error(
+                name.span,
+                format!("cannot assign to input `{}`: inputs are read-only; bind a new name with `let`", name.text),
+            ),
+            Some(Binding::Step) => self.error(
+                name.span,
+                "cannot assign to the step counter `t`",
+            ),
+            Some(Binding::Let(_)) => self.error(
+                name.span,
+                format!("cannot assign to `{}`, a `let` binding: bind a new name instead", name.text),
+            ),
+            None => {
+                let later = self.defined_later(&name.text);
+                self.unknown_name(&name.text, name.span, later);
+            }
+        }
+        assigned_p
+    }
+
+    /// `chain(x, f1, f2, ...)`: `fn(...f2(f1(x)))` for functions and
+    /// transforms of one argument, in order.
+    fn chain(&mut self, args: &[Expr], span: Span, cx: Context) -> Option<ValueId> {
+        if args.len() < 2 {
+            self.error(
+                span,
+                "`chain(x, f, ...)` takes a value, then one or more functions or transforms to apply in turn",
+            );
+            return None;
+        }
+        let mut v = self.expr(&args[0], cx)?;
+        for step in &args[1..] {
+            let found = match &step.kind {
+                ExprKind::Var(name) => {
+                    crate::expand::resolve(&self.decl.functions, self.visible, name)
+                        .map(|i| (i, name))
+                }
+                _ => None,
+            };
+            let Some((index, name)) = found else {
+                self.error(
+                    step.span,
+                    "each step of `chain` is the name of a function or transform of one argument",
+                );
+                return None;
+            };
+            if self.decl.functions[index].params.len() != 1 {
+                self.error(
+                    step.span,
+                    format!(
+                        "`{name}` takes {} arguments; a step of `chain` takes one",
+                        self.decl.functions[index].params.len()
+                    ),
+                );
+                return None;
+            }
+            v = self.inline(index, vec![v], step.span, cx)?;
+        }
+        Some(v)
+    }
+
+    /// A call of declared function `index` with argument values `vals`:
+    /// its body checked in its own scope (its parameters, `t`, and for a
+    /// transform `p` as it stands, `g`, its hyperparameters and states), its
+    /// value returned. Errors inside the body are reported at the call.
+    fn inline(
+        &mut self,
+        index: usize,
+        vals: Vec<ValueId>,
+        span: Span,
+        cx: Context,
+    ) -> Option<ValueId> {
+        let decl = self.decl;
+        let f = &decl.functions[index];
+        let kind = if f.transform { "transform" } else { "function" };
+        if vals.len() != f.params.len() {
+            self.error(
+                span,
+                format!(
+                    "{kind} `{}` takes {} argument(s), but {} were given",
+                    f.name.text,
+                    f.params.len(),
+                    vals.len()
+                ),
+            );
+            return None;
+        }
+        if f.transform && (cx != Context::Update || self.in_pure_function) {
+            let place = if self.in_pure_function {
+                "in a `fn` (functions are pure; call it from the update block or a transform)"
+                    .to_string()
+            } else {
+                context_phrase(cx).to_string()
+            };
+            self.error(
+                span,
+                format!(
+                    "transform `{}` updates state and cannot be called {place}",
+                    f.name.text
+                ),
+            );
+            return None;
+        }
+        self.inlined += 1;
+        if self.inlined > crate::expand::MAX_INLINED {
+            if self.inlined == crate::expand::MAX_INLINED + 1 {
+                self.error(
+                    span,
+                    format!(
+                        "the rule inlines more than {} calls of functions and transforms",
+                        crate::expand::MAX_INLINED
+                    ),
+                );
+            }
+            return None;
+        }
+        let mut scope: HashMap<String, (Binding, Span)> = HashMap::new();
+        scope.insert("t".into(), (Binding::Step, span));
+        if f.transform {
+            let p = self.var("p", span, cx)?;
+            scope.insert("p".into(), (Binding::Let(Some(p)), span));
+            scope.insert("g".into(), (Binding::Grad, span));
+            for name in f
+                .hypers
+                .iter()
+                .map(|h| &h.name)
+                .chain(f.states.iter().map(|s| &s.name))
+            {
+                if let Some(binding) = self.names.get(&name.text) {
+                    scope.insert(name.text.clone(), *binding);
+                }
+            }
+        }
+        for (param, v) in f.params.iter().zip(vals) {
+            if scope.contains_key(&param.text) && !f.transform
+                || RESERVED.contains(&param.text.as_str())
+            {
+                self.error(
+                    span,
+                    format!(
+                        "in {kind} `{}`: parameter `{}` repeats a name it already sees",
+                        f.name.text, param.text
+                    ),
+                );
+                return None;
+            }
+            scope.insert(param.text.clone(), (Binding::Let(Some(v)), param.span));
+        }
+        let before = self.diags.items.len();
+        let saved_names = std::mem::replace(&mut self.names, scope);
+        let saved_lets = std::mem::take(&mut self.let_positions);
+        let saved_statement = self.statement;
+        let saved_visible = std::mem::replace(&mut self.visible, index);
+        let pure = self.in_pure_function || !f.transform;
+        let saved_pure = std::mem::replace(&mut self.in_pure_function, pure);
+        for stmt in &f.stmts {
+            match stmt {
+                Stmt::Let(name, value) => {
+                    let v = self.expr(value, cx);
+                    self.bind_new(name, Binding::Let(v));
+                }
+                Stmt::Assign(name, _, _) if name.text == "p" => self.error(
+                    name.span,
+                    "a transform cannot assign `p`: the value it ends with is the update",
+                ),
+                Stmt::Assign(name, value, eq_span) => {
+                    self.assign(name, value, *eq_span);
+                }
+            }
+        }
+        let out = self.expr(&f.result, cx);
+        self.names = saved_names;
+        self.let_positions = saved_lets;
+        self.statement = saved_statement;
+        self.visible = saved_visible;
+        self.in_pure_function = saved_pure;
+        // Errors inside the body point at the call, saying where they arose.
+        for d in &mut self.diags.items[before..] {
+            if !d.message.starts_with("in ") {
+                d.message = format!("in {kind} `{}`: {}", f.name.text, d.message);
+            }
+            d.span = span;
+            d.position = None;
+        }
+        out
     }
 
     fn state_read(&mut self, i: u16) -> ValueId {
@@ -510,6 +696,16 @@ impl Checker<'_> {
     }
 
     fn call(&mut self, name: &str, args: &[Expr], span: Span, cx: Context) -> Option<ValueId> {
+        if name == "chain" {
+            return self.chain(args, span, cx);
+        }
+        if builtins::lookup(name).is_none() {
+            if let Some(index) = crate::expand::resolve(&self.decl.functions, self.visible, name) {
+                let vals: Vec<Option<ValueId>> = args.iter().map(|a| self.expr(a, cx)).collect();
+                let vals: Vec<ValueId> = vals.into_iter().collect::<Option<_>>()?;
+                return self.inline(index, vals, span, cx);
+            }
+        }
         let Some((builtin, arity)) = builtins::lookup(name) else {
             let hint = if self.names.contains_key(name) {
                 format!("`{name}` is a value, not a function")

@@ -13,7 +13,9 @@ pub mod ast;
 pub mod builtins;
 pub mod check;
 pub mod diag;
+pub mod expand;
 pub mod parse;
+pub mod prelude;
 
 pub use diag::{Diagnostic, Diagnostics};
 

@@ -3,6 +3,9 @@
 //! The grammar, informally:
 //!
 //! ```text
+//! input   := item* rule
+//! item    := doc* 'fn' NAME '(' NAME,* ')' ('=' expr ';' | '{' ('let' NAME '=' expr ';')* expr '}')
+//!          | doc* 'transform' NAME '(' NAME,* ')' '{' ('hyper' ... ';' | 'state' ... ';' | stmt)* expr '}'
 //! rule    := doc* vis? NAME '{' section* '}'
 //! section := 'hyper' NAME '=' literal (',' NAME '=' literal)* ';'
 //!          | 'state' 'scalar'? NAME '=' expr (',' NAME '=' expr)* ';'
@@ -32,10 +35,139 @@ use syn::{braced, parenthesized, Ident, Token};
 /// within a small, fixed stack.
 pub const MAX_DEPTH: u32 = 256;
 
-/// Parses a whole rule declaration from tokens.
+/// Parses a whole rule declaration from tokens (with the functions and
+/// transforms declared before it), the prelude's functions in front.
 pub fn parse_tokens(tokens: TokenStream) -> syn::Result<RuleDecl> {
     check_bracket_depth(&tokens)?;
-    syn::parse2::<RuleDecl>(tokens)
+    let mut decl = syn::parse2::<RuleDecl>(tokens)?;
+    let mut functions = crate::prelude::functions();
+    functions.append(&mut decl.functions);
+    decl.functions = functions;
+    crate::expand::declare_transforms(&mut decl)?;
+    Ok(decl)
+}
+
+/// Parses function and transform declarations only (the prelude).
+pub fn parse_functions(tokens: TokenStream) -> syn::Result<Vec<FunctionDecl>> {
+    syn::parse::Parser::parse2(
+        |input: ParseStream| {
+            let mut out = Vec::new();
+            while !input.is_empty() {
+                parse_doc_attrs(input)?;
+                match parse_function(input)? {
+                    Some(f) => out.push(f),
+                    None => return Err(input.error("expected `fn` or `transform`")),
+                }
+            }
+            Ok(out)
+        },
+        tokens,
+    )
+}
+
+/// A `fn` or `transform` declaration, if one starts here.
+fn parse_function(input: ParseStream) -> syn::Result<Option<FunctionDecl>> {
+    let transform = if input.peek(Token![fn]) {
+        input.parse::<Token![fn]>()?;
+        false
+    } else if input.peek(Ident)
+        && input.peek2(Ident)
+        && input.fork().parse::<Ident>()? == "transform"
+    {
+        input.parse::<Ident>()?;
+        true
+    } else {
+        return Ok(None);
+    };
+    let name = parse_name(input)?;
+    if crate::builtins::lookup(&name.text).is_some() || name.text == "chain" {
+        return Err(syn::Error::new(
+            name.span,
+            format!(
+                "`{}` is a built-in function; choose another name",
+                name.text
+            ),
+        ));
+    }
+    let list;
+    parenthesized!(list in input);
+    let mut params = Vec::new();
+    while !list.is_empty() {
+        params.push(parse_name(&list)?);
+        if list.is_empty() {
+            break;
+        }
+        list.parse::<Token![,]>()?;
+    }
+    let mut f = FunctionDecl {
+        transform,
+        name,
+        params,
+        hypers: Vec::new(),
+        states: Vec::new(),
+        stmts: Vec::new(),
+        result: Expr {
+            kind: ExprKind::Num(0.0),
+            span: Span::call_site(),
+        },
+    };
+    if !transform && input.peek(Token![=]) {
+        input.parse::<Token![=]>()?;
+        f.result = parse_expr(input)?;
+        input.parse::<Token![;]>()?;
+        return Ok(Some(f));
+    }
+    let body;
+    braced!(body in input);
+    loop {
+        if body.is_empty() {
+            return Err(body.error(format!(
+                "`{}` ends without a value: its last line is the expression it stands for",
+                f.name.text
+            )));
+        }
+        let section = body.peek(Ident) && body.peek2(Ident) && !body.peek2(Token![=]);
+        let keyword = if section {
+            body.fork().parse::<Ident>()?.to_string()
+        } else {
+            String::new()
+        };
+        if transform && (keyword == "hyper" || keyword == "state") {
+            let mut holder = RuleDecl::empty(f.name.clone());
+            parse_section(&body, &mut holder)?;
+            f.hypers.append(&mut holder.hypers);
+            f.states.append(&mut holder.states);
+            continue;
+        }
+        let statement = body.peek(Token![let])
+            || (body.peek(Ident)
+                && (body.peek2(Token![=]) && !body.peek2(Token![==])
+                    || body.peek2(Token![+=])
+                    || body.peek2(Token![-=])
+                    || body.peek2(Token![*=])
+                    || body.peek2(Token![/=])));
+        if statement {
+            let stmt = parse_stmt(&body)?;
+            if let (false, Stmt::Assign(name, _, _)) = (transform, &stmt) {
+                return Err(syn::Error::new(
+                    name.span,
+                    format!(
+                        "a function cannot assign `{}`: it only computes a value (a `transform` may update its states)",
+                        name.text
+                    ),
+                ));
+            }
+            f.stmts.push(stmt);
+            continue;
+        }
+        f.result = parse_expr(&body)?;
+        if !body.is_empty() {
+            return Err(body.error(
+                "expected the end of the body: the expression a function stands for comes last",
+            ));
+        }
+        return Ok(Some(f));
+    }
 }
 
 /// Refuses tokens whose brackets nest deeper than [`MAX_DEPTH`], walking
@@ -70,9 +202,34 @@ fn too_deep(span: Span) -> syn::Error {
     )
 }
 
+impl RuleDecl {
+    /// A declaration with nothing in it but its name.
+    fn empty(name: Name) -> Self {
+        RuleDecl {
+            doc: Vec::new(),
+            vis: TokenStream::new(),
+            span: name.span,
+            name,
+            hypers: Vec::new(),
+            states: Vec::new(),
+            inputs: Vec::new(),
+            view: None,
+            update: None,
+            functions: Vec::new(),
+        }
+    }
+}
+
 impl Parse for RuleDecl {
     fn parse(input: ParseStream) -> syn::Result<Self> {
-        let doc = parse_doc_attrs(input)?;
+        let mut functions = Vec::new();
+        let doc = loop {
+            let doc = parse_doc_attrs(input)?;
+            match parse_function(input)? {
+                Some(f) => functions.push(f),
+                None => break doc,
+            }
+        };
         let vis = parse_visibility(input)?;
         let name = parse_name(input)?;
         let body;
@@ -87,6 +244,7 @@ impl Parse for RuleDecl {
             inputs: Vec::new(),
             view: None,
             update: None,
+            functions,
         };
         while !body.is_empty() {
             parse_section(&body, &mut decl)?;

@@ -34,15 +34,8 @@ crate::optimizer! {
     /// decay, as `torch.optim.Adam`: eps is added after the bias-corrected root.
     pub Adam {
         hyper lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0, amsgrad = false;
-        state m = 0, v = 0, vmax = 0;
-        update {
-            let gw = g + weight_decay * p;
-            m = beta1 * m + (1 - beta1) * gw;
-            v = beta2 * v + (1 - beta2) * gw * gw;
-            vmax = select(amsgrad, max(vmax, v), vmax);
-            let root = sqrt(select(amsgrad, vmax, v)) / sqrt(1 - beta2 ^ t);
-            p = p - lr / (1 - beta1 ^ t) * m / (root + eps);
-        }
+        // States m, v and vmax come with the prelude's `scale_by_adam`.
+        update { p = p - lr * scale_by_adam(g + weight_decay * p); }
     }
 }
 
@@ -51,14 +44,9 @@ crate::optimizer! {
     /// as `torch.optim.AdamW`.
     pub AdamW {
         hyper lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 1e-2, amsgrad = false;
-        state m = 0, v = 0, vmax = 0;
         update {
             p = p * (1 - lr * weight_decay);
-            m = beta1 * m + (1 - beta1) * g;
-            v = beta2 * v + (1 - beta2) * g * g;
-            vmax = select(amsgrad, max(vmax, v), vmax);
-            let root = sqrt(select(amsgrad, vmax, v)) / sqrt(1 - beta2 ^ t);
-            p = p - lr / (1 - beta1 ^ t) * m / (root + eps);
+            p = p - lr * scale_by_adam(g);
         }
     }
 }
@@ -101,11 +89,9 @@ crate::optimizer! {
     /// (Liang et al. 2024), as pytorch-optimizer's `Lion`.
     pub Lion {
         hyper lr = 1e-4, beta1 = 0.9, beta2 = 0.99, weight_decay = 0.0, cautious = false;
-        state m = 0;
         update {
             p = p * (1 - lr * weight_decay);
-            let u = sign(beta1 * m + (1 - beta1) * g);
-            m = beta2 * m + (1 - beta2) * g;
+            let u = scale_by_lion(g);
             let agree = u * g > 0;
             let masked = select(agree, u * (numel() / (count(agree) + 1)), 0);
             p = p - lr * select(cautious, masked, u);
