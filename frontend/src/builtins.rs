@@ -109,7 +109,7 @@ pub fn unknown_function(name: &str) -> String {
         .filter(|_| name.len() <= 32)
         .map(|n| (edit_distance(name, n), *n))
         .min()
-        .filter(|(d, n)| *d <= 2.max(n.len() / 3));
+        .filter(|(d, _)| *d <= (name.chars().count() / 3).max(1));
     let hint = nearest.map_or_else(String::new, |(_, n)| format!(": did you mean `{n}`?"));
     format!(
         "unknown function `{name}`{hint} (the functions are: {})",

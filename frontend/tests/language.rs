@@ -142,7 +142,18 @@ fn comments_and_doc_comments_are_allowed() {
 fn all_errors_are_reported_together_in_source_order() {
     let err = Rule::parse("X {\n update {\n  let a = q;\n  lr = 1;\n  p = a + zz(1);\n }\n}")
         .unwrap_err();
-    let lines: Vec<String> = err.items.iter().map(|d| d.to_string()).collect();
+    // (The unknown function's message goes on to list the functions.)
+    let lines: Vec<String> = err
+        .items
+        .iter()
+        .map(|d| {
+            d.to_string()
+                .split(" (the functions")
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     assert_eq!(
         lines,
         vec![
