@@ -61,3 +61,26 @@ fn clif_of_a_full_adder_and_its_reverse_derivative() {
         .iter()
         .map(|(name, clif)| (format!("circuit_full_adder_{name}"), clif.clone())),);
 }
+
+/// The public way to snapshot one's own optimizer: every stage as one
+/// text ([`lensopt::Stages`]), here for a rule composed with the prelude.
+#[test]
+fn stages_of_a_users_own_optimizer() {
+    use lensopt::ParseRule;
+    let opt = lensopt::DynOptimizer::parse(
+        "ClippedAdamW {
+            hyper lr = 1e-3, weight_decay = 1e-2, max_norm = 1;
+            update { p = p + chain(g, clip_by_global_norm, scale_by_adam, add_decayed_weights, scale_by_learning_rate); }
+        }",
+    )
+    .unwrap();
+    let stages = lensopt::Stages::of::<f32>(&opt).unwrap();
+    assert_eq!(
+        stages.clif.len(),
+        2,
+        "one reduction pass and the element pass"
+    );
+    // The same text twice: nothing in it depends on the run.
+    assert_eq!(stages, lensopt::Stages::of::<f32>(&opt).unwrap());
+    insta::assert_snapshot!("stages_clipped_adamw", stages.text());
+}

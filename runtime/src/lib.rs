@@ -52,6 +52,7 @@ pub mod jit;
 pub mod loss;
 mod non_finite;
 mod optimizer;
+mod stages;
 mod stepper;
 mod tensor;
 pub mod train;
@@ -66,6 +67,7 @@ pub use lensopt_ir::{interp, HyperValue, Rule};
 pub use lensopt_macros::{circuit, diagram, optimizer};
 pub use non_finite::NonFinite;
 pub use optimizer::{hyper_from_json, hyper_to_json, DynOptimizer, Group, Optimizer};
+pub use stages::Stages;
 pub use stepper::{Backend, Inputs, Stepper};
 pub use tensor::{TensorMut, TensorRef};
 
