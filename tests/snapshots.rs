@@ -66,7 +66,6 @@ fn clif_of_a_full_adder_and_its_reverse_derivative() {
 /// text ([`lensopt::Stages`]), here for a rule composed with the prelude.
 #[test]
 fn stages_of_a_users_own_optimizer() {
-    use lensopt::ParseRule;
     let opt = lensopt::DynOptimizer::parse(
         "ClippedAdamW {
             hyper lr = 1e-3, weight_decay = 1e-2, max_norm = 1;
