@@ -186,3 +186,111 @@ pub fn loss_curves(
         crate::atomic::write_bytes(path, svg.as_bytes())
     }
 }
+
+/// One optimizer's tuning: (hyperparameter value, validation loss) pairs.
+pub type Sweep = (String, Vec<(f64, f64)>);
+
+fn draw_sweeps<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    x_desc: &str,
+    sweeps: &[Sweep],
+) -> Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let finite = |v: &f64| v.is_finite() && *v > 0.0;
+    let xs: Vec<f64> = sweeps
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .filter(finite)
+        .collect();
+    let ys: Vec<f64> = sweeps
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .filter(finite)
+        .collect();
+    let range = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if lo < hi {
+            (lo / 1.2, hi * 1.2)
+        } else if lo.is_finite() {
+            (lo / 10.0, lo * 10.0)
+        } else {
+            (1e-3, 1.0)
+        }
+    };
+    let ((x0, x1), (y0, y1)) = (range(&xs), range(&ys));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("final validation loss")
+        .label_style(("sans-serif", 14))
+        .x_label_formatter(&|v| format!("{v:.0e}"))
+        .y_label_formatter(&|v| format!("{v:.0e}"))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(e)?;
+    for (c, (name, points)) in sweeps.iter().enumerate() {
+        let color = COLORS[c % COLORS.len()];
+        let kept: Vec<(f64, f64)> = points
+            .iter()
+            .copied()
+            .filter(|(x, y)| finite(x) && finite(y))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(kept.iter().copied(), color.stroke_width(2)))
+            .map_err(e)?
+            .label(name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(kept.iter().map(|p| Circle::new(*p, 4, color.filled())))
+            .map_err(e)?;
+    }
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)?;
+    Ok(())
+}
+
+/// Writes the final validation loss against a hyperparameter's value, one
+/// line per optimizer, log-log (atomically): PNG for `.png`, SVG otherwise.
+/// A diverged value (non-finite loss) leaves no point.
+pub fn sweeps(path: &Path, title: &str, x_desc: &str, sweeps: &[Sweep]) -> Result<(), Failure> {
+    register_font()?;
+    if path.extension().is_some_and(|x| x == "png") {
+        crate::atomic::write_with_path(path, |tmp| {
+            draw_sweeps(
+                BitMapBackend::new(tmp, SIZE).into_drawing_area(),
+                title,
+                x_desc,
+                sweeps,
+            )
+        })
+    } else {
+        let mut svg = String::new();
+        draw_sweeps(
+            SVGBackend::with_string(&mut svg, SIZE).into_drawing_area(),
+            title,
+            x_desc,
+            sweeps,
+        )
+        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
+        crate::atomic::write_bytes(path, svg.as_bytes())
+    }
+}

@@ -1378,3 +1378,60 @@ fn jit_takes_catalog_names() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("rule SGD"));
 }
+
+/// `--tune` picks a value per optimizer on held-out data, reports it and
+/// plots the sweep; bad grids and hyperparameters an optimizer lacks are
+/// usage errors.
+#[test]
+fn compare_tunes_a_hyperparameter_per_optimizer() {
+    let dir = scratch("tuned");
+    let (rows, out) = compare_json(&[
+        "compare",
+        "sgd",
+        "adam",
+        "--problem",
+        "iris",
+        "--steps",
+        "60",
+        "--seeds",
+        "1",
+        "--tune",
+        "lr=1e-3,1e-1",
+        "--json",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        let tuned = &row["tuned"];
+        assert_eq!(tuned["name"], "lr");
+        let losses: Vec<f64> = tuned["validation_loss"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        // The chosen value is the grid's lowest validation loss.
+        let best = if losses[0] < losses[1] { 1e-3 } else { 1e-1 };
+        assert_eq!(tuned["value"].as_f64().unwrap(), best, "{row}");
+    }
+    for file in ["tuning.png", "tuning.svg", "results.json"] {
+        assert!(dir.join(file).exists(), "{file}");
+    }
+    assert_usage_error(
+        &[
+            "compare",
+            "sgd",
+            "--problem",
+            "iris",
+            "--tune",
+            "lr=1e-3,oops",
+        ],
+        "`oops` is not a number",
+    );
+    assert_usage_error(
+        &["compare", "sgd", "--problem", "iris", "--tune", "beta1=0.9"],
+        "--tune: `SGD` has no hyperparameter `beta1`",
+    );
+}

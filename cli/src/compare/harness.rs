@@ -20,6 +20,8 @@ use std::time::Instant;
 pub(super) struct Run {
     pub(super) losses: Vec<f64>,
     pub(super) accuracy: Option<f64>,
+    /// The loss on the held-out set after the last step (supervised problems).
+    pub(super) held_out_loss: Option<f64>,
     pub(super) seconds: f64,
     pub(super) jit_ms: f64,
     /// Steps whose gradients were not finite and were skipped.

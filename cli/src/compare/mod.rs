@@ -31,9 +31,10 @@ mod harness;
 mod optimizers;
 mod problems;
 mod report;
+mod tune;
 
 use crate::Failure;
-use lensopt::{DynOptimizer, NonFinite};
+use lensopt::{DynOptimizer, NonFinite, Optimizer};
 use optimizers::{check_set, file_label, optimizer};
 use std::path::PathBuf;
 
@@ -67,6 +68,11 @@ pub struct Args {
     /// With --out: continue each run from its checkpoint in DIR/checkpoints.
     #[arg(long)]
     resume: bool,
+    /// Tune a hyperparameter per optimizer before comparing, `NAME=V1,V2,...`
+    /// (e.g. `lr=1e-4,1e-3,1e-2`): the value with the lowest final
+    /// validation loss is used and reported (never chosen on test data).
+    #[arg(long, value_name = "NAME=GRID")]
+    tune: Option<String>,
     /// Non-finite gradients: `stop` the run there, or `skip` the step; both are reported.
     #[arg(long, default_value = "stop", value_name = "stop|skip")]
     non_finite: String,
@@ -91,12 +97,37 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         ));
     }
     let steps = args.steps.unwrap_or(default_steps);
-    let optimizers: Vec<(String, DynOptimizer)> = args
+    let grid = args.tune.as_deref().map(tune::parse).transpose()?;
+    let mut optimizers: Vec<(String, DynOptimizer)> = args
         .optimizers
         .iter()
         .map(|o| optimizer(o, &args.set))
         .collect::<Result<_, _>>()?;
     check_set(&args.set, &optimizers)?;
+    let mut tuned: Vec<Option<tune::Tuned>> = vec![None; optimizers.len()];
+    if let Some(grid) = &grid {
+        if let Some((label, _)) = optimizers
+            .iter()
+            .find(|(_, o)| o.rule().hyper_index(&grid.name).is_none())
+        {
+            return Err(Failure::usage(format!(
+                "--tune: `{label}` has no hyperparameter `{}`",
+                grid.name
+            )));
+        }
+        let validation = match problem {
+            "iris" | "digits" => Some(problems::supervised_data(problem, true)?),
+            _ => None,
+        };
+        for ((_, opt), slot) in optimizers.iter_mut().zip(&mut tuned) {
+            let t = tune::tune(args, steps, grid, opt, validation.as_ref())?;
+            *opt = opt
+                .clone()
+                .with(&grid.name, t.value)
+                .map_err(|e| Failure::usage(e.to_string()))?;
+            *slot = Some(t);
+        }
+    }
     let checkpoints = args.out.as_ref().map(|d| d.join("checkpoints"));
     if let Some(dir) = &checkpoints {
         let mut labels: Vec<String> = optimizers.iter().map(|(l, _)| file_label(l)).collect();
@@ -111,7 +142,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             .map_err(|e| Failure::usage(format!("cannot create {}: {e}", dir.display())))?;
     }
     let data = match problem {
-        "iris" | "digits" => Some(problems::supervised_data(problem)?),
+        "iris" | "digits" => Some(problems::supervised_data(problem, false)?),
         _ => None,
     };
     let results = harness::run_all(
@@ -122,11 +153,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         checkpoints.as_deref(),
         data.as_ref(),
     )?;
-    let rows = report::rows(args, steps, &results);
+    let rows = report::rows(args, steps, &results, grid.as_ref(), &tuned);
     // The files first (atomically), then stdout: a reader that stops
     // reading early (`| head`) does not cost the results.
     if let Some(dir) = &args.out {
-        report::write_files(dir, problem, &results, &rows)?;
+        report::write_files(dir, problem, &results, &rows, grid.as_ref(), &tuned)?;
     }
     report::print(args, steps, &rows);
     Ok(())

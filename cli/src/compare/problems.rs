@@ -118,16 +118,21 @@ pub(super) fn closed_form(opt: &DynOptimizer, problem: &str, job: &Job) -> Resul
     Ok(run)
 }
 
-/// Train and test sets of a supervised problem, with its diagram.
+/// Train and held-out sets of a supervised problem, with its diagram: the
+/// held-out set is the test set, or, for tuning, a validation set carved
+/// from the training set (the test set is then not used at all).
 pub(super) struct Supervised {
     x_train: Array2<f32>,
     y_train: Array2<f32>,
     x_test: Array2<f32>,
+    y_test: Array2<f32>,
     test_labels: Vec<usize>,
     diagram: lensopt::diagram::Diagram,
 }
 
-pub(super) fn supervised_data(problem: &str) -> Result<Supervised, Failure> {
+/// The problem's data: train and test, or with `validation`, 80% of the
+/// training set to train on and the other 20% held out.
+pub(super) fn supervised_data(problem: &str, validation: bool) -> Result<Supervised, Failure> {
     let fail = |e: String| Failure::usage(e);
     let (data, diagram, scale) = if problem == "iris" {
         (
@@ -149,6 +154,11 @@ pub(super) fn supervised_data(problem: &str) -> Result<Supervised, Failure> {
         )
     };
     let (train, test) = data.split(0.2, 2024);
+    let (train, test) = if validation {
+        train.split(0.2, 2025)
+    } else {
+        (train, test)
+    };
     let (train, test) = match scale {
         Some(s) => {
             let (mut a, mut b) = (train, test);
@@ -165,6 +175,7 @@ pub(super) fn supervised_data(problem: &str) -> Result<Supervised, Failure> {
         x_train: train.features.mapv(|v| v as f32),
         y_train: one_hot(&train.labels, data.classes),
         x_test: test.features.mapv(|v| v as f32),
+        y_test: one_hot(&test.labels, data.classes),
         test_labels: test.labels,
         diagram,
     })
@@ -270,5 +281,10 @@ pub(super) fn supervised(opt: &DynOptimizer, data: &Supervised, job: &Job) -> Re
         .predict(&data.x_test)
         .map_err(|e| Failure::usage(e.to_string()))?;
     run.accuracy = Some(accuracy(&predicted, &data.test_labels));
+    run.held_out_loss = Some(f64::from(lensopt::loss::Loss::value(
+        &SoftmaxCrossEntropy,
+        &predicted,
+        &data.y_test,
+    )));
     Ok(run)
 }

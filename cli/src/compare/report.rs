@@ -4,6 +4,7 @@
 //! table or as JSON lines.
 
 use super::harness::Run;
+use super::tune::{Grid, Tuned};
 use super::Args;
 use crate::{plot, Failure};
 use serde_json::json;
@@ -24,10 +25,12 @@ pub(super) fn rows(
     args: &Args,
     steps: usize,
     results: &[(String, Vec<Run>)],
+    grid: Option<&Grid>,
+    tuned: &[Option<Tuned>],
 ) -> Vec<serde_json::Value> {
     let problem = args.problem.as_str();
     let mut rows = Vec::new();
-    for (label, runs) in results {
+    for ((label, runs), tuned) in results.iter().zip(tuned) {
         let finals: Vec<f64> = runs
             .iter()
             .map(|r| *r.losses.last().unwrap_or(&f64::NAN))
@@ -59,6 +62,13 @@ pub(super) fn rows(
             "skipped_steps": runs.iter().map(|r| r.skipped).sum::<u64>(),
             "stopped_at": stopped,
             "resumed_runs": runs.iter().filter(|r| r.resumed).count(),
+            "tuned": match (grid, tuned) {
+                (Some(g), Some(t)) => json!({
+                    "name": g.name, "value": t.value, "grid": g.values,
+                    "validation_loss": t.losses.iter().map(|l| if l.is_finite() { json!(l) } else { serde_json::Value::Null }).collect::<Vec<_>>(),
+                }),
+                _ => serde_json::Value::Null,
+            },
         }));
     }
     rows
@@ -71,7 +81,30 @@ pub(super) fn write_files(
     problem: &str,
     results: &[(String, Vec<Run>)],
     rows: &[serde_json::Value],
+    grid: Option<&Grid>,
+    tuned: &[Option<Tuned>],
 ) -> Result<(), Failure> {
+    if let Some(g) = grid {
+        let sweeps: Vec<crate::plot::Sweep> = results
+            .iter()
+            .zip(tuned)
+            .filter_map(|((label, _), t)| {
+                t.as_ref().map(|t| {
+                    (
+                        label.clone(),
+                        g.values
+                            .iter()
+                            .copied()
+                            .zip(t.losses.iter().copied())
+                            .collect(),
+                    )
+                })
+            })
+            .collect();
+        let title = format!("{problem}: final validation loss against {}", g.name);
+        crate::plot::sweeps(&dir.join("tuning.png"), &title, &g.name, &sweeps)?;
+        crate::plot::sweeps(&dir.join("tuning.svg"), &title, &g.name, &sweeps)?;
+    }
     let curves: Vec<(String, Vec<Vec<f64>>)> = results
         .iter()
         .map(|(l, runs)| (l.clone(), runs.iter().map(|r| r.losses.clone()).collect()))
@@ -135,7 +168,15 @@ fn print_table(problem: &str, steps: usize, seeds: u64, rows: &[serde_json::Valu
         };
         outln!(
             "{:<20} {:>22} {:>22} {:>16} {:>9.1} {:>8.2}  {non_finite}",
-            row["optimizer"].as_str().unwrap_or(""),
+            match row["tuned"].as_object() {
+                Some(t) => format!(
+                    "{} {}={}",
+                    row["optimizer"].as_str().unwrap_or(""),
+                    t["name"].as_str().unwrap_or(""),
+                    t["value"]
+                ),
+                None => row["optimizer"].as_str().unwrap_or("").to_string(),
+            },
             format!("{:.3e} ± {:.1e}", f("final_loss"), f("final_loss_std")),
             format!("{:.3e} ± {:.1e}", f("best_loss"), f("best_loss_std")),
             acc,
