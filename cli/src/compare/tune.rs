@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn grids_parse_strictly() {
         assert_eq!(
-            parse("lr=1e-3, 1e-2").unwrap(),
+            parse("lr=1e-3, 1e-2").ok().unwrap(),
             Grid {
                 name: "lr".into(),
                 values: vec![1e-3, 1e-2]
