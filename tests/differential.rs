@@ -66,7 +66,7 @@ fn float_expr(reductions: bool) -> BoxedStrategy<String> {
                 .boxed(),
             inner.clone().prop_map(|x| format!("(-{x})")).boxed(),
             inner.clone().prop_map(|x| format!("({x}) ^ 2")).boxed(),
-            (inner.clone(), 0..11usize)
+            (inner.clone(), 0..13usize)
                 .prop_map(|(x, k)| match k {
                     0 => format!("sqrt(abs({x}))"),
                     1 => format!("abs({x})"),
@@ -78,6 +78,8 @@ fn float_expr(reductions: bool) -> BoxedStrategy<String> {
                     7 => format!("f32({x})"),
                     8 => format!("bf16({x})"),
                     9 => format!("lerp({x}, g, 0.7)"),
+                    10 => format!("cos({x})"),
+                    11 => format!("floor({x})"),
                     _ => format!("pow(abs({x}) + 0.5, 1.5)"),
                 })
                 .boxed(),

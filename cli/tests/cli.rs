@@ -1435,3 +1435,52 @@ fn compare_tunes_a_hyperparameter_per_optimizer() {
         "--tune: `SGD` has no hyperparameter `beta1`",
     );
 }
+
+/// `--schedule` scales the learning rate per step (changing the results,
+/// entering each checkpoint's configuration) and refuses bad shapes.
+#[test]
+fn compare_takes_a_schedule() {
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "compare",
+            "sgd",
+            "--problem",
+            "quadratic",
+            "--steps",
+            "50",
+            "--seeds",
+            "1",
+            "--json",
+        ];
+        args.extend(extra);
+        let (rows, out) = compare_json(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        rows[0]["final_loss"].as_f64().unwrap()
+    };
+    let plain = run(&[]);
+    let scheduled = run(&["--schedule", "warmup_cosine:10,0.1"]);
+    assert_ne!(plain, scheduled);
+    assert_eq!(scheduled, run(&["--schedule", "warmup_cosine:10,0.1"]));
+    assert_usage_error(
+        &[
+            "compare",
+            "sgd",
+            "--problem",
+            "quadratic",
+            "--schedule",
+            "cosine:2",
+        ],
+        "`floor` must be between 0 and 1",
+    );
+    assert_usage_error(
+        &[
+            "compare",
+            "sgd",
+            "--problem",
+            "quadratic",
+            "--schedule",
+            "sawtooth",
+        ],
+        "unknown schedule `sawtooth`",
+    );
+}

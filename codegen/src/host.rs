@@ -52,6 +52,8 @@ fn unary(op: UnOp, a: f64) -> f64 {
         UnOp::Exp => a.exp(),
         UnOp::Ln => a.ln(),
         UnOp::Sigmoid => 1.0 / (1.0 + (-a).exp()),
+        UnOp::Cos => a.cos(),
+        UnOp::Floor => a.floor(),
         UnOp::RoundF32 => f64::from(a as f32),
         UnOp::RoundBf16 => f64::from(lensopt_ir::float::bf16_of_f32(a as f32)),
         UnOp::Not => truth(a == 0.0),

@@ -41,6 +41,8 @@ pub trait Float: Copy + Debug + Display + Default + PartialOrd + Send + Sync + '
     fn is_nan(self) -> bool;
     /// True when the sign bit is set.
     fn is_sign_negative(self) -> bool;
+    /// Cosine (radians), the platform's libm in this type.
+    fn cos(self) -> Self;
     /// Rounded to the nearest f32 (ties to even), in this type.
     fn round_f32(self) -> Self {
         Self::from_f64(f64::from(self.to_f64() as f32))
@@ -117,6 +119,10 @@ macro_rules! impl_float {
             #[inline]
             fn tanh(self) -> Self {
                 <$t>::tanh(self)
+            }
+            #[inline]
+            fn cos(self) -> Self {
+                <$t>::cos(self)
             }
             #[inline]
             fn mul_add(self, b: Self, c: Self) -> Self {

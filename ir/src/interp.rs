@@ -120,6 +120,8 @@ pub fn eval_unary<F: Float>(op: UnOp, a: F) -> F {
         UnOp::Exp => a.exp(),
         UnOp::Ln => a.ln(),
         UnOp::Sigmoid => one.div(one.add(a.neg().exp())),
+        UnOp::Cos => a.cos(),
+        UnOp::Floor => F::from_f64(a.to_f64().floor()),
         UnOp::RoundF32 => a.round_f32(),
         UnOp::RoundBf16 => a.round_bf16(),
         UnOp::Not => truth(!is_true(a)),

@@ -84,7 +84,7 @@ use Ty::{Bool as B, Float as F};
 
 impl UnOp {
     /// Every unary operation, in table order.
-    pub const ALL: [UnOp; 11] = [
+    pub const ALL: [UnOp; 13] = [
         UnOp::Neg,
         UnOp::Sqrt,
         UnOp::Rsqrt,
@@ -93,6 +93,8 @@ impl UnOp {
         UnOp::Exp,
         UnOp::Ln,
         UnOp::Sigmoid,
+        UnOp::Cos,
+        UnOp::Floor,
         UnOp::RoundF32,
         UnOp::RoundBf16,
         UnOp::Not,
@@ -109,6 +111,8 @@ impl UnOp {
             UnOp::Exp => info("exp", Call("exp"), F, F, 20.0),
             UnOp::Ln => info("ln", Call("ln"), F, F, 20.0),
             UnOp::Sigmoid => info("sigmoid", Call("sigmoid"), F, F, 20.0),
+            UnOp::Cos => info("cos", Call("cos"), F, F, 20.0),
+            UnOp::Floor => info("floor", Call("floor"), F, F, 2.0),
             UnOp::RoundF32 => info("f32", Call("f32"), F, F, 2.0),
             UnOp::RoundBf16 => info("bf16", Call("bf16"), F, F, 3.0),
             UnOp::Not => info("not", Prefix("!"), B, B, 1.0),

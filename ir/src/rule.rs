@@ -102,6 +102,10 @@ pub enum UnOp {
     Ln,
     /// `1 / (1 + e^-x)`
     Sigmoid,
+    /// `cos(x)` (radians).
+    Cos,
+    /// `floor(x)`: the largest integer not above `x`.
+    Floor,
     /// `f32(x)`: `x` rounded to the nearest f32 (ties to even; the identity
     /// on f32 elements). The optimizer moves no arithmetic across it.
     RoundF32,

@@ -52,6 +52,7 @@ pub mod jit;
 pub mod loss;
 mod non_finite;
 mod optimizer;
+pub mod schedules;
 mod stages;
 mod stepper;
 mod tensor;

@@ -38,6 +38,8 @@ pub(super) struct Job<'a> {
     pub(super) steps: usize,
     pub(super) seed: u64,
     pub(super) policy: NonFinite,
+    /// The learning-rate schedule, if any (`--schedule`).
+    pub(super) schedule: Option<lensopt::schedules::Schedule>,
     pub(super) saving: Saving,
     pub(super) bar: &'a ProgressBar,
 }
@@ -124,6 +126,7 @@ pub(super) fn run_all(
     data: Option<&Supervised>,
 ) -> Result<Vec<(String, Vec<Run>)>, Failure> {
     let problem = args.problem.as_str();
+    let schedule = super::schedule(args, steps)?;
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:>22} {bar:30} {pos}/{len} steps {msg}")
         .map_err(|e| Failure::usage(e.to_string()))?;
@@ -150,12 +153,19 @@ pub(super) fn run_all(
                 steps,
                 seed,
                 policy,
+                schedule: schedule.clone(),
                 saving: Saving {
                     path: checkpoints
                         .map(|d| d.join(format!("{}-seed{seed}.safetensors", file_label(label)))),
                     every: args.checkpoint_every,
                     resume: args.resume,
-                    config: format!("problem={problem} seed={seed} {}", hypers.join(" ")),
+                    config: format!(
+                        "problem={problem} seed={seed} {}{}",
+                        hypers.join(" "),
+                        schedule
+                            .as_ref()
+                            .map_or_else(String::new, |s| format!(" schedule={}", s.name()))
+                    ),
                     hypers: configured.clone(),
                 },
                 bar: &bar,

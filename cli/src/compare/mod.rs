@@ -73,9 +73,26 @@ pub struct Args {
     /// validation loss is used and reported (never chosen on test data).
     #[arg(long, value_name = "NAME=GRID")]
     tune: Option<String>,
+    /// A learning-rate schedule over the run's steps: `cosine[:FLOOR]`,
+    /// `warmup_cosine:W[,FLOOR]`, `wsd:W,DECAY[,FLOOR]`, `linear_warmup:W`,
+    /// `step_decay:EVERY,GAMMA`, `inverse_sqrt:W` (the optimizer's `lr`
+    /// times the schedule's factor at each step).
+    #[arg(long, value_name = "NAME[:ARGS]")]
+    schedule: Option<String>,
     /// Non-finite gradients: `stop` the run there, or `skip` the step; both are reported.
     #[arg(long, default_value = "stop", value_name = "stop|skip")]
     non_finite: String,
+}
+
+/// The `--schedule` of a run of `steps` steps, parsed.
+fn schedule(args: &Args, steps: usize) -> Result<Option<lensopt::schedules::Schedule>, Failure> {
+    args.schedule
+        .as_deref()
+        .map(|s| {
+            lensopt::schedules::Schedule::parse(s, steps as u64)
+                .map_err(|e| Failure::usage(format!("--schedule: {e}")))
+        })
+        .transpose()
 }
 
 /// Runs `lensopt compare`.
@@ -98,6 +115,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     }
     let steps = args.steps.unwrap_or(default_steps);
     let grid = args.tune.as_deref().map(tune::parse).transpose()?;
+    schedule(args, steps)?;
     let mut optimizers: Vec<(String, DynOptimizer)> = args
         .optimizers
         .iter()

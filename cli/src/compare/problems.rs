@@ -41,6 +41,7 @@ impl ClosedForm {
         problem: &str,
         seed: u64,
         policy: NonFinite,
+        schedule: Option<&lensopt::schedules::Schedule>,
     ) -> Result<Self, Failure> {
         let mut rng = SplitMix(seed);
         let (x, curvatures): (Array1<f64>, Vec<f64>) = if problem == "rosenbrock" {
@@ -60,6 +61,9 @@ impl ClosedForm {
         };
         let mut optimizer = opt.init::<f64>(&[&x]).map_err(fail)?;
         optimizer.set_non_finite(policy);
+        if let Some(s) = schedule {
+            optimizer.set_schedule("lr", s.clone()).map_err(fail)?;
+        }
         Ok(ClosedForm {
             x,
             curvatures,
@@ -112,7 +116,7 @@ impl Subject for ClosedForm {
 }
 
 pub(super) fn closed_form(opt: &DynOptimizer, problem: &str, job: &Job) -> Result<Run, Failure> {
-    let mut subject = ClosedForm::new(opt, problem, job.seed, job.policy)?;
+    let mut subject = ClosedForm::new(opt, problem, job.seed, job.policy, job.schedule.as_ref())?;
     let mut run = drive(&mut subject, job)?;
     run.losses.push(subject.value_grad().0);
     Ok(run)
@@ -263,6 +267,12 @@ pub(super) fn supervised(opt: &DynOptimizer, data: &Supervised, job: &Job) -> Re
         Model::<f32>::new(&data.diagram, job.seed).map_err(|e| Failure::usage(e.to_string()))?;
     let mut trainer = Trainer::new(model, SoftmaxCrossEntropy, opt).map_err(fail)?;
     trainer.optimizer.set_non_finite(job.policy);
+    if let Some(s) = &job.schedule {
+        trainer
+            .optimizer
+            .set_schedule("lr", s.clone())
+            .map_err(fail)?;
+    }
     let rows = data.x_train.nrows();
     let mut subject = Learning {
         trainer,

@@ -86,6 +86,7 @@ pub(super) fn tune(
                 seed,
                 // A non-finite gradient ends the candidate's run: it lost.
                 policy: NonFinite::Refuse,
+                schedule: super::schedule(args, steps)?,
                 saving: Saving {
                     path: None,
                     every: 0,

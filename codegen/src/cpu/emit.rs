@@ -140,6 +140,8 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
                 let den = self.b.ins().fadd(one, e);
                 self.b.ins().fdiv(one, den)
             }
+            UnOp::Cos => self.per_lane(MathFn::Cos, &[a]),
+            UnOp::Floor => self.per_lane(MathFn::Floor, &[a]),
             // Rounding to f32 is the identity on f32 lanes.
             UnOp::RoundF32 if F::VECTOR.lane_type() == ir::types::F32 => a,
             UnOp::RoundF32 => self.per_lane(MathFn::RoundF32, &[a]),

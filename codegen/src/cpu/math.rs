@@ -15,6 +15,10 @@ pub enum MathFn {
     Pow,
     /// a * b + c, one rounding (cranelift's fallback when the CPU lacks FMA).
     Fma,
+    /// cos x
+    Cos,
+    /// floor x
+    Floor,
     /// x rounded to f32 ([`lensopt_ir::Float::round_f32`]).
     RoundF32,
     /// x rounded to bfloat16 ([`lensopt_ir::Float::round_bf16`]).
@@ -23,11 +27,13 @@ pub enum MathFn {
 
 impl MathFn {
     /// Every function, for registration.
-    pub const ALL: [MathFn; 6] = [
+    pub const ALL: [MathFn; 8] = [
         MathFn::Exp,
         MathFn::Ln,
         MathFn::Pow,
         MathFn::Fma,
+        MathFn::Cos,
+        MathFn::Floor,
         MathFn::RoundF32,
         MathFn::RoundBf16,
     ];
@@ -35,7 +41,12 @@ impl MathFn {
     /// Number of arguments.
     pub fn arity(self) -> usize {
         match self {
-            MathFn::Exp | MathFn::Ln | MathFn::RoundF32 | MathFn::RoundBf16 => 1,
+            MathFn::Exp
+            | MathFn::Ln
+            | MathFn::Cos
+            | MathFn::Floor
+            | MathFn::RoundF32
+            | MathFn::RoundBf16 => 1,
             MathFn::Pow => 2,
             MathFn::Fma => 3,
         }
@@ -48,6 +59,8 @@ impl MathFn {
             MathFn::Ln => "ln",
             MathFn::Pow => "pow",
             MathFn::Fma => "fma",
+            MathFn::Cos => "cos",
+            MathFn::Floor => "floor",
             MathFn::RoundF32 => "round_f32",
             MathFn::RoundBf16 => "round_bf16",
         };
@@ -80,6 +93,18 @@ extern "C" fn fma_f64(a: f64, b: f64, c: f64) -> f64 {
     a.mul_add(b, c)
 }
 
+extern "C" fn cos_f32(x: f32) -> f32 {
+    x.cos()
+}
+extern "C" fn cos_f64(x: f64) -> f64 {
+    x.cos()
+}
+extern "C" fn floor_f32(x: f32) -> f32 {
+    x.floor()
+}
+extern "C" fn floor_f64(x: f64) -> f64 {
+    x.floor()
+}
 extern "C" fn round_f32_f32(x: f32) -> f32 {
     x
 }
@@ -97,11 +122,17 @@ extern "C" fn round_bf16_f64(x: f64) -> f64 {
 /// functions, and cranelift's libcall names for the operations it may lower
 /// to calls (`fmaf`, `fma`).
 pub fn symbols() -> Vec<(String, *const u8)> {
-    let ours: [(MathFn, *const u8, *const u8); 6] = [
+    let ours: [(MathFn, *const u8, *const u8); 8] = [
         (MathFn::Exp, exp_f32 as *const u8, exp_f64 as *const u8),
         (MathFn::Ln, ln_f32 as *const u8, ln_f64 as *const u8),
         (MathFn::Pow, pow_f32 as *const u8, pow_f64 as *const u8),
         (MathFn::Fma, fma_f32 as *const u8, fma_f64 as *const u8),
+        (MathFn::Cos, cos_f32 as *const u8, cos_f64 as *const u8),
+        (
+            MathFn::Floor,
+            floor_f32 as *const u8,
+            floor_f64 as *const u8,
+        ),
         (
             MathFn::RoundF32,
             round_f32_f32 as *const u8,

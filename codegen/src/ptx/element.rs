@@ -30,6 +30,11 @@ impl Kernel<'_> {
                     self.line(format!("ld.global.{ty} {f}, [{a}];"));
                     f
                 }
+                Op::Unary(lensopt_ir::UnOp::Cos, _) if self.p == super::Precision::F64 => {
+                    return Err(PtxError(
+                        "`cos` per element in f64 has no PTX form yet (per step, as in schedules, it runs on the host)".into(),
+                    ))
+                }
                 Op::Unary(u, a) => self.unary(u, &v(a)),
                 Op::Binary(b, x, y) => self.binary(b, &v(x), &v(y))?,
                 Op::Select(c, a, b) => {

@@ -346,6 +346,17 @@ impl Kernel<'_> {
         let ty = self.p.ty();
         match op {
             UnOp::RoundF32 | UnOp::RoundBf16 => self.round(op == UnOp::RoundBf16, a),
+            UnOp::Floor => {
+                let f = self.float();
+                self.line(format!("cvt.rmi.{ty}.{ty} {f}, {a};"));
+                f
+            }
+            // f32 only (the element kernel refuses f64 `cos`): the hardware's approximation.
+            UnOp::Cos => {
+                let f = self.float();
+                self.line(format!("cos.approx.f32 {f}, {a};"));
+                f
+            }
             UnOp::Neg | UnOp::Abs | UnOp::Sqrt => {
                 let name = match op {
                     UnOp::Neg => "neg",

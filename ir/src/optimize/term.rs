@@ -68,6 +68,8 @@ define_language! {
         "exp" = Exp([Id; 1]),
         "ln" = Ln([Id; 1]),
         "sigmoid" = Sigmoid([Id; 1]),
+        "cos" = Cos([Id; 1]),
+        "floor" = Floor([Id; 1]),
         "f32" = RoundF32([Id; 1]),
         "bf16" = RoundBf16([Id; 1]),
         "not" = Not([Id; 1]),
