@@ -229,48 +229,7 @@ mod on_device {
                 .with("cautious", true)
                 .unwrap(),
         ] {
-            let sizes = [1usize, 3, 1000, 70_001, 1 << 20];
-            let (host, grads) = sample_tensors(&sizes);
-            let mut cpu: Vec<ndarray::Array1<f32>> = host
-                .iter()
-                .map(|v| ndarray::Array1::from(v.clone()))
-                .collect();
-            let refs: Vec<&dyn lensopt::TensorRef<f32>> = cpu
-                .iter()
-                .map(|p| p as &dyn lensopt::TensorRef<f32>)
-                .collect();
-            let mut cpu_step = opt.init(&refs).unwrap();
-            let mut gpu: Vec<_> = host.iter().map(|v| dev.upload(v).unwrap()).collect();
-            let g_gpu: Vec<_> = grads.iter().map(|v| dev.upload(v).unwrap()).collect();
-            let g_cpu: Vec<ndarray::Array1<f32>> = grads
-                .iter()
-                .map(|v| ndarray::Array1::from(v.clone()))
-                .collect();
-            let mut st =
-                GpuStepper::new(dev.clone(), &opt, &gpu.iter().collect::<Vec<_>>()).unwrap();
-            for _ in 0..3 {
-                let mut ps: Vec<&mut dyn lensopt::TensorMut<f32>> = cpu
-                    .iter_mut()
-                    .map(|p| p as &mut dyn lensopt::TensorMut<f32>)
-                    .collect();
-                let gs: Vec<&dyn lensopt::TensorRef<f32>> = g_cpu
-                    .iter()
-                    .map(|g| g as &dyn lensopt::TensorRef<f32>)
-                    .collect();
-                cpu_step.step(&mut ps, &gs).unwrap();
-                let mut ps: Vec<_> = gpu.iter_mut().collect();
-                st.step(&mut ps, &g_gpu.iter().collect::<Vec<_>>()).unwrap();
-            }
-            for (c, g) in cpu.iter().zip(&gpu) {
-                let g = dev.download(g).unwrap();
-                for (a, b) in c.iter().zip(&g) {
-                    assert!(
-                        (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
-                        "{}: {a} vs {b}",
-                        opt.rule().name
-                    );
-                }
-            }
+            agree_with_the_cpu::<f32>(&dev, &opt, &[1, 3, 1000, 70_001, 1 << 20], 3, 1e-5);
         }
     }
 

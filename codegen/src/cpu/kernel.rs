@@ -122,8 +122,14 @@ fn entry<F: JitFloat>(
             any_lazy = true;
         }
     }
+    // Only the math functions these nodes call are imported, so a kernel's
+    // CLIF names what it uses and no more.
+    let wanted: Vec<MathFn> = needed
+        .iter()
+        .filter_map(|&id| MathFn::called_by(&rule.nodes[id].op))
+        .collect();
     let mut imports = HashMap::new();
-    for f in MathFn::ALL {
+    for f in MathFn::ALL.into_iter().filter(|f| wanted.contains(f)) {
         let mut sig = module.make_signature();
         for _ in 0..f.arity() {
             sig.params.push(AbiParam::new(F::SCALAR));

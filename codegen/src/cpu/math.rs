@@ -38,6 +38,21 @@ impl MathFn {
         MathFn::RoundBf16,
     ];
 
+    /// The function an element operation calls (per lane), if any.
+    pub fn called_by(op: &lensopt_ir::Op) -> Option<MathFn> {
+        use lensopt_ir::{BinOp, Op, UnOp};
+        match op {
+            Op::Unary(UnOp::Exp | UnOp::Sigmoid, _) => Some(MathFn::Exp),
+            Op::Unary(UnOp::Ln, _) => Some(MathFn::Ln),
+            Op::Unary(UnOp::Cos, _) => Some(MathFn::Cos),
+            Op::Unary(UnOp::Floor, _) => Some(MathFn::Floor),
+            Op::Unary(UnOp::RoundF32, _) => Some(MathFn::RoundF32),
+            Op::Unary(UnOp::RoundBf16, _) => Some(MathFn::RoundBf16),
+            Op::Binary(BinOp::Pow, _, _) => Some(MathFn::Pow),
+            _ => None,
+        }
+    }
+
     /// Number of arguments.
     pub fn arity(self) -> usize {
         match self {
