@@ -1484,3 +1484,29 @@ fn compare_takes_a_schedule() {
         "unknown schedule `sawtooth`",
     );
 }
+
+/// The regression problem: diabetes progression, reported as test R².
+#[test]
+fn compare_runs_the_regression_problem() {
+    let (rows, out) = compare_json(&[
+        "compare",
+        "adam",
+        "--problem",
+        "diabetes",
+        "--steps",
+        "150",
+        "--seeds",
+        "1",
+        "--json",
+        "--set",
+        "lr=1e-2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let row = &rows[0];
+    assert!(row["test_accuracy"].is_null());
+    let r2 = row["test_r2"].as_f64().unwrap();
+    assert!(
+        r2 > 0.2 && r2 < 0.8,
+        "a fitted regression, not a perfect one: R² = {r2}"
+    );
+}

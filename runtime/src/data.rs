@@ -1,4 +1,4 @@
-//! The data sets of the repository's `data/` folder (Iris, 8x8 digits),
+//! The data sets of the repository's `data/` folder (Iris, 8x8 digits, diabetes),
 //! compiled into the library and loaded as matrices; CSV files of the same
 //! form; seeded train/test splits.
 
@@ -146,5 +146,85 @@ impl Dataset {
             }
         }
         (min, max)
+    }
+}
+
+/// The diabetes progression data (Efron, Hastie, Johnstone and Tibshirani
+/// 2004, "Least Angle Regression"), compiled in: 442 patients.
+const DIABETES_CSV: &str = include_str!("../../data/diabetes.csv");
+
+/// Features (one example per row) and a real-valued target per example.
+#[derive(Clone, Debug)]
+pub struct Regression {
+    /// One row per example.
+    pub features: Array2<f64>,
+    /// The target of each example.
+    pub targets: Vec<f64>,
+}
+
+/// Diabetes: 442 patients, 10 baseline variables (age, sex, body mass
+/// index, blood pressure, six blood serum measurements, unscaled), and a
+/// quantitative measure of disease progression one year later.
+pub fn diabetes() -> Result<Regression, Error> {
+    let path = Path::new("data/diabetes.csv");
+    let rows = parse_rows(DIABETES_CSV, 0, path)?;
+    let width = rows.first().map_or(0, Vec::len);
+    if width < 2 || rows.iter().any(|r| r.len() != width) {
+        return Err(data_error(
+            path,
+            "rows must all have the same number (>= 2) of columns",
+        ));
+    }
+    Ok(Regression {
+        features: Array2::from_shape_fn((rows.len(), width - 1), |(i, j)| rows[i][j]),
+        targets: rows.iter().map(|r| r[width - 1]).collect(),
+    })
+}
+
+impl Regression {
+    /// A seeded shuffle split: `test_fraction` of the examples for testing.
+    pub fn split(&self, test_fraction: f64, seed: u64) -> (Regression, Regression) {
+        let n = self.targets.len();
+        let order = SplitMix(seed).permutation(n);
+        let n_test = ((n as f64) * test_fraction).round() as usize;
+        let pick = |idx: &[usize]| Regression {
+            features: Array2::from_shape_fn((idx.len(), self.features.ncols()), |(i, j)| {
+                self.features[(idx[i], j)]
+            }),
+            targets: idx.iter().map(|&i| self.targets[i]).collect(),
+        };
+        (pick(&order[n_test..]), pick(&order[..n_test]))
+    }
+
+    /// Per-column means and standard deviations of the features, then of
+    /// the target (to standardise with the training set's statistics).
+    pub fn moments(&self) -> (Vec<(f64, f64)>, (f64, f64)) {
+        let stats = |v: &mut dyn Iterator<Item = f64>| {
+            let values: Vec<f64> = v.collect();
+            let n = values.len().max(1) as f64;
+            let mean = values.iter().sum::<f64>() / n;
+            let var = values.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+            (mean, var.sqrt().max(1e-12))
+        };
+        let columns = self
+            .features
+            .columns()
+            .into_iter()
+            .map(|c| stats(&mut c.iter().copied()))
+            .collect();
+        (columns, stats(&mut self.targets.iter().copied()))
+    }
+
+    /// Features and target standardised with the given moments.
+    pub fn standardised(&self, features: &[(f64, f64)], target: (f64, f64)) -> Regression {
+        let mut out = self.clone();
+        for (j, mut col) in out.features.columns_mut().into_iter().enumerate() {
+            let (m, s) = features[j];
+            col.mapv_inplace(|v| (v - m) / s);
+        }
+        out.targets
+            .iter_mut()
+            .for_each(|y| *y = (*y - target.0) / target.1);
+        out
     }
 }

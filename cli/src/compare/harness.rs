@@ -22,6 +22,8 @@ pub(super) struct Run {
     pub(super) accuracy: Option<f64>,
     /// The loss on the held-out set after the last step (supervised problems).
     pub(super) held_out_loss: Option<f64>,
+    /// Regression: R² on the test set after the last step.
+    pub(super) r2: Option<f64>,
     pub(super) seconds: f64,
     pub(super) jit_ms: f64,
     /// Steps whose gradients were not finite and were skipped.

@@ -3,7 +3,9 @@
 //!
 //! Problems: `rosenbrock` (2-D, start perturbed per seed), `quadratic` (50-D,
 //! curvatures log-spaced from 1 to 1,000), `iris` (logistic regression, test
-//! accuracy on a seeded 80/20 split) and `digits` (the 64-128-64-10 MLP).
+//! accuracy on a seeded 80/20 split), `digits` (the 64-128-64-10 MLP) and
+//! `diabetes` (regression of disease progression on ten clinical
+//! variables, a 10-32-1 MLP, test mean squared error).
 //! An optimizer is a catalog name or a rule file.
 //!
 //! With `--out DIR`, every run (optimizer and seed) is checkpointed to
@@ -44,7 +46,7 @@ pub struct Args {
     /// Optimizers: catalog names or rule files.
     #[arg(required = true)]
     optimizers: Vec<String>,
-    /// rosenbrock, quadratic, iris or digits.
+    /// rosenbrock, quadratic, iris, digits or diabetes.
     #[arg(long)]
     problem: String,
     /// Steps per run (default depends on the problem).
@@ -134,7 +136,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             )));
         }
         let validation = match problem {
-            "iris" | "digits" => Some(problems::supervised_data(problem, true)?),
+            "iris" | "digits" | "diabetes" => Some(problems::supervised_data(problem, true)?),
             _ => None,
         };
         for ((_, opt), slot) in optimizers.iter_mut().zip(&mut tuned) {
@@ -160,7 +162,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             .map_err(|e| Failure::usage(format!("cannot create {}: {e}", dir.display())))?;
     }
     let data = match problem {
-        "iris" | "digits" => Some(problems::supervised_data(problem, false)?),
+        "iris" | "digits" | "diabetes" => Some(problems::supervised_data(problem, false)?),
         _ => None,
     };
     let results = harness::run_all(

@@ -1,13 +1,15 @@
 //! The problems of `lensopt compare`: Rosenbrock and the ill-conditioned
-//! quadratic (closed form, f64), and Iris and digits (supervised, f32: the
-//! data split and scaled, the diagram, seeded mini-batches, test accuracy).
+//! quadratic (closed form, f64), Iris and digits (classification) and
+//! diabetes (regression: ten clinical variables to disease progression),
+//! supervised in f32: the data split and scaled, the diagram, seeded
+//! mini-batches, test accuracy or test loss.
 //! Each is a [`Subject`] that [`drive`] steps.
 
 use super::harness::{drive, fail, Job, Run, Subject};
 use crate::Failure;
 use lensopt::checkpoint::{self, Contents};
 use lensopt::diagram::plan::{Model, SplitMix};
-use lensopt::loss::{accuracy, one_hot, SoftmaxCrossEntropy};
+use lensopt::loss::{accuracy, one_hot, Loss, MeanSquaredError, SoftmaxCrossEntropy};
 use lensopt::train::Trainer;
 use lensopt::{DynOptimizer, NonFinite, Optimizer, Stepper, TensorMut, TensorRef};
 use ndarray::{Array1, Array2};
@@ -21,8 +23,9 @@ pub(super) fn default_steps(problem: &str) -> Result<usize, Failure> {
         "quadratic" => Ok(500),
         "iris" => Ok(300),
         "digits" => Ok(400),
+        "diabetes" => Ok(500),
         other => Err(Failure::usage(format!(
-            "unknown problem `{other}`: rosenbrock, quadratic, iris or digits"
+            "unknown problem `{other}`: rosenbrock, quadratic, iris, digits or diabetes"
         ))),
     }
 }
@@ -130,7 +133,8 @@ pub(super) struct Supervised {
     y_train: Array2<f32>,
     x_test: Array2<f32>,
     y_test: Array2<f32>,
-    test_labels: Vec<usize>,
+    /// The test set's classes; `None` for regression.
+    test_labels: Option<Vec<usize>>,
     diagram: lensopt::diagram::Diagram,
 }
 
@@ -138,6 +142,30 @@ pub(super) struct Supervised {
 /// training set to train on and the other 20% held out.
 pub(super) fn supervised_data(problem: &str, validation: bool) -> Result<Supervised, Failure> {
     let fail = |e: String| Failure::usage(e);
+    if problem == "diabetes" {
+        let data = lensopt::data::diabetes().map_err(|e| fail(e.to_string()))?;
+        let (train, test) = data.split(0.2, 2024);
+        let (train, test) = if validation {
+            train.split(0.2, 2025)
+        } else {
+            (train, test)
+        };
+        // Standardised with the training set's moments only.
+        let (columns, target) = train.moments();
+        let (train, test) = (
+            train.standardised(&columns, target),
+            test.standardised(&columns, target),
+        );
+        let column = |v: &[f64]| Array2::from_shape_fn((v.len(), 1), |(i, _)| v[i] as f32);
+        return Ok(Supervised {
+            x_train: train.features.mapv(|v| v as f32),
+            y_train: column(&train.targets),
+            x_test: test.features.mapv(|v| v as f32),
+            y_test: column(&test.targets),
+            test_labels: None,
+            diagram: lensopt::diagram!(dense(hidden, 10, 32) >> relu(32) >> dense(out, 32, 1)),
+        });
+    }
     let (data, diagram, scale) = if problem == "iris" {
         (
             lensopt::data::iris().map_err(|e| fail(e.to_string()))?,
@@ -180,7 +208,7 @@ pub(super) fn supervised_data(problem: &str, validation: bool) -> Result<Supervi
         y_train: one_hot(&train.labels, data.classes),
         x_test: test.features.mapv(|v| v as f32),
         y_test: one_hot(&test.labels, data.classes),
-        test_labels: test.labels,
+        test_labels: Some(test.labels),
         diagram,
     })
 }
@@ -211,13 +239,13 @@ impl Batches {
 }
 
 /// A supervised problem's trainer and its data.
-struct Learning<'a> {
-    trainer: Trainer<f32, SoftmaxCrossEntropy>,
+struct Learning<'a, L: Loss<f32>> {
+    trainer: Trainer<f32, L>,
     data: &'a Supervised,
     batches: Batches,
 }
 
-impl Subject for Learning<'_> {
+impl<L: Loss<f32>> Subject for Learning<'_, L> {
     fn step(&mut self, k: usize) -> (f64, Result<bool, lensopt::Error>) {
         let (x, y) = (&self.data.x_train, &self.data.y_train);
         let idx = self.batches.rows(k);
@@ -263,9 +291,23 @@ impl Subject for Learning<'_> {
 }
 
 pub(super) fn supervised(opt: &DynOptimizer, data: &Supervised, job: &Job) -> Result<Run, Failure> {
+    match data.test_labels {
+        Some(_) => train(opt, data, job, SoftmaxCrossEntropy),
+        None => train(opt, data, job, MeanSquaredError),
+    }
+}
+
+/// Trains the problem's model under `loss`; the run's test accuracy (for
+/// classes) and loss on the held-out set.
+fn train<L: Loss<f32>>(
+    opt: &DynOptimizer,
+    data: &Supervised,
+    job: &Job,
+    loss: L,
+) -> Result<Run, Failure> {
     let model =
         Model::<f32>::new(&data.diagram, job.seed).map_err(|e| Failure::usage(e.to_string()))?;
-    let mut trainer = Trainer::new(model, SoftmaxCrossEntropy, opt).map_err(fail)?;
+    let mut trainer = Trainer::new(model, loss, opt).map_err(fail)?;
     trainer.optimizer.set_non_finite(job.policy);
     if let Some(s) = &job.schedule {
         trainer
@@ -290,11 +332,24 @@ pub(super) fn supervised(opt: &DynOptimizer, data: &Supervised, job: &Job) -> Re
         .model
         .predict(&data.x_test)
         .map_err(|e| Failure::usage(e.to_string()))?;
-    run.accuracy = Some(accuracy(&predicted, &data.test_labels));
-    run.held_out_loss = Some(f64::from(lensopt::loss::Loss::value(
-        &SoftmaxCrossEntropy,
-        &predicted,
-        &data.y_test,
-    )));
+    run.accuracy = data
+        .test_labels
+        .as_ref()
+        .map(|labels| accuracy(&predicted, labels));
+    run.held_out_loss = Some(f64::from(
+        subject.trainer.loss.value(&predicted, &data.y_test),
+    ));
+    if data.test_labels.is_none() {
+        // Regression: the coefficient of determination on the test set.
+        let y: Vec<f64> = data.y_test.iter().map(|v| f64::from(*v)).collect();
+        let mean = y.iter().sum::<f64>() / y.len().max(1) as f64;
+        let total: f64 = y.iter().map(|v| (v - mean).powi(2)).sum();
+        let residual: f64 = predicted
+            .iter()
+            .zip(&y)
+            .map(|(p, v)| (f64::from(*p) - v).powi(2))
+            .sum();
+        run.r2 = Some(1.0 - residual / total.max(f64::MIN_POSITIVE));
+    }
     Ok(run)
 }

@@ -46,6 +46,10 @@ pub(super) fn rows(
             })
             .collect();
         let accs: Vec<f64> = runs.iter().filter_map(|r| r.accuracy).collect();
+        let test_losses: Vec<f64> = runs.iter().filter_map(|r| r.held_out_loss).collect();
+        let (tl, tls) = mean_std(&test_losses);
+        let r2s: Vec<f64> = runs.iter().filter_map(|r| r.r2).collect();
+        let (r2, r2s_std) = mean_std(&r2s);
         let (fm, fs) = mean_std(&finals);
         let (bm, bs) = mean_std(&bests);
         let (am, asd) = mean_std(&accs);
@@ -57,6 +61,10 @@ pub(super) fn rows(
             "final_loss": fm, "final_loss_std": fs, "best_loss": bm, "best_loss_std": bs,
             "test_accuracy": if accs.is_empty() { serde_json::Value::Null } else { json!(am) },
             "test_accuracy_std": if accs.is_empty() { serde_json::Value::Null } else { json!(asd) },
+            "test_loss": if test_losses.is_empty() { serde_json::Value::Null } else { json!(tl) },
+            "test_loss_std": if test_losses.is_empty() { serde_json::Value::Null } else { json!(tls) },
+            "test_r2": if r2s.is_empty() { serde_json::Value::Null } else { json!(r2) },
+            "test_r2_std": if r2s.is_empty() { serde_json::Value::Null } else { json!(r2s_std) },
             "us_per_step": us, "jit_ms": runs.first().map_or(0.0, |r| r.jit_ms),
             "non_finite": args.non_finite,
             "skipped_steps": runs.iter().map(|r| r.skipped).sum::<u64>(),
@@ -142,11 +150,16 @@ pub(super) fn print(args: &Args, steps: usize, rows: &[serde_json::Value]) {
 fn print_table(problem: &str, steps: usize, seeds: u64, rows: &[serde_json::Value]) {
     outln!(
         "\n{problem}, {steps} steps, {seeds} seeds (mean ± std)\n{:<20} {:>22} {:>22} {:>16} {:>9} {:>8}  non-finite",
-        "optimizer", "final loss", "best loss", "test accuracy", "us/step", "JIT ms"
+        "optimizer", "final loss", "best loss", "test acc. / R²", "us/step", "JIT ms"
     );
     for row in rows {
         let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
-        let acc = if row["test_accuracy"].is_null() {
+        let acc = if !row["test_accuracy"].is_null() {
+            format!("{:.4} ± {:.4}", f("test_accuracy"), f("test_accuracy_std"))
+        } else if !row["test_r2"].is_null() {
+            // Regression: the coefficient of determination on the test set.
+            format!("R² {:.3} ± {:.3}", f("test_r2"), f("test_r2_std"))
+        } else if row["test_accuracy"].is_null() {
             "-".to_string()
         } else {
             format!("{:.4} ± {:.4}", f("test_accuracy"), f("test_accuracy_std"))
