@@ -41,6 +41,7 @@ const TESTS: &[(&str, fn())] = &[
     ("optional_inputs_keep_their_specialisations", || {}),
     ("pow_matches_the_cpu", || {}),
     ("empty_launches_are_no_launches", || {}),
+    ("schedules_agree_with_the_cpu_jit", || {}),
 ];
 
 #[cfg(feature = "cuda")]
@@ -77,6 +78,10 @@ const TESTS: &[(&str, fn())] = &[
     (
         "empty_launches_are_no_launches",
         on_device::empty_launches_are_no_launches,
+    ),
+    (
+        "schedules_agree_with_the_cpu_jit",
+        on_device::schedules_agree_with_the_cpu_jit,
     ),
 ];
 
@@ -229,7 +234,7 @@ mod on_device {
                 .with("cautious", true)
                 .unwrap(),
         ] {
-            agree_with_the_cpu::<f32>(&dev, &opt, &[1, 3, 1000, 70_001, 1 << 20], 3, 1e-5);
+            agree_with_the_cpu::<f32>(&dev, &opt, &[1, 3, 1000, 70_001, 1 << 20], 3, 1e-5, None);
         }
     }
 
@@ -372,6 +377,7 @@ mod on_device {
         sizes: &[usize],
         steps: usize,
         tol: f64,
+        schedule: Option<lensopt::schedules::Schedule>,
     ) {
         let (host, grads) = sample_tensors(sizes);
         let conv = |v: &Vec<f32>| v.iter().map(|x| F::from_f64(*x as f64)).collect::<Vec<F>>();
@@ -393,6 +399,10 @@ mod on_device {
         let mut gpu: Vec<_> = host.iter().map(|v| dev.upload(v).unwrap()).collect();
         let g_gpu: Vec<_> = grads.iter().map(|v| dev.upload(v).unwrap()).collect();
         let mut st = GpuStepper::new(dev.clone(), opt, &gpu.iter().collect::<Vec<_>>()).unwrap();
+        if let Some(s) = schedule {
+            cpu_step.set_schedule("lr", s.clone()).unwrap();
+            st.set_schedule("lr", s).unwrap();
+        }
         for _ in 0..steps {
             let mut ps: Vec<&mut dyn lensopt::TensorMut<F>> = cpu
                 .iter_mut()
@@ -438,8 +448,8 @@ mod on_device {
         let Some(dev) = device() else { return };
         let adam = catalog::get("adam").unwrap();
         for n in [1usize, 5, 262_147, 1_048_577, 3_000_003] {
-            agree_with_the_cpu::<f32>(&dev, &adam, &[n], 3, 1e-5);
-            agree_with_the_cpu::<f64>(&dev, &adam, &[n], 3, 1e-10);
+            agree_with_the_cpu::<f32>(&dev, &adam, &[n], 3, 1e-5, None);
+            agree_with_the_cpu::<f64>(&dev, &adam, &[n], 3, 1e-10, None);
         }
     }
 
@@ -469,9 +479,17 @@ mod on_device {
                 .unwrap(),
             catalog::get("adamw").unwrap(),
         ] {
-            agree_with_the_cpu::<f32>(&dev, &opt, &sizes, 3, 1e-5);
-            agree_with_the_cpu::<f64>(&dev, &opt, &sizes, 3, 1e-10);
+            agree_with_the_cpu::<f32>(&dev, &opt, &sizes, 3, 1e-5, None);
+            agree_with_the_cpu::<f64>(&dev, &opt, &sizes, 3, 1e-10, None);
         }
+    }
+
+    /// A learning-rate schedule on the GPU stepper, as on the CPU's.
+    pub fn schedules_agree_with_the_cpu_jit() {
+        let Some(dev) = device() else { return };
+        let schedule = lensopt::schedules::Schedule::warmup_cosine(3, 8, 0.1).unwrap();
+        let adamw = catalog::get("adamw").unwrap();
+        agree_with_the_cpu::<f32>(&dev, &adamw, &[1000, 70_001], 8, 1e-5, Some(schedule));
     }
 
     /// Sophia-H with its Hessian every other step: two specialisations,

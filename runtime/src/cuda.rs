@@ -29,6 +29,7 @@ use crate::circuit::eval::{input_words, param_words, Rows};
 use crate::error::Error;
 use crate::jit::{self, Key};
 use crate::optimizer::{resolve_groups, set_in_groups, Group, Optimizer};
+use crate::schedules::{self, Scheduled};
 use crate::stepper::Stepper;
 use crate::tensor::{TensorMut, TensorRef};
 use crate::Float;
@@ -158,6 +159,8 @@ pub struct GpuStepper<F: Float> {
     slot_capacity: usize,
     /// Every specialisation used so far (at most [`MAX_LOADED`]).
     loaded: Vec<Loaded>,
+    /// Scheduled hyperparameters, as on the CPU.
+    schedules: Scheduled,
     t: u64,
 }
 
@@ -236,6 +239,7 @@ impl<F: Float> GpuStepper<F> {
             partials: None,
             slot_capacity,
             loaded: Vec::new(),
+            schedules: Scheduled::default(),
             t: 0,
         })
     }
@@ -429,6 +433,18 @@ impl<F: Float> GpuStepper<F> {
         self.groups.get(group).map(|g| g[index])
     }
 
+    /// Schedules hyperparameter `name` as [`crate::Stepper::set_schedule`]
+    /// does: before each step `t`, every group's value is its value now
+    /// times `schedule.factor(t)`, without recompiling.
+    pub fn set_schedule(&mut self, name: &str, schedule: schedules::Schedule) -> Result<(), Error> {
+        self.schedules.set(&self.rule, &self.groups, name, schedule)
+    }
+
+    /// Stops scheduling `name`; it keeps its last value.
+    pub fn clear_schedule(&mut self, name: &str) {
+        self.schedules.clear(&self.rule, name);
+    }
+
     /// Sets a hyperparameter in every group, for the following steps.
     pub fn set_hyper(&mut self, name: &str, value: impl Into<HyperValue>) -> Result<(), Error> {
         set_in_groups(&self.rule, &mut self.groups, None, name, value.into())
@@ -571,6 +587,7 @@ impl<F: Float> GpuStepper<F> {
             }
         }
         let present: Vec<bool> = inputs.iter().map(Option::is_some).collect();
+        self.schedules.apply(&mut self.groups, self.t + 1);
         let index = self.load_kernels(&present)?;
         let stream = self.device.stream.clone();
         // A state this specialisation's kernels use moves to the device, once.

@@ -19,6 +19,7 @@
 //! ```
 
 use crate::error::Error;
+use lensopt_ir::{HyperValue, Rule};
 use std::fmt;
 use std::sync::Arc;
 
@@ -237,6 +238,58 @@ impl Schedule {
             other => Err(bad(format!(
                 "unknown schedule `{other}`: constant, linear_warmup, cosine, warmup_cosine, wsd, step_decay or inverse_sqrt"
             ))),
+        }
+    }
+}
+
+/// The schedules attached to a stepper's hyperparameters (CPU or GPU):
+/// each with the hyperparameter's index and every group's base value.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Scheduled(Vec<(usize, Schedule, Vec<f64>)>);
+
+impl Scheduled {
+    /// Schedules `name`, its base values the groups' values now.
+    pub(crate) fn set(
+        &mut self,
+        rule: &Rule,
+        groups: &[Vec<HyperValue>],
+        name: &str,
+        schedule: Schedule,
+    ) -> Result<(), Error> {
+        let index = rule.hyper_index(name).ok_or_else(|| {
+            Error::Mismatch(format!(
+                "optimizer `{}` has no hyperparameter `{name}`",
+                rule.name
+            ))
+        })?;
+        let base = groups
+            .iter()
+            .map(|g| match g[index] {
+                HyperValue::Num(x) => Ok(x),
+                HyperValue::Bool(_) => Err(Error::Mismatch(format!(
+                    "hyperparameter `{name}` is a switch; only numbers are scheduled"
+                ))),
+            })
+            .collect::<Result<Vec<f64>, Error>>()?;
+        self.0.retain(|(i, _, _)| *i != index);
+        self.0.push((index, schedule, base));
+        Ok(())
+    }
+
+    /// Stops scheduling `name`.
+    pub(crate) fn clear(&mut self, rule: &Rule, name: &str) {
+        if let Some(index) = rule.hyper_index(name) {
+            self.0.retain(|(i, _, _)| *i != index);
+        }
+    }
+
+    /// Sets every scheduled hyperparameter of every group for step `t`.
+    pub(crate) fn apply(&self, groups: &mut [Vec<HyperValue>], t: u64) {
+        for (index, schedule, base) in &self.0 {
+            let factor = schedule.factor(t);
+            for (group, b) in groups.iter_mut().zip(base) {
+                group[*index] = HyperValue::Num(b * factor);
+            }
         }
     }
 }

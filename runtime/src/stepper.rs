@@ -11,7 +11,7 @@ use crate::error::{mismatch, Error};
 use crate::jit;
 use crate::non_finite::{self, NonFinite};
 use crate::optimizer::{resolve_groups, set_in_groups, Group};
-use crate::schedules::Schedule;
+use crate::schedules::{Schedule, Scheduled};
 use crate::tensor::{TensorMut, TensorRef};
 use crate::Float;
 use lensopt_codegen::cpu::{Program, StepBuffers, StepPlan};
@@ -77,8 +77,8 @@ pub struct Stepper<F: Float> {
     pool: Option<Arc<rayon::ThreadPool>>,
     /// The program of the last step, with its specialisation.
     program: Option<(jit::Key, Arc<Program<F>>)>,
-    /// Scheduled hyperparameters: index, schedule, each group's base value.
-    schedules: Vec<(usize, Schedule, Vec<f64>)>,
+    /// Scheduled hyperparameters.
+    schedules: Scheduled,
 }
 
 fn elements<'a, F>(
@@ -127,7 +127,7 @@ impl<F: Float> Stepper<F> {
             last_skipped: false,
             pool: None,
             program: None,
-            schedules: Vec::new(),
+            schedules: Scheduled::default(),
         })
     }
 
@@ -137,42 +137,12 @@ impl<F: Float> Stepper<F> {
     /// A schedule set again replaces the first; checkpoints hold the
     /// values of the last step, not the schedule.
     pub fn set_schedule(&mut self, name: &str, schedule: Schedule) -> Result<(), Error> {
-        let index = self.rule.hyper_index(name).ok_or_else(|| {
-            mismatch(format!(
-                "optimizer `{}` has no hyperparameter `{name}`",
-                self.rule.name
-            ))
-        })?;
-        let base = self
-            .groups
-            .iter()
-            .map(|g| match g[index] {
-                HyperValue::Num(x) => Ok(x),
-                HyperValue::Bool(_) => Err(mismatch(format!(
-                    "hyperparameter `{name}` is a switch; only numbers are scheduled"
-                ))),
-            })
-            .collect::<Result<Vec<f64>, Error>>()?;
-        self.schedules.retain(|(i, _, _)| *i != index);
-        self.schedules.push((index, schedule, base));
-        Ok(())
+        self.schedules.set(&self.rule, &self.groups, name, schedule)
     }
 
     /// Stops scheduling `name`; it keeps its last value.
     pub fn clear_schedule(&mut self, name: &str) {
-        if let Some(index) = self.rule.hyper_index(name) {
-            self.schedules.retain(|(i, _, _)| *i != index);
-        }
-    }
-
-    /// Sets every scheduled hyperparameter for step `t`.
-    fn apply_schedules(&mut self, t: u64) {
-        for (index, schedule, base) in &self.schedules {
-            let factor = schedule.factor(t);
-            for (group, b) in self.groups.iter_mut().zip(base) {
-                group[*index] = HyperValue::Num(b * factor);
-            }
-        }
+        self.schedules.clear(&self.rule, name);
     }
 
     /// Chooses how steps are computed (the JIT by default).
@@ -352,7 +322,7 @@ impl<F: Float> Stepper<F> {
                 });
             }
         }
-        self.apply_schedules(self.t + 1);
+        self.schedules.apply(&mut self.groups, self.t + 1);
         if self.backend == Backend::Interpreter || n == 0 {
             let mut tensors: Vec<StepTensor<'_, F>> = Vec::with_capacity(n);
             for ((((p, g), inputs), state), group) in params
