@@ -42,6 +42,7 @@ const TESTS: &[(&str, fn())] = &[
     ("pow_matches_the_cpu", || {}),
     ("empty_launches_are_no_launches", || {}),
     ("schedules_agree_with_the_cpu_jit", || {}),
+    ("non_finite_gradients_follow_the_policy", || {}),
 ];
 
 #[cfg(feature = "cuda")]
@@ -82,6 +83,10 @@ const TESTS: &[(&str, fn())] = &[
     (
         "schedules_agree_with_the_cpu_jit",
         on_device::schedules_agree_with_the_cpu_jit,
+    ),
+    (
+        "non_finite_gradients_follow_the_policy",
+        on_device::non_finite_gradients_follow_the_policy,
     ),
 ];
 
@@ -482,6 +487,53 @@ mod on_device {
             agree_with_the_cpu::<f32>(&dev, &opt, &sizes, 3, 1e-5, None);
             agree_with_the_cpu::<f64>(&dev, &opt, &sizes, 3, 1e-10, None);
         }
+    }
+
+    /// A NaN in a gradient: refused (naming the tensor and the element,
+    /// nothing changed), skipped and counted, or not looked for.
+    pub fn non_finite_gradients_follow_the_policy() {
+        use lensopt::NonFinite;
+        let Some(dev) = device() else { return };
+        let adam = catalog::get("adam").unwrap();
+        let sizes = [1000usize, 70_001];
+        let (host, mut grads) = sample_tensors(&sizes);
+        grads[1][40_000] = f32::NAN;
+        let mut gpu: Vec<_> = host.iter().map(|v| dev.upload(v).unwrap()).collect();
+        let g: Vec<_> = grads.iter().map(|v| dev.upload(v).unwrap()).collect();
+        let mut st = GpuStepper::new(dev.clone(), &adam, &gpu.iter().collect::<Vec<_>>()).unwrap();
+        let err = st
+            .step(
+                &mut gpu.iter_mut().collect::<Vec<_>>(),
+                &g.iter().collect::<Vec<_>>(),
+            )
+            .unwrap_err();
+        match err {
+            lensopt::Error::NonFinite {
+                what, index, step, ..
+            } => {
+                assert_eq!((what.as_str(), index, step), ("gradient 1", 40_000, 1));
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(st.t(), 0);
+        for (p, h) in gpu.iter().zip(&host) {
+            assert_eq!(&dev.download(p).unwrap(), h, "nothing changed");
+        }
+        st.set_non_finite(NonFinite::Skip);
+        st.step(
+            &mut gpu.iter_mut().collect::<Vec<_>>(),
+            &g.iter().collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!((st.t(), st.skipped(), st.last_skipped()), (0, 1, true));
+        st.set_non_finite(NonFinite::Unchecked);
+        st.step(
+            &mut gpu.iter_mut().collect::<Vec<_>>(),
+            &g.iter().collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(st.t(), 1);
+        assert!(dev.download(&gpu[1]).unwrap()[40_000].is_nan());
     }
 
     /// A learning-rate schedule on the GPU stepper, as on the CPU's.

@@ -261,3 +261,39 @@ fn element_pow_and_precision_assemble_with_ptxas() {
         }
     }
 }
+
+/// The GPU's non-finite scan: for every catalog rule, one reduction pass
+/// over the same descriptor table as the rule's own kernels, counting per
+/// tensor; its PTX assembles.
+#[test]
+fn the_non_finite_scan_shares_the_rules_table_and_assembles() {
+    let ptxas = ptxas_or_skip();
+    let dir = std::env::temp_dir().join(format!("lensopt-ptx-scan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in catalog::names() {
+        let rule = catalog::get(name).unwrap().rule();
+        let scan = lensopt::device_scan_rule(&rule).unwrap();
+        assert_eq!(
+            lensopt_codegen::ptx::descriptor_words(&scan),
+            lensopt_codegen::ptx::descriptor_words(&rule),
+            "{name}"
+        );
+        let present = vec![true; rule.inputs.len()];
+        let key = lensopt::jit::Key::for_step(&[Vec::new()], &present, lensopt::Mode::Exact);
+        let schedule = lensopt::jit::schedule(&scan, &key);
+        assert_eq!(schedule.passes.len(), 1, "{name}: one pass");
+        assert_eq!(
+            schedule.passes[0].len(),
+            1 + rule.inputs.len(),
+            "{name}: g and each input"
+        );
+        let module = lensopt_codegen::ptx::emit(&schedule, Precision::F32, "sm_80").unwrap();
+        if let Some(ptxas) = &ptxas {
+            let file = dir.join(format!("scan_{name}.ptx"));
+            std::fs::write(&file, &module.text).unwrap();
+            if let Err(e) = assemble(ptxas, "sm_90", &file) {
+                panic!("scan {name}: {e}");
+            }
+        }
+    }
+}

@@ -21,9 +21,12 @@
 //! present or absent) stays loaded, so inputs that come and go cost no
 //! recompilation. A state no loaded kernel touches stays on the host.
 //!
-//! Unlike the CPU [`crate::Stepper`], a GPU step does not scan its gradients
-//! for NaN or infinity ([`crate::NonFinite`]): that would need a device
-//! reduction and a synchronisation per step; check the loss on the host.
+//! Non-finite gradients and inputs follow the same [`NonFinite`] policy as
+//! on the CPU: before anything changes, a scan kernel
+//! ([`crate::device_scan_rule`], one reduction pass over the same table)
+//! counts the non-finite elements of each tensor; a step with any is refused
+//! (naming the tensor and the first element, read back) or skipped.
+//! `NonFinite::Unchecked` saves the scan's pass and its wait.
 
 use crate::circuit::eval::{input_words, param_words, Rows};
 use crate::error::Error;
@@ -33,6 +36,7 @@ use crate::schedules::{self, Scheduled};
 use crate::stepper::Stepper;
 use crate::tensor::{TensorMut, TensorRef};
 use crate::Float;
+use crate::NonFinite;
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
     DevicePtrMut, LaunchConfig, PinnedHostSlice, PushKernelArg,
@@ -161,6 +165,12 @@ pub struct GpuStepper<F: Float> {
     loaded: Vec<Loaded>,
     /// Scheduled hyperparameters, as on the CPU.
     schedules: Scheduled,
+    /// The non-finite policy, the scan kernels per presence of the inputs,
+    /// and the steps skipped.
+    non_finite: NonFinite,
+    scans: Vec<Loaded>,
+    skipped: u64,
+    last_skipped: bool,
     t: u64,
 }
 
@@ -240,8 +250,35 @@ impl<F: Float> GpuStepper<F> {
             slot_capacity,
             loaded: Vec::new(),
             schedules: Scheduled::default(),
+            non_finite: NonFinite::default(),
+            scans: Vec::new(),
+            skipped: 0,
+            last_skipped: false,
             t: 0,
         })
+    }
+
+    /// Chooses what a step does with non-finite gradients or inputs, as on
+    /// the CPU ([`NonFinite::Refuse`] by default): the scan is one more
+    /// reduction launch over the gradients and inputs, and a wait for its
+    /// per-block counts, before anything changes.
+    pub fn set_non_finite(&mut self, policy: NonFinite) {
+        self.non_finite = policy;
+    }
+
+    /// The non-finite policy in use.
+    pub fn non_finite(&self) -> NonFinite {
+        self.non_finite
+    }
+
+    /// Steps skipped under [`NonFinite::Skip`].
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Whether the last step was skipped.
+    pub fn last_skipped(&self) -> bool {
+        self.last_skipped
     }
 
     /// Specialisations compiled and loaded so far (each kept for reuse: an
@@ -526,6 +563,65 @@ impl<F: Float> GpuStepper<F> {
         Ok(self.loaded.len() - 1)
     }
 
+    /// The index in `scans` of the non-finite scan for `present`, loading it
+    /// if new ([`crate::device_scan_rule`]: one reduction pass over the same
+    /// descriptor table as the rule's kernels).
+    fn load_scan(&mut self, present: &[bool]) -> Result<usize, Error> {
+        let key = Key::for_step(&[Vec::new()], present, Mode::Exact);
+        if let Some(i) = self.scans.iter().position(|l| l.key == key) {
+            return Ok(i);
+        }
+        let rule = crate::device_scan_rule(&self.rule).map_err(Error::Compile)?;
+        let schedule = jit::schedule(&rule, &key);
+        let module = lensopt_codegen::ptx::emit(&schedule, F::PRECISION, DEVICE_TARGET)
+            .map_err(|e| Error::Compile(e.to_string()))?;
+        let cuda_module = load_module(&self.device, &module.text)?;
+        let element = cuda_module.load_function("element").map_err(device_error)?;
+        let passes = vec![cuda_module.load_function("reduce0").map_err(device_error)?];
+        let needed = schedule.passes.first().map_or(0, Vec::len) * self.launch.blocks();
+        if needed > 0 && self.partials.as_ref().is_none_or(|p| p.len() < needed) {
+            let buffer = self
+                .device
+                .stream
+                .alloc_zeros::<f64>(needed)
+                .map_err(device_error)?;
+            self.partials = Some(buffer);
+        }
+        let uses = vec![false; buffer_count(&schedule.rule)];
+        self.scans.push(Loaded {
+            key,
+            schedule,
+            uses,
+            _module: cuda_module,
+            element,
+            passes,
+        });
+        Ok(self.scans.len() - 1)
+    }
+
+    /// Where the first non-finite value of tensor `k` is, read back from
+    /// the device (only after the scan counted one there).
+    fn locate_non_finite(
+        &self,
+        k: usize,
+        grads: &[&CudaSlice<F>],
+        inputs: &[Option<Vec<&CudaSlice<F>>>],
+    ) -> Result<Option<(String, usize, f64)>, Error> {
+        let g = self.device.download(grads[k])?;
+        if let Some((index, value)) = crate::non_finite::first_non_finite(&g) {
+            return Ok(Some((format!("gradient {k}"), index, value)));
+        }
+        for (decl, given) in self.rule.inputs.iter().zip(inputs) {
+            if let Some(ts) = given {
+                let x = self.device.download(ts[k])?;
+                if let Some((index, value)) = crate::non_finite::first_non_finite(&x) {
+                    return Ok(Some((format!("input `{}` {k}", decl.name), index, value)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// One step: `params` are updated in place on the device from `grads`.
     pub fn step(
         &mut self,
@@ -589,6 +685,11 @@ impl<F: Float> GpuStepper<F> {
         let present: Vec<bool> = inputs.iter().map(Option::is_some).collect();
         self.schedules.apply(&mut self.groups, self.t + 1);
         let index = self.load_kernels(&present)?;
+        let scan = if self.non_finite != NonFinite::Unchecked && self.launch.blocks() > 0 {
+            Some(self.load_scan(&present)?)
+        } else {
+            None
+        };
         let stream = self.device.stream.clone();
         // A state this specialisation's kernels use moves to the device, once.
         let first_state = 2 + self.rule.inputs.len();
@@ -649,6 +750,44 @@ impl<F: Float> GpuStepper<F> {
                 .map_err(device_error)?;
             self.table_host = table;
         }
+        // The non-finite scan: before anything on the device changes.
+        self.last_skipped = false;
+        if let Some(scan) = scan {
+            let loaded = &self.scans[scan];
+            let values = vec![vec![0.0; loaded.schedule.rule.nodes.len()]; tensors];
+            let mut runner = DevicePasses {
+                loaded,
+                stream: &stream,
+                table: &self.table,
+                map: self.map.as_ref(),
+                launch: &self.launch,
+                slots: &mut self.slots,
+                staging: &mut self.staging,
+                partials: self.partials.as_mut(),
+                tensors,
+                slot_capacity: self.slot_capacity,
+            };
+            let counts = lensopt_codegen::host::PassRunner::reduce(&mut runner, 0, &values)
+                .map_err(Error::Compile)?;
+            if let Some(k) = counts.iter().position(|c| c.iter().any(|n| *n > 0.0)) {
+                drop(guards);
+                if self.non_finite == NonFinite::Skip {
+                    self.skipped += 1;
+                    self.last_skipped = true;
+                    return Ok(());
+                }
+                let (what, index, value) = self
+                    .locate_non_finite(k, grads, inputs)?
+                    .unwrap_or_else(|| (format!("gradient {k}"), 0, f64::NAN));
+                return Err(Error::NonFinite {
+                    what,
+                    index,
+                    value,
+                    step: t,
+                });
+            }
+        }
+        let loaded = &self.loaded[index];
         let facts = lensopt_codegen::host::StepFacts {
             t,
             present: &present,
