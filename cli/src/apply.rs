@@ -68,7 +68,20 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         case::Dtype::F32 => "float32",
         case::Dtype::F64 => "float64",
     };
+    // A matrix case is answered in its own nesting: rows of `cols` numbers.
+    let cols = match case.shape.as_deref() {
+        Some(&[_, c]) => Some(c),
+        _ => None,
+    };
+    let n = case.p0.len();
     drop(case);
+    let nested = |w: &mut dyn std::io::Write, v: &[f64]| -> std::io::Result<()> {
+        match cols.filter(|c| *c > 0 && v.len() == n) {
+            Some(c) => serde_json::to_writer(w, &v.chunks(c).collect::<Vec<_>>()),
+            None => serde_json::to_writer(w, v),
+        }
+        .map_err(std::io::Error::other)
+    };
     let name = opt.rule().catalog_name();
     // The keys in serde_json's order (sorted, as a `json!` object prints
     // them), written straight from the vectors: no JSON tree of them.
@@ -80,8 +93,14 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     crate::atomic::write(&args.output, |w| {
         write!(w, "{{\"dtype\":\"{dtype}\",\"optimizer\":")?;
         serde_json::to_writer(&mut *w, &name)?;
-        w.write_all(b",\"params_after\":")?;
-        serde_json::to_writer(&mut *w, &replay.params_after)?;
+        w.write_all(b",\"params_after\":[")?;
+        for (t, row) in replay.params_after.iter().enumerate() {
+            if t > 0 {
+                w.write_all(b",")?;
+            }
+            nested(&mut *w, row)?;
+        }
+        w.write_all(b"]")?;
         w.write_all(b",\"state\":{")?;
         for (k, (name, values)) in state.iter().enumerate() {
             if k > 0 {
@@ -89,7 +108,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             }
             serde_json::to_writer(&mut *w, name)?;
             w.write_all(b":")?;
-            serde_json::to_writer(&mut *w, values)?;
+            nested(&mut *w, values)?;
         }
         w.write_all(b"}}\n")
     })

@@ -1510,3 +1510,91 @@ fn compare_runs_the_regression_problem() {
         "a fitted regression, not a perfect one: R² = {r2}"
     );
 }
+
+/// A matrix case (`shape` and nested `p0`/`grads`) is replayed on a tensor
+/// of that shape and answered in the same nesting, with the numbers of the
+/// same case written flat; ragged rows and a wrong shape are refused.
+#[test]
+fn apply_takes_matrix_cases_in_their_nesting() {
+    let p0: Vec<f64> = (0..12).map(|i| (i as f64 - 5.5) / 4.0).collect();
+    let grads: Vec<Vec<f64>> = (0..3)
+        .map(|t| {
+            (0..12)
+                .map(|i| ((i * 7 + t * 3) % 11) as f64 / 10.0 - 0.5)
+                .collect()
+        })
+        .collect();
+    let rows = |v: &[f64]| v.chunks(4).map(<[f64]>::to_vec).collect::<Vec<_>>();
+    let nested = serde_json::json!({
+        "dtype": "float64", "shape": [3, 4], "p0": rows(&p0),
+        "grads": grads.iter().map(|g| rows(g)).collect::<Vec<_>>(),
+        "lensopt": {"optimizer": "adamw", "hyper": {"lr": 0.01}},
+    });
+    let flat = serde_json::json!({
+        "dtype": "float64", "p0": p0, "grads": grads,
+        "lensopt": {"optimizer": "adamw", "hyper": {"lr": 0.01}},
+    });
+    let run = |case: &serde_json::Value, name: &str| -> serde_json::Value {
+        let input = scratch(&format!("{name}.json"));
+        let output = scratch(&format!("{name}.out.json"));
+        std::fs::write(&input, case.to_string()).unwrap();
+        let out = lensopt(&[
+            "apply",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap()
+    };
+    let a = run(&nested, "matrix_case");
+    let b = run(&flat, "flat_case");
+    let after = a["params_after"].as_array().unwrap();
+    assert_eq!(after.len(), 3);
+    for (t, step) in after.iter().enumerate() {
+        let step: Vec<Vec<f64>> = serde_json::from_value(step.clone()).unwrap();
+        assert_eq!(step.len(), 3, "rows");
+        let flat_step: Vec<f64> = serde_json::from_value(b["params_after"][t].clone()).unwrap();
+        assert_eq!(step.concat(), flat_step, "step {t}");
+    }
+    assert_eq!(
+        a["state"]["m"].as_array().unwrap().len(),
+        3,
+        "states nested too"
+    );
+    // Refusals, one line each.
+    for (case, expect) in [
+        (
+            serde_json::json!({"shape": [3, 4], "p0": [[1, 2], [3]], "grads": []}),
+            "has 1 numbers, but `p0[0]` has 2",
+        ),
+        (
+            serde_json::json!({"shape": [2, 2], "p0": [1, 2, 3], "grads": [[1, 2, 3]]}),
+            "`shape` [2, 2] holds 4 elements, but `p0` has 3",
+        ),
+        (
+            serde_json::json!({"shape": [3, 1], "p0": [[1, 2, 3]], "grads": [[[1, 2, 3]]]}),
+            "has 1 rows of 3, but `shape` is [3, 1]",
+        ),
+        (
+            serde_json::json!({"p0": [1, 2], "grads": [[[1], [2]]]}),
+            "is a matrix, but `p0` is not",
+        ),
+    ] {
+        let input = scratch("bad_matrix.json");
+        std::fs::write(&input, case.to_string()).unwrap();
+        assert_usage_error(
+            &[
+                "apply",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                scratch("bad_matrix.out.json").to_str().unwrap(),
+                "--optimizer",
+                "sgd",
+            ],
+            expect,
+        );
+    }
+}

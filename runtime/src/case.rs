@@ -18,7 +18,7 @@ use crate::stepper::{Backend, Inputs};
 use crate::tensor::TensorRef;
 use crate::Float;
 use lensopt_ir::HyperValue;
-use ndarray::Array1;
+use ndarray::{ArrayD, IxDyn};
 use std::io::{self, Read};
 
 /// The most numbers a case may hold: `p0`, `grads`, `hessians`,
@@ -47,6 +47,9 @@ pub struct Case {
     pub hyper: Vec<(String, HyperValue)>,
     /// The reference's parameters after each step, when the case records them.
     pub params_after: Option<Vec<Vec<f64>>>,
+    /// The parameter's shape (`shape`, e.g. `[rows, cols]`), when the case
+    /// gives one; vectors are then nested lists, row-major, flattened here.
+    pub shape: Option<Vec<usize>>,
 }
 
 /// The element type a case runs in.
@@ -87,6 +90,10 @@ struct Parser<R> {
     scratch: Vec<u8>,
     /// Numbers stored so far, against [`MAX_ELEMENTS`].
     elements: usize,
+    /// `(rows, cols)` of the last vector read, when it was a matrix.
+    last_rows: Option<(usize, usize)>,
+    /// Every vector read: its name and its `(rows, cols)` if a matrix.
+    nestings: Vec<(String, Option<(usize, usize)>)>,
 }
 
 impl<R: Read> Parser<R> {
@@ -101,6 +108,8 @@ impl<R: Read> Parser<R> {
             column: 0,
             scratch: Vec::new(),
             elements: 0,
+            last_rows: None,
+            nestings: Vec::new(),
         }
     }
 
@@ -421,8 +430,9 @@ impl<R: Read> Parser<R> {
         }
     }
 
-    /// An array of numbers, at its first byte; `expect` is the length it
-    /// should have, if known (to allocate it once).
+    /// An array of numbers, or a matrix written as rows of numbers
+    /// (`[[...], [...]]`, flattened row-major; its `(rows, cols)` are kept
+    /// in `last_rows` for the caller to check against the case's shape).
     fn vector(&mut self, what: &str, expect: Option<usize>) -> Result<Vec<f64>, Error> {
         if self.peek()? != Some(b'[') {
             return Err(self.wrong_type(format!("`{what}` must be an array of numbers")));
@@ -434,10 +444,47 @@ impl<R: Read> Parser<R> {
             v.try_reserve_exact(n.min(room))
                 .map_err(|_| out_of_memory(what))?;
         }
+        self.last_rows = None;
+        if self.skip_ws()? == Some(b'[') {
+            let mut first = true;
+            let mut rows = 0usize;
+            let mut cols: Option<usize> = None;
+            while self.next_item(&mut first)? {
+                if self.peek()? != Some(b'[') {
+                    return Err(self.wrong_type(format!(
+                        "`{what}[{rows}]`: the entries of a matrix are rows (arrays of numbers)"
+                    )));
+                }
+                self.bump(b'[');
+                let before = v.len();
+                self.numbers(&mut v, &format!("{what}[{rows}]"))?;
+                let len = v.len() - before;
+                if cols.is_some_and(|c| c != len) {
+                    return Err(bad(format!(
+                        "`{what}[{rows}]` has {len} numbers, but `{what}[0]` has {}",
+                        cols.unwrap_or(0)
+                    )));
+                }
+                cols = Some(len);
+                rows += 1;
+            }
+            self.last_rows = Some((rows, cols.unwrap_or(0)));
+        } else {
+            self.numbers(&mut v, what)?;
+        }
+        v.shrink_to_fit();
+        Ok(v)
+    }
+
+    /// The numbers of an array whose `[` was read, appended to `v`.
+    fn numbers(&mut self, v: &mut Vec<f64>, what: &str) -> Result<(), Error> {
+        let start = v.len();
         let mut first = true;
         while self.next_item(&mut first)? {
             if !matches!(self.peek()?, Some(b'-' | b'0'..=b'9')) {
-                return Err(self.wrong_type(format!("`{what}[{}]` is not a number", v.len())));
+                return Err(
+                    self.wrong_type(format!("`{what}[{}]` is not a number", v.len() - start))
+                );
             }
             let x = self.float()?;
             self.elements += 1;
@@ -447,8 +494,7 @@ impl<R: Read> Parser<R> {
             v.try_reserve(1).map_err(|_| out_of_memory(what))?;
             v.push(x);
         }
-        v.shrink_to_fit();
-        Ok(v)
+        Ok(())
     }
 
     /// An array with one entry per step, each an array of numbers or null.
@@ -468,6 +514,7 @@ impl<R: Read> Parser<R> {
             } else {
                 let name = format!("{what}[{}]", rows.len());
                 rows.push(Some(self.vector(&name, expect)?));
+                self.nestings.push((name, self.last_rows));
             }
         }
         Ok(rows)
@@ -589,6 +636,7 @@ impl<R: Read> Parser<R> {
         let (mut first, mut seen) = (true, Vec::new());
         while let Some(key) = self.next_key(&mut first)? {
             let known = [
+                "shape",
                 "dtype",
                 "n",
                 "steps",
@@ -617,7 +665,11 @@ impl<R: Read> Parser<R> {
                     f.steps = Some(self.unsigned("steps")?);
                     f.check_declared_size()?;
                 }
-                "p0" => f.p0 = Some(self.vector("p0", f.n.map(|n| n as usize))?),
+                "p0" => {
+                    f.p0 = Some(self.vector("p0", f.n.map(|n| n as usize))?);
+                    self.nestings.push(("p0".into(), self.last_rows));
+                }
+                "shape" => f.shape = Some(self.shape()?),
                 "grads" => f.grads = Some(self.rows("grads", expect)?),
                 "hessians" => f.hessians = self.optional_rows("hessians", expect)?,
                 "hessian_grads" => f.hessian_grads = self.optional_rows("hessian_grads", expect)?,
@@ -627,7 +679,30 @@ impl<R: Read> Parser<R> {
             }
         }
         self.end_of_input()?;
+        f.nestings = std::mem::take(&mut self.nestings);
         Ok(f)
+    }
+
+    /// `shape`: an array of at most two whole numbers.
+    fn shape(&mut self) -> Result<Vec<usize>, Error> {
+        let wrong = "`shape` must be an array of one or two whole numbers, e.g. [rows, cols]";
+        if self.peek()? != Some(b'[') {
+            return Err(self.wrong_type(wrong));
+        }
+        self.bump(b'[');
+        let mut dims = Vec::new();
+        let mut first = true;
+        while self.next_item(&mut first)? {
+            if dims.len() == 2 || !matches!(self.peek()?, Some(b'0'..=b'9')) {
+                return Err(bad(wrong));
+            }
+            let d = self.unsigned("shape")?;
+            dims.push(usize::try_from(d).map_err(|_| too_large())?);
+        }
+        if dims.is_empty() {
+            return Err(bad(wrong));
+        }
+        Ok(dims)
     }
 
     fn end_of_input(&mut self) -> Result<(), Error> {
@@ -657,6 +732,8 @@ struct Fields {
     hessian_grads: Option<Vec<Option<Vec<f64>>>>,
     params_after: Option<Vec<Option<Vec<f64>>>>,
     meta: Meta,
+    shape: Option<Vec<usize>>,
+    nestings: Vec<(String, Option<(usize, usize)>)>,
 }
 
 impl Fields {
@@ -690,6 +767,54 @@ fn check_rows(
     }
     check_lengths(&rows, what, n)?;
     Ok(rows)
+}
+
+/// The case's shape: as declared (its size must be `n`), or the rows and
+/// columns of a `p0` written as a matrix. Every vector written as a matrix
+/// must have the shape's rows and columns (a flat vector of the right
+/// length is accepted too).
+fn check_shape(
+    declared: Option<Vec<usize>>,
+    nestings: &[(String, Option<(usize, usize)>)],
+    n: usize,
+) -> Result<Option<Vec<usize>>, Error> {
+    let p0 = nestings
+        .iter()
+        .find(|(w, _)| w == "p0")
+        .and_then(|(_, r)| *r);
+    let shape = match (declared, p0) {
+        (Some(s), _) => Some(s),
+        (None, Some((r, c))) => Some(vec![r, c]),
+        (None, None) => None,
+    };
+    let Some(shape) = shape else {
+        if let Some((what, _)) = nestings.iter().find(|(_, r)| r.is_some()) {
+            return Err(bad(format!(
+                "`{what}` is a matrix, but `p0` is not and there is no `shape`"
+            )));
+        }
+        return Ok(None);
+    };
+    let size = shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d));
+    if size != Some(n) {
+        return Err(bad(format!(
+            "`shape` {shape:?} holds {} elements, but `p0` has {n}",
+            size.map_or_else(|| "too many".to_string(), |s| s.to_string())
+        )));
+    }
+    let want = (shape.len() == 2).then(|| (shape[0], shape[1]));
+    for (what, rows) in nestings {
+        match (rows, want) {
+            (None, _) => {}
+            (Some(r), Some(w)) if *r == w => {}
+            (Some((r, c)), _) => {
+                return Err(bad(format!(
+                    "`{what}` has {r} rows of {c}, but `shape` is {shape:?}"
+                )))
+            }
+        }
+    }
+    Ok(Some(shape))
 }
 
 fn check_lengths(rows: &[Option<Vec<f64>>], what: &str, n: usize) -> Result<(), Error> {
@@ -745,7 +870,9 @@ impl Case {
             ),
             None => None,
         };
+        let shape = check_shape(f.shape, &f.nestings, n)?;
         Ok(Case {
+            shape,
             dtype: f.dtype.unwrap_or(Dtype::F64),
             p0,
             grads,
@@ -795,20 +922,22 @@ pub fn run_with(case: &Case, opt: &DynOptimizer, backend: Backend) -> Result<Rep
     }
 }
 
-fn array<F: Float>(v: &[f64]) -> Array1<F> {
-    v.iter().map(|&x| F::from_f64(x)).collect()
-}
-
 fn run_typed<F: Float>(case: &Case, opt: &DynOptimizer, backend: Backend) -> Result<Replay, Error> {
+    // Tensors take the case's shape (a matrix stays a matrix for the rule).
+    let dims = case.shape.clone().unwrap_or_else(|| vec![case.p0.len()]);
+    let array = |v: &[f64]| -> Result<ArrayD<F>, Error> {
+        ArrayD::from_shape_vec(IxDyn(&dims), v.iter().map(|&x| F::from_f64(x)).collect())
+            .map_err(|e| bad(format!("the case's shape: {e}")))
+    };
     let rule = opt.rule();
-    let mut p: Array1<F> = array(&case.p0);
+    let mut p: ArrayD<F> = array(&case.p0)?;
     let mut stepper = opt.init::<F>(&[&p])?;
     stepper.set_backend(backend);
     let mut params_after = Vec::with_capacity(case.grads.len());
     for t in 0..case.grads.len() {
-        let g: Array1<F> = array(&case.grads[t]);
-        let h: Option<Array1<F>> = case.hessians[t].as_deref().map(array);
-        let ghat: Option<Array1<F>> = case.hessian_grads[t].as_deref().map(array);
+        let g: ArrayD<F> = array(&case.grads[t])?;
+        let h: Option<ArrayD<F>> = case.hessians[t].as_deref().map(array).transpose()?;
+        let ghat: Option<ArrayD<F>> = case.hessian_grads[t].as_deref().map(array).transpose()?;
         let mut inputs = Inputs::new();
         if let (Some(h), Some(_)) = (&h, rule.input_index("h")) {
             inputs = inputs.with("h", vec![h as &dyn TensorRef<F>]);
