@@ -128,6 +128,40 @@ pub(crate) fn scan<F: Float>(
     None
 }
 
+/// The rule a GPU step runs to scan its gradients and extra inputs before
+/// anything changes: one reduction pass counting, per tensor, the elements
+/// of `g` and of each input that are not finite (`x - x == 0` fails for NaN
+/// and ±infinity). It has `rule`'s inputs and states (same kinds), so its
+/// kernels read the same descriptor table as `rule`'s; its parameter output
+/// `p + min(count, 0)` keeps the pass alive under exact rewrites, and only
+/// the reduction kernel is ever launched.
+pub fn device_scan_rule(rule: &lensopt_ir::Rule) -> Result<lensopt_ir::Rule, String> {
+    use lensopt_ir::builder::RuleBuilder;
+    use lensopt_ir::{BinOp, Op, ReduceOp, Scope, UnOp};
+    let mut b = RuleBuilder::new(&format!("{}NonFiniteScan", rule.name));
+    let mut leaves = vec![b.grad()];
+    for input in &rule.inputs {
+        leaves.push(b.input(&input.name, input.optional));
+    }
+    let zero = b.constant(0.0);
+    let mut states = Vec::new();
+    for s in &rule.states {
+        states.push(b.state(&s.name, s.kind, zero)?);
+    }
+    let mut count = zero;
+    for x in leaves {
+        let diff = b.op(Op::Binary(BinOp::Sub, x, x))?;
+        let finite = b.op(Op::Binary(BinOp::Eq, diff, zero))?;
+        let not_finite = b.op(Op::Unary(UnOp::Not, finite))?;
+        let here = b.op(Op::Reduce(ReduceOp::Count, Scope::Tensor, not_finite))?;
+        count = b.op(Op::Binary(BinOp::Add, count, here))?;
+    }
+    let p = b.param();
+    let none = b.op(Op::Binary(BinOp::Min, count, zero))?;
+    let p_out = b.op(Op::Binary(BinOp::Add, p, none))?;
+    b.finish(p_out, &states)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,38 +198,4 @@ mod tests {
         assert_eq!(NonFinite::parse("unchecked"), Some(NonFinite::Unchecked));
         assert_eq!(NonFinite::parse("ignore"), None);
     }
-}
-
-/// The rule a GPU step runs to scan its gradients and extra inputs before
-/// anything changes: one reduction pass counting, per tensor, the elements
-/// of `g` and of each input that are not finite (`x - x == 0` fails for NaN
-/// and ±infinity). It has `rule`'s inputs and states (same kinds), so its
-/// kernels read the same descriptor table as `rule`'s; its parameter output
-/// `p + min(count, 0)` keeps the pass alive under exact rewrites, and only
-/// the reduction kernel is ever launched.
-pub fn device_scan_rule(rule: &lensopt_ir::Rule) -> Result<lensopt_ir::Rule, String> {
-    use lensopt_ir::builder::RuleBuilder;
-    use lensopt_ir::{BinOp, Op, ReduceOp, Scope, UnOp};
-    let mut b = RuleBuilder::new(&format!("{}NonFiniteScan", rule.name));
-    let mut leaves = vec![b.grad()];
-    for input in &rule.inputs {
-        leaves.push(b.input(&input.name, input.optional));
-    }
-    let zero = b.constant(0.0);
-    let mut states = Vec::new();
-    for s in &rule.states {
-        states.push(b.state(&s.name, s.kind, zero)?);
-    }
-    let mut count = zero;
-    for x in leaves {
-        let diff = b.op(Op::Binary(BinOp::Sub, x, x))?;
-        let finite = b.op(Op::Binary(BinOp::Eq, diff, zero))?;
-        let not_finite = b.op(Op::Unary(UnOp::Not, finite))?;
-        let here = b.op(Op::Reduce(ReduceOp::Count, Scope::Tensor, not_finite))?;
-        count = b.op(Op::Binary(BinOp::Add, count, here))?;
-    }
-    let p = b.param();
-    let none = b.op(Op::Binary(BinOp::Min, count, zero))?;
-    let p_out = b.op(Op::Binary(BinOp::Add, p, none))?;
-    b.finish(p_out, &states)
 }
