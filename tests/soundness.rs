@@ -418,3 +418,47 @@ fn circuit_buffers_too_large_to_exist_are_an_error() {
     assert!(Machine::new(&c, usize::MAX).is_err());
     assert!(Machine::new(&c, 1 << 61).is_err());
 }
+
+/// The case parser (flat and matrix cases) gets 20,000 byte-level mutants
+/// of valid cases: every one is a case or an error, never a panic.
+#[test]
+fn case_parser_never_panics_on_mutated_cases() {
+    let seeds = [
+        r#"{"dtype": "float32", "shape": [2, 3], "p0": [[1, 2, 3], [4, 5, 6]], "grads": [[[0.5, -1, 2e-3], [1, 1, 1]]], "params_after": [[[1, 2, 3], [4, 5, 6]]], "lensopt": {"optimizer": "adam", "hyper": {"lr": 0.1, "amsgrad": true}}}"#,
+        r#"{"n": 3, "steps": 2, "p0": [1, -2.5, 3e10], "grads": [[1, 2, 3], [0, 0, 0]], "hessians": [null, [1, 2, 3]], "lensopt": null}"#,
+    ];
+    let alphabet: &[u8] = b"[]{},:\"-0123456789.eE naflsetru";
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut ok, mut refused) = (0, 0);
+    for k in 0..20_000 {
+        let mut text: Vec<u8> = seeds[k % seeds.len()].as_bytes().to_vec();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % (text.len() as u64 + 1)) as usize;
+            let byte = alphabet[(next() % alphabet.len() as u64) as usize];
+            match next() % 3 {
+                0 if at < text.len() => {
+                    text.remove(at);
+                }
+                1 if at < text.len() => text[at] = byte,
+                _ => text.insert(at, byte),
+            }
+        }
+        let text = String::from_utf8_lossy(&text).into_owned();
+        let result = std::panic::catch_unwind(|| lensopt::case::Case::from_json(&text));
+        match result {
+            Ok(Ok(_)) => ok += 1,
+            Ok(Err(_)) => refused += 1,
+            Err(_) => panic!("the case parser panicked on:\n{text}"),
+        }
+    }
+    assert!(
+        ok > 100 && refused > 10_000,
+        "{ok} parsed, {refused} refused"
+    );
+}
