@@ -161,3 +161,56 @@ fn walk(functions: &[FunctionDecl], visible: usize, e: &Expr, out: &mut Vec<(usi
         }
     }
 }
+
+/// The names `decl` calls (or chains) that are neither built-ins nor its
+/// own functions: those the prelude may define.
+pub fn unknown_calls(decl: &RuleDecl) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let known = |name: &str| {
+        builtins::lookup(name).is_some()
+            || name == "chain"
+            || decl.functions.iter().any(|f| f.name.text == name)
+    };
+    let mut exprs: Vec<&Expr> = Vec::new();
+    if let Some(block) = &decl.update {
+        exprs.extend(block.stmts.iter().map(|s| match s {
+            Stmt::Let(_, e) | Stmt::Assign(_, e, _) => e,
+        }));
+    }
+    exprs.extend(decl.view.iter());
+    exprs.extend(decl.states.iter().map(|s| &s.init));
+    for f in &decl.functions {
+        exprs.extend(f.stmts.iter().map(|s| match s {
+            Stmt::Let(_, e) | Stmt::Assign(_, e, _) => e,
+        }));
+        exprs.push(&f.result);
+        exprs.extend(f.states.iter().map(|s| &s.init));
+    }
+    // An explicit stack: expressions nest at most as deep as the parser allows.
+    while let Some(e) = exprs.pop() {
+        match &e.kind {
+            ExprKind::Num(_) | ExprKind::Bool(_) | ExprKind::Var(_) => {}
+            ExprKind::Unary(_, a) => exprs.push(a),
+            ExprKind::Binary(_, a, b) => {
+                exprs.push(a);
+                exprs.push(b);
+            }
+            ExprKind::Call(name, args) => {
+                if !known(name) && !out.contains(name) {
+                    out.push(name.clone());
+                }
+                if name == "chain" {
+                    for a in args.iter().skip(1) {
+                        if let ExprKind::Var(step) = &a.kind {
+                            if !known(step) && !out.contains(step) {
+                                out.push(step.clone());
+                            }
+                        }
+                    }
+                }
+                exprs.extend(args.iter());
+            }
+        }
+    }
+    out
+}

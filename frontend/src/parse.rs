@@ -40,9 +40,14 @@ pub const MAX_DEPTH: u32 = 256;
 pub fn parse_tokens(tokens: TokenStream) -> syn::Result<RuleDecl> {
     check_bracket_depth(&tokens)?;
     let mut decl = syn::parse2::<RuleDecl>(tokens)?;
-    let mut functions = crate::prelude::functions();
-    functions.append(&mut decl.functions);
-    decl.functions = functions;
+    // Only the prelude items the rule may call are parsed (parsing all of
+    // it costs more than a small rule).
+    let wanted = crate::expand::unknown_calls(&decl);
+    if !wanted.is_empty() {
+        let mut functions = crate::prelude::functions_for(&wanted);
+        functions.append(&mut decl.functions);
+        decl.functions = functions;
+    }
     crate::expand::declare_transforms(&mut decl)?;
     Ok(decl)
 }
