@@ -12,11 +12,21 @@
 fn main() -> std::process::ExitCode {
     use lensopt::catalog;
     use lensopt::cuda::{Device, GpuStepper};
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse().expect("N: a number of elements"))
-        .unwrap_or((1 << 31) + 7);
-    let dev = std::sync::Arc::new(Device::new(0).expect("a CUDA device"));
+    let n: usize = match std::env::args().nth(1).map(|a| a.parse()) {
+        None => (1 << 31) + 7,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => {
+            eprintln!("gpu_large_step: N must be a positive number of elements");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let dev = match Device::new(0) {
+        Ok(d) => std::sync::Arc::new(d),
+        Err(e) => {
+            eprintln!("gpu_large_step: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     // p[i] = i mod 1024 and g[i] = 1 exactly representable; SGD with lr 0.5
     // gives p[i] - 0.5, exactly.
     let p0: Vec<f32> = (0..n).map(|i| (i % 1024) as f32).collect();
