@@ -10,8 +10,7 @@
 
 #[cfg(feature = "cuda")]
 fn main() -> std::process::ExitCode {
-    use lensopt::catalog;
-    use lensopt::cuda::{Device, GpuStepper};
+    use lensopt::cuda::Device;
     let n: usize = match std::env::args().nth(1).map(|a| a.parse()) {
         None => (1 << 31) + 7,
         Some(Ok(n)) if n > 0 => n,
@@ -27,19 +26,38 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    match step_and_check(&dev, n) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("gpu_large_step: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// One SGD step over `n` elements; true when every element is right.
+#[cfg(feature = "cuda")]
+fn step_and_check(
+    dev: &std::sync::Arc<lensopt::cuda::Device>,
+    n: usize,
+) -> Result<bool, lensopt::Error> {
+    use lensopt::cuda::GpuStepper;
     // p[i] = i mod 1024 and g[i] = 1 exactly representable; SGD with lr 0.5
     // gives p[i] - 0.5, exactly.
     let p0: Vec<f32> = (0..n).map(|i| (i % 1024) as f32).collect();
-    let mut p = dev.upload(&p0).expect("upload p");
+    let mut p = dev.upload(&p0)?;
     drop(p0);
-    let g = dev.upload(&vec![1f32; n]).expect("upload g");
-    let sgd = catalog::get("sgd").unwrap().with("lr", 0.5).unwrap();
-    let mut st = GpuStepper::new(dev.clone(), &sgd, &[&p]).expect("stepper");
+    let g = dev.upload(&vec![1f32; n])?;
+    let sgd = lensopt::catalog::get("sgd")
+        .ok_or_else(|| lensopt::Error::Mismatch("no sgd in the catalog".into()))?
+        .with("lr", 0.5)?;
+    let mut st = GpuStepper::new(dev.clone(), &sgd, &[&p])?;
     let start = std::time::Instant::now();
-    st.step(&mut [&mut p], &[&g]).expect("step");
-    dev.synchronize().expect("step finished");
+    st.step(&mut [&mut p], &[&g])?;
+    dev.synchronize()?;
     let seconds = start.elapsed().as_secs_f64();
-    let after = dev.download(&p).expect("download p");
+    let after = dev.download(&p)?;
     let wrong = after
         .iter()
         .enumerate()
@@ -50,11 +68,7 @@ fn main() -> std::process::ExitCode {
         after.len(),
         st.blocks()
     );
-    if wrong == 0 && after.len() == n {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    }
+    Ok(wrong == 0 && after.len() == n)
 }
 
 #[cfg(not(feature = "cuda"))]
