@@ -159,32 +159,39 @@ fn draw<DB: DrawingBackend>(
     Ok(())
 }
 
+/// Writes a plot to `path` (atomically): `png` draws it on a bitmap for a
+/// `.png` path, `svg` on an SVG string otherwise (plotters' backends are
+/// distinct types, so a chart is drawn by one function per backend).
+fn write_plot(
+    path: &Path,
+    png: impl FnOnce(DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String>,
+    svg: impl FnOnce(DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), String>,
+) -> Result<(), Failure> {
+    register_font()?;
+    if path.extension().is_some_and(|x| x == "png") {
+        // The PNG backend writes to a path (on `present`), named with `.png`.
+        crate::atomic::write_with_path(path, |tmp| {
+            png(BitMapBackend::new(tmp, SIZE).into_drawing_area())
+        })
+    } else {
+        let mut text = String::new();
+        svg(SVGBackend::with_string(&mut text, SIZE).into_drawing_area())
+            .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
+        crate::atomic::write_bytes(path, text.as_bytes())
+    }
+}
+
 /// Writes the loss curves to `path` (atomically): PNG for `.png`, SVG otherwise.
 pub fn loss_curves(
     path: &Path,
     title: &str,
     curves: &[(String, Vec<Vec<f64>>)],
 ) -> Result<(), Failure> {
-    register_font()?;
-    if path.extension().is_some_and(|x| x == "png") {
-        // The PNG backend writes to a path (on `present`), named with `.png`.
-        crate::atomic::write_with_path(path, |tmp| {
-            draw(
-                BitMapBackend::new(tmp, SIZE).into_drawing_area(),
-                title,
-                curves,
-            )
-        })
-    } else {
-        let mut svg = String::new();
-        draw(
-            SVGBackend::with_string(&mut svg, SIZE).into_drawing_area(),
-            title,
-            curves,
-        )
-        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
-        crate::atomic::write_bytes(path, svg.as_bytes())
-    }
+    write_plot(
+        path,
+        |area| draw(area, title, curves),
+        |area| draw(area, title, curves),
+    )
 }
 
 /// One optimizer's tuning: (hyperparameter value, validation loss) pairs.
@@ -272,25 +279,9 @@ fn draw_sweeps<DB: DrawingBackend>(
 /// line per optimizer, log-log (atomically): PNG for `.png`, SVG otherwise.
 /// A diverged value (non-finite loss) leaves no point.
 pub fn sweeps(path: &Path, title: &str, x_desc: &str, sweeps: &[Sweep]) -> Result<(), Failure> {
-    register_font()?;
-    if path.extension().is_some_and(|x| x == "png") {
-        crate::atomic::write_with_path(path, |tmp| {
-            draw_sweeps(
-                BitMapBackend::new(tmp, SIZE).into_drawing_area(),
-                title,
-                x_desc,
-                sweeps,
-            )
-        })
-    } else {
-        let mut svg = String::new();
-        draw_sweeps(
-            SVGBackend::with_string(&mut svg, SIZE).into_drawing_area(),
-            title,
-            x_desc,
-            sweeps,
-        )
-        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
-        crate::atomic::write_bytes(path, svg.as_bytes())
-    }
+    write_plot(
+        path,
+        |area| draw_sweeps(area, title, x_desc, sweeps),
+        |area| draw_sweeps(area, title, x_desc, sweeps),
+    )
 }

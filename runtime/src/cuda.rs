@@ -149,18 +149,10 @@ pub struct GpuStepper<F: Float> {
     /// Element states per tensor (`None` for scalar states).
     states: Vec<Vec<Option<ElementState<F>>>>,
     scalar_states: Vec<Vec<f64>>,
-    /// The block-to-tensor map, on the host and on the device (fixed: the
-    /// tensors' lengths do not change).
-    launch: LaunchMap,
-    map: Option<CudaSlice<u64>>,
-    /// The descriptor table last uploaded, and its device copy.
+    /// What every launch reads and writes besides the tensors.
+    buffers: LaunchBuffers<F>,
+    /// The descriptor table last uploaded (its device copy is in `buffers`).
     table_host: Vec<u64>,
-    table: CudaSlice<u64>,
-    slots: CudaSlice<F>,
-    staging: Staging<F>,
-    /// Per-block reduction partials, allocated for the widest pass loaded.
-    partials: Option<CudaSlice<f64>>,
-    slot_capacity: usize,
     /// Every specialisation used so far (at most [`MAX_LOADED`]).
     loaded: Vec<Loaded>,
     /// Scheduled hyperparameters, as on the CPU.
@@ -240,14 +232,16 @@ impl<F: Float> GpuStepper<F> {
             lens,
             states,
             scalar_states,
-            launch,
-            map,
+            buffers: LaunchBuffers {
+                launch,
+                map,
+                table,
+                slots,
+                staging,
+                partials: None,
+                slot_capacity,
+            },
             table_host: Vec::new(),
-            table,
-            slots,
-            staging,
-            partials: None,
-            slot_capacity,
             loaded: Vec::new(),
             schedules: Scheduled::default(),
             non_finite: NonFinite::default(),
@@ -289,7 +283,7 @@ impl<F: Float> GpuStepper<F> {
 
     /// Blocks per launch: one per [`lensopt_codegen::ptx::CHUNK`] elements of each tensor.
     pub fn blocks(&self) -> usize {
-        self.launch.blocks()
+        self.buffers.launch.blocks()
     }
 
     /// Steps taken.
@@ -513,10 +507,10 @@ impl<F: Float> GpuStepper<F> {
         }
         // One schedule for the kernels and for the host's scalars and slots.
         let schedule = jit::schedule(&self.rule, &key);
-        if schedule.slots.len() > self.slot_capacity {
+        if schedule.slots.len() > self.buffers.slot_capacity {
             return Err(Error::Compile(format!(
                 "more than {} scalar slots",
-                self.slot_capacity
+                self.buffers.slot_capacity
             )));
         }
         let module = lensopt_codegen::ptx::emit(&schedule, F::PRECISION, DEVICE_TARGET)
@@ -530,17 +524,7 @@ impl<F: Float> GpuStepper<F> {
                     .map_err(device_error)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // Partials for the widest pass: one f64 per block and reduction.
-        let widest = schedule.passes.iter().map(Vec::len).max().unwrap_or(0);
-        let needed = widest * self.launch.blocks();
-        if needed > 0 && self.partials.as_ref().is_none_or(|p| p.len() < needed) {
-            let buffer = self
-                .device
-                .stream
-                .alloc_zeros::<f64>(needed)
-                .map_err(device_error)?;
-            self.partials = Some(buffer);
-        }
+        self.buffers.fit_partials(&self.device, &schedule)?;
         let mut uses = vec![false; buffer_count(&schedule.rule)];
         for b in schedule
             .buffers_read()
@@ -578,15 +562,7 @@ impl<F: Float> GpuStepper<F> {
         let cuda_module = load_module(&self.device, &module.text)?;
         let element = cuda_module.load_function("element").map_err(device_error)?;
         let passes = vec![cuda_module.load_function("reduce0").map_err(device_error)?];
-        let needed = schedule.passes.first().map_or(0, Vec::len) * self.launch.blocks();
-        if needed > 0 && self.partials.as_ref().is_none_or(|p| p.len() < needed) {
-            let buffer = self
-                .device
-                .stream
-                .alloc_zeros::<f64>(needed)
-                .map_err(device_error)?;
-            self.partials = Some(buffer);
-        }
+        self.buffers.fit_partials(&self.device, &schedule)?;
         let uses = vec![false; buffer_count(&schedule.rule)];
         self.scans.push(Loaded {
             key,
@@ -685,7 +661,7 @@ impl<F: Float> GpuStepper<F> {
         let present: Vec<bool> = inputs.iter().map(Option::is_some).collect();
         self.schedules.apply(&mut self.groups, self.t + 1);
         let index = self.load_kernels(&present)?;
-        let scan = if self.non_finite != NonFinite::Unchecked && self.launch.blocks() > 0 {
+        let scan = if self.non_finite != NonFinite::Unchecked && self.buffers.launch.blocks() > 0 {
             Some(self.load_scan(&present)?)
         } else {
             None
@@ -715,11 +691,12 @@ impl<F: Float> GpuStepper<F> {
         let words = descriptor_words(rule);
         let mut table = vec![0u64; tensors * words];
         let mut guards = Vec::new();
-        let (slots_base, _) = self.slots.device_ptr(&stream);
+        let (slots_base, _) = self.buffers.slots.device_ptr(&stream);
+        let slot_capacity = self.buffers.slot_capacity;
         for (k, p) in params.iter_mut().enumerate() {
             let row = &mut table[k * words..(k + 1) * words];
             row[0] = self.lens[k] as u64;
-            row[1] = slots_base + (k * self.slot_capacity * F::BYTES) as u64;
+            row[1] = slots_base + (k * slot_capacity * F::BYTES) as u64;
             let (pointer, guard) = p.device_ptr_mut(&stream);
             row[2] = pointer;
             guards.push(guard);
@@ -746,7 +723,7 @@ impl<F: Float> GpuStepper<F> {
         // The table stays on the device while the buffers stay the same.
         if tensors > 0 && table != self.table_host {
             stream
-                .memcpy_htod(&table, &mut self.table)
+                .memcpy_htod(&table, &mut self.buffers.table)
                 .map_err(device_error)?;
             self.table_host = table;
         }
@@ -758,14 +735,8 @@ impl<F: Float> GpuStepper<F> {
             let mut runner = DevicePasses {
                 loaded,
                 stream: &stream,
-                table: &self.table,
-                map: self.map.as_ref(),
-                launch: &self.launch,
-                slots: &mut self.slots,
-                staging: &mut self.staging,
-                partials: self.partials.as_mut(),
+                buffers: &mut self.buffers,
                 tensors,
-                slot_capacity: self.slot_capacity,
             };
             let counts = lensopt_codegen::host::PassRunner::reduce(&mut runner, 0, &values)
                 .map_err(Error::Compile)?;
@@ -798,14 +769,8 @@ impl<F: Float> GpuStepper<F> {
         let mut runner = DevicePasses {
             loaded,
             stream: &stream,
-            table: &self.table,
-            map: self.map.as_ref(),
-            launch: &self.launch,
-            slots: &mut self.slots,
-            staging: &mut self.staging,
-            partials: self.partials.as_mut(),
+            buffers: &mut self.buffers,
             tensors,
-            slot_capacity: self.slot_capacity,
         };
         // Device failures come back as the driver's strings ("CUDA: ..."),
         // reported as the compile-or-launch errors they are.
@@ -925,15 +890,40 @@ fn driver_log(device: &Device, text: &str) -> Option<String> {
 struct DevicePasses<'a, F> {
     loaded: &'a Loaded,
     stream: &'a Arc<CudaStream>,
-    table: &'a CudaSlice<u64>,
-    /// `None` when the tensors hold no element (nothing to launch).
-    map: Option<&'a CudaSlice<u64>>,
-    launch: &'a LaunchMap,
-    slots: &'a mut CudaSlice<F>,
-    staging: &'a mut Staging<F>,
-    partials: Option<&'a mut CudaSlice<f64>>,
+    buffers: &'a mut LaunchBuffers<F>,
     tensors: usize,
+}
+
+/// What every launch of a stepper reads and writes besides the tensors:
+/// the block-to-tensor map (on the host, and on the device unless no tensor
+/// holds an element; fixed, as the tensors' lengths are), the descriptor
+/// table, the scalar slots and their page-locked staging, and the per-block
+/// reduction partials (sized for the widest pass loaded).
+struct LaunchBuffers<F> {
+    launch: LaunchMap,
+    map: Option<CudaSlice<u64>>,
+    table: CudaSlice<u64>,
+    slots: CudaSlice<F>,
+    staging: Staging<F>,
+    partials: Option<CudaSlice<f64>>,
     slot_capacity: usize,
+}
+
+impl<F> LaunchBuffers<F> {
+    /// Grows the partials to one f64 per block and reduction of
+    /// `schedule`'s widest pass.
+    fn fit_partials(&mut self, device: &Device, schedule: &Schedule) -> Result<(), Error> {
+        let widest = schedule.passes.iter().map(Vec::len).max().unwrap_or(0);
+        let needed = widest * self.launch.blocks();
+        if needed > 0 && self.partials.as_ref().is_none_or(|p| p.len() < needed) {
+            let buffer = device
+                .stream
+                .alloc_zeros::<f64>(needed)
+                .map_err(device_error)?;
+            self.partials = Some(buffer);
+        }
+        Ok(())
+    }
 }
 
 impl<F: Float> DevicePasses<'_, F> {
@@ -948,9 +938,11 @@ impl<F: Float> DevicePasses<'_, F> {
         if slots.is_empty() || self.tensors == 0 {
             return Ok(());
         }
-        let (tensors, capacity) = (self.tensors, self.slot_capacity);
-        self.staging
-            .upload(self.stream, self.slots, |host| {
+        let (tensors, capacity) = (self.tensors, self.buffers.slot_capacity);
+        let buffers = &mut *self.buffers;
+        buffers
+            .staging
+            .upload(self.stream, &mut buffers.slots, |host| {
                 for k in 0..tensors {
                     let v = values[value_of(k)];
                     for (j, id) in slots.iter().enumerate() {
@@ -963,7 +955,7 @@ impl<F: Float> DevicePasses<'_, F> {
 
     fn config(&self) -> LaunchConfig {
         LaunchConfig {
-            grid_dim: (self.launch.blocks() as u32, 1, 1),
+            grid_dim: (self.buffers.launch.blocks() as u32, 1, 1),
             block_dim: (BLOCK as u32, 1, 1),
             shared_mem_bytes: 0,
         }
@@ -975,16 +967,25 @@ impl<F: Float> lensopt_codegen::host::PassRunner for DevicePasses<'_, F> {
         let reductions = &self.loaded.schedule.passes[pass];
         let count = reductions.len();
         let mut per_tensor = vec![vec![0.0; count]; self.tensors];
-        let (Some(map), Some(_)) = (self.map, self.partials.as_ref()) else {
+        if self.buffers.map.is_none() || self.buffers.partials.is_none() {
             // No elements anywhere: every partial is its identity, 0.
             return Ok(per_tensor);
         };
         let views: Vec<&[f64]> = values.iter().map(Vec::as_slice).collect();
         self.upload_slots(&views, |k| k)?;
         let cfg = self.config();
-        let partials = self.partials.as_deref_mut().expect("checked above");
+        let LaunchBuffers {
+            map: Some(map),
+            partials: Some(partials),
+            table,
+            launch: blocks,
+            ..
+        } = &mut *self.buffers
+        else {
+            return Ok(per_tensor);
+        };
         let mut launch = self.stream.launch_builder(&self.loaded.passes[pass]);
-        launch.arg(self.table).arg(map).arg(&mut *partials);
+        launch.arg(&*table).arg(&*map).arg(&mut *partials);
         // SAFETY: one block per map entry; each reads its entry, its
         // tensor's row of the descriptor table just uploaded (every pointer
         // a live device buffer of the row's length, or 0 for a buffer this
@@ -993,7 +994,7 @@ impl<F: Float> lensopt_codegen::host::PassRunner for DevicePasses<'_, F> {
         // count`, within the buffer sized for the widest pass.
         unsafe { launch.launch(cfg) }.map_err(|e| device_error(e).to_string())?;
         // Only the partials this launch wrote: (block, reduction).
-        let used = self.launch.blocks() * count;
+        let used = blocks.blocks() * count;
         let mut host = vec![0f64; used];
         self.stream
             .memcpy_dtoh(&partials.slice(..used), &mut host)
@@ -1004,7 +1005,7 @@ impl<F: Float> lensopt_codegen::host::PassRunner for DevicePasses<'_, F> {
                 continue;
             };
             for (k, out) in per_tensor.iter_mut().enumerate() {
-                out[r] = self.launch.blocks_of(k).fold(0.0, |acc, b| {
+                out[r] = blocks.blocks_of(k).fold(0.0, |acc, b| {
                     lensopt_codegen::host::combine_partials(op, acc, host[b * count + r])
                 });
             }
@@ -1013,13 +1014,21 @@ impl<F: Float> lensopt_codegen::host::PassRunner for DevicePasses<'_, F> {
     }
 
     fn element(&mut self, values: &[&[f64]], value_of: &[usize]) -> Result<(), String> {
-        let Some(map) = self.map else {
+        if self.buffers.map.is_none() {
             return Ok(());
-        };
+        }
         self.upload_slots(values, |k| value_of[k])?;
         let cfg = self.config();
+        let LaunchBuffers {
+            map: Some(map),
+            table,
+            ..
+        } = &*self.buffers
+        else {
+            return Ok(());
+        };
         let mut launch = self.stream.launch_builder(&self.loaded.element);
-        launch.arg(self.table).arg(map);
+        launch.arg(table).arg(map);
         // SAFETY: as for the reductions; the element kernel writes p and the
         // states through the table's pointers, each within its chunk of its
         // row's length.

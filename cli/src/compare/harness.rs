@@ -123,12 +123,12 @@ pub(super) fn run_all(
     args: &Args,
     steps: usize,
     policy: NonFinite,
+    schedule: Option<&lensopt::schedules::Schedule>,
     optimizers: &[(String, DynOptimizer)],
     checkpoints: Option<&Path>,
     data: Option<&Supervised>,
 ) -> Result<Vec<(String, Vec<Run>)>, Failure> {
     let problem = args.problem.as_str();
-    let schedule = super::schedule(args, steps)?;
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:>22} {bar:30} {pos}/{len} steps {msg}")
         .map_err(|e| Failure::usage(e.to_string()))?;
@@ -155,7 +155,7 @@ pub(super) fn run_all(
                 steps,
                 seed,
                 policy,
-                schedule: schedule.clone(),
+                schedule: schedule.cloned(),
                 saving: Saving {
                     path: checkpoints
                         .map(|d| d.join(format!("{}-seed{seed}.safetensors", file_label(label)))),
@@ -164,9 +164,7 @@ pub(super) fn run_all(
                     config: format!(
                         "problem={problem} seed={seed} {}{}",
                         hypers.join(" "),
-                        schedule
-                            .as_ref()
-                            .map_or_else(String::new, |s| format!(" schedule={}", s.name()))
+                        schedule.map_or_else(String::new, |s| format!(" schedule={}", s.name()))
                     ),
                     hypers: configured.clone(),
                 },

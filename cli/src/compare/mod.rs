@@ -117,7 +117,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     }
     let steps = args.steps.unwrap_or(default_steps);
     let grid = args.tune.as_deref().map(tune::parse).transpose()?;
-    schedule(args, steps)?;
+    let schedule = schedule(args, steps)?;
     let mut optimizers: Vec<(String, DynOptimizer)> = args
         .optimizers
         .iter()
@@ -140,7 +140,14 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             _ => None,
         };
         for ((_, opt), slot) in optimizers.iter_mut().zip(&mut tuned) {
-            let t = tune::tune(args, steps, grid, opt, validation.as_ref())?;
+            let t = tune::tune(
+                args,
+                steps,
+                grid,
+                opt,
+                schedule.as_ref(),
+                validation.as_ref(),
+            )?;
             *opt = opt
                 .clone()
                 .with(&grid.name, t.value)
@@ -169,6 +176,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         args,
         steps,
         policy,
+        schedule.as_ref(),
         &optimizers,
         checkpoints.as_deref(),
         data.as_ref(),

@@ -159,10 +159,8 @@ fn print_table(problem: &str, steps: usize, seeds: u64, rows: &[serde_json::Valu
         } else if !row["test_r2"].is_null() {
             // Regression: the coefficient of determination on the test set.
             format!("R² {:.3} ± {:.3}", f("test_r2"), f("test_r2_std"))
-        } else if row["test_accuracy"].is_null() {
-            "-".to_string()
         } else {
-            format!("{:.4} ± {:.4}", f("test_accuracy"), f("test_accuracy_std"))
+            "-".to_string()
         };
         let stopped: Vec<String> = row["stopped_at"]
             .as_array()

@@ -69,6 +69,7 @@ pub(super) fn tune(
     steps: usize,
     grid: &Grid,
     opt: &DynOptimizer,
+    schedule: Option<&lensopt::schedules::Schedule>,
     validation: Option<&Supervised>,
 ) -> Result<Tuned, Failure> {
     let problem = args.problem.as_str();
@@ -86,7 +87,7 @@ pub(super) fn tune(
                 seed,
                 // A non-finite gradient ends the candidate's run: it lost.
                 policy: NonFinite::Refuse,
-                schedule: super::schedule(args, steps)?,
+                schedule: schedule.cloned(),
                 saving: Saving {
                     path: None,
                     every: 0,

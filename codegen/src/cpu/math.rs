@@ -13,8 +13,6 @@ pub enum MathFn {
     Ln,
     /// x^y
     Pow,
-    /// a * b + c, one rounding (cranelift's fallback when the CPU lacks FMA).
-    Fma,
     /// cos x
     Cos,
     /// floor x
@@ -27,11 +25,10 @@ pub enum MathFn {
 
 impl MathFn {
     /// Every function, for registration.
-    pub const ALL: [MathFn; 8] = [
+    pub const ALL: [MathFn; 7] = [
         MathFn::Exp,
         MathFn::Ln,
         MathFn::Pow,
-        MathFn::Fma,
         MathFn::Cos,
         MathFn::Floor,
         MathFn::RoundF32,
@@ -63,7 +60,6 @@ impl MathFn {
             | MathFn::RoundF32
             | MathFn::RoundBf16 => 1,
             MathFn::Pow => 2,
-            MathFn::Fma => 3,
         }
     }
 
@@ -73,7 +69,6 @@ impl MathFn {
             MathFn::Exp => "exp",
             MathFn::Ln => "ln",
             MathFn::Pow => "pow",
-            MathFn::Fma => "fma",
             MathFn::Cos => "cos",
             MathFn::Floor => "floor",
             MathFn::RoundF32 => "round_f32",
@@ -137,11 +132,10 @@ extern "C" fn round_bf16_f64(x: f64) -> f64 {
 /// functions, and cranelift's libcall names for the operations it may lower
 /// to calls (`fmaf`, `fma`).
 pub fn symbols() -> Vec<(String, *const u8)> {
-    let ours: [(MathFn, *const u8, *const u8); 8] = [
+    let ours: [(MathFn, *const u8, *const u8); 7] = [
         (MathFn::Exp, exp_f32 as *const u8, exp_f64 as *const u8),
         (MathFn::Ln, ln_f32 as *const u8, ln_f64 as *const u8),
         (MathFn::Pow, pow_f32 as *const u8, pow_f64 as *const u8),
-        (MathFn::Fma, fma_f32 as *const u8, fma_f64 as *const u8),
         (MathFn::Cos, cos_f32 as *const u8, cos_f64 as *const u8),
         (
             MathFn::Floor,
