@@ -37,10 +37,15 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let case = Case::from_reader(file)
         .map_err(|e| Failure::usage(format!("{}: {e}", args.input.display())))?;
     let mut opt = optimizer(args, &case)?;
-    // The case's own hyperparameters apply to the optimizer it names and to
-    // a rule file (every key must be one the rule declares); a catalog
-    // optimizer named on the command line keeps its defaults.
-    if args.optimizer.is_none() {
+    // The case's own hyperparameters apply to the optimizer it names (or,
+    // when it names none, to the one given) and to a rule file (every key
+    // must be one the rule declares); a catalog optimizer named on the
+    // command line instead of the case's keeps its own defaults.
+    let same_optimizer = match (&args.optimizer, &case.optimizer) {
+        (None, _) | (Some(_), None) => true,
+        (Some(given), Some(named)) => given.eq_ignore_ascii_case(named),
+    };
+    if same_optimizer {
         let rule = opt.rule();
         for (name, value) in &case.hyper {
             if rule.hyper_index(name).is_none() {
@@ -125,17 +130,28 @@ fn optimizer(args: &Args, case: &Case) -> Result<DynOptimizer, Failure> {
                 Failure::usage(format!("{}:{first}", path.display()))
             });
     }
+    // Without an optimizer in the case, its name is the catalog's (a
+    // variant `muon_bf16` runs `muon`).
+    let from_case_name = || {
+        let name = case.name.as_deref()?.to_lowercase();
+        if lensopt::catalog::get(&name).is_some() {
+            return Some(name);
+        }
+        let (base, _variant) = name.rsplit_once('_')?;
+        lensopt::catalog::get(base).map(|_| base.to_string())
+    };
     let name = args
         .optimizer
         .clone()
         .or_else(|| case.optimizer.clone())
+        .or_else(from_case_name)
         .ok_or_else(|| {
             Failure::usage("the case names no optimizer: pass --optimizer NAME or --rule FILE")
         })?;
     lensopt::catalog::get(&name.to_lowercase()).ok_or_else(|| {
         Failure::usage(format!(
             "unknown optimizer `{name}` (the catalog has: {})",
-            lensopt::catalog::names().join(", ")
+            lensopt::catalog::all_names().join(", ")
         ))
     })
 }

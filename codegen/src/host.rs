@@ -125,7 +125,18 @@ pub fn scalar_values(
                 }
             }
             Op::Fma(a, b, c) => v(a).mul_add(v(b), v(c)),
-            Op::Param | Op::Grad | Op::Input(_) => f64::NAN,
+            // Element values, and matrix operations (matrix rules never
+            // reach a compiled backend: `Schedule::check_budget` refuses them).
+            Op::Param
+            | Op::Grad
+            | Op::Input(_)
+            | Op::Extent(_)
+            | Op::Eye(_)
+            | Op::MachineEps
+            | Op::ReduceAxis(..)
+            | Op::Matmul(..)
+            | Op::Transpose(_)
+            | Op::MatFn(..) => f64::NAN,
         };
     }
 }

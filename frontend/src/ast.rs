@@ -91,6 +91,8 @@ pub struct StateItem {
     pub name: Name,
     /// True for `state scalar` (one value per tensor instead of per element).
     pub scalar: bool,
+    /// `state row` (one value per row) or `state col` (one per column).
+    pub per: Option<lensopt_ir::Axis>,
     /// Initial value.
     pub init: Expr,
 }
@@ -120,6 +122,30 @@ pub enum Stmt {
     Let(Name, Expr),
     /// `name = expr;` (span of the `=`)
     Assign(Name, Expr, Span),
+    /// `repeat count { ... }`: the body `count` times (an integer literal,
+    /// or a hyperparameter); span of the keyword.
+    Repeat(Expr, Vec<Stmt>, Span),
+    /// `every period { ... }`: the body's assignments take effect at steps
+    /// `t` that are multiples of `period`; span of the keyword.
+    Every(Expr, Vec<Stmt>, Span),
+}
+
+impl Stmt {
+    /// Every expression of the statement, nested blocks included.
+    pub fn exprs(&self) -> Vec<&Expr> {
+        let mut out = Vec::new();
+        let mut stack = vec![self];
+        while let Some(s) = stack.pop() {
+            match s {
+                Stmt::Let(_, e) | Stmt::Assign(_, e, _) => out.push(e),
+                Stmt::Repeat(e, body, _) | Stmt::Every(e, body, _) => {
+                    out.push(e);
+                    stack.extend(body.iter().rev());
+                }
+            }
+        }
+        out
+    }
 }
 
 /// An expression; `span` is the token a diagnostic about it points at

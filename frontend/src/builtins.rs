@@ -1,6 +1,6 @@
 //! The functions of the optimizer language: names, arities, and what they lower to.
 
-use lensopt_ir::rule::{BinOp, ReduceOp, Scope, UnOp};
+use lensopt_ir::rule::{Axis, BinOp, Dim, ReduceOp, Scope, UnOp};
 
 /// What a call lowers to in the IR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +28,20 @@ pub enum Builtin {
     Reduce(ReduceOp, Scope),
     /// `dot(a, b) = sum(a * b)` (and `global_dot`).
     Dot(Scope),
+    /// `rows()` / `cols()`: the tensor's size along an axis, seen as a matrix.
+    Extent(Dim),
+    /// `eye_rows()` / `eye_cols()`: the identity of `rows × rows` / `cols × cols`.
+    Eye(Dim),
+    /// A reduction along an axis: `sum_rows(x)` is one sum per row.
+    ReduceAxis(ReduceOp, Axis),
+    /// `machine_eps()`: the element type's machine epsilon.
+    MachineEps,
+    /// `transpose(x)`.
+    Transpose,
+    /// `matmul(a, b)`, also written `a @ b`.
+    Matmul,
+    /// `sym_pow(A, e)`: a power of a symmetric matrix.
+    SymPow,
 }
 
 /// The functions beyond the operation table's (whose unary and binary
@@ -78,6 +92,46 @@ pub const BUILTINS: &[(&str, Builtin, usize)] = &[
         1,
     ),
     ("global_dot", Builtin::Dot(Scope::Global), 2),
+    ("rows", Builtin::Extent(Dim::Rows), 0),
+    ("cols", Builtin::Extent(Dim::Cols), 0),
+    ("eye_rows", Builtin::Eye(Dim::Rows), 0),
+    ("eye_cols", Builtin::Eye(Dim::Cols), 0),
+    ("sum_rows", Builtin::ReduceAxis(ReduceOp::Sum, Axis::Row), 1),
+    (
+        "mean_rows",
+        Builtin::ReduceAxis(ReduceOp::Mean, Axis::Row),
+        1,
+    ),
+    (
+        "max_abs_rows",
+        Builtin::ReduceAxis(ReduceOp::MaxAbs, Axis::Row),
+        1,
+    ),
+    (
+        "norm_rows",
+        Builtin::ReduceAxis(ReduceOp::Norm, Axis::Row),
+        1,
+    ),
+    ("sum_cols", Builtin::ReduceAxis(ReduceOp::Sum, Axis::Col), 1),
+    (
+        "mean_cols",
+        Builtin::ReduceAxis(ReduceOp::Mean, Axis::Col),
+        1,
+    ),
+    (
+        "max_abs_cols",
+        Builtin::ReduceAxis(ReduceOp::MaxAbs, Axis::Col),
+        1,
+    ),
+    (
+        "norm_cols",
+        Builtin::ReduceAxis(ReduceOp::Norm, Axis::Col),
+        1,
+    ),
+    ("machine_eps", Builtin::MachineEps, 0),
+    ("transpose", Builtin::Transpose, 1),
+    ("matmul", Builtin::Matmul, 2),
+    ("sym_pow", Builtin::SymPow, 2),
 ];
 
 /// Every function's name: the operation table's calls, then [`BUILTINS`].

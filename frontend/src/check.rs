@@ -32,6 +32,7 @@ pub fn check(decl: &RuleDecl) -> Result<Rule, Diagnostics> {
         visible: decl.functions.len(),
         inlined: 0,
         in_pure_function: false,
+        blocks: 0,
     };
     cx.declare();
     let view = cx.check_view();
@@ -100,6 +101,20 @@ struct Checker<'a> {
     inlined: usize,
     /// True inside a `fn`'s body, which may not call a transform.
     in_pure_function: bool,
+    /// How many `repeat` / `every` blocks enclose the statement being checked.
+    blocks: usize,
+}
+
+/// The most iterations a `repeat` may unroll.
+pub const MAX_REPEAT: usize = 1024;
+/// The most iterations a `repeat` counted by a hyperparameter runs.
+pub const MAX_REPEAT_HYPER: usize = 32;
+
+/// The values a block may change, before it runs.
+struct Before {
+    names: HashMap<String, (Binding, Span)>,
+    p: Option<ValueId>,
+    states: Vec<Option<ValueId>>,
 }
 
 const RESERVED: &[&str] = &["p", "g", "t"];
@@ -202,25 +217,39 @@ impl Checker<'_> {
         }
         for s in &decl.states {
             let init = self.expr(&s.init, Context::Init);
-            let kind = if s.scalar {
-                StateKind::Scalar
-            } else {
-                StateKind::Element
+            let init_rate = init.map(|v| self.node(v).rate);
+            let kind = match (s.scalar, s.per, init_rate) {
+                (true, _, _) => StateKind::Scalar,
+                (_, Some(Axis::Row), _) => StateKind::Array(Dim::Rows, Dim::One),
+                (_, Some(Axis::Col), _) => StateKind::Array(Dim::One, Dim::Cols),
+                // A matrix initial value (`eye_rows()`) makes a matrix state.
+                (_, None, Some(Rate::Array(r, c))) => StateKind::Array(r, c),
+                _ => StateKind::Element,
             };
             let init = init.and_then(|v| {
                 let node = self.node(v);
                 if node.ty != Ty::Float {
                     self.error(
                         s.init.span,
-                        format!("state `{}` holds numbers, but its initial value is a boolean", s.name.text),
+                        format!(
+                            "state `{}` holds numbers, but its initial value is a boolean",
+                            s.name.text
+                        ),
                     );
                     None
-                } else if kind == StateKind::Scalar && node.rate == Rate::Element {
+                } else if !lensopt_ir::builder::fits_state(node.rate, kind) {
                     self.error(
                         s.init.span,
                         format!(
-                            "scalar state `{}` is one value per tensor, but its initial value is per element",
-                            s.name.text
+                            "{}state `{}` is {}, but its initial value is {}",
+                            if kind == StateKind::Scalar {
+                                "scalar "
+                            } else {
+                                ""
+                            },
+                            s.name.text,
+                            kind_phrase(kind),
+                            rate_phrase(node.rate)
                         ),
                     );
                     None
@@ -286,6 +315,9 @@ impl Checker<'_> {
                         Stmt::Assign(name, value, eq_span) => {
                             p_assigned |= self.assign(name, value, *eq_span);
                         }
+                        Stmt::Repeat(..) | Stmt::Every(..) => {
+                            p_assigned |= self.block_stmt(stmt, Context::Update);
+                        }
                     }
                 }
                 if !p_assigned {
@@ -329,12 +361,26 @@ impl Checker<'_> {
                 if let Some(v) = v {
                     let state = &self.states[i as usize];
                     let what = format!("state `{}`", state.name);
-                    let scalar = state.kind == StateKind::Scalar;
-                    if self.expect_float(v, value.span, &what) {
-                        if scalar && self.node(v).rate == Rate::Element {
+                    let kind = state.kind;
+                    if self.in_pure_function {
+                        self.error(
+                            name.span,
+                            format!("a function cannot assign `{}`: it only computes a value (a `transform` may update its states)", name.text),
+                        );
+                    } else if self.expect_float(v, value.span, &what) {
+                        let rate = self.node(v).rate;
+                        if !lensopt_ir::builder::fits_state(rate, kind) {
+                            let hint = if kind == StateKind::Scalar {
+                                " (reduce it first, e.g. with `mean`)"
+                            } else {
+                                ""
+                            };
                             self.error(*eq_span, format!(
-                                "scalar state `{}` is one value per tensor, but this value is per element (reduce it first, e.g. with `mean`)",
-                                name.text
+                                "{}state `{}` is {}, but this value is {}{hint}",
+                                if kind == StateKind::Scalar { "scalar " } else { "" },
+                                name.text,
+                                kind_phrase(kind),
+                                rate_phrase(rate),
                             ));
                         } else {
                             self.current_state[i as usize] = Some(v);
@@ -354,9 +400,16 @@ impl Checker<'_> {
                 name.span,
                 "cannot assign to the step counter `t`",
             ),
+            Some(Binding::Let(_)) if self.blocks > 0 => {
+                if let Some(v) = v {
+                    let span = self.names[&name.text].1;
+                    self.names
+                        .insert(name.text.clone(), (Binding::Let(Some(v)), span));
+                }
+            }
             Some(Binding::Let(_)) => self.error(
                 name.span,
-                format!("cannot assign to `{}`, a `let` binding: bind a new name instead", name.text),
+                format!("cannot assign to `{}`, a `let` binding: bind a new name instead (inside `repeat` and `every` blocks a `let` may be assigned)", name.text),
             ),
             None => {
                 let later = self.defined_later(&name.text);
@@ -514,6 +567,14 @@ impl Checker<'_> {
                 Stmt::Assign(name, value, eq_span) => {
                     self.assign(name, value, *eq_span);
                 }
+                Stmt::Repeat(..) | Stmt::Every(..) => {
+                    if self.block_stmt(stmt, cx) {
+                        self.error(
+                            span,
+                            "a transform cannot assign `p`: the value it ends with is the update",
+                        );
+                    }
+                }
             }
         }
         let out = self.expr(&f.result, cx);
@@ -533,12 +594,195 @@ impl Checker<'_> {
         out
     }
 
-    fn state_read(&mut self, i: u16) -> ValueId {
-        let rate = match self.states[i as usize].kind {
-            StateKind::Element => Rate::Element,
-            StateKind::Scalar => Rate::Tensor,
+    /// A statement inside a `repeat` or `every` body; true when it assigns `p`.
+    fn inner_stmt(&mut self, stmt: &Stmt, cx: Context) -> bool {
+        match stmt {
+            Stmt::Let(name, value) => {
+                let v = self.expr(value, cx);
+                self.bind_new(name, Binding::Let(v));
+                false
+            }
+            Stmt::Assign(name, value, eq_span) => {
+                if name.text == "p" && (self.in_pure_function || cx != Context::Update) {
+                    self.error(name.span, "only the update block assigns `p`");
+                    return false;
+                }
+                self.assign(name, value, *eq_span)
+            }
+            Stmt::Repeat(..) | Stmt::Every(..) => self.block_stmt(stmt, cx),
+        }
+    }
+
+    fn before(&self) -> Before {
+        Before {
+            names: self.names.clone(),
+            p: self.current_p,
+            states: self.current_state.clone(),
+        }
+    }
+
+    /// Ends a block: names it introduced go out of scope, and every value
+    /// it changed becomes `select(cond, new, old)` (`cond = None`: the new value).
+    fn merge(&mut self, before: Before, cond: Option<ValueId>) {
+        let mut names = std::mem::take(&mut self.names);
+        names.retain(|k, _| before.names.contains_key(k));
+        for (k, (binding, span)) in names.iter_mut() {
+            if let (Binding::Let(Some(new)), Some((Binding::Let(Some(old)), _))) =
+                (*binding, before.names.get(k))
+            {
+                if let Some(c) = cond {
+                    if new != *old {
+                        *binding = Binding::Let(self.choose(c, new, *old));
+                    }
+                }
+            }
+            let _ = span;
+        }
+        self.names = names;
+        if let Some(c) = cond {
+            if self.current_p != before.p {
+                if let Some(new) = self.current_p {
+                    let old = before
+                        .p
+                        .unwrap_or_else(|| self.add(Op::Param, Ty::Float, Rate::Element));
+                    self.current_p = self.choose(c, new, old);
+                }
+            }
+            for i in 0..self.current_state.len() {
+                if self.current_state[i] != before.states[i] {
+                    if let Some(new) = self.current_state[i] {
+                        let old = before.states[i].unwrap_or_else(|| self.state_read(i as u16));
+                        self.current_state[i] = self.choose(c, new, old);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `select(c, new, old)`, when the shapes allow it (they do: both are
+    /// values of one name).
+    fn choose(&mut self, c: ValueId, new: ValueId, old: ValueId) -> Option<ValueId> {
+        let vals = [c, new, old];
+        let rate = self.rate_of(&vals);
+        let ty = self.node(new).ty;
+        Some(self.add(Op::Select(c, new, old), ty, rate))
+    }
+
+    /// `repeat n { ... }` (unrolled; with a hyperparameter `n`, iteration
+    /// `k` keeps its results only where `k < n`) or `every k { ... }` (the
+    /// body's results kept only when `t` is a multiple of `k`). True when
+    /// the block assigns `p`.
+    fn block_stmt(&mut self, stmt: &Stmt, cx: Context) -> bool {
+        let (count, body, span, repeat) = match stmt {
+            Stmt::Repeat(c, b, s) => (c, b, *s, true),
+            Stmt::Every(c, b, s) => (c, b, *s, false),
+            _ => return false,
         };
+        self.blocks += 1;
+        let mut assigned = false;
+        if repeat {
+            let (times, bound) = match &count.kind {
+                ExprKind::Num(x) if x.fract() == 0.0 && *x >= 0.0 && *x <= MAX_REPEAT as f64 => {
+                    (*x as usize, None)
+                }
+                ExprKind::Var(name)
+                    if matches!(self.names.get(name), Some((Binding::Hyper(_), _))) =>
+                {
+                    let h = self.var(name, count.span, cx);
+                    (MAX_REPEAT_HYPER, h)
+                }
+                _ => {
+                    self.error(
+                        count.span,
+                        format!("`repeat` takes a whole number from 0 to {MAX_REPEAT}, or a hyperparameter (which may count up to {MAX_REPEAT_HYPER})"),
+                    );
+                    self.blocks -= 1;
+                    return false;
+                }
+            };
+            if let Some(h) = bound {
+                if self.node(h).ty != Ty::Float {
+                    self.error(count.span, "`repeat` counts with a number, not a boolean");
+                    self.blocks -= 1;
+                    return false;
+                }
+            }
+            for k in 0..times {
+                let errors = self.diags.items.len();
+                let before = self.before();
+                for s in body {
+                    assigned |= self.inner_stmt(s, cx);
+                }
+                let cond = bound.map(|h| {
+                    let k = self.constant(k as f64);
+                    self.binary(BinOp::Lt, k, h, Ty::Bool)
+                });
+                self.merge(before, cond);
+                if self.diags.items.len() > errors {
+                    break; // one report per mistake, not one per iteration
+                }
+            }
+        } else {
+            let period = self.expr(count, cx);
+            let Some(period) = period else {
+                self.blocks -= 1;
+                return false;
+            };
+            if self.node(period).ty != Ty::Float || self.node(period).rate > Rate::Step {
+                self.error(
+                    count.span,
+                    "`every` takes a number of steps known before the step (a constant or a hyperparameter)",
+                );
+                self.blocks -= 1;
+                return false;
+            }
+            let before = self.before();
+            for s in body {
+                assigned |= self.inner_stmt(s, cx);
+            }
+            // t is a multiple of the period: t - k * floor(t / k) == 0.
+            let t = self.add(Op::Step, Ty::Float, Rate::Step);
+            let ratio = self.binary(BinOp::Div, t, period, Ty::Float);
+            let whole = self.unary(UnOp::Floor, ratio);
+            let back = self.binary(BinOp::Mul, period, whole, Ty::Float);
+            let rest = self.binary(BinOp::Sub, t, back, Ty::Float);
+            let zero = self.constant(0.0);
+            let due = self.binary(BinOp::Eq, rest, zero, Ty::Bool);
+            self.merge(before, Some(due));
+        }
+        let _ = span;
+        self.blocks -= 1;
+        assigned
+    }
+
+    fn state_read(&mut self, i: u16) -> ValueId {
+        let rate = self.states[i as usize].kind.rate();
         self.add(Op::State(i), Ty::Float, rate)
+    }
+
+    /// Reports at `span` when the values `vals` cannot be combined element-wise.
+    fn fit(&mut self, vals: &[ValueId], span: Span) -> Option<()> {
+        let rates: Vec<Rate> = vals.iter().map(|v| self.node(*v).rate).collect();
+        let probe = Op::Select(vals[0], vals[0], vals[0]);
+        match lensopt_ir::builder::result_rate(&probe, &rates) {
+            Ok(_) => Some(()),
+            Err(e) => {
+                self.error(span, e);
+                None
+            }
+        }
+    }
+
+    /// Adds an interior matrix operation, reporting a shape mismatch at `span`.
+    fn shaped(&mut self, op: Op, span: Span) -> Option<ValueId> {
+        let rates: Vec<Rate> = op.args().iter().map(|v| self.node(*v).rate).collect();
+        match lensopt_ir::builder::result_rate(&op, &rates) {
+            Ok(_) => Some(self.graph.interior(op)),
+            Err(e) => {
+                self.error(span, e);
+                None
+            }
+        }
     }
 
     fn expect_float(&mut self, v: ValueId, span: Span, what: &str) -> bool {
@@ -648,6 +892,7 @@ impl Checker<'_> {
                 let ok_b = self.operand(b, info.operand, r.span, &what);
                 ok_a?;
                 ok_b?;
+                self.fit(&[a, b], e.span)?;
                 Some(self.binary(*op, a, b, info.result))
             }
             ExprKind::Call(name, args) => self.call(name, args, e.span, cx),
@@ -668,11 +913,11 @@ impl Checker<'_> {
         None
     }
 
+    /// The broadcast rate of `args` (callers check that they fit first).
     fn rate_of(&self, args: &[ValueId]) -> Rate {
-        args.iter()
-            .map(|a| self.node(*a).rate)
-            .max()
-            .unwrap_or(Rate::Const)
+        args.iter().fold(Rate::Const, |acc, a| {
+            acc.broadcast(self.node(*a).rate).unwrap_or(Rate::Element)
+        })
     }
 
     fn unary(&mut self, op: UnOp, a: ValueId) -> ValueId {
@@ -746,8 +991,22 @@ impl Checker<'_> {
             );
             return None;
         }
-        if builtin == Builtin::Numel {
-            return Some(self.add(Op::Numel, Ty::Float, Rate::Tensor));
+        if let (Builtin::ReduceAxis(..), Context::Init | Context::View) = (builtin, cx) {
+            self.error(
+                span,
+                format!(
+                    "`{name}` is a reduction; reductions are not available {}",
+                    context_phrase(cx)
+                ),
+            );
+            return None;
+        }
+        match builtin {
+            Builtin::Numel => return Some(self.add(Op::Numel, Ty::Float, Rate::Tensor)),
+            Builtin::Extent(d) => return Some(self.add(Op::Extent(d), Ty::Float, Rate::Tensor)),
+            Builtin::Eye(d) => return Some(self.add(Op::Eye(d), Ty::Float, Rate::Array(d, d))),
+            Builtin::MachineEps => return Some(self.add(Op::MachineEps, Ty::Float, Rate::Step)),
+            _ => {}
         }
         let mut vals = Vec::with_capacity(args.len());
         for a in args {
@@ -762,10 +1021,12 @@ impl Checker<'_> {
             }
             Builtin::Binary(op) => {
                 self.floats(&vals, args, &what)?;
+                self.fit(&vals, span)?;
                 Some(self.binary(op, vals[0], vals[1], Ty::Float))
             }
             Builtin::Clamp => {
                 self.floats(&vals, args, &what)?;
+                self.fit(&vals, span)?;
                 let lo = self.binary(BinOp::Max, vals[0], vals[1], Ty::Float);
                 Some(self.binary(BinOp::Min, lo, vals[2], Ty::Float))
             }
@@ -777,6 +1038,7 @@ impl Checker<'_> {
             // each as one fma, as PyTorch's vectorised `lerp`.
             Builtin::Lerp => {
                 self.floats(&vals, args, &what)?;
+                self.fit(&vals, span)?;
                 let (a, b, w) = (vals[0], vals[1], vals[2]);
                 let diff = self.binary(BinOp::Sub, b, a, Ty::Float);
                 let abs = self.unary(UnOp::Abs, w);
@@ -791,6 +1053,7 @@ impl Checker<'_> {
             }
             Builtin::Fma => {
                 self.floats(&vals, args, &what)?;
+                self.fit(&vals, span)?;
                 let rate = self.rate_of(&vals);
                 Some(self.add(Op::Fma(vals[0], vals[1], vals[2]), Ty::Float, rate))
             }
@@ -804,6 +1067,7 @@ impl Checker<'_> {
                     );
                     return None;
                 }
+                self.fit(&vals, span)?;
                 let rate = self.rate_of(&vals);
                 Some(self.add(Op::Select(vals[0], vals[1], vals[2]), ta, rate))
             }
@@ -814,20 +1078,43 @@ impl Checker<'_> {
                     Ty::Float
                 };
                 self.operand(vals[0], want, args[0].span, &what)?;
-                self.reduced(vals[0], args[0].span, name)?;
+                self.reduced(vals[0], scope, args[0].span, name)?;
                 Some(self.add(Op::Reduce(op, scope, vals[0]), Ty::Float, Rate::Tensor))
             }
             Builtin::Dot(scope) => {
                 self.floats(&vals, args, &what)?;
+                self.fit(&vals, span)?;
                 let prod = self.binary(BinOp::Mul, vals[0], vals[1], Ty::Float);
-                self.reduced(prod, span, name)?;
+                self.reduced(prod, scope, span, name)?;
                 Some(self.add(
                     Op::Reduce(ReduceOp::Sum, scope, prod),
                     Ty::Float,
                     Rate::Tensor,
                 ))
             }
-            Builtin::Present | Builtin::Numel => unreachable!("handled above"),
+            Builtin::ReduceAxis(op, axis) => {
+                self.floats(&vals, args, &what)?;
+                self.shaped(Op::ReduceAxis(op, axis, vals[0]), args[0].span)
+            }
+            Builtin::Transpose => {
+                self.floats(&vals, args, &what)?;
+                self.shaped(Op::Transpose(vals[0]), span)
+            }
+            Builtin::Matmul => {
+                self.floats(&vals, args, &what)?;
+                self.shaped(Op::Matmul(vals[0], vals[1]), span)
+            }
+            Builtin::SymPow => {
+                self.floats(&vals, args, &what)?;
+                self.shaped(Op::MatFn(lensopt_ir::MatFn::Pow, vals[0], vals[1]), span)
+            }
+            Builtin::Present
+            | Builtin::Numel
+            | Builtin::Extent(_)
+            | Builtin::Eye(_)
+            | Builtin::MachineEps => {
+                unreachable!("handled above")
+            }
         }
     }
 
@@ -841,10 +1128,19 @@ impl Checker<'_> {
         ok
     }
 
-    /// A reduction's argument must vary per element.
-    fn reduced(&mut self, v: ValueId, span: Span, name: &str) -> Option<()> {
-        if self.node(v).rate == Rate::Element {
+    /// A reduction's argument must vary per element (or be a matrix, for
+    /// a reduction over one tensor).
+    fn reduced(&mut self, v: ValueId, scope: Scope, span: Span, name: &str) -> Option<()> {
+        let rate = self.node(v).rate;
+        if rate == Rate::Element || scope == Scope::Tensor && rate.is_array() {
             return Some(());
+        }
+        if rate.is_array() {
+            self.error(
+                span,
+                format!("`{name}` reduces over every tensor's elements, but its argument is a {} value, not one per element", rate.name()),
+            );
+            return None;
         }
         self.error(
             span,
@@ -874,6 +1170,32 @@ impl Checker<'_> {
             "`present` takes the name of an optional input (declared `input h?;`)",
         );
         None
+    }
+}
+
+/// "one value per element", "one value per row"... for messages.
+fn kind_phrase(kind: StateKind) -> String {
+    match kind {
+        StateKind::Element => "one value per element".into(),
+        StateKind::Scalar => "one value per tensor".into(),
+        StateKind::Array(..) => {
+            let phrase = rate_phrase(kind.rate());
+            if phrase.starts_with("per ") {
+                format!("one value {phrase}")
+            } else {
+                phrase
+            }
+        }
+    }
+}
+
+fn rate_phrase(rate: Rate) -> String {
+    match rate {
+        Rate::Const | Rate::Step | Rate::Tensor => "per tensor".into(),
+        Rate::Element => "per element".into(),
+        Rate::Array(Dim::Rows, Dim::One) => "per row".into(),
+        Rate::Array(Dim::One, Dim::Cols) => "per column".into(),
+        Rate::Array(r, c) => format!("a {} × {} matrix", r.name(), c.name()),
     }
 }
 

@@ -114,8 +114,8 @@ fn walk_stmt(
     stmt: &Stmt,
     out: &mut Vec<(usize, Span)>,
 ) {
-    match stmt {
-        Stmt::Let(_, e) | Stmt::Assign(_, e, _) => walk(functions, visible, e, out),
+    for e in stmt.exprs() {
+        walk(functions, visible, e, out);
     }
 }
 
@@ -173,16 +173,12 @@ pub fn unknown_calls(decl: &RuleDecl) -> Vec<String> {
     };
     let mut exprs: Vec<&Expr> = Vec::new();
     if let Some(block) = &decl.update {
-        exprs.extend(block.stmts.iter().map(|s| match s {
-            Stmt::Let(_, e) | Stmt::Assign(_, e, _) => e,
-        }));
+        exprs.extend(block.stmts.iter().flat_map(Stmt::exprs));
     }
     exprs.extend(decl.view.iter());
     exprs.extend(decl.states.iter().map(|s| &s.init));
     for f in &decl.functions {
-        exprs.extend(f.stmts.iter().map(|s| match s {
-            Stmt::Let(_, e) | Stmt::Assign(_, e, _) => e,
-        }));
+        exprs.extend(f.stmts.iter().flat_map(Stmt::exprs));
         exprs.push(&f.result);
         exprs.extend(f.states.iter().map(|s| &s.init));
     }

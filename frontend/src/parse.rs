@@ -8,13 +8,14 @@
 //!          | doc* 'transform' NAME '(' NAME,* ')' '{' ('hyper' ... ';' | 'state' ... ';' | stmt)* expr '}'
 //! rule    := doc* vis? NAME '{' section* '}'
 //! section := 'hyper' NAME '=' literal (',' NAME '=' literal)* ';'
-//!          | 'state' 'scalar'? NAME '=' expr (',' NAME '=' expr)* ';'
+//!          | 'state' ('scalar' | 'row' | 'col')? NAME '=' expr (',' NAME '=' expr)* ';'
 //!          | 'input' NAME '?'? (',' NAME '?'?)* ';'
 //!          | 'view' expr ';'
 //!          | 'update' '{' stmt* '}'
 //! stmt    := 'let' NAME '=' expr ';' | NAME ('=' | '+=' | '-=' | '*=' | '/=') expr ';'
+//!          | 'repeat' primary '{' stmt* '}' | 'every' primary '{' stmt* '}'
 //! expr    := precedence, loosest first: '||'  '&&'  comparisons (not chained)
-//!            '+' '-'  '*' '/'  unary '-' '!'  '^' (right-associative, tighter than unary minus)
+//!            '+' '-'  '*' '/' '@'  unary '-' '!'  '^' (right-associative, tighter than unary minus)
 //! primary := number | 'true' | 'false' | NAME | NAME '(' expr,* ')' | '(' expr ')'
 //! ```
 //!
@@ -131,7 +132,8 @@ fn parse_function(input: ParseStream) -> syn::Result<Option<FunctionDecl>> {
                 f.name.text
             )));
         }
-        let section = body.peek(Ident) && body.peek2(Ident) && !body.peek2(Token![=]);
+        let section =
+            body.peek(Ident) && body.peek2(Ident) && !body.peek2(Token![=]) && !peek_block(&body);
         let keyword = if section {
             body.fork().parse::<Ident>()?.to_string()
         } else {
@@ -145,6 +147,7 @@ fn parse_function(input: ParseStream) -> syn::Result<Option<FunctionDecl>> {
             continue;
         }
         let statement = body.peek(Token![let])
+            || peek_block(&body)
             || (body.peek(Ident)
                 && (body.peek2(Token![=]) && !body.peek2(Token![==])
                     || body.peek2(Token![+=])
@@ -321,29 +324,35 @@ fn parse_section(input: ParseStream, decl: &mut RuleDecl) -> syn::Result<()> {
             input.parse::<Token![;]>()?;
         }
         "state" => {
-            // `state WORD NAME = ...` with WORD other than `scalar`.
+            // `state WORD NAME = ...`: WORD is `scalar`, `row` or `col`.
+            let mut scalar = false;
+            let mut per = None;
             if input.peek(Ident) && input.peek2(Ident) {
-                let kind: Ident = input.fork().parse()?;
-                if kind != "scalar" {
-                    return Err(syn::Error::new(
-                        kind.span(),
-                        format!(
-                            "unknown state kind `{kind}`: write `state m = 0` for a value per element, or `state scalar k = 0` for one value per tensor"
-                        ),
-                    ));
+                let kind: Ident = input.parse()?;
+                match kind.to_string().as_str() {
+                    "scalar" => scalar = true,
+                    "row" => per = Some(lensopt_ir::Axis::Row),
+                    "col" => per = Some(lensopt_ir::Axis::Col),
+                    _ => {
+                        return Err(syn::Error::new(
+                            kind.span(),
+                            format!(
+                                "unknown state kind `{kind}`: write `state m = 0` for a value per element, `state scalar k = 0` for one value per tensor, `state row r = 0` / `state col c = 0` for one per row / column"
+                            ),
+                        ))
+                    }
                 }
-            }
-            let scalar = input.peek(Ident)
-                && input.fork().parse::<Ident>()? == "scalar"
-                && !input.peek2(Token![=]);
-            if scalar {
-                input.parse::<Ident>()?;
             }
             loop {
                 let name = parse_name(input)?;
                 input.parse::<Token![=]>()?;
                 let init = parse_expr(input)?;
-                decl.states.push(StateItem { name, scalar, init });
+                decl.states.push(StateItem {
+                    name,
+                    scalar,
+                    per,
+                    init,
+                });
                 if !comma_continues(input)? {
                     break;
                 }
@@ -383,12 +392,7 @@ fn parse_section(input: ParseStream, decl: &mut RuleDecl) -> syn::Result<()> {
                     "the update block is declared twice",
                 ));
             }
-            let body;
-            braced!(body in input);
-            let mut stmts = Vec::new();
-            while !body.is_empty() {
-                stmts.push(parse_stmt(&body)?);
-            }
+            let stmts = parse_body(input)?;
             decl.update = Some(Block {
                 stmts,
                 span: keyword.span(),
@@ -486,7 +490,49 @@ fn finite(value: f64, span: Span) -> syn::Result<(f64, Span)> {
     }
 }
 
+/// True when the input starts a `repeat` or `every` block (a keyword that
+/// is not assigned to).
+fn peek_block(input: ParseStream) -> bool {
+    input.peek(Ident)
+        && !input.peek2(Token![=])
+        && !input.peek2(Token![+=])
+        && !input.peek2(Token![-=])
+        && !input.peek2(Token![*=])
+        && !input.peek2(Token![/=])
+        && input
+            .fork()
+            .parse::<Ident>()
+            .is_ok_and(|k| k == "repeat" || k == "every")
+}
+
+/// The statements of a `{ ... }` body.
+fn parse_body(input: ParseStream) -> syn::Result<Vec<Stmt>> {
+    let body;
+    braced!(body in input);
+    let mut stmts = Vec::new();
+    while !body.is_empty() {
+        stmts.push(parse_stmt(&body)?);
+    }
+    Ok(stmts)
+}
+
 fn parse_stmt(input: ParseStream) -> syn::Result<Stmt> {
+    if peek_block(input) {
+        let keyword: Ident = input.parse()?;
+        let count = parse_binary(input, PREC_UNARY, 1)?.0;
+        if !input.peek(syn::token::Brace) {
+            return Err(input.error(format!(
+                "expected `{{` after `{keyword} {}`: write `{keyword} N {{ ... }}`",
+                if keyword == "repeat" { "N" } else { "k" }
+            )));
+        }
+        let body = parse_body(input)?;
+        return Ok(if keyword == "repeat" {
+            Stmt::Repeat(count, body, keyword.span())
+        } else {
+            Stmt::Every(count, body, keyword.span())
+        });
+    }
     if input.peek(Token![let]) {
         input.parse::<Token![let]>()?;
         let name = parse_name(input)?;
@@ -552,6 +598,7 @@ fn parse_nested(input: ParseStream, nest: u32) -> syn::Result<Expr> {
 }
 
 const PREC_UNARY: u8 = lensopt_ir::ops::precedence::UNARY;
+const PREC_MUL: u8 = lensopt_ir::ops::precedence::MUL;
 
 fn peek_binary(input: ParseStream) -> Option<(BinOp, u8)> {
     // Longer operators first: `<=` also starts with `<`. The precedence
@@ -606,7 +653,24 @@ fn parse_binary(input: ParseStream, min_prec: u8, nest: u32) -> syn::Result<(Exp
         return Err(too_deep(input.span()));
     }
     let (mut lhs, mut depth) = parse_unary(input, nest)?;
-    while let Some((op, prec)) = peek_binary(input) {
+    loop {
+        // `a @ b` (matrix product) binds as `*`; it lowers to `matmul(a, b)`.
+        if input.peek(Token![@]) && PREC_MUL >= min_prec {
+            let span = input.parse::<Token![@]>()?.span;
+            let (rhs, rhs_depth) = parse_binary(input, PREC_MUL + 1, nest + 1)?;
+            depth = depth.max(rhs_depth) + 1;
+            if depth > MAX_DEPTH {
+                return Err(too_deep(span));
+            }
+            lhs = Expr {
+                kind: ExprKind::Call("matmul".into(), vec![lhs, rhs]),
+                span,
+            };
+            continue;
+        }
+        let Some((op, prec)) = peek_binary(input) else {
+            break;
+        };
         if prec < min_prec {
             break;
         }

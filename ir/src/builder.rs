@@ -32,14 +32,7 @@ impl LeafTypes {
                     crate::HyperValue::Bool(_) => Ty::Bool,
                 })
                 .collect(),
-            states: rule
-                .states
-                .iter()
-                .map(|s| match s.kind {
-                    StateKind::Element => Rate::Element,
-                    StateKind::Scalar => Rate::Tensor,
-                })
-                .collect(),
+            states: rule.states.iter().map(|s| s.kind.rate()).collect(),
         }
     }
 
@@ -50,7 +43,9 @@ impl LeafTypes {
             Op::Hyper(i) => (self.hypers[i as usize], Rate::Step),
             Op::Step => (Ty::Float, Rate::Step),
             Op::Present(_) => (Ty::Bool, Rate::Step),
-            Op::Numel => (Ty::Float, Rate::Tensor),
+            Op::Numel | Op::Extent(_) => (Ty::Float, Rate::Tensor),
+            Op::Eye(d) => (Ty::Float, Rate::Array(d, d)),
+            Op::MachineEps => (Ty::Float, Rate::Step),
             Op::Param | Op::Grad | Op::Input(_) => (Ty::Float, Rate::Element),
             Op::State(i) => (Ty::Float, self.states[i as usize]),
             interior => unreachable!("{interior:?} is not a leaf"),
@@ -76,6 +71,96 @@ pub(crate) fn op_key(op: &Op) -> (u8, u64, u32, u32, u32) {
         Op::Select(c, a, b) => (12, 0, c.0, a.0, b.0),
         Op::Fma(a, b, c) => (13, 0, a.0, b.0, c.0),
         Op::Reduce(r, s, a) => (14, (r as u64) * 2 + s as u64, a.0, 0, 0),
+        Op::Extent(d) => (15, d as u64, 0, 0, 0),
+        Op::Eye(d) => (16, d as u64, 0, 0, 0),
+        Op::MachineEps => (21, 0, 0, 0, 0),
+        Op::ReduceAxis(r, x, a) => (17, (r as u64) * 2 + x as u64, a.0, 0, 0),
+        Op::Matmul(a, b) => (18, 0, a.0, b.0, 0),
+        Op::Transpose(a) => (19, 0, a.0, 0, 0),
+        Op::MatFn(m, a, b) => (20, m as u64, a.0, b.0, 0),
+    }
+}
+
+/// The rate (and so the shape) of the value an interior op computes from
+/// arguments of rates `rates`, or why the shapes do not fit. Element-wise
+/// operations broadcast axes of length 1; `Reduce` takes any array to a
+/// per-tensor scalar (a global one only per-element values); `ReduceAxis`
+/// keeps one axis; `Matmul` needs the inner axes to agree; `MatFn` a
+/// square matrix and a scalar.
+pub fn result_rate(op: &Op, rates: &[Rate]) -> Result<Rate, String> {
+    let shape = |r: Rate| {
+        let (a, b) = r.shape();
+        format!("{} × {}", a.name(), b.name())
+    };
+    match *op {
+        Op::Unary(..) | Op::Binary(..) | Op::Select(..) | Op::Fma(..) => {
+            let mut rate = Rate::Const;
+            for &r in rates {
+                rate = rate.broadcast(r).ok_or_else(|| {
+                    format!(
+                        "shapes {} and {} do not match (only axes of length 1 broadcast)",
+                        shape(rate),
+                        shape(r)
+                    )
+                })?;
+            }
+            Ok(rate)
+        }
+        Op::Reduce(_, Scope::Global, _) if rates[0] != Rate::Element => {
+            Err("a global reduction needs a per-element argument".into())
+        }
+        Op::Reduce(..) if !rates[0].is_array() => {
+            Err("a reduction needs a per-element (or matrix) argument".into())
+        }
+        Op::Reduce(..) => Ok(Rate::Tensor),
+        Op::ReduceAxis(_, axis, _) => {
+            let (r, c) = rates[0].shape();
+            match axis {
+                Axis::Row if c != Dim::One => Ok(Rate::of_shape(r, Dim::One)),
+                Axis::Col if r != Dim::One => Ok(Rate::of_shape(Dim::One, c)),
+                _ => Err(format!(
+                    "a reduction along the {} needs a value with more than one entry along them, but this one has shape {}",
+                    if axis == Axis::Row { "rows" } else { "columns" },
+                    shape(rates[0])
+                )),
+            }
+        }
+        Op::Matmul(..) => {
+            if !rates[0].is_array() || !rates[1].is_array() {
+                return Err("`@` multiplies matrices; scale by a scalar with `*`".into());
+            }
+            let ((r, k), (k2, c)) = (rates[0].shape(), rates[1].shape());
+            if k != k2 {
+                return Err(format!(
+                    "`@` needs the columns of its left operand to match the rows of its right one, but the shapes are {} and {}",
+                    shape(rates[0]),
+                    shape(rates[1])
+                ));
+            }
+            Ok(Rate::of_shape(r, c))
+        }
+        Op::Transpose(_) => {
+            let (r, c) = rates[0].shape();
+            Ok(if rates[0].is_array() {
+                Rate::of_shape(c, r)
+            } else {
+                rates[0]
+            })
+        }
+        Op::MatFn(..) => {
+            let (r, c) = rates[0].shape();
+            if r != c || r == Dim::One {
+                return Err(format!(
+                    "a matrix function needs a square matrix (rows × rows or cols × cols), not {}",
+                    shape(rates[0])
+                ));
+            }
+            if rates[1].is_array() {
+                return Err("the exponent of a matrix function is one number".into());
+            }
+            Ok(rates[0])
+        }
+        _ => Err(format!("{op:?} is a leaf")),
     }
 }
 
@@ -119,22 +204,22 @@ impl GraphBuilder {
     /// Adds an interior node, inferring its type and rate from its arguments.
     /// Leaves need [`GraphBuilder::add`], since their rate depends on the rule.
     pub fn interior(&mut self, op: Op) -> ValueId {
-        let rate = op
+        let rates: Vec<Rate> = op
             .args()
             .iter()
             .map(|a| self.nodes[a.index()].rate)
-            .max()
-            .unwrap_or(Rate::Const);
-        let (ty, rate) = match op {
-            Op::Unary(u, _) => (u.info().result, rate),
-            Op::Fma(..) => (Ty::Float, rate),
-            Op::Binary(b, ..) => (binary_result(b), rate),
-            Op::Select(_, a, _) => (self.nodes[a.index()].ty, rate),
-            Op::Reduce(..) => (Ty::Float, Rate::Tensor),
-            leaf => unreachable!("leaf {leaf:?} passed to interior()"),
-        };
+            .collect();
+        // Callers check shapes first (`result_rate`); a mismatch cannot get here.
+        let rate = result_rate(&op, &rates).unwrap_or(Rate::Element);
+        let ty = result_type(self, &op);
         self.add(op, ty, rate)
     }
+}
+
+/// Whether a value of rate `rate` can be stored in a state of `kind`:
+/// scalars anywhere, arrays where they broadcast to the state's shape.
+pub fn fits_state(rate: Rate, kind: StateKind) -> bool {
+    !rate.is_array() || kind.rate().is_array() && rate.broadcast(kind.rate()) == Some(kind.rate())
 }
 
 /// The type of the value an interior op computes, its arguments in `graph`.
@@ -223,7 +308,7 @@ impl RuleBuilder {
     /// of the step.
     pub fn state(&mut self, name: &str, kind: StateKind, init: ValueId) -> Result<ValueId, String> {
         let node = self.node(init)?;
-        if node.ty != Ty::Float || (kind == StateKind::Scalar && node.rate == Rate::Element) {
+        if node.ty != Ty::Float || !fits_state(node.rate, kind) {
             return Err(format!(
                 "state `{name}`: its initial value does not fit the state"
             ));
@@ -234,11 +319,7 @@ impl RuleBuilder {
             kind,
             init,
         });
-        let rate = match kind {
-            StateKind::Element => Rate::Element,
-            StateKind::Scalar => Rate::Tensor,
-        };
-        Ok(self.graph.add(Op::State(i), Ty::Float, rate))
+        Ok(self.graph.add(Op::State(i), Ty::Float, kind.rate()))
     }
 
     /// The parameter `p` at the start of the step.
@@ -285,19 +366,20 @@ impl RuleBuilder {
             Op::Fma(..) => vec![Ty::Float; 3],
             Op::Select(..) => vec![Ty::Bool, tys[1], tys[1]],
             Op::Reduce(ReduceOp::Count, ..) => vec![Ty::Bool],
-            Op::Reduce(..) => vec![Ty::Float],
-            _ => unreachable!("leaves have no arguments"),
+            Op::Reduce(..) | Op::ReduceAxis(..) | Op::Transpose(_) => vec![Ty::Float],
+            Op::Matmul(..) | Op::MatFn(..) => vec![Ty::Float; 2],
+            _ => return Err(format!("{op:?} is a leaf: use the builder's leaf methods")),
         };
         if tys != want {
             return Err(format!(
                 "{op:?}: arguments of types {tys:?}, expected {want:?}"
             ));
         }
-        if let Op::Reduce(_, _, a) = op {
-            if self.node(a)?.rate != Rate::Element {
-                return Err(format!("{op:?}: a reduction needs a per-element argument"));
-            }
-        }
+        let rates: Vec<Rate> = args
+            .iter()
+            .map(|a| self.node(*a).map(|n| n.rate))
+            .collect::<Result<_, _>>()?;
+        result_rate(&op, &rates).map_err(|e| format!("{op:?}: {e}"))?;
         Ok(self.graph.interior(op))
     }
 
@@ -316,7 +398,7 @@ impl RuleBuilder {
         }
         for (v, s) in state_out.iter().zip(&self.rule.states) {
             let node = self.node(*v)?;
-            if node.ty != Ty::Float || (s.kind == StateKind::Scalar && node.rate == Rate::Element) {
+            if node.ty != Ty::Float || !fits_state(node.rate, s.kind) {
                 return Err(format!(
                     "state `{}`: its new value does not fit the state",
                     s.name

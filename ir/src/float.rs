@@ -43,6 +43,10 @@ pub trait Float: Copy + Debug + Display + Default + PartialOrd + Send + Sync + '
     fn is_sign_negative(self) -> bool;
     /// Cosine (radians), the platform's libm in this type.
     fn cos(self) -> Self;
+    /// `c = a @ b` for row-major `a` (m × k), `b` (k × n), `c` (m × n),
+    /// accumulated in this type in the GEMM kernel's order. Panics when a
+    /// slice's length does not match its shape (callers size them).
+    fn gemm(m: usize, k: usize, n: usize, a: &[Self], b: &[Self], c: &mut [Self]);
     /// Rounded to the nearest f32 (ties to even), in this type.
     fn round_f32(self) -> Self {
         Self::from_f64(f64::from(self.to_f64() as f32))
@@ -65,7 +69,7 @@ pub fn bf16_of_f32(x: f32) -> f32 {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:literal) => {
+    ($t:ty, $name:literal, $gemm:path) => {
         impl Float for $t {
             const NAME: &'static str = $name;
             #[inline]
@@ -136,9 +140,42 @@ macro_rules! impl_float {
             fn is_sign_negative(self) -> bool {
                 <$t>::is_sign_negative(self)
             }
+            fn gemm(m: usize, k: usize, n: usize, a: &[Self], b: &[Self], c: &mut [Self]) {
+                assert!(
+                    a.len() == m * k && b.len() == k * n && c.len() == m * n,
+                    "gemm: buffer lengths do not match {m} × {k} × {n}"
+                );
+                if m == 0 || n == 0 {
+                    return;
+                }
+                // SAFETY: the assertion above makes `a` hold m × k, `b` k × n
+                // and `c` m × n values, row-major with the strides passed
+                // (row stride = columns, column stride = 1), so every access
+                // the kernel makes lies inside the three slices; `c` is a
+                // unique borrow, disjoint from `a` and `b`. With k = 0 the
+                // kernel writes beta · c = 0 without reading `a` or `b`.
+                unsafe {
+                    $gemm(
+                        m,
+                        k,
+                        n,
+                        1.0,
+                        a.as_ptr(),
+                        k as isize,
+                        1,
+                        b.as_ptr(),
+                        n as isize,
+                        1,
+                        0.0,
+                        c.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    );
+                }
+            }
         }
     };
 }
 
-impl_float!(f32, "f32");
-impl_float!(f64, "f64");
+impl_float!(f32, "f32", matrixmultiply::sgemm);
+impl_float!(f64, "f64", matrixmultiply::dgemm);

@@ -361,6 +361,11 @@ pub fn step<F: Float>(
     present: &[bool],
     tensors: &mut [StepTensor<'_, F>],
 ) -> Result<(), InterpError> {
+    if rule.is_matrix() {
+        // Flat buffers carry no shape: each is the matrix 1 × n.
+        let dims: Vec<(usize, usize)> = tensors.iter().map(|t| (1, t.param.len())).collect();
+        return crate::matrix::step(rule, t, present, tensors, &dims);
+    }
     validate(rule, present, tensors)?;
     let t = t as f64;
     let mut scalars: Vec<Scalars<'_>> = tensors
@@ -430,7 +435,7 @@ pub fn step<F: Float>(
             .iter()
             .map(|s| match s.kind {
                 StateKind::Element => vec![F::default(); n],
-                StateKind::Scalar => Vec::new(),
+                StateKind::Scalar | StateKind::Array(..) => Vec::new(),
             })
             .collect();
         {
@@ -462,7 +467,14 @@ pub fn step<F: Float>(
 }
 
 /// Creates the state of one tensor from its initial values.
+/// For a matrix rule the parameter is the matrix `1 × n` (callers with a
+/// shape use [`crate::matrix::init_state`]); a failure leaves no state,
+/// which the step then refuses.
 pub fn init_state<F: Float>(rule: &Rule, hypers: &[HyperValue], param: &[F]) -> Vec<StateBuf<F>> {
+    if rule.is_matrix() {
+        return crate::matrix::init_state(rule, hypers, param, (1, param.len()))
+            .unwrap_or_default();
+    }
     let roots: Vec<ValueId> = rule.states.iter().map(|s| s.init).collect();
     let sc = Scalars::new::<F>(
         rule,
@@ -478,7 +490,9 @@ pub fn init_state<F: Float>(rule: &Rule, hypers: &[HyperValue], param: &[F]) -> 
         .states
         .iter()
         .map(|s| match s.kind {
-            StateKind::Element => StateBuf::Element(vec![F::default(); param.len()]),
+            StateKind::Element | StateKind::Array(..) => {
+                StateBuf::Element(vec![F::default(); param.len()])
+            }
             StateKind::Scalar => StateBuf::Scalar(sc.values[s.init.index()]),
         })
         .collect();
@@ -511,6 +525,10 @@ pub fn view<F: Float>(
     let Some(root) = rule.view else {
         return param.to_vec();
     };
+    if rule.is_matrix() {
+        return crate::matrix::view(rule, t, hypers, param, state, (1, param.len()))
+            .unwrap_or_else(|_| param.to_vec());
+    }
     let mut sc = Scalars::new(
         rule,
         hypers,

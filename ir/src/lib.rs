@@ -16,6 +16,7 @@ pub mod diagram;
 pub mod float;
 pub mod hyper;
 pub mod interp;
+pub mod matrix;
 pub mod ops;
 pub mod optimize;
 pub mod rule;
@@ -24,6 +25,6 @@ pub mod schedule;
 pub use float::Float;
 pub use hyper::HyperValue;
 pub use rule::{
-    BinOp, HyperDecl, InputDecl, Node, Op, Rate, ReduceOp, Rule, Scope, StateDecl, StateKind, Ty,
-    UnOp, ValueId,
+    Axis, BinOp, Dim, HyperDecl, InputDecl, MatFn, Node, Op, Rate, ReduceOp, Rule, Scope,
+    StateDecl, StateKind, Ty, UnOp, ValueId,
 };

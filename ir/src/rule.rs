@@ -36,10 +36,49 @@ impl fmt::Display for ValueId {
     }
 }
 
+/// One axis of a value's shape, in terms of the tensor being updated
+/// (seen as a matrix of `rows × cols`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dim {
+    /// Length 1 (broadcast along this axis).
+    One,
+    /// The tensor's number of rows.
+    Rows,
+    /// The tensor's number of columns.
+    Cols,
+}
+
+impl Dim {
+    /// `1`, `rows` or `cols`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dim::One => "1",
+            Dim::Rows => "rows",
+            Dim::Cols => "cols",
+        }
+    }
+
+    /// The length of this axis on a `rows × cols` tensor.
+    pub fn len(self, rows: usize, cols: usize) -> usize {
+        match self {
+            Dim::One => 1,
+            Dim::Rows => rows,
+            Dim::Cols => cols,
+        }
+    }
+}
+
 /// How often a value changes, from slowest to fastest. Code generation
 /// computes a value once per unit of its rate: constants at compile time,
 /// step values once per step (and parameter group), tensor values once per
 /// tensor and step, element values once per element.
+///
+/// `Array` values are matrices whose shape is not the tensor's own: one
+/// value per row (`rows × 1`), per column (`1 × cols`), or a square or
+/// transposed matrix (`rows × rows`, `cols × rows`...). The shape
+/// `rows × cols` is always written `Element` and `1 × 1` is a scalar
+/// rate, so each shape has one spelling. Rules with `Array` values (or
+/// matrix operations) are *matrix rules*, run by [`crate::matrix`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Rate {
     /// Known when the rule is compiled.
@@ -48,6 +87,8 @@ pub enum Rate {
     Step,
     /// Once per tensor per step: reductions, scalar state, `numel()`.
     Tensor,
+    /// Once per entry of a `rows × cols` array of another shape than the tensor's.
+    Array(Dim, Dim),
     /// Once per element.
     Element,
 }
@@ -59,8 +100,63 @@ impl Rate {
             Rate::Const => "const",
             Rate::Step => "step",
             Rate::Tensor => "tensor",
+            Rate::Array(Dim::Rows, Dim::One) => "row",
+            Rate::Array(Dim::One, Dim::Cols) => "col",
+            Rate::Array(Dim::Rows, Dim::Rows) => "rows×rows",
+            Rate::Array(Dim::Cols, Dim::Cols) => "cols×cols",
+            Rate::Array(Dim::Cols, Dim::Rows) => "cols×rows",
+            Rate::Array(Dim::One, Dim::Rows) => "1×rows",
+            Rate::Array(Dim::Cols, Dim::One) => "cols×1",
+            Rate::Array(..) => "array",
             Rate::Element => "element",
         }
+    }
+
+    /// The shape of a value of this rate (`1 × 1` for scalars).
+    pub fn shape(self) -> (Dim, Dim) {
+        match self {
+            Rate::Const | Rate::Step | Rate::Tensor => (Dim::One, Dim::One),
+            Rate::Array(r, c) => (r, c),
+            Rate::Element => (Dim::Rows, Dim::Cols),
+        }
+    }
+
+    /// True for values with more than one entry per tensor.
+    pub fn is_array(self) -> bool {
+        matches!(self, Rate::Array(..) | Rate::Element)
+    }
+
+    /// The rate of an array of shape `(r, c)`: `Element` for the tensor's
+    /// own shape, `Tensor` for `1 × 1`.
+    pub fn of_shape(r: Dim, c: Dim) -> Rate {
+        match (r, c) {
+            (Dim::One, Dim::One) => Rate::Tensor,
+            (Dim::Rows, Dim::Cols) => Rate::Element,
+            _ => Rate::Array(r, c),
+        }
+    }
+
+    /// The rate of a value computed from operands of rates `self` and
+    /// `other`, broadcasting axes of length 1 as NumPy does; `None` when
+    /// the shapes do not broadcast (`rows × rows` with `rows × cols`).
+    pub fn broadcast(self, other: Rate) -> Option<Rate> {
+        if !self.is_array() || !other.is_array() {
+            return Some(if self.is_array() {
+                self
+            } else if other.is_array() {
+                other
+            } else {
+                self.max(other)
+            });
+        }
+        let axis = |a: Dim, b: Dim| match (a, b) {
+            (Dim::One, x) | (x, Dim::One) => Some(x),
+            (x, y) if x == y => Some(x),
+            _ => None,
+        };
+        let (ar, ac) = self.shape();
+        let (br, bc) = other.shape();
+        Some(Rate::of_shape(axis(ar, br)?, axis(ac, bc)?))
     }
 }
 
@@ -167,6 +263,22 @@ pub enum ReduceOp {
     Count,
 }
 
+/// Which axis a reduction along an axis keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Axis {
+    /// One result per row (reducing along each row): `sum_rows(x)`.
+    Row,
+    /// One result per column (reducing down each column): `sum_cols(x)`.
+    Col,
+}
+
+/// Functions of a symmetric matrix, computed from its eigendecomposition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatFn {
+    /// `sym_pow(A, e)`: `Q diag(λ^e) Qᵀ`.
+    Pow,
+}
+
 /// Over which elements a reduction runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -208,8 +320,23 @@ pub enum Op {
     Select(ValueId, ValueId, ValueId),
     /// `fma(a, b, c) = a * b + c` with one rounding.
     Fma(ValueId, ValueId, ValueId),
-    /// A reduction of an element value to a tensor-rate scalar.
+    /// A reduction of an element (or array) value to a tensor-rate scalar.
     Reduce(ReduceOp, Scope, ValueId),
+    /// The tensor's number of rows or columns. `: tensor f`
+    Extent(Dim),
+    /// The identity matrix of `rows × rows` or `cols × cols`.
+    Eye(Dim),
+    /// The machine epsilon of the element type (2^-23 for f32, 2^-52 for
+    /// f64), as PyTorch's `finfo(dtype).eps`. `: step f`
+    MachineEps,
+    /// A reduction along one axis of an array: one value per row or per column.
+    ReduceAxis(ReduceOp, Axis, ValueId),
+    /// The matrix product `a @ b`, accumulated in the element type.
+    Matmul(ValueId, ValueId),
+    /// The transpose of an array.
+    Transpose(ValueId),
+    /// A function of a symmetric matrix and a scalar (`sym_pow(A, e)`).
+    MatFn(MatFn, ValueId, ValueId),
 }
 
 impl Op {
@@ -221,6 +348,10 @@ impl Op {
             Op::Select(c, a, b) => Op::Select(f(c), f(a), f(b)),
             Op::Fma(a, b, c) => Op::Fma(f(a), f(b), f(c)),
             Op::Reduce(r, s, a) => Op::Reduce(r, s, f(a)),
+            Op::ReduceAxis(r, x, a) => Op::ReduceAxis(r, x, f(a)),
+            Op::Matmul(a, b) => Op::Matmul(f(a), f(b)),
+            Op::Transpose(a) => Op::Transpose(f(a)),
+            Op::MatFn(m, a, b) => Op::MatFn(m, f(a), f(b)),
             leaf => leaf,
         }
     }
@@ -228,8 +359,10 @@ impl Op {
     /// The argument values of the operation.
     pub fn args(&self) -> Vec<ValueId> {
         match *self {
-            Op::Unary(_, a) | Op::Reduce(_, _, a) => vec![a],
-            Op::Binary(_, a, b) => vec![a, b],
+            Op::Unary(_, a) | Op::Reduce(_, _, a) | Op::ReduceAxis(_, _, a) | Op::Transpose(a) => {
+                vec![a]
+            }
+            Op::Binary(_, a, b) | Op::Matmul(a, b) | Op::MatFn(_, a, b) => vec![a, b],
             Op::Select(a, b, c) | Op::Fma(a, b, c) => vec![a, b, c],
             _ => Vec::new(),
         }
@@ -265,13 +398,36 @@ pub struct InputDecl {
     pub optional: bool,
 }
 
-/// Whether a state variable holds a value per element or per tensor.
+/// Whether a state variable holds a value per element, per tensor, or an
+/// array of another shape (per row, per column, a square matrix).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StateKind {
     /// One value per element (moments, accumulators).
     Element,
     /// One value per tensor.
     Scalar,
+    /// An array of the given shape, neither `rows × cols` nor `1 × 1`.
+    Array(Dim, Dim),
+}
+
+impl StateKind {
+    /// The rate of the state's values.
+    pub fn rate(self) -> Rate {
+        match self {
+            StateKind::Element => Rate::Element,
+            StateKind::Scalar => Rate::Tensor,
+            StateKind::Array(r, c) => Rate::Array(r, c),
+        }
+    }
+
+    /// The number of values the state holds on a `rows × cols` tensor of `numel` elements.
+    pub fn len(self, numel: usize, rows: usize, cols: usize) -> usize {
+        match self {
+            StateKind::Element => numel,
+            StateKind::Scalar => 1,
+            StateKind::Array(r, c) => r.len(rows, cols) * c.len(rows, cols),
+        }
+    }
 }
 
 /// A declared state variable.
@@ -438,13 +594,24 @@ impl Rule {
         }
         for s in &self.states {
             h.text(&s.name);
-            h.word(s.kind as u64);
+            h.word(match s.kind {
+                StateKind::Element => 0,
+                StateKind::Scalar => 1,
+                StateKind::Array(r, c) => 2 + 3 * r as u64 + 9 * c as u64,
+            });
             h.word(u64::from(s.init.0));
         }
         h.word(self.nodes.len() as u64);
         for n in &self.nodes {
             let (tag, a, b, c, d) = crate::builder::op_key(&n.op);
-            h.word(u64::from(tag) | (n.rate as u64) << 8 | (n.ty as u64) << 16);
+            let rate = match n.rate {
+                Rate::Const => 0,
+                Rate::Step => 1,
+                Rate::Tensor => 2,
+                Rate::Element => 3,
+                Rate::Array(r, c) => 4 + 3 * r as u64 + 9 * c as u64,
+            };
+            h.word(u64::from(tag) | rate << 8 | (n.ty as u64) << 16);
             h.word(a);
             h.word(u64::from(b) | u64::from(c) << 32);
             h.word(u64::from(d));
@@ -469,9 +636,41 @@ impl Rule {
             && self.state_out == other.state_out
     }
 
+    /// True for a *matrix rule*: one that sees the tensor as a matrix
+    /// (values per row or column, matrix products, `rows()`...). Matrix
+    /// rules need tensors of rank 2 or more and run on [`crate::matrix`].
+    pub fn is_matrix(&self) -> bool {
+        self.nodes.iter().any(|n| {
+            matches!(n.rate, Rate::Array(..))
+                || matches!(
+                    n.op,
+                    Op::Extent(_)
+                        | Op::Eye(_)
+                        | Op::MachineEps
+                        | Op::ReduceAxis(..)
+                        | Op::Matmul(..)
+                        | Op::Transpose(_)
+                        | Op::MatFn(..)
+                )
+        }) || self
+            .states
+            .iter()
+            .any(|s| matches!(s.kind, StateKind::Array(..)))
+    }
+
     /// The lower-case name under which the catalog lists the rule.
     pub fn catalog_name(&self) -> String {
         self.name.to_lowercase()
+    }
+}
+
+fn reduce_name(r: ReduceOp) -> &'static str {
+    match r {
+        ReduceOp::Sum => "sum",
+        ReduceOp::Mean => "mean",
+        ReduceOp::MaxAbs => "max_abs",
+        ReduceOp::Norm => "norm",
+        ReduceOp::Count => "count",
     }
 }
 
@@ -493,14 +692,21 @@ fn op_text(rule: &Rule, op: &Op) -> String {
         Op::Binary(b, x, y) => format!("{} {x}, {y}", binary(b)),
         Op::Select(c, a, b) => format!("select {c}, {a}, {b}"),
         Op::Fma(a, b, c) => format!("fma {a}, {b}, {c}"),
-        Op::Reduce(r, s, a) => {
-            let r = match r {
-                ReduceOp::Sum => "sum",
-                ReduceOp::Mean => "mean",
-                ReduceOp::MaxAbs => "max_abs",
-                ReduceOp::Norm => "norm",
-                ReduceOp::Count => "count",
+        Op::Extent(d) => d.name().to_string(),
+        Op::Eye(d) => format!("eye {}", d.name()),
+        Op::MachineEps => "machine_eps".to_string(),
+        Op::ReduceAxis(r, x, a) => {
+            let x = match x {
+                Axis::Row => "rows",
+                Axis::Col => "cols",
             };
+            format!("reduce.{}.{x} {a}", reduce_name(*r))
+        }
+        Op::Matmul(a, b) => format!("matmul {a}, {b}"),
+        Op::Transpose(a) => format!("transpose {a}"),
+        Op::MatFn(MatFn::Pow, a, e) => format!("sym_pow {a}, {e}"),
+        Op::Reduce(r, s, a) => {
+            let r = reduce_name(*r);
             let s = match s {
                 Scope::Tensor => "tensor",
                 Scope::Global => "global",
@@ -524,6 +730,7 @@ impl fmt::Display for Rule {
             let kind = match s.kind {
                 StateKind::Element => "element",
                 StateKind::Scalar => "scalar",
+                StateKind::Array(..) => s.kind.rate().name(),
             };
             writeln!(f, "  state {} {kind} init {}", s.name, s.init)?;
         }

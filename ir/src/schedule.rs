@@ -164,6 +164,12 @@ impl Schedule {
     /// operations over all kernels, so that compiling any rule takes
     /// bounded time and memory. Backends call this before generating code.
     pub fn check_budget(&self) -> Result<(), String> {
+        if self.rule.is_matrix() {
+            return Err(format!(
+                "`{}` is a matrix rule (values per row or column, matrix products): it runs on the matrix evaluator, and no kernels are generated for it",
+                self.rule.name
+            ));
+        }
         if self.passes.len() > MAX_PASSES {
             return Err(format!(
                 "the rule nests reductions {} deep, more than the {MAX_PASSES} passes code generation allows",

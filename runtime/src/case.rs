@@ -50,6 +50,8 @@ pub struct Case {
     /// The parameter's shape (`shape`, e.g. `[rows, cols]`), when the case
     /// gives one; vectors are then nested lists, row-major, flattened here.
     pub shape: Option<Vec<usize>>,
+    /// The case's own name (`case`), when it is a string.
+    pub name: Option<String>,
 }
 
 /// The element type a case runs in.
@@ -670,6 +672,7 @@ impl<R: Read> Parser<R> {
                     self.nestings.push(("p0".into(), self.last_rows));
                 }
                 "shape" => f.shape = Some(self.shape()?),
+                "case" if self.peek()? == Some(b'"') => f.name = Some(self.string()?),
                 "grads" => f.grads = Some(self.rows("grads", expect)?),
                 "hessians" => f.hessians = self.optional_rows("hessians", expect)?,
                 "hessian_grads" => f.hessian_grads = self.optional_rows("hessian_grads", expect)?,
@@ -733,6 +736,7 @@ struct Fields {
     params_after: Option<Vec<Option<Vec<f64>>>>,
     meta: Meta,
     shape: Option<Vec<usize>>,
+    name: Option<String>,
     nestings: Vec<(String, Option<(usize, usize)>)>,
 }
 
@@ -881,6 +885,7 @@ impl Case {
             optimizer: f.meta.optimizer,
             hyper: f.meta.hyper,
             params_after,
+            name: f.name,
         })
     }
 }

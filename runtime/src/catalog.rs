@@ -285,6 +285,140 @@ crate::optimizer! {
     }
 }
 
+crate::optimizer! {
+    /// Muon (Jordan et al. 2024): Nesterov momentum, orthogonalised by five
+    /// quintic Newton-Schulz steps, as `torch.optim.Muon`: the momentum
+    /// buffer by `lerp`, `x = u / (‖u‖_F + eps)` (transposed when rows >
+    /// cols), the step scaled by `sqrt(max(1, rows / cols))` (the
+    /// reference's default `adjust_lr_fn`), decoupled weight decay. The
+    /// iteration runs in the parameter's type (the reference's default runs
+    /// it in bfloat16). A matrix rule: tensors of rank 2 or more.
+    pub Muon {
+        hyper lr = 1e-3, weight_decay = 0.1, momentum = 0.95, nesterov = true, ns_steps = 5,
+              a = 3.4445, b = -4.775, c = 2.0315, eps = 1e-7;
+        state buf = 0;
+        update {
+            buf = lerp(buf, g, 1 - momentum);
+            let u = select(nesterov, lerp(g, buf, momentum), buf);
+            let x = u / (norm(u) + eps);
+            repeat ns_steps {
+                x = newton_schulz_step(x, a, b, c);
+            }
+            p = p * (1 - lr * weight_decay);
+            p = p - lr * sqrt(max(1, rows() / cols())) * x;
+        }
+    }
+}
+
+crate::optimizer! {
+    /// Adafactor (Shazeer & Stern 2018) as `torch.optim.Adafactor`: the
+    /// second moment factored into row and column means of `g²` (state
+    /// `rows + cols`, not `rows × cols`), decay `t ^ beta2_decay`, relative
+    /// step `max(eps2, rms(p)) · min(lr, 1/sqrt(t))`, update clipping `d`,
+    /// decoupled weight decay. `eps1 = 0` (the default) stands for the
+    /// element type's machine epsilon, as the reference's `None`.
+    pub Adafactor {
+        hyper lr = 1e-2, beta2_decay = -0.8, eps1 = 0.0, eps2 = 1e-3, d = 1.0,
+              weight_decay = 0.0, maximize = false;
+        state row vr = 0;
+        state col vc = 0;
+        update {
+            let gm = select(maximize, -g, g);
+            let e1 = select(eps1 == 0, machine_eps(), eps1);
+            let decay = t ^ beta2_decay;
+            let alpha = max(eps2, norm(p) / sqrt(numel())) * min(lr, 1 / sqrt(t));
+            p = p * (1 - lr * weight_decay);
+            vr = lerp(vr, mean_rows(gm * gm), decay);
+            vc = lerp(vc, mean_cols(gm * gm), decay);
+            let u = rsqrt(max(vr * vc / max(mean(vr), e1), e1 * e1)) * gm;
+            let denom = max(1, norm(u) / (sqrt(numel()) * d));
+            p = p - alpha / denom * u;
+        }
+    }
+}
+
+crate::optimizer! {
+    /// SM3 (Anil et al. 2019), dense form, as `pytorch_optimizer.SM3`: row
+    /// and column accumulators (the cover sets of a matrix), each the
+    /// largest `ν` along its row or column, `ν = min(row, col) + g²`
+    /// (with `beta > 0`: a running maximum of `beta · min + (1 - beta) g²`).
+    pub SM3 {
+        hyper lr = 1e-1, momentum = 0.0, beta = 0.0, eps = 1e-30;
+        state row acc_rows = 0;
+        state col acc_cols = 0;
+        state m = 0;
+        update {
+            let cover = min(acc_rows, acc_cols);
+            let nu = select(beta > 0, cover * beta, cover) + (1 - beta) * (g * g);
+            acc_rows = select(beta > 0, max(acc_rows, max_abs_rows(nu)), max_abs_rows(nu));
+            acc_cols = select(beta > 0, max(acc_cols, max_abs_cols(nu)), max_abs_cols(nu));
+            let u = rsqrt(nu + eps) * g;
+            m = select(momentum > 0, m * momentum + (1 - momentum) * u, m);
+            p = p - lr * select(momentum > 0, m, u);
+        }
+    }
+}
+
+crate::optimizer! {
+    /// CAME (Luo et al. 2023, "Confidence-guided Adaptive Memory Efficient
+    /// Optimization") as `pytorch_optimizer.CAME`: Adafactor's factored
+    /// second moment, update clipping, momentum, and the factored
+    /// instability `(u - m)²` scaling the step; decoupled weight decay.
+    pub CAME {
+        hyper lr = 2e-4, beta1 = 0.9, beta2 = 0.999, beta3 = 0.9999, weight_decay = 0.0,
+              weight_decouple = true, fixed_decay = false, clip_threshold = 1.0,
+              ams_bound = false, eps1 = 1e-30, eps2 = 1e-16;
+        state m = 0, sq_hat = 0;
+        state row vr = 0, rr = 0;
+        state col vc = 0, rc = 0;
+        update {
+            let sq = g * g + eps1;
+            vr = vr * beta2 + (1 - beta2) * mean_rows(sq);
+            vc = vc * beta2 + (1 - beta2) * mean_cols(sq);
+            let approx = rsqrt(vr / mean(vr)) * rsqrt(vc);
+            sq_hat = select(ams_bound, max(sq_hat, 1 / approx), sq_hat);
+            let raw = select(ams_bound, rsqrt(sq_hat / beta2), approx) * g;
+            let u = raw / max(norm(raw) / sqrt(numel()) / clip_threshold, 1);
+            m = m * beta1 + (1 - beta1) * u;
+            let res = (u - m) * (u - m) + eps2;
+            rr = rr * beta3 + (1 - beta3) * mean_rows(res);
+            rc = rc * beta3 + (1 - beta3) * mean_cols(res);
+            let step = rsqrt(rr / mean(rr)) * rsqrt(rc) * m;
+            p = select(weight_decouple, p * (1 - weight_decay * select(fixed_decay, 1, lr)), p);
+            p = p - step * lr;
+        }
+    }
+}
+
+crate::optimizer! {
+    /// Shampoo (Gupta et al. 2018) for a matrix, as `pytorch_optimizer.Shampoo`:
+    /// left and right statistics `L += G Gᵀ`, `R += Gᵀ G` (from
+    /// `matrix_eps · I`), their inverse fourth roots refreshed every
+    /// `preconditioning_compute_steps` steps (zero until the first refresh),
+    /// the step `L^-1/4 G R^-1/4`; momentum mixes in the last preconditioned
+    /// step, weight decay is L2 or decoupled.
+    pub Shampoo {
+        hyper lr = 1e-3, momentum = 0.0, weight_decay = 0.0, weight_decouple = false,
+              fixed_decay = false, preconditioning_compute_steps = 1, matrix_eps = 1e-6;
+        state buf = 0;
+        state left = matrix_eps * eye_rows(), right = matrix_eps * eye_cols();
+        state left_root = 0 * eye_rows(), right_root = 0 * eye_cols();
+        update {
+            let gm = select(momentum > 0, lerp(g, select(t == 1, g, buf), momentum), g);
+            p = select(weight_decouple, p * (1 - weight_decay * select(fixed_decay, 1, lr)), p);
+            let gd = select(!weight_decouple && weight_decay > 0, gm + weight_decay * p, gm);
+            left = left + gd @ transpose(gd);
+            right = right + transpose(gd) @ gd;
+            every preconditioning_compute_steps {
+                left_root = sym_pow(left, -0.25);
+                right_root = sym_pow(right, -0.25);
+            }
+            buf = left_root @ gd @ right_root;
+            p = p - lr * buf;
+        }
+    }
+}
+
 /// One catalog entry: its name, how to get its optimizer, and its DSL text.
 struct Entry {
     name: &'static str,
@@ -379,17 +513,62 @@ const ENTRIES: &[Entry] = &[
     },
 ];
 
-/// The catalog's names, in catalog order.
+/// The matrix rules (tensors of rank 2 or more; run on the matrix evaluator).
+const MATRIX_ENTRIES: &[Entry] = &[
+    Entry {
+        name: "muon",
+        make: dynamic::<Muon>,
+        source: Muon::SOURCE,
+    },
+    Entry {
+        name: "adafactor",
+        make: dynamic::<Adafactor>,
+        source: Adafactor::SOURCE,
+    },
+    Entry {
+        name: "sm3",
+        make: dynamic::<SM3>,
+        source: SM3::SOURCE,
+    },
+    Entry {
+        name: "came",
+        make: dynamic::<CAME>,
+        source: CAME::SOURCE,
+    },
+    Entry {
+        name: "shampoo",
+        make: dynamic::<Shampoo>,
+        source: Shampoo::SOURCE,
+    },
+];
+
+fn all_entries() -> impl Iterator<Item = &'static Entry> {
+    ENTRIES.iter().chain(MATRIX_ENTRIES)
+}
+
+/// The names of the catalog's element-wise rules (those every backend
+/// compiles to kernels: the CPU JIT, PTX), in catalog order.
 pub fn names() -> Vec<&'static str> {
     ENTRIES.iter().map(|e| e.name).collect()
 }
 
+/// The names of the catalog's matrix rules (Muon, Adafactor...), which see
+/// a tensor as a matrix and run on the matrix evaluator.
+pub fn matrix_names() -> Vec<&'static str> {
+    MATRIX_ENTRIES.iter().map(|e| e.name).collect()
+}
+
+/// Every name in the catalog: the element-wise rules, then the matrix rules.
+pub fn all_names() -> Vec<&'static str> {
+    all_entries().map(|e| e.name).collect()
+}
+
 /// The DSL text of the catalog optimizer called `name`.
 pub fn source(name: &str) -> Option<&'static str> {
-    ENTRIES.iter().find(|e| e.name == name).map(|e| e.source)
+    all_entries().find(|e| e.name == name).map(|e| e.source)
 }
 
 /// The catalog optimizer called `name` (lower case), with its default hyperparameters.
 pub fn get(name: &str) -> Option<DynOptimizer> {
-    ENTRIES.iter().find(|e| e.name == name).map(|e| (e.make)())
+    all_entries().find(|e| e.name == name).map(|e| (e.make)())
 }

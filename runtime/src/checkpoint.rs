@@ -388,7 +388,10 @@ fn encode<'a, F: Float>(
             outs.push(match buf {
                 StateBuf::Element(v) => Out {
                     name,
-                    shape: optimizer.shape(i).unwrap_or(&[]).to_vec(),
+                    shape: crate::stepper::state_shape(
+                        decl.kind,
+                        optimizer.shape(i).unwrap_or(&[]),
+                    ),
                     data: Data::Floats(v),
                 },
                 StateBuf::Scalar(x) => Out {
@@ -1051,13 +1054,16 @@ fn read<F: Float, R: Read>(
                 }
             },
         };
-        let (dtype, shape): (Dtype, &[usize]) = match role {
-            Role::Param(j) => (Dtype::of::<F>(), params[j].1.shape()),
+        let (dtype, shape): (Dtype, Vec<usize>) = match role {
+            Role::Param(j) => (Dtype::of::<F>(), params[j].1.shape().to_vec()),
             Role::State(i, s) => match rule.states[s].kind {
-                StateKind::Element => (Dtype::of::<F>(), &shapes[i]),
-                StateKind::Scalar => (Dtype::F64, &[]),
+                StateKind::Scalar => (Dtype::F64, Vec::new()),
+                kind => (
+                    Dtype::of::<F>(),
+                    crate::stepper::state_shape(kind, &shapes[i]),
+                ),
             },
-            Role::User(_) if info.shape.len() == 1 => (Dtype::F64, &info.shape),
+            Role::User(_) if info.shape.len() == 1 => (Dtype::F64, info.shape.clone()),
             Role::User(_) => {
                 return Err(fail(format!(
                     "{} has shape {:?}, not a vector",
@@ -1104,7 +1110,7 @@ fn read<F: Float, R: Read>(
         // Parameters and per-element state are of the optimizer's type; the rest f64.
         let native = match role {
             Role::Param(_) => true,
-            Role::State(_, s) => rule.states[s].kind == StateKind::Element,
+            Role::State(_, s) => rule.states[s].kind != StateKind::Scalar,
             Role::User(_) => false,
         };
         let mut left = info.end - info.start;

@@ -16,6 +16,7 @@ use crate::tensor::{TensorMut, TensorRef};
 use crate::Float;
 use lensopt_codegen::cpu::{Program, StepBuffers, StepPlan};
 use lensopt_ir::interp::{self, StateBuf, StepTensor};
+use lensopt_ir::matrix;
 use lensopt_ir::optimize::Mode;
 use lensopt_ir::{HyperValue, Rule, StateKind};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
@@ -79,6 +80,22 @@ pub struct Stepper<F: Float> {
     program: Option<(jit::Key, Arc<Program<F>>)>,
     /// Scheduled hyperparameters.
     schedules: Scheduled,
+    /// For a matrix rule, the `rows × cols` each tensor is seen as.
+    dims: Option<Vec<(usize, usize)>>,
+}
+
+/// The shape of a state of `kind` of a tensor of shape `shape`: the
+/// tensor's own for element state, `[]` for scalar state, and for matrix
+/// state its `rows × cols` matrix's axes (`[rows, 1]` per row).
+pub fn state_shape(kind: StateKind, shape: &[usize]) -> Vec<usize> {
+    match kind {
+        StateKind::Element => shape.to_vec(),
+        StateKind::Scalar => Vec::new(),
+        StateKind::Array(r, c) => {
+            let (rows, cols) = matrix::matrix_dims(shape).unwrap_or((0, 0));
+            vec![r.len(rows, cols), c.len(rows, cols)]
+        }
+    }
 }
 
 fn elements<'a, F>(
@@ -109,10 +126,29 @@ impl<F: Float> Stepper<F> {
     ) -> Result<Self, Error> {
         let (groups, group_of) = resolve_groups(&rule, &base, params.len(), groups)?;
         let shapes: Vec<Vec<usize>> = params.iter().map(|p| p.shape().to_vec()).collect();
+        let dims = if rule.is_matrix() {
+            let dims = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    matrix::matrix_dims(s).map_err(|e| {
+                        mismatch(format!("`{}` cannot update tensor {i}: {e}", rule.name))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(dims)
+        } else {
+            None
+        };
         let mut state = Vec::with_capacity(params.len());
         for (i, p) in params.iter().enumerate() {
             let data = elements("parameter", i, *p, &shapes[i])?;
-            state.push(interp::init_state(&rule, &groups[group_of[i]], data));
+            let hypers = &groups[group_of[i]];
+            state.push(match &dims {
+                Some(dims) => matrix::init_state(&rule, hypers, data, dims[i])
+                    .map_err(|e| mismatch(format!("tensor {i}: {}", e.0)))?,
+                None => interp::init_state(&rule, hypers, data),
+            });
         }
         Ok(Stepper {
             rule,
@@ -128,6 +164,7 @@ impl<F: Float> Stepper<F> {
             pool: None,
             program: None,
             schedules: Scheduled::default(),
+            dims,
         })
     }
 
@@ -323,7 +360,7 @@ impl<F: Float> Stepper<F> {
             }
         }
         self.schedules.apply(&mut self.groups, self.t + 1);
-        if self.backend == Backend::Interpreter || n == 0 {
+        if self.dims.is_some() || self.backend == Backend::Interpreter || n == 0 {
             let mut tensors: Vec<StepTensor<'_, F>> = Vec::with_capacity(n);
             for ((((p, g), inputs), state), group) in params
                 .iter_mut()
@@ -343,8 +380,11 @@ impl<F: Float> Stepper<F> {
                     hypers: &self.groups[*group],
                 });
             }
-            interp::step(&self.rule, self.t + 1, &present, &mut tensors)
-                .map_err(|e| mismatch(e.0))?;
+            match &self.dims {
+                Some(dims) => matrix::step(&self.rule, self.t + 1, &present, &mut tensors, dims),
+                None => interp::step(&self.rule, self.t + 1, &present, &mut tensors),
+            }
+            .map_err(|e| mismatch(e.0))?;
         } else {
             let program = self.program(&present)?;
             let has_scalar_state = self.rule.states.iter().any(|s| s.kind == StateKind::Scalar);
@@ -424,7 +464,18 @@ impl<F: Float> Stepper<F> {
         for (i, p) in params.iter().enumerate() {
             let data = elements("parameter", i, *p, &self.shapes[i])?;
             let hypers = &self.groups[self.group_of[i]];
-            let values = interp::view(&self.rule, self.t + 1, hypers, data, &self.state[i]);
+            let values = match &self.dims {
+                Some(dims) => matrix::view(
+                    &self.rule,
+                    self.t + 1,
+                    hypers,
+                    data,
+                    &self.state[i],
+                    dims[i],
+                )
+                .map_err(|e| mismatch(e.0))?,
+                None => interp::view(&self.rule, self.t + 1, hypers, data, &self.state[i]),
+            };
             out.push(
                 ArrayD::from_shape_vec(IxDyn(&self.shapes[i]), values)
                     .map_err(|e| mismatch(e.to_string()))?,
@@ -485,14 +536,37 @@ impl<F: Float> Stepper<F> {
         )
     }
 
-    /// Per-element state `name` of tensor `tensor`, shaped like the parameter.
+    /// Array state `name` of tensor `tensor`: shaped like the parameter
+    /// for per-element state, `[rows, 1]` / `[1, cols]` / `[n, n]` for the
+    /// per-row, per-column and matrix state of a matrix rule.
     pub fn state(&self, tensor: usize, name: &str) -> Option<ArrayViewD<'_, F>> {
         let s = self.rule.state_index(name)?;
-        if self.rule.states[s].kind != StateKind::Element {
+        let kind = self.rule.states[s].kind;
+        if kind == StateKind::Scalar {
             return None;
         }
         let buf = self.state.get(tensor)?[s].elements();
-        ArrayViewD::from_shape(IxDyn(&self.shapes[tensor]), buf).ok()
+        ArrayViewD::from_shape(IxDyn(&state_shape(kind, &self.shapes[tensor])), buf).ok()
+    }
+
+    /// Bytes of optimizer state held per parameter element (a factored
+    /// second moment holds `rows + cols` values, not `rows × cols`).
+    pub fn state_bytes_per_element(&self) -> f64 {
+        let elements: usize = self
+            .shapes
+            .iter()
+            .map(|s| s.iter().product::<usize>())
+            .sum();
+        let bytes: usize = self
+            .state
+            .iter()
+            .flatten()
+            .map(|b| match b {
+                StateBuf::Element(v) => v.len() * std::mem::size_of::<F>(),
+                StateBuf::Scalar(_) => std::mem::size_of::<f64>(),
+            })
+            .sum();
+        bytes as f64 / elements.max(1) as f64
     }
 
     /// Scalar state `name` of tensor `tensor`.

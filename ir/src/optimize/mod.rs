@@ -127,6 +127,15 @@ pub fn optimize(rule: &Rule, options: &Options) -> Rule {
 /// (whose extraction is superlinear in the depth of the graph): it is
 /// specialised and its constants folded in one linear pass, exactly.
 pub fn optimize_report(rule: &Rule, options: &Options) -> Optimized {
+    if rule.is_matrix() {
+        return Optimized {
+            rule: specialize_only(rule, options),
+            fallback: Some(
+                "a matrix rule is not given to the e-graph: it was only specialised and constant-folded"
+                    .into(),
+            ),
+        };
+    }
     if rule.nodes.len() > options.max_rule_nodes {
         return Optimized {
             rule: specialize_only(rule, options),

@@ -259,7 +259,7 @@ impl egg::CostFunction<Term> for RateCost<'_> {
             (_, Rate::Const) => 0.01,
             (_, Rate::Step) => 1.0,
             (_, Rate::Tensor) => 2.0,
-            (_, Rate::Element) => 1000.0,
+            (_, Rate::Element | Rate::Array(..)) => 1000.0,
         };
         term.children()
             .iter()

@@ -1,0 +1,839 @@
+//! The matrix evaluator: the meaning of a *matrix rule* (one that sees the
+//! tensor as a matrix, see [`Rule::is_matrix`]), and its CPU execution.
+//!
+//! A tensor of shape `[d0, d1, ...]` is the matrix `d0 × (d1 · ...)`, as
+//! the references reshape; a matrix rule refuses tensors of rank 0 and 1.
+//! Values are whole arrays, evaluated node by node:
+//! - scalars (const, step and tensor rate) are computed in f64, as in the
+//!   reference interpreter, and rounded to the element type `F` where array
+//!   code uses them; arrays (`rows × cols` elements, rows, columns, square
+//!   matrices) hold `F`;
+//! - element-wise operations broadcast axes of length 1;
+//! - reductions (whole or along an axis) accumulate in f64 in row-major
+//!   order; along an axis the result is rounded to `F`;
+//! - `@` is a GEMM accumulated in `F` (the kernel's order);
+//! - `sym_pow(A, e)` symmetrises `A`, diagonalises it in f64 (cyclic
+//!   Jacobi) and returns `Q diag(λ^e) Qᵀ` rounded to `F`;
+//! - `select(c, a, b)` with a scalar condition evaluates only the branch it
+//!   takes, so work under `every k { ... }` (a refresh every k steps) and
+//!   the unused branch of `select(rows() > cols(), ...)` cost nothing;
+//! - every new value is computed from the values at the start of the step.
+//!
+//! Values are freed after their last use, so the memory of a step is the
+//! largest set of arrays alive at once, not the sum over the graph.
+
+use crate::float::Float;
+use crate::hyper::HyperValue;
+use crate::interp::{eval_binary, eval_unary, maximum, InterpError, StateBuf, StepTensor};
+use crate::rule::*;
+use std::borrow::Cow;
+
+/// The matrix `rows × cols` a tensor of `shape` is seen as, or why it cannot be.
+pub fn matrix_dims(shape: &[usize]) -> Result<(usize, usize), String> {
+    match shape {
+        [] | [_] => Err(format!(
+            "a matrix rule needs tensors of rank 2 or more (higher ranks are seen as rows × the rest), not shape {shape:?}"
+        )),
+        [rows, rest @ ..] => rest
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .map(|cols| (*rows, cols))
+            .ok_or_else(|| format!("shape {shape:?} has more elements than memory can address")),
+    }
+}
+
+/// A value during evaluation.
+#[derive(Clone, Debug)]
+enum Val<'a, F: Clone> {
+    /// A scalar, in f64.
+    Scalar(f64),
+    /// A row-major `rows × cols` array.
+    Array {
+        rows: usize,
+        cols: usize,
+        data: Cow<'a, [F]>,
+    },
+}
+
+impl<'a, F: Float> Val<'a, F> {
+    fn array(rows: usize, cols: usize, data: Vec<F>) -> Self {
+        Val::Array {
+            rows,
+            cols,
+            data: Cow::Owned(data),
+        }
+    }
+
+    fn scalar(&self) -> f64 {
+        match self {
+            Val::Scalar(x) => *x,
+            // Only a 1 × 1 array reaches here (a matrix product of a row and a column).
+            Val::Array { data, .. } => data.first().map_or(f64::NAN, |x| x.to_f64()),
+        }
+    }
+
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            Val::Scalar(_) => (1, 1),
+            Val::Array { rows, cols, .. } => (*rows, *cols),
+        }
+    }
+
+    /// Reads entry `(i, j)` of the broadcast value.
+    fn reader(&self) -> Reader<'_, F> {
+        match self {
+            Val::Scalar(x) => Reader {
+                data: &[],
+                scalar: F::from_f64(*x),
+                row_stride: 0,
+                col_stride: 0,
+            },
+            Val::Array { rows, cols, data } => Reader {
+                data,
+                scalar: F::default(),
+                row_stride: if *rows == 1 { 0 } else { *cols },
+                col_stride: usize::from(*cols != 1),
+            },
+        }
+    }
+
+    fn into_data(self) -> Vec<F> {
+        match self {
+            Val::Scalar(x) => vec![F::from_f64(x)],
+            Val::Array { data, .. } => data.into_owned(),
+        }
+    }
+}
+
+/// Broadcast access to one operand of an element-wise operation.
+struct Reader<'v, F> {
+    data: &'v [F],
+    scalar: F,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<F: Float> Reader<'_, F> {
+    #[inline]
+    fn at(&self, i: usize, j: usize) -> F {
+        if self.data.is_empty() {
+            self.scalar
+        } else {
+            self.data[i * self.row_stride + j * self.col_stride]
+        }
+    }
+}
+
+fn truth(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// One tensor's buffers, read-only, and its sizes.
+struct Leaves<'a, F> {
+    param: &'a [F],
+    grad: &'a [F],
+    inputs: &'a [Option<&'a [F]>],
+    state: &'a [StateBuf<F>],
+    hypers: &'a [HyperValue],
+    present: &'a [bool],
+    t: f64,
+    rows: usize,
+    cols: usize,
+}
+
+/// Evaluates the values `roots` of `rule` for one tensor. `globals` holds
+/// the values of global reductions already computed (by node id).
+struct Evaluation<'r, 'a, F: Float> {
+    rule: &'r Rule,
+    leaves: &'r Leaves<'a, F>,
+    values: Vec<Option<Val<'a, F>>>,
+}
+
+impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
+    fn run(
+        rule: &'r Rule,
+        leaves: &'r Leaves<'a, F>,
+        globals: &[(ValueId, f64)],
+        roots: &[ValueId],
+    ) -> Result<Vec<Val<'a, F>>, InterpError> {
+        let mut ev = Evaluation {
+            rule,
+            leaves,
+            values: vec![None; rule.nodes.len()],
+        };
+        for &(id, x) in globals {
+            ev.values[id.index()] = Some(Val::Scalar(x));
+        }
+        // Scalars that depend on no array: evaluated first, so that a
+        // select on one of them can skip the branch it does not take.
+        let mut pure = vec![false; rule.nodes.len()];
+        for (i, node) in rule.nodes.iter().enumerate() {
+            pure[i] = !node.rate.is_array()
+                && !matches!(
+                    node.op,
+                    Op::Reduce(..) | Op::ReduceAxis(..) | Op::Matmul(..)
+                )
+                && node.op.args().iter().all(|a| pure[a.index()]);
+            if pure[i] && ev.values[i].is_none() {
+                let v = ev.compute(ValueId(i as u32))?;
+                ev.values[i] = Some(v);
+            }
+        }
+        // The values the roots need, taking only the chosen branch of a
+        // select whose condition is known; and how often each is read.
+        let mut live = vec![false; rule.nodes.len()];
+        let mut uses = vec![0usize; rule.nodes.len()];
+        for r in roots {
+            live[r.index()] = true;
+        }
+        for i in (0..rule.nodes.len()).rev() {
+            if !live[i] || ev.values[i].is_some() {
+                continue;
+            }
+            for a in ev.needed(ValueId(i as u32)) {
+                live[a.index()] = true;
+                uses[a.index()] += 1;
+            }
+        }
+        for r in roots {
+            uses[r.index()] += 1;
+        }
+        for i in 0..rule.nodes.len() {
+            if !live[i] || ev.values[i].is_some() {
+                continue;
+            }
+            let id = ValueId(i as u32);
+            let v = ev.compute(id)?;
+            ev.values[i] = Some(v);
+            for a in ev.needed(id) {
+                let u = &mut uses[a.index()];
+                *u -= 1;
+                if *u == 0 {
+                    ev.values[a.index()] = None;
+                }
+            }
+        }
+        roots
+            .iter()
+            .map(|r| {
+                ev.values[r.index()]
+                    .clone()
+                    .ok_or_else(|| InterpError(format!("{r} was not computed")))
+            })
+            .collect()
+    }
+
+    /// The arguments node `id` reads: a select with a computed scalar
+    /// condition reads only the branch it takes.
+    fn needed(&self, id: ValueId) -> Vec<ValueId> {
+        let op = self.rule.node(id).op;
+        if let Op::Select(c, a, b) = op {
+            if let Some(Val::Scalar(x)) = &self.values[c.index()] {
+                if !self.rule.node(c).rate.is_array() {
+                    return vec![if *x != 0.0 { a } else { b }];
+                }
+            }
+        }
+        op.args()
+    }
+
+    fn get(&self, v: ValueId) -> Result<&Val<'a, F>, InterpError> {
+        self.values[v.index()]
+            .as_ref()
+            .ok_or_else(|| InterpError(format!("{v} is read before it is computed")))
+    }
+
+    fn leaf_array(&self, data: &'a [F], what: &str) -> Result<Val<'a, F>, InterpError> {
+        let (rows, cols) = (self.leaves.rows, self.leaves.cols);
+        if data.len() != rows * cols {
+            return Err(InterpError(format!(
+                "{what} has {} values, not {rows} × {cols}",
+                data.len()
+            )));
+        }
+        Ok(Val::Array {
+            rows,
+            cols,
+            data: Cow::Borrowed(data),
+        })
+    }
+
+    fn compute(&self, id: ValueId) -> Result<Val<'a, F>, InterpError> {
+        let node = self.rule.node(id);
+        let l = self.leaves;
+        let (rows, cols) = (l.rows, l.cols);
+        Ok(match node.op {
+            Op::Const(x) => Val::Scalar(x),
+            Op::ConstBool(b) => Val::Scalar(truth(b)),
+            Op::Hyper(h) => Val::Scalar(l.hypers[h as usize].as_f64()),
+            Op::Step => Val::Scalar(l.t),
+            Op::Present(k) => Val::Scalar(truth(l.present.get(k as usize) == Some(&true))),
+            Op::Numel => Val::Scalar((rows * cols) as f64),
+            Op::Extent(d) => Val::Scalar(d.len(rows, cols) as f64),
+            Op::MachineEps => Val::Scalar(if F::NAME == "f32" {
+                f64::from(f32::EPSILON)
+            } else {
+                f64::EPSILON
+            }),
+            Op::Eye(d) => {
+                let n = d.len(rows, cols);
+                let mut data = vec![F::default(); n * n];
+                for i in 0..n {
+                    data[i * n + i] = F::from_f64(1.0);
+                }
+                Val::array(n, n, data)
+            }
+            Op::Param => self.leaf_array(l.param, "the parameter")?,
+            Op::Grad => self.leaf_array(l.grad, "the gradient")?,
+            Op::Input(k) => match l.inputs.get(k as usize).copied().flatten() {
+                Some(data) => self.leaf_array(data, "an input")?,
+                None => Val::Scalar(0.0),
+            },
+            Op::State(s) => match l.state.get(s as usize) {
+                None => return Err(InterpError("a state is read before it exists".into())),
+                Some(StateBuf::Scalar(x)) => Val::Scalar(*x),
+                Some(StateBuf::Element(data)) => {
+                    let (r, c) = node.rate.shape();
+                    Val::Array {
+                        rows: r.len(rows, cols),
+                        cols: c.len(rows, cols),
+                        data: Cow::Borrowed(data.as_slice()),
+                    }
+                }
+            },
+            Op::Unary(u, a) => {
+                self.map(node, &[a], |x| eval_unary(u, x[0]), |x| eval_unary(u, x[0]))?
+            }
+            Op::Binary(b, x, y) => self.map(
+                node,
+                &[x, y],
+                |v| eval_binary(b, v[0], v[1]),
+                |v| eval_binary(b, v[0], v[1]),
+            )?,
+            Op::Fma(a, b, c) => self.map(
+                node,
+                &[a, b, c],
+                |v| v[0].mul_add(v[1], v[2]),
+                |v| v[0].mul_add(v[1], v[2]),
+            )?,
+            Op::Select(c, a, b) => {
+                let cond = self.get(c)?;
+                if !self.rule.node(c).rate.is_array() {
+                    // Only the branch taken was computed.
+                    let taken = if cond.scalar() != 0.0 { a } else { b };
+                    return self.broadcast_to(node, self.get(taken)?.clone());
+                }
+                self.map(
+                    node,
+                    &[c, a, b],
+                    |v| if v[0] != 0.0 { v[1] } else { v[2] },
+                    |v| if v[0].to_f64() != 0.0 { v[1] } else { v[2] },
+                )?
+            }
+            Op::Reduce(op, _, a) => Val::Scalar(reduce(op, self.get(a)?)),
+            Op::ReduceAxis(op, axis, a) => {
+                let v = self.get(a)?;
+                let (r, c) = v.shape();
+                let rd = v.reader();
+                let mut out = Vec::new();
+                let (outer, inner) = match axis {
+                    Axis::Row => (r, c),
+                    Axis::Col => (c, r),
+                };
+                for o in 0..outer {
+                    let mut acc = Acc::default();
+                    for k in 0..inner {
+                        let x = match axis {
+                            Axis::Row => rd.at(o, k),
+                            Axis::Col => rd.at(k, o),
+                        };
+                        acc.add(op, x.to_f64());
+                    }
+                    out.push(F::from_f64(acc.finish(op)));
+                }
+                match axis {
+                    Axis::Row => Val::array(r, 1, out),
+                    Axis::Col => Val::array(1, c, out),
+                }
+            }
+            Op::Matmul(a, b) => {
+                let (x, y) = (self.get(a)?, self.get(b)?);
+                let ((m, k), (k2, n)) = (x.shape(), y.shape());
+                if k != k2 {
+                    return Err(InterpError(format!(
+                        "matrix product of {m} × {k} and {k2} × {n}"
+                    )));
+                }
+                let (Val::Array { data: xa, .. }, Val::Array { data: yb, .. }) = (x, y) else {
+                    return Err(InterpError("`@` of a scalar".into()));
+                };
+                let mut out = vec![F::default(); m * n];
+                F::gemm(m, k, n, xa, yb, &mut out);
+                self.shaped(node, Val::array(m, n, out))
+            }
+            Op::Transpose(a) => match self.get(a)? {
+                Val::Scalar(x) => Val::Scalar(*x),
+                Val::Array { rows, cols, data } => {
+                    let (r, c) = (*rows, *cols);
+                    let mut out = vec![F::default(); r * c];
+                    for i in 0..r {
+                        for j in 0..c {
+                            out[j * r + i] = data[i * c + j];
+                        }
+                    }
+                    Val::array(c, r, out)
+                }
+            },
+            Op::MatFn(MatFn::Pow, a, e) => {
+                let e = self.get(e)?.scalar();
+                let Val::Array { rows: n, data, .. } = self.get(a)? else {
+                    return Err(InterpError("`sym_pow` of a scalar".into()));
+                };
+                let n = *n;
+                let sym: Vec<f64> = (0..n * n)
+                    .map(|k| {
+                        let (i, j) = (k / n, k % n);
+                        0.5 * (data[i * n + j].to_f64() + data[j * n + i].to_f64())
+                    })
+                    .collect();
+                let (values, vectors) = symmetric_eigen(n, sym);
+                let powered: Vec<f64> = values.iter().map(|l| l.powf(e)).collect();
+                let mut out = vec![F::default(); n * n];
+                for i in 0..n {
+                    for j in 0..n {
+                        let mut s = 0.0;
+                        for (k, p) in powered.iter().enumerate() {
+                            s += vectors[i * n + k] * p * vectors[j * n + k];
+                        }
+                        out[i * n + j] = F::from_f64(s);
+                    }
+                }
+                Val::array(n, n, out)
+            }
+        })
+    }
+
+    /// A value of `node`'s shape: scalars stay scalars where the node is a
+    /// scalar, a 1 × 1 product becomes one.
+    fn shaped(&self, node: &Node, v: Val<'a, F>) -> Val<'a, F> {
+        if node.rate.is_array() {
+            v
+        } else {
+            Val::Scalar(v.scalar())
+        }
+    }
+
+    /// `v` (a branch of a select) broadcast to the select's shape.
+    fn broadcast_to(&self, node: &Node, v: Val<'a, F>) -> Result<Val<'a, F>, InterpError> {
+        if !node.rate.is_array() {
+            return Ok(Val::Scalar(v.scalar()));
+        }
+        let (r, c) = self.dims(node);
+        if v.shape() == (r, c) && matches!(v, Val::Array { .. }) {
+            return Ok(v);
+        }
+        let rd = v.reader();
+        let mut out = Vec::with_capacity(r * c);
+        for i in 0..r {
+            for j in 0..c {
+                out.push(rd.at(i, j));
+            }
+        }
+        Ok(Val::array(r, c, out))
+    }
+
+    fn dims(&self, node: &Node) -> (usize, usize) {
+        let (r, c) = node.rate.shape();
+        (
+            r.len(self.leaves.rows, self.leaves.cols),
+            c.len(self.leaves.rows, self.leaves.cols),
+        )
+    }
+
+    /// An element-wise operation: in f64 on scalars, in `F` on arrays
+    /// (scalar operands rounded to `F` once), broadcasting.
+    fn map(
+        &self,
+        node: &Node,
+        args: &[ValueId],
+        scalar: impl Fn(&[f64]) -> f64,
+        element: impl Fn(&[F]) -> F,
+    ) -> Result<Val<'a, F>, InterpError> {
+        let vals: Vec<&Val<'a, F>> = args
+            .iter()
+            .map(|a| self.get(*a))
+            .collect::<Result<_, _>>()?;
+        if !node.rate.is_array() {
+            let xs: Vec<f64> = vals.iter().map(|v| v.scalar()).collect();
+            return Ok(Val::Scalar(scalar(&xs)));
+        }
+        let (r, c) = self.dims(node);
+        let readers: Vec<Reader<'_, F>> = vals.iter().map(|v| v.reader()).collect();
+        let mut out = Vec::with_capacity(r * c);
+        let mut xs = vec![F::default(); readers.len()];
+        for i in 0..r {
+            for j in 0..c {
+                for (x, rd) in xs.iter_mut().zip(&readers) {
+                    *x = rd.at(i, j);
+                }
+                out.push(element(&xs));
+            }
+        }
+        Ok(Val::array(r, c, out))
+    }
+}
+
+/// A reduction's accumulator, in f64.
+#[derive(Default)]
+struct Acc {
+    sum: f64,
+    max: f64,
+    count: usize,
+}
+
+impl Acc {
+    fn add(&mut self, op: ReduceOp, x: f64) {
+        match op {
+            ReduceOp::Sum | ReduceOp::Mean => self.sum += x,
+            ReduceOp::Norm => self.sum += x * x,
+            ReduceOp::Count => self.sum += truth(x != 0.0),
+            ReduceOp::MaxAbs => self.max = maximum(self.max, x.abs()),
+        }
+        self.count += 1;
+    }
+
+    fn finish(&self, op: ReduceOp) -> f64 {
+        match op {
+            ReduceOp::Sum | ReduceOp::Count => self.sum,
+            ReduceOp::Mean => self.sum / self.count as f64,
+            ReduceOp::Norm => self.sum.sqrt(),
+            ReduceOp::MaxAbs => self.max,
+        }
+    }
+}
+
+fn reduce<F: Float>(op: ReduceOp, v: &Val<'_, F>) -> f64 {
+    let mut acc = Acc::default();
+    match v {
+        Val::Scalar(x) => acc.add(op, *x),
+        Val::Array { data, .. } => {
+            for x in data.iter() {
+                acc.add(op, x.to_f64());
+            }
+        }
+    }
+    acc.finish(op)
+}
+
+/// Eigenvalues and eigenvectors (columns of the row-major `n × n` result)
+/// of the symmetric matrix `a`, by cyclic Jacobi rotations until the
+/// off-diagonal part is negligible (at most 100 sweeps).
+pub fn symmetric_eigen(n: usize, mut a: Vec<f64>) -> (Vec<f64>, Vec<f64>) {
+    let mut v = vec![0.0; n * n];
+    for i in 0..n {
+        v[i * n + i] = 1.0;
+    }
+    for _sweep in 0..100 {
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * n + j] * a[i * n + j])
+            .sum();
+        let diag: f64 = (0..n).map(|i| a[i * n + i] * a[i * n + i]).sum();
+        if off <= f64::EPSILON * f64::EPSILON * diag || off == 0.0 || !off.is_finite() {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = a[p * n + q];
+                if apq == 0.0 {
+                    continue;
+                }
+                let (app, aqq) = (a[p * n + p], a[q * n + q]);
+                let theta = (aqq - app) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..n {
+                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+                for k in 0..n {
+                    let (vkp, vkq) = (v[k * n + p], v[k * n + q]);
+                    v[k * n + p] = c * vkp - s * vkq;
+                    v[k * n + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    ((0..n).map(|i| a[i * n + i]).collect(), v)
+}
+
+/// The sizes of every tensor of a step, checked against its buffers.
+fn check_sizes<F: Float>(
+    rule: &Rule,
+    present: &[bool],
+    tensors: &[StepTensor<'_, F>],
+    dims: &[(usize, usize)],
+) -> Result<(), InterpError> {
+    if dims.len() != tensors.len() || present.len() != rule.inputs.len() {
+        return Err(InterpError(format!(
+            "{} shapes and {} presence flags for {} tensors and {} inputs",
+            dims.len(),
+            present.len(),
+            tensors.len(),
+            rule.inputs.len()
+        )));
+    }
+    for (i, (tt, &(rows, cols))) in tensors.iter().zip(dims).enumerate() {
+        let n = rows
+            .checked_mul(cols)
+            .ok_or_else(|| InterpError(format!("tensor {i}: {rows} × {cols} overflows")))?;
+        let bad = |what: &str, got: usize, want: usize| {
+            InterpError(format!(
+                "tensor {i}: {what} has {got} values, a {rows} × {cols} tensor needs {want}"
+            ))
+        };
+        if tt.param.len() != n {
+            return Err(bad("the parameter", tt.param.len(), n));
+        }
+        if tt.grad.len() != n {
+            return Err(bad("the gradient", tt.grad.len(), n));
+        }
+        if tt.hypers.len() != rule.hypers.len()
+            || tt.state.len() != rule.states.len()
+            || tt.inputs.len() != rule.inputs.len()
+        {
+            return Err(InterpError(format!(
+                "tensor {i}: hyperparameters, state or inputs do not match the rule"
+            )));
+        }
+        for (k, (buf, decl)) in tt.inputs.iter().zip(&rule.inputs).enumerate() {
+            match buf {
+                Some(buf) if buf.len() != n => {
+                    return Err(bad(&format!("input `{}`", decl.name), buf.len(), n))
+                }
+                None if !decl.optional || present[k] => {
+                    return Err(InterpError(format!(
+                        "tensor {i}: input `{}` is missing",
+                        decl.name
+                    )))
+                }
+                _ => {}
+            }
+        }
+        for (s, decl) in tt.state.iter().zip(&rule.states) {
+            let want = decl.kind.len(n, rows, cols);
+            match (s, decl.kind) {
+                (StateBuf::Scalar(_), StateKind::Scalar) => {}
+                (StateBuf::Element(v), StateKind::Element | StateKind::Array(..)) => {
+                    if v.len() != want {
+                        return Err(bad(&format!("state `{}`", decl.name), v.len(), want));
+                    }
+                }
+                _ => {
+                    return Err(InterpError(format!(
+                        "tensor {i}: state `{}` has the wrong kind",
+                        decl.name
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs step `t` of the matrix rule `rule` over `tensors`, tensor `i`
+/// being the matrix `dims[i]` (see [`matrix_dims`]).
+pub fn step<F: Float>(
+    rule: &Rule,
+    t: u64,
+    present: &[bool],
+    tensors: &mut [StepTensor<'_, F>],
+    dims: &[(usize, usize)],
+) -> Result<(), InterpError> {
+    check_sizes(rule, present, tensors, dims)?;
+    let t = t as f64;
+    let mut roots = rule.step_roots();
+    // Global reductions first, in order, each over every tensor.
+    let mut globals: Vec<(ValueId, f64)> = Vec::new();
+    let live = rule.reachable(&roots);
+    for (i, node) in rule.nodes.iter().enumerate() {
+        let Op::Reduce(op, Scope::Global, arg) = node.op else {
+            continue;
+        };
+        if !live[i] {
+            continue;
+        }
+        let mut acc = Acc::default();
+        for (tt, &(rows, cols)) in tensors.iter().zip(dims) {
+            let leaves = Leaves {
+                param: tt.param,
+                grad: tt.grad,
+                inputs: &tt.inputs,
+                state: tt.state,
+                hypers: tt.hypers,
+                present,
+                t,
+                rows,
+                cols,
+            };
+            let v = Evaluation::run(rule, &leaves, &globals, &[arg])?;
+            if let Some(Val::Array { data, .. }) = v.first() {
+                for x in data.iter() {
+                    acc.add(op, x.to_f64());
+                }
+            }
+        }
+        globals.push((ValueId(i as u32), acc.finish(op)));
+    }
+    roots.dedup();
+    let mut results: Vec<(Vec<F>, Vec<Val<'static, F>>)> = Vec::with_capacity(tensors.len());
+    for (tt, &(rows, cols)) in tensors.iter().zip(dims) {
+        let leaves = Leaves {
+            param: tt.param,
+            grad: tt.grad,
+            inputs: &tt.inputs,
+            state: tt.state,
+            hypers: tt.hypers,
+            present,
+            t,
+            rows,
+            cols,
+        };
+        let outs = Evaluation::run(rule, &leaves, &globals, &rule.step_roots())?;
+        let mut outs = outs.into_iter();
+        let p = outs
+            .next()
+            .map(|v| expand(v, rows, cols, rows, cols))
+            .unwrap_or_default();
+        let states: Vec<Val<'static, F>> = outs
+            .zip(&rule.states)
+            .map(|(v, decl)| match decl.kind {
+                StateKind::Scalar => Val::Scalar(v.scalar()),
+                kind => {
+                    let (r, c) = kind.rate().shape();
+                    Val::array(
+                        r.len(rows, cols),
+                        c.len(rows, cols),
+                        expand(v, r.len(rows, cols), c.len(rows, cols), rows, cols),
+                    )
+                }
+            })
+            .collect();
+        results.push((p, states));
+    }
+    // Every tensor's new values were computed from the old; now store them.
+    for (tt, (p, states)) in tensors.iter_mut().zip(results) {
+        tt.param.copy_from_slice(&p);
+        for (buf, v) in tt.state.iter_mut().zip(states) {
+            match (buf, v) {
+                (StateBuf::Scalar(x), v) => *x = v.scalar(),
+                (StateBuf::Element(old), v) => {
+                    let new = v.into_data();
+                    if new.len() == old.len() {
+                        *old = new;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `v` as a row-major `r × c` array (broadcasting a scalar, a row or a column).
+fn expand<F: Float>(v: Val<'_, F>, r: usize, c: usize, _rows: usize, _cols: usize) -> Vec<F> {
+    if v.shape() == (r, c) {
+        if let Val::Array { .. } = v {
+            return v.into_data();
+        }
+    }
+    let rd = v.reader();
+    let mut out = Vec::with_capacity(r * c);
+    for i in 0..r {
+        for j in 0..c {
+            out.push(rd.at(i, j));
+        }
+    }
+    out
+}
+
+/// Creates the state of one `rows × cols` tensor from its initial values.
+pub fn init_state<F: Float>(
+    rule: &Rule,
+    hypers: &[HyperValue],
+    param: &[F],
+    (rows, cols): (usize, usize),
+) -> Result<Vec<StateBuf<F>>, InterpError> {
+    if rows.checked_mul(cols) != Some(param.len()) {
+        return Err(InterpError(format!(
+            "the parameter has {} values, not {rows} × {cols}",
+            param.len()
+        )));
+    }
+    let leaves = Leaves {
+        param,
+        grad: &[],
+        inputs: &[],
+        state: &[],
+        hypers,
+        present: &[],
+        t: 0.0,
+        rows,
+        cols,
+    };
+    let roots: Vec<ValueId> = rule.states.iter().map(|s| s.init).collect();
+    let inits = Evaluation::run(rule, &leaves, &[], &roots)?;
+    Ok(inits
+        .into_iter()
+        .zip(&rule.states)
+        .map(|(v, s)| match s.kind {
+            StateKind::Scalar => StateBuf::Scalar(v.scalar()),
+            kind => {
+                let (r, c) = kind.rate().shape();
+                let (r, c) = (r.len(rows, cols), c.len(rows, cols));
+                StateBuf::Element(expand(v, r, c, rows, cols))
+            }
+        })
+        .collect())
+}
+
+/// What the model sees of one `rows × cols` parameter before step `t`.
+pub fn view<F: Float>(
+    rule: &Rule,
+    t: u64,
+    hypers: &[HyperValue],
+    param: &[F],
+    state: &[StateBuf<F>],
+    (rows, cols): (usize, usize),
+) -> Result<Vec<F>, InterpError> {
+    let Some(root) = rule.view else {
+        return Ok(param.to_vec());
+    };
+    let leaves = Leaves {
+        param,
+        grad: &[],
+        inputs: &[],
+        state,
+        hypers,
+        present: &vec![false; rule.inputs.len()],
+        t: t as f64,
+        rows,
+        cols,
+    };
+    let v = Evaluation::run(rule, &leaves, &[], &[root])?;
+    Ok(v.into_iter()
+        .next()
+        .map(|v| expand(v, rows, cols, rows, cols))
+        .unwrap_or_default())
+}
