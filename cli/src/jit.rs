@@ -45,7 +45,7 @@ fn rule_text(arg: &std::path::Path) -> Result<String, Failure> {
                     Failure::usage(format!(
                         "{}: no such file, and no catalog optimizer of that name (the catalog has: {})",
                         arg.display(),
-                        lensopt::catalog::names().join(", ")
+                        lensopt::catalog::all_names().join(", ")
                     ))
                 })
         }

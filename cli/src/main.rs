@@ -136,7 +136,7 @@ struct ListArgs {
 
 fn list(args: &ListArgs) {
     use lensopt::Optimizer;
-    for name in lensopt::catalog::names() {
+    for name in lensopt::catalog::all_names() {
         let opt = lensopt::catalog::get(name).expect("listed names exist");
         let rule = opt.rule();
         if args.json {
@@ -149,7 +149,7 @@ fn list(args: &ListArgs) {
             let inputs: Vec<&str> = rule.inputs.iter().map(|i| i.name.as_str()).collect();
             outln!(
                 "{}",
-                serde_json::json!({"name": name, "rule": rule.name, "hypers": hypers, "states": states, "inputs": inputs, "doc": rule.doc.join("\n")})
+                serde_json::json!({"name": name, "rule": rule.name, "hypers": hypers, "states": states, "inputs": inputs, "matrix": rule.is_matrix(), "doc": rule.doc.join("\n")})
             );
             continue;
         }
@@ -158,6 +158,11 @@ fn list(args: &ListArgs) {
             .iter()
             .map(|h| format!("{}={}", h.name, h.default))
             .collect();
-        outln!("{name:<11} {}", hypers.join(" "));
+        let kind = if rule.is_matrix() {
+            " (matrix rule)"
+        } else {
+            ""
+        };
+        outln!("{name:<11} {}{kind}", hypers.join(" "));
     }
 }

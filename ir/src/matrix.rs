@@ -202,8 +202,8 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         for r in roots {
             uses[r.index()] += 1;
         }
-        for i in 0..rule.nodes.len() {
-            if !live[i] || ev.values[i].is_some() {
+        for (i, &alive) in live.iter().enumerate() {
+            if !alive || ev.values[i].is_some() {
                 continue;
             }
             let id = ValueId(i as u32);

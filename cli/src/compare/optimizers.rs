@@ -14,7 +14,7 @@ pub(super) fn optimizer(spec: &str, set: &[String]) -> Result<(String, DynOptimi
             let text = std::fs::read_to_string(spec).map_err(|_| {
                 Failure::usage(format!(
                     "`{spec}` is neither a catalog optimizer ({}) nor a readable rule file",
-                    lensopt::catalog::names().join(", ")
+                    lensopt::catalog::all_names().join(", ")
                 ))
             })?;
             DynOptimizer::parse(&text).map_err(|e| Failure::usage(format!("{spec}:{e}")))?
