@@ -305,21 +305,63 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                     }
                 }
             },
-            Op::Unary(u, a) => {
-                self.map(node, &[a], |x| eval_unary(u, x[0]), |x| eval_unary(u, x[0]))?
-            }
-            Op::Binary(b, x, y) => self.map(
-                node,
-                &[x, y],
-                |v| eval_binary(b, v[0], v[1]),
-                |v| eval_binary(b, v[0], v[1]),
-            )?,
-            Op::Fma(a, b, c) => self.map(
-                node,
-                &[a, b, c],
-                |v| v[0].mul_add(v[1], v[2]),
-                |v| v[0].mul_add(v[1], v[2]),
-            )?,
+            Op::Unary(u, a) => match self.flat(node, &[a])? {
+                Some(ops) => {
+                    let (r, c) = self.dims(node);
+                    let x = ops[0];
+                    let out = match u {
+                        UnOp::Neg => map1(x, r * c, |a| a.neg()),
+                        UnOp::Sqrt => map1(x, r * c, |a| a.sqrt()),
+                        UnOp::Abs => map1(x, r * c, |a| a.abs()),
+                        UnOp::Rsqrt => map1(x, r * c, |a| F::from_f64(1.0).div(a.sqrt())),
+                        _ => map1(x, r * c, |a| eval_unary(u, a)),
+                    };
+                    Val::array(r, c, out)
+                }
+                None => self.map(node, &[a], |x| eval_unary(u, x[0]), |x| eval_unary(u, x[0]))?,
+            },
+            Op::Binary(b, x, y) => match self.flat(node, &[x, y])? {
+                Some(ops) => {
+                    let (r, c) = self.dims(node);
+                    let (x, y, n) = (ops[0], ops[1], r * c);
+                    let out = match b {
+                        BinOp::Add => map2(x, y, n, |a, b| a.add(b)),
+                        BinOp::Sub => map2(x, y, n, |a, b| a.sub(b)),
+                        BinOp::Mul => map2(x, y, n, |a, b| a.mul(b)),
+                        BinOp::Div => map2(x, y, n, |a, b| a.div(b)),
+                        _ => map2(x, y, n, |a, c| eval_binary(b, a, c)),
+                    };
+                    Val::array(r, c, out)
+                }
+                None => self.map(
+                    node,
+                    &[x, y],
+                    |v| eval_binary(b, v[0], v[1]),
+                    |v| eval_binary(b, v[0], v[1]),
+                )?,
+            },
+            Op::Fma(a, b, c) => match self.flat(node, &[a, b, c])? {
+                Some(ops) => {
+                    let (r, c) = self.dims(node);
+                    let n = r * c;
+                    let out = fill(n, |start, out| {
+                        for (k, o) in out.iter_mut().enumerate() {
+                            let at = |x: Operand<'_, F>| match x {
+                                Operand::Slice(xs) => xs[start + k],
+                                Operand::Scalar(v) => v,
+                            };
+                            *o = at(ops[0]).mul_add(at(ops[1]), at(ops[2]));
+                        }
+                    });
+                    Val::array(r, c, out)
+                }
+                None => self.map(
+                    node,
+                    &[a, b, c],
+                    |v| v[0].mul_add(v[1], v[2]),
+                    |v| v[0].mul_add(v[1], v[2]),
+                )?,
+            },
             Op::Select(c, a, b) => {
                 let cond = self.get(c)?;
                 if !self.rule.node(c).rate.is_array() {
@@ -454,6 +496,32 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         )
     }
 
+    /// The operands of an element-wise array operation whose array operands
+    /// all have its own shape (no broadcasting of axes): slices or scalars
+    /// rounded to `F`. `None` when the node is a scalar or an operand
+    /// broadcasts along an axis.
+    fn flat<'v>(
+        &'v self,
+        node: &Node,
+        args: &[ValueId],
+    ) -> Result<Option<Vec<Operand<'v, F>>>, InterpError> {
+        if !node.rate.is_array() {
+            return Ok(None);
+        }
+        let dims = self.dims(node);
+        let mut ops = Vec::with_capacity(args.len());
+        for a in args {
+            match self.get(*a)? {
+                Val::Scalar(x) => ops.push(Operand::Scalar(F::from_f64(*x))),
+                Val::Array { rows, cols, data } if (*rows, *cols) == dims => {
+                    ops.push(Operand::Slice(data))
+                }
+                Val::Array { .. } => return Ok(None),
+            }
+        }
+        Ok(Some(ops))
+    }
+
     /// An element-wise operation: in f64 on scalars, in `F` on arrays
     /// (scalar operands rounded to `F` once), broadcasting.
     fn map(
@@ -484,6 +552,69 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
             }
         }
         Ok(Val::array(r, c, out))
+    }
+}
+
+/// One operand of a flat element-wise operation.
+#[derive(Clone, Copy)]
+enum Operand<'v, F> {
+    Slice(&'v [F]),
+    Scalar(F),
+}
+
+/// Arrays of more elements than this are computed in parallel chunks.
+const PARALLEL_ABOVE: usize = 1 << 16;
+const CHUNK: usize = 1 << 14;
+
+/// `f` over `n` elements, in parallel chunks for large arrays (element-wise,
+/// so the result does not depend on the split).
+fn fill<F: Float>(n: usize, f: impl Fn(usize, &mut [F]) + Sync) -> Vec<F> {
+    let mut out = vec![F::default(); n];
+    if n > PARALLEL_ABOVE {
+        use rayon::prelude::*;
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(k, chunk)| f(k * CHUNK, chunk));
+    } else {
+        f(0, &mut out);
+    }
+    out
+}
+
+fn map1<F: Float>(x: Operand<'_, F>, n: usize, f: impl Fn(F) -> F + Sync) -> Vec<F> {
+    match x {
+        Operand::Scalar(a) => vec![f(a); n],
+        Operand::Slice(xs) => fill(n, |start, out| {
+            for (o, &a) in out.iter_mut().zip(&xs[start..]) {
+                *o = f(a);
+            }
+        }),
+    }
+}
+
+fn map2<F: Float>(
+    x: Operand<'_, F>,
+    y: Operand<'_, F>,
+    n: usize,
+    f: impl Fn(F, F) -> F + Sync,
+) -> Vec<F> {
+    match (x, y) {
+        (Operand::Scalar(a), Operand::Scalar(b)) => vec![f(a, b); n],
+        (Operand::Slice(xs), Operand::Scalar(b)) => fill(n, |start, out| {
+            for (o, &a) in out.iter_mut().zip(&xs[start..]) {
+                *o = f(a, b);
+            }
+        }),
+        (Operand::Scalar(a), Operand::Slice(ys)) => fill(n, |start, out| {
+            for (o, &b) in out.iter_mut().zip(&ys[start..]) {
+                *o = f(a, b);
+            }
+        }),
+        (Operand::Slice(xs), Operand::Slice(ys)) => fill(n, |start, out| {
+            for ((o, &a), &b) in out.iter_mut().zip(&xs[start..]).zip(&ys[start..]) {
+                *o = f(a, b);
+            }
+        }),
     }
 }
 

@@ -18,15 +18,19 @@
 //! in two parameter groups in one step (`adam_many_small`) beside one tensor
 //! of the same total size, and JIT latency (rule text to callable kernels).
 //!
+//! With `--matrix`, the matrix rules instead ([`matrix`]).
+//!
 //! The command's parts: [`harness`] runs and times (settings, timing,
 //! buffers, limits), [`ceilings`] holds the reference kernels the steps are
 //! measured against, [`workloads`] the optimizer steps measured (CPU and
 //! GPU) and the JIT's latency, [`circuits`] the bit-sliced circuit
-//! throughput, and [`report`] prints the table or the JSON lines.
+//! throughput, [`matrix`] the matrix rules against their GEMMs, and
+//! [`report`] prints the table or the JSON lines.
 
 mod ceilings;
 mod circuits;
 mod harness;
+mod matrix;
 mod report;
 mod workloads;
 
@@ -61,6 +65,11 @@ pub struct Args {
     /// default: one extra read of the gradient), `skip` or `unchecked`.
     #[arg(long, default_value = "refuse")]
     non_finite: String,
+    /// Measure the matrix rules instead: Muon, Shampoo and Adafactor steps on
+    /// 1024 x 1024 and 4096 x 1024 f32 matrices against the GEMMs (or, for
+    /// Adafactor, the plain loop) they cannot avoid, timed in the same run.
+    #[arg(long)]
+    matrix: bool,
 }
 
 /// Runs `lensopt bench`.
@@ -87,6 +96,18 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             .build()
             .map_err(fail)?,
     );
+    if args.matrix {
+        let mut bench = Bench {
+            threads,
+            pool,
+            seconds: args.seconds,
+            non_finite: lensopt::NonFinite::default(),
+            rows: Vec::new(),
+        };
+        bench.matrix_rules()?;
+        report::print_end(&bench.rows, args.json);
+        return Ok(());
+    }
     let rules: Vec<String> = if args.rules.is_empty() {
         ["adam", "adamw", "lion", "adan", "sophiah"]
             .map(String::from)

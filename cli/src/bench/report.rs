@@ -66,6 +66,28 @@ pub(super) fn print_end(rows: &[Value], json: bool) {
                 f("gate_evals_per_s") / f("baseline_gate_evals_per_s")
             );
         }
+        let matrix: Vec<&Value> = rows.iter().filter(|r| r["kernel"] == "matrix_step").collect();
+        if !matrix.is_empty() {
+            outln!(
+                "{:<10} {:>11} {:>10} {:>10} {:>9} {:>8} {:>10} {:>7}",
+                "rule", "shape", "step ms", "bound", "bound ms", "ratio", "GEMM GF/s", "B/el"
+            );
+            for row in matrix {
+                let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+                outln!(
+                    "{:<10} {:>11} {:>10.2} {:>10} {:>9.2} {:>8.2} {:>10.1} {:>7.2}",
+                    row["rule"].as_str().unwrap_or(""),
+                    format!("{}x{}", row["rows"], row["cols"]),
+                    f("step_ms"),
+                    row["bound"].as_str().unwrap_or(""),
+                    f("bound_ms"),
+                    f("ratio_to_bound"),
+                    f("gemm_gflops"),
+                    f("state_bytes_per_element")
+                );
+            }
+            return;
+        }
         outln!("\nJIT latency (rule text -> callable kernels, median of 100):");
         for row in rows.iter().filter(|r| r["kernel"] == "jit_latency") {
             let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
