@@ -267,3 +267,39 @@ fn factored_state_is_rows_plus_cols_and_survives_a_checkpoint() {
     b.step(&mut [&mut p2], &[&g]).unwrap();
     assert_eq!(p, p2);
 }
+
+#[test]
+fn muon_adamw_is_muon_on_matrices_and_adamw_on_vectors() {
+    let combined = lensopt::catalog::get("muon_adamw").unwrap();
+    let muon = lensopt::catalog::get("muon").unwrap();
+    let mut muon = muon;
+    muon.set("lr", 0.02.into()).unwrap();
+    muon.set("weight_decay", 0.01.into()).unwrap();
+    let adamw = lensopt::catalog::get("adamw").unwrap();
+    let mut w = matrix(6, 4, 7).into_dyn();
+    let mut b = ArrayD::from_shape_vec(IxDyn(&[4]), vec![0.5, -0.25, 1.0, 0.0]).unwrap();
+    let (w0, b0) = (w.clone(), b.clone());
+    let gw = matrix(6, 4, 8).into_dyn();
+    let gb = ArrayD::from_shape_vec(IxDyn(&[4]), vec![0.1, -0.2, 0.3, 0.05]).unwrap();
+    let mut both: Stepper<f64> = combined.init(&[&w, &b]).unwrap();
+    let (mut w1, mut b1) = (w0.clone(), b0.clone());
+    let mut alone_w: Stepper<f64> = muon.init(&[&w1]).unwrap();
+    let mut alone_b: Stepper<f64> = adamw.init(&[&b1]).unwrap();
+    for _ in 0..3 {
+        both.step(&mut [&mut w, &mut b], &[&gw, &gb]).unwrap();
+        alone_w.step(&mut [&mut w1], &[&gw]).unwrap();
+        alone_b.step(&mut [&mut b1], &[&gb]).unwrap();
+    }
+    for (x, y) in w.iter().zip(&w1) {
+        assert!((x - y).abs() <= 1e-14, "matrix: {x} vs {y}");
+    }
+    for (x, y) in b.iter().zip(&b1) {
+        assert!(
+            (x - y).abs() <= 1e-15 * (1.0 + y.abs()),
+            "vector: {x} vs {y}"
+        );
+    }
+    // A vector's Muon state stays untouched, and so does a matrix's Adam state.
+    assert!(both.state(1, "buf").unwrap().iter().all(|x| *x == 0.0));
+    assert!(both.state(0, "m").unwrap().iter().all(|x| *x == 0.0));
+}

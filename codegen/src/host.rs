@@ -131,6 +131,7 @@ pub fn scalar_values(
             | Op::Grad
             | Op::Input(_)
             | Op::Extent(_)
+            | Op::Rank
             | Op::Eye(_)
             | Op::MachineEps
             | Op::ReduceAxis(..)

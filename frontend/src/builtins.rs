@@ -30,6 +30,8 @@ pub enum Builtin {
     Dot(Scope),
     /// `rows()` / `cols()`: the tensor's size along an axis, seen as a matrix.
     Extent(Dim),
+    /// `rank()`: the tensor's rank (a rule reading it takes vectors as `1 × n`).
+    Rank,
     /// `eye_rows()` / `eye_cols()`: the identity of `rows × rows` / `cols × cols`.
     Eye(Dim),
     /// A reduction along an axis: `sum_rows(x)` is one sum per row.
@@ -94,6 +96,7 @@ pub const BUILTINS: &[(&str, Builtin, usize)] = &[
     ("global_dot", Builtin::Dot(Scope::Global), 2),
     ("rows", Builtin::Extent(Dim::Rows), 0),
     ("cols", Builtin::Extent(Dim::Cols), 0),
+    ("rank", Builtin::Rank, 0),
     ("eye_rows", Builtin::Eye(Dim::Rows), 0),
     ("eye_cols", Builtin::Eye(Dim::Cols), 0),
     ("sum_rows", Builtin::ReduceAxis(ReduceOp::Sum, Axis::Row), 1),

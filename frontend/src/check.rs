@@ -1006,6 +1006,7 @@ impl Checker<'_> {
             Builtin::Extent(d) => return Some(self.add(Op::Extent(d), Ty::Float, Rate::Tensor)),
             Builtin::Eye(d) => return Some(self.add(Op::Eye(d), Ty::Float, Rate::Array(d, d))),
             Builtin::MachineEps => return Some(self.add(Op::MachineEps, Ty::Float, Rate::Step)),
+            Builtin::Rank => return Some(self.add(Op::Rank, Ty::Float, Rate::Tensor)),
             _ => {}
         }
         let mut vals = Vec::with_capacity(args.len());
@@ -1112,6 +1113,7 @@ impl Checker<'_> {
             | Builtin::Numel
             | Builtin::Extent(_)
             | Builtin::Eye(_)
+            | Builtin::Rank
             | Builtin::MachineEps => {
                 unreachable!("handled above")
             }

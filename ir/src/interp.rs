@@ -363,7 +363,10 @@ pub fn step<F: Float>(
 ) -> Result<(), InterpError> {
     if rule.is_matrix() {
         // Flat buffers carry no shape: each is the matrix 1 × n.
-        let dims: Vec<(usize, usize)> = tensors.iter().map(|t| (1, t.param.len())).collect();
+        let dims: Vec<crate::matrix::Dims> = tensors
+            .iter()
+            .map(|t| crate::matrix::Dims::flat(t.param.len()))
+            .collect();
         return crate::matrix::step(rule, t, present, tensors, &dims);
     }
     validate(rule, present, tensors)?;
@@ -472,8 +475,13 @@ pub fn step<F: Float>(
 /// which the step then refuses.
 pub fn init_state<F: Float>(rule: &Rule, hypers: &[HyperValue], param: &[F]) -> Vec<StateBuf<F>> {
     if rule.is_matrix() {
-        return crate::matrix::init_state(rule, hypers, param, (1, param.len()))
-            .unwrap_or_default();
+        return crate::matrix::init_state(
+            rule,
+            hypers,
+            param,
+            crate::matrix::Dims::flat(param.len()),
+        )
+        .unwrap_or_default();
     }
     let roots: Vec<ValueId> = rule.states.iter().map(|s| s.init).collect();
     let sc = Scalars::new::<F>(
@@ -526,8 +534,15 @@ pub fn view<F: Float>(
         return param.to_vec();
     };
     if rule.is_matrix() {
-        return crate::matrix::view(rule, t, hypers, param, state, (1, param.len()))
-            .unwrap_or_else(|_| param.to_vec());
+        return crate::matrix::view(
+            rule,
+            t,
+            hypers,
+            param,
+            state,
+            crate::matrix::Dims::flat(param.len()),
+        )
+        .unwrap_or_else(|_| param.to_vec());
     }
     let mut sc = Scalars::new(
         rule,

@@ -28,17 +28,51 @@ use crate::interp::{eval_binary, eval_unary, maximum, InterpError, StateBuf, Ste
 use crate::rule::*;
 use std::borrow::Cow;
 
-/// The matrix `rows × cols` a tensor of `shape` is seen as, or why it cannot be.
-pub fn matrix_dims(shape: &[usize]) -> Result<(usize, usize), String> {
+/// The matrix a tensor is seen as: `rows × cols`, and the tensor's rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    /// Rows: the tensor's first axis (1 for a vector or a scalar).
+    pub rows: usize,
+    /// Columns: the product of the other axes.
+    pub cols: usize,
+    /// The tensor's rank, as `rank()` reads it.
+    pub rank: usize,
+}
+
+impl Dims {
+    /// A flat buffer of `n` values as the matrix `1 × n` of rank 1.
+    pub fn flat(n: usize) -> Self {
+        Dims {
+            rows: 1,
+            cols: n,
+            rank: 1,
+        }
+    }
+}
+
+/// The matrix a tensor of `shape` is seen as under `rule`, or why it cannot
+/// be: ranks 2 and more are `d0 × (d1 · ...)`; a vector (or scalar) is the
+/// matrix `1 × n` only for a rule that reads `rank()` (which has said what
+/// it does with each rank), and otherwise an error.
+pub fn matrix_dims(rule: &Rule, shape: &[usize]) -> Result<Dims, String> {
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} has more elements than memory can address"))?;
     match shape {
+        [] | [_] if rule.reads_rank() => Ok(Dims {
+            rows: 1,
+            cols: numel,
+            rank: shape.len(),
+        }),
         [] | [_] => Err(format!(
             "a matrix rule needs tensors of rank 2 or more (higher ranks are seen as rows × the rest), not shape {shape:?}"
         )),
-        [rows, rest @ ..] => rest
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .map(|cols| (*rows, cols))
-            .ok_or_else(|| format!("shape {shape:?} has more elements than memory can address")),
+        [rows, ..] => Ok(Dims {
+            rows: *rows,
+            cols: numel.checked_div(*rows).unwrap_or(0),
+            rank: shape.len(),
+        }),
     }
 }
 
@@ -143,6 +177,7 @@ struct Leaves<'a, F> {
     t: f64,
     rows: usize,
     cols: usize,
+    rank: usize,
 }
 
 /// Evaluates the values `roots` of `rule` for one tensor. `globals` holds
@@ -274,6 +309,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
             Op::Present(k) => Val::Scalar(truth(l.present.get(k as usize) == Some(&true))),
             Op::Numel => Val::Scalar((rows * cols) as f64),
             Op::Extent(d) => Val::Scalar(d.len(rows, cols) as f64),
+            Op::Rank => Val::Scalar(l.rank as f64),
             Op::MachineEps => Val::Scalar(if F::NAME == "f32" {
                 f64::from(f32::EPSILON)
             } else {
@@ -715,7 +751,7 @@ fn check_sizes<F: Float>(
     rule: &Rule,
     present: &[bool],
     tensors: &[StepTensor<'_, F>],
-    dims: &[(usize, usize)],
+    dims: &[Dims],
 ) -> Result<(), InterpError> {
     if dims.len() != tensors.len() || present.len() != rule.inputs.len() {
         return Err(InterpError(format!(
@@ -726,7 +762,8 @@ fn check_sizes<F: Float>(
             rule.inputs.len()
         )));
     }
-    for (i, (tt, &(rows, cols))) in tensors.iter().zip(dims).enumerate() {
+    for (i, (tt, d)) in tensors.iter().zip(dims).enumerate() {
+        let (rows, cols) = (d.rows, d.cols);
         let n = rows
             .checked_mul(cols)
             .ok_or_else(|| InterpError(format!("tensor {i}: {rows} × {cols} overflows")))?;
@@ -791,7 +828,7 @@ pub fn step<F: Float>(
     t: u64,
     present: &[bool],
     tensors: &mut [StepTensor<'_, F>],
-    dims: &[(usize, usize)],
+    dims: &[Dims],
 ) -> Result<(), InterpError> {
     check_sizes(rule, present, tensors, dims)?;
     let t = t as f64;
@@ -807,7 +844,8 @@ pub fn step<F: Float>(
             continue;
         }
         let mut acc = Acc::default();
-        for (tt, &(rows, cols)) in tensors.iter().zip(dims) {
+        for (tt, d) in tensors.iter().zip(dims) {
+            let (rows, cols, rank) = (d.rows, d.cols, d.rank);
             let leaves = Leaves {
                 param: tt.param,
                 grad: tt.grad,
@@ -818,6 +856,7 @@ pub fn step<F: Float>(
                 t,
                 rows,
                 cols,
+                rank,
             };
             let v = Evaluation::run(rule, &leaves, &globals, &[arg])?;
             if let Some(Val::Array { data, .. }) = v.first() {
@@ -830,7 +869,8 @@ pub fn step<F: Float>(
     }
     roots.dedup();
     let mut results: Vec<(Vec<F>, Vec<Val<'static, F>>)> = Vec::with_capacity(tensors.len());
-    for (tt, &(rows, cols)) in tensors.iter().zip(dims) {
+    for (tt, d) in tensors.iter().zip(dims) {
+        let (rows, cols, rank) = (d.rows, d.cols, d.rank);
         let leaves = Leaves {
             param: tt.param,
             grad: tt.grad,
@@ -841,6 +881,7 @@ pub fn step<F: Float>(
             t,
             rows,
             cols,
+            rank,
         };
         let outs = Evaluation::run(rule, &leaves, &globals, &rule.step_roots())?;
         let mut outs = outs.into_iter();
@@ -904,7 +945,7 @@ pub fn init_state<F: Float>(
     rule: &Rule,
     hypers: &[HyperValue],
     param: &[F],
-    (rows, cols): (usize, usize),
+    Dims { rows, cols, rank }: Dims,
 ) -> Result<Vec<StateBuf<F>>, InterpError> {
     if rows.checked_mul(cols) != Some(param.len()) {
         return Err(InterpError(format!(
@@ -922,6 +963,7 @@ pub fn init_state<F: Float>(
         t: 0.0,
         rows,
         cols,
+        rank,
     };
     let roots: Vec<ValueId> = rule.states.iter().map(|s| s.init).collect();
     let inits = Evaluation::run(rule, &leaves, &[], &roots)?;
@@ -946,7 +988,7 @@ pub fn view<F: Float>(
     hypers: &[HyperValue],
     param: &[F],
     state: &[StateBuf<F>],
-    (rows, cols): (usize, usize),
+    Dims { rows, cols, rank }: Dims,
 ) -> Result<Vec<F>, InterpError> {
     let Some(root) = rule.view else {
         return Ok(param.to_vec());
@@ -961,6 +1003,7 @@ pub fn view<F: Float>(
         t: t as f64,
         rows,
         cols,
+        rank,
     };
     let v = Evaluation::run(rule, &leaves, &[], &[root])?;
     Ok(v.into_iter()

@@ -324,6 +324,8 @@ pub enum Op {
     Reduce(ReduceOp, Scope, ValueId),
     /// The tensor's number of rows or columns. `: tensor f`
     Extent(Dim),
+    /// The tensor's rank (number of axes). `: tensor f`
+    Rank,
     /// The identity matrix of `rows × rows` or `cols × cols`.
     Eye(Dim),
     /// The machine epsilon of the element type (2^-23 for f32, 2^-52 for
@@ -645,6 +647,7 @@ impl Rule {
                 || matches!(
                     n.op,
                     Op::Extent(_)
+                        | Op::Rank
                         | Op::Eye(_)
                         | Op::MachineEps
                         | Op::ReduceAxis(..)
@@ -656,6 +659,12 @@ impl Rule {
             .states
             .iter()
             .any(|s| matches!(s.kind, StateKind::Array(..)))
+    }
+
+    /// True when the rule reads `rank()`: it then says itself what it does
+    /// with each rank, and a matrix rule takes vectors as `1 × n` matrices.
+    pub fn reads_rank(&self) -> bool {
+        self.nodes.iter().any(|n| n.op == Op::Rank)
     }
 
     /// The lower-case name under which the catalog lists the rule.
@@ -693,6 +702,7 @@ fn op_text(rule: &Rule, op: &Op) -> String {
         Op::Select(c, a, b) => format!("select {c}, {a}, {b}"),
         Op::Fma(a, b, c) => format!("fma {a}, {b}, {c}"),
         Op::Extent(d) => d.name().to_string(),
+        Op::Rank => "rank".to_string(),
         Op::Eye(d) => format!("eye {}", d.name()),
         Op::MachineEps => "machine_eps".to_string(),
         Op::ReduceAxis(r, x, a) => {

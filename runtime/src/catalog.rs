@@ -419,6 +419,40 @@ crate::optimizer! {
     }
 }
 
+crate::optimizer! {
+    /// Muon on matrices and AdamW on every other tensor, as the Muon authors
+    /// train: one rule that chooses by `rank()` (so a vector is taken as a
+    /// `1 × n` matrix and given AdamW's step). Matrices follow `Muon` with
+    /// `lr`, `weight_decay`, `momentum`...; vectors and scalars follow
+    /// `torch.optim.AdamW` with `adam_lr`, `beta1`, `beta2`, `adam_eps`,
+    /// `adam_weight_decay`. Each tensor keeps the state of its own half
+    /// (the other half's stays at its initial value).
+    pub MuonAdamW {
+        hyper lr = 0.02, weight_decay = 0.01, momentum = 0.95, nesterov = true, ns_steps = 5,
+              a = 3.4445, b = -4.775, c = 2.0315, eps = 1e-7,
+              adam_lr = 1e-3, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, adam_weight_decay = 0.01;
+        state buf = 0, m = 0, v = 0;
+        update {
+            let matrix = rank() >= 2;
+            let muon_buf = lerp(buf, g, 1 - momentum);
+            let u = select(nesterov, lerp(g, muon_buf, momentum), muon_buf);
+            let x = u / (norm(u) + eps);
+            repeat ns_steps {
+                x = newton_schulz_step(x, a, b, c);
+            }
+            let muon_p = p * (1 - lr * weight_decay) - lr * sqrt(max(1, rows() / cols())) * x;
+            let adam_m = beta1 * m + (1 - beta1) * g;
+            let adam_v = beta2 * v + (1 - beta2) * g * g;
+            let denom = sqrt(adam_v) / sqrt(1 - beta2 ^ t) + adam_eps;
+            let adam_p = p * (1 - adam_lr * adam_weight_decay) - adam_lr / (1 - beta1 ^ t) * adam_m / denom;
+            buf = select(matrix, muon_buf, buf);
+            m = select(matrix, m, adam_m);
+            v = select(matrix, v, adam_v);
+            p = select(matrix, muon_p, adam_p);
+        }
+    }
+}
+
 /// One catalog entry: its name, how to get its optimizer, and its DSL text.
 struct Entry {
     name: &'static str,
@@ -539,6 +573,11 @@ const MATRIX_ENTRIES: &[Entry] = &[
         name: "shampoo",
         make: dynamic::<Shampoo>,
         source: Shampoo::SOURCE,
+    },
+    Entry {
+        name: "muon_adamw",
+        make: dynamic::<MuonAdamW>,
+        source: MuonAdamW::SOURCE,
     },
 ];
 

@@ -81,7 +81,7 @@ pub struct Stepper<F: Float> {
     /// Scheduled hyperparameters.
     schedules: Scheduled,
     /// For a matrix rule, the `rows × cols` each tensor is seen as.
-    dims: Option<Vec<(usize, usize)>>,
+    dims: Option<Vec<matrix::Dims>>,
 }
 
 /// The shape of a state of `kind` of a tensor of shape `shape`: the
@@ -92,7 +92,12 @@ pub fn state_shape(kind: StateKind, shape: &[usize]) -> Vec<usize> {
         StateKind::Element => shape.to_vec(),
         StateKind::Scalar => Vec::new(),
         StateKind::Array(r, c) => {
-            let (rows, cols) = matrix::matrix_dims(shape).unwrap_or((0, 0));
+            // A vector (under a rule reading `rank()`) is 1 × n.
+            let numel: usize = shape.iter().product();
+            let (rows, cols) = match shape {
+                [] | [_] => (1, numel),
+                [rows, ..] => (*rows, numel.checked_div(*rows).unwrap_or(0)),
+            };
             vec![r.len(rows, cols), c.len(rows, cols)]
         }
     }
@@ -131,7 +136,7 @@ impl<F: Float> Stepper<F> {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    matrix::matrix_dims(s).map_err(|e| {
+                    matrix::matrix_dims(&rule, s).map_err(|e| {
                         mismatch(format!("`{}` cannot update tensor {i}: {e}", rule.name))
                     })
                 })

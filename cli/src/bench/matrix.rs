@@ -42,8 +42,7 @@ impl Bench {
                 + gemm_seconds(self.seconds, cols, rows, cols)?
                 + gemm_seconds(self.seconds, rows, rows, cols)?
                 + gemm_seconds(self.seconds, rows, cols, cols)?;
-            let shampoo_flops =
-                2.0 * (2 * rows * cols * (rows + cols)) as f64;
+            let shampoo_flops = 2.0 * (2 * rows * cols * (rows + cols)) as f64;
             self.matrix_row(
                 "shampoo",
                 rows,

@@ -66,11 +66,21 @@ pub(super) fn print_end(rows: &[Value], json: bool) {
                 f("gate_evals_per_s") / f("baseline_gate_evals_per_s")
             );
         }
-        let matrix: Vec<&Value> = rows.iter().filter(|r| r["kernel"] == "matrix_step").collect();
+        let matrix: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["kernel"] == "matrix_step")
+            .collect();
         if !matrix.is_empty() {
             outln!(
                 "{:<10} {:>11} {:>10} {:>10} {:>9} {:>8} {:>10} {:>7}",
-                "rule", "shape", "step ms", "bound", "bound ms", "ratio", "GEMM GF/s", "B/el"
+                "rule",
+                "shape",
+                "step ms",
+                "bound",
+                "bound ms",
+                "ratio",
+                "GEMM GF/s",
+                "B/el"
             );
             for row in matrix {
                 let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
