@@ -79,7 +79,11 @@ fn catalog_matrix_rules_reproduce_the_golden_runs() {
 #[test]
 fn matrix_rules_reproduce_the_transcriptions_on_other_shapes_and_paths() {
     let files = json_files(&root().join("tests/golden_extra/matrix"));
-    assert_eq!(files.len(), 14);
+    assert_eq!(
+        files.len(),
+        18,
+        "seven transcribed cases and SWAN's two, in f64 and f32"
+    );
     for file in files {
         let worst = replay(&file);
         assert!(
@@ -302,4 +306,27 @@ fn muon_adamw_is_muon_on_matrices_and_adamw_on_vectors() {
     // A vector's Muon state stays untouched, and so does a matrix's Adam state.
     assert!(both.state(1, "buf").unwrap().iter().all(|x| *x == 0.0));
     assert!(both.state(0, "m").unwrap().iter().all(|x| *x == 0.0));
+}
+
+#[test]
+fn swan_standardises_rows_and_whitens() {
+    // The pieces of the catalog's SWAN, as rules whose new `p` is the piece.
+    let normed = "N { update { p = (g - mean_rows(g)) / sqrt(mean_rows((g - mean_rows(g)) ^ 2) + 1e-12); } }";
+    let whitened = "W { update { let x = (g - mean_rows(g)) / sqrt(mean_rows((g - mean_rows(g)) ^ 2) + 1e-12); p = sym_pow(x @ transpose(x), -0.5) @ x; } }";
+    let (p, g) = (matrix(5, 9, 9), matrix(5, 9, 10));
+    let x = one_step(normed, &p, &g, &[]);
+    for row in x.rows() {
+        let mean = row.sum() / 9.0;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 9.0;
+        assert!(
+            mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-9,
+            "{mean} {var}"
+        );
+    }
+    let w = one_step(whitened, &p, &g, &[]);
+    let gram = w.dot(&w.t());
+    for ((i, j), v) in gram.indexed_iter() {
+        let want = if i == j { 1.0 } else { 0.0 };
+        assert!((v - want).abs() < 1e-9, "W Wᵀ[{i}, {j}] = {v}");
+    }
 }

@@ -453,6 +453,29 @@ crate::optimizer! {
     }
 }
 
+crate::optimizer! {
+    /// SWAN (Ma et al. 2024, "SWAN: SGD with Normalization and Whitening"):
+    /// no optimizer state; on the matrix taken with rows ≤ cols (transposed
+    /// otherwise, as Muon), the gradient is standardised row by row
+    /// (`GradNorm`: each row centred and divided by its standard deviation),
+    /// then whitened (`GradWhitening`: `(G Gᵀ)^-1/2 G`), and applied as an
+    /// SGD step. `eps` keeps a constant row and a singular Gram matrix finite.
+    pub SWAN {
+        hyper lr = 1e-3, eps = 1e-8;
+        update {
+            let wide = rows() <= cols();
+            let by_rows = (g - mean_rows(g)) / sqrt(mean_rows((g - mean_rows(g)) ^ 2) + eps);
+            let by_cols = (g - mean_cols(g)) / sqrt(mean_cols((g - mean_cols(g)) ^ 2) + eps);
+            let white = select(
+                wide,
+                sym_pow(by_rows @ transpose(by_rows) + eps * eye_rows(), -0.5) @ by_rows,
+                by_cols @ sym_pow(transpose(by_cols) @ by_cols + eps * eye_cols(), -0.5)
+            );
+            p = p - lr * white;
+        }
+    }
+}
+
 /// One catalog entry: its name, how to get its optimizer, and its DSL text.
 struct Entry {
     name: &'static str,
@@ -573,6 +596,11 @@ const MATRIX_ENTRIES: &[Entry] = &[
         name: "shampoo",
         make: dynamic::<Shampoo>,
         source: Shampoo::SOURCE,
+    },
+    Entry {
+        name: "swan",
+        make: dynamic::<SWAN>,
+        source: SWAN::SOURCE,
     },
     Entry {
         name: "muon_adamw",
