@@ -43,10 +43,18 @@ pub trait Float: Copy + Debug + Display + Default + PartialOrd + Send + Sync + '
     fn is_sign_negative(self) -> bool;
     /// Cosine (radians), the platform's libm in this type.
     fn cos(self) -> Self;
-    /// `c = a @ b` for row-major `a` (m × k), `b` (k × n), `c` (m × n),
-    /// accumulated in this type in the GEMM kernel's order. Panics when a
-    /// slice's length does not match its shape (callers size them).
-    fn gemm(m: usize, k: usize, n: usize, a: &[Self], b: &[Self], c: &mut [Self]);
+    /// `c = a @ b` for `a` (m × k) and `b` (k × n) given with their
+    /// (row, column) strides, `c` (m × n) row-major, accumulated in this
+    /// type in the GEMM kernel's order. Panics when an operand's slice does
+    /// not hold its shape (callers size them).
+    fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: (&[Self], (usize, usize)),
+        b: (&[Self], (usize, usize)),
+        c: &mut [Self],
+    );
     /// Rounded to the nearest f32 (ties to even), in this type.
     fn round_f32(self) -> Self {
         Self::from_f64(f64::from(self.to_f64() as f32))
@@ -140,20 +148,41 @@ macro_rules! impl_float {
             fn is_sign_negative(self) -> bool {
                 <$t>::is_sign_negative(self)
             }
-            fn gemm(m: usize, k: usize, n: usize, a: &[Self], b: &[Self], c: &mut [Self]) {
-                assert!(
-                    a.len() == m * k && b.len() == k * n && c.len() == m * n,
-                    "gemm: buffer lengths do not match {m} × {k} × {n}"
-                );
+            fn gemm(
+                m: usize,
+                k: usize,
+                n: usize,
+                (a, (rsa, csa)): (&[Self], (usize, usize)),
+                (b, (rsb, csb)): (&[Self], (usize, usize)),
+                c: &mut [Self],
+            ) {
+                let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
+                    (rows - 1)
+                        .checked_mul(rs)
+                        .zip((cols - 1).checked_mul(cs))
+                        .and_then(|(x, y)| x.checked_add(y))
+                };
+                assert!(c.len() == m * n, "gemm: the output does not hold {m} × {n}");
                 if m == 0 || n == 0 {
                     return;
                 }
-                // SAFETY: the assertion above makes `a` hold m × k, `b` k × n
-                // and `c` m × n values, row-major with the strides passed
-                // (row stride = columns, column stride = 1), so every access
-                // the kernel makes lies inside the three slices; `c` is a
-                // unique borrow, disjoint from `a` and `b`. With k = 0 the
-                // kernel writes beta · c = 0 without reading `a` or `b`.
+                if k == 0 {
+                    c.fill(Self::default());
+                    return;
+                }
+                assert!(
+                    last(m, k, rsa, csa).is_some_and(|i| i < a.len())
+                        && last(k, n, rsb, csb).is_some_and(|i| i < b.len())
+                        && [rsa, csa, rsb, csb]
+                            .iter()
+                            .all(|&s| s <= isize::MAX as usize),
+                    "gemm: an operand does not hold its {m} × {k} × {n} shape"
+                );
+                // SAFETY: the assertions make every index the kernel forms,
+                // `i * rs + j * cs` for `i < rows`, `j < cols`, at most the
+                // last one checked, which lies inside its slice (and the
+                // strides fit isize); `c` holds m × n row-major values and is
+                // a unique borrow, disjoint from `a` and `b`.
                 unsafe {
                     $gemm(
                         m,
@@ -161,11 +190,11 @@ macro_rules! impl_float {
                         n,
                         1.0,
                         a.as_ptr(),
-                        k as isize,
-                        1,
+                        rsa as isize,
+                        csa as isize,
                         b.as_ptr(),
-                        n as isize,
-                        1,
+                        rsb as isize,
+                        csb as isize,
                         0.0,
                         c.as_mut_ptr(),
                         n as isize,

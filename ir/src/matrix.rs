@@ -26,7 +26,8 @@ use crate::float::Float;
 use crate::hyper::HyperValue;
 use crate::interp::{eval_binary, eval_unary, maximum, InterpError, StateBuf, StepTensor};
 use crate::rule::*;
-use std::borrow::Cow;
+use std::ops::Deref;
+use std::sync::Arc;
 
 /// The matrix a tensor is seen as: `rows × cols`, and the tensor's rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,15 +79,42 @@ pub fn matrix_dims(rule: &Rule, shape: &[usize]) -> Result<Dims, String> {
 
 /// A value during evaluation.
 #[derive(Clone, Debug)]
-enum Val<'a, F: Clone> {
+enum Val<'a, F> {
     /// A scalar, in f64.
     Scalar(f64),
     /// A row-major `rows × cols` array.
     Array {
         rows: usize,
         cols: usize,
-        data: Cow<'a, [F]>,
+        data: Buf<'a, F>,
     },
+}
+
+/// An array's values: the caller's buffer, or computed ones, shared (a
+/// select passes its branch on without copying it).
+#[derive(Debug)]
+enum Buf<'a, F> {
+    Borrowed(&'a [F]),
+    Shared(Arc<Vec<F>>),
+}
+
+impl<F> Clone for Buf<'_, F> {
+    fn clone(&self) -> Self {
+        match self {
+            Buf::Borrowed(b) => Buf::Borrowed(b),
+            Buf::Shared(v) => Buf::Shared(Arc::clone(v)),
+        }
+    }
+}
+
+impl<F> Deref for Buf<'_, F> {
+    type Target = [F];
+    fn deref(&self) -> &[F] {
+        match self {
+            Buf::Borrowed(b) => b,
+            Buf::Shared(v) => v,
+        }
+    }
 }
 
 impl<'a, F: Float> Val<'a, F> {
@@ -94,7 +122,7 @@ impl<'a, F: Float> Val<'a, F> {
         Val::Array {
             rows,
             cols,
-            data: Cow::Owned(data),
+            data: Buf::Shared(Arc::new(data)),
         }
     }
 
@@ -134,7 +162,10 @@ impl<'a, F: Float> Val<'a, F> {
     fn into_data(self) -> Vec<F> {
         match self {
             Val::Scalar(x) => vec![F::from_f64(x)],
-            Val::Array { data, .. } => data.into_owned(),
+            Val::Array { data, .. } => match data {
+                Buf::Borrowed(b) => b.to_vec(),
+                Buf::Shared(v) => Arc::try_unwrap(v).unwrap_or_else(|v| v.to_vec()),
+            },
         }
     }
 }
@@ -266,6 +297,9 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
     /// condition reads only the branch it takes.
     fn needed(&self, id: ValueId) -> Vec<ValueId> {
         let op = self.rule.node(id).op;
+        if let Op::Matmul(a, b) = op {
+            return vec![self.gemm_operand(a).0, self.gemm_operand(b).0];
+        }
         if let Op::Select(c, a, b) = op {
             if let Some(Val::Scalar(x)) = &self.values[c.index()] {
                 if !self.rule.node(c).rate.is_array() {
@@ -274,6 +308,27 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
             }
         }
         op.args()
+    }
+
+    /// What a GEMM reads for operand `v`: the transpose of an array is the
+    /// array itself read with its strides swapped (no copy is made).
+    fn gemm_operand(&self, v: ValueId) -> (ValueId, bool) {
+        match self.rule.node(v).op {
+            Op::Transpose(x) if self.rule.node(x).rate.is_array() => (x, true),
+            _ => (v, false),
+        }
+    }
+
+    /// Operand `v` of a GEMM: its data, `rows × cols` as the product sees
+    /// it, and its (row, column) strides.
+    #[allow(clippy::type_complexity)]
+    fn gemm_view(&self, v: ValueId) -> Result<(&[F], usize, usize, (usize, usize)), InterpError> {
+        let (id, transposed) = self.gemm_operand(v);
+        match self.get(id)? {
+            Val::Array { rows, cols, data } if transposed => Ok((data, *cols, *rows, (1, *cols))),
+            Val::Array { rows, cols, data } => Ok((data, *rows, *cols, (*cols, 1))),
+            Val::Scalar(_) => Err(InterpError("`@` of a scalar".into())),
+        }
     }
 
     fn get(&self, v: ValueId) -> Result<&Val<'a, F>, InterpError> {
@@ -293,7 +348,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         Ok(Val::Array {
             rows,
             cols,
-            data: Cow::Borrowed(data),
+            data: Buf::Borrowed(data),
         })
     }
 
@@ -337,66 +392,55 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                     Val::Array {
                         rows: r.len(rows, cols),
                         cols: c.len(rows, cols),
-                        data: Cow::Borrowed(data.as_slice()),
+                        data: Buf::Borrowed(data.as_slice()),
                     }
                 }
             },
-            Op::Unary(u, a) => match self.flat(node, &[a])? {
-                Some(ops) => {
-                    let (r, c) = self.dims(node);
-                    let x = ops[0];
+            Op::Unary(u, a) => match self.operands(node, &[a])? {
+                Some(layout) => {
                     let out = match u {
-                        UnOp::Neg => map1(x, r * c, |a| a.neg()),
-                        UnOp::Sqrt => map1(x, r * c, |a| a.sqrt()),
-                        UnOp::Abs => map1(x, r * c, |a| a.abs()),
-                        UnOp::Rsqrt => map1(x, r * c, |a| F::from_f64(1.0).div(a.sqrt())),
-                        _ => map1(x, r * c, |a| eval_unary(u, a)),
+                        UnOp::Neg => layout.map1(|a| a.neg()),
+                        UnOp::Sqrt => layout.map1(|a| a.sqrt()),
+                        UnOp::Abs => layout.map1(|a| a.abs()),
+                        UnOp::Rsqrt => layout.map1(|a| F::from_f64(1.0).div(a.sqrt())),
+                        _ => layout.map1(|a| eval_unary(u, a)),
                     };
-                    Val::array(r, c, out)
+                    Val::array(layout.rows, layout.cols, out)
                 }
-                None => self.map(node, &[a], |x| eval_unary(u, x[0]), |x| eval_unary(u, x[0]))?,
+                None => {
+                    let x = self.get(a)?.scalar();
+                    Val::Scalar(eval_unary(u, x))
+                }
             },
-            Op::Binary(b, x, y) => match self.flat(node, &[x, y])? {
-                Some(ops) => {
-                    let (r, c) = self.dims(node);
-                    let (x, y, n) = (ops[0], ops[1], r * c);
+            Op::Binary(b, x, y) => match self.operands(node, &[x, y])? {
+                Some(layout) => {
                     let out = match b {
-                        BinOp::Add => map2(x, y, n, |a, b| a.add(b)),
-                        BinOp::Sub => map2(x, y, n, |a, b| a.sub(b)),
-                        BinOp::Mul => map2(x, y, n, |a, b| a.mul(b)),
-                        BinOp::Div => map2(x, y, n, |a, b| a.div(b)),
-                        _ => map2(x, y, n, |a, c| eval_binary(b, a, c)),
+                        BinOp::Add => layout.map2(|a, b| a.add(b)),
+                        BinOp::Sub => layout.map2(|a, b| a.sub(b)),
+                        BinOp::Mul => layout.map2(|a, b| a.mul(b)),
+                        BinOp::Div => layout.map2(|a, b| a.div(b)),
+                        _ => layout.map2(|a, c| eval_binary(b, a, c)),
                     };
-                    Val::array(r, c, out)
+                    Val::array(layout.rows, layout.cols, out)
                 }
-                None => self.map(
-                    node,
-                    &[x, y],
-                    |v| eval_binary(b, v[0], v[1]),
-                    |v| eval_binary(b, v[0], v[1]),
-                )?,
+                None => {
+                    let (x, y) = (self.get(x)?.scalar(), self.get(y)?.scalar());
+                    Val::Scalar(eval_binary(b, x, y))
+                }
             },
-            Op::Fma(a, b, c) => match self.flat(node, &[a, b, c])? {
-                Some(ops) => {
-                    let (r, c) = self.dims(node);
-                    let n = r * c;
-                    let out = fill(n, |start, out| {
-                        for (k, o) in out.iter_mut().enumerate() {
-                            let at = |x: Operand<'_, F>| match x {
-                                Operand::Slice(xs) => xs[start + k],
-                                Operand::Scalar(v) => v,
-                            };
-                            *o = at(ops[0]).mul_add(at(ops[1]), at(ops[2]));
-                        }
-                    });
-                    Val::array(r, c, out)
+            Op::Fma(a, b, c) => match self.operands(node, &[a, b, c])? {
+                Some(layout) => {
+                    let out = layout.map3(|x, y, z| x.mul_add(y, z));
+                    Val::array(layout.rows, layout.cols, out)
                 }
-                None => self.map(
-                    node,
-                    &[a, b, c],
-                    |v| v[0].mul_add(v[1], v[2]),
-                    |v| v[0].mul_add(v[1], v[2]),
-                )?,
+                None => {
+                    let (x, y, z) = (
+                        self.get(a)?.scalar(),
+                        self.get(b)?.scalar(),
+                        self.get(c)?.scalar(),
+                    );
+                    Val::Scalar(x.mul_add(y, z))
+                }
             },
             Op::Select(c, a, b) => {
                 let cond = self.get(c)?;
@@ -405,52 +449,58 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                     let taken = if cond.scalar() != 0.0 { a } else { b };
                     return self.broadcast_to(node, self.get(taken)?.clone());
                 }
-                self.map(
-                    node,
-                    &[c, a, b],
-                    |v| if v[0] != 0.0 { v[1] } else { v[2] },
-                    |v| if v[0].to_f64() != 0.0 { v[1] } else { v[2] },
-                )?
+                match self.operands(node, &[c, a, b])? {
+                    Some(layout) => {
+                        let out = layout.map3(|c, a, b| if c.to_f64() != 0.0 { a } else { b });
+                        Val::array(layout.rows, layout.cols, out)
+                    }
+                    None => Val::Scalar(if cond.scalar() != 0.0 {
+                        self.get(a)?.scalar()
+                    } else {
+                        self.get(b)?.scalar()
+                    }),
+                }
             }
             Op::Reduce(op, _, a) => Val::Scalar(reduce(op, self.get(a)?)),
             Op::ReduceAxis(op, axis, a) => {
                 let v = self.get(a)?;
                 let (r, c) = v.shape();
-                let rd = v.reader();
-                let mut out = Vec::new();
-                let (outer, inner) = match axis {
-                    Axis::Row => (r, c),
-                    Axis::Col => (c, r),
-                };
-                for o in 0..outer {
-                    let mut acc = Acc::default();
-                    for k in 0..inner {
-                        let x = match axis {
-                            Axis::Row => rd.at(o, k),
-                            Axis::Col => rd.at(k, o),
-                        };
-                        acc.add(op, x.to_f64());
+                let data: &[F] = match v {
+                    Val::Array { data, .. } => data,
+                    Val::Scalar(_) => {
+                        return Err(InterpError("an axis reduction of a scalar".into()))
                     }
-                    out.push(F::from_f64(acc.finish(op)));
-                }
+                };
                 match axis {
-                    Axis::Row => Val::array(r, 1, out),
-                    Axis::Col => Val::array(1, c, out),
+                    Axis::Row => {
+                        let out = (0..r)
+                            .map(|i| F::from_f64(reduce_slice(op, &data[i * c..(i + 1) * c])))
+                            .collect();
+                        Val::array(r, 1, out)
+                    }
+                    Axis::Col => {
+                        // Down each column in row order, all columns at once.
+                        let mut accs: Vec<Acc> = (0..c).map(|_| Acc::default()).collect();
+                        for row in data.chunks_exact(c.max(1)).take(r) {
+                            for (acc, x) in accs.iter_mut().zip(row) {
+                                acc.add(op, x.to_f64());
+                            }
+                        }
+                        let out = accs.iter().map(|a| F::from_f64(a.finish(op))).collect();
+                        Val::array(1, c, out)
+                    }
                 }
             }
             Op::Matmul(a, b) => {
-                let (x, y) = (self.get(a)?, self.get(b)?);
-                let ((m, k), (k2, n)) = (x.shape(), y.shape());
+                let (xa, m, k, x_strides) = self.gemm_view(a)?;
+                let (yb, k2, n, y_strides) = self.gemm_view(b)?;
                 if k != k2 {
                     return Err(InterpError(format!(
                         "matrix product of {m} × {k} and {k2} × {n}"
                     )));
                 }
-                let (Val::Array { data: xa, .. }, Val::Array { data: yb, .. }) = (x, y) else {
-                    return Err(InterpError("`@` of a scalar".into()));
-                };
                 let mut out = vec![F::default(); m * n];
-                F::gemm(m, k, n, xa, yb, &mut out);
+                F::gemm(m, k, n, (xa, x_strides), (yb, y_strides), &mut out);
                 self.shaped(node, Val::array(m, n, out))
             }
             Op::Transpose(a) => match self.get(a)? {
@@ -532,125 +582,180 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         )
     }
 
-    /// The operands of an element-wise array operation whose array operands
-    /// all have its own shape (no broadcasting of axes): slices or scalars
-    /// rounded to `F`. `None` when the node is a scalar or an operand
-    /// broadcasts along an axis.
-    fn flat<'v>(
+    /// The operands of an element-wise array operation over its `r × c`
+    /// result: each a scalar (rounded to `F`), the result's shape, a row
+    /// (`1 × c`) or a column (`r × 1`) broadcast. `None` when the node is
+    /// a scalar.
+    fn operands<'v>(
         &'v self,
         node: &Node,
         args: &[ValueId],
-    ) -> Result<Option<Vec<Operand<'v, F>>>, InterpError> {
+    ) -> Result<Option<Layout<'v, F>>, InterpError> {
         if !node.rate.is_array() {
             return Ok(None);
         }
-        let dims = self.dims(node);
-        let mut ops = Vec::with_capacity(args.len());
-        for a in args {
-            match self.get(*a)? {
-                Val::Scalar(x) => ops.push(Operand::Scalar(F::from_f64(*x))),
-                Val::Array { rows, cols, data } if (*rows, *cols) == dims => {
-                    ops.push(Operand::Slice(data))
-                }
-                Val::Array { .. } => return Ok(None),
-            }
-        }
-        Ok(Some(ops))
-    }
-
-    /// An element-wise operation: in f64 on scalars, in `F` on arrays
-    /// (scalar operands rounded to `F` once), broadcasting.
-    fn map(
-        &self,
-        node: &Node,
-        args: &[ValueId],
-        scalar: impl Fn(&[f64]) -> f64,
-        element: impl Fn(&[F]) -> F,
-    ) -> Result<Val<'a, F>, InterpError> {
-        let vals: Vec<&Val<'a, F>> = args
-            .iter()
-            .map(|a| self.get(*a))
-            .collect::<Result<_, _>>()?;
-        if !node.rate.is_array() {
-            let xs: Vec<f64> = vals.iter().map(|v| v.scalar()).collect();
-            return Ok(Val::Scalar(scalar(&xs)));
-        }
         let (r, c) = self.dims(node);
-        let readers: Vec<Reader<'_, F>> = vals.iter().map(|v| v.reader()).collect();
-        let mut out = Vec::with_capacity(r * c);
-        let mut xs = vec![F::default(); readers.len()];
-        for i in 0..r {
-            for j in 0..c {
-                for (x, rd) in xs.iter_mut().zip(&readers) {
-                    *x = rd.at(i, j);
-                }
-                out.push(element(&xs));
-            }
+        let mut out = Vec::with_capacity(args.len());
+        for a in args {
+            out.push(match self.get(*a)? {
+                Val::Scalar(x) => Arg::Scalar(F::from_f64(*x)),
+                Val::Array { rows, cols, data } => match (*rows == r, *cols == c) {
+                    (true, true) => Arg::Full(data),
+                    (false, true) => Arg::Row(data),
+                    (true, false) => Arg::Col(data),
+                    (false, false) => Arg::Scalar(data.first().copied().unwrap_or_default()),
+                },
+            });
         }
-        Ok(Val::array(r, c, out))
+        Ok(Some(Layout {
+            rows: r,
+            cols: c,
+            args: out,
+        }))
     }
 }
 
-/// One operand of a flat element-wise operation.
+/// One operand of an element-wise operation, as its result's shape sees it.
 #[derive(Clone, Copy)]
-enum Operand<'v, F> {
-    Slice(&'v [F]),
+enum Arg<'v, F> {
+    /// One value for every element.
     Scalar(F),
+    /// The result's own shape.
+    Full(&'v [F]),
+    /// One row (`1 × c`), the same for every row.
+    Row(&'v [F]),
+    /// One column (`r × 1`): one value per row.
+    Col(&'v [F]),
+}
+
+/// A run of elements of one operand: a slice, or one value repeated.
+#[derive(Clone, Copy)]
+enum Run<'v, F> {
+    Slice(&'v [F]),
+    Value(F),
+}
+
+impl<F: Float> Run<'_, F> {
+    #[inline]
+    fn at(&self, k: usize) -> F {
+        match self {
+            Run::Slice(xs) => xs[k],
+            Run::Value(x) => *x,
+        }
+    }
+}
+
+/// The operands of an element-wise operation over an `rows × cols` result.
+struct Layout<'v, F> {
+    rows: usize,
+    cols: usize,
+    args: Vec<Arg<'v, F>>,
 }
 
 /// Arrays of more elements than this are computed in parallel chunks.
 const PARALLEL_ABOVE: usize = 1 << 16;
 const CHUNK: usize = 1 << 14;
 
-/// `f` over `n` elements, in parallel chunks for large arrays (element-wise,
-/// so the result does not depend on the split).
-fn fill<F: Float>(n: usize, f: impl Fn(usize, &mut [F]) + Sync) -> Vec<F> {
-    let mut out = vec![F::default(); n];
-    if n > PARALLEL_ABOVE {
+impl<F: Float> Layout<'_, F> {
+    /// The result, filled by `f` over runs of elements: the whole array in
+    /// chunks when no operand broadcasts along an axis, else row by row
+    /// (in parallel for large arrays; element-wise, so the result does not
+    /// depend on the split).
+    fn fill(&self, f: impl Fn(&[Run<'_, F>], &mut [F]) + Sync) -> Vec<F> {
         use rayon::prelude::*;
-        out.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(k, chunk)| f(k * CHUNK, chunk));
-    } else {
-        f(0, &mut out);
+        let (r, c) = (self.rows, self.cols);
+        let n = r * c;
+        let mut out = vec![F::default(); n];
+        let flat = self
+            .args
+            .iter()
+            .all(|a| matches!(a, Arg::Scalar(_) | Arg::Full(_)));
+        if flat {
+            let runs = |start: usize, len: usize| -> Vec<Run<'_, F>> {
+                self.args
+                    .iter()
+                    .map(|a| match a {
+                        Arg::Full(xs) => Run::Slice(&xs[start..start + len]),
+                        Arg::Scalar(x) => Run::Value(*x),
+                        Arg::Row(xs) | Arg::Col(xs) => Run::Value(xs[0]),
+                    })
+                    .collect()
+            };
+            if n > PARALLEL_ABOVE {
+                out.par_chunks_mut(CHUNK)
+                    .enumerate()
+                    .for_each(|(k, chunk)| {
+                        f(&runs(k * CHUNK, chunk.len()), chunk);
+                    });
+            } else {
+                f(&runs(0, n), &mut out);
+            }
+            return out;
+        }
+        let row = |i: usize| -> Vec<Run<'_, F>> {
+            self.args
+                .iter()
+                .map(|a| match a {
+                    Arg::Scalar(x) => Run::Value(*x),
+                    Arg::Full(xs) => Run::Slice(&xs[i * c..(i + 1) * c]),
+                    Arg::Row(xs) => Run::Slice(&xs[..c]),
+                    Arg::Col(xs) => Run::Value(xs[i]),
+                })
+                .collect()
+        };
+        if c == 0 {
+            return out;
+        }
+        if n > PARALLEL_ABOVE {
+            out.par_chunks_mut(c)
+                .enumerate()
+                .for_each(|(i, chunk)| f(&row(i), chunk));
+        } else {
+            for (i, chunk) in out.chunks_mut(c).enumerate() {
+                f(&row(i), chunk);
+            }
+        }
+        out
     }
-    out
-}
 
-fn map1<F: Float>(x: Operand<'_, F>, n: usize, f: impl Fn(F) -> F + Sync) -> Vec<F> {
-    match x {
-        Operand::Scalar(a) => vec![f(a); n],
-        Operand::Slice(xs) => fill(n, |start, out| {
-            for (o, &a) in out.iter_mut().zip(&xs[start..]) {
-                *o = f(a);
+    fn map1(&self, g: impl Fn(F) -> F + Sync) -> Vec<F> {
+        self.fill(|runs, out| match runs[0] {
+            Run::Slice(xs) => {
+                for (o, &a) in out.iter_mut().zip(xs) {
+                    *o = g(a);
+                }
             }
-        }),
+            Run::Value(a) => out.fill(g(a)),
+        })
     }
-}
 
-fn map2<F: Float>(
-    x: Operand<'_, F>,
-    y: Operand<'_, F>,
-    n: usize,
-    f: impl Fn(F, F) -> F + Sync,
-) -> Vec<F> {
-    match (x, y) {
-        (Operand::Scalar(a), Operand::Scalar(b)) => vec![f(a, b); n],
-        (Operand::Slice(xs), Operand::Scalar(b)) => fill(n, |start, out| {
-            for (o, &a) in out.iter_mut().zip(&xs[start..]) {
-                *o = f(a, b);
+    fn map2(&self, g: impl Fn(F, F) -> F + Sync) -> Vec<F> {
+        self.fill(|runs, out| match (runs[0], runs[1]) {
+            (Run::Slice(xs), Run::Slice(ys)) => {
+                for ((o, &a), &b) in out.iter_mut().zip(xs).zip(ys) {
+                    *o = g(a, b);
+                }
             }
-        }),
-        (Operand::Scalar(a), Operand::Slice(ys)) => fill(n, |start, out| {
-            for (o, &b) in out.iter_mut().zip(&ys[start..]) {
-                *o = f(a, b);
+            (Run::Slice(xs), Run::Value(b)) => {
+                for (o, &a) in out.iter_mut().zip(xs) {
+                    *o = g(a, b);
+                }
             }
-        }),
-        (Operand::Slice(xs), Operand::Slice(ys)) => fill(n, |start, out| {
-            for ((o, &a), &b) in out.iter_mut().zip(&xs[start..]).zip(&ys[start..]) {
-                *o = f(a, b);
+            (Run::Value(a), Run::Slice(ys)) => {
+                for (o, &b) in out.iter_mut().zip(ys) {
+                    *o = g(a, b);
+                }
             }
-        }),
+            (Run::Value(a), Run::Value(b)) => out.fill(g(a, b)),
+        })
+    }
+
+    fn map3(&self, g: impl Fn(F, F, F) -> F + Sync) -> Vec<F> {
+        self.fill(|runs, out| {
+            for (k, o) in out.iter_mut().enumerate() {
+                *o = g(runs[0].at(k), runs[1].at(k), runs[2].at(k));
+            }
+        })
     }
 }
 
@@ -684,16 +789,32 @@ impl Acc {
 }
 
 fn reduce<F: Float>(op: ReduceOp, v: &Val<'_, F>) -> f64 {
-    let mut acc = Acc::default();
     match v {
-        Val::Scalar(x) => acc.add(op, *x),
-        Val::Array { data, .. } => {
-            for x in data.iter() {
-                acc.add(op, x.to_f64());
-            }
+        Val::Scalar(x) => {
+            let mut acc = Acc::default();
+            acc.add(op, *x);
+            acc.finish(op)
         }
+        Val::Array { data, .. } => reduce_slice(op, data),
     }
-    acc.finish(op)
+}
+
+/// A reduction of `xs` in f64, in order (as [`Acc`] computes it, one loop per operation).
+fn reduce_slice<F: Float>(op: ReduceOp, xs: &[F]) -> f64 {
+    let n = xs.len() as f64;
+    match op {
+        ReduceOp::Sum => xs.iter().fold(0.0, |s, x| s + x.to_f64()),
+        ReduceOp::Mean => xs.iter().fold(0.0, |s, x| s + x.to_f64()) / n,
+        ReduceOp::Norm => xs
+            .iter()
+            .fold(0.0, |s, x| {
+                let x = x.to_f64();
+                s + x * x
+            })
+            .sqrt(),
+        ReduceOp::Count => xs.iter().filter(|x| x.to_f64() != 0.0).count() as f64,
+        ReduceOp::MaxAbs => xs.iter().fold(0.0, |m, x| maximum(m, x.to_f64().abs())),
+    }
 }
 
 /// Eigenvalues and eigenvectors (columns of the row-major `n × n` result)

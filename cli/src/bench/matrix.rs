@@ -23,7 +23,9 @@ fn gemm_seconds(seconds: f64, m: usize, k: usize, n: usize) -> Result<f64, Failu
     let b = filled(k * n, 12)?;
     let mut c = vec![0f32; m * n];
     let (a, b) = (a.as_slice().unwrap_or(&[]), b.as_slice().unwrap_or(&[]));
-    Ok(time(seconds, || f32::gemm(m, k, n, a, b, &mut c)))
+    Ok(time(seconds, || {
+        f32::gemm(m, k, n, (a, (k, 1)), (b, (n, 1)), &mut c)
+    }))
 }
 
 impl Bench {
