@@ -209,8 +209,34 @@ fn mutate(rng: &mut Rng, base: &str) -> String {
     toks.concat()
 }
 
-/// Every stage a rule goes through, for both element types' code.
+/// Every stage a rule goes through, for both element types' code; a matrix
+/// rule also takes a step on the matrix evaluator (a 3 x 4 matrix and a
+/// flat buffer), where the kernel backends refuse it.
 fn compile_everything(rule: &Rule) {
+    if rule.is_matrix() {
+        use lensopt::ir::interp::StepTensor;
+        use lensopt::ir::matrix;
+        let hypers = rule.default_hypers();
+        let dims = matrix::Dims {
+            rows: 3,
+            cols: 4,
+            rank: 2,
+        };
+        let mut p: Vec<f64> = (0..12).map(|i| (i as f64 * 0.7).sin()).collect();
+        let g: Vec<f64> = (0..12).map(|i| (i as f64 * 1.3).cos()).collect();
+        if let Ok(mut state) = matrix::init_state(rule, &hypers, &p, dims) {
+            let inputs = vec![Some(g.as_slice()); rule.inputs.len()];
+            let present = vec![true; rule.inputs.len()];
+            let mut tensors = vec![StepTensor {
+                param: &mut p,
+                grad: &g,
+                inputs,
+                state: &mut state,
+                hypers: &hypers,
+            }];
+            let _ = matrix::step(rule, 1, &present, &mut tensors, &[dims]);
+        }
+    }
     for mode in [Mode::Exact, Mode::Fast] {
         let options = Options::specialized_for(mode, &rule.default_hypers());
         let optimized = optimize(rule, &options);
@@ -225,7 +251,7 @@ fn compile_everything(rule: &Rule) {
 }
 
 fn seeds() -> Vec<String> {
-    let mut out: Vec<String> = lensopt::catalog::names()
+    let mut out: Vec<String> = lensopt::catalog::all_names()
         .into_iter()
         .filter_map(lensopt::catalog::source)
         .map(str::to_string)

@@ -198,6 +198,10 @@ fn shape_mistakes_are_errors_at_their_token() {
             "R { update { every g { p = p - g; } } }",
             "`every` takes a number of steps known before the step",
         ),
+        (
+            "R { update { repeat 1024 { repeat 1024 { p = p - g; } } } }",
+            "unroll to more than 100000 statements",
+        ),
     ];
     for (source, expect) in cases {
         let err = Rule::parse(source).expect_err(source).to_string();

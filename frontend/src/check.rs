@@ -33,6 +33,7 @@ pub fn check(decl: &RuleDecl) -> Result<Rule, Diagnostics> {
         inlined: 0,
         in_pure_function: false,
         blocks: 0,
+        unrolled: 0,
     };
     cx.declare();
     let view = cx.check_view();
@@ -103,7 +104,13 @@ struct Checker<'a> {
     in_pure_function: bool,
     /// How many `repeat` / `every` blocks enclose the statement being checked.
     blocks: usize,
+    /// Statements checked inside `repeat` bodies so far, every iteration counted.
+    unrolled: usize,
 }
+
+/// The most statements `repeat` blocks may unroll to in one rule (nested
+/// blocks multiply), so that checking stays bounded whatever the counts.
+pub const MAX_UNROLLED: usize = 100_000;
 
 /// The most iterations a `repeat` may unroll.
 pub const MAX_REPEAT: usize = 1024;
@@ -708,6 +715,14 @@ impl Checker<'_> {
                 }
             }
             for k in 0..times {
+                self.unrolled += body.len().max(1);
+                if self.unrolled > MAX_UNROLLED {
+                    self.error(
+                        span,
+                        format!("the rule's `repeat` blocks unroll to more than {MAX_UNROLLED} statements"),
+                    );
+                    break;
+                }
                 let errors = self.diags.items.len();
                 let before = self.before();
                 for s in body {
