@@ -1598,3 +1598,64 @@ fn apply_takes_matrix_cases_in_their_nesting() {
         );
     }
 }
+
+/// The matrix cases through `apply`, as they are run from outside: with
+/// `--optimizer NAME` (the case's hyperparameters apply, since the case names
+/// no optimizer of its own) and without (the case's name is the catalog's,
+/// `muon` for `muon_bf16`); `params_after` nested as the case's `p0`.
+#[test]
+fn apply_runs_the_matrix_cases_with_and_without_optimizer() {
+    for (case, optimizer, abs, rel) in [
+        ("muon.json", Some("muon"), 1e-10, 1e-8),
+        ("muon.json", None, 1e-10, 1e-8),
+        ("muon_bf16.f32.json", None, 2e-3, 1e-2),
+        ("adafactor.f32.json", Some("adafactor"), 1e-5, 1e-4),
+        ("shampoo.json", None, 1e-10, 1e-8),
+    ] {
+        let input = golden("matrix").join(case);
+        let output = scratch(&format!("matrix-{case}"));
+        let mut args = vec![
+            "apply",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ];
+        if let Some(name) = optimizer {
+            args.extend(["--optimizer", name]);
+        }
+        let out = lensopt(&args);
+        assert!(out.status.success(), "{case}: {}", stderr(&out));
+        let ours: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
+        let theirs: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&input).unwrap()).unwrap();
+        let steps = theirs["params_after"].as_array().unwrap();
+        assert_eq!(ours["params_after"].as_array().unwrap().len(), steps.len());
+        for (t, step) in steps.iter().enumerate() {
+            let rows = step.as_array().unwrap();
+            for (i, row) in rows.iter().enumerate() {
+                for (j, want) in row.as_array().unwrap().iter().enumerate() {
+                    let want = want.as_f64().unwrap();
+                    let got = ours["params_after"][t][i][j].as_f64().unwrap();
+                    assert!(
+                        (got - want).abs() <= abs + rel * want.abs(),
+                        "{case} step {t} [{i}][{j}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+    // A matrix rule refuses a vector case with one line and status 2.
+    let out = lensopt(&[
+        "apply",
+        "--input",
+        golden("adam.json").to_str().unwrap(),
+        "--output",
+        scratch("muon-on-vector.json").to_str().unwrap(),
+        "--optimizer",
+        "muon",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("rank 2 or more"), "{}", stderr(&out));
+}
