@@ -100,7 +100,7 @@ impl Bench {
         }
         let bound = if flops > 0.0 { "gemm" } else { "rust_loop" };
         self.rows.push(json!({
-            "kernel": "matrix_step", "rule": name, "rows": rows, "cols": cols,
+            "kernel": "matrix_step", "backend": "matrix", "rule": name, "rows": rows, "cols": cols,
             "step_ms": step_seconds * 1e3,
             "bound": bound,
             "bound_ms": bound_seconds * 1e3,

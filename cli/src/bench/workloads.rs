@@ -35,7 +35,7 @@ pub(super) fn gpu(args: &Args) -> Result<(), Failure> {
         let gbps = 28.0 * n as f64 / s / 1e9;
         let copy_gbps = 8.0 * (n / 4 * 4) as f64 / c / 1e9;
         let row = json!({
-            "kernel": "adam", "device": "cuda", "gpu": dev.name(), "n": n, "dtype": "f32",
+            "kernel": "adam", "backend": "cuda", "device": "cuda", "gpu": dev.name(), "n": n, "dtype": "f32",
             "step_ms": s * 1e3, "gbps": gbps, "copy_gbps": copy_gbps, "ratio_to_copy": gbps / copy_gbps,
             "peak_gbps": peak, "ratio_to_peak": peak.map(|p| gbps / p),
         });
@@ -46,7 +46,7 @@ pub(super) fn gpu(args: &Args) -> Result<(), Failure> {
     let (waited, queued) = gpu_adam(&dev, &[1024], args.seconds)?;
     outln!(
         "{}",
-        json!({"kernel": "adam_fixed_cost", "device": "cuda", "gpu": dev.name(), "n": 1024,
+        json!({"kernel": "adam_fixed_cost", "backend": "cuda", "device": "cuda", "gpu": dev.name(), "n": 1024,
             "step_us_waited": waited * 1e6, "step_us_queued": queued * 1e6})
     );
     for (name, lens) in [
@@ -65,7 +65,7 @@ pub(super) fn gpu(args: &Args) -> Result<(), Failure> {
         let uniform = lens.len() * largest.div_ceil(lensopt_codegen::ptx::BLOCK).min(1024);
         outln!(
             "{}",
-            json!({"kernel": name, "device": "cuda", "gpu": dev.name(), "tensors": lens.len(),
+            json!({"kernel": name, "backend": "cuda", "device": "cuda", "gpu": dev.name(), "tensors": lens.len(),
                 "n": total, "dtype": "f32", "step_ms": s * 1e3, "gbps": 28.0 * total as f64 / s / 1e9,
                 "blocks": map.blocks(), "blocks_uniform_grid": uniform})
         );
@@ -200,7 +200,7 @@ impl Bench {
         let gbps = bytes / s / 1e9;
         let ceiling_gbps = bytes / c / 1e9;
         self.rows.push(json!({
-            "kernel": name, "n": n, "dtype": "f32", "threads": self.threads,
+            "kernel": name, "backend": "jit", "n": n, "dtype": "f32", "threads": self.threads,
             "bytes_per_element": traffic.bytes_per_element(),
             "step_ms": s * 1e3,
             "gbps": gbps, "ceiling_gbps": ceiling_gbps, "ratio_to_ceiling": ratio,
@@ -227,7 +227,7 @@ impl Bench {
         });
         let gbps = 28.0 * n as f64 / s / 1e9;
         self.rows.push(json!({
-            "kernel": "adam_handwritten", "n": n, "dtype": "f32", "threads": self.threads,
+            "kernel": "adam_handwritten", "backend": "rust", "n": n, "dtype": "f32", "threads": self.threads,
             "bytes_per_element": 28, "step_ms": s * 1e3,
             "gbps": gbps, "ceiling_gbps": adam_ceiling, "ratio_to_ceiling": gbps / adam_ceiling,
             "triad_gbps": triad_gbps,
@@ -277,7 +277,7 @@ impl Bench {
         });
         let gbps = 28.0 * n as f64 / s / 1e9;
         self.rows.push(json!({
-            "kernel": "adam_many_small", "tensors": tensors, "n": n, "dtype": "f32", "threads": self.threads,
+            "kernel": "adam_many_small", "backend": "jit", "tensors": tensors, "n": n, "dtype": "f32", "threads": self.threads,
             "groups": 2, "step_ms": s * 1e3, "one_tensor_step_ms": s1 * 1e3, "time_ratio_to_one_tensor": s / s1,
             "gbps": gbps, "triad_gbps": triad_gbps,
         }));
