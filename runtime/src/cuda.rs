@@ -185,6 +185,12 @@ impl<F: Float> GpuStepper<F> {
         groups: &[Group],
     ) -> Result<Self, Error> {
         let rule = optimizer.rule();
+        if rule.is_matrix() {
+            return Err(Error::Compile(format!(
+                "`{}` is a matrix rule: it runs on the matrix evaluator (CPU); no GPU kernels are generated for it yet",
+                rule.name
+            )));
+        }
         let (groups, group_of) = resolve_groups(&rule, &optimizer.hypers(), params.len(), groups)?;
         let lens: Vec<usize> = params.iter().map(|p| p.len()).collect();
         let launch = LaunchMap::new(&lens).map_err(|e| Error::Mismatch(e.to_string()))?;
