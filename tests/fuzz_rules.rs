@@ -234,7 +234,11 @@ fn compile_everything(rule: &Rule) {
                 state: &mut state,
                 hypers: &hypers,
             }];
-            let _ = matrix::step(rule, 1, &present, &mut tensors, &[dims]);
+            let _ = matrix::step(rule, 1, &present, &mut tensors, &[dims], None);
+            // The fusion plan's kernels are element rules the JIT compiles.
+            for kernel in lensopt::ir::fusion::Plan::new(rule).kernels {
+                let _ = lensopt::ir::schedule::Schedule::new(kernel.rule).check_budget();
+            }
         }
     }
     for mode in [Mode::Exact, Mode::Fast] {

@@ -334,3 +334,54 @@ fn swan_standardises_rows_and_whitens() {
         assert!((v - want).abs() < 1e-9, "W Wᵀ[{i}, {j}] = {v}");
     }
 }
+
+/// Runs `name` for five steps on a `rows × cols` matrix with `backend`;
+/// returns the parameters and every state after them.
+fn run_backend<F: lensopt::Float>(
+    name: &str,
+    rows: usize,
+    cols: usize,
+    backend: lensopt::Backend,
+) -> Vec<Vec<F>> {
+    let opt = lensopt::catalog::get(name).unwrap();
+    let cast = |a: Array2<f64>| a.mapv(F::from_f64).into_dyn();
+    let mut p = cast(matrix(rows, cols, 31));
+    let mut stepper: Stepper<F> = opt.init(&[&p]).unwrap();
+    stepper.set_backend(backend);
+    for t in 0..5 {
+        let g = cast(matrix(rows, cols, 40 + t));
+        stepper.step(&mut [&mut p], &[&g]).unwrap();
+    }
+    let mut out = vec![p.iter().copied().collect::<Vec<F>>()];
+    for s in &opt.rule().states {
+        if let Some(v) = stepper.state(0, &s.name) {
+            out.push(v.iter().copied().collect());
+        }
+    }
+    out
+}
+
+#[test]
+fn fused_kernels_compute_what_the_evaluator_computes_bit_for_bit() {
+    use lensopt::Backend;
+    for name in lensopt::catalog::matrix_names() {
+        let rule = lensopt::catalog::get(name).unwrap().rule();
+        let plan = lensopt::ir::fusion::Plan::new(&rule);
+        for kernel in &plan.kernels {
+            assert!(kernel.operations >= 2 && !kernel.rule.is_matrix(), "{name}");
+        }
+        for (rows, cols) in [(7, 5), (5, 7)] {
+            let a = run_backend::<f64>(name, rows, cols, Backend::Interpreter);
+            let b = run_backend::<f64>(name, rows, cols, Backend::default());
+            assert_eq!(a, b, "{name} f64 {rows}x{cols}");
+            let a = run_backend::<f32>(name, rows, cols, Backend::Interpreter);
+            let b = run_backend::<f32>(name, rows, cols, Backend::default());
+            assert_eq!(a, b, "{name} f32 {rows}x{cols}");
+        }
+    }
+    // Adafactor's update fuses: rsqrt of the clamped estimate times g, and
+    // the decayed parameter minus the scaled update.
+    let rule = lensopt::catalog::get("adafactor").unwrap().rule();
+    let plan = lensopt::ir::fusion::Plan::new(&rule);
+    assert!(plan.kernels.len() >= 2, "{} kernels", plan.kernels.len());
+}

@@ -367,7 +367,7 @@ pub fn step<F: Float>(
             .iter()
             .map(|t| crate::matrix::Dims::flat(t.param.len()))
             .collect();
-        return crate::matrix::step(rule, t, present, tensors, &dims);
+        return crate::matrix::step(rule, t, present, tensors, &dims, None);
     }
     validate(rule, present, tensors)?;
     let t = t as f64;

@@ -14,6 +14,7 @@ pub mod circuit;
 pub mod counterexample;
 pub mod diagram;
 pub mod float;
+pub mod fusion;
 pub mod hyper;
 pub mod interp;
 pub mod matrix;

@@ -24,11 +24,30 @@
 //! largest set of arrays alive at once, not the sum over the graph.
 
 use crate::float::Float;
+use crate::fusion::{Kernel, Plan};
 use crate::hyper::HyperValue;
 use crate::interp::{eval_binary, eval_unary, maximum, InterpError, StateBuf, StepTensor};
 use crate::rule::*;
 use std::ops::Deref;
 use std::sync::Arc;
+
+/// Runs the fused kernels of a [`Plan`] (an element backend, such as the
+/// CPU JIT, implements it): `out` gets the kernel's root over the arrays
+/// `arrays` (one per array leaf, each of `out`'s length) with the scalar
+/// leaves' values `scalars`.
+pub trait Kernels<F>: Sync {
+    /// Computes `kernel` into `out`.
+    fn run(
+        &self,
+        kernel: &Kernel,
+        scalars: &[HyperValue],
+        arrays: &[&[F]],
+        out: &mut [F],
+    ) -> Result<(), String>;
+}
+
+/// A plan of fused kernels and what runs them.
+pub type Fused<'k, F> = (&'k Plan, &'k dyn Kernels<F>);
 
 /// The matrix a tensor is seen as: `rows × cols`, and the tensor's rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,6 +237,7 @@ struct Evaluation<'r, 'a, F: Float> {
     rule: &'r Rule,
     leaves: &'r Leaves<'a, F>,
     values: Vec<Option<Val<'a, F>>>,
+    fused: Option<Fused<'r, F>>,
 }
 
 impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
@@ -226,11 +246,13 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         leaves: &'r Leaves<'a, F>,
         globals: &[(ValueId, f64)],
         roots: &[ValueId],
+        fused: Option<Fused<'r, F>>,
     ) -> Result<Vec<Val<'a, F>>, InterpError> {
         let mut ev = Evaluation {
             rule,
             leaves,
             values: vec![None; rule.nodes.len()],
+            fused,
         };
         for &(id, x) in globals {
             ev.values[id.index()] = Some(Val::Scalar(x));
@@ -297,6 +319,14 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
     /// The arguments node `id` reads: a select with a computed scalar
     /// condition reads only the branch it takes.
     fn needed(&self, id: ValueId) -> Vec<ValueId> {
+        if let Some(kernel) = self.kernel(id) {
+            return kernel
+                .arrays
+                .iter()
+                .chain(&kernel.scalars)
+                .copied()
+                .collect();
+        }
         let op = self.rule.node(id).op;
         if let Op::Matmul(a, b) = op {
             return vec![self.gemm_operand(a).0, self.gemm_operand(b).0];
@@ -353,7 +383,55 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         })
     }
 
+    /// The fused kernel computing `id`, when there is one.
+    fn kernel(&self, id: ValueId) -> Option<&'r Kernel> {
+        self.fused.and_then(|(plan, _)| plan.kernel(id))
+    }
+
+    /// Node `id` through its fused kernel: one pass over its array leaves.
+    fn run_kernel(
+        &self,
+        kernel: &Kernel,
+        runner: &dyn Kernels<F>,
+    ) -> Result<Val<'a, F>, InterpError> {
+        let (rows, cols) = (self.leaves.rows, self.leaves.cols);
+        let mut arrays: Vec<&[F]> = Vec::with_capacity(kernel.arrays.len());
+        for a in &kernel.arrays {
+            match self.get(*a)? {
+                Val::Array {
+                    rows: r,
+                    cols: c,
+                    data,
+                } if (*r, *c) == (rows, cols) => arrays.push(data),
+                _ => {
+                    return Err(InterpError(format!(
+                        "kernel leaf {a} is not a {rows} × {cols} array"
+                    )))
+                }
+            }
+        }
+        let scalars: Vec<HyperValue> = kernel
+            .scalars
+            .iter()
+            .map(|s| {
+                let x = self.get(*s)?.scalar();
+                Ok(match self.rule.node(*s).ty {
+                    Ty::Float => HyperValue::Num(x),
+                    Ty::Bool => HyperValue::Bool(x != 0.0),
+                })
+            })
+            .collect::<Result<_, InterpError>>()?;
+        let mut out = vec![F::default(); rows * cols];
+        runner
+            .run(kernel, &scalars, &arrays, &mut out)
+            .map_err(InterpError)?;
+        Ok(Val::array(rows, cols, out))
+    }
+
     fn compute(&self, id: ValueId) -> Result<Val<'a, F>, InterpError> {
+        if let (Some(kernel), Some((_, runner))) = (self.kernel(id), self.fused) {
+            return self.run_kernel(kernel, runner);
+        }
         let node = self.rule.node(id);
         let l = self.leaves;
         let (rows, cols) = (l.rows, l.cols);
@@ -954,13 +1032,16 @@ fn check_sizes<F: Float>(
 }
 
 /// Runs step `t` of the matrix rule `rule` over `tensors`, tensor `i`
-/// being the matrix `dims[i]` (see [`matrix_dims`]).
+/// being the matrix `dims[i]` (see [`matrix_dims`]). With `fused`, the
+/// plan's kernels compute their roots (in one pass each) instead of the
+/// evaluator's node-by-node loops.
 pub fn step<F: Float>(
     rule: &Rule,
     t: u64,
     present: &[bool],
     tensors: &mut [StepTensor<'_, F>],
     dims: &[Dims],
+    fused: Option<Fused<'_, F>>,
 ) -> Result<(), InterpError> {
     check_sizes(rule, present, tensors, dims)?;
     let t = t as f64;
@@ -990,7 +1071,7 @@ pub fn step<F: Float>(
                 cols,
                 rank,
             };
-            let v = Evaluation::run(rule, &leaves, &globals, &[arg])?;
+            let v = Evaluation::run(rule, &leaves, &globals, &[arg], None)?;
             if let Some(Val::Array { data, .. }) = v.first() {
                 for x in data.iter() {
                     acc.add(op, x.to_f64());
@@ -1015,7 +1096,7 @@ pub fn step<F: Float>(
             cols,
             rank,
         };
-        let outs = Evaluation::run(rule, &leaves, &globals, &rule.step_roots())?;
+        let outs = Evaluation::run(rule, &leaves, &globals, &rule.step_roots(), fused)?;
         let mut outs = outs.into_iter();
         let p = outs
             .next()
@@ -1098,7 +1179,7 @@ pub fn init_state<F: Float>(
         rank,
     };
     let roots: Vec<ValueId> = rule.states.iter().map(|s| s.init).collect();
-    let inits = Evaluation::run(rule, &leaves, &[], &roots)?;
+    let inits = Evaluation::run(rule, &leaves, &[], &roots, None)?;
     Ok(inits
         .into_iter()
         .zip(&rule.states)
@@ -1137,7 +1218,7 @@ pub fn view<F: Float>(
         cols,
         rank,
     };
-    let v = Evaluation::run(rule, &leaves, &[], &[root])?;
+    let v = Evaluation::run(rule, &leaves, &[], &[root], None)?;
     Ok(v.into_iter()
         .next()
         .map(|v| expand(v, rows, cols, rows, cols))

@@ -15,6 +15,7 @@ use crate::schedules::{Schedule, Scheduled};
 use crate::tensor::{TensorMut, TensorRef};
 use crate::Float;
 use lensopt_codegen::cpu::{Program, StepBuffers, StepPlan};
+use lensopt_ir::fusion::{Kernel, Plan};
 use lensopt_ir::interp::{self, StateBuf, StepTensor};
 use lensopt_ir::matrix;
 use lensopt_ir::optimize::Mode;
@@ -82,6 +83,43 @@ pub struct Stepper<F: Float> {
     schedules: Scheduled,
     /// For a matrix rule, the `rows × cols` each tensor is seen as.
     dims: Option<Vec<matrix::Dims>>,
+    /// For a matrix rule, its element-wise work fused into kernels.
+    fusion: Option<Arc<Plan>>,
+}
+
+/// Fused kernels of a matrix rule, compiled by the CPU JIT in exact mode
+/// (so a fused node is bit for bit the evaluator's) and run on the pool.
+struct JitKernels<'p> {
+    pool: Option<&'p rayon::ThreadPool>,
+}
+
+impl<F: Float> matrix::Kernels<F> for JitKernels<'_> {
+    fn run(
+        &self,
+        kernel: &Kernel,
+        scalars: &[HyperValue],
+        arrays: &[&[F]],
+        out: &mut [F],
+    ) -> Result<(), String> {
+        let present = vec![true; arrays.len()];
+        let groups = [scalars.to_vec()];
+        let key = jit::Key::for_step(&groups, &present, Mode::Exact);
+        let program = jit::program::<F>(&kernel.rule, &key).map_err(|e| e.to_string())?;
+        let grad: &[F] = arrays.first().copied().unwrap_or(&[]);
+        let mut buffers = [StepBuffers {
+            param: out,
+            grad,
+            inputs: arrays.iter().map(|a| Some(*a)).collect(),
+            states: Vec::new(),
+        }];
+        let plan = StepPlan {
+            t: 1,
+            present: &present,
+            group_hypers: &groups,
+            group_of: &[0],
+        };
+        program.step(&plan, &mut buffers, &mut [Vec::new()], self.pool)
+    }
 }
 
 /// The shape of a state of `kind` of a tensor of shape `shape`: the
@@ -145,6 +183,7 @@ impl<F: Float> Stepper<F> {
         } else {
             None
         };
+        let fusion = dims.as_ref().map(|_| Arc::new(Plan::new(&rule)));
         let mut state = Vec::with_capacity(params.len());
         for (i, p) in params.iter().enumerate() {
             let data = elements("parameter", i, *p, &shapes[i])?;
@@ -169,6 +208,7 @@ impl<F: Float> Stepper<F> {
             pool: None,
             program: None,
             schedules: Scheduled::default(),
+            fusion,
             dims,
         })
     }
@@ -385,8 +425,17 @@ impl<F: Float> Stepper<F> {
                     hypers: &self.groups[*group],
                 });
             }
+            let kernels = JitKernels {
+                pool: self.pool.as_deref(),
+            };
+            let fused: Option<matrix::Fused<'_, F>> = match (&self.fusion, self.backend) {
+                (Some(plan), Backend::Jit(_) | Backend::JitDefault) => Some((plan, &kernels)),
+                _ => None,
+            };
             match &self.dims {
-                Some(dims) => matrix::step(&self.rule, self.t + 1, &present, &mut tensors, dims),
+                Some(dims) => {
+                    matrix::step(&self.rule, self.t + 1, &present, &mut tensors, dims, fused)
+                }
                 None => interp::step(&self.rule, self.t + 1, &present, &mut tensors),
             }
             .map_err(|e| mismatch(e.0))?;
