@@ -6,9 +6,10 @@
 //! rule is mostly element-wise arithmetic on `rows × cols` arrays, which the
 //! element rules' JIT fuses into one pass. A [`Plan`] finds those runs: a
 //! *kernel* is a tree of per-element operations (unary, binary, `fma`, and
-//! `select` on a per-element condition) whose inner nodes are used only
-//! inside it, over *leaves* that are whole arrays of the tensor's shape or
-//! scalars. Each kernel is written as an ordinary element rule (its array
+//! `select` on a per-element condition) on arrays of one shape (the
+//! tensor's, or a matrix's such as a Gram matrix) whose inner nodes are
+//! used only inside it, over *leaves* that are whole arrays of that shape
+//! or scalars. Each kernel is written as an ordinary element rule (its array
 //! leaves are inputs `x0, x1...`, its scalar leaves hyperparameters `s0,
 //! s1...`, its root the new `p`), which any element backend compiles.
 //!
@@ -65,18 +66,20 @@ impl Plan {
         }
         let scalar = |v: ValueId| !rule.node(v).rate.is_array();
         let optional_input = |v: ValueId| matches!(rule.node(v).op, Op::Input(i) if rule.inputs[i as usize].optional);
+        // Arrays of one shape (the tensor's, or a square matrix's), with
+        // operands of that same shape or scalars: flat buffers of one length.
         let fusable: Vec<bool> = rule
             .nodes
             .iter()
             .map(|node| {
-                node.rate == Rate::Element
+                node.rate.is_array()
                     && match node.op {
                         Op::Unary(..) | Op::Binary(..) | Op::Fma(..) => true,
                         Op::Select(c, ..) => !scalar(c),
                         _ => false,
                     }
                     && node.op.args().iter().all(|&a| {
-                        (scalar(a) || rule.node(a).rate == Rate::Element) && !optional_input(a)
+                        (scalar(a) || rule.node(a).rate == node.rate) && !optional_input(a)
                     })
             })
             .collect();

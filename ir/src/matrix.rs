@@ -394,7 +394,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         kernel: &Kernel,
         runner: &dyn Kernels<F>,
     ) -> Result<Val<'a, F>, InterpError> {
-        let (rows, cols) = (self.leaves.rows, self.leaves.cols);
+        let (rows, cols) = self.dims(self.rule.node(kernel.root));
         let mut arrays: Vec<&[F]> = Vec::with_capacity(kernel.arrays.len());
         for a in &kernel.arrays {
             match self.get(*a)? {
