@@ -149,6 +149,15 @@ fn repeat_by_a_hyperparameter_runs_that_many_times_and_every_k_runs_on_multiples
             format!("R {{ update {{ let x = g; repeat {n} {{ x = x * 2; }} p = p - x; }} }}");
         assert_eq!(one_step(&literal, &p, &g, &[]), want, "repeat {n}");
     }
+    // A count the unrolled block cannot honour is refused, not cut short.
+    let mut opt = DynOptimizer::parse(counted).unwrap();
+    for bad in [40.0, 2.5, -1.0] {
+        let err = opt.set("n", bad.into()).unwrap_err().to_string();
+        assert!(err.contains("whole number from 0 to 32"), "{bad}: {err}");
+    }
+    let mut muon = lensopt::catalog::get("muon").unwrap();
+    assert!(muon.set("ns_steps", 33.0.into()).is_err());
+    assert!(muon.set("ns_steps", 32.0.into()).is_ok());
     // `every 3`: the state moves at t = 3 and 6 only.
     let every = "R { state scalar k = 0; update { every 3 { k = k + 1; } p = p - k * g; } }";
     let opt = DynOptimizer::parse(every).unwrap();

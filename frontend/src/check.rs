@@ -34,6 +34,7 @@ pub fn check(decl: &RuleDecl) -> Result<Rule, Diagnostics> {
         in_pure_function: false,
         blocks: 0,
         unrolled: 0,
+        repeat_counts: Vec::new(),
     };
     cx.declare();
     let view = cx.check_view();
@@ -51,6 +52,7 @@ pub fn check(decl: &RuleDecl) -> Result<Rule, Diagnostics> {
         view,
         param_out,
         state_out,
+        repeat_counts: cx.repeat_counts,
     };
     Ok(rule.compact())
 }
@@ -106,6 +108,8 @@ struct Checker<'a> {
     blocks: usize,
     /// Statements checked inside `repeat` bodies so far, every iteration counted.
     unrolled: usize,
+    /// Hyperparameters counting `repeat` blocks, with their bound.
+    repeat_counts: Vec<(u16, u32)>,
 }
 
 /// The most statements `repeat` blocks may unroll to in one rule (nested
@@ -695,6 +699,12 @@ impl Checker<'_> {
                 ExprKind::Var(name)
                     if matches!(self.names.get(name), Some((Binding::Hyper(_), _))) =>
                 {
+                    if let Some((Binding::Hyper(i), _)) = self.names.get(name) {
+                        let entry = (*i, MAX_REPEAT_HYPER as u32);
+                        if !self.repeat_counts.contains(&entry) {
+                            self.repeat_counts.push(entry);
+                        }
+                    }
                     let h = self.var(name, count.span, cx);
                     (MAX_REPEAT_HYPER, h)
                 }

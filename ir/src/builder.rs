@@ -273,6 +273,7 @@ impl RuleBuilder {
             view: None,
             param_out: ValueId(0),
             state_out: Vec::new(),
+            repeat_counts: Vec::new(),
         };
         RuleBuilder {
             rule,

@@ -466,6 +466,10 @@ pub struct Rule {
     pub param_out: ValueId,
     /// Each state variable after the step, in declaration order.
     pub state_out: Vec<ValueId>,
+    /// Hyperparameters that count the iterations of a `repeat` block, with
+    /// the most iterations the block was unrolled to: their values must be
+    /// whole numbers from 0 to that bound ([`Rule::check_hypers`]).
+    pub repeat_counts: Vec<(u16, u32)>,
 }
 
 impl Rule {
@@ -623,6 +627,9 @@ impl Rule {
         for v in &self.state_out {
             h.word(u64::from(v.0));
         }
+        for (hyper, bound) in &self.repeat_counts {
+            h.word(u64::from(*hyper) << 32 | u64::from(*bound));
+        }
         h.0
     }
 
@@ -636,6 +643,7 @@ impl Rule {
             && self.view == other.view
             && self.param_out == other.param_out
             && self.state_out == other.state_out
+            && self.repeat_counts == other.repeat_counts
     }
 
     /// True for a *matrix rule*: one that sees the tensor as a matrix
@@ -665,6 +673,23 @@ impl Rule {
     /// with each rank, and a matrix rule takes vectors as `1 × n` matrices.
     pub fn reads_rank(&self) -> bool {
         self.nodes.iter().any(|n| n.op == Op::Rank)
+    }
+
+    /// Refuses hyperparameter values the rule cannot honour: a `repeat`
+    /// count that is not a whole number from 0 to its block's bound (which
+    /// would otherwise run a different number of iterations than asked).
+    pub fn check_hypers(&self, values: &[HyperValue]) -> Result<(), String> {
+        for &(h, bound) in &self.repeat_counts {
+            if let Some(HyperValue::Num(x)) = values.get(h as usize) {
+                if !(x.fract() == 0.0 && *x >= 0.0 && *x <= f64::from(bound)) {
+                    return Err(format!(
+                        "hyperparameter `{}` counts the iterations of a `repeat` block: it takes a whole number from 0 to {bound}, not {x}",
+                        self.hypers[h as usize].name
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The lower-case name under which the catalog lists the rule.

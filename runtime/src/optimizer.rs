@@ -150,6 +150,9 @@ pub(crate) fn hyper_slot(rule: &Rule, name: &str, value: HyperValue) -> Result<u
             });
         }
     }
+    let mut values = rule.default_hypers();
+    values[index] = value;
+    rule.check_hypers(&values).map_err(mismatch)?;
     Ok(index)
 }
 

@@ -168,6 +168,9 @@ impl<F: Float> Stepper<F> {
         groups: &[Group],
     ) -> Result<Self, Error> {
         let (groups, group_of) = resolve_groups(&rule, &base, params.len(), groups)?;
+        for values in &groups {
+            rule.check_hypers(values).map_err(mismatch)?;
+        }
         let shapes: Vec<Vec<usize>> = params.iter().map(|p| p.shape().to_vec()).collect();
         let dims = if rule.is_matrix() {
             let dims = shapes
