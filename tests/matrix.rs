@@ -234,6 +234,28 @@ fn a_matrix_rule_refuses_vectors_and_the_kernel_backends_refuse_it() {
     let g = ArrayD::<f64>::from_elem(IxDyn(&[2, 3, 4]), 0.1);
     stepper.step(&mut [&mut p], &[&g]).unwrap();
     assert!(p.iter().all(|x| x.is_finite() && *x != 0.5));
+    // Arrays the evaluator cannot hold, and eigensolves it cannot finish
+    // soon, are errors before anything is computed.
+    for (rule, shape, expect) in [
+        (
+            "R { update { p = p - sum(g @ transpose(g)) * g; } }",
+            [100_000, 2],
+            "more than the matrix evaluator's limit",
+        ),
+        (
+            "R { update { p = p - sym_pow(g @ transpose(g), -0.5) @ g; } }",
+            [1100, 3],
+            "eigensolver takes sides up to 1024",
+        ),
+    ] {
+        let opt = DynOptimizer::parse(rule).unwrap();
+        let mut p = ArrayD::<f64>::zeros(IxDyn(&shape));
+        let g = ArrayD::<f64>::from_elem(IxDyn(&shape), 0.5);
+        let mut stepper: Stepper<f64> = opt.init(&[&p]).unwrap();
+        let err = stepper.step(&mut [&mut p], &[&g]).unwrap_err().to_string();
+        assert!(err.contains(expect), "{err}");
+        assert_eq!(stepper.t(), 0);
+    }
     // Flat buffers through the interpreter are 1 × n matrices, not a panic.
     let rule = muon.rule();
     let mut flat = vec![0.5; 6];

@@ -49,6 +49,13 @@ pub trait Kernels<F>: Sync {
 /// A plan of fused kernels and what runs them.
 pub type Fused<'k, F> = (&'k Plan, &'k dyn Kernels<F>);
 
+/// An intermediate array may hold this many times the tensor's elements...
+pub const MAX_ARRAY_FACTOR: usize = 4;
+/// ...or this many values, whichever is more.
+pub const MIN_ARRAY_LIMIT: usize = 1 << 26;
+/// The largest side `sym_pow` takes (Jacobi rotations: cubic time).
+pub const MAX_SYM_SIDE: usize = 1024;
+
 /// The matrix a tensor is seen as: `rows × cols`, and the tensor's rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
@@ -291,6 +298,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         for r in roots {
             uses[r.index()] += 1;
         }
+        ev.check_sizes(&live)?;
         for (i, &alive) in live.iter().enumerate() {
             if !alive || ev.values[i].is_some() {
                 continue;
@@ -381,6 +389,41 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
             cols,
             data: Buf::Borrowed(data),
         })
+    }
+
+    /// Refuses, before anything is computed, a step whose arrays would not
+    /// fit the evaluator's limits on this tensor: an intermediate array of
+    /// more than [`MAX_ARRAY_FACTOR`] times the tensor's elements (and over
+    /// [`MIN_ARRAY_LIMIT`]), or `sym_pow` of a side over [`MAX_SYM_SIDE`]
+    /// (its eigensolver is cubic).
+    fn check_sizes(&self, live: &[bool]) -> Result<(), InterpError> {
+        let (rows, cols) = (self.leaves.rows, self.leaves.cols);
+        let limit = rows
+            .saturating_mul(cols)
+            .saturating_mul(MAX_ARRAY_FACTOR)
+            .max(MIN_ARRAY_LIMIT);
+        for (i, node) in self.rule.nodes.iter().enumerate() {
+            if !live[i] || !node.rate.is_array() {
+                continue;
+            }
+            let (r, c) = node.rate.shape();
+            let (r, c) = (r.len(rows, cols), c.len(rows, cols));
+            if r.checked_mul(c).is_none_or(|n| n > limit) {
+                return Err(InterpError(format!(
+                    "`{}` needs a {r} × {c} array on this {rows} × {cols} tensor: more than the matrix evaluator's limit of {limit} values",
+                    self.rule.name
+                )));
+            }
+            if let Op::MatFn(..) = node.op {
+                if r > MAX_SYM_SIDE {
+                    return Err(InterpError(format!(
+                        "`{}` takes `sym_pow` of a {r} × {r} matrix: the matrix evaluator's eigensolver takes sides up to {MAX_SYM_SIDE}",
+                        self.rule.name
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The fused kernel computing `id`, when there is one.
