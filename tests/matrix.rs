@@ -416,3 +416,35 @@ fn fused_kernels_compute_what_the_evaluator_computes_bit_for_bit() {
     let plan = lensopt::ir::fusion::Plan::new(&rule);
     assert!(plan.kernels.len() >= 2, "{} kernels", plan.kernels.len());
 }
+
+#[test]
+fn the_eigensolver_diagonalises_symmetric_matrices() {
+    for n in [1, 2, 3, 7, 31, 64] {
+        let m = matrix(n, n, 50 + n as u64);
+        // Symmetric, with a repeated eigenvalue block for n > 2 (rank-deficient Gram part).
+        let a = &m
+            + &m.t()
+            + m.slice(ndarray::s![.., ..1])
+                .dot(&m.slice(ndarray::s![.., ..1]).t());
+        let (values, vectors) =
+            lensopt::ir::matrix::symmetric_eigen(n, a.iter().copied().collect());
+        let q = Array2::from_shape_vec((n, n), vectors).unwrap();
+        let lambda = Array2::from_diag(&ndarray::Array1::from(values));
+        let back = q.dot(&lambda).dot(&q.t());
+        let scale = a.iter().fold(0.0f64, |s, x| s.max(x.abs()));
+        for (x, y) in back.iter().zip(a.iter()) {
+            assert!(
+                (x - y).abs() <= 1e-12 * scale * n as f64,
+                "n = {n}: {x} vs {y}"
+            );
+        }
+        let eye = q.t().dot(&q);
+        for ((i, j), v) in eye.indexed_iter() {
+            let want = if i == j { 1.0 } else { 0.0 };
+            assert!(
+                (v - want).abs() <= 1e-12 * n as f64,
+                "n = {n}: QᵀQ[{i},{j}] = {v}"
+            );
+        }
+    }
+}
