@@ -1004,19 +1004,11 @@ impl Checker<'_> {
         if builtin == Builtin::Present {
             return self.present(&args[0]);
         }
-        if let (Builtin::Reduce(..) | Builtin::Dot(_), Context::Init | Context::View) =
-            (builtin, cx)
+        if let (
+            Builtin::Reduce(..) | Builtin::Dot(_) | Builtin::ReduceAxis(..),
+            Context::Init | Context::View,
+        ) = (builtin, cx)
         {
-            self.error(
-                span,
-                format!(
-                    "`{name}` is a reduction; reductions are not available {}",
-                    context_phrase(cx)
-                ),
-            );
-            return None;
-        }
-        if let (Builtin::ReduceAxis(..), Context::Init | Context::View) = (builtin, cx) {
             self.error(
                 span,
                 format!(

@@ -83,25 +83,28 @@ impl Dims {
 /// matrix `1 × n` only for a rule that reads `rank()` (which has said what
 /// it does with each rank), and otherwise an error.
 pub fn matrix_dims(rule: &Rule, shape: &[usize]) -> Result<Dims, String> {
-    let numel = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| format!("shape {shape:?} has more elements than memory can address"))?;
-    match shape {
-        [] | [_] if rule.reads_rank() => Ok(Dims {
-            rows: 1,
-            cols: numel,
-            rank: shape.len(),
-        }),
-        [] | [_] => Err(format!(
+    if shape.len() < 2 && !rule.reads_rank() {
+        return Err(format!(
             "a matrix rule needs tensors of rank 2 or more (higher ranks are seen as rows × the rest), not shape {shape:?}"
-        )),
-        [rows, ..] => Ok(Dims {
-            rows: *rows,
-            cols: numel.checked_div(*rows).unwrap_or(0),
-            rank: shape.len(),
-        }),
+        ));
     }
+    let (rows, cols) = rows_and_cols(shape)
+        .ok_or_else(|| format!("shape {shape:?} has more elements than memory can address"))?;
+    Ok(Dims {
+        rows,
+        cols,
+        rank: shape.len(),
+    })
+}
+
+/// `d0 × (d1 · ...)` of a shape, a vector or scalar as `1 × n`; `None` when
+/// the element count overflows.
+pub fn rows_and_cols(shape: &[usize]) -> Option<(usize, usize)> {
+    let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+    Some(match shape {
+        [] | [_] => (1, numel),
+        [rows, ..] => (*rows, numel.checked_div(*rows).unwrap_or(0)),
+    })
 }
 
 /// A value during evaluation.
@@ -236,6 +239,24 @@ struct Leaves<'a, F> {
     rows: usize,
     cols: usize,
     rank: usize,
+}
+
+impl<'a, F> Leaves<'a, F> {
+    /// One tensor of a step, seen as the matrix `d`.
+    fn of(tt: &'a StepTensor<'_, F>, d: Dims, present: &'a [bool], t: f64) -> Self {
+        Leaves {
+            param: tt.param,
+            grad: tt.grad,
+            inputs: &tt.inputs,
+            state: tt.state,
+            hypers: tt.hypers,
+            present,
+            t,
+            rows: d.rows,
+            cols: d.cols,
+            rank: d.rank,
+        }
+    }
 }
 
 /// Evaluates the values `roots` of `rule` for one tensor. `globals` holds
@@ -1121,19 +1142,7 @@ pub fn step<F: Float>(
         }
         let mut acc = Acc::default();
         for (tt, d) in tensors.iter().zip(dims) {
-            let (rows, cols, rank) = (d.rows, d.cols, d.rank);
-            let leaves = Leaves {
-                param: tt.param,
-                grad: tt.grad,
-                inputs: &tt.inputs,
-                state: tt.state,
-                hypers: tt.hypers,
-                present,
-                t,
-                rows,
-                cols,
-                rank,
-            };
+            let leaves = Leaves::of(tt, *d, present, t);
             let v = Evaluation::run(rule, &leaves, &globals, &[arg], None)?;
             if let Some(Val::Array { data, .. }) = v.first() {
                 for x in data.iter() {
@@ -1146,19 +1155,8 @@ pub fn step<F: Float>(
     roots.dedup();
     let mut results: Vec<(Vec<F>, Vec<Val<'static, F>>)> = Vec::with_capacity(tensors.len());
     for (tt, d) in tensors.iter().zip(dims) {
-        let (rows, cols, rank) = (d.rows, d.cols, d.rank);
-        let leaves = Leaves {
-            param: tt.param,
-            grad: tt.grad,
-            inputs: &tt.inputs,
-            state: tt.state,
-            hypers: tt.hypers,
-            present,
-            t,
-            rows,
-            cols,
-            rank,
-        };
+        let (rows, cols) = (d.rows, d.cols);
+        let leaves = Leaves::of(tt, *d, present, t);
         let outs = Evaluation::run(rule, &leaves, &globals, &rule.step_roots(), fused)?;
         let mut outs = outs.into_iter();
         let p = outs

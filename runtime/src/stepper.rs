@@ -131,11 +131,7 @@ pub fn state_shape(kind: StateKind, shape: &[usize]) -> Vec<usize> {
         StateKind::Scalar => Vec::new(),
         StateKind::Array(r, c) => {
             // A vector (under a rule reading `rank()`) is 1 × n.
-            let numel: usize = shape.iter().product();
-            let (rows, cols) = match shape {
-                [] | [_] => (1, numel),
-                [rows, ..] => (*rows, numel.checked_div(*rows).unwrap_or(0)),
-            };
+            let (rows, cols) = matrix::rows_and_cols(shape).unwrap_or((0, 0));
             vec![r.len(rows, cols), c.len(rows, cols)]
         }
     }
