@@ -100,7 +100,9 @@ pub fn matrix_dims(rule: &Rule, shape: &[usize]) -> Result<Dims, String> {
 /// `d0 × (d1 · ...)` of a shape, a vector or scalar as `1 × n`; `None` when
 /// the element count overflows.
 pub fn rows_and_cols(shape: &[usize]) -> Option<(usize, usize)> {
-    let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
     Some(match shape {
         [] | [_] => (1, numel),
         [rows, ..] => (*rows, numel.checked_div(*rows).unwrap_or(0)),
