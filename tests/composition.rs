@@ -149,7 +149,7 @@ fn the_prelude_checks() {
     .unwrap();
     assert_eq!(equivalent(&lion, &spelled), Equivalence::Proved);
     let prelude = lensopt_frontend::prelude::functions();
-    assert_eq!(prelude.len(), 15, "every item of the prelude parsed");
+    assert_eq!(prelude.len(), 16, "every item of the prelude parsed");
 }
 
 fn error_of(text: &str) -> String {

@@ -448,3 +448,25 @@ fn the_eigensolver_diagonalises_symmetric_matrices() {
         }
     }
 }
+
+#[test]
+fn muon_in_bfloat16_reproduces_the_library_default_to_the_last_bits() {
+    let file = root().join("tests/golden/matrix/muon_bf16.f32.json");
+    let case = Case::from_json(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let mut opt = lensopt::catalog::get("muon").unwrap();
+    for (k, v) in &case.hyper {
+        case::set_hyper(&mut opt, k, *v).unwrap();
+    }
+    opt.set("ns_bf16", true.into()).unwrap();
+    let got = case::run(&case, &opt).unwrap();
+    for (ours, theirs) in got
+        .params_after
+        .iter()
+        .zip(case.params_after.as_ref().unwrap())
+    {
+        for (a, b) in ours.iter().zip(theirs) {
+            // The README's tolerance for this case is 2e-3 + 1e-2 |ref|.
+            assert!((a - b).abs() <= 1e-7 + 1e-6 * b.abs(), "{a} vs {b}");
+        }
+    }
+}

@@ -291,18 +291,19 @@ crate::optimizer! {
     /// buffer by `lerp`, `x = u / (‖u‖_F + eps)` (transposed when rows >
     /// cols), the step scaled by `sqrt(max(1, rows / cols))` (the
     /// reference's default `adjust_lr_fn`), decoupled weight decay. The
-    /// iteration runs in the parameter's type (the reference's default runs
-    /// it in bfloat16). A matrix rule: tensors of rank 2 or more.
+    /// iteration runs in the parameter's type; `ns_bf16 = true` runs it in
+    /// bfloat16 as the reference's default does (`x / max(‖x‖, eps)`, every
+    /// product rounded). A matrix rule: tensors of rank 2 or more.
     pub Muon {
         hyper lr = 1e-3, weight_decay = 0.1, momentum = 0.95, nesterov = true, ns_steps = 5,
-              a = 3.4445, b = -4.775, c = 2.0315, eps = 1e-7;
+              a = 3.4445, b = -4.775, c = 2.0315, eps = 1e-7, ns_bf16 = false;
         state buf = 0;
         update {
             buf = lerp(buf, g, 1 - momentum);
             let u = select(nesterov, lerp(g, buf, momentum), buf);
-            let x = u / (norm(u) + eps);
+            let x = select(ns_bf16, bf16(bf16(u) / bf16(max(bf16(norm(bf16(u))), eps))), u / (norm(u) + eps));
             repeat ns_steps {
-                x = newton_schulz_step(x, a, b, c);
+                x = select(ns_bf16, newton_schulz_step_bf16(x, a, b, c), newton_schulz_step(x, a, b, c));
             }
             p = p * (1 - lr * weight_decay);
             p = p - lr * sqrt(max(1, rows() / cols())) * x;
