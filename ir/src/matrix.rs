@@ -1131,7 +1131,7 @@ pub fn step<F: Float>(
 ) -> Result<(), InterpError> {
     check_sizes(rule, present, tensors, dims)?;
     let t = t as f64;
-    let mut roots = rule.step_roots();
+    let roots = rule.step_roots();
     // Global reductions first, in order, each over every tensor.
     let mut globals: Vec<(ValueId, f64)> = Vec::new();
     let live = rule.reachable(&roots);
@@ -1154,7 +1154,6 @@ pub fn step<F: Float>(
         }
         globals.push((ValueId(i as u32), acc.finish(op)));
     }
-    roots.dedup();
     let mut results: Vec<(Vec<F>, Vec<Val<'static, F>>)> = Vec::with_capacity(tensors.len());
     for (tt, d) in tensors.iter().zip(dims) {
         let (rows, cols) = (d.rows, d.cols);
@@ -1163,7 +1162,7 @@ pub fn step<F: Float>(
         let mut outs = outs.into_iter();
         let p = outs
             .next()
-            .map(|v| expand(v, rows, cols, rows, cols))
+            .map(|v| expand(v, rows, cols))
             .unwrap_or_default();
         let states: Vec<Val<'static, F>> = outs
             .zip(&rule.states)
@@ -1174,25 +1173,34 @@ pub fn step<F: Float>(
                     Val::array(
                         r.len(rows, cols),
                         c.len(rows, cols),
-                        expand(v, r.len(rows, cols), c.len(rows, cols), rows, cols),
+                        expand(v, r.len(rows, cols), c.len(rows, cols)),
                     )
                 }
             })
             .collect();
         results.push((p, states));
     }
-    // Every tensor's new values were computed from the old; now store them.
+    // Every tensor's new values were computed from the old; they are
+    // checked to fit, then stored (a refused step writes nothing).
+    for (tt, (p, states)) in tensors.iter().zip(&results) {
+        let fits = p.len() == tt.param.len()
+            && tt.state.iter().zip(states).all(|(buf, v)| match (buf, v) {
+                (StateBuf::Element(old), Val::Array { data, .. }) => data.len() == old.len(),
+                (StateBuf::Scalar(_), Val::Scalar(_)) => true,
+                _ => false,
+            });
+        if !fits {
+            return Err(InterpError(
+                "a new value does not have its buffer's size".into(),
+            ));
+        }
+    }
     for (tt, (p, states)) in tensors.iter_mut().zip(results) {
         tt.param.copy_from_slice(&p);
         for (buf, v) in tt.state.iter_mut().zip(states) {
-            match (buf, v) {
-                (StateBuf::Scalar(x), v) => *x = v.scalar(),
-                (StateBuf::Element(old), v) => {
-                    let new = v.into_data();
-                    if new.len() == old.len() {
-                        *old = new;
-                    }
-                }
+            match buf {
+                StateBuf::Scalar(x) => *x = v.scalar(),
+                StateBuf::Element(old) => *old = v.into_data(),
             }
         }
     }
@@ -1200,7 +1208,7 @@ pub fn step<F: Float>(
 }
 
 /// `v` as a row-major `r × c` array (broadcasting a scalar, a row or a column).
-fn expand<F: Float>(v: Val<'_, F>, r: usize, c: usize, _rows: usize, _cols: usize) -> Vec<F> {
+fn expand<F: Float>(v: Val<'_, F>, r: usize, c: usize) -> Vec<F> {
     if v.shape() == (r, c) {
         if let Val::Array { .. } = v {
             return v.into_data();
@@ -1251,7 +1259,7 @@ pub fn init_state<F: Float>(
             kind => {
                 let (r, c) = kind.rate().shape();
                 let (r, c) = (r.len(rows, cols), c.len(rows, cols));
-                StateBuf::Element(expand(v, r, c, rows, cols))
+                StateBuf::Element(expand(v, r, c))
             }
         })
         .collect())
@@ -1284,6 +1292,6 @@ pub fn view<F: Float>(
     let v = Evaluation::run(rule, &leaves, &[], &[root], None)?;
     Ok(v.into_iter()
         .next()
-        .map(|v| expand(v, rows, cols, rows, cols))
+        .map(|v| expand(v, rows, cols))
         .unwrap_or_default())
 }
