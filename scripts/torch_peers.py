@@ -15,6 +15,12 @@ Measures, on the CPU, f32, with the same thread count:
 With `--device cuda` it times torch's fused AdamW on the GPU beside
 `lensopt bench --device cuda` (build lensopt with `--features cuda`).
 
+With `--matrix` it times torch.optim.Muon, torch.optim.Adafactor and
+pytorch_optimizer.Shampoo (roots' refresh excluded, as lensopt's row) on
+1024 x 1024 and 4096 x 1024 f32 matrices beside `lensopt bench --matrix`.
+torch's Muon runs Newton-Schulz in bfloat16 by default; lensopt's `muon`
+row runs it in f32 (its `ns_bf16` switch selects the other).
+
 Not part of CI: it needs torch and pytorch_optimizer (pip install torch pytorch_optimizer).
 """
 
@@ -53,6 +59,44 @@ def peers():
     ]
 
 
+def matrix_peers():
+    import pytorch_optimizer as po
+
+    return [
+        ("torch_muon", "muon", lambda p: torch.optim.Muon(p, lr=0.02)),
+        ("torch_adafactor", "adafactor", lambda p: torch.optim.Adafactor(p, lr=1e-2)),
+        ("pytorch_optimizer_shampoo", "shampoo",
+         lambda p: po.Shampoo(p, lr=1e-3, preconditioning_compute_steps=10**9)),
+    ]
+
+
+def matrix(args):
+    rows = []
+    for shape in [(1024, 1024), (4096, 1024)]:
+        for name, rule, make in matrix_peers():
+            p = torch.nn.Parameter(torch.randn(*shape, dtype=torch.float32))
+            p.grad = torch.randn(*shape, dtype=torch.float32)
+            opt = make([p])
+            s = best_step_seconds(opt, args.seconds)
+            rows.append({"kernel": name, "rule": rule, "rows": shape[0], "cols": shape[1],
+                         "step_ms": s * 1e3, "threads": args.threads, "torch": torch.__version__})
+            del opt, p
+    out = subprocess.run([args.lensopt, "bench", "--matrix", "--json", "--threads", str(args.threads),
+                          "--seconds", str(args.seconds)], check=True, capture_output=True, text=True).stdout
+    ours = [json.loads(line) for line in out.splitlines() if line.strip()]
+    for row in rows + ours:
+        print(json.dumps(row))
+    print()
+    print(f"{'rule':<10} {'shape':>10} {'lensopt ms':>11} {'peer ms':>9} {'lensopt speed-up':>17}")
+    for mine in ours:
+        peer = next((r for r in rows if r["rule"] == mine["rule"] and r["rows"] == mine["rows"]
+                     and r["cols"] == mine["cols"]), None)
+        if peer is None:
+            continue
+        print(f"{mine['rule']:<10} {str(mine['rows']) + 'x' + str(mine['cols']):>10} "
+              f"{mine['step_ms']:>11.2f} {peer['step_ms']:>9.2f} {peer['step_ms'] / mine['step_ms']:>16.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -60,8 +104,12 @@ def main():
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--lensopt", default="target/release/lensopt")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (lensopt built with --features cuda)")
+    ap.add_argument("--matrix", action="store_true", help="Muon, Adafactor and Shampoo on matrices")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.matrix:
+        matrix(args)
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     if args.device == "cuda":
