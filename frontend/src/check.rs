@@ -637,17 +637,14 @@ impl Checker<'_> {
     fn merge(&mut self, before: Before, cond: Option<ValueId>) {
         let mut names = std::mem::take(&mut self.names);
         names.retain(|k, _| before.names.contains_key(k));
-        for (k, (binding, span)) in names.iter_mut() {
-            if let (Binding::Let(Some(new)), Some((Binding::Let(Some(old)), _))) =
-                (*binding, before.names.get(k))
+        for (k, (binding, _)) in names.iter_mut() {
+            if let (Binding::Let(Some(new)), Some((Binding::Let(Some(old)), _)), Some(c)) =
+                (*binding, before.names.get(k), cond)
             {
-                if let Some(c) = cond {
-                    if new != *old {
-                        *binding = Binding::Let(self.choose(c, new, *old));
-                    }
+                if new != *old {
+                    *binding = Binding::Let(Some(self.choose(c, new, *old)));
                 }
             }
-            let _ = span;
         }
         self.names = names;
         if let Some(c) = cond {
@@ -656,27 +653,25 @@ impl Checker<'_> {
                     let old = before
                         .p
                         .unwrap_or_else(|| self.add(Op::Param, Ty::Float, Rate::Element));
-                    self.current_p = self.choose(c, new, old);
+                    self.current_p = Some(self.choose(c, new, old));
                 }
             }
             for i in 0..self.current_state.len() {
                 if self.current_state[i] != before.states[i] {
                     if let Some(new) = self.current_state[i] {
                         let old = before.states[i].unwrap_or_else(|| self.state_read(i as u16));
-                        self.current_state[i] = self.choose(c, new, old);
+                        self.current_state[i] = Some(self.choose(c, new, old));
                     }
                 }
             }
         }
     }
 
-    /// `select(c, new, old)`, when the shapes allow it (they do: both are
-    /// values of one name).
-    fn choose(&mut self, c: ValueId, new: ValueId, old: ValueId) -> Option<ValueId> {
-        let vals = [c, new, old];
-        let rate = self.rate_of(&vals);
+    /// `select(c, new, old)` (the shapes fit: both are values of one name).
+    fn choose(&mut self, c: ValueId, new: ValueId, old: ValueId) -> ValueId {
+        let rate = self.rate_of(&[c, new, old]);
         let ty = self.node(new).ty;
-        Some(self.add(Op::Select(c, new, old), ty, rate))
+        self.add(Op::Select(c, new, old), ty, rate)
     }
 
     /// `repeat n { ... }` (unrolled; with a hyperparameter `n`, iteration
@@ -775,7 +770,6 @@ impl Checker<'_> {
             let due = self.binary(BinOp::Eq, rest, zero, Ty::Bool);
             self.merge(before, Some(due));
         }
-        let _ = span;
         self.blocks -= 1;
         assigned
     }

@@ -69,7 +69,7 @@ fn nan<F: Float>() -> F {
     F::from_f64(f64::NAN)
 }
 
-fn truth<F: Float>(b: bool) -> F {
+pub(crate) fn truth<F: Float>(b: bool) -> F {
     F::from_f64(if b { 1.0 } else { 0.0 })
 }
 
@@ -247,23 +247,19 @@ fn eval_element<F: Float>(
 }
 
 /// Accumulator of one reduction over one tensor, in f64.
-#[derive(Clone, Copy)]
-struct Acc {
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Acc {
     sum: f64,
     max: f64,
     count: usize,
 }
 
 impl Acc {
-    fn new() -> Self {
-        Acc {
-            sum: 0.0,
-            max: 0.0,
-            count: 0,
-        }
+    pub(crate) fn new() -> Self {
+        Acc::default()
     }
 
-    fn add(&mut self, op: ReduceOp, x: f64) {
+    pub(crate) fn add(&mut self, op: ReduceOp, x: f64) {
         match op {
             ReduceOp::Sum | ReduceOp::Mean => self.sum += x,
             ReduceOp::Norm => self.sum += x * x,
@@ -279,7 +275,7 @@ impl Acc {
         self.count += other.count;
     }
 
-    fn finish(&self, op: ReduceOp) -> f64 {
+    pub(crate) fn finish(&self, op: ReduceOp) -> f64 {
         match op {
             ReduceOp::Sum | ReduceOp::Count => self.sum,
             ReduceOp::Mean => self.sum / self.count as f64,

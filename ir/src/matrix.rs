@@ -26,7 +26,9 @@
 use crate::float::Float;
 use crate::fusion::{Kernel, Plan};
 use crate::hyper::HyperValue;
-use crate::interp::{eval_binary, eval_unary, maximum, InterpError, StateBuf, StepTensor};
+use crate::interp::{
+    eval_binary, eval_unary, maximum, truth, Acc, InterpError, StateBuf, StepTensor,
+};
 use crate::rule::*;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -218,14 +220,6 @@ impl<F: Float> Reader<'_, F> {
         } else {
             self.data[i * self.row_stride + j * self.col_stride]
         }
-    }
-}
-
-fn truth(b: bool) -> f64 {
-    if b {
-        1.0
-    } else {
-        0.0
     }
 }
 
@@ -503,10 +497,10 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         let (rows, cols) = (l.rows, l.cols);
         Ok(match node.op {
             Op::Const(x) => Val::Scalar(x),
-            Op::ConstBool(b) => Val::Scalar(truth(b)),
+            Op::ConstBool(b) => Val::Scalar(truth::<f64>(b)),
             Op::Hyper(h) => Val::Scalar(l.hypers[h as usize].as_f64()),
             Op::Step => Val::Scalar(l.t),
-            Op::Present(k) => Val::Scalar(truth(l.present.get(k as usize) == Some(&true))),
+            Op::Present(k) => Val::Scalar(truth::<f64>(l.present.get(k as usize) == Some(&true))),
             Op::Numel => Val::Scalar((rows * cols) as f64),
             Op::Extent(d) => Val::Scalar(d.len(rows, cols) as f64),
             Op::Rank => Val::Scalar(l.rank as f64),
@@ -709,14 +703,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         if v.shape() == (r, c) && matches!(v, Val::Array { .. }) {
             return Ok(v);
         }
-        let rd = v.reader();
-        let mut out = Vec::with_capacity(r * c);
-        for i in 0..r {
-            for j in 0..c {
-                out.push(rd.at(i, j));
-            }
-        }
-        Ok(Val::array(r, c, out))
+        Ok(Val::array(r, c, expand(v, r, c)))
     }
 
     fn dims(&self, node: &Node) -> (usize, usize) {
@@ -901,35 +888,6 @@ impl<F: Float> Layout<'_, F> {
                 *o = g(runs[0].at(k), runs[1].at(k), runs[2].at(k));
             }
         })
-    }
-}
-
-/// A reduction's accumulator, in f64.
-#[derive(Default)]
-struct Acc {
-    sum: f64,
-    max: f64,
-    count: usize,
-}
-
-impl Acc {
-    fn add(&mut self, op: ReduceOp, x: f64) {
-        match op {
-            ReduceOp::Sum | ReduceOp::Mean => self.sum += x,
-            ReduceOp::Norm => self.sum += x * x,
-            ReduceOp::Count => self.sum += truth(x != 0.0),
-            ReduceOp::MaxAbs => self.max = maximum(self.max, x.abs()),
-        }
-        self.count += 1;
-    }
-
-    fn finish(&self, op: ReduceOp) -> f64 {
-        match op {
-            ReduceOp::Sum | ReduceOp::Count => self.sum,
-            ReduceOp::Mean => self.sum / self.count as f64,
-            ReduceOp::Norm => self.sum.sqrt(),
-            ReduceOp::MaxAbs => self.max,
-        }
     }
 }
 
