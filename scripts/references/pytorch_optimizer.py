@@ -516,7 +516,11 @@ def jsonable(x):
 def main():
     global F32
     here = os.path.dirname(os.path.abspath(__file__))
-    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "..", "..", "tests", "golden_extra")
+    args = sys.argv[1:]
+    if any(a.startswith("-") for a in args) or len(args) > 1:
+        print("usage: pytorch_optimizer.py [OUT_DIR]  (default: tests/golden_extra)")
+        sys.exit(0 if args in (["-h"], ["--help"]) else 2)
+    out_dir = args[0] if args else os.path.join(here, "..", "..", "tests", "golden_extra")
     os.makedirs(out_dir, exist_ok=True)
     for index, (name, cls, src, fn, kwargs, hyper, notes) in enumerate(CASES):
         seed = SEED_BASE + index
