@@ -1,9 +1,9 @@
-//! Matrix rules: the golden runs of Muon, Adafactor, SM3, CAME and Shampoo
-//! (`tests/golden/matrix`, from PyTorch and pytorch-optimizer, and
+//! Matrix rules: the golden runs of Muon, Adafactor, SM3, CAME, Shampoo and
+//! SOAP (`tests/golden/matrix`, from PyTorch and pytorch-optimizer, and
 //! `tests/golden_extra/matrix`, from the transcriptions in
 //! `scripts/references/matrix_optim.py`: rows > cols, momentum, weight
-//! decay); the language's shapes, `repeat` and `every`; rank checks,
-//! checkpoints and state sizes.
+//! decay, SOAP on square shapes); the language's shapes, factorisations,
+//! `repeat` and `every`; rank checks, checkpoints and state sizes.
 
 use lensopt::case::{self, Case, Dtype};
 use lensopt::{checkpoint, DynOptimizer, Optimizer, ParseRule, Rule, Stepper, TensorRef};
@@ -62,7 +62,8 @@ fn catalog_matrix_rules_reproduce_the_golden_runs() {
     for file in json_files(&root().join("tests/golden/matrix")) {
         let stem = file.file_name().unwrap().to_string_lossy().to_string();
         // SOAP's step-1 eigenbasis of a rank-deficient factor is the
-        // reference LAPACK's choice: not in the catalog (see the README).
+        // reference LAPACK's choice: checked where it does not reach, in
+        // `soap_matches_the_golden_run_where_the_null_space_does_not_reach`.
         if stem.starts_with("soap") {
             continue;
         }
@@ -81,8 +82,8 @@ fn matrix_rules_reproduce_the_transcriptions_on_other_shapes_and_paths() {
     let files = json_files(&root().join("tests/golden_extra/matrix"));
     assert_eq!(
         files.len(),
-        18,
-        "seven transcribed cases and SWAN's two, in f64 and f32"
+        22,
+        "seven transcribed cases, SOAP's two and SWAN's two, in f64 and f32"
     );
     for file in files {
         let worst = replay(&file);
@@ -91,6 +92,127 @@ fn matrix_rules_reproduce_the_transcriptions_on_other_shapes_and_paths() {
             "{}: {worst:.2}x the tolerance",
             file.display()
         );
+    }
+}
+
+/// SOAP on the golden 12 × 20 case. Its first step only gathers statistics
+/// (the parameter is unchanged). At step 1 the right statistic `Gᵀ G` has
+/// rank 12 of 20, so its eigenbasis has an 8-dimensional null space whose
+/// basis is whatever LAPACK returned to the reference, and every later step
+/// depends on it. The step-2 update restricted to the row space of `G₁`
+/// (`Δ Π`, `Π` the projector onto it) does not: there lensopt must agree
+/// with the reference to the float64 tolerance.
+#[test]
+fn soap_matches_the_golden_run_where_the_null_space_does_not_reach() {
+    let file = root().join("tests/golden/matrix/soap.json");
+    let case = Case::from_json(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let mut opt = lensopt::catalog::get("soap").unwrap();
+    for (k, v) in &case.hyper {
+        case::set_hyper(&mut opt, k, *v).unwrap();
+    }
+    let ours = case::run(&case, &opt).unwrap().params_after;
+    let theirs = case.params_after.clone().unwrap();
+    let (rows, cols) = (12, 20);
+    let as_matrix = |v: &[f64]| Array2::from_shape_vec((rows, cols), v.to_vec()).unwrap();
+    for (a, b) in ours[0].iter().zip(&theirs[0]).zip(&case.p0) {
+        assert_eq!((*a.0, *a.1), (*b, *b), "step 1 leaves the parameter alone");
+    }
+    let g1 = as_matrix(&case.grads[0]);
+    let gram = g1.t().dot(&g1);
+    let basis = lensopt::ir::matrix::eigenbasis(cols, gram.as_slice().unwrap());
+    let basis = Array2::from_shape_vec((cols, cols), basis).unwrap();
+    let range = basis.slice(ndarray::s![.., ..rows]);
+    let projector = range.dot(&range.t());
+    let decay = 1.0 - 0.003 * 1e-2; // 1 - lr · weight_decay (the reference's default)
+    let delta =
+        |after: &[Vec<f64>]| (as_matrix(&after[0]) - as_matrix(&after[1]) / decay).dot(&projector);
+    let (d_ours, d_theirs) = (delta(&ours), delta(&theirs));
+    let size = d_theirs.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    assert!(size > 1e-4, "the step moves the parameter ({size})");
+    for (a, b) in d_ours.iter().zip(&d_theirs) {
+        assert!((a - b).abs() <= 1e-10 + 1e-8 * b.abs(), "{a} vs {b}");
+    }
+    // The null-space part is the reference LAPACK's choice: it does differ.
+    let full = |after: &[Vec<f64>]| as_matrix(&after[0]) - as_matrix(&after[1]) / decay;
+    let gap = (full(&ours) - full(&theirs))
+        .iter()
+        .fold(0.0f64, |m, x| m.max(x.abs()));
+    assert!(gap > 1e-6, "the null-space part differs ({gap})");
+}
+
+#[test]
+fn factorisations_are_unique_and_sorting_permutes_columns() {
+    // eigenbasis: A Q = Q Λ with Λ descending, Q orthonormal, each column's largest entry positive.
+    let m = matrix(6, 6, 70);
+    let a = m.dot(&m.t());
+    let q = lensopt::ir::matrix::eigenbasis(6, a.as_slice().unwrap());
+    let q = Array2::from_shape_vec((6, 6), q).unwrap();
+    let lambda = q.t().dot(&a).dot(&q);
+    for ((i, j), v) in lambda.indexed_iter() {
+        if i != j {
+            assert!(v.abs() < 1e-12, "QᵀAQ[{i},{j}] = {v}");
+        } else if i > 0 {
+            assert!(lambda[[i - 1, i - 1]] >= *v, "descending");
+        }
+    }
+    for col in q.columns() {
+        let lead = col
+            .iter()
+            .fold(0.0f64, |m, x| if x.abs() > m.abs() { *x } else { m });
+        assert!(lead > 0.0);
+    }
+    // qr through a rule: Q with orthonormal columns, QᵀG upper triangular with a non-negative diagonal.
+    let g = matrix(7, 4, 71);
+    let q = one_step("Q { update { p = qr(g); } }", &matrix(7, 4, 1), &g, &[]);
+    let r = q.t().dot(&g);
+    for ((i, j), v) in r.indexed_iter() {
+        assert!(i <= j || v.abs() < 1e-12, "R[{i},{j}] = {v}");
+        assert!(i != j || *v >= 0.0);
+    }
+    let back = q.dot(&r);
+    for (x, y) in back.iter().zip(g.iter()) {
+        assert!((x - y).abs() < 1e-12);
+    }
+    for ((i, j), v) in q.t().dot(&q).indexed_iter() {
+        assert!((v - f64::from(u8::from(i == j))).abs() < 1e-12);
+    }
+    // A wide matrix has no thin QR: an error, not a wrong answer.
+    let mut p = matrix(3, 5, 1).into_dyn();
+    let opt = DynOptimizer::parse("Q { update { p = qr(g); } }").unwrap();
+    let mut stepper: Stepper<f64> = opt.init(&[&p]).unwrap();
+    let err = stepper
+        .step(&mut [&mut p], &[&matrix(3, 5, 2).into_dyn()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least as many rows as columns"), "{err}");
+    // sort_perm: g @ sort_perm(sum_cols(g)) orders the columns by their sums, descending.
+    let g = matrix(3, 6, 72);
+    let sorted = one_step(
+        "S { update { p = g @ sort_perm(sum_cols(g)); } }",
+        &g,
+        &g,
+        &[],
+    );
+    let sums: Vec<f64> = sorted.columns().into_iter().map(|c| c.sum()).collect();
+    assert!(sums.windows(2).all(|w| w[0] >= w[1]), "{sums:?}");
+    let mut before: Vec<f64> = g.iter().copied().collect();
+    let mut after: Vec<f64> = sorted.iter().copied().collect();
+    before.sort_by(f64::total_cmp);
+    after.sort_by(f64::total_cmp);
+    assert_eq!(before, after, "a permutation");
+    // Shapes are checked at compile time, at the argument.
+    for (rule, want) in [
+        (
+            "E { update { p = p - eigenbasis(g) @ g; } }",
+            "needs a square matrix",
+        ),
+        (
+            "S { update { p = p @ sort_perm(g); } }",
+            "one row or one column",
+        ),
+    ] {
+        let err = Rule::parse(rule).unwrap_err().to_string();
+        assert!(err.contains(want), "{rule}: {err}");
     }
 }
 
@@ -245,7 +367,7 @@ fn a_matrix_rule_refuses_vectors_and_the_kernel_backends_refuse_it() {
         (
             "R { update { p = p - sym_pow(g @ transpose(g), -0.5) @ g; } }",
             [1100, 3],
-            "eigensolver takes sides up to 1024",
+            "factors matrices of sides up to 1024",
         ),
     ] {
         let opt = DynOptimizer::parse(rule).unwrap();

@@ -137,7 +137,8 @@ pub fn scalar_values(
             | Op::ReduceAxis(..)
             | Op::Matmul(..)
             | Op::Transpose(_)
-            | Op::MatFn(..) => f64::NAN,
+            | Op::MatFn(..)
+            | Op::Linalg(..) => f64::NAN,
         };
     }
 }

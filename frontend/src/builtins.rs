@@ -44,6 +44,8 @@ pub enum Builtin {
     Matmul,
     /// `sym_pow(A, e)`: a power of a symmetric matrix.
     SymPow,
+    /// `eigenbasis(A)`, `qr(A)`, `sort_perm(v)`: a factorisation.
+    Linalg(lensopt_ir::Linalg),
 }
 
 /// The functions beyond the operation table's (whose unary and binary
@@ -135,6 +137,17 @@ pub const BUILTINS: &[(&str, Builtin, usize)] = &[
     ("transpose", Builtin::Transpose, 1),
     ("matmul", Builtin::Matmul, 2),
     ("sym_pow", Builtin::SymPow, 2),
+    (
+        "eigenbasis",
+        Builtin::Linalg(lensopt_ir::Linalg::Eigenbasis),
+        1,
+    ),
+    ("qr", Builtin::Linalg(lensopt_ir::Linalg::Qr), 1),
+    (
+        "sort_perm",
+        Builtin::Linalg(lensopt_ir::Linalg::SortPerm),
+        1,
+    ),
 ];
 
 /// Every function's name: the operation table's calls, then [`BUILTINS`].

@@ -1120,6 +1120,10 @@ impl Checker<'_> {
                 self.floats(&vals, args, &what)?;
                 self.shaped(Op::MatFn(lensopt_ir::MatFn::Pow, vals[0], vals[1]), span)
             }
+            Builtin::Linalg(l) => {
+                self.floats(&vals, args, &what)?;
+                self.shaped(Op::Linalg(l, vals[0]), args[0].span)
+            }
             Builtin::Present
             | Builtin::Numel
             | Builtin::Extent(_)

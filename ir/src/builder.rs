@@ -79,6 +79,7 @@ pub(crate) fn op_key(op: &Op) -> (u8, u64, u32, u32, u32) {
         Op::Matmul(a, b) => (18, 0, a.0, b.0, 0),
         Op::Transpose(a) => (19, 0, a.0, 0, 0),
         Op::MatFn(m, a, b) => (20, m as u64, a.0, b.0, 0),
+        Op::Linalg(l, a) => (23, l as u64, a.0, 0, 0),
     }
 }
 
@@ -160,6 +161,27 @@ pub fn result_rate(op: &Op, rates: &[Rate]) -> Result<Rate, String> {
                 return Err("the exponent of a matrix function is one number".into());
             }
             Ok(rates[0])
+        }
+        Op::Linalg(l, _) => {
+            let (r, c) = rates[0].shape();
+            match l {
+                Linalg::SortPerm if (r == Dim::One) != (c == Dim::One) => {
+                    let n = if r == Dim::One { c } else { r };
+                    Ok(Rate::of_shape(n, n))
+                }
+                Linalg::SortPerm => Err(format!(
+                    "`sort_perm` orders the values of one row or one column, not {}",
+                    shape(rates[0])
+                )),
+                Linalg::Eigenbasis if r != c || r == Dim::One => Err(format!(
+                    "`eigenbasis` needs a square matrix (rows × rows or cols × cols), not {}",
+                    shape(rates[0])
+                )),
+                Linalg::Qr if !rates[0].is_array() => {
+                    Err("`qr` factors a matrix, not a scalar".into())
+                }
+                _ => Ok(rates[0]),
+            }
         }
         _ => Err(format!("{op:?} is a leaf")),
     }
@@ -368,7 +390,9 @@ impl RuleBuilder {
             Op::Fma(..) => vec![Ty::Float; 3],
             Op::Select(..) => vec![Ty::Bool, tys[1], tys[1]],
             Op::Reduce(ReduceOp::Count, ..) => vec![Ty::Bool],
-            Op::Reduce(..) | Op::ReduceAxis(..) | Op::Transpose(_) => vec![Ty::Float],
+            Op::Reduce(..) | Op::ReduceAxis(..) | Op::Transpose(_) | Op::Linalg(..) => {
+                vec![Ty::Float]
+            }
             Op::Matmul(..) | Op::MatFn(..) => vec![Ty::Float; 2],
             _ => return Err(format!("{op:?} is a leaf: use the builder's leaf methods")),
         };

@@ -431,10 +431,16 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                     self.rule.name
                 )));
             }
-            if let Op::MatFn(..) = node.op {
-                if r > MAX_SYM_SIDE {
+            let cubic = match node.op {
+                Op::MatFn(..) => Some("sym_pow"),
+                Op::Linalg(Linalg::Eigenbasis, _) => Some("eigenbasis"),
+                Op::Linalg(Linalg::Qr, _) => Some("qr"),
+                _ => None,
+            };
+            if let Some(name) = cubic {
+                if r.min(c) > MAX_SYM_SIDE {
                     return Err(InterpError(format!(
-                        "`{}` takes `sym_pow` of a {r} × {r} matrix: the matrix evaluator's eigensolver takes sides up to {MAX_SYM_SIDE}",
+                        "`{}` takes `{name}` of a {r} × {c} matrix: the matrix evaluator factors matrices of sides up to {MAX_SYM_SIDE}",
                         self.rule.name
                     )));
                 }
@@ -680,6 +686,32 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                     }
                 }
                 Val::array(n, n, out)
+            }
+            Op::Linalg(l, a) => {
+                let v = self.get(a)?;
+                let (r, c) = v.shape();
+                let data: Vec<f64> = match v {
+                    Val::Array { data, .. } => data.iter().map(|x| x.to_f64()).collect(),
+                    Val::Scalar(_) => {
+                        return Err(InterpError(format!("`{}` of a scalar", l.name())))
+                    }
+                };
+                let (rows, cols, out) = match l {
+                    Linalg::Eigenbasis => (r, c, eigenbasis(r, &data)),
+                    Linalg::Qr => {
+                        if r < c {
+                            return Err(InterpError(format!(
+                                "`qr` of a {r} × {c} matrix: it needs at least as many rows as columns"
+                            )));
+                        }
+                        (r, c, qr_factor(r, c, &data))
+                    }
+                    Linalg::SortPerm => {
+                        let n = data.len();
+                        (n, n, sort_perm(&data))
+                    }
+                };
+                Val::array(rows, cols, out.into_iter().map(F::from_f64).collect())
             }
         })
     }
@@ -998,6 +1030,104 @@ pub fn symmetric_eigen(n: usize, mut a: Vec<f64>) -> (Vec<f64>, Vec<f64>) {
         }
     }
     ((0..n).map(|i| a[i * n + i]).collect(), v)
+}
+
+/// `eigenbasis(A)` of the row-major `n × n` matrix `a`: the eigenvectors of
+/// its symmetric part as columns, by descending eigenvalue (ties in index
+/// order), each with its entry of largest magnitude positive.
+pub fn eigenbasis(n: usize, a: &[f64]) -> Vec<f64> {
+    let sym: Vec<f64> = (0..n * n)
+        .map(|k| {
+            let (i, j) = (k / n, k % n);
+            0.5 * (a[i * n + j] + a[j * n + i])
+        })
+        .collect();
+    let (values, vectors) = symmetric_eigen(n, sym);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| values[y].total_cmp(&values[x]));
+    let mut out = vec![0.0; n * n];
+    for (j, &k) in order.iter().enumerate() {
+        let column = (0..n).map(|i| vectors[i * n + k]);
+        let lead = column.fold(0.0f64, |m, x| if x.abs() > m.abs() { x } else { m });
+        let sign = if lead < 0.0 { -1.0 } else { 1.0 };
+        for i in 0..n {
+            out[i * n + j] = sign * vectors[i * n + k];
+        }
+    }
+    out
+}
+
+/// The factor `Q` (`r × c`, row-major) of the thin QR factorisation of the
+/// row-major `r × c` matrix `a` (`r ≥ c`), by Householder reflections, with
+/// the signs chosen so that `R`'s diagonal is non-negative (so `Q` is what
+/// Gram-Schmidt would give, where the columns are independent).
+pub fn qr_factor(r: usize, c: usize, a: &[f64]) -> Vec<f64> {
+    debug_assert!(r >= c && a.len() == r * c);
+    // Columns of A, contiguous, reduced in place to R; reflectors kept aside.
+    let mut cols: Vec<Vec<f64>> = (0..c)
+        .map(|j| (0..r).map(|i| a[i * c + j]).collect())
+        .collect();
+    let mut reflectors: Vec<(Vec<f64>, f64)> = Vec::with_capacity(c);
+    let mut r_sign = vec![1.0; c];
+    for j in 0..c {
+        let x = &cols[j][j..];
+        let alpha = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if alpha == 0.0 || !alpha.is_finite() {
+            reflectors.push((Vec::new(), 0.0));
+            continue;
+        }
+        // v = x + sign(x0) ‖x‖ e0 reflects x onto -sign(x0) ‖x‖ e0 (no cancellation).
+        let s = if x[0] < 0.0 { -1.0 } else { 1.0 };
+        let mut v = x.to_vec();
+        v[0] += s * alpha;
+        let beta = 2.0 / v.iter().map(|e| e * e).sum::<f64>();
+        r_sign[j] = -s;
+        for col in cols.iter_mut().skip(j) {
+            let tail = &mut col[j..];
+            let d = beta * v.iter().zip(tail.iter()).map(|(a, b)| a * b).sum::<f64>();
+            for (t, vi) in tail.iter_mut().zip(&v) {
+                *t -= d * vi;
+            }
+        }
+        reflectors.push((v, beta));
+    }
+    // Q = H0 H1 … H(c-1) applied to the first c columns of the identity.
+    let mut q_cols: Vec<Vec<f64>> = (0..c)
+        .map(|j| (0..r).map(|i| if i == j { 1.0 } else { 0.0 }).collect())
+        .collect();
+    for (j, (v, beta)) in reflectors.iter().enumerate().rev() {
+        if v.is_empty() {
+            continue;
+        }
+        for col in q_cols.iter_mut() {
+            let tail = &mut col[j..];
+            let d = beta * v.iter().zip(tail.iter()).map(|(a, b)| a * b).sum::<f64>();
+            for (t, vi) in tail.iter_mut().zip(v) {
+                *t -= d * vi;
+            }
+        }
+    }
+    let mut out = vec![0.0; r * c];
+    for (j, col) in q_cols.iter().enumerate() {
+        for i in 0..r {
+            out[i * c + j] = r_sign[j] * col[i];
+        }
+    }
+    out
+}
+
+/// `sort_perm(v)`: the row-major `n × n` permutation matrix `P` with
+/// `P[order[j], j] = 1`, where `order` lists the indices of `v` by
+/// descending value (a stable sort), so `x @ P` = `x[:, order]`.
+pub fn sort_perm(v: &[f64]) -> Vec<f64> {
+    let n = v.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| v[y].total_cmp(&v[x]));
+    let mut out = vec![0.0; n * n];
+    for (j, &k) in order.iter().enumerate() {
+        out[k * n + j] = 1.0;
+    }
+    out
 }
 
 /// The sizes of every tensor of a step, checked against its buffers.

@@ -279,6 +279,37 @@ pub enum MatFn {
     Pow,
 }
 
+/// Factorisations of a matrix, computed in f64 (and rounded to the element
+/// type once). Each result is made unique where the mathematics leaves a
+/// choice: eigenvectors and `Q` columns have their signs fixed, ties keep
+/// their index order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Linalg {
+    /// `eigenbasis(A)`: the orthonormal eigenvectors of the symmetric
+    /// square matrix `A`, as columns by descending eigenvalue, each with
+    /// its entry of largest magnitude positive.
+    Eigenbasis,
+    /// `qr(A)`: the factor `Q` of `A = Q R` for an `r × c` matrix with
+    /// `r ≥ c` (`Q` is `r × c` with orthonormal columns), with `R`'s
+    /// diagonal non-negative.
+    Qr,
+    /// `sort_perm(v)`: for `n` values (a row `1 × n` or a column `n × 1`),
+    /// the `n × n` permutation matrix `P` with `x @ P` taking the columns
+    /// of `x` in the order of `v` descending (a stable sort).
+    SortPerm,
+}
+
+impl Linalg {
+    /// The DSL spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Linalg::Eigenbasis => "eigenbasis",
+            Linalg::Qr => "qr",
+            Linalg::SortPerm => "sort_perm",
+        }
+    }
+}
+
 /// Over which elements a reduction runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -339,6 +370,8 @@ pub enum Op {
     Transpose(ValueId),
     /// A function of a symmetric matrix and a scalar (`sym_pow(A, e)`).
     MatFn(MatFn, ValueId, ValueId),
+    /// A factorisation of a matrix (`eigenbasis`, `qr`, `sort_perm`).
+    Linalg(Linalg, ValueId),
 }
 
 impl Op {
@@ -353,6 +386,7 @@ impl Op {
             Op::ReduceAxis(r, x, a) => Op::ReduceAxis(r, x, f(a)),
             Op::Matmul(a, b) => Op::Matmul(f(a), f(b)),
             Op::Transpose(a) => Op::Transpose(f(a)),
+            Op::Linalg(l, a) => Op::Linalg(l, f(a)),
             Op::MatFn(m, a, b) => Op::MatFn(m, f(a), f(b)),
             leaf => leaf,
         }
@@ -361,9 +395,11 @@ impl Op {
     /// The argument values of the operation.
     pub fn args(&self) -> Vec<ValueId> {
         match *self {
-            Op::Unary(_, a) | Op::Reduce(_, _, a) | Op::ReduceAxis(_, _, a) | Op::Transpose(a) => {
-                vec![a]
-            }
+            Op::Unary(_, a)
+            | Op::Reduce(_, _, a)
+            | Op::ReduceAxis(_, _, a)
+            | Op::Transpose(a)
+            | Op::Linalg(_, a) => vec![a],
             Op::Binary(_, a, b) | Op::Matmul(a, b) | Op::MatFn(_, a, b) => vec![a, b],
             Op::Select(a, b, c) | Op::Fma(a, b, c) => vec![a, b, c],
             _ => Vec::new(),
@@ -662,6 +698,7 @@ impl Rule {
                         | Op::Matmul(..)
                         | Op::Transpose(_)
                         | Op::MatFn(..)
+                        | Op::Linalg(..)
                 )
         }) || self
             .states
@@ -740,6 +777,7 @@ fn op_text(rule: &Rule, op: &Op) -> String {
         Op::Matmul(a, b) => format!("matmul {a}, {b}"),
         Op::Transpose(a) => format!("transpose {a}"),
         Op::MatFn(MatFn::Pow, a, e) => format!("sym_pow {a}, {e}"),
+        Op::Linalg(l, a) => format!("{} {a}", l.name()),
         Op::Reduce(r, s, a) => {
             let r = reduce_name(*r);
             let s = match s {

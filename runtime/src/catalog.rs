@@ -421,6 +421,51 @@ crate::optimizer! {
 }
 
 crate::optimizer! {
+    /// SOAP (Vyas et al. 2024, "SOAP: Improving and Stabilizing Shampoo
+    /// using Adam") as `pytorch_optimizer.SOAP`: Adam run in the eigenbasis
+    /// of Shampoo's statistics `L = lerp(L, G Gᵀ, 1 - shampoo_beta)` and
+    /// `R = lerp(R, Gᵀ G, 1 - shampoo_beta)`, the first moment kept in the
+    /// parameter's basis, decoupled weight decay after the step. The first
+    /// step only gathers the statistics and takes their eigenbases; the
+    /// Adam step `k = t - 1` drives the bias corrections, and every
+    /// `precondition_frequency` Adam steps the bases are refreshed by one
+    /// power iteration and a QR, the second moment reordered with them.
+    /// `shampoo_beta < 0` (the default) stands for `beta2`, as the
+    /// reference's `None`. The factorisations run in f64 (the reference
+    /// takes its QR in f32).
+    pub SOAP {
+        hyper lr = 3e-3, beta1 = 0.95, beta2 = 0.95, shampoo_beta = -1.0, weight_decay = 1e-2,
+              precondition_frequency = 10, correct_bias = true, normalize_gradient = false,
+              eps = 1e-8;
+        state m = 0, v = 0;
+        state left = 0 * eye_rows(), right = 0 * eye_cols();
+        state q_left = eye_rows(), q_right = eye_cols();
+        update {
+            let first = t == 1;
+            let k = t - 1;
+            let sb = select(shampoo_beta < 0, beta2, shampoo_beta);
+            let m_new = beta1 * m + (1 - beta1) * g;
+            let gp = transpose(q_left) @ g @ q_right;
+            let v_new = beta2 * v + (1 - beta2) * (gp * gp);
+            let mp = transpose(q_left) @ m_new @ q_right;
+            let n = q_left @ (mp / (sqrt(v_new) + eps)) @ transpose(q_right);
+            let dir = select(normalize_gradient, n / (sqrt(mean(n * n)) + eps), n);
+            let step_size = lr * select(correct_bias, sqrt(1 - beta2 ^ k) / (1 - beta1 ^ k), 1);
+            p = select(first, p, (p - step_size * dir) * (1 - weight_decay * lr));
+            m = select(first, m, m_new);
+            left = lerp(left, g @ transpose(g), 1 - sb);
+            right = lerp(right, transpose(g) @ g, 1 - sb);
+            let refresh = k > 0 && k - precondition_frequency * floor(k / precondition_frequency) == 0;
+            let order_left = sort_perm(sum_cols(q_left * (left @ q_left)));
+            let order_right = sort_perm(sum_cols(q_right * (right @ q_right)));
+            v = select(first, v, select(refresh, transpose(order_left) @ v_new @ order_right, v_new));
+            q_left = select(first, eigenbasis(left), select(refresh, qr(left @ q_left @ order_left), q_left));
+            q_right = select(first, eigenbasis(right), select(refresh, qr(right @ q_right @ order_right), q_right));
+        }
+    }
+}
+
+crate::optimizer! {
     /// Muon on matrices and AdamW on every other tensor, as the Muon authors
     /// train: one rule that chooses by `rank()` (so a vector is taken as a
     /// `1 × n` matrix and given AdamW's step). Matrices follow `Muon` with
@@ -602,6 +647,11 @@ const MATRIX_ENTRIES: &[Entry] = &[
         name: "swan",
         make: dynamic::<SWAN>,
         source: SWAN::SOURCE,
+    },
+    Entry {
+        name: "soap",
+        make: dynamic::<SOAP>,
+        source: SOAP::SOURCE,
     },
     Entry {
         name: "muon_adamw",

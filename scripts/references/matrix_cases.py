@@ -3,7 +3,9 @@
 the transcriptions in matrix_optim.py: shapes with rows > cols, the code
 paths the shared golden runs leave at their defaults (momentum, weight
 decay, AMS bound...), in float64 and float32, five steps, a zero gradient
-row at step 3. Run from the repository root:
+row at step 3 (SOAP: square shapes, whose statistics have no null space at
+step 1, so the eigenbases are unique up to signs the update does not see;
+QR in float64, as lensopt takes it). Run from the repository root:
 
     python3 scripts/references/matrix_cases.py
 """
@@ -27,7 +29,19 @@ CASES = [
     ('shampoo_momentum', 'shampoo', (20, 12), dict(lr=0.01, momentum=0.5, weight_decay=0.01,
                                                    preconditioning_compute_steps=2)),
     ('shampoo_decoupled', 'shampoo', (12, 20), dict(lr=0.01, weight_decay=0.01, weight_decouple=True)),
+    ('soap_square', 'soap', (16, 16), dict(lr=0.003, beta1=0.95, beta2=0.95, precondition_frequency=2)),
+    ('soap_options', 'soap', (12, 12), dict(lr=0.01, beta1=0.9, beta2=0.99, shampoo_beta=0.8,
+                                            weight_decay=0.0, precondition_frequency=1,
+                                            correct_bias=False, normalize_gradient=True)),
 ]
+
+# Steps per case where not the default five (SOAP's refreshes need more).
+STEPS = {'soap_square': 9, 'soap_options': 7}
+
+
+def qr64(m):
+    """The QR's Q computed in float64 (lensopt's choice; the reference casts to float32)."""
+    return np.linalg.qr(np.asarray(m, dtype=np.float64))[0]
 
 RUN = {
     'muon': lambda p, g, h: ref.run_muon(p, g, h, bf16=False),
@@ -35,6 +49,7 @@ RUN = {
     'sm3': ref.run_sm3,
     'came': ref.run_came,
     'shampoo': ref.run_shampoo,
+    'soap': lambda p, g, h: ref.run_soap(p, g, h, qr_fn=qr64),
 }
 
 
@@ -44,7 +59,7 @@ def main():
     for k, (stem, name, shape, hyper) in enumerate(CASES):
         rng = np.random.default_rng(2026 + k)
         p0 = rng.standard_normal(shape)
-        grads = [rng.standard_normal(shape) * (0.5 + 0.5 * t) for t in range(5)]
+        grads = [rng.standard_normal(shape) * (0.5 + 0.5 * t) for t in range(STEPS.get(stem, 5))]
         grads[2][1, :] = 0.0
         for dtname, dt in (('float64', np.float64), ('float32', np.float32)):
             p = p0.astype(dt)

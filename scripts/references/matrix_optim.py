@@ -278,13 +278,15 @@ def soap_eigh(m):
     return np.ascontiguousarray(q[:, ::-1]).astype(dt)
 
 
-def run_soap(p, grads, h, eigh_fn=None):
+def run_soap(p, grads, h, eigh_fn=None, qr_fn=None):
+    """`qr_fn` replaces the reference's float32 QR (lensopt factors in float64)."""
     h = {**SOAP_DEFAULTS, **h}
     dt = p.dtype
     beta1, beta2 = h['beta1'], h['beta2']
     shampoo_beta = h['shampoo_beta'] if h['shampoo_beta'] is not None else beta2
     freq, maxdim = int(h['precondition_frequency']), int(h['max_precondition_dim'])
     eigh_fn = eigh_fn or soap_eigh
+    qr_fn = qr_fn or qr32
     rows, cols = p.shape
     exp_avg = np.zeros_like(p)
     exp_avg_sq = np.zeros_like(p)
@@ -318,7 +320,7 @@ def run_soap(p, grads, h, eigh_fn=None):
                 sort_idx = np.argsort(-est_eig, kind='stable')       # argsort(descending=True)
                 exp_avg_sq = np.take(exp_avg_sq, sort_idx, axis=ind)  # index_select(ind, sort_idx)
                 power_iter = m @ o[:, sort_idx]
-                new_q.append(qr32(power_iter).astype(dt))
+                new_q.append(qr_fn(power_iter).astype(dt))
             Q = new_q
 
     out = []
