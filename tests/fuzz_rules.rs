@@ -217,11 +217,7 @@ fn compile_everything(rule: &Rule) {
         use lensopt::ir::interp::StepTensor;
         use lensopt::ir::matrix;
         let hypers = rule.default_hypers();
-        let dims = matrix::Dims {
-            rows: 3,
-            cols: 4,
-            rank: 2,
-        };
+        let dims = matrix::matrix_dims(rule, &[3, 4], &hypers).expect("a 3 x 4 matrix");
         let mut p: Vec<f64> = (0..12).map(|i| (i as f64 * 0.7).sin()).collect();
         let g: Vec<f64> = (0..12).map(|i| (i as f64 * 1.3).cos()).collect();
         if let Ok(mut state) = matrix::init_state(rule, &hypers, &p, dims) {

@@ -82,8 +82,8 @@ fn matrix_rules_reproduce_the_transcriptions_on_other_shapes_and_paths() {
     let files = json_files(&root().join("tests/golden_extra/matrix"));
     assert_eq!(
         files.len(),
-        22,
-        "seven transcribed cases, SOAP's two and SWAN's two, in f64 and f32"
+        27,
+        "seven transcribed cases, SOAP's two, GaLore's two and SWAN's two in f64 and f32, GaLore's reference SVD in f32"
     );
     for file in files {
         let worst = replay(&file);
@@ -427,6 +427,135 @@ fn factored_state_is_rows_plus_cols_and_survives_a_checkpoint() {
     a.step(&mut [&mut p], &[&g]).unwrap();
     b.step(&mut [&mut p2], &[&g]).unwrap();
     assert_eq!(p, p2);
+}
+
+/// GaLore keeps a `short × rank` projector and two `rank × long` moments:
+/// its state shrinks with the rank, survives a checkpoint, and refuses a
+/// rank change that would reshape it.
+#[test]
+fn galore_state_is_low_rank_and_its_rank_is_checked() {
+    let (rows, cols, rank) = (48, 32, 4);
+    let mut p = matrix(rows, cols, 8).into_dyn();
+    let g = matrix(rows, cols, 9).into_dyn();
+    let mut galore = lensopt::catalog::get("galore").unwrap();
+    galore.set("rank", (rank as f64).into()).unwrap();
+    galore.set("update_proj_gap", 2.0.into()).unwrap();
+    let mut a: Stepper<f64> = galore.init(&[&p]).unwrap();
+    // Tall: the wide view is cols × rows, so short = cols, long = rows.
+    assert_eq!(a.state(0, "proj").unwrap().shape(), &[cols, rank]);
+    assert_eq!(a.state(0, "m").unwrap().shape(), &[rank, rows]);
+    assert_eq!(
+        a.state_bytes_per_element(),
+        ((cols * rank + 2 * rank * rows) * 8) as f64 / (rows * cols) as f64
+    );
+    for _ in 0..3 {
+        a.step(&mut [&mut p], &[&g]).unwrap();
+    }
+    // The projector has orthonormal columns.
+    let proj = a.state(0, "proj").unwrap().to_owned();
+    let proj = proj.into_dimensionality::<ndarray::Ix2>().unwrap();
+    for ((i, j), v) in proj.t().dot(&proj).indexed_iter() {
+        assert!((v - f64::from(u8::from(i == j))).abs() < 1e-12);
+    }
+    // A rank that reshapes the state is refused, and nothing changes.
+    let err = a.set_hyper("rank", 5.0).unwrap_err().to_string();
+    assert!(err.contains("low axis"), "{err}");
+    assert_eq!(a.hyper(0, "rank"), Some(4.0.into()));
+    a.set_hyper("rank", 400.0).unwrap_err();
+    for bad in [0.0, 2.5, -1.0] {
+        let err = galore.set("rank", bad.into()).unwrap_err().to_string();
+        assert!(err.contains("whole number of at least 1"), "{err}");
+    }
+    // A rank above the short side is the short side (the reference slices).
+    let mut wide = galore.clone();
+    wide.set("rank", 1000.0.into()).unwrap();
+    let w: Stepper<f64> = wide.init(&[&p]).unwrap();
+    assert_eq!(w.state(0, "proj").unwrap().shape(), &[cols, cols]);
+    // Checkpoints carry the low-rank state and its shape.
+    let params: [(&str, &dyn TensorRef<f64>); 1] = [("w", &p)];
+    let bytes = checkpoint::to_bytes(&params, &a, &BTreeMap::new()).unwrap();
+    let mut q = ArrayD::<f64>::zeros(IxDyn(&[rows, cols]));
+    let mut b: Stepper<f64> = galore.init(&[&q]).unwrap();
+    checkpoint::from_bytes(&bytes, &mut [("w", &mut q)], &mut b).unwrap();
+    let mut p2 = p.clone();
+    a.step(&mut [&mut p], &[&g]).unwrap();
+    b.step(&mut [&mut p2], &[&g]).unwrap();
+    assert_eq!(p, p2);
+    // A checkpoint brings its own rank: a stepper made with another takes it.
+    let mut other = galore.clone();
+    other.set("rank", 3.0.into()).unwrap();
+    let mut c: Stepper<f64> = other.init(&[&q]).unwrap();
+    let saved: Stepper<f64> = galore.init(&[&q]).unwrap();
+    let params: [(&str, &dyn TensorRef<f64>); 1] = [("w", &p2)];
+    let bytes = checkpoint::to_bytes(&params, &saved, &BTreeMap::new()).unwrap();
+    assert!(checkpoint::from_bytes(&bytes, &mut [("w", &mut q)], &mut c).is_ok());
+    assert_eq!(c.state(0, "m").unwrap().shape(), &[rank, rows]);
+    assert_eq!(c.hyper(0, "rank"), Some((rank as f64).into()));
+    c.step(&mut [&mut q], &[&g]).unwrap();
+}
+
+#[test]
+fn the_low_axis_and_the_wide_view_are_checked_at_compile_time() {
+    for (rule, want) in [
+        (
+            "L { hyper k = 2; update { p = p - lead_cols(g) @ transpose(lead_cols(g)) @ g; } }",
+            "needs a declaration",
+        ),
+        (
+            "L { hyper k = 2; state [low, cols] m = 0; update { p = p; } }",
+            "needs a declaration",
+        ),
+        (
+            "L { hyper k = true; axis low = k; update { p = p; } }",
+            "numeric hyperparameter",
+        ),
+        (
+            "L { hyper k = 2; axis high = k; update { p = p; } }",
+            "unknown axis",
+        ),
+        (
+            "L { hyper k = 2; state [rows, wide] m = 0; update { p = p; } }",
+            "unknown axis",
+        ),
+        (
+            "L { hyper k = 2; state [rows] m = 0; update { p = p; } }",
+            "two axes",
+        ),
+        ("L { update { p = p - unwide(g); } }", "short × long"),
+        (
+            "L { update { p = p - wide(mean_rows(g)); } }",
+            "rows × cols",
+        ),
+        ("L { update { p = p - wide(g); } }", "do not match"),
+    ] {
+        let err = Rule::parse(rule).unwrap_err().to_string();
+        assert!(err.contains(want), "{rule}: {err}");
+    }
+    // wide and unwide are inverse, and wide transposes exactly when rows ≥ cols.
+    for (r, c) in [(3, 5), (5, 3), (4, 4)] {
+        let g = matrix(r, c, 10);
+        let same = one_step("W { update { p = unwide(2 * wide(g)); } }", &g, &g, &[]);
+        assert_eq!(same, &g * 2.0);
+        // Column sums of the wide view, back in the tensor's shape: sums down
+        // the columns of g when it is wide, along its rows otherwise.
+        let sums = one_step(
+            "W { update { p = unwide(wide(g) * 0 + sum_cols(wide(g))); } }",
+            &g,
+            &g,
+            &[],
+        );
+        for ((i, j), v) in sums.indexed_iter() {
+            let want = if r < c {
+                g.column(j).sum()
+            } else {
+                g.row(i).sum()
+            };
+            assert!(
+                (v - want).abs() < 1e-12,
+                "{r} × {c}: [{i},{j}] {v} vs {want}"
+            );
+        }
+    }
 }
 
 #[test]

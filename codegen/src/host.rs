@@ -138,7 +138,8 @@ pub fn scalar_values(
             | Op::Matmul(..)
             | Op::Transpose(_)
             | Op::MatFn(..)
-            | Op::Linalg(..) => f64::NAN,
+            | Op::Linalg(..)
+            | Op::Shape(..) => f64::NAN,
         };
     }
 }

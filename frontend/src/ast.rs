@@ -29,6 +29,8 @@ pub struct RuleDecl {
     pub hypers: Vec<HyperItem>,
     /// `state` declarations.
     pub states: Vec<StateItem>,
+    /// `axis low = k;`: the hyperparameter naming the low axis's length.
+    pub low_axis: Option<Name>,
     /// `input` declarations.
     pub inputs: Vec<InputItem>,
     /// The `view` of the parameter, if declared.
@@ -93,6 +95,9 @@ pub struct StateItem {
     pub scalar: bool,
     /// `state row` (one value per row) or `state col` (one per column).
     pub per: Option<lensopt_ir::Axis>,
+    /// `state [a, b]`: the axes of a matrix state (`1`, `rows`, `cols`,
+    /// `short`, `long`, `low`), with the span of the brackets.
+    pub shape: Option<([String; 2], Span)>,
     /// Initial value.
     pub init: Expr,
 }

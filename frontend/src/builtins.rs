@@ -30,7 +30,7 @@ pub enum Builtin {
     Dot(Scope),
     /// `rows()` / `cols()`: the tensor's size along an axis, seen as a matrix.
     Extent(Dim),
-    /// `rank()`: the tensor's rank (a rule reading it takes vectors as `1 × n`).
+    /// `ndim()`: the tensor's number of axes (a rule reading it takes vectors as `1 × n`).
     Rank,
     /// `eye_rows()` / `eye_cols()`: the identity of `rows × rows` / `cols × cols`.
     Eye(Dim),
@@ -46,6 +46,8 @@ pub enum Builtin {
     SymPow,
     /// `eigenbasis(A)`, `qr(A)`, `sort_perm(v)`: a factorisation.
     Linalg(lensopt_ir::Linalg),
+    /// `wide`, `unwide`, `lead_cols`, `lead_rows`: a change of shape.
+    Shape(lensopt_ir::ShapeOp),
 }
 
 /// The functions beyond the operation table's (whose unary and binary
@@ -98,7 +100,7 @@ pub const BUILTINS: &[(&str, Builtin, usize)] = &[
     ("global_dot", Builtin::Dot(Scope::Global), 2),
     ("rows", Builtin::Extent(Dim::Rows), 0),
     ("cols", Builtin::Extent(Dim::Cols), 0),
-    ("rank", Builtin::Rank, 0),
+    ("ndim", Builtin::Rank, 0),
     ("eye_rows", Builtin::Eye(Dim::Rows), 0),
     ("eye_cols", Builtin::Eye(Dim::Cols), 0),
     ("sum_rows", Builtin::ReduceAxis(ReduceOp::Sum, Axis::Row), 1),
@@ -146,6 +148,18 @@ pub const BUILTINS: &[(&str, Builtin, usize)] = &[
     (
         "sort_perm",
         Builtin::Linalg(lensopt_ir::Linalg::SortPerm),
+        1,
+    ),
+    ("wide", Builtin::Shape(lensopt_ir::ShapeOp::Wide), 1),
+    ("unwide", Builtin::Shape(lensopt_ir::ShapeOp::Unwide), 1),
+    (
+        "lead_cols",
+        Builtin::Shape(lensopt_ir::ShapeOp::LeadCols),
+        1,
+    ),
+    (
+        "lead_rows",
+        Builtin::Shape(lensopt_ir::ShapeOp::LeadRows),
         1,
     ),
 ];

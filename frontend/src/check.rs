@@ -35,6 +35,7 @@ pub fn check(decl: &RuleDecl) -> Result<Rule, Diagnostics> {
         blocks: 0,
         unrolled: 0,
         repeat_counts: Vec::new(),
+        low_axis: None,
     };
     cx.declare();
     let view = cx.check_view();
@@ -53,6 +54,7 @@ pub fn check(decl: &RuleDecl) -> Result<Rule, Diagnostics> {
         param_out,
         state_out,
         repeat_counts: cx.repeat_counts,
+        low_axis: cx.low_axis,
     };
     Ok(rule.compact())
 }
@@ -110,6 +112,8 @@ struct Checker<'a> {
     unrolled: usize,
     /// Hyperparameters counting `repeat` blocks, with their bound.
     repeat_counts: Vec<(u16, u32)>,
+    /// The hyperparameter of `axis low = k;`.
+    low_axis: Option<u16>,
 }
 
 /// The most statements `repeat` blocks may unroll to in one rule (nested
@@ -226,17 +230,46 @@ impl Checker<'_> {
                 });
             }
         }
+        if let Some(k) = &decl.low_axis {
+            match self.names.get(&k.text) {
+                Some((Binding::Hyper(i), _))
+                    if matches!(self.hypers[*i as usize].default, HyperValue::Num(_)) =>
+                {
+                    self.low_axis = Some(*i);
+                }
+                _ => self.error(
+                    k.span,
+                    format!(
+                        "the low axis is as long as a numeric hyperparameter, and `{}` is not one",
+                        k.text
+                    ),
+                ),
+            }
+        }
         for s in &decl.states {
             let init = self.expr(&s.init, Context::Init);
             let init_rate = init.map(|v| self.node(v).rate);
-            let kind = match (s.scalar, s.per, init_rate) {
+            let shaped = s.shape.as_ref().and_then(|(axes, span)| {
+                let dim = |a: &str| lensopt_ir::Dim::from_name(a).unwrap_or(Dim::One);
+                let (r, c) = (dim(&axes[0]), dim(&axes[1]));
+                if (r == Dim::Low || c == Dim::Low) && decl.low_axis.is_none() {
+                    self.error(*span, "the `low` axis needs a declaration: `axis low = k;` with `k` a hyperparameter");
+                    return None;
+                }
+                match Rate::of_shape(r, c) {
+                    Rate::Element => Some(StateKind::Element),
+                    Rate::Array(r, c) => Some(StateKind::Array(r, c)),
+                    _ => Some(StateKind::Scalar),
+                }
+            });
+            let kind = shaped.unwrap_or(match (s.scalar, s.per, init_rate) {
                 (true, _, _) => StateKind::Scalar,
                 (_, Some(Axis::Row), _) => StateKind::Array(Dim::Rows, Dim::One),
                 (_, Some(Axis::Col), _) => StateKind::Array(Dim::One, Dim::Cols),
                 // A matrix initial value (`eye_rows()`) makes a matrix state.
                 (_, None, Some(Rate::Array(r, c))) => StateKind::Array(r, c),
                 _ => StateKind::Element,
-            };
+            });
             let init = init.and_then(|v| {
                 let node = self.node(v);
                 if node.ty != Ty::Float {
@@ -1123,6 +1156,17 @@ impl Checker<'_> {
             Builtin::Linalg(l) => {
                 self.floats(&vals, args, &what)?;
                 self.shaped(Op::Linalg(l, vals[0]), args[0].span)
+            }
+            Builtin::Shape(o) => {
+                self.floats(&vals, args, &what)?;
+                if matches!(o, ShapeOp::LeadCols | ShapeOp::LeadRows) && self.low_axis.is_none() {
+                    self.error(
+                        span,
+                        format!("`{name}` takes the low axis, which needs a declaration: `axis low = k;` with `k` a hyperparameter"),
+                    );
+                    return None;
+                }
+                self.shaped(Op::Shape(o, vals[0]), args[0].span)
             }
             Builtin::Present
             | Builtin::Numel

@@ -220,6 +220,7 @@ impl RuleDecl {
             name,
             hypers: Vec::new(),
             states: Vec::new(),
+            low_axis: None,
             inputs: Vec::new(),
             view: None,
             update: None,
@@ -249,6 +250,7 @@ impl Parse for RuleDecl {
             name,
             hypers: Vec::new(),
             states: Vec::new(),
+            low_axis: None,
             inputs: Vec::new(),
             view: None,
             update: None,
@@ -307,10 +309,29 @@ fn parse_name(input: ParseStream) -> syn::Result<Name> {
 }
 
 fn parse_section(input: ParseStream, decl: &mut RuleDecl) -> syn::Result<()> {
-    let keyword = input
-        .call(Ident::parse_any)
-        .map_err(|_| input.error("expected `hyper`, `state`, `input`, `view` or `update`"))?;
+    let keyword = input.call(Ident::parse_any).map_err(|_| {
+        input.error("expected `hyper`, `state`, `input`, `axis`, `view` or `update`")
+    })?;
     match keyword.to_string().as_str() {
+        "axis" => {
+            let name = parse_name(input)?;
+            if name.text != "low" {
+                return Err(syn::Error::new(
+                    name.span,
+                    format!("unknown axis `{}`: a rule may declare the low axis, `axis low = k;` (k a hyperparameter)", name.text),
+                ));
+            }
+            input.parse::<Token![=]>()?;
+            let hyper = parse_name(input)?;
+            if decl.low_axis.is_some() {
+                return Err(syn::Error::new(
+                    keyword.span(),
+                    "the low axis is declared twice",
+                ));
+            }
+            decl.low_axis = Some(hyper);
+            input.parse::<Token![;]>()?;
+        }
         "hyper" => {
             loop {
                 let name = parse_name(input)?;
@@ -327,7 +348,39 @@ fn parse_section(input: ParseStream, decl: &mut RuleDecl) -> syn::Result<()> {
             // `state WORD NAME = ...`: WORD is `scalar`, `row` or `col`.
             let mut scalar = false;
             let mut per = None;
-            if input.peek(Ident) && input.peek2(Ident) {
+            let mut shape = None;
+            if input.peek(syn::token::Bracket) {
+                let content;
+                let brackets = syn::bracketed!(content in input);
+                let mut axes = Vec::new();
+                while !content.is_empty() {
+                    let axis = if content.peek(syn::LitInt) {
+                        let one: syn::LitInt = content.parse()?;
+                        if one.base10_digits() != "1" {
+                            return Err(syn::Error::new(one.span(), "an axis of a state's shape is `1`, `rows`, `cols`, `short`, `long` or `low`"));
+                        }
+                        "1".to_string()
+                    } else {
+                        let axis = content.call(Ident::parse_any)?;
+                        if lensopt_ir::Dim::from_name(&axis.to_string()).is_none() {
+                            return Err(syn::Error::new(axis.span(), format!("unknown axis `{axis}`: an axis of a state's shape is `1`, `rows`, `cols`, `short`, `long` or `low`")));
+                        }
+                        axis.to_string()
+                    };
+                    axes.push(axis);
+                    if content.is_empty() {
+                        break;
+                    }
+                    content.parse::<Token![,]>()?;
+                }
+                let [a, b]: [String; 2] = axes.try_into().map_err(|_| {
+                    syn::Error::new(
+                        brackets.span.join(),
+                        "a state's shape has two axes: `state [rows, low] u = 0;`",
+                    )
+                })?;
+                shape = Some(([a, b], brackets.span.join()));
+            } else if input.peek(Ident) && input.peek2(Ident) {
                 let kind: Ident = input.parse()?;
                 match kind.to_string().as_str() {
                     "scalar" => scalar = true,
@@ -351,6 +404,7 @@ fn parse_section(input: ParseStream, decl: &mut RuleDecl) -> syn::Result<()> {
                     name,
                     scalar,
                     per,
+                    shape: shape.clone(),
                     init,
                 });
                 if !comma_continues(input)? {

@@ -80,6 +80,7 @@ pub(crate) fn op_key(op: &Op) -> (u8, u64, u32, u32, u32) {
         Op::Transpose(a) => (19, 0, a.0, 0, 0),
         Op::MatFn(m, a, b) => (20, m as u64, a.0, b.0, 0),
         Op::Linalg(l, a) => (23, l as u64, a.0, 0, 0),
+        Op::Shape(o, a) => (24, o as u64, a.0, 0, 0),
     }
 }
 
@@ -181,6 +182,28 @@ pub fn result_rate(op: &Op, rates: &[Rate]) -> Result<Rate, String> {
                     Err("`qr` factors a matrix, not a scalar".into())
                 }
                 _ => Ok(rates[0]),
+            }
+        }
+        Op::Shape(o, _) => {
+            let (r, c) = rates[0].shape();
+            match o {
+                ShapeOp::Wide if rates[0] == Rate::Element => Ok(Rate::of_shape(Dim::Short, Dim::Long)),
+                ShapeOp::Wide => Err(format!(
+                    "`wide` takes a value of the tensor's shape (rows × cols), not {}",
+                    shape(rates[0])
+                )),
+                ShapeOp::Unwide if (r, c) == (Dim::Short, Dim::Long) => Ok(Rate::Element),
+                ShapeOp::Unwide => Err(format!(
+                    "`unwide` takes a short × long value (made by `wide`), not {}",
+                    shape(rates[0])
+                )),
+                ShapeOp::LeadCols if c != Dim::One => Ok(Rate::of_shape(r, Dim::Low)),
+                ShapeOp::LeadRows if r != Dim::One => Ok(Rate::of_shape(Dim::Low, c)),
+                _ => Err(format!(
+                    "`{}` takes the leading part of an axis longer than 1, but this value has shape {}",
+                    o.name(),
+                    shape(rates[0])
+                )),
             }
         }
         _ => Err(format!("{op:?} is a leaf")),
@@ -296,6 +319,7 @@ impl RuleBuilder {
             param_out: ValueId(0),
             state_out: Vec::new(),
             repeat_counts: Vec::new(),
+            low_axis: None,
         };
         RuleBuilder {
             rule,
@@ -390,7 +414,11 @@ impl RuleBuilder {
             Op::Fma(..) => vec![Ty::Float; 3],
             Op::Select(..) => vec![Ty::Bool, tys[1], tys[1]],
             Op::Reduce(ReduceOp::Count, ..) => vec![Ty::Bool],
-            Op::Reduce(..) | Op::ReduceAxis(..) | Op::Transpose(_) | Op::Linalg(..) => {
+            Op::Reduce(..)
+            | Op::ReduceAxis(..)
+            | Op::Transpose(_)
+            | Op::Linalg(..)
+            | Op::Shape(..) => {
                 vec![Ty::Float]
             }
             Op::Matmul(..) | Op::MatFn(..) => vec![Ty::Float; 2],

@@ -26,6 +26,6 @@ pub mod schedule;
 pub use float::Float;
 pub use hyper::HyperValue;
 pub use rule::{
-    Axis, BinOp, Dim, HyperDecl, InputDecl, Linalg, MatFn, Node, Op, Rate, ReduceOp, Rule, Scope,
-    StateDecl, StateKind, Ty, UnOp, ValueId,
+    Axis, BinOp, Dim, Extents, HyperDecl, InputDecl, Linalg, MatFn, Node, Op, Rate, ReduceOp, Rule,
+    Scope, ShapeOp, StateDecl, StateKind, Ty, UnOp, ValueId,
 };

@@ -65,26 +65,39 @@ pub struct Dims {
     pub rows: usize,
     /// Columns: the product of the other axes.
     pub cols: usize,
-    /// The tensor's rank, as `rank()` reads it.
+    /// The tensor's rank, as `ndim()` reads it.
     pub rank: usize,
+    /// The low axis, `min(k, rows, cols)` (0 for a rule without one).
+    pub low: usize,
 }
 
 impl Dims {
+    /// The lengths the rule's axes take.
+    pub fn extents(&self) -> Extents {
+        Extents {
+            rows: self.rows,
+            cols: self.cols,
+            low: self.low,
+        }
+    }
+
     /// A flat buffer of `n` values as the matrix `1 × n` of rank 1.
     pub fn flat(n: usize) -> Self {
         Dims {
             rows: 1,
             cols: n,
             rank: 1,
+            low: 0,
         }
     }
 }
 
 /// The matrix a tensor of `shape` is seen as under `rule`, or why it cannot
 /// be: ranks 2 and more are `d0 × (d1 · ...)`; a vector (or scalar) is the
-/// matrix `1 × n` only for a rule that reads `rank()` (which has said what
+/// matrix `1 × n` only for a rule that reads `ndim()` (which has said what
 /// it does with each rank), and otherwise an error.
-pub fn matrix_dims(rule: &Rule, shape: &[usize]) -> Result<Dims, String> {
+/// `hypers` sets the low axis.
+pub fn matrix_dims(rule: &Rule, shape: &[usize], hypers: &[HyperValue]) -> Result<Dims, String> {
     if shape.len() < 2 && !rule.reads_rank() {
         return Err(format!(
             "a matrix rule needs tensors of rank 2 or more (higher ranks are seen as rows × the rest), not shape {shape:?}"
@@ -96,6 +109,7 @@ pub fn matrix_dims(rule: &Rule, shape: &[usize]) -> Result<Dims, String> {
         rows,
         cols,
         rank: shape.len(),
+        low: rule.extents(hypers, rows, cols).low,
     })
 }
 
@@ -235,9 +249,18 @@ struct Leaves<'a, F> {
     rows: usize,
     cols: usize,
     rank: usize,
+    low: usize,
 }
 
 impl<'a, F> Leaves<'a, F> {
+    fn extents(&self) -> Extents {
+        Extents {
+            rows: self.rows,
+            cols: self.cols,
+            low: self.low,
+        }
+    }
+
     /// One tensor of a step, seen as the matrix `d`.
     fn of(tt: &'a StepTensor<'_, F>, d: Dims, present: &'a [bool], t: f64) -> Self {
         Leaves {
@@ -251,6 +274,7 @@ impl<'a, F> Leaves<'a, F> {
             rows: d.rows,
             cols: d.cols,
             rank: d.rank,
+            low: d.low,
         }
     }
 }
@@ -424,7 +448,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                 continue;
             }
             let (r, c) = node.rate.shape();
-            let (r, c) = (r.len(rows, cols), c.len(rows, cols));
+            let (r, c) = (r.len(self.leaves.extents()), c.len(self.leaves.extents()));
             if r.checked_mul(c).is_none_or(|n| n > limit) {
                 return Err(InterpError(format!(
                     "`{}` needs a {r} × {c} array on this {rows} × {cols} tensor: more than the matrix evaluator's limit of {limit} values",
@@ -508,7 +532,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
             Op::Step => Val::Scalar(l.t),
             Op::Present(k) => Val::Scalar(truth::<f64>(l.present.get(k as usize) == Some(&true))),
             Op::Numel => Val::Scalar((rows * cols) as f64),
-            Op::Extent(d) => Val::Scalar(d.len(rows, cols) as f64),
+            Op::Extent(d) => Val::Scalar(d.len(l.extents()) as f64),
             Op::Rank => Val::Scalar(l.rank as f64),
             Op::MachineEps => Val::Scalar(if F::NAME == "f32" {
                 f64::from(f32::EPSILON)
@@ -516,7 +540,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                 f64::EPSILON
             }),
             Op::Eye(d) => {
-                let n = d.len(rows, cols);
+                let n = d.len(l.extents());
                 let mut data = vec![F::default(); n * n];
                 for i in 0..n {
                     data[i * n + i] = F::from_f64(1.0);
@@ -535,8 +559,8 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                 Some(StateBuf::Element(data)) => {
                     let (r, c) = node.rate.shape();
                     Val::Array {
-                        rows: r.len(rows, cols),
-                        cols: c.len(rows, cols),
+                        rows: r.len(l.extents()),
+                        cols: c.len(l.extents()),
                         data: Buf::Borrowed(data.as_slice()),
                     }
                 }
@@ -651,14 +675,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
             Op::Transpose(a) => match self.get(a)? {
                 Val::Scalar(x) => Val::Scalar(*x),
                 Val::Array { rows, cols, data } => {
-                    let (r, c) = (*rows, *cols);
-                    let mut out = vec![F::default(); r * c];
-                    for i in 0..r {
-                        for j in 0..c {
-                            out[j * r + i] = data[i * c + j];
-                        }
-                    }
-                    Val::array(c, r, out)
+                    Val::array(*cols, *rows, transposed(*rows, *cols, data))
                 }
             },
             Op::MatFn(MatFn::Pow, a, e) => {
@@ -686,6 +703,29 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                     }
                 }
                 Val::array(n, n, out)
+            }
+            Op::Shape(o, a) => {
+                let v = self.get(a)?;
+                let Val::Array {
+                    rows: r,
+                    cols: c,
+                    data,
+                } = v
+                else {
+                    return Err(InterpError(format!("`{}` of a scalar", o.name())));
+                };
+                let (r, c) = (*r, *c);
+                let low = l.low.min(r).min(c);
+                match o {
+                    // rows × cols as short × long: transposed when rows ≥ cols.
+                    ShapeOp::Wide | ShapeOp::Unwide if l.rows < l.cols => v.clone(),
+                    ShapeOp::Wide | ShapeOp::Unwide => Val::array(c, r, transposed(r, c, data)),
+                    ShapeOp::LeadCols => {
+                        let out = data.chunks_exact(c).flat_map(|row| &row[..low]).copied();
+                        Val::array(r, low, out.collect())
+                    }
+                    ShapeOp::LeadRows => Val::array(low, c, data[..low * c].to_vec()),
+                }
             }
             Op::Linalg(l, a) => {
                 let v = self.get(a)?;
@@ -740,10 +780,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
 
     fn dims(&self, node: &Node) -> (usize, usize) {
         let (r, c) = node.rate.shape();
-        (
-            r.len(self.leaves.rows, self.leaves.cols),
-            c.len(self.leaves.rows, self.leaves.cols),
-        )
+        (r.len(self.leaves.extents()), c.len(self.leaves.extents()))
     }
 
     /// The operands of an element-wise array operation over its `r × c`
@@ -1032,6 +1069,17 @@ pub fn symmetric_eigen(n: usize, mut a: Vec<f64>) -> (Vec<f64>, Vec<f64>) {
     ((0..n).map(|i| a[i * n + i]).collect(), v)
 }
 
+/// The transpose of the row-major `r × c` array `data`.
+fn transposed<F: Copy + Default>(r: usize, c: usize, data: &[F]) -> Vec<F> {
+    let mut out = vec![F::default(); r * c];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = data[i * c + j];
+        }
+    }
+    out
+}
+
 /// `eigenbasis(A)` of the row-major `n × n` matrix `a`: the eigenvectors of
 /// its symmetric part as columns, by descending eigenvalue (ties in index
 /// order), each with its entry of largest magnitude positive.
@@ -1184,8 +1232,18 @@ fn check_sizes<F: Float>(
                 _ => {}
             }
         }
+        let low = rule.extents(tt.hypers, rows, cols).low;
+        if low != d.low {
+            let name = rule
+                .low_axis
+                .map_or("?", |h| rule.hypers[h as usize].name.as_str());
+            return Err(InterpError(format!(
+                "tensor {i}: hyperparameter `{name}` sets the low axis, {} long when the state was made and {low} now: the state cannot follow (make a new stepper)",
+                d.low
+            )));
+        }
         for (s, decl) in tt.state.iter().zip(&rule.states) {
-            let want = decl.kind.len(n, rows, cols);
+            let want = decl.kind.len(n, d.extents()).unwrap_or(usize::MAX);
             match (s, decl.kind) {
                 (StateBuf::Scalar(_), StateKind::Scalar) => {}
                 (StateBuf::Element(v), StateKind::Element | StateKind::Array(..)) => {
@@ -1258,11 +1316,8 @@ pub fn step<F: Float>(
                 StateKind::Scalar => Val::Scalar(v.scalar()),
                 kind => {
                     let (r, c) = kind.rate().shape();
-                    Val::array(
-                        r.len(rows, cols),
-                        c.len(rows, cols),
-                        expand(v, r.len(rows, cols), c.len(rows, cols)),
-                    )
+                    let (r, c) = (r.len(d.extents()), c.len(d.extents()));
+                    Val::array(r, c, expand(v, r, c))
                 }
             })
             .collect();
@@ -1317,7 +1372,12 @@ pub fn init_state<F: Float>(
     rule: &Rule,
     hypers: &[HyperValue],
     param: &[F],
-    Dims { rows, cols, rank }: Dims,
+    Dims {
+        rows,
+        cols,
+        rank,
+        low,
+    }: Dims,
 ) -> Result<Vec<StateBuf<F>>, InterpError> {
     if rows.checked_mul(cols) != Some(param.len()) {
         return Err(InterpError(format!(
@@ -1336,6 +1396,7 @@ pub fn init_state<F: Float>(
         rows,
         cols,
         rank,
+        low,
     };
     let roots: Vec<ValueId> = rule.states.iter().map(|s| s.init).collect();
     let inits = Evaluation::run(rule, &leaves, &[], &roots, None)?;
@@ -1346,7 +1407,8 @@ pub fn init_state<F: Float>(
             StateKind::Scalar => StateBuf::Scalar(v.scalar()),
             kind => {
                 let (r, c) = kind.rate().shape();
-                let (r, c) = (r.len(rows, cols), c.len(rows, cols));
+                let e = Extents { rows, cols, low };
+                let (r, c) = (r.len(e), c.len(e));
                 StateBuf::Element(expand(v, r, c))
             }
         })
@@ -1360,7 +1422,12 @@ pub fn view<F: Float>(
     hypers: &[HyperValue],
     param: &[F],
     state: &[StateBuf<F>],
-    Dims { rows, cols, rank }: Dims,
+    Dims {
+        rows,
+        cols,
+        rank,
+        low,
+    }: Dims,
 ) -> Result<Vec<F>, InterpError> {
     let Some(root) = rule.view else {
         return Ok(param.to_vec());
@@ -1376,6 +1443,7 @@ pub fn view<F: Float>(
         rows,
         cols,
         rank,
+        low,
     };
     let v = Evaluation::run(rule, &leaves, &[], &[root], None)?;
     Ok(v.into_iter()

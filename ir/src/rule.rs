@@ -46,26 +46,58 @@ pub enum Dim {
     Rows,
     /// The tensor's number of columns.
     Cols,
+    /// The shorter side, `min(rows, cols)`: the rows of `wide(x)`.
+    Short,
+    /// The longer side, `max(rows, cols)`: the columns of `wide(x)`.
+    Long,
+    /// The low rank `min(k, rows, cols)` for the hyperparameter `k` of the
+    /// rule's `axis low = k;` declaration ([`Rule::low_axis`]).
+    Low,
 }
 
 impl Dim {
-    /// `1`, `rows` or `cols`.
+    /// `1`, `rows`, `cols`, `short`, `long` or `low`.
     pub fn name(self) -> &'static str {
         match self {
             Dim::One => "1",
             Dim::Rows => "rows",
             Dim::Cols => "cols",
+            Dim::Short => "short",
+            Dim::Long => "long",
+            Dim::Low => "low",
         }
     }
 
-    /// The length of this axis on a `rows × cols` tensor.
-    pub fn len(self, rows: usize, cols: usize) -> usize {
+    /// The axis called `name` in a shape (`[low, long]`), if any.
+    pub fn from_name(name: &str) -> Option<Dim> {
+        [Dim::Rows, Dim::Cols, Dim::Short, Dim::Long, Dim::Low]
+            .into_iter()
+            .find(|d| d.name() == name)
+    }
+
+    /// The length of this axis on a tensor of extents `e`.
+    pub fn len(self, e: Extents) -> usize {
         match self {
             Dim::One => 1,
-            Dim::Rows => rows,
-            Dim::Cols => cols,
+            Dim::Rows => e.rows,
+            Dim::Cols => e.cols,
+            Dim::Short => e.rows.min(e.cols),
+            Dim::Long => e.rows.max(e.cols),
+            Dim::Low => e.low,
         }
     }
+}
+
+/// The lengths a matrix rule's axes take on one tensor: its `rows × cols`
+/// and the low rank (0 for a rule without a low axis).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extents {
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// The low axis, `min(k, rows, cols)`.
+    pub low: usize,
 }
 
 /// How often a value changes, from slowest to fastest. Code generation
@@ -310,6 +342,32 @@ impl Linalg {
     }
 }
 
+/// Operations that change a value's shape without arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShapeOp {
+    /// `wide(x)`: the tensor-shaped `x` as `short × long` (transposed when
+    /// `rows ≥ cols`, so a square matrix is transposed).
+    Wide,
+    /// `unwide(x)`: a `short × long` value back to `rows × cols`.
+    Unwide,
+    /// `lead_cols(x)`: the first `low` columns of `x`.
+    LeadCols,
+    /// `lead_rows(x)`: the first `low` rows of `x`.
+    LeadRows,
+}
+
+impl ShapeOp {
+    /// The DSL spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShapeOp::Wide => "wide",
+            ShapeOp::Unwide => "unwide",
+            ShapeOp::LeadCols => "lead_cols",
+            ShapeOp::LeadRows => "lead_rows",
+        }
+    }
+}
+
 /// Over which elements a reduction runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -372,6 +430,8 @@ pub enum Op {
     MatFn(MatFn, ValueId, ValueId),
     /// A factorisation of a matrix (`eigenbasis`, `qr`, `sort_perm`).
     Linalg(Linalg, ValueId),
+    /// A change of shape (`wide`, `unwide`, `lead_cols`, `lead_rows`).
+    Shape(ShapeOp, ValueId),
 }
 
 impl Op {
@@ -387,6 +447,7 @@ impl Op {
             Op::Matmul(a, b) => Op::Matmul(f(a), f(b)),
             Op::Transpose(a) => Op::Transpose(f(a)),
             Op::Linalg(l, a) => Op::Linalg(l, f(a)),
+            Op::Shape(o, a) => Op::Shape(o, f(a)),
             Op::MatFn(m, a, b) => Op::MatFn(m, f(a), f(b)),
             leaf => leaf,
         }
@@ -399,7 +460,8 @@ impl Op {
             | Op::Reduce(_, _, a)
             | Op::ReduceAxis(_, _, a)
             | Op::Transpose(a)
-            | Op::Linalg(_, a) => vec![a],
+            | Op::Linalg(_, a)
+            | Op::Shape(_, a) => vec![a],
             Op::Binary(_, a, b) | Op::Matmul(a, b) | Op::MatFn(_, a, b) => vec![a, b],
             Op::Select(a, b, c) | Op::Fma(a, b, c) => vec![a, b, c],
             _ => Vec::new(),
@@ -458,12 +520,13 @@ impl StateKind {
         }
     }
 
-    /// The number of values the state holds on a `rows × cols` tensor of `numel` elements.
-    pub fn len(self, numel: usize, rows: usize, cols: usize) -> usize {
+    /// The number of values the state holds on a tensor of `numel`
+    /// elements and extents `e` (`None` when that overflows).
+    pub fn len(self, numel: usize, e: Extents) -> Option<usize> {
         match self {
-            StateKind::Element => numel,
-            StateKind::Scalar => 1,
-            StateKind::Array(r, c) => r.len(rows, cols) * c.len(rows, cols),
+            StateKind::Element => Some(numel),
+            StateKind::Scalar => Some(1),
+            StateKind::Array(r, c) => r.len(e).checked_mul(c.len(e)),
         }
     }
 }
@@ -506,6 +569,9 @@ pub struct Rule {
     /// the most iterations the block was unrolled to: their values must be
     /// whole numbers from 0 to that bound ([`Rule::check_hypers`]).
     pub repeat_counts: Vec<(u16, u32)>,
+    /// The hyperparameter of `axis low = k;`: the low axis ([`Dim::Low`])
+    /// is `min(k, rows, cols)` long on each tensor.
+    pub low_axis: Option<u16>,
 }
 
 impl Rule {
@@ -666,6 +732,7 @@ impl Rule {
         for (hyper, bound) in &self.repeat_counts {
             h.word(u64::from(*hyper) << 32 | u64::from(*bound));
         }
+        h.word(self.low_axis.map_or(u64::MAX, u64::from));
         h.0
     }
 
@@ -680,6 +747,7 @@ impl Rule {
             && self.param_out == other.param_out
             && self.state_out == other.state_out
             && self.repeat_counts == other.repeat_counts
+            && self.low_axis == other.low_axis
     }
 
     /// True for a *matrix rule*: one that sees the tensor as a matrix
@@ -699,6 +767,7 @@ impl Rule {
                         | Op::Transpose(_)
                         | Op::MatFn(..)
                         | Op::Linalg(..)
+                        | Op::Shape(..)
                 )
         }) || self
             .states
@@ -706,7 +775,7 @@ impl Rule {
             .any(|s| matches!(s.kind, StateKind::Array(..)))
     }
 
-    /// True when the rule reads `rank()`: it then says itself what it does
+    /// True when the rule reads `ndim()`: it then says itself what it does
     /// with each rank, and a matrix rule takes vectors as `1 × n` matrices.
     pub fn reads_rank(&self) -> bool {
         self.nodes.iter().any(|n| n.op == Op::Rank)
@@ -716,6 +785,16 @@ impl Rule {
     /// count that is not a whole number from 0 to its block's bound (which
     /// would otherwise run a different number of iterations than asked).
     pub fn check_hypers(&self, values: &[HyperValue]) -> Result<(), String> {
+        if let Some(h) = self.low_axis {
+            if let Some(HyperValue::Num(x)) = values.get(h as usize) {
+                if !(x.fract() == 0.0 && *x >= 1.0) {
+                    return Err(format!(
+                        "hyperparameter `{}` is the length of the low axis: it takes a whole number of at least 1, not {x}",
+                        self.hypers[h as usize].name
+                    ));
+                }
+            }
+        }
         for &(h, bound) in &self.repeat_counts {
             if let Some(HyperValue::Num(x)) = values.get(h as usize) {
                 if !(x.fract() == 0.0 && *x >= 0.0 && *x <= f64::from(bound)) {
@@ -727,6 +806,18 @@ impl Rule {
             }
         }
         Ok(())
+    }
+
+    /// The extents of a `rows × cols` tensor under hyperparameter values
+    /// `values`: the low axis is `min(k, rows, cols)` (0 without one).
+    pub fn extents(&self, values: &[HyperValue], rows: usize, cols: usize) -> Extents {
+        let low = self.low_axis.map_or(0, |h| match values.get(h as usize) {
+            Some(HyperValue::Num(x)) if *x >= 1.0 => {
+                (x.min(usize::MAX as f64) as usize).min(rows).min(cols)
+            }
+            _ => 0,
+        });
+        Extents { rows, cols, low }
     }
 
     /// The lower-case name under which the catalog lists the rule.
@@ -778,6 +869,7 @@ fn op_text(rule: &Rule, op: &Op) -> String {
         Op::Transpose(a) => format!("transpose {a}"),
         Op::MatFn(MatFn::Pow, a, e) => format!("sym_pow {a}, {e}"),
         Op::Linalg(l, a) => format!("{} {a}", l.name()),
+        Op::Shape(o, a) => format!("{} {a}", o.name()),
         Op::Reduce(r, s, a) => {
             let r = reduce_name(*r);
             let s = match s {
@@ -794,6 +886,9 @@ impl fmt::Display for Rule {
         writeln!(f, "rule {}", self.name)?;
         for h in &self.hypers {
             writeln!(f, "  hyper {} = {}", h.name, h.default)?;
+        }
+        if let Some(h) = self.low_axis {
+            writeln!(f, "  axis low = {}", self.hypers[h as usize].name)?;
         }
         for i in &self.inputs {
             let opt = if i.optional { " optional" } else { "" };

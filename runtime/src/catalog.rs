@@ -466,8 +466,39 @@ crate::optimizer! {
 }
 
 crate::optimizer! {
+    /// GaLore (Zhao et al. 2024, "GaLore: Memory-Efficient LLM Training by
+    /// Gradient Low-Rank Projection") as `pytorch_optimizer.GaLore` with its
+    /// default `std` projection: the gradient, taken as `short × long`
+    /// (`wide`), is projected on its leading `rank` left singular vectors
+    /// (refreshed at the first step and every `update_proj_gap` steps),
+    /// AdamW runs in that `rank × long` space, and the step is projected
+    /// back, scaled by `scale`; decoupled weight decay. State: the projector
+    /// and two `rank × long` moments, not `rows × cols`. The singular
+    /// vectors come from the eigenbasis of `W Wᵀ` in f64, with fixed signs
+    /// (the reference takes LAPACK's SVD in f32, whose signs are its own).
+    pub GaLore {
+        hyper lr = 1e-3, beta1 = 0.9, beta2 = 0.999, weight_decay = 0.0, eps = 1e-6,
+              rank = 128, update_proj_gap = 50, scale = 1.0;
+        axis low = rank;
+        state [short, low] proj = 0;
+        state [low, long] m = 0, v = 0;
+        update {
+            let w = wide(g);
+            let refresh = t == 1 || t - update_proj_gap * floor(t / update_proj_gap) == 0;
+            proj = select(refresh, lead_cols(eigenbasis(w @ transpose(w))), proj);
+            let r = transpose(proj) @ w;
+            m = beta1 * m + (1 - beta1) * r;
+            v = beta2 * v + (1 - beta2) * r * r;
+            let step_size = lr * sqrt(1 - beta2 ^ t) / (1 - beta1 ^ t);
+            let back = unwide(proj @ (m / (sqrt(v) + eps))) * scale;
+            p = (p - step_size * back) * (1 - weight_decay * lr);
+        }
+    }
+}
+
+crate::optimizer! {
     /// Muon on matrices and AdamW on every other tensor, as the Muon authors
-    /// train: one rule that chooses by `rank()` (so a vector is taken as a
+    /// train: one rule that chooses by `ndim()` (so a vector is taken as a
     /// `1 × n` matrix and given AdamW's step). Matrices follow `Muon` with
     /// `lr`, `weight_decay`, `momentum`...; vectors and scalars follow
     /// `torch.optim.AdamW` with `adam_lr`, `beta1`, `beta2`, `adam_eps`,
@@ -479,7 +510,7 @@ crate::optimizer! {
               adam_lr = 1e-3, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, adam_weight_decay = 0.01;
         state buf = 0, m = 0, v = 0;
         update {
-            let matrix = rank() >= 2;
+            let matrix = ndim() >= 2;
             let muon_buf = lerp(buf, g, 1 - momentum);
             let u = select(nesterov, lerp(g, muon_buf, momentum), muon_buf);
             let x = u / (norm(u) + eps);
@@ -509,11 +540,11 @@ crate::optimizer! {
     pub SWAN {
         hyper lr = 1e-3, eps = 1e-8;
         update {
-            let wide = rows() <= cols();
+            let few_rows = rows() <= cols();
             let by_rows = (g - mean_rows(g)) / sqrt(mean_rows((g - mean_rows(g)) ^ 2) + eps);
             let by_cols = (g - mean_cols(g)) / sqrt(mean_cols((g - mean_cols(g)) ^ 2) + eps);
             let white = select(
-                wide,
+                few_rows,
                 sym_pow(by_rows @ transpose(by_rows) + eps * eye_rows(), -0.5) @ by_rows,
                 by_cols @ sym_pow(transpose(by_cols) @ by_cols + eps * eye_cols(), -0.5)
             );
@@ -652,6 +683,11 @@ const MATRIX_ENTRIES: &[Entry] = &[
         name: "soap",
         make: dynamic::<SOAP>,
         source: SOAP::SOURCE,
+    },
+    Entry {
+        name: "galore",
+        make: dynamic::<GaLore>,
+        source: GaLore::SOURCE,
     },
     Entry {
         name: "muon_adamw",

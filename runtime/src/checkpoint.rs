@@ -391,6 +391,7 @@ fn encode<'a, F: Float>(
                     shape: crate::stepper::state_shape(
                         decl.kind,
                         optimizer.shape(i).unwrap_or(&[]),
+                        optimizer.low_len(i),
                     ),
                     data: Data::Floats(v),
                 },
@@ -1058,10 +1059,16 @@ fn read<F: Float, R: Read>(
             Role::Param(j) => (Dtype::of::<F>(), params[j].1.shape().to_vec()),
             Role::State(i, s) => match rule.states[s].kind {
                 StateKind::Scalar => (Dtype::F64, Vec::new()),
-                kind => (
-                    Dtype::of::<F>(),
-                    crate::stepper::state_shape(kind, &shapes[i]),
-                ),
+                kind => {
+                    // The low axis as the checkpoint's own hyperparameters set it.
+                    let (rows, cols) =
+                        crate::ir::matrix::rows_and_cols(&shapes[i]).unwrap_or((0, 0));
+                    let low = rule.extents(&groups[group_of[i]], rows, cols).low;
+                    (
+                        Dtype::of::<F>(),
+                        crate::stepper::state_shape(kind, &shapes[i], low),
+                    )
+                }
             },
             Role::User(_) if info.shape.len() == 1 => (Dtype::F64, info.shape.clone()),
             Role::User(_) => {

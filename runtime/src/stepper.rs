@@ -124,15 +124,17 @@ impl<F: Float> matrix::Kernels<F> for JitKernels<'_> {
 
 /// The shape of a state of `kind` of a tensor of shape `shape`: the
 /// tensor's own for element state, `[]` for scalar state, and for matrix
-/// state its `rows × cols` matrix's axes (`[rows, 1]` per row).
-pub fn state_shape(kind: StateKind, shape: &[usize]) -> Vec<usize> {
+/// state its `rows × cols` matrix's axes (`[rows, 1]` per row), the low
+/// axis being `low` long.
+pub fn state_shape(kind: StateKind, shape: &[usize], low: usize) -> Vec<usize> {
     match kind {
         StateKind::Element => shape.to_vec(),
         StateKind::Scalar => Vec::new(),
         StateKind::Array(r, c) => {
-            // A vector (under a rule reading `rank()`) is 1 × n.
+            // A vector (under a rule reading `ndim()`) is 1 × n.
             let (rows, cols) = matrix::rows_and_cols(shape).unwrap_or((0, 0));
-            vec![r.len(rows, cols), c.len(rows, cols)]
+            let e = lensopt_ir::Extents { rows, cols, low };
+            vec![r.len(e), c.len(e)]
         }
     }
 }
@@ -173,7 +175,7 @@ impl<F: Float> Stepper<F> {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    matrix::matrix_dims(&rule, s).map_err(|e| {
+                    matrix::matrix_dims(&rule, s, &groups[group_of[i]]).map_err(|e| {
                         mismatch(format!("`{}` cannot update tensor {i}: {e}", rule.name))
                     })
                 })
@@ -570,7 +572,7 @@ impl<F: Float> Stepper<F> {
 
     /// Sets a hyperparameter in every group (a schedule, say), for the following steps.
     pub fn set_hyper(&mut self, name: &str, value: impl Into<HyperValue>) -> Result<(), Error> {
-        set_in_groups(&self.rule, &mut self.groups, None, name, value.into())
+        self.set_in(None, name, value.into())
     }
 
     /// Sets a hyperparameter in one group, for the following steps.
@@ -580,13 +582,30 @@ impl<F: Float> Stepper<F> {
         name: &str,
         value: impl Into<HyperValue>,
     ) -> Result<(), Error> {
-        set_in_groups(
-            &self.rule,
-            &mut self.groups,
-            Some(group),
-            name,
-            value.into(),
-        )
+        self.set_in(Some(group), name, value.into())
+    }
+
+    /// Sets a hyperparameter, refusing (and changing nothing) a value that
+    /// would change the length of the low axis the state was made for.
+    fn set_in(&mut self, group: Option<usize>, name: &str, value: HyperValue) -> Result<(), Error> {
+        let before = self.groups.clone();
+        set_in_groups(&self.rule, &mut self.groups, group, name, value)?;
+        if let Some(dims) = &self.dims {
+            for (i, d) in dims.iter().enumerate() {
+                let low = self
+                    .rule
+                    .extents(&self.groups[self.group_of[i]], d.rows, d.cols)
+                    .low;
+                if low != d.low {
+                    self.groups = before;
+                    return Err(mismatch(format!(
+                        "`{name}` sets the low axis, {} long on tensor {i} when its state was made: the state cannot change shape (make a new stepper)",
+                        d.low
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Array state `name` of tensor `tensor`: shaped like the parameter
@@ -599,7 +618,8 @@ impl<F: Float> Stepper<F> {
             return None;
         }
         let buf = self.state.get(tensor)?[s].elements();
-        ArrayViewD::from_shape(IxDyn(&state_shape(kind, &self.shapes[tensor])), buf).ok()
+        let shape = state_shape(kind, &self.shapes[tensor], self.low_len(tensor));
+        ArrayViewD::from_shape(IxDyn(&shape), buf).ok()
     }
 
     /// Bytes of optimizer state held per parameter element (a factored
@@ -660,6 +680,20 @@ impl<F: Float> Stepper<F> {
         self.last_skipped = false;
         self.groups = groups;
         self.state = state;
+        if let Some(dims) = &mut self.dims {
+            for (i, d) in dims.iter_mut().enumerate() {
+                let values = &self.groups[self.group_of[i]];
+                d.low = self.rule.extents(values, d.rows, d.cols).low;
+            }
+        }
+    }
+
+    /// The length of the low axis on tensor `tensor` (0 for a rule without one).
+    pub(crate) fn low_len(&self, tensor: usize) -> usize {
+        self.dims
+            .as_ref()
+            .and_then(|d| d.get(tensor))
+            .map_or(0, |d| d.low)
     }
 
     /// The shape of tensor `tensor`.

@@ -3,7 +3,8 @@
 the transcriptions in matrix_optim.py: shapes with rows > cols, the code
 paths the shared golden runs leave at their defaults (momentum, weight
 decay, AMS bound...), in float64 and float32, five steps, a zero gradient
-row at step 3 (SOAP: square shapes, whose statistics have no null space at
+row at step 3 (GaLore: with lensopt's signs of singular vectors, and with
+the reference's float32 SVD where the projector is not refreshed; SOAP: square shapes, whose statistics have no null space at
 step 1, so the eigenbases are unique up to signs the update does not see;
 QR in float64, as lensopt takes it). Run from the repository root:
 
@@ -33,10 +34,14 @@ CASES = [
     ('soap_options', 'soap', (12, 12), dict(lr=0.01, beta1=0.9, beta2=0.99, shampoo_beta=0.8,
                                             weight_decay=0.0, precondition_frequency=1,
                                             correct_bias=False, normalize_gradient=True)),
+    ('galore_wide', 'galore', (12, 20), dict(lr=0.01, rank=4, update_proj_gap=2)),
+    ('galore_tall', 'galore', (20, 12), dict(lr=0.01, beta2=0.99, rank=5, update_proj_gap=3,
+                                            weight_decay=0.1, scale=0.25)),
+    ('galore_reference', 'galore_reference', (16, 16), dict(lr=0.01, rank=6, update_proj_gap=50)),
 ]
 
 # Steps per case where not the default five (SOAP's refreshes need more).
-STEPS = {'soap_square': 9, 'soap_options': 7}
+STEPS = {'soap_square': 9, 'soap_options': 7, 'galore_wide': 7, 'galore_tall': 7}
 
 
 def qr64(m):
@@ -50,7 +55,17 @@ RUN = {
     'came': ref.run_came,
     'shampoo': ref.run_shampoo,
     'soap': lambda p, g, h: ref.run_soap(p, g, h, qr_fn=qr64),
+    # GaLore's projector signs matter once it is refreshed (the moments carry over):
+    # with lensopt's convention (and float64), and with the reference's own SVD
+    # (float32, LAPACK's signs) where the projector is never refreshed.
+    'galore': lambda p, g, h: ref.run_galore(p, g, h, svd_fn=ref.galore_svd_canonical),
+    'galore_reference': ref.run_galore,
 }
+# The catalog rule each runner checks.
+CATALOG = {'galore_reference': 'galore'}
+# The reference's SVD runs in float32 whatever the parameter's dtype, so its
+# float64 run carries float32 error (~1e-7): only its float32 run is a case.
+DTYPES = {'galore_reference': ('float32',)}
 
 
 def main():
@@ -62,6 +77,8 @@ def main():
         grads = [rng.standard_normal(shape) * (0.5 + 0.5 * t) for t in range(STEPS.get(stem, 5))]
         grads[2][1, :] = 0.0
         for dtname, dt in (('float64', np.float64), ('float32', np.float32)):
+            if dtname not in DTYPES.get(stem, ('float64', 'float32')):
+                continue
             p = p0.astype(dt)
             gs = [g.astype(dt) for g in grads]
             after = RUN[name](p, gs, dict(hyper))
@@ -75,12 +92,12 @@ def main():
                 'p0': p.astype(np.float64).tolist(),
                 'grads': [g.astype(np.float64).tolist() for g in gs],
                 'params_after': [a.astype(np.float64).tolist() for a in after],
-                'lensopt': {'optimizer': name, 'hyper': hyper},
+                'lensopt': {'optimizer': CATALOG.get(name, name), 'hyper': hyper},
             }
             suffix = '' if dtname == 'float64' else '.f32'
             with open(os.path.join(out_dir, stem + suffix + '.json'), 'w') as f:
                 json.dump(case, f)
-    print('wrote', len(CASES) * 2, 'cases to', out_dir)
+    print('wrote', sum(len(DTYPES.get(c[0], 'ab')) for c in CASES), 'cases to', out_dir)
 
 
 if __name__ == '__main__':

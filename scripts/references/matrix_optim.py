@@ -13,6 +13,8 @@ single 2-D parameter [rows, cols]:
   shampoo          pytorch_optimizer.Shampoo       pytorch_optimizer/optimizer/shampoo.py
   sm3              pytorch_optimizer.SM3           pytorch_optimizer/optimizer/sm3.py
   came             pytorch_optimizer.CAME          pytorch_optimizer/optimizer/came.py
+  galore           pytorch_optimizer.GaLore        pytorch_optimizer/optimizer/galore.py, galore_utils.py
+                   (projection_type 'std')
   (+ BaseOptimizer.debias / apply_weight_decay, pytorch_optimizer/base/optimizer.py)
 
 Versions. torch 2.15 as recorded in the golden vectors. Muon: the revision of
@@ -416,6 +418,63 @@ def soap_basis_from_reference(p0, grads, params_after, h, seed=0):
 
 
 # ---------------------------------------------------------------------------
+# pytorch_optimizer.GaLore  (pytorch_optimizer/optimizer/galore.py, galore_utils.py)
+# ---------------------------------------------------------------------------
+
+GALORE_DEFAULTS = dict(lr=1e-3, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-6,
+                       rank=128, update_proj_gap=50, scale=1.0)
+
+
+def galore_svd_reference(g):
+    """GaLoreProjector.get_orthogonal_matrix: torch.linalg.svd of the float32 gradient
+    (full_matrices=False), LAPACK's signs; cast back to the parameter's dtype."""
+    u, s, vh = svd32(g)
+    return u.astype(g.dtype), s, vh.astype(g.dtype)
+
+
+def canonical_signs(vectors):
+    """Each column with its entry of largest magnitude positive (lensopt's convention)."""
+    lead = vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])]
+    return vectors * np.where(lead < 0, -1.0, 1.0)
+
+
+def galore_svd_canonical(g):
+    """The SVD in float64 with each singular vector's largest entry positive (lensopt's choice)."""
+    u, s, vh = np.linalg.svd(np.asarray(g, np.float64), full_matrices=False)
+    return canonical_signs(u), s, canonical_signs(vh.T).T
+
+
+def run_galore(p, grads, h, svd_fn=None):
+    """The `std` projection: right (G Vh_r^T) when rows >= cols, else left (U_r^T G);
+    the projector refreshed at the first step and every update_proj_gap steps; AdamW
+    state in the low-rank space; decoupled weight decay after the step."""
+    h = {**GALORE_DEFAULTS, **h}
+    dt = p.dtype
+    svd_fn = svd_fn or galore_svd_reference
+    beta1, beta2, rank, gap = h['beta1'], h['beta2'], int(h['rank']), int(h['update_proj_gap'])
+    ortho = exp_avg = exp_avg_sq = None
+    out = []
+    for step, g in enumerate(grads, start=1):
+        step_size = h['lr'] * math.sqrt(1.0 - math.pow(beta2, step)) / (1.0 - math.pow(beta1, step))
+        is_right = g.shape[0] >= g.shape[1]
+        if ortho is None or step % gap == 0:
+            u, _, vh = svd_fn(g)
+            ortho = (vh[:rank, :] if is_right else u[:, :rank]).astype(dt)
+        low = g @ ortho.T if is_right else ortho.T @ g
+        if exp_avg is None:
+            exp_avg, exp_avg_sq = np.zeros_like(low), np.zeros_like(low)
+        exp_avg = exp_avg * sc(beta1, dt) + sc(1.0 - beta1, dt) * low
+        exp_avg_sq = exp_avg_sq * sc(beta2, dt) + sc(1.0 - beta2, dt) * low * low
+        norm_grad = exp_avg / (np.sqrt(exp_avg_sq) + sc(h['eps'], dt))
+        back = norm_grad @ ortho if norm_grad.shape[0] >= norm_grad.shape[1] else ortho @ norm_grad
+        back = back * sc(h['scale'], dt)
+        p = p + sc(-step_size, dt) * back
+        p = p * sc(1.0 - h['weight_decay'] * h['lr'], dt)
+        out.append(p.copy())
+    return out
+
+
+# ---------------------------------------------------------------------------
 # pytorch_optimizer.Shampoo  (pytorch_optimizer/optimizer/shampoo.py)
 # ---------------------------------------------------------------------------
 
@@ -576,6 +635,7 @@ RUNNERS = {
     'shampoo': run_shampoo,
     'sm3': run_sm3,
     'came': run_came,
+    'galore': run_galore,
 }
 
 
