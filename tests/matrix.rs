@@ -82,8 +82,8 @@ fn matrix_rules_reproduce_the_transcriptions_on_other_shapes_and_paths() {
     let files = json_files(&root().join("tests/golden_extra/matrix"));
     assert_eq!(
         files.len(),
-        27,
-        "seven transcribed cases, SOAP's two, GaLore's two and SWAN's two in f64 and f32, GaLore's reference SVD in f32"
+        31,
+        "seven transcribed cases, SOAP's, GaLore's, FRUGAL's and SWAN's two each in f64 and f32, GaLore's reference SVD in f32"
     );
     for file in files {
         let worst = replay(&file);
@@ -492,6 +492,27 @@ fn galore_state_is_low_rank_and_its_rank_is_checked() {
     assert_eq!(c.state(0, "m").unwrap().shape(), &[rank, rows]);
     assert_eq!(c.hyper(0, "rank"), Some((rank as f64).into()));
     c.step(&mut [&mut q], &[&g]).unwrap();
+}
+
+/// A per-tensor scalar state in a matrix rule: created with the others
+/// (its initial value is not a read of itself) and carried between steps.
+#[test]
+fn scalar_state_in_a_matrix_rule_counts_steps() {
+    let rule = "K { hyper lr = 0.1; state scalar k = 0; state row r = 0; update { k = k + 1; r = mean_rows(g); p = p - lr * k * r; } }";
+    let mut opt = DynOptimizer::parse(rule).unwrap();
+    opt.set("lr", 0.5.into()).unwrap();
+    let mut p = Array2::<f64>::zeros((2, 3)).into_dyn();
+    let g = Array2::from_shape_vec((2, 3), vec![1.0, 1.0, 1.0, 2.0, 2.0, 2.0])
+        .unwrap()
+        .into_dyn();
+    let mut stepper: Stepper<f64> = opt.init(&[&p]).unwrap();
+    for _ in 0..3 {
+        stepper.step(&mut [&mut p], &[&g]).unwrap();
+    }
+    assert_eq!(stepper.scalar_state(0, "k"), Some(3.0));
+    // p = -0.5 (1 + 2 + 3) row means.
+    assert_eq!(p[[0, 0]], -3.0);
+    assert_eq!(p[[1, 2]], -6.0);
 }
 
 #[test]

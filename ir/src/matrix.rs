@@ -307,6 +307,9 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         }
         // Scalars that depend on no array: evaluated first, so that a
         // select on one of them can skip the branch it does not take.
+        // Only those the roots reach: at creation, say, the state is not
+        // there to be read.
+        let reached = rule.reachable(roots);
         let mut pure = vec![false; rule.nodes.len()];
         for (i, node) in rule.nodes.iter().enumerate() {
             pure[i] = !node.rate.is_array()
@@ -315,7 +318,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                     Op::Reduce(..) | Op::ReduceAxis(..) | Op::Matmul(..)
                 )
                 && node.op.args().iter().all(|a| pure[a.index()]);
-            if pure[i] && ev.values[i].is_none() {
+            if pure[i] && reached[i] && ev.values[i].is_none() {
                 let v = ev.compute(ValueId(i as u32))?;
                 ev.values[i] = Some(v);
             }

@@ -497,6 +497,45 @@ crate::optimizer! {
 }
 
 crate::optimizer! {
+    /// FRUGAL (Zmushko et al. 2025, "FRUGAL: Memory-Efficient Optimization
+    /// by Reducing State Overhead for Scalable Training") with its SVD
+    /// projection and AdamW as the state-full part, as the authors'
+    /// `GaloreAdamW`: the gradient's leading `rank` singular directions
+    /// (taken as GaLore does, on the `short × long` view) get AdamW with
+    /// state, the rest of the gradient a state-free signSGD step of
+    /// `lr · proj_params_lr_scale · inactive_lr_scale`. The projector is
+    /// refreshed every `update_gap` steps (from the first), and with
+    /// `reset_statistics` the moments and their step count restart then.
+    /// The reference's density `ρ` is `rank = round(ρ · min(rows, cols))`.
+    pub FRUGAL {
+        hyper lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01,
+              rank = 128, update_gap = 200, proj_params_lr_scale = 1.0,
+              inactive_lr_scale = 1.0, correct_bias = true, reset_statistics = true;
+        axis low = rank;
+        state [short, low] proj = 0;
+        state [low, long] m = 0, v = 0;
+        state scalar k = 0;
+        update {
+            let w = wide(g);
+            let refresh = update_gap * floor((t - 1) / update_gap) == t - 1;
+            proj = select(refresh, lead_cols(eigenbasis(w @ transpose(w))), proj);
+            let reset = refresh && reset_statistics;
+            k = select(reset, 0, k) + 1;
+            let down = transpose(proj) @ w;
+            m = beta1 * select(reset, 0, m) + (1 - beta1) * down;
+            v = beta2 * select(reset, 0, v) + (1 - beta2) * down * down;
+            let active_lr = lr * proj_params_lr_scale;
+            let bc1 = select(correct_bias, 1 - beta1 ^ k, 1);
+            let bc2 = select(correct_bias, sqrt(1 - beta2 ^ k), 1);
+            let stateful = unwide(proj @ (m / (sqrt(v) / bc2 + eps) * -(active_lr / bc1)));
+            let rest = g - unwide(proj @ down);
+            let free = -(active_lr * inactive_lr_scale) * sign(rest);
+            p = p * (1 - lr * weight_decay) + (stateful + free);
+        }
+    }
+}
+
+crate::optimizer! {
     /// Muon on matrices and AdamW on every other tensor, as the Muon authors
     /// train: one rule that chooses by `ndim()` (so a vector is taken as a
     /// `1 × n` matrix and given AdamW's step). Matrices follow `Muon` with
@@ -688,6 +727,11 @@ const MATRIX_ENTRIES: &[Entry] = &[
         name: "galore",
         make: dynamic::<GaLore>,
         source: GaLore::SOURCE,
+    },
+    Entry {
+        name: "frugal",
+        make: dynamic::<FRUGAL>,
+        source: FRUGAL::SOURCE,
     },
     Entry {
         name: "muon_adamw",

@@ -3,7 +3,7 @@
 the transcriptions in matrix_optim.py: shapes with rows > cols, the code
 paths the shared golden runs leave at their defaults (momentum, weight
 decay, AMS bound...), in float64 and float32, five steps, a zero gradient
-row at step 3 (GaLore: with lensopt's signs of singular vectors, and with
+row at step 3 (GaLore and FRUGAL: with lensopt's signs of singular vectors, and with
 the reference's float32 SVD where the projector is not refreshed; SOAP: square shapes, whose statistics have no null space at
 step 1, so the eigenbases are unique up to signs the update does not see;
 QR in float64, as lensopt takes it). Run from the repository root:
@@ -38,10 +38,15 @@ CASES = [
     ('galore_tall', 'galore', (20, 12), dict(lr=0.01, beta2=0.99, rank=5, update_proj_gap=3,
                                             weight_decay=0.1, scale=0.25)),
     ('galore_reference', 'galore_reference', (16, 16), dict(lr=0.01, rank=6, update_proj_gap=50)),
+    ('frugal_wide', 'frugal', (12, 20), dict(lr=0.01, rank=3, update_gap=3, weight_decay=0.1)),
+    ('frugal_tall', 'frugal', (20, 12), dict(lr=0.02, rank=4, update_gap=2, inactive_lr_scale=0.1,
+                                            proj_params_lr_scale=0.5, reset_statistics=False,
+                                            correct_bias=False)),
 ]
 
 # Steps per case where not the default five (SOAP's refreshes need more).
-STEPS = {'soap_square': 9, 'soap_options': 7, 'galore_wide': 7, 'galore_tall': 7}
+STEPS = {'soap_square': 9, 'soap_options': 7, 'galore_wide': 7, 'galore_tall': 7,
+         'frugal_wide': 7, 'frugal_tall': 7}
 
 
 def qr64(m):
@@ -60,6 +65,7 @@ RUN = {
     # (float32, LAPACK's signs) where the projector is never refreshed.
     'galore': lambda p, g, h: ref.run_galore(p, g, h, svd_fn=ref.galore_svd_canonical),
     'galore_reference': ref.run_galore,
+    'frugal': lambda p, g, h: ref.run_frugal(p, g, h, svd_fn=ref.galore_svd_canonical),
 }
 # The catalog rule each runner checks.
 CATALOG = {'galore_reference': 'galore'}

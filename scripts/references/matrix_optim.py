@@ -15,6 +15,8 @@ single 2-D parameter [rows, cols]:
   came             pytorch_optimizer.CAME          pytorch_optimizer/optimizer/came.py
   galore           pytorch_optimizer.GaLore        pytorch_optimizer/optimizer/galore.py, galore_utils.py
                    (projection_type 'std')
+  frugal           FRUGAL, the authors' GaloreAdamW  frugal/adamw.py, proj_optimizer_templates.py,
+                   galore_projector.py (SVD projection, signSGD on the rest)
   (+ BaseOptimizer.debias / apply_weight_decay, pytorch_optimizer/base/optimizer.py)
 
 Versions. torch 2.15 as recorded in the golden vectors. Muon: the revision of
@@ -475,6 +477,60 @@ def run_galore(p, grads, h, svd_fn=None):
 
 
 # ---------------------------------------------------------------------------
+# FRUGAL (the authors' code, frugal/adamw.py GaloreAdamW + proj_optimizer_templates.py
+# GaloreOptimizer + galore_projector.py GaLoreProjector; proj_side 'std', proj_type 'svd',
+# inactive_update_rule 'sign_sgd')
+# ---------------------------------------------------------------------------
+
+FRUGAL_DEFAULTS = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, rank=128,
+                       update_gap=200, proj_params_lr_scale=1.0, inactive_lr_scale=1.0,
+                       correct_bias=True, reset_statistics=True)
+
+
+def run_frugal(p, grads, h, svd_fn=None):
+    """`rank` stands for the reference's round(density * side). The projector is refreshed
+    when the state's step count is a multiple of update_gap (from the first step), and
+    with reset_statistics the moments and the step count restart then; weight decay
+    comes first; HF-style Adam (denominator sqrt(v)/sqrt(bc2) + eps)."""
+    h = {**FRUGAL_DEFAULTS, **h}
+    dt = p.dtype
+    svd_fn = svd_fn or galore_svd_reference
+    beta1, beta2, rank, gap = h['beta1'], h['beta2'], int(h['rank']), int(h['update_gap'])
+    ortho = exp_avg = exp_avg_sq = None
+    step = None
+    out = []
+    for g in grads:
+        is_right = g.shape[0] >= g.shape[1]
+        if step is None or step % gap == 0:            # _update_states_if_necessary
+            u, _, vh = svd_fn(g)
+            ortho = (vh[:rank, :] if is_right else u[:, :rank]).astype(dt)
+            if step is None or h['reset_statistics']:
+                low_shape = (g @ ortho.T if is_right else ortho.T @ g).shape
+                exp_avg, exp_avg_sq = np.zeros(low_shape, dt), np.zeros(low_shape, dt)
+                step = 0
+        p = p * sc(1.0 - h['lr'] * h['weight_decay'], dt)
+        step += 1
+        down = g @ ortho.T if is_right else ortho.T @ g
+        up = (lambda x: x @ ortho) if is_right else (lambda x: ortho @ x)
+        active_lr = h['lr'] * h['proj_params_lr_scale']
+        exp_avg = exp_avg * sc(beta1, dt) + sc(1.0 - beta1, dt) * down
+        exp_avg_sq = exp_avg_sq * sc(beta2, dt) + sc(1.0 - beta2, dt) * down * down
+        denom = np.sqrt(exp_avg_sq)
+        step_size = active_lr
+        if h['correct_bias']:
+            step_size = active_lr / (1.0 - beta1 ** step)
+            denom = denom / sc(math.sqrt(1.0 - beta2 ** step), dt)
+        denom = denom + sc(h['eps'], dt)
+        update = up(exp_avg / denom * sc(-step_size, dt))
+        inactive = g - up(down)
+        inactive_lr = h['lr'] * h['proj_params_lr_scale'] * h['inactive_lr_scale']
+        update = update + sc(-inactive_lr, dt) * np.sign(inactive)
+        p = p + update
+        out.append(p.copy())
+    return out
+
+
+# ---------------------------------------------------------------------------
 # pytorch_optimizer.Shampoo  (pytorch_optimizer/optimizer/shampoo.py)
 # ---------------------------------------------------------------------------
 
@@ -636,6 +692,7 @@ RUNNERS = {
     'sm3': run_sm3,
     'came': run_came,
     'galore': run_galore,
+    'frugal': run_frugal,
 }
 
 
