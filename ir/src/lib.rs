@@ -17,6 +17,7 @@ pub mod float;
 pub mod fusion;
 pub mod hyper;
 pub mod interp;
+pub mod linalg;
 pub mod matrix;
 pub mod ops;
 pub mod optimize;

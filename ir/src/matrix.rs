@@ -13,8 +13,9 @@
 //!   interleaved lanes combined in order (see `reduce_slice`); down a
 //!   column in row order; along an axis the result is rounded to `F`;
 //! - `@` is a GEMM accumulated in `F` (the kernel's order);
-//! - `sym_pow(A, e)` symmetrises `A`, diagonalises it in f64 (cyclic
-//!   Jacobi) and returns `Q diag(λ^e) Qᵀ` rounded to `F`;
+//! - `sym_pow(A, e)` symmetrises `A`, diagonalises it in f64
+//!   ([`crate::linalg`]) and returns `Q diag(λ^e) Qᵀ` rounded to `F`;
+//!   `eigenbasis`, `qr` and `sort_perm` factor in f64 there too;
 //! - `select(c, a, b)` with a scalar condition evaluates only the branch it
 //!   takes, so work under `every k { ... }` (a refresh every k steps) and
 //!   the unused branch of `select(rows() > cols(), ...)` cost nothing;
@@ -29,6 +30,7 @@ use crate::hyper::HyperValue;
 use crate::interp::{
     eval_binary, eval_unary, maximum, truth, Acc, InterpError, StateBuf, StepTensor,
 };
+use crate::linalg::{eigenbasis, qr_factor, sort_perm, symmetric_eigen};
 use crate::rule::*;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -55,8 +57,8 @@ pub type Fused<'k, F> = (&'k Plan, &'k dyn Kernels<F>);
 pub const MAX_ARRAY_FACTOR: usize = 4;
 /// ...or this many values, whichever is more.
 pub const MIN_ARRAY_LIMIT: usize = 1 << 26;
-/// The largest side `sym_pow` takes (Jacobi rotations: cubic time).
-pub const MAX_SYM_SIDE: usize = 1024;
+/// The largest side `sym_pow`, `eigenbasis` and `qr` take (cubic time).
+pub const MAX_SYM_SIDE: usize = 4096;
 
 /// The matrix a tensor is seen as: `rows × cols`, and the tensor's rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -438,7 +440,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
     /// Refuses, before anything is computed, a step whose arrays would not
     /// fit the evaluator's limits on this tensor: an intermediate array of
     /// more than [`MAX_ARRAY_FACTOR`] times the tensor's elements (and over
-    /// [`MIN_ARRAY_LIMIT`]), or `sym_pow` of a side over [`MAX_SYM_SIDE`]
+    /// [`MIN_ARRAY_LIMIT`]), or a factorisation of a side over [`MAX_SYM_SIDE`]
     /// (its eigensolver is cubic).
     fn check_sizes(&self, live: &[bool]) -> Result<(), InterpError> {
         let (rows, cols) = (self.leaves.rows, self.leaves.cols);
@@ -1002,76 +1004,6 @@ fn reduce_slice<F: Float>(op: ReduceOp, xs: &[F]) -> f64 {
     }
 }
 
-/// Eigenvalues and eigenvectors (columns of the row-major `n × n` result)
-/// of the symmetric matrix `a`, by cyclic Jacobi rotations. A rotation is
-/// skipped when its off-diagonal entry is below rounding next to its
-/// diagonal pair (it is set to 0); the sweeps stop when one rotates nothing
-/// (quadratic convergence: a handful of sweeps), or after 64.
-pub fn symmetric_eigen(n: usize, mut a: Vec<f64>) -> (Vec<f64>, Vec<f64>) {
-    // Eigenvectors as rows while rotating (contiguous updates), transposed at the end.
-    let mut vt = vec![0.0; n * n];
-    for i in 0..n {
-        vt[i * n + i] = 1.0;
-    }
-    for _sweep in 0..64 {
-        let mut rotated = false;
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = a[p * n + q];
-                let (app, aqq) = (a[p * n + p], a[q * n + q]);
-                if apq == 0.0 {
-                    continue;
-                }
-                if apq.abs() <= 0.5 * f64::EPSILON * (app.abs() + aqq.abs()) || !apq.is_finite() {
-                    a[p * n + q] = 0.0;
-                    a[q * n + p] = 0.0;
-                    continue;
-                }
-                rotated = true;
-                let theta = (aqq - app) / (2.0 * apq);
-                let t = if theta == 0.0 {
-                    1.0
-                } else {
-                    theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt())
-                };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                // A <- Jᵀ A J: rows p and q rotate; A stays symmetric, so
-                // columns p and q are those rows, and the 2 × 2 block is
-                // diagonalised (the rotation's purpose).
-                for k in 0..n {
-                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
-                    a[p * n + k] = c * apk - s * aqk;
-                    a[q * n + k] = s * apk + c * aqk;
-                }
-                for k in 0..n {
-                    a[k * n + p] = a[p * n + k];
-                    a[k * n + q] = a[q * n + k];
-                }
-                a[p * n + p] = app - t * apq;
-                a[q * n + q] = aqq + t * apq;
-                a[p * n + q] = 0.0;
-                a[q * n + p] = 0.0;
-                for k in 0..n {
-                    let (vp, vq) = (vt[p * n + k], vt[q * n + k]);
-                    vt[p * n + k] = c * vp - s * vq;
-                    vt[q * n + k] = s * vp + c * vq;
-                }
-            }
-        }
-        if !rotated {
-            break;
-        }
-    }
-    let mut v = vec![0.0; n * n];
-    for i in 0..n {
-        for j in 0..n {
-            v[i * n + j] = vt[j * n + i];
-        }
-    }
-    ((0..n).map(|i| a[i * n + i]).collect(), v)
-}
-
 /// The transpose of the row-major `r × c` array `data`.
 fn transposed<F: Copy + Default>(r: usize, c: usize, data: &[F]) -> Vec<F> {
     let mut out = vec![F::default(); r * c];
@@ -1079,104 +1011,6 @@ fn transposed<F: Copy + Default>(r: usize, c: usize, data: &[F]) -> Vec<F> {
         for j in 0..c {
             out[j * r + i] = data[i * c + j];
         }
-    }
-    out
-}
-
-/// `eigenbasis(A)` of the row-major `n × n` matrix `a`: the eigenvectors of
-/// its symmetric part as columns, by descending eigenvalue (ties in index
-/// order), each with its entry of largest magnitude positive.
-pub fn eigenbasis(n: usize, a: &[f64]) -> Vec<f64> {
-    let sym: Vec<f64> = (0..n * n)
-        .map(|k| {
-            let (i, j) = (k / n, k % n);
-            0.5 * (a[i * n + j] + a[j * n + i])
-        })
-        .collect();
-    let (values, vectors) = symmetric_eigen(n, sym);
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&x, &y| values[y].total_cmp(&values[x]));
-    let mut out = vec![0.0; n * n];
-    for (j, &k) in order.iter().enumerate() {
-        let column = (0..n).map(|i| vectors[i * n + k]);
-        let lead = column.fold(0.0f64, |m, x| if x.abs() > m.abs() { x } else { m });
-        let sign = if lead < 0.0 { -1.0 } else { 1.0 };
-        for i in 0..n {
-            out[i * n + j] = sign * vectors[i * n + k];
-        }
-    }
-    out
-}
-
-/// The factor `Q` (`r × c`, row-major) of the thin QR factorisation of the
-/// row-major `r × c` matrix `a` (`r ≥ c`), by Householder reflections, with
-/// the signs chosen so that `R`'s diagonal is non-negative (so `Q` is what
-/// Gram-Schmidt would give, where the columns are independent).
-pub fn qr_factor(r: usize, c: usize, a: &[f64]) -> Vec<f64> {
-    debug_assert!(r >= c && a.len() == r * c);
-    // Columns of A, contiguous, reduced in place to R; reflectors kept aside.
-    let mut cols: Vec<Vec<f64>> = (0..c)
-        .map(|j| (0..r).map(|i| a[i * c + j]).collect())
-        .collect();
-    let mut reflectors: Vec<(Vec<f64>, f64)> = Vec::with_capacity(c);
-    let mut r_sign = vec![1.0; c];
-    for j in 0..c {
-        let x = &cols[j][j..];
-        let alpha = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-        if alpha == 0.0 || !alpha.is_finite() {
-            reflectors.push((Vec::new(), 0.0));
-            continue;
-        }
-        // v = x + sign(x0) ‖x‖ e0 reflects x onto -sign(x0) ‖x‖ e0 (no cancellation).
-        let s = if x[0] < 0.0 { -1.0 } else { 1.0 };
-        let mut v = x.to_vec();
-        v[0] += s * alpha;
-        let beta = 2.0 / v.iter().map(|e| e * e).sum::<f64>();
-        r_sign[j] = -s;
-        for col in cols.iter_mut().skip(j) {
-            let tail = &mut col[j..];
-            let d = beta * v.iter().zip(tail.iter()).map(|(a, b)| a * b).sum::<f64>();
-            for (t, vi) in tail.iter_mut().zip(&v) {
-                *t -= d * vi;
-            }
-        }
-        reflectors.push((v, beta));
-    }
-    // Q = H0 H1 … H(c-1) applied to the first c columns of the identity.
-    let mut q_cols: Vec<Vec<f64>> = (0..c)
-        .map(|j| (0..r).map(|i| if i == j { 1.0 } else { 0.0 }).collect())
-        .collect();
-    for (j, (v, beta)) in reflectors.iter().enumerate().rev() {
-        if v.is_empty() {
-            continue;
-        }
-        for col in q_cols.iter_mut() {
-            let tail = &mut col[j..];
-            let d = beta * v.iter().zip(tail.iter()).map(|(a, b)| a * b).sum::<f64>();
-            for (t, vi) in tail.iter_mut().zip(v) {
-                *t -= d * vi;
-            }
-        }
-    }
-    let mut out = vec![0.0; r * c];
-    for (j, col) in q_cols.iter().enumerate() {
-        for i in 0..r {
-            out[i * c + j] = r_sign[j] * col[i];
-        }
-    }
-    out
-}
-
-/// `sort_perm(v)`: the row-major `n × n` permutation matrix `P` with
-/// `P[order[j], j] = 1`, where `order` lists the indices of `v` by
-/// descending value (a stable sort), so `x @ P` = `x[:, order]`.
-pub fn sort_perm(v: &[f64]) -> Vec<f64> {
-    let n = v.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&x, &y| v[y].total_cmp(&v[x]));
-    let mut out = vec![0.0; n * n];
-    for (j, &k) in order.iter().enumerate() {
-        out[k * n + j] = 1.0;
     }
     out
 }

@@ -11,7 +11,7 @@ null-space basis back from a run's step-2 output (matrix_optim.py's
      (to ~7e-9: the reference's float32 QR);
   2. with lensopt's basis, the transcription reproduces lensopt's run
      (to ~1e-15);
-  3. lensopt and the golden run differ by ~7e-3: the two bases.
+  3. lensopt and the golden run differ by ~9e-3: the two bases.
 
 Run from the repository root after `cargo build --release`:
 
@@ -30,6 +30,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import matrix_optim as ref  # noqa: E402
 
 
+def fitted_run(p0, grads, hyper, target, qr_fn=None, seeds=8):
+    """The transcription with the null-space basis read back from `target` (the
+    fit starts from random rotations: the best of several starts, judged by the
+    step-2 output the basis was read from)."""
+    best = None
+    for seed in range(seeds):
+        eigh_fn = ref.soap_basis_from_reference(p0, grads, list(target), hyper, seed=seed)
+        run = np.array(ref.run_soap(p0, grads, hyper, eigh_fn=eigh_fn, qr_fn=qr_fn))
+        fit = np.abs(run[1] - target[1]).max()
+        if best is None or fit < best[0]:
+            best = (fit, run)
+    return best[1]
+
+
 def main(argv):
     case_path = argv[1] if len(argv) > 1 else os.path.join('..', 'shared', 'golden', 'matrix', 'soap.json')
     with open(case_path) as f:
@@ -45,10 +59,8 @@ def main(argv):
     hyper = ref.split_hyper(case['lensopt']['hyper'])
     golden = np.array(case['params_after'])
     qr64 = lambda m: np.linalg.qr(np.asarray(m, np.float64))[0]
-    with_ref = np.array(ref.run_soap(p0, grads, hyper, eigh_fn=ref.soap_basis_from_reference(
-        p0, grads, list(golden), hyper)))
-    with_ours = np.array(ref.run_soap(p0, grads, hyper, qr_fn=qr64, eigh_fn=ref.soap_basis_from_reference(
-        p0, grads, list(ours), hyper)))
+    with_ref = fitted_run(p0, grads, hyper, golden)
+    with_ours = fitted_run(p0, grads, hyper, ours, qr_fn=qr64)
     print('transcription with the reference basis vs golden: max |diff| = %.3e' % np.abs(with_ref - golden).max())
     print('transcription with lensopt\'s basis vs lensopt:   max |diff| = %.3e' % np.abs(with_ours - ours).max())
     print('lensopt vs golden:                                max |diff| = %.3e' % np.abs(ours - golden).max())

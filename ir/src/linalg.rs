@@ -1,0 +1,315 @@
+//! Factorisations of symmetric and general matrices, in f64: the
+//! eigendecomposition behind `sym_pow` and `eigenbasis`, the QR behind
+//! `qr`, and the sorting permutation of `sort_perm`. Each result is made
+//! unique where the mathematics leaves a choice (signs, order of ties).
+//! Matrices are row-major `Vec<f64>`.
+
+use rayon::prelude::*;
+
+/// Below this side the eigensolver runs on one thread.
+const PARALLEL_SIDE: usize = 192;
+
+/// Eigenvalues and eigenvectors (the columns of the row-major `n × n`
+/// result) of the symmetric matrix `a`: Householder reduction to a
+/// tridiagonal matrix, then implicit QL iterations with Wilkinson-style
+/// shifts (both backward stable; cubic, with the eigenvector updates of each
+/// QL sweep spread over threads by row). An eigenvalue whose iteration does
+/// not settle in 60 sweeps (only non-finite input does that) is left as it
+/// stands, so the call always returns.
+pub fn symmetric_eigen(n: usize, mut a: Vec<f64>) -> (Vec<f64>, Vec<f64>) {
+    if n == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let reflectors = tridiagonalise(n, &mut a);
+    let mut d: Vec<f64> = (0..n).map(|i| a[i * n + i]).collect();
+    // e[i] couples i and i + 1; e[n - 1] is 0.
+    let mut e: Vec<f64> = (0..n)
+        .map(|i| if i + 1 < n { a[i * n + i + 1] } else { 0.0 })
+        .collect();
+    let mut z = accumulate(n, &reflectors);
+    tridiagonal_ql(n, &mut d, &mut e, &mut z);
+    (d, z)
+}
+
+/// Reduces the symmetric `a` in place to `Qᵀ a Q`, tridiagonal (the entries
+/// outside the three diagonals are left as they were and not read), and
+/// returns the unit Householder vectors `v_k` (acting on indices `k + 1..`)
+/// whose reflections `I - 2 v vᵀ` multiply to `Q`.
+fn tridiagonalise(n: usize, a: &mut [f64]) -> Vec<Vec<f64>> {
+    let mut reflectors = Vec::with_capacity(n.saturating_sub(2));
+    for k in 0..n.saturating_sub(2) {
+        let m = n - k - 1;
+        // Column k below the diagonal is row k right of it (symmetry).
+        let x = &a[k * n + k + 1..k * n + n];
+        let sigma = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if sigma == 0.0 || !sigma.is_finite() {
+            reflectors.push(Vec::new());
+            continue;
+        }
+        let alpha = if x[0] > 0.0 { -sigma } else { sigma };
+        let mut v = x.to_vec();
+        v[0] -= alpha;
+        let norm = v.iter().map(|t| t * t).sum::<f64>().sqrt();
+        if norm == 0.0 || !norm.is_finite() {
+            reflectors.push(Vec::new());
+            continue;
+        }
+        v.iter_mut().for_each(|t| *t /= norm);
+        // B <- H B H = B - 2 v wᵀ - 2 w vᵀ, w = B v - (vᵀ B v) v, B the trailing block.
+        let block = |i: usize| (k + 1 + i) * n + k + 1;
+        let b_row = |a: &[f64], i: usize| -> f64 {
+            a[block(i)..block(i) + m]
+                .iter()
+                .zip(&v)
+                .map(|(b, t)| b * t)
+                .sum()
+        };
+        let p: Vec<f64> = if m >= PARALLEL_SIDE {
+            (0..m).into_par_iter().map(|i| b_row(a, i)).collect()
+        } else {
+            (0..m).map(|i| b_row(a, i)).collect()
+        };
+        let kk: f64 = v.iter().zip(&p).map(|(t, q)| t * q).sum();
+        let w: Vec<f64> = p.iter().zip(&v).map(|(q, t)| q - kk * t).collect();
+        let update = |i: usize, row: &mut [f64]| {
+            let (vi, wi) = (v[i], w[i]);
+            for ((b, vj), wj) in row.iter_mut().zip(&v).zip(&w) {
+                *b -= 2.0 * (vi * wj + wi * vj);
+            }
+        };
+        let trailing = &mut a[(k + 1) * n..];
+        if m >= PARALLEL_SIDE {
+            trailing
+                .par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(i, row)| update(i, &mut row[k + 1..]));
+        } else {
+            for (i, row) in trailing.chunks_mut(n).enumerate() {
+                update(i, &mut row[k + 1..]);
+            }
+        }
+        // Row and column k now hold alpha next to the diagonal and zeros beyond.
+        a[k * n + k + 1] = alpha;
+        a[(k + 1) * n + k] = alpha;
+        for j in k + 2..n {
+            a[k * n + j] = 0.0;
+            a[j * n + k] = 0.0;
+        }
+        reflectors.push(v);
+    }
+    reflectors
+}
+
+/// `Q = H_0 H_1 … H_(n-3)` from the reflectors of [`tridiagonalise`],
+/// row-major, applied from the last to the first.
+fn accumulate(n: usize, reflectors: &[Vec<f64>]) -> Vec<f64> {
+    let mut q = vec![0.0; n * n];
+    for i in 0..n {
+        q[i * n + i] = 1.0;
+    }
+    for (k, v) in reflectors.iter().enumerate().rev() {
+        if v.is_empty() {
+            continue;
+        }
+        let m = n - k - 1;
+        // u = vᵀ Q_sub, then Q_sub -= 2 v u.
+        let mut u = vec![0.0; m];
+        for (i, vi) in v.iter().enumerate() {
+            let row = &q[(k + 1 + i) * n + k + 1..(k + 1 + i) * n + n];
+            for (uj, qj) in u.iter_mut().zip(row) {
+                *uj += vi * qj;
+            }
+        }
+        let rows = &mut q[(k + 1) * n..];
+        let apply = |i: usize, row: &mut [f64]| {
+            let vi = 2.0 * v[i];
+            for (qj, uj) in row[k + 1..].iter_mut().zip(&u) {
+                *qj -= vi * uj;
+            }
+        };
+        if m >= PARALLEL_SIDE {
+            rows.par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(i, r)| apply(i, r));
+        } else {
+            for (i, r) in rows.chunks_mut(n).enumerate() {
+                apply(i, r);
+            }
+        }
+    }
+    q
+}
+
+/// Diagonalises the symmetric tridiagonal matrix (diagonal `d`, `e[i]`
+/// coupling `i` and `i + 1`) by implicit QL sweeps, leaving the eigenvalues
+/// in `d` and applying every rotation to the columns of the row-major
+/// `n × n` matrix `z`.
+fn tridiagonal_ql(n: usize, d: &mut [f64], e: &mut [f64], z: &mut [f64]) {
+    let mut rotations: Vec<(usize, f64, f64)> = Vec::with_capacity(n);
+    for l in 0..n {
+        for _sweep in 0..60 {
+            // The first negligible coupling at or after l ends the block.
+            let mut m = l;
+            while m + 1 < n {
+                let dd = d[m].abs() + d[m + 1].abs();
+                if e[m].abs() <= f64::EPSILON * dd {
+                    break;
+                }
+                m += 1;
+            }
+            if m == l {
+                break;
+            }
+            // Shift from the leading 2 × 2 block.
+            let mut g = (d[l + 1] - d[l]) / (2.0 * e[l]);
+            let mut r = g.hypot(1.0);
+            g = d[m] - d[l] + e[l] / (g + r.copysign(g));
+            let (mut s, mut c, mut p) = (1.0, 1.0, 0.0);
+            rotations.clear();
+            let mut split = false;
+            for i in (l..m).rev() {
+                let f = s * e[i];
+                let b = c * e[i];
+                r = f.hypot(g);
+                e[i + 1] = r;
+                if r == 0.0 {
+                    // Underflow: the block splits here.
+                    d[i + 1] -= p;
+                    e[m] = 0.0;
+                    split = true;
+                    break;
+                }
+                s = f / r;
+                c = g / r;
+                g = d[i + 1] - p;
+                r = (d[i] - g) * s + 2.0 * c * b;
+                p = s * r;
+                d[i + 1] = g + p;
+                g = c * r - b;
+                rotations.push((i, c, s));
+            }
+            rotate_columns(n, z, &rotations);
+            if split {
+                continue;
+            }
+            d[l] -= p;
+            e[l] = g;
+            e[m] = 0.0;
+        }
+    }
+}
+
+/// Applies the plane rotations `(i, c, s)` in order to columns `i` and
+/// `i + 1` of every row of `z` (rows are independent: spread over threads).
+fn rotate_columns(n: usize, z: &mut [f64], rotations: &[(usize, f64, f64)]) {
+    let rotate = |row: &mut [f64]| {
+        for &(i, c, s) in rotations {
+            let f = row[i + 1];
+            row[i + 1] = s * row[i] + c * f;
+            row[i] = c * row[i] - s * f;
+        }
+    };
+    if n >= PARALLEL_SIDE {
+        z.par_chunks_mut(n).for_each(rotate);
+    } else {
+        z.chunks_mut(n).for_each(rotate);
+    }
+}
+
+/// `eigenbasis(A)` of the row-major `n × n` matrix `a`: the eigenvectors of
+/// its symmetric part as columns, by descending eigenvalue (ties in index
+/// order), each with its entry of largest magnitude positive.
+pub fn eigenbasis(n: usize, a: &[f64]) -> Vec<f64> {
+    let sym: Vec<f64> = (0..n * n)
+        .map(|k| {
+            let (i, j) = (k / n, k % n);
+            0.5 * (a[i * n + j] + a[j * n + i])
+        })
+        .collect();
+    let (values, vectors) = symmetric_eigen(n, sym);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| values[y].total_cmp(&values[x]));
+    let mut out = vec![0.0; n * n];
+    for (j, &k) in order.iter().enumerate() {
+        let column = (0..n).map(|i| vectors[i * n + k]);
+        let lead = column.fold(0.0f64, |m, x| if x.abs() > m.abs() { x } else { m });
+        let sign = if lead < 0.0 { -1.0 } else { 1.0 };
+        for i in 0..n {
+            out[i * n + j] = sign * vectors[i * n + k];
+        }
+    }
+    out
+}
+
+/// The factor `Q` (`r × c`, row-major) of the thin QR factorisation of the
+/// row-major `r × c` matrix `a` (`r ≥ c`), by Householder reflections, with
+/// the signs chosen so that `R`'s diagonal is non-negative (so `Q` is what
+/// Gram-Schmidt would give, where the columns are independent).
+pub fn qr_factor(r: usize, c: usize, a: &[f64]) -> Vec<f64> {
+    debug_assert!(r >= c && a.len() == r * c);
+    // Columns of A, contiguous, reduced in place to R; reflectors kept aside.
+    let mut cols: Vec<Vec<f64>> = (0..c)
+        .map(|j| (0..r).map(|i| a[i * c + j]).collect())
+        .collect();
+    let mut reflectors: Vec<(Vec<f64>, f64)> = Vec::with_capacity(c);
+    let mut r_sign = vec![1.0; c];
+    for j in 0..c {
+        let x = &cols[j][j..];
+        let alpha = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if alpha == 0.0 || !alpha.is_finite() {
+            reflectors.push((Vec::new(), 0.0));
+            continue;
+        }
+        // v = x + sign(x0) ‖x‖ e0 reflects x onto -sign(x0) ‖x‖ e0 (no cancellation).
+        let s = if x[0] < 0.0 { -1.0 } else { 1.0 };
+        let mut v = x.to_vec();
+        v[0] += s * alpha;
+        let beta = 2.0 / v.iter().map(|e| e * e).sum::<f64>();
+        r_sign[j] = -s;
+        for col in cols.iter_mut().skip(j) {
+            let tail = &mut col[j..];
+            let d = beta * v.iter().zip(tail.iter()).map(|(a, b)| a * b).sum::<f64>();
+            for (t, vi) in tail.iter_mut().zip(&v) {
+                *t -= d * vi;
+            }
+        }
+        reflectors.push((v, beta));
+    }
+    // Q = H0 H1 … H(c-1) applied to the first c columns of the identity.
+    let mut q_cols: Vec<Vec<f64>> = (0..c)
+        .map(|j| (0..r).map(|i| if i == j { 1.0 } else { 0.0 }).collect())
+        .collect();
+    for (j, (v, beta)) in reflectors.iter().enumerate().rev() {
+        if v.is_empty() {
+            continue;
+        }
+        for col in q_cols.iter_mut() {
+            let tail = &mut col[j..];
+            let d = beta * v.iter().zip(tail.iter()).map(|(a, b)| a * b).sum::<f64>();
+            for (t, vi) in tail.iter_mut().zip(v) {
+                *t -= d * vi;
+            }
+        }
+    }
+    let mut out = vec![0.0; r * c];
+    for (j, col) in q_cols.iter().enumerate() {
+        for i in 0..r {
+            out[i * c + j] = r_sign[j] * col[i];
+        }
+    }
+    out
+}
+
+/// `sort_perm(v)`: the row-major `n × n` permutation matrix `P` with
+/// `P[order[j], j] = 1`, where `order` lists the indices of `v` by
+/// descending value (a stable sort), so `x @ P` = `x[:, order]`.
+pub fn sort_perm(v: &[f64]) -> Vec<f64> {
+    let n = v.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| v[y].total_cmp(&v[x]));
+    let mut out = vec![0.0; n * n];
+    for (j, &k) in order.iter().enumerate() {
+        out[k * n + j] = 1.0;
+    }
+    out
+}
