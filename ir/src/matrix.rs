@@ -382,6 +382,9 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                 .collect();
         }
         let op = self.rule.node(id).op;
+        if let Some((a, b)) = self.transposed_product(id) {
+            return vec![self.gemm_operand(a).0, self.gemm_operand(b).0];
+        }
         if let Op::Matmul(a, b) = op {
             return vec![self.gemm_operand(a).0, self.gemm_operand(b).0];
         }
@@ -395,13 +398,48 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         op.args()
     }
 
-    /// What a GEMM reads for operand `v`: the transpose of an array is the
-    /// array itself read with its strides swapped (no copy is made).
+    /// What a GEMM reads for operand `v`: the transpose of an array (and
+    /// the wide view of a tall one) is the array itself read with its
+    /// strides swapped (no copy is made).
     fn gemm_operand(&self, v: ValueId) -> (ValueId, bool) {
         match self.rule.node(v).op {
             Op::Transpose(x) if self.rule.node(x).rate.is_array() => (x, true),
+            Op::Shape(ShapeOp::Wide | ShapeOp::Unwide, x) => {
+                (x, self.leaves.rows >= self.leaves.cols)
+            }
             _ => (v, false),
         }
+    }
+
+    /// For `wide` / `unwide` of a product on a tall tensor (a transpose):
+    /// the product's operands, so that `(A B)ᵀ` is computed as the GEMM
+    /// `Bᵀ Aᵀ` with no copy of either.
+    fn transposed_product(&self, id: ValueId) -> Option<(ValueId, ValueId)> {
+        match self.rule.node(id).op {
+            Op::Shape(ShapeOp::Wide | ShapeOp::Unwide, x)
+                if self.leaves.rows >= self.leaves.cols =>
+            {
+                match self.rule.node(x).op {
+                    Op::Matmul(a, b) => Some((a, b)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// `(a @ b)ᵀ`, computed as the GEMM `bᵀ aᵀ` on strided views.
+    fn product_transposed(&self, a: ValueId, b: ValueId) -> Result<Val<'a, F>, InterpError> {
+        let (xa, m, k, (ra, ca)) = self.gemm_view(a)?;
+        let (yb, k2, n, (rb, cb)) = self.gemm_view(b)?;
+        if k != k2 {
+            return Err(InterpError(format!(
+                "matrix product of {m} × {k} and {k2} × {n}"
+            )));
+        }
+        let mut out = vec![F::default(); m * n];
+        F::gemm(n, k, m, (yb, (cb, rb)), (xa, (ca, ra)), &mut out);
+        Ok(Val::array(n, m, out))
     }
 
     /// Operand `v` of a GEMM: its data, `rows × cols` as the product sees
@@ -526,6 +564,9 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
     fn compute(&self, id: ValueId) -> Result<Val<'a, F>, InterpError> {
         if let (Some(kernel), Some((_, runner))) = (self.kernel(id), self.fused) {
             return self.run_kernel(kernel, runner);
+        }
+        if let Some((a, b)) = self.transposed_product(id) {
+            return self.product_transposed(a, b);
         }
         let node = self.rule.node(id);
         let l = self.leaves;
@@ -1004,12 +1045,18 @@ fn reduce_slice<F: Float>(op: ReduceOp, xs: &[F]) -> f64 {
     }
 }
 
-/// The transpose of the row-major `r × c` array `data`.
+/// The transpose of the row-major `r × c` array `data`, by tiles (so that
+/// both the reads and the writes stay in cache).
 fn transposed<F: Copy + Default>(r: usize, c: usize, data: &[F]) -> Vec<F> {
+    const TILE: usize = 32;
     let mut out = vec![F::default(); r * c];
-    for i in 0..r {
-        for j in 0..c {
-            out[j * r + i] = data[i * c + j];
+    for i0 in (0..r).step_by(TILE) {
+        for j0 in (0..c).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(r) {
+                for j in j0..(j0 + TILE).min(c) {
+                    out[j * r + i] = data[i * c + j];
+                }
+            }
         }
     }
     out

@@ -1,11 +1,15 @@
 //! `lensopt bench --matrix`: steps of the matrix rules (Muon, Shampoo,
-//! Adafactor) on 1024 × 1024 and 4096 × 1024 f32 matrices, each against a
-//! bound measured in the same run: the time of the GEMMs the step cannot
-//! avoid, run alone on the same GEMM kernel (Muon: per Newton-Schulz
-//! iteration the Gram matrix, its square and the product with `x`, formed
-//! on the smaller side; Shampoo: `G Gᵀ`, `Gᵀ G` and the two products with
-//! the roots, the roots' refresh excluded), or for Adafactor, which has no
-//! GEMM, a plain Rust loop that reads `p` and `g` and writes `p` once.
+//! Adafactor, GaLore, SOAP) on 1024 × 1024 and 4096 × 1024 f32 matrices,
+//! each against a bound measured in the same run: the time of the GEMMs the
+//! step cannot avoid, run alone on the same GEMM kernel (Muon: per
+//! Newton-Schulz iteration the Gram matrix, its square and the product with
+//! `x`, formed on the smaller side; Shampoo: `G Gᵀ`, `Gᵀ G` and the two
+//! products with the roots; GaLore: the projection down and back up; SOAP:
+//! the two statistics and three two-sided rotations), or for Adafactor,
+//! which has no GEMM, a plain Rust loop that reads `p` and `g` and writes
+//! `p` once. Refreshes (Shampoo's roots, GaLore's projector, SOAP's bases)
+//! are left out of the step and timed on their own as `refresh_ms`, where
+//! they take seconds rather than minutes (sides up to 1,024).
 
 use super::harness::{fail, filled, time, Bench};
 use crate::Failure;
@@ -28,6 +32,18 @@ fn gemm_seconds(seconds: f64, m: usize, k: usize, n: usize) -> Result<f64, Failu
     }))
 }
 
+/// One measured rule and shape: the hyperparameters set for its step, the
+/// bound it is measured against, and what to set for a refreshing step.
+struct Row<'a> {
+    name: &'a str,
+    rows: usize,
+    cols: usize,
+    set: &'a [(&'a str, f64)],
+    bound_seconds: f64,
+    flops: f64,
+    refresh: Option<(&'a str, f64)>,
+}
+
 impl Bench {
     /// One row per rule and shape.
     pub(super) fn matrix_rules(&mut self) -> Result<(), Failure> {
@@ -39,20 +55,61 @@ impl Bench {
             let ns_iteration = gram + square + apply;
             let ns_flops = 2.0 * (2.0 * (s * s * l) as f64 + (s * s * s) as f64);
             let muon_bound = 5.0 * ns_iteration;
-            self.matrix_row("muon", rows, cols, &[], muon_bound, 5.0 * ns_flops)?;
+            self.matrix_row(Row {
+                name: "muon",
+                rows,
+                cols,
+                set: &[],
+                bound_seconds: muon_bound,
+                flops: 5.0 * ns_flops,
+                refresh: None,
+            })?;
             let shampoo_bound = gemm_seconds(self.seconds, rows, cols, rows)?
                 + gemm_seconds(self.seconds, cols, rows, cols)?
                 + gemm_seconds(self.seconds, rows, rows, cols)?
                 + gemm_seconds(self.seconds, rows, cols, cols)?;
             let shampoo_flops = 2.0 * (2 * rows * cols * (rows + cols)) as f64;
-            self.matrix_row(
-                "shampoo",
+            let small = rows.max(cols) <= 1024;
+            self.matrix_row(Row {
+                name: "shampoo",
                 rows,
                 cols,
-                &[("preconditioning_compute_steps", 1e9)],
-                shampoo_bound,
-                shampoo_flops,
-            )?;
+                set: &[("preconditioning_compute_steps", 1e9)],
+                bound_seconds: shampoo_bound,
+                flops: shampoo_flops,
+                refresh: small.then_some(("preconditioning_compute_steps", 1.0)),
+            })?;
+            let rank = 128;
+            let galore_bound =
+                gemm_seconds(self.seconds, rank, s, l)? + gemm_seconds(self.seconds, s, rank, l)?;
+            let galore_flops = 2.0 * (2 * rank * s * l) as f64;
+            self.matrix_row(Row {
+                name: "galore",
+                rows,
+                cols,
+                set: &[("rank", rank as f64), ("update_proj_gap", 1e9)],
+                bound_seconds: galore_bound,
+                flops: galore_flops,
+                refresh: Some(("update_proj_gap", 1.0)),
+            })?;
+            if small {
+                // Statistics G Gᵀ and Gᵀ G, and Q_Lᵀ X Q_R for g and m and back.
+                let soap_bound = gemm_seconds(self.seconds, rows, cols, rows)?
+                    + gemm_seconds(self.seconds, cols, rows, cols)?
+                    + 3.0
+                        * (gemm_seconds(self.seconds, rows, rows, cols)?
+                            + gemm_seconds(self.seconds, rows, cols, cols)?);
+                let soap_flops = 2.0 * (4 * rows * cols * (rows + cols)) as f64;
+                self.matrix_row(Row {
+                    name: "soap",
+                    rows,
+                    cols,
+                    set: &[("precondition_frequency", 1e9)],
+                    bound_seconds: soap_bound,
+                    flops: soap_flops,
+                    refresh: Some(("precondition_frequency", 1.0)),
+                })?;
+            }
             let n = rows * cols;
             let p = filled(n, 13)?;
             let g = filled(n, 14)?;
@@ -63,20 +120,29 @@ impl Bench {
                     *x -= 0.01 * d;
                 }
             });
-            self.matrix_row("adafactor", rows, cols, &[], loop_seconds, 0.0)?;
+            self.matrix_row(Row {
+                name: "adafactor",
+                rows,
+                cols,
+                set: &[],
+                bound_seconds: loop_seconds,
+                flops: 0.0,
+                refresh: None,
+            })?;
         }
         Ok(())
     }
 
-    fn matrix_row(
-        &mut self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-        set: &[(&str, f64)],
-        bound_seconds: f64,
-        flops: f64,
-    ) -> Result<(), Failure> {
+    fn matrix_row(&mut self, row: Row<'_>) -> Result<(), Failure> {
+        let Row {
+            name,
+            rows,
+            cols,
+            set,
+            bound_seconds,
+            flops,
+            refresh,
+        } = row;
         let mut opt = catalog::get(name).ok_or_else(|| fail(format!("unknown rule `{name}`")))?;
         for (k, v) in set {
             opt.set(k, (*v).into()).map_err(fail)?;
@@ -98,6 +164,24 @@ impl Bench {
         if let Some(e) = error {
             return Err(fail(e));
         }
+        // A step that refreshes: the fastest of two, after a first step
+        // (SOAP's first step only takes its eigenbases).
+        let refresh_seconds = match refresh {
+            Some((hyper, every)) => {
+                let mut opt = opt.clone();
+                opt.set(hyper, every.into()).map_err(fail)?;
+                let mut stepper: Stepper<f32> = opt.init(&[&p]).map_err(fail)?;
+                stepper.step(&mut [&mut p], &[&g]).map_err(fail)?;
+                let mut best = f64::INFINITY;
+                for _ in 0..2 {
+                    let start = std::time::Instant::now();
+                    stepper.step(&mut [&mut p], &[&g]).map_err(fail)?;
+                    best = best.min(start.elapsed().as_secs_f64());
+                }
+                best
+            }
+            None => f64::NAN,
+        };
         let bound = if flops > 0.0 { "gemm" } else { "rust_loop" };
         self.rows.push(json!({
             "kernel": "matrix_step", "backend": "matrix", "rule": name, "rows": rows, "cols": cols,
@@ -107,6 +191,7 @@ impl Bench {
             "ratio_to_bound": step_seconds / bound_seconds,
             "gemm_gflops": if flops > 0.0 { flops / bound_seconds / 1e9 } else { f64::NAN },
             "state_bytes_per_element": stepper.state_bytes_per_element(),
+            "refresh_ms": refresh_seconds * 1e3,
         }));
         Ok(())
     }

@@ -72,7 +72,7 @@ pub(super) fn print_end(rows: &[Value], json: bool) {
             .collect();
         if !matrix.is_empty() {
             outln!(
-                "{:<10} {:>11} {:>10} {:>10} {:>9} {:>8} {:>10} {:>7}",
+                "{:<10} {:>11} {:>10} {:>10} {:>9} {:>8} {:>10} {:>7} {:>11}",
                 "rule",
                 "shape",
                 "step ms",
@@ -80,12 +80,13 @@ pub(super) fn print_end(rows: &[Value], json: bool) {
                 "bound ms",
                 "ratio",
                 "GEMM GF/s",
-                "B/el"
+                "B/el",
+                "refresh ms"
             );
             for row in matrix {
                 let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
                 outln!(
-                    "{:<10} {:>11} {:>10.2} {:>10} {:>9.2} {:>8.2} {:>10.1} {:>7.2}",
+                    "{:<10} {:>11} {:>10.2} {:>10} {:>9.2} {:>8.2} {:>10.1} {:>7.2} {:>11.0}",
                     row["rule"].as_str().unwrap_or(""),
                     format!("{}x{}", row["rows"], row["cols"]),
                     f("step_ms"),
@@ -93,7 +94,8 @@ pub(super) fn print_end(rows: &[Value], json: bool) {
                     f("bound_ms"),
                     f("ratio_to_bound"),
                     f("gemm_gflops"),
-                    f("state_bytes_per_element")
+                    f("state_bytes_per_element"),
+                    f("refresh_ms")
                 );
             }
             return;
