@@ -4,6 +4,7 @@
 //! unique where the mathematics leaves a choice (signs, order of ties).
 //! Matrices are row-major `Vec<f64>`.
 
+use crate::float::Float;
 use rayon::prelude::*;
 
 /// Below this side the eigensolver runs on one thread.
@@ -214,6 +215,21 @@ fn rotate_columns(n: usize, z: &mut [f64], rotations: &[(usize, f64, f64)]) {
     } else {
         z.chunks_mut(n).for_each(rotate);
     }
+}
+
+/// `sym_pow(A, e)` of the symmetric row-major `n × n` matrix `a`:
+/// `Q diag(λ^e) Qᵀ`, the product taken as a GEMM.
+pub fn sym_pow(n: usize, a: Vec<f64>, e: f64) -> Vec<f64> {
+    let (values, vectors) = symmetric_eigen(n, a);
+    let mut scaled = vectors.clone();
+    for row in scaled.chunks_mut(n.max(1)) {
+        for (x, l) in row.iter_mut().zip(&values) {
+            *x *= l.powf(e);
+        }
+    }
+    let mut out = vec![0.0; n * n];
+    f64::gemm(n, n, n, (&scaled, (n, 1)), (&vectors, (1, n)), &mut out);
+    out
 }
 
 /// `eigenbasis(A)` of the row-major `n × n` matrix `a`: the eigenvectors of

@@ -30,7 +30,7 @@ use crate::hyper::HyperValue;
 use crate::interp::{
     eval_binary, eval_unary, maximum, truth, Acc, InterpError, StateBuf, StepTensor,
 };
-use crate::linalg::{eigenbasis, qr_factor, sort_perm, symmetric_eigen};
+use crate::linalg::{eigenbasis, qr_factor, sort_perm, sym_pow};
 use crate::rule::*;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -736,18 +736,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                         0.5 * (data[i * n + j].to_f64() + data[j * n + i].to_f64())
                     })
                     .collect();
-                let (values, vectors) = symmetric_eigen(n, sym);
-                let powered: Vec<f64> = values.iter().map(|l| l.powf(e)).collect();
-                let mut out = vec![F::default(); n * n];
-                for i in 0..n {
-                    for j in 0..n {
-                        let mut s = 0.0;
-                        for (k, p) in powered.iter().enumerate() {
-                            s += vectors[i * n + k] * p * vectors[j * n + k];
-                        }
-                        out[i * n + j] = F::from_f64(s);
-                    }
-                }
+                let out = sym_pow(n, sym, e).into_iter().map(F::from_f64).collect();
                 Val::array(n, n, out)
             }
             Op::Shape(o, a) => {
