@@ -14,7 +14,7 @@ const PARALLEL_SIDE: usize = 192;
 /// result) of the symmetric matrix `a`: Householder reduction to a
 /// tridiagonal matrix, then implicit QL iterations with Wilkinson-style
 /// shifts (both backward stable; cubic, with the eigenvector updates of each
-/// QL sweep spread over threads by row). An eigenvalue whose iteration does
+/// QL sweep vectorised and spread over threads by blocks of components). An eigenvalue whose iteration does
 /// not settle in 60 sweeps (only non-finite input does that) is left as it
 /// stands, so the call always returns.
 pub fn symmetric_eigen(n: usize, mut a: Vec<f64>) -> (Vec<f64>, Vec<f64>) {
@@ -146,6 +146,7 @@ fn accumulate(n: usize, reflectors: &[Vec<f64>]) -> Vec<f64> {
 /// in `d` and applying every rotation to the columns of the row-major
 /// `n × n` matrix `z`.
 fn tridiagonal_ql(n: usize, d: &mut [f64], e: &mut [f64], z: &mut [f64]) {
+    let mut vectors = Vectors::from_rows(n, z);
     let mut rotations: Vec<(usize, f64, f64)> = Vec::with_capacity(n);
     for l in 0..n {
         for _sweep in 0..60 {
@@ -189,7 +190,7 @@ fn tridiagonal_ql(n: usize, d: &mut [f64], e: &mut [f64], z: &mut [f64]) {
                 g = c * r - b;
                 rotations.push((i, c, s));
             }
-            rotate_columns(n, z, &rotations);
+            vectors.rotate(&rotations);
             if split {
                 continue;
             }
@@ -198,22 +199,75 @@ fn tridiagonal_ql(n: usize, d: &mut [f64], e: &mut [f64], z: &mut [f64]) {
             e[m] = 0.0;
         }
     }
+    vectors.into_rows(z);
 }
 
-/// Applies the plane rotations `(i, c, s)` in order to columns `i` and
-/// `i + 1` of every row of `z` (rows are independent: spread over threads).
-fn rotate_columns(n: usize, z: &mut [f64], rotations: &[(usize, f64, f64)]) {
-    let rotate = |row: &mut [f64]| {
-        for &(i, c, s) in rotations {
-            let f = row[i + 1];
-            row[i + 1] = s * row[i] + c * f;
-            row[i] = c * row[i] - s * f;
+/// Columns of `z` per block of [`Vectors`].
+const BLOCK_WIDTH: usize = 128;
+
+/// The eigenvector matrix while QL rotates it: blocks of up to
+/// [`BLOCK_WIDTH`] components, each stored vector by vector, so that a
+/// rotation of two vectors updates two contiguous runs (vectorised) and
+/// the blocks rotate independently (in parallel).
+struct Vectors {
+    n: usize,
+    blocks: Vec<Vec<f64>>,
+}
+
+impl Vectors {
+    /// From the row-major `z` (row = component, column = vector).
+    fn from_rows(n: usize, z: &[f64]) -> Self {
+        let blocks = (0..n)
+            .step_by(BLOCK_WIDTH)
+            .map(|k0| {
+                let width = BLOCK_WIDTH.min(n - k0);
+                let mut block = vec![0.0; n * width];
+                for (kk, k) in (k0..k0 + width).enumerate() {
+                    for i in 0..n {
+                        block[i * width + kk] = z[k * n + i];
+                    }
+                }
+                block
+            })
+            .collect();
+        Vectors { n, blocks }
+    }
+
+    /// Back to the row-major `z`.
+    fn into_rows(self, z: &mut [f64]) {
+        let n = self.n;
+        for (b, block) in self.blocks.iter().enumerate() {
+            let k0 = b * BLOCK_WIDTH;
+            let width = block.len() / n.max(1);
+            for (kk, k) in (k0..k0 + width).enumerate() {
+                for i in 0..n {
+                    z[k * n + i] = block[i * width + kk];
+                }
+            }
         }
-    };
-    if n >= PARALLEL_SIDE {
-        z.par_chunks_mut(n).for_each(rotate);
-    } else {
-        z.chunks_mut(n).for_each(rotate);
+    }
+
+    /// Applies the plane rotations `(i, c, s)` in order to vectors `i` and
+    /// `i + 1`.
+    fn rotate(&mut self, rotations: &[(usize, f64, f64)]) {
+        let n = self.n;
+        let rotate = |block: &mut Vec<f64>| {
+            let width = block.len() / n.max(1);
+            for &(i, c, s) in rotations {
+                let (low, high) = block.split_at_mut((i + 1) * width);
+                let (vi, vj) = (&mut low[i * width..], &mut high[..width]);
+                for (x, y) in vi.iter_mut().zip(vj.iter_mut()) {
+                    let f = *y;
+                    *y = s * *x + c * f;
+                    *x = c * *x - s * f;
+                }
+            }
+        };
+        if n >= PARALLEL_SIDE {
+            self.blocks.par_iter_mut().for_each(rotate);
+        } else {
+            self.blocks.iter_mut().for_each(rotate);
+        }
     }
 }
 
