@@ -176,6 +176,19 @@ fn factorisations_are_unique_and_sorting_permutes_columns() {
     for ((i, j), v) in q.t().dot(&q).indexed_iter() {
         assert!((v - f64::from(u8::from(i == j))).abs() < 1e-12);
     }
+    // Large enough for the threaded path: the same properties.
+    let (r_big, c_big) = (300, 200);
+    let a = matrix(r_big, c_big, 73);
+    let q = lensopt::ir::linalg::qr_factor(r_big, c_big, a.as_slice().unwrap());
+    let q = Array2::from_shape_vec((r_big, c_big), q).unwrap();
+    let r = q.t().dot(&a);
+    for ((i, j), v) in r.indexed_iter() {
+        assert!(i <= j || v.abs() < 1e-11, "R[{i},{j}] = {v}");
+        assert!(i != j || *v >= 0.0);
+    }
+    for ((i, j), v) in q.t().dot(&q).indexed_iter() {
+        assert!((v - f64::from(u8::from(i == j))).abs() < 1e-12);
+    }
     // A wide matrix has no thin QR: an error, not a wrong answer.
     let mut p = matrix(3, 5, 1).into_dyn();
     let opt = DynOptimizer::parse("Q { update { p = qr(g); } }").unwrap();

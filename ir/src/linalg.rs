@@ -336,29 +336,18 @@ pub fn qr_factor(r: usize, c: usize, a: &[f64]) -> Vec<f64> {
         v[0] += s * alpha;
         let beta = 2.0 / v.iter().map(|e| e * e).sum::<f64>();
         r_sign[j] = -s;
-        for col in cols.iter_mut().skip(j) {
-            let tail = &mut col[j..];
-            let d = beta * v.iter().zip(tail.iter()).map(|(a, b)| a * b).sum::<f64>();
-            for (t, vi) in tail.iter_mut().zip(&v) {
-                *t -= d * vi;
-            }
-        }
+        reflect(&mut cols[j..], j, &v, beta);
         reflectors.push((v, beta));
     }
-    // Q = H0 H1 … H(c-1) applied to the first c columns of the identity.
+    // Q = H0 H1 … H(c-1) applied to the first c columns of the identity;
+    // applied from the last, H_j meets only columns j.. (the ones before
+    // are still e_i, zero where H_j acts).
     let mut q_cols: Vec<Vec<f64>> = (0..c)
         .map(|j| (0..r).map(|i| if i == j { 1.0 } else { 0.0 }).collect())
         .collect();
     for (j, (v, beta)) in reflectors.iter().enumerate().rev() {
-        if v.is_empty() {
-            continue;
-        }
-        for col in q_cols.iter_mut() {
-            let tail = &mut col[j..];
-            let d = beta * v.iter().zip(tail.iter()).map(|(a, b)| a * b).sum::<f64>();
-            for (t, vi) in tail.iter_mut().zip(v) {
-                *t -= d * vi;
-            }
+        if !v.is_empty() {
+            reflect(&mut q_cols[j..], j, v, *beta);
         }
     }
     let mut out = vec![0.0; r * c];
@@ -368,6 +357,24 @@ pub fn qr_factor(r: usize, c: usize, a: &[f64]) -> Vec<f64> {
         }
     }
     out
+}
+
+/// Applies the reflection `I - beta v vᵀ` (acting on rows `j..`) to each
+/// of `cols`, in parallel for large matrices (each column on its own, so
+/// the result does not depend on the threads).
+fn reflect(cols: &mut [Vec<f64>], j: usize, v: &[f64], beta: f64) {
+    let apply = |col: &mut Vec<f64>| {
+        let tail = &mut col[j..];
+        let d = beta * v.iter().zip(tail.iter()).map(|(a, b)| a * b).sum::<f64>();
+        for (t, vi) in tail.iter_mut().zip(v) {
+            *t -= d * vi;
+        }
+    };
+    if v.len() * cols.len() >= PARALLEL_SIDE * PARALLEL_SIDE {
+        cols.par_iter_mut().for_each(apply);
+    } else {
+        cols.iter_mut().for_each(apply);
+    }
 }
 
 /// `sort_perm(v)`: the row-major `n × n` permutation matrix `P` with
