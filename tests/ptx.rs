@@ -123,6 +123,42 @@ fn every_catalog_kernel_assembles_with_ptxas() {
     assert_eq!(checked, 200, "every variant, f32 and f64, every target");
 }
 
+/// The element-wise phases of every matrix rule (its fused kernels, one
+/// module each) assemble, in both precisions, for the oldest and newest
+/// targets: the first 12 kernels of each (Muon's unrolled iterations make
+/// 194 of the same few shapes).
+#[test]
+fn matrix_rules_fused_kernels_assemble_with_ptxas() {
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("lensopt-ptx-matrix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut modules = 0;
+    for name in catalog::matrix_names() {
+        let rule = catalog::get(name).unwrap().rule();
+        for precision in [Precision::F32, Precision::F64] {
+            for target in ["sm_80", "sm_100"] {
+                let emitted = lensopt::jit::matrix_ptx(&rule, precision, target)
+                    .unwrap_or_else(|e| panic!("{name} {precision:?} {target}: {e}"));
+                for (kernel, module) in emitted.into_iter().take(12) {
+                    let file = dir.join(format!("{name}_{kernel}_{precision:?}_{target}.ptx"));
+                    std::fs::write(&file, &module.text).unwrap();
+                    if let Err(e) = assemble(&ptxas, target, &file) {
+                        panic!("{name} {kernel} {precision:?} {target}: ptxas failed:\n{e}");
+                    }
+                    modules += 1;
+                }
+            }
+        }
+    }
+    // Every matrix rule has fused kernels (at least two); four builds of each.
+    assert!(
+        modules >= 4 * 2 * catalog::matrix_names().len(),
+        "{modules} modules"
+    );
+}
+
 #[test]
 fn ptx_of_the_catalog() {
     lensopt_tests::assert_snapshots!(variants().into_iter().map(|(label, opt)| {

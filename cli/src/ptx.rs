@@ -56,6 +56,19 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     };
     check_target(&args.target)?;
     let rule = opt.rule();
+    if rule.is_matrix() {
+        let modules = lensopt::jit::matrix_ptx(&rule, precision, &args.target)
+            .map_err(|e| Failure::usage(e.to_string()))?;
+        out!(
+            "// `{}` is a matrix rule: the PTX of its {} fused element-wise kernels, one module each.\n// Its GEMMs, axis reductions and factorisations have no device code yet.",
+            rule.name,
+            modules.len()
+        );
+        for (name, module) in modules {
+            out!("\n// ---- {name}\n{}", module.text);
+        }
+        return Ok(());
+    }
     let key = lensopt::jit::Key::for_step(
         &[opt.hypers()],
         &vec![true; rule.inputs.len()],

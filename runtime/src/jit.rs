@@ -288,6 +288,29 @@ impl Engine {
     }
 }
 
+/// The PTX of the element-wise phases of the matrix rule `rule`: one module
+/// per fused kernel of its [`lensopt_ir::fusion::Plan`] (array leaves as
+/// inputs, scalar leaves as hyperparameters), named `fused{k}`, as the CPU
+/// compiles them (unoptimised, so exact). The other phases (GEMMs, axis
+/// reductions, factorisations) have no device code yet.
+pub fn matrix_ptx(
+    rule: &Rule,
+    precision: lensopt_codegen::ptx::Precision,
+    target: &str,
+) -> Result<Vec<(String, lensopt_codegen::ptx::PtxModule)>, Error> {
+    lensopt_ir::fusion::Plan::new(rule)
+        .kernels
+        .into_iter()
+        .enumerate()
+        .map(|(k, kernel)| {
+            let schedule = lensopt_ir::schedule::Schedule::new(kernel.rule);
+            lensopt_codegen::ptx::emit(&schedule, precision, target)
+                .map(|module| (format!("fused{k}"), module))
+                .map_err(|e| Error::Compile(format!("fused kernel {k}: {e}")))
+        })
+        .collect()
+}
+
 /// The PTX of `rule` for `key` (optimized and scheduled as for the CPU).
 pub fn ptx(
     rule: &Rule,
