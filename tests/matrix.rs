@@ -507,6 +507,23 @@ fn galore_state_is_low_rank_and_its_rank_is_checked() {
     c.step(&mut [&mut q], &[&g]).unwrap();
 }
 
+/// Tensors with an empty axis go through every matrix rule without a
+/// panic: a step of nothing, or an error.
+#[test]
+fn matrix_rules_take_tensors_with_an_empty_axis() {
+    for name in lensopt::catalog::matrix_names() {
+        for shape in [[0usize, 5], [4, 0], [0, 0]] {
+            let opt = lensopt::catalog::get(name).unwrap();
+            let mut p = ArrayD::<f64>::zeros(IxDyn(&shape));
+            let g = ArrayD::<f64>::zeros(IxDyn(&shape));
+            if let Ok(mut stepper) = opt.init::<f64>(&[&p]) {
+                let _ = stepper.step(&mut [&mut p], &[&g]);
+                let _ = stepper.step(&mut [&mut p], &[&g]);
+            }
+        }
+    }
+}
+
 /// A per-tensor scalar state in a matrix rule: created with the others
 /// (its initial value is not a read of itself) and carried between steps.
 #[test]

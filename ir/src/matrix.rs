@@ -756,7 +756,9 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                     ShapeOp::Wide | ShapeOp::Unwide if l.rows < l.cols => v.clone(),
                     ShapeOp::Wide | ShapeOp::Unwide => Val::array(c, r, transposed(r, c, data)),
                     ShapeOp::LeadCols => {
-                        let out = data.chunks_exact(c).flat_map(|row| &row[..low]).copied();
+                        // (c.max(1): an array with no columns has no rows of data either.)
+                        let rows = data.chunks_exact(c.max(1)).take(r);
+                        let out = rows.flat_map(|row| &row[..low]).copied();
                         Val::array(r, low, out.collect())
                     }
                     ShapeOp::LeadRows => Val::array(low, c, data[..low * c].to_vec()),
