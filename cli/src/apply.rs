@@ -63,6 +63,21 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             }
             case::set_hyper(&mut opt, name, *value).map_err(|e| Failure::usage(e.to_string()))?;
         }
+        // String options: a catalog rule's fixed choices of its reference.
+        let fixed = match &args.rule {
+            Some(_) => &[][..],
+            None => lensopt::catalog::fixed_options(&rule.catalog_name()),
+        };
+        for (name, value) in &case.options {
+            if rule.hyper_index(name).is_some() {
+                return Err(Failure::usage(format!(
+                    "{}: hyperparameter `{name}` must be a number or a boolean, not the string \"{value}\"",
+                    args.input.display()
+                )));
+            }
+            case::check_option(&rule.name, fixed, name, value)
+                .map_err(|e| Failure::usage(format!("{}: {e}", args.input.display())))?;
+        }
     }
     for item in &args.set {
         let (name, value) = crate::parse_set(item)?;

@@ -1646,6 +1646,33 @@ fn apply_runs_the_matrix_cases_with_and_without_optimizer() {
             }
         }
     }
+    // A string option is accepted where the rule implements that choice of
+    // its reference (GaLore's `std` projection), and refused otherwise.
+    let case = std::fs::read_to_string(golden("../golden_extra/matrix/galore_wide.json")).unwrap();
+    for (value, ok) in [("std", true), ("left", false)] {
+        let text = case.replacen(
+            "\"hyper\": {",
+            &format!("\"hyper\": {{\"projection_type\": \"{value}\", "),
+            1,
+        );
+        let input = scratch(&format!("galore-{value}.json"));
+        std::fs::write(&input, text).unwrap();
+        let out = lensopt(&[
+            "apply",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            scratch("galore-out.json").to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.success(), ok, "{value}: {}", stderr(&out));
+        if !ok {
+            assert!(
+                stderr(&out).contains("implements `projection_type` = \"std\" only"),
+                "{}",
+                stderr(&out)
+            );
+        }
+    }
     // A matrix rule refuses a vector case with one line and status 2.
     let out = lensopt(&[
         "apply",

@@ -45,6 +45,10 @@ pub struct Case {
     pub optimizer: Option<String>,
     /// Hyperparameters named by the case (`lensopt.hyper`), in file order.
     pub hyper: Vec<(String, HyperValue)>,
+    /// String-valued options named by the case (`lensopt.hyper`, e.g.
+    /// GaLore's `"projection_type": "std"`), in file order: see
+    /// [`check_option`].
+    pub options: Vec<(String, String)>,
     /// The reference's parameters after each step, when the case records them.
     pub params_after: Option<Vec<Vec<f64>>>,
     /// The parameter's shape (`shape`, e.g. `[rows, cols]`), when the case
@@ -581,20 +585,23 @@ impl<R: Read> Parser<R> {
                         ))
                     }
                 },
-                "hyper" => meta.hyper = self.hypers()?,
+                "hyper" => (meta.hyper, meta.options) = self.hypers()?,
                 _ => self.skip_value(2)?,
             }
         }
         Ok(meta)
     }
 
-    /// `lensopt.hyper`: an object of numbers and booleans, or null.
-    fn hypers(&mut self) -> Result<Vec<(String, HyperValue)>, Error> {
+    /// `lensopt.hyper`: an object of numbers, booleans and strings (options),
+    /// or null.
+    #[allow(clippy::type_complexity)]
+    fn hypers(&mut self) -> Result<(Vec<(String, HyperValue)>, Vec<(String, String)>), Error> {
         let mut hyper: Vec<(String, HyperValue)> = Vec::new();
+        let mut options: Vec<(String, String)> = Vec::new();
         match self.peek()? {
             Some(b'n') => {
                 self.literal(b"null")?;
-                return Ok(hyper);
+                return Ok((hyper, options));
             }
             Some(b'{') => self.bump(b'{'),
             _ => {
@@ -605,8 +612,13 @@ impl<R: Read> Parser<R> {
         }
         let mut first = true;
         while let Some(name) = self.next_key(&mut first)? {
-            if hyper.iter().any(|(n, _)| *n == name) {
+            if hyper.iter().any(|(n, _)| *n == name) || options.iter().any(|(n, _)| *n == name) {
                 return Err(bad(format!("hyperparameter `{name}` is given twice")));
+            }
+            if self.peek()? == Some(b'"') {
+                let value = self.string()?;
+                options.push((name, value));
+                continue;
             }
             let value = match self.peek()? {
                 Some(b't') => self.literal(b"true").map(|()| HyperValue::Bool(true))?,
@@ -614,13 +626,13 @@ impl<R: Read> Parser<R> {
                 Some(b'-' | b'0'..=b'9') => HyperValue::Num(self.float()?),
                 _ => {
                     return Err(self.wrong_type(format!(
-                        "hyperparameter `{name}` must be a number or a boolean"
+                        "hyperparameter `{name}` must be a number, a boolean or a string"
                     )))
                 }
             };
             hyper.push((name, value));
         }
-        Ok(hyper)
+        Ok((hyper, options))
     }
 
     /// The whole input: one object, then nothing but white space.
@@ -721,6 +733,7 @@ impl<R: Read> Parser<R> {
 struct Meta {
     optimizer: Option<String>,
     hyper: Vec<(String, HyperValue)>,
+    options: Vec<(String, String)>,
 }
 
 /// A case's fields as read, before their lengths are checked.
@@ -884,6 +897,7 @@ impl Case {
             hessian_grads,
             optimizer: f.meta.optimizer,
             hyper: f.meta.hyper,
+            options: f.meta.options,
             params_after,
             name: f.name,
         })
@@ -903,6 +917,35 @@ pub fn set_hyper(opt: &mut DynOptimizer, name: &str, value: HyperValue) -> Resul
         _ => value,
     };
     opt.set(name, value)
+}
+
+/// Accepts a case's string-valued option `name = value` for the rule
+/// called `rule` when `fixed` (the options it implements, each with its one
+/// value: [`crate::catalog::fixed_options`]) has exactly that choice;
+/// anything else is an error saying what the rule does implement.
+pub fn check_option(
+    rule: &str,
+    fixed: &[(&str, &str)],
+    name: &str,
+    value: &str,
+) -> Result<(), Error> {
+    match fixed.iter().find(|(n, _)| *n == name) {
+        Some((_, v)) if *v == value => Ok(()),
+        Some((_, v)) => Err(bad(format!(
+            "`{rule}` implements `{name}` = \"{v}\" only, not \"{value}\""
+        ))),
+        None if fixed.is_empty() => Err(bad(format!(
+            "`{rule}` takes numbers and booleans, not the string option `{name}`"
+        ))),
+        None => Err(bad(format!(
+            "`{rule}` has no option `{name}` (its options: {})",
+            fixed
+                .iter()
+                .map(|(n, v)| format!("{n} = \"{v}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 /// The result of replaying a case.

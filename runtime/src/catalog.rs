@@ -761,6 +761,23 @@ pub fn all_names() -> Vec<&'static str> {
     all_entries().map(|e| e.name).collect()
 }
 
+/// The string-valued options of a catalog rule's reference that the rule
+/// implements, each with the one value it follows (`galore` is GaLore's
+/// `std` projection). A case may name them; `case::check_option` refuses
+/// any other value.
+pub fn fixed_options(name: &str) -> &'static [(&'static str, &'static str)] {
+    match name {
+        "galore" => &[("projection_type", "std")],
+        "frugal" => &[
+            ("proj_side", "std"),
+            ("proj_type", "svd"),
+            ("inactive_update_rule", "sign_sgd"),
+        ],
+        "soap" => &[("data_format", "channels_first")],
+        _ => &[],
+    }
+}
+
 /// The DSL text of the catalog optimizer called `name`.
 pub fn source(name: &str) -> Option<&'static str> {
     all_entries().find(|e| e.name == name).map(|e| e.source)
