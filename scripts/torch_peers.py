@@ -70,6 +70,15 @@ def matrix_peers():
     ]
 
 
+def lensopt_rows(args, peer_rows, flags):
+    """Runs `lensopt bench FLAGS` (JSON rows), prints the peers' rows and lensopt's, returns lensopt's."""
+    out = subprocess.run([args.lensopt, "bench", *flags], check=True, capture_output=True, text=True).stdout
+    ours = [json.loads(line) for line in out.splitlines() if line.strip()]
+    for row in peer_rows + ours:
+        print(json.dumps(row))
+    return ours
+
+
 def matrix(args):
     rows = []
     for shape in [(1024, 1024), (4096, 1024)]:
@@ -81,11 +90,8 @@ def matrix(args):
             rows.append({"kernel": name, "rule": rule, "rows": shape[0], "cols": shape[1],
                          "step_ms": s * 1e3, "threads": args.threads, "torch": torch.__version__})
             del opt, p
-    out = subprocess.run([args.lensopt, "bench", "--matrix", "--json", "--threads", str(args.threads),
-                          "--seconds", str(args.seconds)], check=True, capture_output=True, text=True).stdout
-    ours = [json.loads(line) for line in out.splitlines() if line.strip()]
-    for row in rows + ours:
-        print(json.dumps(row))
+    ours = lensopt_rows(args, rows, ["--matrix", "--json", "--threads", str(args.threads),
+                                     "--seconds", str(args.seconds)])
     print()
     print(f"{'rule':<10} {'shape':>10} {'lensopt ms':>11} {'peer ms':>9} {'lensopt speed-up':>17}")
     for mine in ours:
@@ -139,13 +145,9 @@ def main():
                          "step_ms": s * 1e3, "gbps": BYTES[rule] * n / s / 1e9,
                          "torch": torch.__version__})
             del opt, p
-    out = subprocess.run(
-        [args.lensopt, "bench", "--json", "--non-finite", "unchecked", "--threads", str(args.threads), "--sizes", args.sizes,
-         "--rules", "adam,adamw,lion,adan", "--seconds", str(args.seconds)],
-        check=True, capture_output=True, text=True).stdout
-    ours = [json.loads(line) for line in out.splitlines() if line.strip()]
-    for row in rows + ours:
-        print(json.dumps(row))
+    ours = lensopt_rows(args, rows, ["--json", "--non-finite", "unchecked", "--threads", str(args.threads),
+                                     "--sizes", args.sizes, "--rules", "adam,adamw,lion,adan",
+                                     "--seconds", str(args.seconds)])
     print()
     print(f"{'rule':<6} {'n':>10} {'lensopt GB/s':>13} {'ratio':>6}   peer (GB/s, lensopt speed-up)")
     for n in sizes:

@@ -25,9 +25,9 @@ fn json_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Replays one case through the catalog rule it names (or its case name,
-/// `muon` for `muon_bf16`) and returns the worst error in tolerances.
-fn replay(file: &Path) -> f64 {
+/// The case in `file`, and the catalog rule it names (or its case name,
+/// `muon` for `muon_bf16`) with the case's hyperparameters.
+fn case_and_optimizer(file: &Path) -> (Case, DynOptimizer) {
     let text = std::fs::read_to_string(file).unwrap();
     let case = Case::from_json(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     let stem = case.name.clone().expect("the case names itself");
@@ -39,6 +39,14 @@ fn replay(file: &Path) -> f64 {
     for (k, v) in &case.hyper {
         case::set_hyper(&mut opt, k, *v).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     }
+    (case, opt)
+}
+
+/// Replays one case through its catalog rule ([`case_and_optimizer`]) and
+/// returns the worst error in tolerances.
+fn replay(file: &Path) -> f64 {
+    let (case, opt) = case_and_optimizer(file);
+    let stem = case.name.clone().expect("the case names itself");
     let (abs, rel) = match (case.dtype, stem.as_str()) {
         (Dtype::F32, "muon_bf16") => (2e-3, 1e-2),
         (Dtype::F64, _) => (1e-10, 1e-8),
@@ -104,12 +112,7 @@ fn matrix_rules_reproduce_the_transcriptions_on_other_shapes_and_paths() {
 /// with the reference to the float64 tolerance.
 #[test]
 fn soap_matches_the_golden_run_where_the_null_space_does_not_reach() {
-    let file = root().join("tests/golden/matrix/soap.json");
-    let case = Case::from_json(&std::fs::read_to_string(file).unwrap()).unwrap();
-    let mut opt = lensopt::catalog::get("soap").unwrap();
-    for (k, v) in &case.hyper {
-        case::set_hyper(&mut opt, k, *v).unwrap();
-    }
+    let (case, opt) = case_and_optimizer(&root().join("tests/golden/matrix/soap.json"));
     let ours = case::run(&case, &opt).unwrap().params_after;
     let theirs = case.params_after.clone().unwrap();
     let (rows, cols) = (12, 20);
@@ -790,12 +793,8 @@ fn the_eigensolver_handles_degenerate_and_non_finite_matrices() {
 
 #[test]
 fn muon_in_bfloat16_reproduces_the_library_default_to_the_last_bits() {
-    let file = root().join("tests/golden/matrix/muon_bf16.f32.json");
-    let case = Case::from_json(&std::fs::read_to_string(file).unwrap()).unwrap();
-    let mut opt = lensopt::catalog::get("muon").unwrap();
-    for (k, v) in &case.hyper {
-        case::set_hyper(&mut opt, k, *v).unwrap();
-    }
+    let (case, mut opt) =
+        case_and_optimizer(&root().join("tests/golden/matrix/muon_bf16.f32.json"));
     opt.set("ns_bf16", true.into()).unwrap();
     let got = case::run(&case, &opt).unwrap();
     for (ours, theirs) in got

@@ -285,16 +285,6 @@ impl Acc {
     }
 }
 
-fn check_len(what: &str, index: usize, got: usize, want: usize) -> Result<(), InterpError> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(InterpError(format!(
-            "tensor {index}: {what} has {got} elements, the parameter has {want}"
-        )))
-    }
-}
-
 fn validate<F: Float>(
     rule: &Rule,
     present: &[bool],
@@ -309,39 +299,76 @@ fn validate<F: Float>(
     }
     for (i, tt) in tensors.iter().enumerate() {
         let n = tt.param.len();
-        check_len("the gradient", i, tt.grad.len(), n)?;
-        if tt.hypers.len() != rule.hypers.len()
-            || tt.state.len() != rule.states.len()
-            || tt.inputs.len() != rule.inputs.len()
-        {
-            return Err(InterpError(format!(
-                "tensor {i}: hyperparameters, state or inputs do not match the rule"
-            )));
-        }
-        for (k, (buf, decl)) in tt.inputs.iter().zip(&rule.inputs).enumerate() {
-            match buf {
-                Some(buf) => check_len(&format!("input `{}`", decl.name), i, buf.len(), n)?,
-                None if !decl.optional || present[k] => {
-                    return Err(InterpError(format!(
-                        "tensor {i}: input `{}` is missing",
-                        decl.name
-                    )))
-                }
-                None => {}
+        check_tensor(
+            rule,
+            present,
+            i,
+            tt,
+            n,
+            |_| n,
+            |what, got, want| {
+                InterpError(format!(
+                    "tensor {i}: {what} has {got} elements, the parameter has {want}"
+                ))
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// The checks every evaluator makes of tensor `i` of a step, whose
+/// parameter has `n` values: its hyperparameters, inputs and states are
+/// the rule's; the gradient and each input (unless optional and absent)
+/// have `n` values; each state has its declared kind and `state_len(kind)`
+/// values. `bad(what, got, want)` words a length mismatch.
+pub(crate) fn check_tensor<F>(
+    rule: &Rule,
+    present: &[bool],
+    i: usize,
+    tt: &StepTensor<'_, F>,
+    n: usize,
+    state_len: impl Fn(StateKind) -> usize,
+    bad: impl Fn(&str, usize, usize) -> InterpError,
+) -> Result<(), InterpError> {
+    if tt.grad.len() != n {
+        return Err(bad("the gradient", tt.grad.len(), n));
+    }
+    if tt.hypers.len() != rule.hypers.len()
+        || tt.state.len() != rule.states.len()
+        || tt.inputs.len() != rule.inputs.len()
+    {
+        return Err(InterpError(format!(
+            "tensor {i}: hyperparameters, state or inputs do not match the rule"
+        )));
+    }
+    for (k, (buf, decl)) in tt.inputs.iter().zip(&rule.inputs).enumerate() {
+        match buf {
+            Some(buf) if buf.len() != n => {
+                return Err(bad(&format!("input `{}`", decl.name), buf.len(), n))
             }
+            None if !decl.optional || present[k] => {
+                return Err(InterpError(format!(
+                    "tensor {i}: input `{}` is missing",
+                    decl.name
+                )))
+            }
+            _ => {}
         }
-        for (s, decl) in tt.state.iter().zip(&rule.states) {
-            match (s, decl.kind) {
-                (StateBuf::Element(v), StateKind::Element) => {
-                    check_len(&format!("state `{}`", decl.name), i, v.len(), n)?
+    }
+    for (s, decl) in tt.state.iter().zip(&rule.states) {
+        match (s, decl.kind) {
+            (StateBuf::Scalar(_), StateKind::Scalar) => {}
+            (StateBuf::Element(v), StateKind::Element | StateKind::Array(..)) => {
+                let want = state_len(decl.kind);
+                if v.len() != want {
+                    return Err(bad(&format!("state `{}`", decl.name), v.len(), want));
                 }
-                (StateBuf::Scalar(_), StateKind::Scalar) => {}
-                _ => {
-                    return Err(InterpError(format!(
-                        "tensor {i}: state `{}` has the wrong kind",
-                        decl.name
-                    )))
-                }
+            }
+            _ => {
+                return Err(InterpError(format!(
+                    "tensor {i}: state `{}` has the wrong kind",
+                    decl.name
+                )))
             }
         }
     }

@@ -271,10 +271,21 @@ impl Vectors {
     }
 }
 
-/// `sym_pow(A, e)` of the symmetric row-major `n × n` matrix `a`:
-/// `Q diag(λ^e) Qᵀ`, the product taken as a GEMM.
-pub fn sym_pow(n: usize, a: Vec<f64>, e: f64) -> Vec<f64> {
-    let (values, vectors) = symmetric_eigen(n, a);
+/// `(A + Aᵀ) / 2` of the row-major `n × n` matrix `a`: what the
+/// functions of a symmetric matrix below diagonalise.
+fn symmetric_part(n: usize, a: &[f64]) -> Vec<f64> {
+    (0..n * n)
+        .map(|k| {
+            let (i, j) = (k / n, k % n);
+            0.5 * (a[i * n + j] + a[j * n + i])
+        })
+        .collect()
+}
+
+/// `sym_pow(A, e)` of the row-major `n × n` matrix `a` (its symmetric
+/// part): `Q diag(λ^e) Qᵀ`, the product taken as a GEMM.
+pub fn sym_pow(n: usize, a: &[f64], e: f64) -> Vec<f64> {
+    let (values, vectors) = symmetric_eigen(n, symmetric_part(n, a));
     let mut scaled = vectors.clone();
     for row in scaled.chunks_mut(n.max(1)) {
         for (x, l) in row.iter_mut().zip(&values) {
@@ -290,13 +301,7 @@ pub fn sym_pow(n: usize, a: Vec<f64>, e: f64) -> Vec<f64> {
 /// its symmetric part as columns, by descending eigenvalue (ties in index
 /// order), each with its entry of largest magnitude positive.
 pub fn eigenbasis(n: usize, a: &[f64]) -> Vec<f64> {
-    let sym: Vec<f64> = (0..n * n)
-        .map(|k| {
-            let (i, j) = (k / n, k % n);
-            0.5 * (a[i * n + j] + a[j * n + i])
-        })
-        .collect();
-    let (values, vectors) = symmetric_eigen(n, sym);
+    let (values, vectors) = symmetric_eigen(n, symmetric_part(n, a));
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&x, &y| values[y].total_cmp(&values[x]));
     let mut out = vec![0.0; n * n];

@@ -248,19 +248,13 @@ struct Leaves<'a, F> {
     hypers: &'a [HyperValue],
     present: &'a [bool],
     t: f64,
-    rows: usize,
-    cols: usize,
-    rank: usize,
-    low: usize,
+    /// The matrix the tensor is seen as.
+    dims: Dims,
 }
 
 impl<'a, F> Leaves<'a, F> {
     fn extents(&self) -> Extents {
-        Extents {
-            rows: self.rows,
-            cols: self.cols,
-            low: self.low,
-        }
+        self.dims.extents()
     }
 
     /// One tensor of a step, seen as the matrix `d`.
@@ -273,10 +267,7 @@ impl<'a, F> Leaves<'a, F> {
             hypers: tt.hypers,
             present,
             t,
-            rows: d.rows,
-            cols: d.cols,
-            rank: d.rank,
-            low: d.low,
+            dims: d,
         }
     }
 }
@@ -405,7 +396,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         match self.rule.node(v).op {
             Op::Transpose(x) if self.rule.node(x).rate.is_array() => (x, true),
             Op::Shape(ShapeOp::Wide | ShapeOp::Unwide, x) => {
-                (x, self.leaves.rows >= self.leaves.cols)
+                (x, self.leaves.dims.rows >= self.leaves.dims.cols)
             }
             _ => (v, false),
         }
@@ -417,7 +408,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
     fn transposed_product(&self, id: ValueId) -> Option<(ValueId, ValueId)> {
         match self.rule.node(id).op {
             Op::Shape(ShapeOp::Wide | ShapeOp::Unwide, x)
-                if self.leaves.rows >= self.leaves.cols =>
+                if self.leaves.dims.rows >= self.leaves.dims.cols =>
             {
                 match self.rule.node(x).op {
                     Op::Matmul(a, b) => Some((a, b)),
@@ -461,7 +452,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
     }
 
     fn leaf_array(&self, data: &'a [F], what: &str) -> Result<Val<'a, F>, InterpError> {
-        let (rows, cols) = (self.leaves.rows, self.leaves.cols);
+        let (rows, cols) = (self.leaves.dims.rows, self.leaves.dims.cols);
         if data.len() != rows * cols {
             return Err(InterpError(format!(
                 "{what} has {} values, not {rows} × {cols}",
@@ -481,7 +472,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
     /// [`MIN_ARRAY_LIMIT`]), or a factorisation of a side over [`MAX_SYM_SIDE`]
     /// (its eigensolver is cubic).
     fn check_sizes(&self, live: &[bool]) -> Result<(), InterpError> {
-        let (rows, cols) = (self.leaves.rows, self.leaves.cols);
+        let (rows, cols) = (self.leaves.dims.rows, self.leaves.dims.cols);
         let limit = rows
             .saturating_mul(cols)
             .saturating_mul(MAX_ARRAY_FACTOR)
@@ -570,7 +561,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         }
         let node = self.rule.node(id);
         let l = self.leaves;
-        let (rows, cols) = (l.rows, l.cols);
+        let (rows, cols) = (l.dims.rows, l.dims.cols);
         Ok(match node.op {
             Op::Const(x) => Val::Scalar(x),
             Op::ConstBool(b) => Val::Scalar(truth::<f64>(b)),
@@ -579,7 +570,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
             Op::Present(k) => Val::Scalar(truth::<f64>(l.present.get(k as usize) == Some(&true))),
             Op::Numel => Val::Scalar((rows * cols) as f64),
             Op::Extent(d) => Val::Scalar(d.len(l.extents()) as f64),
-            Op::Rank => Val::Scalar(l.rank as f64),
+            Op::Rank => Val::Scalar(l.dims.rank as f64),
             Op::MachineEps => Val::Scalar(if F::NAME == "f32" {
                 f64::from(f32::EPSILON)
             } else {
@@ -730,13 +721,8 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                     return Err(InterpError("`sym_pow` of a scalar".into()));
                 };
                 let n = *n;
-                let sym: Vec<f64> = (0..n * n)
-                    .map(|k| {
-                        let (i, j) = (k / n, k % n);
-                        0.5 * (data[i * n + j].to_f64() + data[j * n + i].to_f64())
-                    })
-                    .collect();
-                let out = sym_pow(n, sym, e).into_iter().map(F::from_f64).collect();
+                let a: Vec<f64> = data.iter().map(|x| x.to_f64()).collect();
+                let out = sym_pow(n, &a, e).into_iter().map(F::from_f64).collect();
                 Val::array(n, n, out)
             }
             Op::Shape(o, a) => {
@@ -750,10 +736,10 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                     return Err(InterpError(format!("`{}` of a scalar", o.name())));
                 };
                 let (r, c) = (*r, *c);
-                let low = l.low.min(r).min(c);
+                let low = l.dims.low.min(r).min(c);
                 match o {
                     // rows × cols as short × long: transposed when rows ≥ cols.
-                    ShapeOp::Wide | ShapeOp::Unwide if l.rows < l.cols => v.clone(),
+                    ShapeOp::Wide | ShapeOp::Unwide if l.dims.rows < l.dims.cols => v.clone(),
                     ShapeOp::Wide | ShapeOp::Unwide => Val::array(c, r, transposed(r, c, data)),
                     ShapeOp::LeadCols => {
                         // (c.max(1): an array with no columns has no rows of data either.)
@@ -1082,31 +1068,6 @@ fn check_sizes<F: Float>(
         if tt.param.len() != n {
             return Err(bad("the parameter", tt.param.len(), n));
         }
-        if tt.grad.len() != n {
-            return Err(bad("the gradient", tt.grad.len(), n));
-        }
-        if tt.hypers.len() != rule.hypers.len()
-            || tt.state.len() != rule.states.len()
-            || tt.inputs.len() != rule.inputs.len()
-        {
-            return Err(InterpError(format!(
-                "tensor {i}: hyperparameters, state or inputs do not match the rule"
-            )));
-        }
-        for (k, (buf, decl)) in tt.inputs.iter().zip(&rule.inputs).enumerate() {
-            match buf {
-                Some(buf) if buf.len() != n => {
-                    return Err(bad(&format!("input `{}`", decl.name), buf.len(), n))
-                }
-                None if !decl.optional || present[k] => {
-                    return Err(InterpError(format!(
-                        "tensor {i}: input `{}` is missing",
-                        decl.name
-                    )))
-                }
-                _ => {}
-            }
-        }
         let low = rule.extents(tt.hypers, rows, cols).low;
         if low != d.low {
             let name = rule
@@ -1117,23 +1078,8 @@ fn check_sizes<F: Float>(
                 d.low
             )));
         }
-        for (s, decl) in tt.state.iter().zip(&rule.states) {
-            let want = decl.kind.len(n, d.extents()).unwrap_or(usize::MAX);
-            match (s, decl.kind) {
-                (StateBuf::Scalar(_), StateKind::Scalar) => {}
-                (StateBuf::Element(v), StateKind::Element | StateKind::Array(..)) => {
-                    if v.len() != want {
-                        return Err(bad(&format!("state `{}`", decl.name), v.len(), want));
-                    }
-                }
-                _ => {
-                    return Err(InterpError(format!(
-                        "tensor {i}: state `{}` has the wrong kind",
-                        decl.name
-                    )))
-                }
-            }
-        }
+        let state_len = |kind: StateKind| kind.len(n, d.extents()).unwrap_or(usize::MAX);
+        crate::interp::check_tensor(rule, present, i, tt, n, state_len, bad)?;
     }
     Ok(())
 }
@@ -1247,13 +1193,9 @@ pub fn init_state<F: Float>(
     rule: &Rule,
     hypers: &[HyperValue],
     param: &[F],
-    Dims {
-        rows,
-        cols,
-        rank,
-        low,
-    }: Dims,
+    dims: Dims,
 ) -> Result<Vec<StateBuf<F>>, InterpError> {
+    let (rows, cols) = (dims.rows, dims.cols);
     if rows.checked_mul(cols) != Some(param.len()) {
         return Err(InterpError(format!(
             "the parameter has {} values, not {rows} × {cols}",
@@ -1268,10 +1210,7 @@ pub fn init_state<F: Float>(
         hypers,
         present: &[],
         t: 0.0,
-        rows,
-        cols,
-        rank,
-        low,
+        dims,
     };
     let roots: Vec<ValueId> = rule.states.iter().map(|s| s.init).collect();
     let inits = Evaluation::run(rule, &leaves, &[], &roots, None)?;
@@ -1282,8 +1221,7 @@ pub fn init_state<F: Float>(
             StateKind::Scalar => StateBuf::Scalar(v.scalar()),
             kind => {
                 let (r, c) = kind.rate().shape();
-                let e = Extents { rows, cols, low };
-                let (r, c) = (r.len(e), c.len(e));
+                let (r, c) = (r.len(dims.extents()), c.len(dims.extents()));
                 StateBuf::Element(expand(v, r, c))
             }
         })
@@ -1297,13 +1235,9 @@ pub fn view<F: Float>(
     hypers: &[HyperValue],
     param: &[F],
     state: &[StateBuf<F>],
-    Dims {
-        rows,
-        cols,
-        rank,
-        low,
-    }: Dims,
+    dims: Dims,
 ) -> Result<Vec<F>, InterpError> {
+    let (rows, cols) = (dims.rows, dims.cols);
     let Some(root) = rule.view else {
         return Ok(param.to_vec());
     };
@@ -1315,10 +1249,7 @@ pub fn view<F: Float>(
         hypers,
         present: &vec![false; rule.inputs.len()],
         t: t as f64,
-        rows,
-        cols,
-        rank,
-        low,
+        dims,
     };
     let v = Evaluation::run(rule, &leaves, &[], &[root], None)?;
     Ok(v.into_iter()

@@ -588,23 +588,28 @@ impl<F: Float> Stepper<F> {
     /// Sets a hyperparameter, refusing (and changing nothing) a value that
     /// would change the length of the low axis the state was made for.
     fn set_in(&mut self, group: Option<usize>, name: &str, value: HyperValue) -> Result<(), Error> {
-        let before = self.groups.clone();
-        set_in_groups(&self.rule, &mut self.groups, group, name, value)?;
-        if let Some(dims) = &self.dims {
-            for (i, d) in dims.iter().enumerate() {
-                let low = self
-                    .rule
-                    .extents(&self.groups[self.group_of[i]], d.rows, d.cols)
-                    .low;
-                if low != d.low {
-                    self.groups = before;
-                    return Err(mismatch(format!(
-                        "`{name}` sets the low axis, {} long on tensor {i} when its state was made: the state cannot change shape (make a new stepper)",
-                        d.low
-                    )));
-                }
+        let sets_low_axis = self
+            .rule
+            .low_axis
+            .is_some_and(|h| self.rule.hypers[h as usize].name == name);
+        let (Some(dims), true) = (&self.dims, sets_low_axis) else {
+            return set_in_groups(&self.rule, &mut self.groups, group, name, value);
+        };
+        let mut groups = self.groups.clone();
+        set_in_groups(&self.rule, &mut groups, group, name, value)?;
+        for (i, d) in dims.iter().enumerate() {
+            let low = self
+                .rule
+                .extents(&groups[self.group_of[i]], d.rows, d.cols)
+                .low;
+            if low != d.low {
+                return Err(mismatch(format!(
+                    "`{name}` sets the low axis, {} long on tensor {i} when its state was made: the state cannot change shape (make a new stepper)",
+                    d.low
+                )));
             }
         }
+        self.groups = groups;
         Ok(())
     }
 
