@@ -1,8 +1,9 @@
 //! Snapshots of what the compiler makes of the catalog, so that any change to
 //! the front end, the optimizer, the scheduler or code generation shows up as
 //! a reviewed diff: the checked IR and the optimized IR (default
-//! hyperparameters, fast mode) of every optimizer, and the CLIF of the
-//! kernels of adam, lion, adan and lamb (f32).
+//! hyperparameters, fast mode) of every optimizer, the CLIF of the
+//! kernels of adam, lion, adan and lamb (f32), and the Rust `optimizer!`
+//! emits for adam.
 
 use lensopt::ir::optimize::{optimize, Mode, Options};
 use lensopt::{catalog, Optimizer};
@@ -31,10 +32,10 @@ fn optimized_ir_of_the_catalog() {
 fn clif_of_adam_lion_adan_lamb() {
     lensopt_tests::assert_snapshots!(["adam", "lion", "adan", "lamb"].into_iter().map(|name| {
         let opt = catalog::get(name).unwrap();
-        let p = ndarray::Array1::<f32>::zeros(8);
-        let mut stepper = opt.init::<f32>(&[&p]).unwrap();
         let present = vec![false; opt.rule().inputs.len()];
-        let program = stepper.program(&present).unwrap();
+        let key = lensopt::jit::Key::for_step(&[opt.hypers()], &present, Mode::Fast);
+        // The JIT's code: a step of a catalog rule runs its compiled-in kernels.
+        let program = lensopt::jit::compile::<f32>(&opt.rule(), &key).unwrap();
         let text: String = program
             .clif()
             .iter()
@@ -42,6 +43,18 @@ fn clif_of_adam_lion_adan_lamb() {
             .collect();
         (format!("clif_{name}"), text)
     }));
+}
+
+/// What `optimizer!` compiles into a crate for Adam: every variant's
+/// kernels (f32, f64; three instruction sets), the optimized and checked
+/// rules as Rust, and the table `lensopt::aot` registers.
+#[test]
+fn rust_that_optimizer_emits_for_adam() {
+    let rule = catalog::get("adam").unwrap().rule();
+    insta::assert_snapshot!(
+        "rust_adam",
+        lensopt_codegen::rust::module_source(&rule, "__lensopt_compiled_Adam")
+    );
 }
 
 #[test]

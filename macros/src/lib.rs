@@ -1,10 +1,12 @@
 //! The proc-macros of lensopt: `optimizer!`, `diagram!` and `circuit!`.
 //!
 //! This crate is a thin shell: the front end (parsing and checking) lives in
-//! `lensopt-ir` and works on `proc_macro2` tokens, so everything it decides
-//! is unit-tested there and shared with `Rule::parse` at run time. Here we
-//! only turn its diagnostics into compile errors at their spans, and a
-//! checked rule into Rust items.
+//! `lensopt-frontend` and works on `proc_macro2` tokens, so everything it
+//! decides is unit-tested there and shared with `Rule::parse` at run time.
+//! Here we turn its diagnostics into compile errors at their spans, and a
+//! checked rule into Rust items: the optimizer's struct and the kernels
+//! compiled into the crate (`lensopt_codegen::rust::module_source`: the
+//! JIT's pipeline, run now).
 
 mod circuit;
 mod diagram;
@@ -149,7 +151,21 @@ fn expand(
         }
     }
     let rule_name = &decl.name.text;
+    let module = Ident::new(
+        &format!("__lensopt_compiled_{}", decl.name.text),
+        decl.name.span,
+    );
+    let compiled: TokenStream2 = lensopt_codegen::rust::module_source(rule, &module.to_string())
+        .parse()
+        .map_err(|e| {
+            syn_like::error(
+                decl.name.span,
+                format!("lensopt could not emit this rule's kernels: {e}"),
+            )
+        })?;
     Ok(quote! {
+        #compiled
+
         #(#[doc = #doc])*
         // Optimizer names follow their papers and references (`SGD`).
         #[allow(clippy::upper_case_acronyms)]
@@ -175,7 +191,7 @@ fn expand(
         impl ::lensopt::Optimizer for #name {
             fn rule(&self) -> ::std::sync::Arc<::lensopt::Rule> {
                 static RULE: ::std::sync::OnceLock<::std::sync::Arc<::lensopt::Rule>> = ::std::sync::OnceLock::new();
-                RULE.get_or_init(|| ::lensopt::__private::checked_rule(#source)).clone()
+                RULE.get_or_init(|| ::lensopt::aot::register(&#module::COMPILED)).clone()
             }
 
             fn hypers(&self) -> ::std::vec::Vec<::lensopt::HyperValue> {

@@ -35,12 +35,23 @@ pub trait Float:
 {
     /// The precision of PTX kernels for this type.
     const PRECISION: Precision;
+
+    /// True when every element of `xs` is finite (the non-finite scan).
+    fn all_finite(xs: &[Self]) -> bool;
 }
 
 impl Float for f32 {
     const PRECISION: Precision = Precision::F32;
+
+    fn all_finite(xs: &[Self]) -> bool {
+        crate::non_finite::all_finite_f32(xs)
+    }
 }
 
 impl Float for f64 {
     const PRECISION: Precision = Precision::F64;
+
+    fn all_finite(xs: &[Self]) -> bool {
+        crate::non_finite::all_finite_f64(xs)
+    }
 }

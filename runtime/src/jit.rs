@@ -61,6 +61,22 @@ impl Key {
     }
 }
 
+thread_local! {
+    static JIT_COMPILES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many programs cranelift has compiled on the calling thread (steps
+/// compile on the thread that runs them), so a test can tell that a
+/// declared optimizer ran on its compiled-in kernels ([`crate::aot`]).
+pub fn jit_compiles() -> u64 {
+    JIT_COMPILES.with(|c| c.get())
+}
+
+pub(crate) fn jit_compile<F: Float>(schedule: Schedule) -> Result<Program<F>, Error> {
+    JIT_COMPILES.with(|c| c.set(c.get() + 1));
+    Program::<F>::compile(schedule).map_err(|e| Error::Compile(e.to_string()))
+}
+
 /// Time spent in each stage of [`compile_timed`], in microseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Stages {
@@ -93,7 +109,7 @@ pub fn compile_timed<F: Float>(rule: &Rule, key: &Key) -> Result<(Program<F>, St
     let schedule = schedule(rule, key);
     let optimize_us = start.elapsed().as_secs_f64() * 1e6;
     let start = std::time::Instant::now();
-    let program = Program::<F>::compile(schedule).map_err(|e| Error::Compile(e.to_string()))?;
+    let program = jit_compile::<F>(schedule)?;
     let codegen_us = start.elapsed().as_secs_f64() * 1e6;
     Ok((
         program,
@@ -126,12 +142,13 @@ struct Entries {
     clock: u64,
     /// (element type, checked rule, key) -> structural hash of the optimized IR.
     memo: HashMap<u64, Memo>,
-    /// (element type, optimized-IR hash) -> program.
-    programs: HashMap<(&'static str, u64), Compiled>,
+    /// (element type, optimized-IR hash, compiled-in kernels allowed) -> program.
+    programs: HashMap<(&'static str, u64, bool), Compiled>,
 }
 
 struct Memo {
     element: &'static str,
+    compiled_in: bool,
     rule: Rule,
     key: Key,
     optimized: u64,
@@ -192,12 +209,26 @@ impl Engine {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The compiled program for `rule` and `key`, from the cache or compiled now.
+    /// The compiled program for `rule` and `key`, from the cache or compiled
+    /// now: the kernels `optimizer!` compiled into the crate where they
+    /// serve `key` ([`crate::aot`]), else the JIT's.
     pub fn program<F: Float>(&self, rule: &Rule, key: &Key) -> Result<Arc<Program<F>>, Error> {
+        self.program_from(rule, key, true)
+    }
+
+    /// [`Engine::program`], never from compiled-in kernels when
+    /// `compiled_in` is false (the JIT compiles, or its cached program serves).
+    pub fn program_from<F: Float>(
+        &self,
+        rule: &Rule,
+        key: &Key,
+        compiled_in: bool,
+    ) -> Result<Arc<Program<F>>, Error> {
         let memo_key = {
             let mut h = rule.structural_hash();
             for word in [
                 F::NAME.len() as u64,
+                u64::from(compiled_in),
                 key.mode as u64,
                 key.specialize.len() as u64,
                 key.present.len() as u64,
@@ -222,14 +253,19 @@ impl Engine {
             entries.clock += 1;
             let now = entries.clock;
             let optimized = match entries.memo.get_mut(&memo_key) {
-                Some(m) if m.element == F::NAME && m.key == *key && m.rule.same_structure(rule) => {
+                Some(m)
+                    if m.element == F::NAME
+                        && m.compiled_in == compiled_in
+                        && m.key == *key
+                        && m.rule.same_structure(rule) =>
+                {
                     m.used = now;
                     Some(m.optimized)
                 }
                 _ => None,
             };
             if let Some(hash) = optimized {
-                if let Some(c) = entries.programs.get_mut(&(F::NAME, hash)) {
+                if let Some(c) = entries.programs.get_mut(&(F::NAME, hash, compiled_in)) {
                     c.used = now;
                     if let Ok(program) = c.program.clone().downcast::<Program<F>>() {
                         return Ok(program);
@@ -237,12 +273,20 @@ impl Engine {
                 }
             }
         }
-        let schedule = schedule(rule, key);
+        // Kernels compiled into the crate by `optimizer!` need neither the
+        // e-graph nor cranelift.
+        let native = compiled_in
+            .then(|| crate::aot::program::<F>(rule, key))
+            .flatten();
+        let (schedule, native) = match native {
+            Some(p) => (p.schedule().clone(), Some(p)),
+            None => (schedule(rule, key), None),
+        };
         let hash = schedule.rule.structural_hash();
         let found = {
             let mut entries = self.lock();
             let now = entries.clock;
-            match entries.programs.get_mut(&(F::NAME, hash)) {
+            match entries.programs.get_mut(&(F::NAME, hash, compiled_in)) {
                 Some(c) if c.rule.same_structure(&schedule.rule) => {
                     c.used = now;
                     c.program.clone().downcast::<Program<F>>().ok()
@@ -254,13 +298,14 @@ impl Engine {
             Some(program) => program,
             None => {
                 let optimized_rule = schedule.rule.clone();
-                let program = Arc::new(
-                    Program::<F>::compile(schedule).map_err(|e| Error::Compile(e.to_string()))?,
-                );
+                let program = Arc::new(match native {
+                    Some(p) => p,
+                    None => jit_compile::<F>(schedule)?,
+                });
                 let mut entries = self.lock();
                 let now = entries.clock;
                 entries.programs.insert(
-                    (F::NAME, hash),
+                    (F::NAME, hash, compiled_in),
                     Compiled {
                         rule: optimized_rule,
                         program: program.clone(),
@@ -277,6 +322,7 @@ impl Engine {
             memo_key,
             Memo {
                 element: F::NAME,
+                compiled_in,
                 rule: rule.clone(),
                 key: key.clone(),
                 optimized: hash,

@@ -37,6 +37,7 @@
 
 extern crate self as lensopt;
 
+pub mod aot;
 pub mod case;
 pub mod catalog;
 pub mod category;

@@ -79,6 +79,8 @@ pub struct Stepper<F: Float> {
     pool: Option<Arc<rayon::ThreadPool>>,
     /// The program of the last step, with its specialisation.
     program: Option<(jit::Key, Arc<Program<F>>)>,
+    /// Whether kernels compiled into the crate may serve steps.
+    compiled_in: bool,
     /// Scheduled hyperparameters.
     schedules: Scheduled,
     /// For a matrix rule, the `rows × cols` each tensor is seen as.
@@ -208,6 +210,7 @@ impl<F: Float> Stepper<F> {
             last_skipped: false,
             pool: None,
             program: None,
+            compiled_in: true,
             schedules: Scheduled::default(),
             fusion,
             dims,
@@ -231,6 +234,13 @@ impl<F: Float> Stepper<F> {
     /// Chooses how steps are computed (the JIT by default).
     pub fn set_backend(&mut self, backend: Backend) {
         self.backend = backend;
+        self.program = None;
+    }
+
+    /// Lets steps run on the kernels `optimizer!` compiled into the crate
+    /// (`true`, the default) or only on the JIT's (`false`), to compare the two.
+    pub fn set_compiled_kernels(&mut self, on: bool) {
+        self.compiled_in = on;
         self.program = None;
     }
 
@@ -298,7 +308,7 @@ impl<F: Float> Stepper<F> {
                 return Ok(p.clone());
             }
         }
-        let program = jit::program::<F>(&self.rule, &key)?;
+        let program = jit::Engine::shared().program_from::<F>(&self.rule, &key, self.compiled_in)?;
         self.program = Some((key, program.clone()));
         Ok(program)
     }

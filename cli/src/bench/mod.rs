@@ -70,6 +70,11 @@ pub struct Args {
     /// Adafactor, the plain loop) they cannot avoid, timed in the same run.
     #[arg(long)]
     matrix: bool,
+    /// Where the catalog rules' kernels come from: `aot` (compiled into
+    /// lensopt by `optimizer!`, what a step uses) and/or `jit` (cranelift,
+    /// what a rule written as text gets); one row per rule and backend.
+    #[arg(long, value_delimiter = ',', default_value = "aot")]
+    backend: Vec<String>,
 }
 
 /// Runs `lensopt bench`.
@@ -146,12 +151,26 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         })?,
         rows: Vec::new(),
     };
+    let mut compiled_in = Vec::new();
+    for backend in &args.backend {
+        compiled_in.push(match backend.as_str() {
+            "aot" => true,
+            "jit" => false,
+            other => {
+                return Err(Failure::usage(format!(
+                    "--backend: `{other}` is not aot or jit"
+                )))
+            }
+        });
+    }
     for &n in &sizes {
         let triad_gbps = bench.triad_gbps(n)?;
         for name in &rules {
-            bench.rule(name, n, triad_gbps)?;
-            if !args.json {
-                report::print_row(bench.rows.last().expect("a row"), bench.rows.len() == 1);
+            for &compiled in &compiled_in {
+                bench.rule(name, n, triad_gbps, compiled)?;
+                if !args.json {
+                    report::print_row(bench.rows.last().expect("a row"), bench.rows.len() == 1);
+                }
             }
         }
         let adam_ceiling = bench
@@ -163,6 +182,9 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         bench.handwritten(n, triad_gbps, adam_ceiling)?;
         if !args.json {
             report::print_row(bench.rows.last().expect("a row"), false);
+        }
+        for name in &rules {
+            bench.scan_cost(name, n)?;
         }
     }
     let triad_gbps = bench.triad_gbps(1_000_000)?;

@@ -8,8 +8,9 @@ use serde_json::Value;
 pub(super) fn print_row(row: &Value, header: bool) {
     if header {
         outln!(
-            "{:<18} {:>11} {:>7} {:>5} {:>9} {:>8} {:>9} {:>7} {:>9}",
+            "{:<18} {:<7} {:>11} {:>7} {:>5} {:>9} {:>8} {:>9} {:>7} {:>9}",
             "kernel",
+            "backend",
             "n",
             "threads",
             "B/el",
@@ -22,8 +23,9 @@ pub(super) fn print_row(row: &Value, header: bool) {
     }
     let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
     outln!(
-        "{:<18} {:>11} {:>7} {:>5} {:>9.3} {:>8.1} {:>9.1} {:>7.2} {:>9.1}",
+        "{:<18} {:<7} {:>11} {:>7} {:>5} {:>9.3} {:>8.1} {:>9.1} {:>7.2} {:>9.1}",
         row["kernel"].as_str().unwrap_or(""),
+        row["backend"].as_str().unwrap_or(""),
         row["n"],
         row["threads"],
         row["bytes_per_element"],
@@ -43,6 +45,22 @@ pub(super) fn print_end(rows: &[Value], json: bool) {
             outln!("{row}");
         }
     } else {
+        let scans: Vec<&Value> = rows.iter().filter(|r| r["kernel"] == "scan_cost").collect();
+        if !scans.is_empty() {
+            outln!("\nnon-finite scan (refuse against unchecked, same stepper, interleaved):");
+        }
+        for row in scans {
+            let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+            outln!(
+                "  {:<8} {:<4} n={:<9} refuse {:.3} ms, unchecked {:.3} ms: {:+.1}%",
+                row["rule"].as_str().unwrap_or(""),
+                row["backend"].as_str().unwrap_or(""),
+                row["n"],
+                f("refuse_ms"),
+                f("unchecked_ms"),
+                100.0 * f("overhead")
+            );
+        }
         for row in rows.iter().filter(|r| r["kernel"] == "adam_many_small") {
             outln!(
                 "\nadam_many_small: {} tensors, {} elements in all, 2 groups: {:.3} ms per step, {:.2}x the time of one tensor of the same size ({:.3} ms)",

@@ -157,8 +157,15 @@ pub(super) fn gpu(_: &Args) -> Result<(), Failure> {
 }
 
 impl Bench {
-    /// Rule `name`'s step on `n` elements against its ceiling.
-    pub(super) fn rule(&mut self, name: &str, n: usize, triad_gbps: f64) -> Result<(), Failure> {
+    /// Catalog rule `name` on `n` elements, on its compiled-in kernels
+    /// (`compiled_in`) or the JIT's, against its ceiling.
+    pub(super) fn rule(
+        &mut self,
+        name: &str,
+        n: usize,
+        triad_gbps: f64,
+        compiled_in: bool,
+    ) -> Result<(), Failure> {
         let opt = catalog::get(name).ok_or_else(|| fail(format!("unknown rule `{name}`")))?;
         let rule = opt.rule();
         let present = vec![true; rule.inputs.len()];
@@ -171,6 +178,8 @@ impl Bench {
         let mut st = opt.init::<f32>(&[&p]).map_err(fail)?;
         st.set_pool(self.pool.clone());
         st.set_non_finite(self.non_finite);
+        st.set_compiled_kernels(compiled_in);
+        let backend = st.program(&present).map_err(fail)?.origin().name();
         let mut inputs = Inputs::new();
         for input in &rule.inputs {
             inputs = inputs.with(&input.name, vec![&h as &dyn TensorRef<f32>]);
@@ -200,11 +209,58 @@ impl Bench {
         let gbps = bytes / s / 1e9;
         let ceiling_gbps = bytes / c / 1e9;
         self.rows.push(json!({
-            "kernel": name, "backend": "jit", "n": n, "dtype": "f32", "threads": self.threads,
+            "kernel": name, "backend": backend, "n": n, "dtype": "f32", "threads": self.threads,
             "bytes_per_element": traffic.bytes_per_element(),
             "step_ms": s * 1e3,
             "gbps": gbps, "ceiling_gbps": ceiling_gbps, "ratio_to_ceiling": ratio,
             "triad_gbps": triad_gbps, "non_finite": format!("{:?}", self.non_finite).to_lowercase(),
+        }));
+        Ok(())
+    }
+
+    /// What the default non-finite policy costs: catalog rule `name`'s step
+    /// on `n` elements with the gradient scan (`refuse`) against the same
+    /// stepper and buffers without it (`unchecked`), interleaved.
+    pub(super) fn scan_cost(&mut self, name: &str, n: usize) -> Result<(), Failure> {
+        let opt = catalog::get(name).ok_or_else(|| fail(format!("unknown rule `{name}`")))?;
+        let rule = opt.rule();
+        let mut p = filled(n, 3)?;
+        let g = filled(n, 4)?;
+        let mut h = filled(n, 5)?;
+        h.mapv_inplace(f32::abs);
+        let mut st = opt.init::<f32>(&[&p]).map_err(fail)?;
+        st.set_pool(self.pool.clone());
+        let mut inputs = Inputs::new();
+        for input in &rule.inputs {
+            inputs = inputs.with(&input.name, vec![&h as &dyn TensorRef<f32>]);
+        }
+        let backend = st
+            .program(&vec![true; rule.inputs.len()])
+            .map_err(fail)?
+            .origin()
+            .name();
+        let st = std::cell::RefCell::new(st);
+        let p = std::cell::RefCell::new(&mut p);
+        let mut result = Ok(());
+        let mut step = |policy: lensopt::NonFinite| {
+            let mut st = st.borrow_mut();
+            st.set_non_finite(policy);
+            if let Err(e) = st.step_with(&mut [&mut **p.borrow_mut()], &[&g], &inputs) {
+                result = Err(e);
+            }
+        };
+        let step = std::cell::RefCell::new(&mut step);
+        let (refuse, unchecked, _) = time_pair(
+            self.seconds,
+            || (step.borrow_mut())(lensopt::NonFinite::Refuse),
+            || (step.borrow_mut())(lensopt::NonFinite::Unchecked),
+        );
+        drop(step);
+        result.map_err(fail)?;
+        self.rows.push(json!({
+            "kernel": "scan_cost", "rule": name, "backend": backend, "n": n, "dtype": "f32",
+            "threads": self.threads, "refuse_ms": refuse * 1e3, "unchecked_ms": unchecked * 1e3,
+            "overhead": refuse / unchecked - 1.0,
         }));
         Ok(())
     }
@@ -276,8 +332,9 @@ impl Bench {
             let _ = one.step(&mut [&mut p], &[&g]);
         });
         let gbps = 28.0 * n as f64 / s / 1e9;
+        let backend = st.program(&[]).map_err(fail)?.origin().name();
         self.rows.push(json!({
-            "kernel": "adam_many_small", "backend": "jit", "tensors": tensors, "n": n, "dtype": "f32", "threads": self.threads,
+            "kernel": "adam_many_small", "backend": backend, "tensors": tensors, "n": n, "dtype": "f32", "threads": self.threads,
             "groups": 2, "step_ms": s * 1e3, "one_tensor_step_ms": s1 * 1e3, "time_ratio_to_one_tensor": s / s1,
             "gbps": gbps, "triad_gbps": triad_gbps,
         }));

@@ -29,8 +29,10 @@ impl fmt::Display for CompileError {
 
 impl std::error::Error for CompileError {}
 
-pub(super) type ElementFn = unsafe extern "C" fn(*const *mut u8, *const u8, usize);
-pub(super) type ReduceFn = unsafe extern "C" fn(*const *mut u8, *const u8, usize, usize, *mut f64);
+/// An element kernel: `(buffer table, slots, n)` (see [`super::kernel`]).
+pub type ElementFn = unsafe extern "C" fn(*const *mut u8, *const u8, usize);
+/// A reduction kernel: `(buffer table, slots, n, valid, out)` (see [`super::kernel`]).
+pub type ReduceFn = unsafe extern "C" fn(*const *mut u8, *const u8, usize, usize, *mut f64);
 
 /// Keeps the JIT's code alive as long as the program, and unmaps it when
 /// the program is dropped.
@@ -62,6 +64,7 @@ pub struct Program<F> {
     pub(super) element: ElementFn,
     pub(super) passes: Vec<ReduceFn>,
     clif: Vec<(String, String)>,
+    origin: Origin,
     _code: Code,
     _element: PhantomData<F>,
 }
@@ -72,6 +75,25 @@ impl<F> fmt::Debug for Program<F> {
             .field("rule", &self.schedule.rule.name)
             .field("passes", &self.passes.len())
             .finish()
+    }
+}
+
+/// Where a program's machine code came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled now by cranelift.
+    Jit,
+    /// Compiled with the crate by rustc (`optimizer!`'s kernels).
+    Aot,
+}
+
+impl Origin {
+    /// `"jit"` or `"aot"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Jit => "jit",
+            Origin::Aot => "aot",
+        }
     }
 }
 
@@ -139,9 +161,40 @@ impl<F: JitFloat> Program<F> {
             element,
             passes,
             clif: built.clif,
+            origin: Origin::Jit,
             _code: Code(Some(module)),
             _element: PhantomData,
         })
+    }
+
+    /// A program whose kernels were compiled ahead of time.
+    ///
+    /// # Safety
+    ///
+    /// `element` and `passes` (one per reduction pass of `schedule`, in
+    /// order) must be `schedule`'s kernels for element type `F` under the
+    /// contract of [`super::kernel`], as `lensopt_codegen::rust` emits them,
+    /// and must run on this CPU (their instruction set is available).
+    pub unsafe fn from_native(
+        schedule: Schedule,
+        element: ElementFn,
+        passes: Vec<ReduceFn>,
+    ) -> Self {
+        debug_assert_eq!(passes.len(), schedule.passes.len());
+        Program {
+            schedule,
+            element,
+            passes,
+            clif: Vec::new(),
+            origin: Origin::Aot,
+            _code: Code(None),
+            _element: PhantomData,
+        }
+    }
+
+    /// Where the machine code came from.
+    pub fn origin(&self) -> Origin {
+        self.origin
     }
 
     /// The schedule this program runs.
@@ -149,7 +202,8 @@ impl<F: JitFloat> Program<F> {
         &self.schedule
     }
 
-    /// `(function name, CLIF text)` of every kernel, as generated.
+    /// `(function name, CLIF text)` of every kernel, as generated (none
+    /// for a program compiled ahead of time).
     pub fn clif(&self) -> &[(String, String)] {
         &self.clif
     }

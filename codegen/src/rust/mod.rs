@@ -1,0 +1,483 @@
+//! Rust source for a schedule's kernels, and for the IR itself: what
+//! `optimizer!` compiles into a crate so that a declared optimizer runs
+//! with no JIT at all.
+//!
+//! The kernels keep the cranelift JIT's calling convention and semantics
+//! exactly (see [`crate::cpu::kernel`]): the element kernel is
+//! `fn(bufs: *const *mut u8, slots: *const u8, n)`, the reduction kernel
+//! `fn(bufs, slots, n, valid, out: *mut f64)`; `n` is a multiple of the
+//! JIT's lane count `L`; slots are broadcast to `L` values each; reductions
+//! accumulate lane `i % L` of each vector in f64, skip lanes at or past
+//! `valid` by adding 0, and sum (or take the maximum of) the lanes in order
+//! at the end. Element arithmetic is the IEEE operation of the element
+//! type, with no contraction into fma, so a kernel compiled by rustc is
+//! bit-identical to the JIT's in exact mode. Each kernel is emitted for
+//! three instruction sets (baseline, AVX2 + FMA, AVX-512 on x86-64; the
+//! baseline elsewhere, where it already has NEON on aarch64), and the
+//! caller picks one at run time.
+//!
+//! Support functions the generated code calls (IEEE minimum and maximum,
+//! `sign`, bfloat16 rounding) are named under a path the caller gives,
+//! `::lensopt::aot` for `optimizer!`.
+
+pub mod compiled;
+
+pub use compiled::module_source;
+
+use lensopt_ir::schedule::{buffer_count, buffer_of, element_nodes, output_buffer, Schedule};
+use lensopt_ir::{BinOp, Dim, HyperValue, Op, Rate, ReduceOp, Rule, StateKind, Ty, UnOp, ValueId};
+use std::fmt::Write;
+
+/// The element types kernels are emitted for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Element {
+    /// `f32`, four lanes per JIT vector.
+    F32,
+    /// `f64`, two lanes per JIT vector.
+    F64,
+}
+
+impl Element {
+    /// The Rust type name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Element::F32 => "f32",
+            Element::F64 => "f64",
+        }
+    }
+
+    /// Lanes of the JIT's vectors (128 bits), which fix the slot layout and
+    /// the order in which reductions accumulate.
+    pub fn lanes(self) -> usize {
+        match self {
+            Element::F32 => 4,
+            Element::F64 => 2,
+        }
+    }
+}
+
+/// The instruction sets each kernel is emitted for, in the order of the
+/// function tables [`kernels`] emits.
+pub const ISAS: [&str; 3] = ["base", "avx2", "avx512"];
+
+/// The Rust items of `schedule`'s kernels for element type `ty`:
+///
+/// - `{prefix}_element: [ElementFn; 3]`, one entry per [`ISAS`];
+/// - `{prefix}_reduce: [[ReduceFn; 3]; passes]`;
+///
+/// where `ElementFn` and `ReduceFn` are the JIT's function types. Support
+/// functions are called under `support`.
+pub fn kernels(schedule: &Schedule, prefix: &str, ty: Element, support: &str) -> String {
+    let mut out = String::new();
+    let roots: Vec<ValueId> = schedule.outputs.iter().map(|o| o.1).collect();
+    let body = element_body(schedule, &roots, ty, support);
+    multiversion(&mut out, &format!("{prefix}_element"), &body, Kind::Element);
+    let mut passes = Vec::new();
+    for (k, pass) in schedule.passes.iter().enumerate() {
+        let name = format!("{prefix}_reduce{k}");
+        let body = reduction_body(schedule, pass, ty, support);
+        multiversion(&mut out, &name, &body, Kind::Reduce);
+        passes.push(name);
+    }
+    let table = |name: &str| {
+        let entries: Vec<String> = ISAS.iter().map(|isa| format!("{name}_{isa}")).collect();
+        format!("[{}]", entries.join(", "))
+    };
+    let _ = writeln!(
+        out,
+        "static {prefix}_element: [unsafe extern \"C\" fn(*const *mut u8, *const u8, usize); 3] = {};",
+        table(&format!("{prefix}_element"))
+    );
+    let reduce: Vec<String> = passes.iter().map(|p| table(p)).collect();
+    let _ = writeln!(
+        out,
+        "static {prefix}_reduce: [[unsafe extern \"C\" fn(*const *mut u8, *const u8, usize, usize, *mut f64); 3]; {}] = [{}];",
+        reduce.len(),
+        reduce.join(", ")
+    );
+    out
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Element,
+    Reduce,
+}
+
+/// The body as an `#[inline(always)]` function, and one `extern "C"` entry
+/// per instruction set that inlines it (so rustc compiles it for that set).
+fn multiversion(out: &mut String, name: &str, body: &str, kind: Kind) {
+    let (params, args) = match kind {
+        Kind::Element => (
+            "bufs: *const *mut u8, slots: *const u8, n: usize",
+            "bufs, slots, n",
+        ),
+        Kind::Reduce => (
+            "bufs: *const *mut u8, slots: *const u8, n: usize, valid: usize, out: *mut f64",
+            "bufs, slots, n, valid, out",
+        ),
+    };
+    let _ = writeln!(out, "#[inline(always)]");
+    let _ = writeln!(
+        out,
+        "#[allow(unused_variables, unused_mut, clippy::all, clippy::pedantic)]"
+    );
+    let _ = writeln!(out, "unsafe fn {name}_body({params}) {{\n{body}}}");
+    let safety = "// SAFETY: the caller upholds the kernel contract of `lensopt::aot` (the JIT's).";
+    let _ = writeln!(
+        out,
+        "unsafe extern \"C\" fn {name}_base({params}) {{\n    {safety}\n    unsafe {{ {name}_body({args}) }}\n}}"
+    );
+    for (isa, features) in [("avx2", "avx2,fma"), ("avx512", "avx512f,avx2,fma")] {
+        let _ = writeln!(
+            out,
+            "#[cfg(target_arch = \"x86_64\")]\n#[target_feature(enable = \"{features}\")]\nunsafe extern \"C\" fn {name}_{isa}({params}) {{\n    {safety} The table holds this entry only for a CPU with these features.\n    unsafe {{ {name}_body({args}) }}\n}}"
+        );
+        let _ = writeln!(
+            out,
+            "#[cfg(not(target_arch = \"x86_64\"))]\nunsafe extern \"C\" fn {name}_{isa}({params}) {{\n    {safety}\n    unsafe {{ {name}_body({args}) }}\n}}"
+        );
+    }
+}
+
+/// A float literal of type `ty` with exactly the value the JIT splats:
+/// `x` rounded once to the element type.
+fn literal(x: f64, ty: Element) -> String {
+    match ty {
+        Element::F32 => format!("f32::from_bits({:#010x})", (x as f32).to_bits()),
+        Element::F64 => format!("f64::from_bits({:#018x})", x.to_bits()),
+    }
+}
+
+/// Declarations of the buffers and slots a kernel reads, at its entry.
+fn entry(
+    schedule: &Schedule,
+    needed: &[usize],
+    roots: &[ValueId],
+    written: &[usize],
+    ty: Element,
+    out: &mut String,
+) {
+    let rule = &schedule.rule;
+    let t = ty.name();
+    let mut used = vec![false; buffer_count(rule)];
+    for &k in written {
+        used[k] = true;
+    }
+    for &id in needed {
+        if let Some(k) = buffer_of(rule, &rule.nodes[id].op) {
+            used[k] = true;
+        }
+    }
+    for (k, u) in used.iter().enumerate() {
+        if !*u {
+            continue;
+        }
+        if written.contains(&k) {
+            let _ = writeln!(
+                out,
+                "    let b{k}: &mut [{t}] = unsafe {{ ::core::slice::from_raw_parts_mut(*bufs.add({k}) as *mut {t}, n) }};"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "    let b{k}: &[{t}] = unsafe {{ ::core::slice::from_raw_parts(*bufs.add({k}) as *const {t}, n) }};"
+            );
+        }
+    }
+    let mut reads = vec![false; rule.nodes.len()];
+    for &id in needed {
+        for a in rule.nodes[id].op.args() {
+            reads[a.index()] = true;
+        }
+    }
+    for r in roots {
+        reads[r.index()] = true;
+    }
+    for (slot, v) in schedule.slots.iter().enumerate() {
+        if !reads[v.index()] {
+            continue;
+        }
+        let index = slot * ty.lanes();
+        let load = format!("unsafe {{ *(slots as *const {t}).add({index}) }}");
+        match rule.node(*v).ty {
+            Ty::Float => {
+                let _ = writeln!(out, "    let v{}: {t} = {load};", v.0);
+            }
+            Ty::Bool => {
+                let _ = writeln!(out, "    let v{}: bool = {load} != 0.0;", v.0);
+            }
+        }
+    }
+}
+
+/// The statements computing `needed` for element `i`.
+fn element_statements(
+    rule: &Rule,
+    needed: &[usize],
+    ty: Element,
+    support: &str,
+    indent: &str,
+    out: &mut String,
+) {
+    let t = ty.name();
+    let one = literal(1.0, ty);
+    for &id in needed {
+        let node = &rule.nodes[id];
+        let v = |x: ValueId| format!("v{}", x.0);
+        let expr = match node.op {
+            Op::Param | Op::Grad | Op::Input(_) | Op::State(_) => {
+                let k = buffer_of(rule, &node.op).expect("a buffer leaf");
+                format!("b{k}[i]")
+            }
+            Op::Unary(u, a) => {
+                let a = v(a);
+                match u {
+                    UnOp::Neg => format!("-{a}"),
+                    UnOp::Sqrt => format!("{a}.sqrt()"),
+                    UnOp::Rsqrt => format!("{one} / {a}.sqrt()"),
+                    UnOp::Abs => format!("{a}.abs()"),
+                    UnOp::Sign => format!("{support}::sign_{t}({a})"),
+                    UnOp::Exp => format!("{a}.exp()"),
+                    UnOp::Ln => format!("{a}.ln()"),
+                    UnOp::Sigmoid => format!("{one} / ({one} + (-{a}).exp())"),
+                    UnOp::Cos => format!("{a}.cos()"),
+                    UnOp::Floor => format!("{a}.floor()"),
+                    UnOp::RoundF32 if ty == Element::F32 => a,
+                    UnOp::RoundF32 => format!("{support}::round_f32_{t}({a})"),
+                    UnOp::RoundBf16 => format!("{support}::round_bf16_{t}({a})"),
+                    UnOp::Not => format!("!{a}"),
+                }
+            }
+            Op::Binary(b, x, y) => {
+                let (x, y) = (v(x), v(y));
+                match b {
+                    BinOp::Add => format!("{x} + {y}"),
+                    BinOp::Sub => format!("{x} - {y}"),
+                    BinOp::Mul => format!("{x} * {y}"),
+                    BinOp::Div => format!("{x} / {y}"),
+                    BinOp::Pow => format!("{x}.powf({y})"),
+                    BinOp::Min => format!("{support}::minimum_{t}({x}, {y})"),
+                    BinOp::Max => format!("{support}::maximum_{t}({x}, {y})"),
+                    BinOp::Lt => format!("{x} < {y}"),
+                    BinOp::Le => format!("{x} <= {y}"),
+                    BinOp::Gt => format!("{x} > {y}"),
+                    BinOp::Ge => format!("{x} >= {y}"),
+                    BinOp::Eq => format!("{x} == {y}"),
+                    BinOp::Ne => format!("{x} != {y}"),
+                    BinOp::And => format!("{x} & {y}"),
+                    BinOp::Or => format!("{x} | {y}"),
+                }
+            }
+            Op::Select(c, a, b) => format!("if {} {{ {} }} else {{ {} }}", v(c), v(a), v(b)),
+            Op::Fma(a, b, c) => format!("{}.mul_add({}, {})", v(a), v(b), v(c)),
+            other => unreachable!("{other:?} is not element-wise"),
+        };
+        let _ = writeln!(out, "{indent}let v{id} = {expr};");
+    }
+}
+
+fn element_body(schedule: &Schedule, roots: &[ValueId], ty: Element, support: &str) -> String {
+    let rule = &schedule.rule;
+    let needed = element_nodes(rule, roots);
+    let written: Vec<usize> = schedule
+        .outputs
+        .iter()
+        .map(|o| output_buffer(rule, o.0))
+        .collect();
+    let mut out = String::new();
+    entry(schedule, &needed, roots, &written, ty, &mut out);
+    let _ = writeln!(out, "    for i in 0..n {{");
+    element_statements(rule, &needed, ty, support, "        ", &mut out);
+    for (o, v) in &schedule.outputs {
+        let _ = writeln!(out, "        b{}[i] = v{};", output_buffer(rule, *o), v.0);
+    }
+    let _ = writeln!(out, "    }}");
+    out
+}
+
+fn reduction_body(schedule: &Schedule, pass: &[ValueId], ty: Element, support: &str) -> String {
+    let rule = &schedule.rule;
+    let t = ty.name();
+    let lanes = ty.lanes();
+    let args: Vec<(ReduceOp, ValueId)> = pass
+        .iter()
+        .map(|r| match rule.node(*r).op {
+            Op::Reduce(op, _, arg) => (op, arg),
+            _ => unreachable!("passes hold reductions"),
+        })
+        .collect();
+    let arg_ids: Vec<ValueId> = args.iter().map(|a| a.1).collect();
+    let needed = element_nodes(rule, &arg_ids);
+    let mut out = String::new();
+    entry(schedule, &needed, &arg_ids, &[], ty, &mut out);
+    for k in 0..args.len() {
+        let _ = writeln!(out, "    let mut acc{k} = [0.0f64; {lanes}];");
+    }
+    let _ = writeln!(out, "    let mut base = 0;");
+    let _ = writeln!(out, "    while base + {lanes} <= n {{");
+    let _ = writeln!(out, "        for lane in 0..{lanes} {{");
+    let _ = writeln!(out, "            let i = base + lane;");
+    element_statements(rule, &needed, ty, support, "            ", &mut out);
+    for (k, (op, arg)) in args.iter().enumerate() {
+        let x = format!("v{}", arg.0);
+        let wide = match t {
+            "f32" => format!("f64::from({x})"),
+            _ => x.clone(),
+        };
+        let contribution = match op {
+            ReduceOp::Count => format!("if {x} {{ 1.0f64 }} else {{ 0.0f64 }}"),
+            ReduceOp::Sum | ReduceOp::Mean => wide,
+            ReduceOp::Norm => format!("{wide} * {wide}"),
+            ReduceOp::MaxAbs => format!("{wide}.abs()"),
+        };
+        let masked = format!("if i < valid {{ {contribution} }} else {{ 0.0f64 }}");
+        let _ = match op {
+            ReduceOp::MaxAbs => writeln!(
+                out,
+                "            acc{k}[lane] = {support}::maximum_f64(acc{k}[lane], {masked});"
+            ),
+            _ => writeln!(out, "            acc{k}[lane] += {masked};"),
+        };
+    }
+    let _ = writeln!(out, "        }}");
+    let _ = writeln!(out, "        base += {lanes};");
+    let _ = writeln!(out, "    }}");
+    for (k, (op, _)) in args.iter().enumerate() {
+        let mut total = format!("acc{k}[0]");
+        for lane in 1..lanes {
+            total = match op {
+                ReduceOp::MaxAbs => format!("{support}::maximum_f64({total}, acc{k}[{lane}])"),
+                _ => format!("({total} + acc{k}[{lane}])"),
+            };
+        }
+        let _ = writeln!(out, "    unsafe {{ *out.add({k}) = {total} }};");
+    }
+    out
+}
+
+/// A Rust expression that builds `rule` (every field, bit for bit), with
+/// the IR's types under the path `ir` (`::lensopt::ir`).
+pub fn rule_literal(rule: &Rule, ir: &str) -> String {
+    let text = |s: &str| format!("::std::string::String::from({s:?})");
+    let num = |x: f64| format!("f64::from_bits({:#018x})", x.to_bits());
+    let id = |v: ValueId| format!("{ir}::ValueId({})", v.0);
+    let dim = |d: Dim| format!("{ir}::Dim::{d:?}");
+    let hyper = |h: HyperValue| match h {
+        HyperValue::Num(x) => format!("{ir}::HyperValue::Num({})", num(x)),
+        HyperValue::Bool(b) => format!("{ir}::HyperValue::Bool({b})"),
+    };
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "{ir}::Rule {{ name: {}, doc: ::std::vec![",
+        text(&rule.name)
+    );
+    for line in &rule.doc {
+        let _ = write!(out, "{}, ", text(line));
+    }
+    let _ = write!(out, "], hypers: ::std::vec![");
+    for h in &rule.hypers {
+        let _ = write!(
+            out,
+            "{ir}::HyperDecl {{ name: {}, default: {} }}, ",
+            text(&h.name),
+            hyper(h.default)
+        );
+    }
+    let _ = write!(out, "], inputs: ::std::vec![");
+    for i in &rule.inputs {
+        let _ = write!(
+            out,
+            "{ir}::InputDecl {{ name: {}, optional: {} }}, ",
+            text(&i.name),
+            i.optional
+        );
+    }
+    let _ = write!(out, "], states: ::std::vec![");
+    for s in &rule.states {
+        let kind = match s.kind {
+            StateKind::Element => format!("{ir}::StateKind::Element"),
+            StateKind::Scalar => format!("{ir}::StateKind::Scalar"),
+            StateKind::Array(r, c) => format!("{ir}::StateKind::Array({}, {})", dim(r), dim(c)),
+        };
+        let _ = write!(
+            out,
+            "{ir}::StateDecl {{ name: {}, kind: {kind}, init: {} }}, ",
+            text(&s.name),
+            id(s.init)
+        );
+    }
+    let _ = writeln!(out, "], nodes: ::std::vec![");
+    for n in &rule.nodes {
+        let op = match n.op {
+            Op::Const(x) => format!("Const({})", num(x)),
+            Op::ConstBool(b) => format!("ConstBool({b})"),
+            Op::Hyper(h) => format!("Hyper({h})"),
+            Op::Step => "Step".to_string(),
+            Op::Present(i) => format!("Present({i})"),
+            Op::Numel => "Numel".to_string(),
+            Op::Param => "Param".to_string(),
+            Op::Grad => "Grad".to_string(),
+            Op::Input(i) => format!("Input({i})"),
+            Op::State(i) => format!("State({i})"),
+            Op::Unary(u, a) => format!("Unary({ir}::UnOp::{u:?}, {})", id(a)),
+            Op::Binary(b, x, y) => format!("Binary({ir}::BinOp::{b:?}, {}, {})", id(x), id(y)),
+            Op::Select(c, a, b) => format!("Select({}, {}, {})", id(c), id(a), id(b)),
+            Op::Fma(a, b, c) => format!("Fma({}, {}, {})", id(a), id(b), id(c)),
+            Op::Reduce(r, s, a) => {
+                format!(
+                    "Reduce({ir}::ReduceOp::{r:?}, {ir}::Scope::{s:?}, {})",
+                    id(a)
+                )
+            }
+            Op::Extent(d) => format!("Extent({})", dim(d)),
+            Op::Rank => "Rank".to_string(),
+            Op::Eye(d) => format!("Eye({})", dim(d)),
+            Op::MachineEps => "MachineEps".to_string(),
+            Op::ReduceAxis(r, x, a) => {
+                format!(
+                    "ReduceAxis({ir}::ReduceOp::{r:?}, {ir}::Axis::{x:?}, {})",
+                    id(a)
+                )
+            }
+            Op::Matmul(a, b) => format!("Matmul({}, {})", id(a), id(b)),
+            Op::Transpose(a) => format!("Transpose({})", id(a)),
+            Op::MatFn(m, a, b) => format!("MatFn({ir}::MatFn::{m:?}, {}, {})", id(a), id(b)),
+            Op::Linalg(l, a) => format!("Linalg({ir}::Linalg::{l:?}, {})", id(a)),
+            Op::Shape(s, a) => format!("Shape({ir}::ShapeOp::{s:?}, {})", id(a)),
+        };
+        let rate = match n.rate {
+            Rate::Array(r, c) => format!("{ir}::Rate::Array({}, {})", dim(r), dim(c)),
+            other => format!("{ir}::Rate::{other:?}"),
+        };
+        let _ = writeln!(
+            out,
+            "    {ir}::Node {{ op: {ir}::Op::{op}, ty: {ir}::Ty::{:?}, rate: {rate} }},",
+            n.ty
+        );
+    }
+    let opt = |v: Option<ValueId>| match v {
+        Some(v) => format!("::core::option::Option::Some({})", id(v)),
+        None => "::core::option::Option::None".to_string(),
+    };
+    let state_out: Vec<String> = rule.state_out.iter().map(|v| id(*v)).collect();
+    let repeats: Vec<String> = rule
+        .repeat_counts
+        .iter()
+        .map(|(h, b)| format!("({h}u16, {b}u32)"))
+        .collect();
+    let low = match rule.low_axis {
+        Some(h) => format!("::core::option::Option::Some({h}u16)"),
+        None => "::core::option::Option::None".to_string(),
+    };
+    let _ = write!(
+        out,
+        "], view: {}, param_out: {}, state_out: ::std::vec![{}], repeat_counts: ::std::vec![{}], low_axis: {low} }}",
+        opt(rule.view),
+        id(rule.param_out),
+        state_out.join(", "),
+        repeats.join(", ")
+    );
+    out
+}

@@ -1,0 +1,258 @@
+//! Kernels compiled into the crate: what `optimizer!` generates, and how a
+//! step finds it instead of the JIT.
+//!
+//! At compile time `optimizer!` runs the JIT's pipeline (check, e-graph,
+//! schedule) for a few *variants* of the rule, emits their kernels as Rust
+//! (`lensopt_codegen::rust`) and a [`CompiledRule`] describing them. The
+//! first call of the optimizer's `rule()` registers it here; from then on
+//! [`crate::jit::Engine`] serves any step of that rule whose key a variant
+//! covers from the compiled kernels, with no optimization and no JIT:
+//!
+//! - the default variant: the hyperparameters' declared defaults compiled
+//!   in as the JIT would specialise them (booleans, zeros);
+//! - the generic variant: nothing compiled in, so it serves every other
+//!   choice of hyperparameters;
+//!
+//! each in [`Mode::Fast`] and [`Mode::Exact`] and for every combination of optional inputs present (all combinations
+//! up to three optional inputs; all present and all absent beyond).
+//!
+//! The kernel contract is the JIT's (`lensopt_codegen::cpu::kernel`): the
+//! same pointer table, slot layout, lane order of reductions and element
+//! arithmetic, so the exact variants are bit-identical to the JIT and every
+//! caller of a [`Program`] is unchanged. Each kernel exists for three
+//! instruction sets; [`isa`] picks the best the CPU has, once.
+
+use crate::jit::Key;
+use crate::Float;
+use lensopt_codegen::cpu::program::{ElementFn, ReduceFn};
+use lensopt_codegen::cpu::Program;
+use lensopt_ir::optimize::Mode;
+use lensopt_ir::schedule::Schedule;
+use lensopt_ir::{HyperValue, Rule};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The kernels of one variant for one element type, per instruction set
+/// (`lensopt_codegen::rust::ISAS` order).
+pub struct Kernels {
+    /// The element kernel.
+    pub element: &'static [ElementFn; 3],
+    /// One reduction kernel per pass.
+    pub reduce: &'static [[ReduceFn; 3]],
+}
+
+/// One compiled specialisation of a rule.
+pub struct Variant {
+    /// Rewrite class.
+    pub mode: Mode,
+    /// True when nothing is compiled in, so any hyperparameters may use it.
+    pub generic: bool,
+    /// Per hyperparameter, the value compiled in (as [`Key::specialize`]).
+    pub specialize: &'static [Option<HyperValue>],
+    /// Per input, its presence (as [`Key::present`]).
+    pub present: &'static [bool],
+    /// The optimized rule the kernels implement (before scheduling).
+    pub optimized: fn() -> Rule,
+    /// Kernels for `f32`.
+    pub f32: Kernels,
+    /// Kernels for `f64`.
+    pub f64: Kernels,
+}
+
+/// Everything `optimizer!` compiled for one rule.
+pub struct CompiledRule {
+    /// The checked rule, as the front end produced it at compile time.
+    pub checked: fn() -> Rule,
+    /// The compiled variants.
+    pub variants: &'static [Variant],
+}
+
+struct Registered {
+    hash: u64,
+    rule: Arc<Rule>,
+    compiled: &'static CompiledRule,
+}
+
+fn registry() -> std::sync::MutexGuard<'static, Vec<Registered>> {
+    static REGISTRY: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
+    // The registry only grows by whole entries: a panic elsewhere cannot
+    // leave it half-written.
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Registers `compiled` (once per rule) and returns its checked rule; what
+/// an `optimizer!` struct's `rule()` calls the first time.
+pub fn register(compiled: &'static CompiledRule) -> Arc<Rule> {
+    let mut entries = registry();
+    if let Some(e) = entries.iter().find(|e| std::ptr::eq(e.compiled, compiled)) {
+        return e.rule.clone();
+    }
+    let rule = Arc::new((compiled.checked)());
+    entries.push(Registered {
+        hash: rule.structural_hash(),
+        rule: rule.clone(),
+        compiled,
+    });
+    rule
+}
+
+/// The instruction set the compiled kernels run with: 0 baseline, 1 AVX2
+/// and FMA, 2 AVX-512 (with AVX2 and FMA); detected once.
+pub fn isa() -> usize {
+    static LEVEL: OnceLock<usize> = OnceLock::new();
+    *LEVEL.get_or_init(detect_isa)
+}
+
+fn detect_isa() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+            return 2;
+        }
+        if avx2 {
+            return 1;
+        }
+    }
+    0
+}
+
+/// The variant of a registered rule that serves `key`: the exact
+/// specialisation if one was compiled, else the generic one.
+fn variant(rule: &Rule, key: &Key) -> Option<&'static Variant> {
+    let hash = rule.structural_hash();
+    let compiled = {
+        let entries = registry();
+        entries
+            .iter()
+            .find(|e| e.hash == hash && e.rule.same_structure(rule))
+            .map(|e| e.compiled)?
+    };
+    let serves = |v: &&Variant| v.mode == key.mode && v.present == key.present.as_slice();
+    compiled
+        .variants
+        .iter()
+        .filter(serves)
+        .find(|v| !v.generic && v.specialize == key.specialize.as_slice())
+        .or_else(|| compiled.variants.iter().filter(serves).find(|v| v.generic))
+}
+
+/// The compiled program for `rule` and `key` with the kernels of
+/// instruction set `isa` (at most [`isa()`]), when `optimizer!` compiled a
+/// variant that serves them.
+pub fn program_for_isa<F: Float>(rule: &Rule, key: &Key, isa: usize) -> Option<Program<F>> {
+    if isa > self::isa() {
+        return None;
+    }
+    let v = variant(rule, key)?;
+    let kernels = match F::NAME {
+        "f32" => &v.f32,
+        _ => &v.f64,
+    };
+    let schedule = Schedule::new((v.optimized)());
+    if schedule.passes.len() != kernels.reduce.len() {
+        return None;
+    }
+    let passes = kernels.reduce.iter().map(|k| k[isa]).collect();
+    // SAFETY: `optimizer!` emitted these kernels from this very schedule
+    // (the optimized rule above, scheduled by the same `Schedule::new`) for
+    // element type `F`, under the JIT's kernel contract, and `isa` is an
+    // instruction set this CPU has.
+    Some(unsafe { Program::from_native(schedule, kernels.element[isa], passes) })
+}
+
+/// [`program_for_isa`] with the best instruction set of this CPU.
+pub fn program<F: Float>(rule: &Rule, key: &Key) -> Option<Program<F>> {
+    program_for_isa(rule, key, isa())
+}
+
+/// `min(a, b)` as the IR defines it (IEEE 754-2019 minimum: NaN if either
+/// is NaN, -0 below +0), for the generated kernels.
+#[inline(always)]
+pub fn minimum_f32(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        a + b
+    } else if a < b || (a == b && a.is_sign_negative()) {
+        a
+    } else {
+        b
+    }
+}
+
+/// `max(a, b)` as the IR defines it (IEEE 754-2019 maximum).
+#[inline(always)]
+pub fn maximum_f32(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        a + b
+    } else if a > b || (a == b && b.is_sign_negative()) {
+        a
+    } else {
+        b
+    }
+}
+
+/// `min(a, b)` as the IR defines it, in f64.
+#[inline(always)]
+pub fn minimum_f64(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        a + b
+    } else if a < b || (a == b && a.is_sign_negative()) {
+        a
+    } else {
+        b
+    }
+}
+
+/// `max(a, b)` as the IR defines it, in f64.
+#[inline(always)]
+pub fn maximum_f64(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        a + b
+    } else if a > b || (a == b && b.is_sign_negative()) {
+        a
+    } else {
+        b
+    }
+}
+
+/// `sign(x)`: 1 above 0, -1 below, `x` itself otherwise (0, -0, NaN).
+#[inline(always)]
+pub fn sign_f32(x: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        x
+    }
+}
+
+/// `sign(x)` in f64.
+#[inline(always)]
+pub fn sign_f64(x: f64) -> f64 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        x
+    }
+}
+
+/// `f32(x)` on f64 elements.
+#[inline(always)]
+pub fn round_f32_f64(x: f64) -> f64 {
+    lensopt_ir::Float::round_f32(x)
+}
+
+/// `bf16(x)` on f32 elements.
+#[inline(always)]
+pub fn round_bf16_f32(x: f32) -> f32 {
+    lensopt_ir::Float::round_bf16(x)
+}
+
+/// `bf16(x)` on f64 elements.
+#[inline(always)]
+pub fn round_bf16_f64(x: f64) -> f64 {
+    lensopt_ir::Float::round_bf16(x)
+}

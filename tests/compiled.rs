@@ -1,0 +1,286 @@
+//! Kernels compiled into the crate by `optimizer!` ([`lensopt::aot`]),
+//! against the cranelift JIT compiling the same rule for the same key.
+//!
+//! Both implement one optimized IR under one kernel contract, so they must
+//! agree **bit for bit** (NaN matching NaN) on the parameters and every
+//! state, element and scalar, in both rewrite modes, for every instruction
+//! set the CPU has, on tensors with vector tails and chunk boundaries.
+
+use lensopt::aot;
+use lensopt::ir::schedule::Schedule;
+use lensopt::jit::{self, Key};
+use lensopt::{catalog, Float, HyperValue, Mode, Optimizer, Program};
+use lensopt_codegen::cpu::program::Origin;
+use lensopt_codegen::cpu::{StepBuffers, StepPlan};
+use ndarray::array;
+
+/// Sizes of the tensors of one step: tails of every length, and a tensor
+/// spanning two chunks.
+const SIZES: [usize; 5] = [1, 3, 17, 1000, 70_001];
+
+/// Deterministic pseudo-random numbers in [-1, 1).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+}
+
+/// Parameters, element states and scalar states after steps.
+#[derive(Debug)]
+struct Outcome<F> {
+    params: Vec<Vec<F>>,
+    states: Vec<Vec<Option<Vec<F>>>>,
+    scalars: Vec<Vec<f64>>,
+}
+
+fn same_bits<F: Float>(a: &[F], b: &[F]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| {
+        !(x.to_f64().to_bits() == y.to_f64().to_bits() || x.is_nan() && y.is_nan())
+    })
+}
+
+/// Three steps of `program` from one seeded starting point.
+fn run<F: Float>(program: &Program<F>, hypers: &[HyperValue], seed: u64) -> Outcome<F> {
+    let rule = &program.schedule().rule;
+    let mut rng = Lcg(seed);
+    let mut draw = |n: usize, positive: bool| -> Vec<F> {
+        (0..n)
+            .map(|_| {
+                let x = rng.next();
+                F::from_f64(if positive { x.abs() } else { x })
+            })
+            .collect()
+    };
+    let mut params: Vec<Vec<F>> = SIZES.iter().map(|&n| draw(n, false)).collect();
+    let grads: Vec<Vec<F>> = SIZES.iter().map(|&n| draw(n, false)).collect();
+    let inputs: Vec<Vec<Vec<F>>> = SIZES
+        .iter()
+        .map(|&n| rule.inputs.iter().map(|_| draw(n, true)).collect())
+        .collect();
+    let mut states: Vec<Vec<Option<Vec<F>>>> = SIZES
+        .iter()
+        .map(|&n| {
+            rule.states
+                .iter()
+                .map(|s| (s.kind == lensopt::ir::StateKind::Element).then(|| draw(n, true)))
+                .collect()
+        })
+        .collect();
+    let mut scalars: Vec<Vec<f64>> = SIZES
+        .iter()
+        .map(|_| rule.states.iter().map(|_| 0.5).collect())
+        .collect();
+    let present = vec![true; rule.inputs.len()];
+    let groups = vec![hypers.to_vec()];
+    let group_of = vec![0; SIZES.len()];
+    for t in 1..=3 {
+        let plan = StepPlan {
+            t,
+            present: &present,
+            group_hypers: &groups,
+            group_of: &group_of,
+        };
+        let mut buffers: Vec<StepBuffers<'_, F>> = params
+            .iter_mut()
+            .zip(&grads)
+            .zip(&inputs)
+            .zip(states.iter_mut())
+            .map(|(((p, g), i), s)| StepBuffers {
+                param: p.as_mut_slice(),
+                grad: g.as_slice(),
+                inputs: i.iter().map(|x| Some(x.as_slice())).collect(),
+                states: s.iter_mut().map(|x| x.as_deref_mut()).collect(),
+            })
+            .collect();
+        program
+            .step(&plan, &mut buffers, &mut scalars, None)
+            .unwrap_or_else(|e| panic!("`{}` step {t}: {e}", rule.name));
+    }
+    Outcome {
+        params,
+        states,
+        scalars,
+    }
+}
+
+fn assert_identical<F: Float>(what: &str, a: &Outcome<F>, b: &Outcome<F>) {
+    for (k, (x, y)) in a.params.iter().zip(&b.params).enumerate() {
+        if let Some(i) = same_bits(x, y) {
+            panic!(
+                "{what}: p of tensor {k} differs at {i}: {} vs {}",
+                x[i], y[i]
+            );
+        }
+    }
+    for (k, (xs, ys)) in a.states.iter().zip(&b.states).enumerate() {
+        for (s, (x, y)) in xs.iter().zip(ys).enumerate() {
+            if let (Some(x), Some(y)) = (x, y) {
+                if let Some(i) = same_bits(x, y) {
+                    panic!(
+                        "{what}: state {s} of tensor {k} differs at {i}: {} vs {}",
+                        x[i], y[i]
+                    );
+                }
+            }
+        }
+    }
+    for (k, (x, y)) in a.scalars.iter().zip(&b.scalars).enumerate() {
+        let same = x
+            .iter()
+            .zip(y)
+            .all(|(u, v)| u.to_bits() == v.to_bits() || u.is_nan() && v.is_nan());
+        assert!(same, "{what}: scalar states of tensor {k}: {x:?} vs {y:?}");
+    }
+}
+
+/// The hyperparameters that take the generic variant: every boolean
+/// flipped, every zero made 0.25 (a value no specialisation compiles in).
+fn non_default(hypers: &[HyperValue]) -> Vec<HyperValue> {
+    hypers
+        .iter()
+        .map(|h| match h {
+            HyperValue::Bool(b) => HyperValue::Bool(!b),
+            HyperValue::Num(x) if *x == 0.0 => HyperValue::Num(0.25),
+            other => *other,
+        })
+        .collect()
+}
+
+fn compare_rule<F: Float>(name: &str) -> usize {
+    let optimizer = catalog::get(name).expect("a catalog rule");
+    let rule = optimizer.rule();
+    let defaults = optimizer.hypers();
+    let present = vec![true; rule.inputs.len()];
+    let mut compared = 0;
+    let cases = [
+        (defaults.clone(), Mode::Exact),
+        (defaults.clone(), Mode::Fast),
+        (non_default(&defaults), Mode::Fast),
+        (non_default(&defaults), Mode::Exact),
+    ];
+    for (hypers, mode) in cases {
+        let key = Key::for_step(std::slice::from_ref(&hypers), &present, mode);
+        let compiled = aot::program::<F>(&rule, &key)
+            .unwrap_or_else(|| panic!("`{name}` has no compiled kernels for {key:?}"));
+        // The JIT compiles for the key the compiled variant was built for
+        // (the generic variant compiles nothing in).
+        let served = Key {
+            specialize: if compiled
+                .schedule()
+                .rule
+                .same_structure(&jit::schedule(&rule, &key).rule)
+            {
+                key.specialize.clone()
+            } else {
+                vec![None; rule.hypers.len()]
+            },
+            ..key.clone()
+        };
+        let jitted = jit::compile::<F>(&rule, &served).expect("the JIT compiles catalog rules");
+        assert!(
+            jitted
+                .schedule()
+                .rule
+                .same_structure(&compiled.schedule().rule),
+            "`{name}` ({mode:?}, {}): the macro's e-graph and the run-time one disagree",
+            F::NAME
+        );
+        let reference = run(&jitted, &hypers, 7);
+        for isa in 0..=aot::isa() {
+            let native = aot::program_for_isa::<F>(&rule, &key, isa).expect("registered");
+            assert_eq!(native.origin(), Origin::Aot);
+            let what = format!("`{name}` {} {mode:?} isa {isa} hypers {hypers:?}", F::NAME);
+            assert_identical(&what, &run(&native, &hypers, 7), &reference);
+            compared += 1;
+        }
+    }
+    compared
+}
+
+#[test]
+fn compiled_kernels_match_the_jit_bit_for_bit_on_every_catalog_rule() {
+    let mut compared = 0;
+    for name in catalog::names() {
+        compared += compare_rule::<f32>(name);
+        compared += compare_rule::<f64>(name);
+    }
+    println!(
+        "compiled: {compared} (rule, type, mode, hyperparameters, instruction set) cases identical to the JIT; instruction sets 0..={}",
+        aot::isa()
+    );
+    assert!(compared >= catalog::names().len() * 8);
+}
+
+lensopt::optimizer! {
+    /// A rule only this test declares: its kernels come from the macro.
+    pub Declared {
+        hyper lr = 1e-2, beta = 0.9, eps = 1e-8, decay = 0.0, centered = false;
+        state m = 0, v = 0;
+        update {
+            m = beta * m + (1 - beta) * g;
+            v = beta * v + (1 - beta) * g * g;
+            let den = sqrt(select(centered, v - m * m, v)) + eps;
+            p = p * (1 - lr * decay) - lr * m / den / norm(g) * sqrt(numel());
+        }
+    }
+}
+
+#[test]
+fn a_declared_optimizer_runs_with_no_jit_at_all() {
+    let before = jit::jit_compiles();
+    let mut w32 = array![1.0f32, -2.0, 3.0, 0.5, 0.25];
+    let g32 = w32.mapv(|x| 0.1 * x);
+    let mut w64 = array![1.0f64, -2.0, 3.0];
+    let g64 = w64.mapv(|x| 0.1 * x);
+    for optimizer in [
+        Declared::default(),
+        Declared::default().decay(0.1).centered(true),
+    ] {
+        for backend in [
+            lensopt::Backend::JitDefault,
+            lensopt::Backend::Jit(Mode::Exact),
+        ] {
+            let mut s32 = optimizer.init(&[&w32]).unwrap();
+            s32.set_backend(backend);
+            s32.step(&mut [&mut w32], &[&g32]).unwrap();
+            assert_eq!(s32.program(&[]).unwrap().origin(), Origin::Aot);
+            let mut s64 = optimizer.init(&[&w64]).unwrap();
+            s64.set_backend(backend);
+            s64.step(&mut [&mut w64], &[&g64]).unwrap();
+            assert_eq!(s64.program(&[]).unwrap().origin(), Origin::Aot);
+        }
+    }
+    assert!(w32.iter().chain(&[]).all(|x| x.is_finite()));
+    assert_eq!(
+        jit::jit_compiles(),
+        before,
+        "a declared optimizer called the JIT"
+    );
+    // A rule written as text is compiled by the JIT on this thread, and counted.
+    let text = lensopt::DynOptimizer::parse(
+        "Fresh { hyper lr = 0.125; update { p = p - lr * g * g * g; } }",
+    )
+    .unwrap();
+    let mut s = text.init(&[&w64]).unwrap();
+    s.step(&mut [&mut w64], &[&g64]).unwrap();
+    assert_eq!(jit::jit_compiles(), before + 1);
+    assert_eq!(s.program(&[]).unwrap().origin(), Origin::Jit);
+}
+
+#[test]
+fn the_compiled_schedule_is_the_one_the_macro_saw() {
+    // The optimized rule embedded by the macro schedules the same way at
+    // run time: same passes, outputs and slots as the JIT's schedule.
+    let rule = catalog::get("lamb").unwrap().rule();
+    let key = Key::for_step(&[rule.default_hypers()], &[], Mode::Fast);
+    let compiled = aot::program::<f32>(&rule, &key).unwrap();
+    let scheduled = Schedule::new(compiled.schedule().rule.clone());
+    assert_eq!(&scheduled, compiled.schedule());
+    assert!(!compiled.schedule().passes.is_empty(), "LAMB reduces");
+}
