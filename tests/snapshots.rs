@@ -35,7 +35,8 @@ fn clif_of_adam_lion_adan_lamb() {
         let present = vec![false; opt.rule().inputs.len()];
         let key = lensopt::jit::Key::for_step(&[opt.hypers()], &present, Mode::Fast);
         // The JIT's code: a step of a catalog rule runs its compiled-in kernels.
-        let program = lensopt::jit::compile::<f32>(&opt.rule(), &key).unwrap();
+        let schedule = lensopt::jit::schedule(&opt.rule(), &key);
+        let program = lensopt::Program::<f32>::compile_with_clif(schedule).unwrap();
         let text: String = program
             .clif()
             .iter()

@@ -85,7 +85,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let (schedule, fallback) = lensopt::jit::schedule_report(&rule, &key);
     let optimize_us = started.elapsed().as_secs_f64() * 1e6;
     let started = Instant::now();
-    let program = lensopt::Program::<f32>::compile(schedule.clone())
+    let program = lensopt::Program::<f32>::compile_with_clif(schedule.clone())
         .map_err(|e| Failure::usage(e.to_string()))?;
     let codegen_us = started.elapsed().as_secs_f64() * 1e6;
     let started = Instant::now();

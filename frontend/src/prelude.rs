@@ -76,16 +76,38 @@ pub fn functions_for(wanted: &[String]) -> Vec<FunctionDecl> {
             }
         }
     }
-    let text: String = items
+    items
         .iter()
-        .zip(&keep)
-        .filter(|(_, k)| **k)
-        .map(|((_, t), _)| t.as_str())
-        .collect();
-    text.parse::<proc_macro2::TokenStream>()
-        .ok()
-        .and_then(|tokens| crate::parse::parse_functions(tokens).ok())
-        .unwrap_or_default()
+        .enumerate()
+        .filter(|(i, _)| keep[*i])
+        .flat_map(|(i, (_, text))| parsed(i, text))
+        .collect()
+}
+
+thread_local! {
+    /// Prelude items parsed on this thread so far, by index: a rule's
+    /// parse clones them instead of parsing their text again. (Syntax
+    /// trees hold `proc_macro2` spans, which stay on their thread.)
+    static PARSED: std::cell::RefCell<Vec<Option<Vec<FunctionDecl>>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Item `index` of the prelude (whose text is `text`), parsed.
+fn parsed(index: usize, text: &str) -> Vec<FunctionDecl> {
+    PARSED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.len() <= index {
+            cache.resize(index + 1, None);
+        }
+        cache[index]
+            .get_or_insert_with(|| {
+                text.parse::<proc_macro2::TokenStream>()
+                    .ok()
+                    .and_then(|tokens| crate::parse::parse_functions(tokens).ok())
+                    .unwrap_or_default()
+            })
+            .clone()
+    })
 }
 
 /// Every declaration of the prelude, parsed.

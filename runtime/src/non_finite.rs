@@ -110,7 +110,14 @@ macro_rules! magnitude_scan {
     };
 }
 
-magnitude_scan!(magnitude_f32, magnitude_f32_avx2, magnitude_f32_avx512, f32, u32, 0x7fff_ffff);
+magnitude_scan!(
+    magnitude_f32,
+    magnitude_f32_avx2,
+    magnitude_f32_avx512,
+    f32,
+    u32,
+    0x7fff_ffff
+);
 magnitude_scan!(
     magnitude_f64,
     magnitude_f64_avx2,

@@ -62,7 +62,7 @@ impl Stages {
         let ptx = lensopt_codegen::ptx::emit(&schedule, F::PRECISION, target)
             .map_err(|e| Error::Compile(e.to_string()))?
             .text;
-        let program = lensopt_codegen::cpu::Program::<F>::compile(schedule)
+        let program = lensopt_codegen::cpu::Program::<F>::compile_with_clif(schedule)
             .map_err(|e| Error::Compile(e.to_string()))?;
         Ok(Stages {
             checked: rule.to_string(),

@@ -308,7 +308,8 @@ impl<F: Float> Stepper<F> {
                 return Ok(p.clone());
             }
         }
-        let program = jit::Engine::shared().program_from::<F>(&self.rule, &key, self.compiled_in)?;
+        let program =
+            jit::Engine::shared().program_from::<F>(&self.rule, &key, self.compiled_in)?;
         self.program = Some((key, program.clone()));
         Ok(program)
     }

@@ -43,7 +43,8 @@ pub struct Built {
     pub element: FuncId,
     /// One reduction kernel per pass.
     pub passes: Vec<FuncId>,
-    /// `(name, CLIF)` of every function, as generated (before cranelift's optimizations).
+    /// `(name, CLIF)` of every function, as generated (before cranelift's
+    /// optimizations), when asked for.
     pub clif: Vec<(String, String)>,
 }
 
@@ -155,18 +156,24 @@ fn signature(module: &JITModule, params: usize) -> Signature {
     sig
 }
 
-/// Builds every function of `schedule` into `module`.
-pub fn build<F: JitFloat>(module: &mut JITModule, schedule: &Schedule) -> BuildResult<Built> {
+/// Builds every function of `schedule` into `module`, with their CLIF
+/// text when `with_clif` (formatting it costs a good part of a compile).
+pub fn build<F: JitFloat>(
+    module: &mut JITModule,
+    schedule: &Schedule,
+    with_clif: bool,
+) -> BuildResult<Built> {
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
     let mut clif = Vec::new();
+    let clif_out = with_clif.then_some(&mut clif);
     let element = define(
         module,
         &mut ctx,
         &mut fctx,
         "element",
         3,
-        &mut clif,
+        clif_out,
         |b, m| element_body::<F>(b, m, schedule),
     )?;
     let mut passes = Vec::new();
@@ -178,7 +185,7 @@ pub fn build<F: JitFloat>(module: &mut JITModule, schedule: &Schedule) -> BuildR
             &mut fctx,
             &name,
             5,
-            &mut clif,
+            with_clif.then_some(&mut clif),
             |b, m| reduction_body::<F>(b, m, schedule, pass),
         )?);
     }
@@ -195,7 +202,7 @@ fn define(
     fctx: &mut FunctionBuilderContext,
     name: &str,
     params: usize,
-    clif: &mut Vec<(String, String)>,
+    clif: Option<&mut Vec<(String, String)>>,
     body: impl FnOnce(&mut FunctionBuilder<'_>, &mut JITModule) -> BuildResult<()>,
 ) -> BuildResult<FuncId> {
     let sig = signature(module, params);
@@ -208,7 +215,9 @@ fn define(
         b.seal_all_blocks();
         b.finalize(module.isa().frontend_config());
     }
-    clif.push((name.to_string(), ctx.func.display().to_string()));
+    if let Some(clif) = clif {
+        clif.push((name.to_string(), ctx.func.display().to_string()));
+    }
     module.define_function(id, ctx)?;
     module.clear_context(ctx);
     Ok(id)

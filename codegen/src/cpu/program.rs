@@ -102,11 +102,22 @@ fn host_isa() -> Result<OwnedTargetIsa, CompileError> {
     static ISA: OnceLock<Result<OwnedTargetIsa, String>> = OnceLock::new();
     let isa = ISA.get_or_init(|| {
         let mut flags = settings::builder();
-        flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
+        flags.set("opt_level", "none").map_err(|e| e.to_string())?;
         flags
             .set("use_colocated_libcalls", "false")
             .map_err(|e| e.to_string())?;
         flags.set("is_pic", "false").map_err(|e| e.to_string())?;
+
+        // The verifier checks the code this crate generates; release builds
+        // trust it (the debug builds that run the tests keep it on).
+        let verify = if cfg!(debug_assertions) {
+            "true"
+        } else {
+            "false"
+        };
+        flags
+            .set("enable_verifier", verify)
+            .map_err(|e| e.to_string())?;
         cranelift_native::builder()
             .map_err(|e| e.to_string())?
             .finish(settings::Flags::new(flags))
@@ -116,7 +127,7 @@ fn host_isa() -> Result<OwnedTargetIsa, CompileError> {
 }
 
 /// A JIT module for the host, with every math import registered.
-pub(crate) fn module() -> Result<JITModule, CompileError> {
+pub fn module() -> Result<JITModule, CompileError> {
     let isa = host_isa()?;
     let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     for (name, ptr) in math::symbols() {
@@ -128,6 +139,16 @@ pub(crate) fn module() -> Result<JITModule, CompileError> {
 impl<F: JitFloat> Program<F> {
     /// Compiles every phase of `schedule` to native code.
     pub fn compile(schedule: Schedule) -> Result<Self, CompileError> {
+        Self::compile_with(schedule, false)
+    }
+
+    /// [`Program::compile`], keeping the CLIF text of every kernel for
+    /// [`Program::clif`].
+    pub fn compile_with_clif(schedule: Schedule) -> Result<Self, CompileError> {
+        Self::compile_with(schedule, true)
+    }
+
+    fn compile_with(schedule: Schedule, with_clif: bool) -> Result<Self, CompileError> {
         schedule.check_budget().map_err(CompileError)?;
         if buffer_count(&schedule.rule) > MAX_BUFFERS {
             return Err(CompileError(format!(
@@ -136,8 +157,8 @@ impl<F: JitFloat> Program<F> {
             )));
         }
         let mut module = module()?;
-        let built =
-            kernel::build::<F>(&mut module, &schedule).map_err(|e| CompileError(e.to_string()))?;
+        let built = kernel::build::<F>(&mut module, &schedule, with_clif)
+            .map_err(|e| CompileError(e.to_string()))?;
         module
             .finalize_definitions()
             .map_err(|e| CompileError(e.to_string()))?;
@@ -202,8 +223,8 @@ impl<F: JitFloat> Program<F> {
         &self.schedule
     }
 
-    /// `(function name, CLIF text)` of every kernel, as generated (none
-    /// for a program compiled ahead of time).
+    /// `(function name, CLIF text)` of every kernel, as generated, for a
+    /// program from [`Program::compile_with_clif`] (empty otherwise).
     pub fn clif(&self) -> &[(String, String)] {
         &self.clif
     }

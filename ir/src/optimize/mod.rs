@@ -38,7 +38,6 @@ use crate::hyper::HyperValue;
 use crate::interp::{eval_binary, eval_unary};
 use crate::rule::*;
 use egg::{Extractor, Runner};
-use rewrites::{exact_rules, fast_rules};
 use term::{new_graph, RateCost};
 use translate::{Lowering, Naming, Raising};
 
@@ -208,16 +207,13 @@ fn saturate(rule: &Rule, options: &Options) -> Rule {
         present: &options.present,
     };
     let ids = lowering.lower(&mut egraph);
-    let mut rules = exact_rules();
-    if options.mode == Mode::Fast {
-        rules.extend(fast_rules());
-    }
+    let rules = rewrites::for_mode(options.mode);
     let runner = Runner::default()
         .with_egraph(egraph)
         .with_node_limit(options.node_limit)
         .with_iter_limit(options.iter_limit)
         .with_time_limit(options.time_limit)
-        .run(&rules);
+        .run(rules);
     let egraph = runner.egraph;
     let extractor = Extractor::new(&egraph, RateCost { egraph: &egraph });
     let mut raising = Raising::new(rule);

@@ -5,6 +5,7 @@
 use super::term::{Graph, RuleAnalysis, Term};
 use crate::rule::*;
 use egg::{rewrite as rw, Id, Rewrite};
+use std::sync::OnceLock;
 
 pub(super) fn rate_is(
     var: &'static str,
@@ -30,6 +31,21 @@ pub(super) fn element(r: Rate) -> bool {
 
 pub(super) fn scalar(r: Rate) -> bool {
     r <= Rate::Tensor
+}
+
+/// The rewrites of `mode`, built once per process (parsing their patterns
+/// costs more than optimizing a small rule).
+pub(super) fn for_mode(mode: super::Mode) -> &'static [Rewrite<Term, RuleAnalysis>] {
+    static EXACT: OnceLock<Vec<Rewrite<Term, RuleAnalysis>>> = OnceLock::new();
+    static FAST: OnceLock<Vec<Rewrite<Term, RuleAnalysis>>> = OnceLock::new();
+    match mode {
+        super::Mode::Exact => EXACT.get_or_init(exact_rules),
+        super::Mode::Fast => FAST.get_or_init(|| {
+            let mut rules = exact_rules();
+            rules.extend(fast_rules());
+            rules
+        }),
+    }
 }
 
 pub(super) fn exact_rules() -> Vec<Rewrite<Term, RuleAnalysis>> {
