@@ -1,5 +1,7 @@
 //! Kernels compiled into the crate by `optimizer!` ([`lensopt::aot`]),
-//! against the cranelift JIT compiling the same rule for the same key.
+//! and JIT programs loaded back from the on-disk cache
+//! ([`lensopt::disk_cache`]), against the cranelift JIT compiling the same
+//! rule for the same key.
 //!
 //! Both implement one optimized IR under one kernel contract, so they must
 //! agree **bit for bit** (NaN matching NaN) on the parameters and every
@@ -7,8 +9,10 @@
 //! set the CPU has, on tensors with vector tails and chunk boundaries.
 
 use lensopt::aot;
+use lensopt::disk_cache::DiskCache;
+use lensopt::ir::encoding;
 use lensopt::ir::schedule::Schedule;
-use lensopt::jit::{self, Key};
+use lensopt::jit::{self, Engine, Key};
 use lensopt::{catalog, Float, HyperValue, Mode, Optimizer, Program};
 use lensopt_codegen::cpu::program::Origin;
 use lensopt_codegen::cpu::{StepBuffers, StepPlan};
@@ -262,10 +266,15 @@ fn a_declared_optimizer_runs_with_no_jit_at_all() {
         before,
         "a declared optimizer called the JIT"
     );
-    // A rule written as text is compiled by the JIT on this thread, and counted.
-    let text = lensopt::DynOptimizer::parse(
-        "Fresh { hyper lr = 0.125; update { p = p - lr * g * g * g; } }",
-    )
+    // A rule written as text is compiled by the JIT on this thread, and
+    // counted (a rule new to this run, so no earlier run has cached it).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let text = lensopt::DynOptimizer::parse(&format!(
+        "Fresh {{ hyper lr = 0.125, unique = {nanos}; update {{ p = p - lr * g * g * g + 0 * unique; }} }}"
+    ))
     .unwrap();
     let mut s = text.init(&[&w64]).unwrap();
     s.step(&mut [&mut w64], &[&g64]).unwrap();
@@ -283,4 +292,106 @@ fn the_compiled_schedule_is_the_one_the_macro_saw() {
     let scheduled = Schedule::new(compiled.schedule().rule.clone());
     assert_eq!(&scheduled, compiled.schedule());
     assert!(!compiled.schedule().passes.is_empty(), "LAMB reduces");
+}
+
+fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+fn disk_round_trip<F: Float>(cache: &DiskCache, name: &str) {
+    let rule = catalog::get(name).unwrap().rule();
+    let hypers = rule.default_hypers();
+    let key = Key::for_step(
+        std::slice::from_ref(&hypers),
+        &vec![true; rule.inputs.len()],
+        Mode::Fast,
+    );
+    let engine = || Engine::new(4).with_disk_cache(Some(cache.clone()));
+    // `compiled_in = false`: the JIT, as for a rule written as text.
+    let first = engine().program_from::<F>(&rule, &key, false).unwrap();
+    assert_eq!(first.origin(), Origin::Jit, "`{name}` {}", F::NAME);
+    let second = engine().program_from::<F>(&rule, &key, false).unwrap();
+    assert_eq!(second.origin(), Origin::Cached, "`{name}` {}", F::NAME);
+    assert_eq!(second.schedule(), first.schedule());
+    let what = format!("`{name}` {} from the disk cache", F::NAME);
+    assert_identical(&what, &run(&second, &hypers, 11), &run(&first, &hypers, 11));
+}
+
+#[test]
+fn jit_programs_come_back_from_the_disk_cache_bit_for_bit() {
+    let dir = std::env::temp_dir().join(format!("lensopt-disk-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = DiskCache::at(&dir);
+    for name in ["adam", "lamb", "sophiah", "adan"] {
+        disk_round_trip::<f32>(&cache, name);
+        disk_round_trip::<f64>(&cache, name);
+    }
+    let files = files_in(&dir);
+    assert_eq!(files.len(), 8, "one file per rule and element type");
+    // Any damage costs a compile, never a wrong program: flip one byte of
+    // every file, or cut it short.
+    let rule = catalog::get("lamb").unwrap().rule();
+    let key = Key::for_step(&[rule.default_hypers()], &[], Mode::Fast);
+    for (k, file) in files.iter().enumerate() {
+        let mut bytes = std::fs::read(file).unwrap();
+        match k % 2 {
+            0 => {
+                let at = bytes.len() / 2;
+                bytes[at] ^= 0x40;
+            }
+            _ => bytes.truncate(bytes.len() / 3),
+        }
+        std::fs::write(file, bytes).unwrap();
+    }
+    let engine = || Engine::new(4).with_disk_cache(Some(cache.clone()));
+    let recompiled = engine().program_from::<f32>(&rule, &key, false).unwrap();
+    assert_eq!(recompiled.origin(), Origin::Jit);
+    let again = engine().program_from::<f32>(&rule, &key, false).unwrap();
+    assert_eq!(
+        again.origin(),
+        Origin::Cached,
+        "the damaged file was replaced"
+    );
+    // A cache that cannot be written is no cache, and no error.
+    let blocked = DiskCache::at(files[0].join("not-a-directory"));
+    let engine = Engine::new(4).with_disk_cache(Some(blocked));
+    let program = engine.program_from::<f32>(&rule, &key, false).unwrap();
+    assert_eq!(program.origin(), Origin::Jit);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn rules_round_trip_through_their_encoding_and_damage_is_an_error() {
+    for name in catalog::names() {
+        let opt = catalog::get(name).unwrap();
+        let rule = opt.rule();
+        let key = Key::for_step(&[opt.hypers()], &vec![true; rule.inputs.len()], Mode::Fast);
+        for r in [(*rule).clone(), jit::schedule(&rule, &key).rule] {
+            let bytes = encoding::encode(&r).expect("an element rule");
+            let back = encoding::decode(&bytes).unwrap();
+            assert_eq!(back, r, "`{name}`");
+            // Every prefix is an error, and so is every single-byte change
+            // that makes the rule malformed; none panics.
+            for cut in 0..bytes.len() {
+                assert!(
+                    encoding::decode(&bytes[..cut]).is_err(),
+                    "`{name}` cut at {cut}"
+                );
+            }
+            let mut rng = Lcg(bytes.len() as u64);
+            for _ in 0..2000 {
+                let mut damaged = bytes.clone();
+                let at = ((rng.next() + 1.0) / 2.0 * bytes.len() as f64) as usize % bytes.len();
+                damaged[at] = damaged[at].wrapping_add(1 + (at % 255) as u8);
+                let _ = encoding::decode(&damaged);
+            }
+        }
+    }
+    let muon = catalog::get("muon").unwrap().rule();
+    assert!(
+        encoding::encode(&muon).is_none(),
+        "matrix rules are not encoded"
+    );
 }

@@ -135,6 +135,7 @@ pub fn program<F: Float>(rule: &Rule, key: &Key) -> Result<Arc<Program<F>>, Erro
 pub struct Engine {
     capacity: usize,
     entries: Mutex<Entries>,
+    disk: Option<crate::disk_cache::DiskCache>,
 }
 
 #[derive(Default)]
@@ -185,13 +186,26 @@ impl Engine {
         Engine {
             capacity: capacity.max(1),
             entries: Mutex::new(Entries::default()),
+            disk: None,
         }
     }
 
-    /// The process's default engine (64 programs), used by every `Stepper`.
+    /// The same engine, keeping what the JIT compiles in `cache` too and
+    /// looking there before compiling (the shared engine uses
+    /// [`crate::disk_cache::DiskCache::from_env`]).
+    #[must_use]
+    pub fn with_disk_cache(mut self, cache: Option<crate::disk_cache::DiskCache>) -> Self {
+        self.disk = cache;
+        self
+    }
+
+    /// The process's default engine (64 programs, and the on-disk cache
+    /// the environment names), used by every `Stepper`.
     pub fn shared() -> &'static Engine {
         static SHARED: OnceLock<Engine> = OnceLock::new();
-        SHARED.get_or_init(|| Engine::new(64))
+        SHARED.get_or_init(|| {
+            Engine::new(64).with_disk_cache(crate::disk_cache::DiskCache::from_env())
+        })
     }
 
     /// How many compiled programs the engine holds.
@@ -273,11 +287,12 @@ impl Engine {
                 }
             }
         }
-        // Kernels compiled into the crate by `optimizer!` need neither the
-        // e-graph nor cranelift.
+        // Kernels compiled into the crate, or by the JIT in an earlier run,
+        // need neither the e-graph nor cranelift.
         let native = compiled_in
             .then(|| crate::aot::program::<F>(rule, key))
-            .flatten();
+            .flatten()
+            .or_else(|| self.disk.as_ref()?.load::<F>(rule, key));
         let (schedule, native) = match native {
             Some(p) => (p.schedule().clone(), Some(p)),
             None => (schedule(rule, key), None),
@@ -300,7 +315,13 @@ impl Engine {
                 let optimized_rule = schedule.rule.clone();
                 let program = Arc::new(match native {
                     Some(p) => p,
-                    None => jit_compile::<F>(schedule)?,
+                    None => {
+                        let p = jit_compile::<F>(schedule)?;
+                        if let Some(disk) = &self.disk {
+                            disk.store(rule, key, &p);
+                        }
+                        p
+                    }
                 });
                 let mut entries = self.lock();
                 let now = entries.clock;

@@ -47,6 +47,7 @@ pub mod circuit;
 pub mod cuda;
 pub mod data;
 pub mod diagram;
+pub mod disk_cache;
 mod error;
 mod float;
 pub mod jit;
@@ -61,6 +62,7 @@ pub mod train;
 
 pub use error::Error;
 pub use float::Float;
+pub use lensopt_codegen::cpu::program::Origin;
 pub use lensopt_codegen::cpu::Program;
 pub use lensopt_frontend::{Diagnostic, Diagnostics, ParseRule};
 pub use lensopt_ir as ir;

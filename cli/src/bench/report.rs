@@ -122,14 +122,15 @@ pub(super) fn print_end(rows: &[Value], json: bool) {
         for row in rows.iter().filter(|r| r["kernel"] == "jit_latency") {
             let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
             outln!(
-                "  {:<8} {:>6.0} us (p10 {:.0}, p90 {:.0}; parse {:.0}, e-graph {:.0}, cranelift {:.0})",
+                "  {:<8} {:>6.0} us (p10 {:.0}, p90 {:.0}; parse {:.0}, e-graph {:.0}, cranelift {:.0}); from the on-disk cache {:.0} us",
                 row["rule"].as_str().unwrap_or(""),
                 f("median_us"),
                 f("p10_us"),
                 f("p90_us"),
                 f("parse_us"),
                 f("optimize_us"),
-                f("codegen_us")
+                f("codegen_us"),
+                f("cached_median_us")
             );
         }
     }

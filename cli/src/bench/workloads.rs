@@ -224,7 +224,7 @@ impl Bench {
     pub(super) fn scan_cost(&mut self, name: &str, n: usize) -> Result<(), Failure> {
         let opt = catalog::get(name).ok_or_else(|| fail(format!("unknown rule `{name}`")))?;
         let rule = opt.rule();
-        let mut p = filled(n, 3)?;
+        let p = filled(n, 3)?;
         let g = filled(n, 4)?;
         let mut h = filled(n, 5)?;
         h.mapv_inplace(f32::abs);
@@ -239,23 +239,21 @@ impl Bench {
             .map_err(fail)?
             .origin()
             .name();
-        let st = std::cell::RefCell::new(st);
-        let p = std::cell::RefCell::new(&mut p);
-        let mut result = Ok(());
-        let mut step = |policy: lensopt::NonFinite| {
-            let mut st = st.borrow_mut();
+        let state = std::cell::RefCell::new((st, p, Ok(())));
+        let step = |policy: lensopt::NonFinite| {
+            let mut state = state.borrow_mut();
+            let (st, p, result) = &mut *state;
             st.set_non_finite(policy);
-            if let Err(e) = st.step_with(&mut [&mut **p.borrow_mut()], &[&g], &inputs) {
-                result = Err(e);
+            if let Err(e) = st.step_with(&mut [p], &[&g], &inputs) {
+                *result = Err(e);
             }
         };
-        let step = std::cell::RefCell::new(&mut step);
         let (refuse, unchecked, _) = time_pair(
             self.seconds,
-            || (step.borrow_mut())(lensopt::NonFinite::Refuse),
-            || (step.borrow_mut())(lensopt::NonFinite::Unchecked),
+            || step(lensopt::NonFinite::Refuse),
+            || step(lensopt::NonFinite::Unchecked),
         );
-        drop(step);
+        let (_, _, result) = state.into_inner();
         result.map_err(fail)?;
         self.rows.push(json!({
             "kernel": "scan_cost", "rule": name, "backend": backend, "n": n, "dtype": "f32",
@@ -341,7 +339,8 @@ impl Bench {
         Ok(())
     }
 
-    /// Rule text to callable kernels, 100 times: median, p10, p90, stages.
+    /// Rule text to callable kernels, 100 times: median, p10, p90, stages;
+    /// and the median from the on-disk cache, as a second run starts.
     pub(super) fn jit_latency(&mut self, name: &str) -> Result<(), Failure> {
         let text = catalog::source(name).ok_or_else(|| fail(format!("unknown rule `{name}`")))?;
         let defaults = Rule::parse(text).map_err(fail)?.default_hypers();
@@ -368,11 +367,50 @@ impl Bench {
         let optimize = median(stages.iter().map(|s| s.1).collect());
         let codegen = median(stages.iter().map(|s| s.2).collect());
         samples.sort_by(f64::total_cmp);
+        let cached = cached_latency(text, &defaults)?;
         self.rows.push(json!({
             "kernel": "jit_latency", "rule": name, "median_us": samples[50],
             "p10_us": samples[10], "p90_us": samples[90],
             "parse_us": parse, "optimize_us": optimize, "codegen_us": codegen,
+            "cached_median_us": cached,
         }));
         Ok(())
     }
+}
+
+/// Median time, over 100 runs, from rule text to callable kernels when an
+/// earlier run left the program in the on-disk cache: parse, then load
+/// (a fresh engine each time, a private cache directory removed after).
+fn cached_latency(text: &str, defaults: &[lensopt::HyperValue]) -> Result<f64, Failure> {
+    use lensopt::disk_cache::DiskCache;
+    use lensopt::jit::{Engine, Key};
+    let dir = std::env::temp_dir().join(format!("lensopt-bench-cache-{}", std::process::id()));
+    let cache = DiskCache::at(&dir);
+    let mut samples = Vec::new();
+    let mut result = Ok(());
+    for round in 0..101 {
+        let t = Instant::now();
+        let rule = Rule::parse(text).map_err(fail)?;
+        let key = Key::for_step(
+            &[defaults.to_vec()],
+            &vec![true; rule.inputs.len()],
+            lensopt::Mode::Fast,
+        );
+        let engine = Engine::new(1).with_disk_cache(Some(cache.clone()));
+        let program = engine
+            .program_from::<f32>(&rule, &key, false)
+            .map_err(fail)?;
+        let elapsed = t.elapsed().as_secs_f64() * 1e6;
+        // The first round compiles and stores; the others must load.
+        if round > 0 {
+            if program.origin() != lensopt::Origin::Cached {
+                result = Err(fail("the on-disk cache did not serve the program"));
+            }
+            samples.push(elapsed);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
 }

@@ -46,6 +46,9 @@ pub struct Built {
     /// `(name, CLIF)` of every function, as generated (before cranelift's
     /// optimizations), when asked for.
     pub clif: Vec<(String, String)>,
+    /// The functions' bytes, element kernel first (see [`super::image`]),
+    /// when every one of them can be taken.
+    pub image: Option<super::image::Image>,
 }
 
 /// Shared parts of every kernel's entry block.
@@ -165,15 +168,17 @@ pub fn build<F: JitFloat>(
 ) -> BuildResult<Built> {
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
-    let mut clif = Vec::new();
-    let clif_out = with_clif.then_some(&mut clif);
+    let mut taken = Taken {
+        clif: with_clif.then(Vec::new),
+        image: Some(super::image::Image::default()),
+    };
     let element = define(
         module,
         &mut ctx,
         &mut fctx,
         "element",
         3,
-        clif_out,
+        &mut taken,
         |b, m| element_body::<F>(b, m, schedule),
     )?;
     let mut passes = Vec::new();
@@ -185,15 +190,24 @@ pub fn build<F: JitFloat>(
             &mut fctx,
             &name,
             5,
-            with_clif.then_some(&mut clif),
+            &mut taken,
             |b, m| reduction_body::<F>(b, m, schedule, pass),
         )?);
     }
     Ok(Built {
         element,
         passes,
-        clif,
+        clif: taken.clif.unwrap_or_default(),
+        image: taken.image,
     })
+}
+
+/// What [`define`] keeps of each function besides its code.
+struct Taken {
+    /// CLIF text, when asked for.
+    clif: Option<Vec<(String, String)>>,
+    /// The image, while every function so far could be taken.
+    image: Option<super::image::Image>,
 }
 
 fn define(
@@ -202,7 +216,7 @@ fn define(
     fctx: &mut FunctionBuilderContext,
     name: &str,
     params: usize,
-    clif: Option<&mut Vec<(String, String)>>,
+    taken: &mut Taken,
     body: impl FnOnce(&mut FunctionBuilder<'_>, &mut JITModule) -> BuildResult<()>,
 ) -> BuildResult<FuncId> {
     let sig = signature(module, params);
@@ -215,10 +229,16 @@ fn define(
         b.seal_all_blocks();
         b.finalize(module.isa().frontend_config());
     }
-    if let Some(clif) = clif {
+    if let Some(clif) = &mut taken.clif {
         clif.push((name.to_string(), ctx.func.display().to_string()));
     }
     module.define_function(id, ctx)?;
+    if let Some(image) = &mut taken.image {
+        match super::image::capture(module, ctx) {
+            Some(f) => image.functions.push(f),
+            None => taken.image = None,
+        }
+    }
     module.clear_context(ctx);
     Ok(id)
 }

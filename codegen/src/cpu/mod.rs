@@ -5,12 +5,14 @@
 //! - [`emit`]: element-wise IR nodes to CLIF vector instructions;
 //! - [`kernel`]: the element and reduction functions (loops, loads, stores);
 //! - [`program`]: a compiled schedule: the native functions and their code;
+//! - [`image`]: a program's code as bytes and back (the on-disk cache);
 //! - [`execute`]: the safe, parallel execution of a step with a program;
 //! - [`circuit`]: boolean circuits (forward and reverse) as bitwise code.
 
 pub mod circuit;
 pub mod emit;
 pub mod execute;
+pub mod image;
 pub mod kernel;
 pub mod lanes;
 pub mod math;

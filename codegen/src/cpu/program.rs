@@ -65,7 +65,10 @@ pub struct Program<F> {
     pub(super) passes: Vec<ReduceFn>,
     clif: Vec<(String, String)>,
     origin: Origin,
+    image: Option<super::image::Image>,
     _code: Code,
+    /// The executable memory of a program loaded from an image.
+    _mapped: Option<memmap2::Mmap>,
     _element: PhantomData<F>,
 }
 
@@ -83,6 +86,8 @@ impl<F> fmt::Debug for Program<F> {
 pub enum Origin {
     /// Compiled now by cranelift.
     Jit,
+    /// Compiled by cranelift in an earlier run, loaded from the on-disk cache.
+    Cached,
     /// Compiled with the crate by rustc (`optimizer!`'s kernels).
     Aot,
 }
@@ -92,6 +97,7 @@ impl Origin {
     pub fn name(self) -> &'static str {
         match self {
             Origin::Jit => "jit",
+            Origin::Cached => "cached",
             Origin::Aot => "aot",
         }
     }
@@ -124,6 +130,19 @@ fn host_isa() -> Result<OwnedTargetIsa, CompileError> {
             .map_err(|e| e.to_string())
     });
     isa.clone().map_err(CompileError)
+}
+
+/// What the host's code depends on: target triple, cranelift's shared
+/// settings and the CPU features it detected (the on-disk cache's key).
+pub fn host_features() -> Result<String, CompileError> {
+    let isa = host_isa()?;
+    let features: Vec<String> = isa.isa_flags().iter().map(|v| v.to_string()).collect();
+    Ok(format!(
+        "{} | {} | {}",
+        isa.triple(),
+        isa.flags(),
+        features.join(",")
+    ))
 }
 
 /// A JIT module for the host, with every math import registered.
@@ -183,7 +202,60 @@ impl<F: JitFloat> Program<F> {
             passes,
             clif: built.clif,
             origin: Origin::Jit,
+            image: built.image,
             _code: Code(Some(module)),
+            _mapped: None,
+            _element: PhantomData,
+        })
+    }
+
+    /// The program's machine code as an [`super::image::Image`], for a
+    /// program cranelift compiled on x86-64 (the on-disk cache stores it).
+    pub fn image(&self) -> Option<&super::image::Image> {
+        self.image.as_ref()
+    }
+
+    /// A program from the image of an earlier compile of `schedule`.
+    ///
+    /// # Safety
+    ///
+    /// `image` must be [`Program::image`] of a program compiled from this
+    /// schedule for element type `F` by this build of the crate on a CPU
+    /// with this one's features (the on-disk cache keys its files by all
+    /// of these and checksums them).
+    pub unsafe fn from_image(
+        schedule: Schedule,
+        image: super::image::Image,
+    ) -> Result<Self, CompileError> {
+        if image.functions.len() != 1 + schedule.passes.len() {
+            return Err(CompileError(format!(
+                "the image holds {} functions, the schedule needs {}",
+                image.functions.len(),
+                1 + schedule.passes.len()
+            )));
+        }
+        // SAFETY: the caller guarantees the image is this crate's code for
+        // this CPU.
+        let loaded = unsafe { super::image::load(&image) }.map_err(CompileError)?;
+        // SAFETY: each entry starts a function compiled with the kernel
+        // signatures of `kernel::build` (element first, then the passes in
+        // order), as `Program::compile` transmutes them.
+        let element: ElementFn =
+            unsafe { std::mem::transmute::<*const u8, ElementFn>(loaded.entries[0]) };
+        let passes = loaded.entries[1..]
+            .iter()
+            // SAFETY: as above, for the reduction signature.
+            .map(|p| unsafe { std::mem::transmute::<*const u8, ReduceFn>(*p) })
+            .collect();
+        Ok(Program {
+            schedule,
+            element,
+            passes,
+            clif: Vec::new(),
+            origin: Origin::Cached,
+            image: Some(image),
+            _code: Code(None),
+            _mapped: Some(loaded._map),
             _element: PhantomData,
         })
     }
@@ -208,7 +280,9 @@ impl<F: JitFloat> Program<F> {
             passes,
             clif: Vec::new(),
             origin: Origin::Aot,
+            image: None,
             _code: Code(None),
+            _mapped: None,
             _element: PhantomData,
         }
     }
