@@ -11,7 +11,9 @@
 //! `valid` by adding 0, and sum (or take the maximum of) the lanes in order
 //! at the end. Element arithmetic is the IEEE operation of the element
 //! type, with no contraction into fma, so a kernel compiled by rustc is
-//! bit-identical to the JIT's in exact mode. Each kernel is emitted for
+//! bit-identical to the JIT's in exact mode. A reduction kernel computes
+//! its values a block at a time (a loop rustc vectorizes), then adds them
+//! to the lanes' accumulators in the JIT's order. Each kernel is emitted for
 //! three instruction sets (baseline, AVX2 + FMA, AVX-512 on x86-64; the
 //! baseline elsewhere, where it already has NEON on aarch64), and the
 //! caller picks one at run time.
@@ -55,6 +57,10 @@ impl Element {
         }
     }
 }
+
+/// Elements a reduction kernel computes at a time (a multiple of every
+/// lane count) before it accumulates them lane by lane.
+const REDUCE_BLOCK: usize = 256;
 
 /// The instruction sets each kernel is emitted for, in the order of the
 /// function tables [`kernels`] emits.
@@ -212,11 +218,14 @@ fn entry(
 }
 
 /// The statements computing `needed` for element `i`.
+/// The statements computing `needed` for the element at `index` of the
+/// buffers named `{buffers}{k}`.
 fn element_statements(
     rule: &Rule,
     needed: &[usize],
     ty: Element,
     support: &str,
+    (buffers, index): (&str, &str),
     indent: &str,
     out: &mut String,
 ) {
@@ -228,7 +237,7 @@ fn element_statements(
         let expr = match node.op {
             Op::Param | Op::Grad | Op::Input(_) | Op::State(_) => {
                 let k = buffer_of(rule, &node.op).expect("a buffer leaf");
-                format!("b{k}[i]")
+                format!("{buffers}{k}[{index}]")
             }
             Op::Unary(u, a) => {
                 let a = v(a);
@@ -288,7 +297,7 @@ fn element_body(schedule: &Schedule, roots: &[ValueId], ty: Element, support: &s
     let mut out = String::new();
     entry(schedule, &needed, roots, &written, ty, &mut out);
     let _ = writeln!(out, "    for i in 0..n {{");
-    element_statements(rule, &needed, ty, support, "        ", &mut out);
+    element_statements(rule, &needed, ty, support, ("b", "i"), "        ", &mut out);
     for (o, v) in &schedule.outputs {
         let _ = writeln!(out, "        b{}[i] = v{};", output_buffer(rule, *o), v.0);
     }
@@ -311,37 +320,90 @@ fn reduction_body(schedule: &Schedule, pass: &[ValueId], ty: Element, support: &
     let needed = element_nodes(rule, &arg_ids);
     let mut out = String::new();
     entry(schedule, &needed, &arg_ids, &[], ty, &mut out);
-    for k in 0..args.len() {
+    let rule_buffers: Vec<usize> = (0..buffer_count(rule))
+        .filter(|k| {
+            needed
+                .iter()
+                .any(|&id| buffer_of(rule, &rule.nodes[id].op) == Some(*k))
+        })
+        .collect();
+    let _ = writeln!(out, "    const BLOCK: usize = {REDUCE_BLOCK};");
+    for (k, (_, arg)) in args.iter().enumerate() {
         let _ = writeln!(out, "    let mut acc{k} = [0.0f64; {lanes}];");
+        let (init, elem) = match rule.node(*arg).ty {
+            Ty::Bool => ("false".to_string(), "bool"),
+            Ty::Float => (literal(0.0, ty), t),
+        };
+        let _ = writeln!(out, "    let mut x{k}: [{elem}; BLOCK] = [{init}; BLOCK];");
     }
     let _ = writeln!(out, "    let mut base = 0;");
     let _ = writeln!(out, "    while base + {lanes} <= n {{");
-    let _ = writeln!(out, "        for lane in 0..{lanes} {{");
-    let _ = writeln!(out, "            let i = base + lane;");
-    element_statements(rule, &needed, ty, support, "            ", &mut out);
-    for (k, (op, arg)) in args.iter().enumerate() {
-        let x = format!("v{}", arg.0);
-        let wide = match t {
-            "f32" => format!("f64::from({x})"),
-            _ => x.clone(),
-        };
-        let contribution = match op {
-            ReduceOp::Count => format!("if {x} {{ 1.0f64 }} else {{ 0.0f64 }}"),
-            ReduceOp::Sum | ReduceOp::Mean => wide,
-            ReduceOp::Norm => format!("{wide} * {wide}"),
-            ReduceOp::MaxAbs => format!("{wide}.abs()"),
-        };
-        let masked = format!("if i < valid {{ {contribution} }} else {{ 0.0f64 }}");
-        let _ = match op {
-            ReduceOp::MaxAbs => writeln!(
-                out,
-                "            acc{k}[lane] = {support}::maximum_f64(acc{k}[lane], {masked});"
-            ),
-            _ => writeln!(out, "            acc{k}[lane] += {masked};"),
-        };
+    let _ = writeln!(
+        out,
+        "        let len = BLOCK.min((n - base) / {lanes} * {lanes});"
+    );
+    for k in &rule_buffers {
+        let _ = writeln!(out, "        let c{k} = &b{k}[base..base + len];");
+    }
+    // The block's values, element by element (vectorizable), ...
+    let _ = writeln!(out, "        for j in 0..len {{");
+    element_statements(
+        rule,
+        &needed,
+        ty,
+        support,
+        ("c", "j"),
+        "            ",
+        &mut out,
+    );
+    for (k, (_, arg)) in args.iter().enumerate() {
+        let _ = writeln!(out, "            x{k}[j] = v{};", arg.0);
     }
     let _ = writeln!(out, "        }}");
-    let _ = writeln!(out, "        base += {lanes};");
+    // ... then accumulated lane by lane in index order, as the JIT does.
+    let accumulate = |out: &mut String, masked: bool| {
+        for (k, (op, _)) in args.iter().enumerate() {
+            let x = "x";
+            let wide = match t {
+                "f32" => format!("f64::from({x})"),
+                _ => x.to_string(),
+            };
+            let contribution = match op {
+                ReduceOp::Count => format!("if {x} {{ 1.0f64 }} else {{ 0.0f64 }}"),
+                ReduceOp::Sum | ReduceOp::Mean => wide,
+                ReduceOp::Norm => format!("{wide} * {wide}"),
+                ReduceOp::MaxAbs => format!("{wide}.abs()"),
+            };
+            let value = if masked {
+                format!("if base + j < valid {{ {contribution} }} else {{ 0.0f64 }}")
+            } else {
+                contribution
+            };
+            let update = match op {
+                ReduceOp::MaxAbs => {
+                    format!("acc{k}[lane] = {support}::maximum_f64(acc{k}[lane], {value});")
+                }
+                _ => format!("acc{k}[lane] += {value};"),
+            };
+            if masked {
+                let _ = writeln!(
+                    out,
+                    "            for (j, &x) in x{k}[..len].iter().enumerate() {{ let lane = j % {lanes}; {update} }}"
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "            for c in x{k}[..len].chunks_exact({lanes}) {{ for lane in 0..{lanes} {{ let x = c[lane]; {update} }} }}"
+                );
+            }
+        }
+    };
+    let _ = writeln!(out, "        if base + len <= valid {{");
+    accumulate(&mut out, false);
+    let _ = writeln!(out, "        }} else {{");
+    accumulate(&mut out, true);
+    let _ = writeln!(out, "        }}");
+    let _ = writeln!(out, "        base += len;");
     let _ = writeln!(out, "    }}");
     for (k, (op, _)) in args.iter().enumerate() {
         let mut total = format!("acc{k}[0]");
