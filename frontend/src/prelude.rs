@@ -13,7 +13,12 @@ pub const SOURCE: &str = include_str!("prelude.lo");
 /// The prelude's items as text: `(name, text)` in source order, each with
 /// its doc comment. An item starts at a line beginning with `fn ` or
 /// `transform ` (or at the `///` lines just above one).
-fn items() -> Vec<(&'static str, String)> {
+fn items() -> &'static [(&'static str, String)] {
+    static ITEMS: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
+    ITEMS.get_or_init(split_items)
+}
+
+fn split_items() -> Vec<(&'static str, String)> {
     let mut out: Vec<(&'static str, String)> = Vec::new();
     let mut pending = String::new();
     for line in SOURCE.lines() {
@@ -112,6 +117,6 @@ fn parsed(index: usize, text: &str) -> Vec<FunctionDecl> {
 
 /// Every declaration of the prelude, parsed.
 pub fn functions() -> Vec<FunctionDecl> {
-    let all: Vec<String> = items().into_iter().map(|(n, _)| n.to_string()).collect();
+    let all: Vec<String> = items().iter().map(|(n, _)| n.to_string()).collect();
     functions_for(&all)
 }

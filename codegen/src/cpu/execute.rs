@@ -305,11 +305,13 @@ impl<F: JitFloat> Program<F> {
         }
     }
 
-    /// Runs the element kernel over one chunk: whole vectors in place, the
-    /// last `n % L` elements on zero-padded copies.
+    /// Runs the element kernel over one chunk: whole iterations of its loop
+    /// (`UNROLL` vectors) in place, the last `n % (UNROLL * L)` elements on
+    /// zero-padded copies.
     fn element_chunk(&self, chunk: &mut StepBuffers<'_, F>, slots: &[F]) {
         let n = chunk.param.len();
-        let main = n - n % F::LANES;
+        let step = F::LANES * super::kernel::UNROLL;
+        let main = n - n % step;
         let ptrs = chunk.pointers();
         if main > 0 {
             // SAFETY: `validate` checked that every buffer the kernel reads or
@@ -317,16 +319,16 @@ impl<F: JitFloat> Program<F> {
             // table and `slots` (every schedule slot broadcast to `F::LANES`
             // values, the layout `load_slot` reads) outlive the call; the
             // kernel touches elements [0, main) only, `main` is a multiple of
-            // the lane count as it requires, and the only buffers it writes
+            // `UNROLL * L` as it requires, and the only buffers it writes
             // (p and states) are distinct `&mut` slices.
             unsafe { (self.element)(ptrs.as_ptr(), slots.as_ptr().cast(), main) };
         }
         if main < n {
-            let mut pad = Padded::<F>::new(chunk, main);
+            let mut pad = Padded::<F>::new(chunk, main, step);
             let ptrs = pad.pointers();
             // SAFETY: as above, with every present buffer replaced by a padded
-            // copy of exactly `F::LANES` elements.
-            unsafe { (self.element)(ptrs.as_ptr(), slots.as_ptr().cast(), F::LANES) };
+            // copy of exactly `step` elements.
+            unsafe { (self.element)(ptrs.as_ptr(), slots.as_ptr().cast(), step) };
             pad.write_back(chunk, main, &self.schedule);
         }
     }
@@ -359,7 +361,7 @@ impl<F: JitFloat> Program<F> {
         }
         if main < n {
             let mut tail = vec![0.0f64; count];
-            let mut pad = Padded::<F>::new(chunk, main);
+            let mut pad = Padded::<F>::new(chunk, main, F::LANES);
             let ptrs = pad.pointers();
             // SAFETY: as above on padded copies of `F::LANES` elements; lanes
             // at or past `n - main` are masked out by the kernel.
@@ -380,20 +382,22 @@ impl<F: JitFloat> Program<F> {
     }
 }
 
-/// Zero-padded copies of the last `n % L` elements of every buffer of a chunk.
+/// Zero-padded copies, `width` elements each, of the elements of every
+/// buffer of a chunk from `from` on (fewer than `width`).
 struct Padded<F> {
     data: Vec<F>,
     present: Vec<bool>,
+    width: usize,
 }
 
 impl<F: JitFloat> Padded<F> {
-    fn new(chunk: &StepBuffers<'_, F>, from: usize) -> Self {
+    fn new(chunk: &StepBuffers<'_, F>, from: usize, width: usize) -> Self {
         let nb = 2 + chunk.inputs.len() + chunk.states.len();
-        let mut data = vec![F::default(); nb * F::LANES];
+        let mut data = vec![F::default(); nb * width];
         let mut present = vec![false; nb];
         let mut put = |b: usize, src: &[F]| {
             let tail = &src[from..];
-            data[b * F::LANES..b * F::LANES + tail.len()].copy_from_slice(tail);
+            data[b * width..b * width + tail.len()].copy_from_slice(tail);
             present[b] = true;
         };
         put(0, chunk.param);
@@ -409,14 +413,18 @@ impl<F: JitFloat> Padded<F> {
                 put(base + j, s);
             }
         }
-        Padded { data, present }
+        Padded {
+            data,
+            present,
+            width,
+        }
     }
 
     fn pointers(&mut self) -> [*mut u8; MAX_BUFFERS] {
         let mut ptrs = [std::ptr::null_mut(); MAX_BUFFERS];
         for (b, p) in self.present.iter().enumerate() {
             if *p {
-                ptrs[b] = self.data[b * F::LANES..].as_mut_ptr().cast();
+                ptrs[b] = self.data[b * self.width..].as_mut_ptr().cast();
             }
         }
         ptrs
@@ -427,7 +435,7 @@ impl<F: JitFloat> Padded<F> {
         let rest = chunk.param.len() - from;
         for (out, _) in &schedule.outputs {
             let b = output_buffer(&schedule.rule, *out);
-            let src = &self.data[b * F::LANES..b * F::LANES + rest];
+            let src = &self.data[b * self.width..b * self.width + rest];
             match out {
                 lensopt_ir::schedule::Output::Param => chunk.param[from..].copy_from_slice(src),
                 lensopt_ir::schedule::Output::State(s) => {

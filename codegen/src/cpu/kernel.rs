@@ -3,11 +3,13 @@
 //! Element kernel, `fn(bufs: *const *mut F, slots: *const F, n: usize)`:
 //! ```text
 //! entry:    load buffer base pointers and scalar slots (splatted once)
-//! unrolled: while i + 4*L <= n { 4 x (load, compute, store) at i, i+L, i+2L, i+3L }
-//! single:   while i < n        { load, compute, store at i; i += L }
+//! loop:     while i + UNROLL*L <= n { UNROLL x (load, compute, store) at i, i+L, ... }
 //! ```
-//! `n` must be a multiple of the lane count `L`; the caller runs the last
-//! `n % L` elements through the same kernel on padded copies.
+//! `n` must be a multiple of `UNROLL * L`; the caller runs the last
+//! `n % (UNROLL * L)` elements through the same kernel on padded copies, so
+//! the body is emitted `UNROLL` times and no more (no separate tail loop).
+//! Compile time grows with the copies, and unrolling measured no faster:
+//! `UNROLL` is 1.
 //!
 //! Reduction kernel, `fn(bufs, slots, n, valid, out: *mut f64)`: one vector
 //! per iteration, every reduction of the pass accumulated per lane in f64
@@ -34,8 +36,8 @@ use std::marker::PhantomData;
 /// Results of building code (the error boxed: cranelift's is large).
 type BuildResult<T> = Result<T, Box<ModuleError>>;
 
-/// Vectors per iteration of the element kernel's main loop.
-pub const UNROLL: usize = 2;
+/// Vectors per iteration of the element kernel's loop.
+pub const UNROLL: usize = 1;
 
 /// The functions built for one schedule, and their CLIF text.
 pub struct Built {
@@ -268,20 +270,18 @@ fn element_body<F: JitFloat>(
     let i = b.declare_var(types::I64);
     let zero = b.ins().iconst(types::I64, 0);
     b.def_var(i, zero);
-    let unrolled_head = b.create_block();
-    let unrolled_body = b.create_block();
-    let single_head = b.create_block();
-    let single_body = b.create_block();
+    let head = b.create_block();
+    let body = b.create_block();
     let exit = b.create_block();
-    b.ins().jump(unrolled_head, &[]);
+    b.ins().jump(head, &[]);
 
-    b.switch_to_block(unrolled_head);
+    b.switch_to_block(head);
     let iv = b.use_var(i);
     let next = b.ins().iadd_imm_s(iv, lanes * UNROLL as i64);
     let fits = b.ins().icmp(IntCC::UnsignedLessThanOrEqual, next, n);
-    b.ins().brif(fits, unrolled_body, &[], single_head, &[]);
+    b.ins().brif(fits, body, &[], exit, &[]);
 
-    b.switch_to_block(unrolled_body);
+    b.switch_to_block(body);
     let iv = b.use_var(i);
     let offset = b.ins().imul_imm_s(iv, F::BYTES as i64);
     for k in 0..UNROLL {
@@ -290,20 +290,7 @@ fn element_body<F: JitFloat>(
     }
     let next = b.ins().iadd_imm_s(iv, lanes * UNROLL as i64);
     b.def_var(i, next);
-    b.ins().jump(unrolled_head, &[]);
-
-    b.switch_to_block(single_head);
-    let iv = b.use_var(i);
-    let more = b.ins().icmp(IntCC::UnsignedLessThan, iv, n);
-    b.ins().brif(more, single_body, &[], exit, &[]);
-
-    b.switch_to_block(single_body);
-    let iv = b.use_var(i);
-    let offset = b.ins().imul_imm_s(iv, F::BYTES as i64);
-    vector_step::<F>(b, rule, schedule, &e, &needed, offset, 0);
-    let next = b.ins().iadd_imm_s(iv, lanes);
-    b.def_var(i, next);
-    b.ins().jump(single_head, &[]);
+    b.ins().jump(head, &[]);
 
     b.switch_to_block(exit);
     b.ins().return_(&[]);
