@@ -199,6 +199,17 @@ impl Schedule {
     }
 }
 
+/// The reductions of a pass (`Schedule::passes` entry) as `(operation,
+/// argument)` pairs, in the pass's order.
+pub fn reductions_of(rule: &Rule, pass: &[ValueId]) -> Vec<(ReduceOp, ValueId)> {
+    pass.iter()
+        .map(|r| match rule.node(*r).op {
+            Op::Reduce(op, _, arg) => (op, arg),
+            _ => unreachable!("passes hold reductions"),
+        })
+        .collect()
+}
+
 /// The kernel buffer a leaf reads: `p` is 0, `g` 1, then the inputs, then
 /// the states (every backend passes its buffers in this order).
 pub fn buffer_of(rule: &Rule, op: &Op) -> Option<usize> {

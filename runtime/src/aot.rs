@@ -166,78 +166,52 @@ pub fn program<F: Float>(rule: &Rule, key: &Key) -> Option<Program<F>> {
     program_for_isa(rule, key, isa())
 }
 
-/// `min(a, b)` as the IR defines it (IEEE 754-2019 minimum: NaN if either
-/// is NaN, -0 below +0), for the generated kernels.
-#[inline(always)]
-pub fn minimum_f32(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        a + b
-    } else if a < b || (a == b && a.is_sign_negative()) {
-        a
-    } else {
-        b
-    }
+/// The IR's `min`, `max` and `sign` for one element type, for the
+/// generated kernels: `min`/`max` are IEEE 754-2019 minimum and maximum
+/// (NaN if either argument is NaN, -0 below +0), `sign(x)` is 1 above 0,
+/// -1 below, and `x` itself otherwise (0, -0, NaN).
+macro_rules! element_functions {
+    ($t:ty, $minimum:ident, $maximum:ident, $sign:ident) => {
+        #[doc = concat!("`min(a, b)` as the IR defines it, in ", stringify!($t), ".")]
+        #[inline(always)]
+        pub fn $minimum(a: $t, b: $t) -> $t {
+            if a.is_nan() || b.is_nan() {
+                a + b
+            } else if a < b || (a == b && a.is_sign_negative()) {
+                a
+            } else {
+                b
+            }
+        }
+
+        #[doc = concat!("`max(a, b)` as the IR defines it, in ", stringify!($t), ".")]
+        #[inline(always)]
+        pub fn $maximum(a: $t, b: $t) -> $t {
+            if a.is_nan() || b.is_nan() {
+                a + b
+            } else if a > b || (a == b && b.is_sign_negative()) {
+                a
+            } else {
+                b
+            }
+        }
+
+        #[doc = concat!("`sign(x)` as the IR defines it, in ", stringify!($t), ".")]
+        #[inline(always)]
+        pub fn $sign(x: $t) -> $t {
+            if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                x
+            }
+        }
+    };
 }
 
-/// `max(a, b)` as the IR defines it (IEEE 754-2019 maximum).
-#[inline(always)]
-pub fn maximum_f32(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        a + b
-    } else if a > b || (a == b && b.is_sign_negative()) {
-        a
-    } else {
-        b
-    }
-}
-
-/// `min(a, b)` as the IR defines it, in f64.
-#[inline(always)]
-pub fn minimum_f64(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() {
-        a + b
-    } else if a < b || (a == b && a.is_sign_negative()) {
-        a
-    } else {
-        b
-    }
-}
-
-/// `max(a, b)` as the IR defines it, in f64.
-#[inline(always)]
-pub fn maximum_f64(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() {
-        a + b
-    } else if a > b || (a == b && b.is_sign_negative()) {
-        a
-    } else {
-        b
-    }
-}
-
-/// `sign(x)`: 1 above 0, -1 below, `x` itself otherwise (0, -0, NaN).
-#[inline(always)]
-pub fn sign_f32(x: f32) -> f32 {
-    if x > 0.0 {
-        1.0
-    } else if x < 0.0 {
-        -1.0
-    } else {
-        x
-    }
-}
-
-/// `sign(x)` in f64.
-#[inline(always)]
-pub fn sign_f64(x: f64) -> f64 {
-    if x > 0.0 {
-        1.0
-    } else if x < 0.0 {
-        -1.0
-    } else {
-        x
-    }
-}
+element_functions!(f32, minimum_f32, maximum_f32, sign_f32);
+element_functions!(f64, minimum_f64, maximum_f64, sign_f64);
 
 /// `f32(x)` on f64 elements.
 #[inline(always)]

@@ -127,35 +127,41 @@ magnitude_scan!(
     0x7fff_ffff_ffff_ffff
 );
 
-/// True when every element of `xs` is finite (the widest vectors the CPU has).
-pub(crate) fn all_finite_f32(xs: &[f32]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match crate::aot::isa() {
-            // SAFETY: `isa()` is 2 only on a CPU with AVX-512F.
-            2 => return unsafe { magnitude_f32_avx512(xs) } < f32::INFINITY.to_bits(),
-            // SAFETY: `isa()` is 1 only on a CPU with AVX2.
-            1 => return unsafe { magnitude_f32_avx2(xs) } < f32::INFINITY.to_bits(),
-            _ => {}
+/// `$all(xs)`: true when every element of `xs` is finite, with the widest
+/// vectors the CPU has.
+macro_rules! finite_check {
+    ($all:ident, $t:ty, $base:ident, $avx2:ident, $avx512:ident) => {
+        pub(crate) fn $all(xs: &[$t]) -> bool {
+            let infinity = <$t>::INFINITY.to_bits();
+            #[cfg(target_arch = "x86_64")]
+            {
+                match crate::aot::isa() {
+                    // SAFETY: `isa()` is 2 only on a CPU with AVX-512F.
+                    2 => return unsafe { $avx512(xs) } < infinity,
+                    // SAFETY: `isa()` is 1 only on a CPU with AVX2.
+                    1 => return unsafe { $avx2(xs) } < infinity,
+                    _ => {}
+                }
+            }
+            $base(xs) < infinity
         }
-    }
-    magnitude_f32(xs) < f32::INFINITY.to_bits()
+    };
 }
 
-/// True when every element of `xs` is finite (the widest vectors the CPU has).
-pub(crate) fn all_finite_f64(xs: &[f64]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match crate::aot::isa() {
-            // SAFETY: `isa()` is 2 only on a CPU with AVX-512F.
-            2 => return unsafe { magnitude_f64_avx512(xs) } < f64::INFINITY.to_bits(),
-            // SAFETY: `isa()` is 1 only on a CPU with AVX2.
-            1 => return unsafe { magnitude_f64_avx2(xs) } < f64::INFINITY.to_bits(),
-            _ => {}
-        }
-    }
-    magnitude_f64(xs) < f64::INFINITY.to_bits()
-}
+finite_check!(
+    all_finite_f32,
+    f32,
+    magnitude_f32,
+    magnitude_f32_avx2,
+    magnitude_f32_avx512
+);
+finite_check!(
+    all_finite_f64,
+    f64,
+    magnitude_f64,
+    magnitude_f64_avx2,
+    magnitude_f64_avx512
+);
 
 /// The first non-finite element of `xs`, if any.
 pub(crate) fn first_non_finite<F: Float>(xs: &[F]) -> Option<(usize, f64)> {

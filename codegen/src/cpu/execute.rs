@@ -462,13 +462,11 @@ impl<F: JitFloat> host::PassRunner for Runner<'_, '_, '_, F> {
         let program = self.program;
         let rule = &program.schedule.rule;
         let func = program.passes[pass];
-        let ops: Vec<ReduceOp> = program.schedule.passes[pass]
-            .iter()
-            .map(|id| match rule.node(*id).op {
-                Op::Reduce(op, _, _) => op,
-                _ => unreachable!("passes hold reductions"),
-            })
-            .collect();
+        let ops: Vec<ReduceOp> =
+            lensopt_ir::schedule::reductions_of(rule, &program.schedule.passes[pass])
+                .into_iter()
+                .map(|(op, _)| op)
+                .collect();
         let slots: Vec<Vec<F>> = values.iter().map(|v| program.slots(v)).collect();
         let results = program.run_chunks(self.tensors, self.parallel, self.pool, |k, chunk| {
             program.reduce_chunk(func, &ops, chunk, &slots[k])

@@ -29,7 +29,7 @@ use cranelift_jit::JITModule;
 use cranelift_module::{FuncId, Linkage, Module, ModuleError};
 pub use lensopt_ir::schedule::output_buffer;
 use lensopt_ir::schedule::{element_nodes, Schedule};
-use lensopt_ir::{Op, ReduceOp, Rule, ValueId};
+use lensopt_ir::{ReduceOp, Rule, ValueId};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
@@ -332,13 +332,7 @@ fn reduction_body<F: JitFloat>(
     pass: &[ValueId],
 ) -> BuildResult<()> {
     let rule = &schedule.rule;
-    let args: Vec<(ReduceOp, ValueId)> = pass
-        .iter()
-        .map(|r| match rule.node(*r).op {
-            Op::Reduce(op, _, arg) => (op, arg),
-            _ => unreachable!("passes hold reductions"),
-        })
-        .collect();
+    let args = lensopt_ir::schedule::reductions_of(rule, pass);
     let arg_ids: Vec<ValueId> = args.iter().map(|a| a.1).collect();
     let needed = element_nodes(rule, &arg_ids);
     let start = b.create_block();

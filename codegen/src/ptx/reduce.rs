@@ -6,7 +6,7 @@
 use super::text::Kernel;
 use super::{Precision, PtxError, BLOCK};
 use lensopt_ir::schedule::element_nodes;
-use lensopt_ir::{Op, ReduceOp, ValueId};
+use lensopt_ir::{ReduceOp, ValueId};
 
 impl Kernel<'_> {
     /// `%acc{k} = %acc{k} (op) %acc{32 + k}`: two partials of reduction `k`.
@@ -26,13 +26,7 @@ impl Kernel<'_> {
     }
 
     pub(super) fn reduction(mut self, name: &str, pass: &[ValueId]) -> Result<String, PtxError> {
-        let args: Vec<(ReduceOp, ValueId)> = pass
-            .iter()
-            .map(|r| match self.rule.node(*r).op {
-                Op::Reduce(op, _, arg) => (op, arg),
-                _ => unreachable!("passes hold reductions"),
-            })
-            .collect();
+        let args = lensopt_ir::schedule::reductions_of(self.rule, pass);
         if args.len() > 32 {
             return Err(PtxError("more than 32 reductions in one pass".into()));
         }

@@ -26,7 +26,9 @@ pub mod compiled;
 
 pub use compiled::module_source;
 
-use lensopt_ir::schedule::{buffer_count, buffer_of, element_nodes, output_buffer, Schedule};
+use lensopt_ir::schedule::{
+    buffer_count, buffer_of, element_nodes, output_buffer, reductions_of, Schedule,
+};
 use lensopt_ir::{BinOp, Dim, HyperValue, Op, Rate, ReduceOp, Rule, StateKind, Ty, UnOp, ValueId};
 use std::fmt::Write;
 
@@ -309,13 +311,7 @@ fn reduction_body(schedule: &Schedule, pass: &[ValueId], ty: Element, support: &
     let rule = &schedule.rule;
     let t = ty.name();
     let lanes = ty.lanes();
-    let args: Vec<(ReduceOp, ValueId)> = pass
-        .iter()
-        .map(|r| match rule.node(*r).op {
-            Op::Reduce(op, _, arg) => (op, arg),
-            _ => unreachable!("passes hold reductions"),
-        })
-        .collect();
+    let args = reductions_of(rule, pass);
     let arg_ids: Vec<ValueId> = args.iter().map(|a| a.1).collect();
     let needed = element_nodes(rule, &arg_ids);
     let mut out = String::new();
