@@ -395,3 +395,46 @@ fn rules_round_trip_through_their_encoding_and_damage_is_an_error() {
         "matrix rules are not encoded"
     );
 }
+
+#[test]
+fn any_bytes_in_a_cache_file_are_a_miss_or_a_program_never_a_panic() {
+    let dir = std::env::temp_dir().join(format!("lensopt-disk-garbage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = DiskCache::at(&dir);
+    let rule = catalog::get("lamb").unwrap().rule();
+    let key = Key::for_step(&[rule.default_hypers()], &[], Mode::Fast);
+    let engine = || Engine::new(4).with_disk_cache(Some(cache.clone()));
+    engine().program_from::<f32>(&rule, &key, false).unwrap();
+    let file = files_in(&dir).pop().expect("the stored program");
+    let good = std::fs::read(&file).unwrap();
+    let mut rng = Lcg(99);
+    for round in 0..200 {
+        let bytes: Vec<u8> = match round % 4 {
+            // Random bytes of random length.
+            0 => (0..(rng.next().abs() * 4096.0) as usize)
+                .map(|_| (rng.next().abs() * 256.0) as u8)
+                .collect(),
+            // The real file with its checksum recomputed after a change, so
+            // the parser itself meets the damage.
+            _ => {
+                let mut b = good[..good.len() - 8].to_vec();
+                let at = (rng.next().abs() * b.len() as f64) as usize % b.len();
+                b[at] ^= 1 << (round % 8);
+                let sum = b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+                    (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+                });
+                b.extend_from_slice(&sum.to_le_bytes());
+                b
+            }
+        };
+        std::fs::write(&file, &bytes).unwrap();
+        // A miss recompiles (and rewrites the file); a hit is a program of
+        // the rule's schedule. (Its code is not run here: machine code in a
+        // file whose key and checksum hold is trusted, as the cache's
+        // documentation says; the checksum guards against damage, the
+        // directory's permissions against other users.)
+        let program = engine().program_from::<f32>(&rule, &key, false).unwrap();
+        assert_eq!(program.schedule().passes.len(), 1);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
