@@ -103,17 +103,36 @@ impl Origin {
     }
 }
 
+/// How cranelift allocates registers: `backtracking` (better code) for
+/// optimizer kernels, `single_pass` (linear time) for circuits, whose one
+/// straight-line function per pass holds every gate of the netlist.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Allocator {
+    Backtracking,
+    SinglePass,
+}
+
 /// The host's target description (CPU features detected once per process).
 fn host_isa() -> Result<OwnedTargetIsa, CompileError> {
-    static ISA: OnceLock<Result<OwnedTargetIsa, String>> = OnceLock::new();
-    let isa = ISA.get_or_init(|| {
+    isa_with(Allocator::Backtracking)
+}
+
+fn isa_with(allocator: Allocator) -> Result<OwnedTargetIsa, CompileError> {
+    static ISAS: [OnceLock<Result<OwnedTargetIsa, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let isa = ISAS[allocator as usize].get_or_init(|| {
         let mut flags = settings::builder();
         flags.set("opt_level", "none").map_err(|e| e.to_string())?;
         flags
             .set("use_colocated_libcalls", "false")
             .map_err(|e| e.to_string())?;
         flags.set("is_pic", "false").map_err(|e| e.to_string())?;
-
+        let algorithm = match allocator {
+            Allocator::Backtracking => "backtracking",
+            Allocator::SinglePass => "single_pass",
+        };
+        flags
+            .set("regalloc_algorithm", algorithm)
+            .map_err(|e| e.to_string())?;
         // The verifier checks the code this crate generates; release builds
         // trust it (the debug builds that run the tests keep it on).
         let verify = if cfg!(debug_assertions) {
@@ -147,7 +166,12 @@ pub fn host_features() -> Result<String, CompileError> {
 
 /// A JIT module for the host, with every math import registered.
 pub fn module() -> Result<JITModule, CompileError> {
-    let isa = host_isa()?;
+    module_with(Allocator::Backtracking)
+}
+
+/// [`module`] with the given register allocator.
+pub(crate) fn module_with(allocator: Allocator) -> Result<JITModule, CompileError> {
+    let isa = isa_with(allocator)?;
     let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     for (name, ptr) in math::symbols() {
         builder.symbol(name, ptr);
