@@ -666,6 +666,7 @@ fn bench_refuses_sizes_and_seconds_it_cannot_run() {
         (vec!["--seconds=-1"], "more than 0"),
         (vec!["--seconds", "1e9"], "at most 3600"),
         (vec!["--rules", "adam,nosuch"], "unknown rule `nosuch`"),
+        (vec!["--backend", "aot,llvm"], "`llvm` is not aot or jit"),
         (
             vec!["--device", "cuda", "--seconds", "inf"],
             "--seconds inf",
@@ -706,6 +707,49 @@ fn bench_runs_small_sizes() {
     assert!(rows
         .iter()
         .any(|r| r["kernel"] == "adam" && r["n"] == 3000 && r["gbps"].as_f64().unwrap() > 0.0));
+    // Rows say which backend ran: the catalog's compiled-in kernels by default.
+    let adam: Vec<&serde_json::Value> = rows.iter().filter(|r| r["kernel"] == "adam").collect();
+    assert!(adam
+        .iter()
+        .all(|r| r["backend"] == "aot" && r["non_finite"] == "refuse"));
+    let scans: Vec<&serde_json::Value> =
+        rows.iter().filter(|r| r["kernel"] == "scan_cost").collect();
+    assert_eq!(scans.len(), 2, "one scan_cost row per size");
+    assert!(scans
+        .iter()
+        .all(|r| r["refuse_ms"].as_f64().unwrap() > 0.0 && r["overhead"].is_number()));
+    let latency = rows.iter().find(|r| r["kernel"] == "jit_latency").unwrap();
+    assert!(latency["cached_median_us"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_compares_compiled_in_and_jit_kernels() {
+    let out = lensopt(&[
+        "bench",
+        "--sizes",
+        "1000",
+        "--rules",
+        "lion",
+        "--backend",
+        "aot,jit",
+        "--seconds",
+        "0.001",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let backends: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kernel"] == "lion")
+        .map(|r| r["backend"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(backends.len(), 2);
+    assert_eq!(backends[0], "aot");
+    // The JIT's program, compiled now or loaded from an earlier run's cache.
+    assert!(
+        backends[1] == "jit" || backends[1] == "cached",
+        "{backends:?}"
+    );
 }
 
 /// A case with one field replaced (or added) in a valid one.
