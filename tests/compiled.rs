@@ -157,6 +157,8 @@ fn non_default(hypers: &[HyperValue]) -> Vec<HyperValue> {
 }
 
 fn compare_rule<F: Float>(name: &str) -> usize {
+    // The test crate may be a debug build: its kernels count all the same.
+    aot::serve_unoptimized(true);
     let optimizer = catalog::get(name).expect("a catalog rule");
     let rule = optimizer.rule();
     let defaults = optimizer.hypers();
@@ -237,6 +239,7 @@ lensopt::optimizer! {
 
 #[test]
 fn a_declared_optimizer_runs_with_no_jit_at_all() {
+    aot::serve_unoptimized(true);
     let before = jit::jit_compiles();
     let mut w32 = array![1.0f32, -2.0, 3.0, 0.5, 0.25];
     let g32 = w32.mapv(|x| 0.1 * x);
@@ -286,6 +289,7 @@ fn a_declared_optimizer_runs_with_no_jit_at_all() {
 fn the_compiled_schedule_is_the_one_the_macro_saw() {
     // The optimized rule embedded by the macro schedules the same way at
     // run time: same passes, outputs and slots as the JIT's schedule.
+    aot::serve_unoptimized(true);
     let rule = catalog::get("lamb").unwrap().rule();
     let key = Key::for_step(&[rule.default_hypers()], &[], Mode::Fast);
     let compiled = aot::program::<f32>(&rule, &key).unwrap();

@@ -62,6 +62,11 @@ pub struct Variant {
 pub struct CompiledRule {
     /// The checked rule, as the front end produced it at compile time.
     pub checked: fn() -> Rule,
+    /// Whether the crate that declared the rule was built with optimizations
+    /// (`debug_assertions` off): unoptimized kernels run several times
+    /// slower than the JIT's, so they serve steps only when asked
+    /// ([`serve_unoptimized`]).
+    pub optimized: bool,
     /// The compiled variants.
     pub variants: &'static [Variant],
 }
@@ -117,6 +122,15 @@ fn detect_isa() -> usize {
     0
 }
 
+static SERVE_UNOPTIMIZED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets kernels compiled without optimizations (a debug build of the crate
+/// that declared the rule) serve steps too; by default the JIT, whose code
+/// is optimized whatever the build, serves those rules.
+pub fn serve_unoptimized(on: bool) {
+    SERVE_UNOPTIMIZED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The variant of a registered rule that serves `key`: the exact
 /// specialisation if one was compiled, else the generic one.
 fn variant(rule: &Rule, key: &Key) -> Option<&'static Variant> {
@@ -128,6 +142,9 @@ fn variant(rule: &Rule, key: &Key) -> Option<&'static Variant> {
             .find(|e| e.hash == hash && e.rule.same_structure(rule))
             .map(|e| e.compiled)?
     };
+    if !compiled.optimized && !SERVE_UNOPTIMIZED.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
     let serves = |v: &&Variant| v.mode == key.mode && v.present == key.present.as_slice();
     compiled
         .variants

@@ -163,6 +163,9 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             }
         });
     }
+    // `aot` rows measure the compiled-in kernels whatever the build (in a
+    // debug build of this tool they are unoptimized, and say so by their speed).
+    lensopt::aot::serve_unoptimized(true);
     for &n in &sizes {
         let triad_gbps = bench.triad_gbps(n)?;
         for name in &rules {

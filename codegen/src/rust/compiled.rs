@@ -120,6 +120,7 @@ fn checked() -> ::lensopt::ir::Rule {{
 }}
 pub(super) static COMPILED: ::lensopt::aot::CompiledRule = ::lensopt::aot::CompiledRule {{
     checked,
+    optimized: !cfg!(debug_assertions),
     variants: &[
 {variants}    ],
 }};
