@@ -168,6 +168,14 @@ fn entry(
 ) {
     let rule = &schedule.rule;
     let t = ty.name();
+    let _ = writeln!(
+        out,
+        "    // SAFETY (each block below): under the kernel contract every buffer read\n    \
+         // or written holds `n` elements, the written ones are distinct from every\n    \
+         // other, the slot table holds {} values per slot, and a reduction\n    \
+         // kernel's `out` holds one f64 per reduction of its pass.",
+        ty.lanes()
+    );
     let mut used = vec![false; buffer_count(rule)];
     for &k in written {
         used[k] = true;
