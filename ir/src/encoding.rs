@@ -3,8 +3,8 @@
 //! is `r`. Decoding checks everything it reads (lengths against the bytes
 //! left, indices against what they index, arguments defined before their
 //! use), so any input gives a rule or an error, never a panic or an
-//! allocation larger than the input. Element rules only: a matrix
-//! operation is refused on both sides.
+//! allocation larger than the input. It is the form on disk of the
+//! program cache and the form `optimizer!` compiles rules into a crate in.
 
 use crate::hyper::HyperValue;
 use crate::rule::*;
@@ -23,19 +23,37 @@ impl std::error::Error for DecodeError {}
 
 const MAGIC: &[u8; 4] = b"LOR1";
 
-/// The bytes of `rule`, or `None` for a matrix rule.
-pub fn encode(rule: &Rule) -> Option<Vec<u8>> {
-    if rule.is_matrix() {
-        return None;
-    }
+const REDUCTIONS: [ReduceOp; 5] = [
+    ReduceOp::Sum,
+    ReduceOp::Mean,
+    ReduceOp::MaxAbs,
+    ReduceOp::Norm,
+    ReduceOp::Count,
+];
+
+const DIMS: [Dim; 6] = [
+    Dim::One,
+    Dim::Rows,
+    Dim::Cols,
+    Dim::Short,
+    Dim::Long,
+    Dim::Low,
+];
+
+fn dim_code(d: Dim) -> u8 {
+    d as u8
+}
+
+/// The bytes of `rule`.
+pub fn encode(rule: &Rule) -> Vec<u8> {
     let mut w = Vec::new();
     w.extend_from_slice(MAGIC);
     text(&mut w, &rule.name);
-    count(&mut w, rule.doc.len());
+    put_count(&mut w, rule.doc.len());
     for line in &rule.doc {
         text(&mut w, line);
     }
-    count(&mut w, rule.hypers.len());
+    put_count(&mut w, rule.hypers.len());
     for h in &rule.hypers {
         text(&mut w, &h.name);
         match h.default {
@@ -46,22 +64,22 @@ pub fn encode(rule: &Rule) -> Option<Vec<u8>> {
             HyperValue::Bool(b) => w.push(1 + u8::from(b)),
         }
     }
-    count(&mut w, rule.inputs.len());
+    put_count(&mut w, rule.inputs.len());
     for i in &rule.inputs {
         text(&mut w, &i.name);
         w.push(u8::from(i.optional));
     }
-    count(&mut w, rule.states.len());
+    put_count(&mut w, rule.states.len());
     for s in &rule.states {
         text(&mut w, &s.name);
-        w.push(match s.kind {
-            StateKind::Element => 0,
-            StateKind::Scalar => 1,
-            StateKind::Array(..) => return None,
-        });
+        match s.kind {
+            StateKind::Element => w.push(0),
+            StateKind::Scalar => w.push(1),
+            StateKind::Array(r, c) => w.extend_from_slice(&[2, dim_code(r), dim_code(c)]),
+        }
         id(&mut w, s.init);
     }
-    count(&mut w, rule.nodes.len());
+    put_count(&mut w, rule.nodes.len());
     for n in &rule.nodes {
         let (tag, a, b, c, d) = crate::builder::op_key(&n.op);
         w.push(tag);
@@ -73,13 +91,13 @@ pub fn encode(rule: &Rule) -> Option<Vec<u8>> {
             Ty::Float => 0,
             Ty::Bool => 1,
         });
-        w.push(match n.rate {
-            Rate::Const => 0,
-            Rate::Step => 1,
-            Rate::Tensor => 2,
-            Rate::Element => 3,
-            Rate::Array(..) => return None,
-        });
+        match n.rate {
+            Rate::Const => w.push(0),
+            Rate::Step => w.push(1),
+            Rate::Tensor => w.push(2),
+            Rate::Element => w.push(3),
+            Rate::Array(r, c) => w.extend_from_slice(&[4, dim_code(r), dim_code(c)]),
+        }
     }
     match rule.view {
         Some(v) => {
@@ -92,7 +110,7 @@ pub fn encode(rule: &Rule) -> Option<Vec<u8>> {
     for v in &rule.state_out {
         id(&mut w, *v);
     }
-    count(&mut w, rule.repeat_counts.len());
+    put_count(&mut w, rule.repeat_counts.len());
     for (h, bound) in &rule.repeat_counts {
         w.extend_from_slice(&h.to_le_bytes());
         w.extend_from_slice(&bound.to_le_bytes());
@@ -104,28 +122,43 @@ pub fn encode(rule: &Rule) -> Option<Vec<u8>> {
         }
         None => w.push(0),
     }
-    Some(w)
+    w
 }
 
-fn count(w: &mut Vec<u8>, n: usize) {
+/// Writes a count as a little-endian `u32`.
+pub fn put_count(w: &mut Vec<u8>, n: usize) {
     w.extend_from_slice(&(n as u32).to_le_bytes());
 }
 
+/// Writes a length-prefixed run of bytes ([`Reader::bytes`] reads it).
+pub fn put_bytes(w: &mut Vec<u8>, bytes: &[u8]) {
+    put_count(w, bytes.len());
+    w.extend_from_slice(bytes);
+}
+
 fn text(w: &mut Vec<u8>, s: &str) {
-    count(w, s.len());
-    w.extend_from_slice(s.as_bytes());
+    put_bytes(w, s.as_bytes());
+}
+
+/// 64-bit FNV-1a of `bytes`, the hash [`Rule::structural_hash`] uses.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    crate::rule::fnv1a(bytes)
 }
 
 fn id(w: &mut Vec<u8>, v: ValueId) {
     w.extend_from_slice(&v.0.to_le_bytes());
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
+/// Reads little-endian fields front to back, every length checked
+/// against the bytes left (shared with the program cache's files).
+pub struct Reader<'a> {
+    /// The bytes not read yet.
+    pub bytes: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if n > self.bytes.len() {
             return Err(DecodeError("it ends early".into()));
         }
@@ -134,21 +167,25 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    /// A byte.
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, DecodeError> {
+    /// A `u16`.
+    pub fn u16(&mut self) -> Result<u16, DecodeError> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    /// A `u32`.
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    /// A `u64`.
+    pub fn u64(&mut self) -> Result<u64, DecodeError> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
@@ -157,7 +194,7 @@ impl<'a> Reader<'a> {
 
     /// A count of items each at least `min_bytes` long: never more than
     /// the bytes left could hold.
-    fn count(&mut self, min_bytes: usize) -> Result<usize, DecodeError> {
+    pub fn count(&mut self, min_bytes: usize) -> Result<usize, DecodeError> {
         let n = self.u32()? as usize;
         if n.saturating_mul(min_bytes) > self.bytes.len() {
             return Err(DecodeError(format!(
@@ -167,9 +204,14 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
-    fn text(&mut self) -> Result<String, DecodeError> {
+    /// A length-prefixed run of bytes (written by [`put_bytes`]).
+    pub fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.count(1)?;
-        String::from_utf8(self.take(n)?.to_vec())
+        self.take(n)
+    }
+
+    fn text(&mut self) -> Result<String, DecodeError> {
+        String::from_utf8(self.bytes()?.to_vec())
             .map_err(|_| DecodeError("a name is not UTF-8".into()))
     }
 
@@ -192,6 +234,11 @@ fn pick<T: Copy>(
         .copied()
         .find(|x| as_index(*x) == index)
         .ok_or_else(|| DecodeError(format!("{index} is not a {what}")))
+}
+
+fn dim(r: &mut Reader<'_>) -> Result<Dim, DecodeError> {
+    let code = r.u8()?;
+    pick(&DIMS, u64::from(code), "axis", |d| u64::from(dim_code(d)))
 }
 
 /// The rule `bytes` encode.
@@ -229,6 +276,7 @@ pub fn decode(bytes: &[u8]) -> Result<Rule, DecodeError> {
         let kind = match r.u8()? {
             0 => StateKind::Element,
             1 => StateKind::Scalar,
+            2 => StateKind::Array(dim(&mut r)?, dim(&mut r)?),
             t => return Err(DecodeError(format!("{t} is not a state kind"))),
         };
         states.push(StateDecl {
@@ -284,14 +332,7 @@ pub fn decode(bytes: &[u8]) -> Result<Rule, DecodeError> {
             12 => Op::Select(arg(b)?, arg(c)?, arg(d)?),
             13 => Op::Fma(arg(b)?, arg(c)?, arg(d)?),
             14 => {
-                let ops = [
-                    ReduceOp::Sum,
-                    ReduceOp::Mean,
-                    ReduceOp::MaxAbs,
-                    ReduceOp::Norm,
-                    ReduceOp::Count,
-                ];
-                let op = pick(&ops, a / 2, "reduction", |o| o as u64)?;
+                let op = pick(&REDUCTIONS, a / 2, "reduction", |o| o as u64)?;
                 let scope = if a % 2 == 0 {
                     Scope::Tensor
                 } else {
@@ -299,22 +340,38 @@ pub fn decode(bytes: &[u8]) -> Result<Rule, DecodeError> {
                 };
                 Op::Reduce(op, scope, arg(b)?)
             }
-            15 => {
-                let dims = [
-                    Dim::One,
-                    Dim::Rows,
-                    Dim::Cols,
-                    Dim::Short,
-                    Dim::Long,
-                    Dim::Low,
-                ];
-                Op::Extent(pick(&dims, a, "axis", |d| d as u64)?)
+            15 => Op::Extent(pick(&DIMS, a, "axis", |d| u64::from(dim_code(d)))?),
+            16 => Op::Eye(pick(&DIMS, a, "axis", |d| u64::from(dim_code(d)))?),
+            17 => {
+                let op = pick(&REDUCTIONS, a / 2, "reduction", |o| o as u64)?;
+                let axis = if a % 2 == 0 { Axis::Row } else { Axis::Col };
+                Op::ReduceAxis(op, axis, arg(b)?)
             }
+            18 => Op::Matmul(arg(b)?, arg(c)?),
+            19 => Op::Transpose(arg(b)?),
+            20 => Op::MatFn(
+                pick(&[MatFn::Pow], a, "matrix function", |m| m as u64)?,
+                arg(b)?,
+                arg(c)?,
+            ),
             21 => Op::MachineEps,
             22 => Op::Rank,
+            23 => {
+                let all = [Linalg::Eigenbasis, Linalg::Qr, Linalg::SortPerm];
+                Op::Linalg(pick(&all, a, "factorisation", |l| l as u64)?, arg(b)?)
+            }
+            24 => {
+                let all = [
+                    ShapeOp::Wide,
+                    ShapeOp::Unwide,
+                    ShapeOp::LeadCols,
+                    ShapeOp::LeadRows,
+                ];
+                Op::Shape(pick(&all, a, "change of shape", |o| o as u64)?, arg(b)?)
+            }
             t => {
                 return Err(DecodeError(format!(
-                    "node {index}: operation {t} is not an element operation"
+                    "node {index}: {t} is not an operation"
                 )))
             }
         };
@@ -328,7 +385,8 @@ pub fn decode(bytes: &[u8]) -> Result<Rule, DecodeError> {
             1 => Rate::Step,
             2 => Rate::Tensor,
             3 => Rate::Element,
-            t => return Err(DecodeError(format!("{t} is not an element rule's rate"))),
+            4 => Rate::Array(dim(&mut r)?, dim(&mut r)?),
+            t => return Err(DecodeError(format!("{t} is not a rate"))),
         };
         nodes.push(Node { op, ty, rate });
     }

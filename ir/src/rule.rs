@@ -922,6 +922,13 @@ impl fmt::Display for Rule {
     }
 }
 
+/// 64-bit FNV-1a of `bytes`.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h = Fnv::default();
+    h.bytes(bytes);
+    h.0
+}
+
 /// 64-bit FNV-1a, for hashes that must not change between builds.
 struct Fnv(u64);
 

@@ -44,14 +44,14 @@ pub struct Kernels {
 pub struct Variant {
     /// Rewrite class.
     pub mode: Mode,
-    /// True when nothing is compiled in, so any hyperparameters may use it.
-    pub generic: bool,
-    /// Per hyperparameter, the value compiled in (as [`Key::specialize`]).
+    /// Per hyperparameter, the value compiled in (as [`Key::specialize`]);
+    /// a variant with nothing compiled in serves any hyperparameters.
     pub specialize: &'static [Option<HyperValue>],
     /// Per input, its presence (as [`Key::present`]).
     pub present: &'static [bool],
-    /// The optimized rule the kernels implement (before scheduling).
-    pub optimized: fn() -> Rule,
+    /// The optimized rule the kernels implement (before scheduling), in
+    /// `lensopt_ir::encoding`'s form.
+    pub optimized: &'static [u8],
     /// Kernels for `f32`.
     pub f32: Kernels,
     /// Kernels for `f64`.
@@ -60,8 +60,9 @@ pub struct Variant {
 
 /// Everything `optimizer!` compiled for one rule.
 pub struct CompiledRule {
-    /// The checked rule, as the front end produced it at compile time.
-    pub checked: fn() -> Rule,
+    /// The checked rule, as the front end produced it at compile time, in
+    /// `lensopt_ir::encoding`'s form.
+    pub checked: &'static [u8],
     /// Whether the crate that declared the rule was built with optimizations
     /// (`debug_assertions` off): unoptimized kernels run several times
     /// slower than the JIT's, so they serve steps only when asked
@@ -91,7 +92,7 @@ pub fn register(compiled: &'static CompiledRule) -> Arc<Rule> {
     if let Some(e) = entries.iter().find(|e| std::ptr::eq(e.compiled, compiled)) {
         return e.rule.clone();
     }
-    let rule = Arc::new((compiled.checked)());
+    let rule = Arc::new(decoded(compiled.checked));
     entries.push(Registered {
         hash: rule.structural_hash(),
         rule: rule.clone(),
@@ -150,8 +151,20 @@ fn variant(rule: &Rule, key: &Key) -> Option<&'static Variant> {
         .variants
         .iter()
         .filter(serves)
-        .find(|v| !v.generic && v.specialize == key.specialize.as_slice())
-        .or_else(|| compiled.variants.iter().filter(serves).find(|v| v.generic))
+        .find(|v| v.specialize == key.specialize.as_slice())
+        .or_else(|| {
+            let generic = |v: &&Variant| v.specialize.iter().all(Option::is_none);
+            compiled.variants.iter().filter(serves).find(generic)
+        })
+}
+
+/// A rule `optimizer!` encoded when it compiled this crate.
+fn decoded(bytes: &[u8]) -> Rule {
+    match lensopt_ir::encoding::decode(bytes) {
+        Ok(rule) => rule,
+        // The macro encoded it with this very version of the encoding.
+        Err(e) => unreachable!("optimizer! emitted a rule that does not decode: {e}"),
+    }
 }
 
 /// The compiled program for `rule` and `key` with the kernels of
@@ -166,7 +179,7 @@ pub fn program_for_isa<F: Float>(rule: &Rule, key: &Key, isa: usize) -> Option<P
         "f32" => &v.f32,
         _ => &v.f64,
     };
-    let schedule = Schedule::new((v.optimized)());
+    let schedule = Schedule::new(decoded(v.optimized));
     if schedule.passes.len() != kernels.reduce.len() {
         return None;
     }

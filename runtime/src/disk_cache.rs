@@ -21,7 +21,7 @@ use crate::jit::Key;
 use crate::Float;
 use lensopt_codegen::cpu::image::{Function, Image};
 use lensopt_codegen::cpu::Program;
-use lensopt_ir::encoding;
+use lensopt_ir::encoding::{self, fnv1a, put_bytes, put_count, Reader};
 use lensopt_ir::schedule::Schedule;
 use lensopt_ir::{HyperValue, Rule};
 use std::path::{Path, PathBuf};
@@ -65,7 +65,7 @@ impl DiskCache {
     }
 
     fn path(&self, key_bytes: &[u8]) -> PathBuf {
-        self.dir.join(format!("{:016x}.bin", fnv(key_bytes)))
+        self.dir.join(format!("{:016x}.bin", fnv1a(key_bytes)))
     }
 
     /// The program for `rule` and `key` from an earlier run, if one was stored.
@@ -94,24 +94,22 @@ impl DiskCache {
         let (Some(key_bytes), Some(image)) = (key_bytes::<F>(rule, key), program.image()) else {
             return;
         };
-        let Some(optimized) = encoding::encode(&program.schedule().rule) else {
-            return;
-        };
+        let optimized = encoding::encode(&program.schedule().rule);
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
-        block(&mut out, &key_bytes);
-        block(&mut out, &optimized);
-        put_u32(&mut out, image.functions.len());
+        put_bytes(&mut out, &key_bytes);
+        put_bytes(&mut out, &optimized);
+        put_count(&mut out, image.functions.len());
         for f in &image.functions {
-            block(&mut out, &f.code);
-            put_u32(&mut out, f.relocs.len());
+            put_bytes(&mut out, &f.code);
+            put_count(&mut out, f.relocs.len());
             for (offset, addend, symbol) in &f.relocs {
                 out.extend_from_slice(&offset.to_le_bytes());
                 out.extend_from_slice(&addend.to_le_bytes());
-                block(&mut out, symbol.as_bytes());
+                put_bytes(&mut out, symbol.as_bytes());
             }
         }
-        let sum = fnv(&out);
+        let sum = fnv1a(&out);
         out.extend_from_slice(&sum.to_le_bytes());
         if self.create_dir().is_err() {
             return;
@@ -119,7 +117,7 @@ impl DiskCache {
         let path = self.path(&key_bytes);
         let temp = self.dir.join(format!(
             ".{:016x}.{}.{}.tmp",
-            fnv(&key_bytes),
+            fnv1a(&key_bytes),
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -172,17 +170,17 @@ impl DiskCache {
 /// Everything a program depends on, as bytes (`None`: not cacheable).
 fn key_bytes<F: Float>(rule: &Rule, key: &Key) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    block(&mut out, env!("CARGO_PKG_VERSION").as_bytes());
-    block(
+    put_bytes(&mut out, env!("CARGO_PKG_VERSION").as_bytes());
+    put_bytes(
         &mut out,
         lensopt_codegen::cpu::program::host_features()
             .ok()?
             .as_bytes(),
     );
-    block(&mut out, F::NAME.as_bytes());
-    block(&mut out, &encoding::encode(rule)?);
+    put_bytes(&mut out, F::NAME.as_bytes());
+    put_bytes(&mut out, &encoding::encode(rule));
     out.push(key.mode as u8);
-    put_u32(&mut out, key.specialize.len());
+    put_count(&mut out, key.specialize.len());
     for v in &key.specialize {
         match v {
             None => out.push(0),
@@ -193,86 +191,36 @@ fn key_bytes<F: Float>(rule: &Rule, key: &Key) -> Option<Vec<u8>> {
             Some(HyperValue::Bool(b)) => out.push(2 + u8::from(*b)),
         }
     }
-    put_u32(&mut out, key.present.len());
+    put_count(&mut out, key.present.len());
     out.extend(key.present.iter().map(|p| u8::from(*p)));
     Some(out)
-}
-
-fn put_u32(out: &mut Vec<u8>, n: usize) {
-    out.extend_from_slice(&(n as u32).to_le_bytes());
-}
-
-fn block(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_u32(out, bytes.len());
-    out.extend_from_slice(bytes);
-}
-
-/// 64-bit FNV-1a.
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// Reads `bytes` front to back, every length checked against what is left.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if n > self.0.len() {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u32(&mut self) -> Option<usize> {
-        let b = self.take(4)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    }
-
-    fn block(&mut self) -> Option<&'a [u8]> {
-        let n = self.u32()?;
-        self.take(n)
-    }
 }
 
 /// The optimized rule and image of a file, if it is whole and for `key_bytes`.
 fn parse(bytes: &[u8], key_bytes: &[u8]) -> Option<(Rule, Image)> {
     let (body, sum) = bytes.split_at(bytes.len().checked_sub(8)?);
-    let mut stored = [0u8; 8];
-    stored.copy_from_slice(sum);
-    if fnv(body) != u64::from_le_bytes(stored) {
+    let stored = (Reader { bytes: sum }).u64().ok()?;
+    if fnv1a(body) != stored {
         return None;
     }
-    let mut r = Reader(body);
-    if r.take(8)? != MAGIC || r.block()? != key_bytes {
+    let mut r = Reader { bytes: body };
+    if r.take(8).ok()? != MAGIC || r.bytes().ok()? != key_bytes {
         return None;
     }
-    let optimized = encoding::decode(r.block()?).ok()?;
-    let count = r.u32()?;
+    let optimized = encoding::decode(r.bytes().ok()?).ok()?;
     let mut functions = Vec::new();
-    for _ in 0..count.min(body.len()) {
-        let code = r.block()?.to_vec();
-        let relocs_count = r.u32()?;
+    for _ in 0..r.count(8).ok()? {
+        let code = r.bytes().ok()?.to_vec();
         let mut relocs = Vec::new();
-        for _ in 0..relocs_count.min(body.len()) {
-            let offset = r.take(4)?;
-            let addend = r.take(8)?;
-            let symbol = std::str::from_utf8(r.block()?).ok()?.to_string();
-            let mut a = [0u8; 8];
-            a.copy_from_slice(addend);
-            relocs.push((
-                u32::from_le_bytes([offset[0], offset[1], offset[2], offset[3]]),
-                i64::from_le_bytes(a),
-                symbol,
-            ));
+        for _ in 0..r.count(16).ok()? {
+            let offset = r.u32().ok()?;
+            let addend = r.u64().ok()? as i64;
+            let symbol = std::str::from_utf8(r.bytes().ok()?).ok()?.to_string();
+            relocs.push((offset, addend, symbol));
         }
         functions.push(Function { code, relocs });
     }
-    if !r.0.is_empty() || functions.len() != count {
-        return None;
-    }
-    Some((optimized, Image { functions }))
+    r.bytes
+        .is_empty()
+        .then_some((optimized, Image { functions }))
 }

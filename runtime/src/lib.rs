@@ -79,17 +79,6 @@ pub use tensor::{TensorMut, TensorRef};
 #[doc(hidden)]
 pub mod __private {
     use super::*;
-    use std::sync::Arc;
-
-    /// Re-parses the rule text the macro already checked.
-    pub fn checked_rule(source: &str) -> Arc<Rule> {
-        match Rule::parse(source) {
-            Ok(rule) => Arc::new(rule),
-            // The macro ran the same front end over the same tokens at compile
-            // time and accepted them, so this cannot fail.
-            Err(e) => unreachable!("optimizer! accepted a rule the front end now rejects: {e}"),
-        }
-    }
 
     /// `a >> b` for circuits whose numbers of bits `circuit!` checked at compile time.
     pub fn then_checked(

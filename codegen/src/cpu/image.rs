@@ -69,11 +69,20 @@ pub(super) fn capture(module: &JITModule, ctx: &Context) -> Option<Function> {
     })
 }
 
+/// This process's address of a symbol generated code may call (the table
+/// built once: captures and loads look up every relocation).
 fn address_of(symbol: &str) -> Option<usize> {
-    math::symbols()
-        .into_iter()
+    static TABLE: std::sync::OnceLock<Vec<(String, usize)>> = std::sync::OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            math::symbols()
+                .into_iter()
+                .map(|(name, ptr)| (name, ptr as usize))
+                .collect()
+        })
+        .iter()
         .find(|(name, _)| name == symbol)
-        .map(|(_, ptr)| ptr as usize)
+        .map(|(_, address)| *address)
 }
 
 /// Where each function starts in the executable mapping.

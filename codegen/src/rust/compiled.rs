@@ -1,9 +1,11 @@
 //! The module `optimizer!` compiles into a crate: the JIT's pipeline
 //! (e-graph, schedule) run at compile time for each variant that
-//! `lensopt::aot` describes, the variants' kernels and optimized rules as
-//! Rust, the checked rule, and the table that registers them.
+//! `lensopt::aot` describes, the variants' kernels as Rust, their optimized
+//! rules and the checked rule in `lensopt_ir::encoding`'s byte form, and
+//! the table that registers them.
 
-use super::{kernels, rule_literal, Element};
+use super::{kernels, Element};
+use lensopt_ir::encoding::encode;
 use lensopt_ir::optimize::{optimize_report, Mode, Options};
 use lensopt_ir::schedule::{buffer_count, Schedule};
 use lensopt_ir::{HyperValue, Rule};
@@ -51,13 +53,16 @@ fn hyper_literal(h: &Option<HyperValue>) -> String {
 }
 
 /// The source of module `module`: every variant's kernels, the optimized
-/// and checked rules as Rust expressions, and `COMPILED`, the
+/// and checked rules as encoded bytes, and `COMPILED`, the
 /// `lensopt::aot::CompiledRule` of `rule`. A matrix rule (or one beyond
 /// the code generators' budget) gets no variants and runs as before.
 pub fn module_source(rule: &Rule, module: &str) -> String {
     let mut items = String::new();
     let mut variants = String::new();
     let mut kernel_sets: Vec<Rule> = Vec::new();
+    // (mode, presence, specialisation) of each variant listed so far: a
+    // generic variant that is the default one is listed once.
+    let mut listed: Vec<(Mode, Vec<bool>, Vec<Option<HyperValue>>)> = Vec::new();
     let compiles = !rule.is_matrix() && buffer_count(rule) <= MAX_BUFFERS;
     let defaults = rule.default_hypers();
     for present in presence_sets(rule).iter().filter(|_| compiles) {
@@ -93,18 +98,23 @@ pub fn module_source(rule: &Rule, module: &str) -> String {
                     }
                     let _ = writeln!(
                         items,
-                        "fn optimized{k}() -> ::lensopt::ir::Rule {{\n{}\n}}",
-                        rule_literal(&optimized, "::lensopt::ir")
+                        "static optimized{k}: &[u8] = {};",
+                        byte_string(&encode(&optimized))
                     );
                     kernel_sets.push(optimized);
                     k
                 }
             };
+            let entry = (mode, present.clone(), options.specialize.clone());
+            if listed.contains(&entry) {
+                continue;
+            }
+            listed.push(entry);
             let specialize: Vec<String> = options.specialize.iter().map(hyper_literal).collect();
             let present: Vec<String> = present.iter().map(|p| p.to_string()).collect();
             let _ = writeln!(
                 variants,
-                "    ::lensopt::aot::Variant {{ mode: ::lensopt::Mode::{mode:?}, generic: {generic}, specialize: &[{}], present: &[{}], optimized: optimized{index}, f32: ::lensopt::aot::Kernels {{ element: &k{index}_f32_element, reduce: &k{index}_f32_reduce }}, f64: ::lensopt::aot::Kernels {{ element: &k{index}_f64_element, reduce: &k{index}_f64_reduce }} }},",
+                "    ::lensopt::aot::Variant {{ mode: ::lensopt::Mode::{mode:?}, specialize: &[{}], present: &[{}], optimized: optimized{index}, f32: ::lensopt::aot::Kernels {{ element: &k{index}_f32_element, reduce: &k{index}_f32_reduce }}, f64: ::lensopt::aot::Kernels {{ element: &k{index}_f64_element, reduce: &k{index}_f64_reduce }} }},",
                 specialize.join(", "),
                 present.join(", ")
             );
@@ -115,16 +125,24 @@ pub fn module_source(rule: &Rule, module: &str) -> String {
 #[allow(non_upper_case_globals, non_snake_case, unused_unsafe, unused_variables, unused_mut, unused_parens, dead_code, clippy::all, clippy::pedantic, clippy::nursery)]
 mod {module} {{
 {items}
-fn checked() -> ::lensopt::ir::Rule {{
-{}
-}}
 pub(super) static COMPILED: ::lensopt::aot::CompiledRule = ::lensopt::aot::CompiledRule {{
-    checked,
+    checked: {},
     optimized: !cfg!(debug_assertions),
     variants: &[
 {variants}    ],
 }};
 }}",
-        rule_literal(rule, "::lensopt::ir")
+        byte_string(&encode(rule))
     )
+}
+
+/// `bytes` as a Rust byte-string literal.
+fn byte_string(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(4 * bytes.len() + 3);
+    out.push_str("b\"");
+    for b in bytes {
+        let _ = write!(out, "\\x{b:02x}");
+    }
+    out.push('"');
+    out
 }
