@@ -210,6 +210,36 @@ pub fn reductions_of(rule: &Rule, pass: &[ValueId]) -> Vec<(ReduceOp, ValueId)> 
         .collect()
 }
 
+/// What a kernel that computes the element nodes `nodes`, stores to the
+/// buffers `written` and needs the values `roots` touches: per buffer,
+/// whether it reads or writes it; per node, whether it reads its value
+/// (an argument of one of `nodes`, or a root). Every backend's kernel entry
+/// loads exactly these.
+pub fn kernel_uses(
+    rule: &Rule,
+    nodes: &[usize],
+    roots: &[ValueId],
+    written: &[usize],
+) -> (Vec<bool>, Vec<bool>) {
+    let mut buffers = vec![false; buffer_count(rule)];
+    for &k in written {
+        buffers[k] = true;
+    }
+    let mut values = vec![false; rule.nodes.len()];
+    for &id in nodes {
+        if let Some(k) = buffer_of(rule, &rule.nodes[id].op) {
+            buffers[k] = true;
+        }
+        for a in rule.nodes[id].op.args() {
+            values[a.index()] = true;
+        }
+    }
+    for r in roots {
+        values[r.index()] = true;
+    }
+    (buffers, values)
+}
+
 /// The kernel buffer a leaf reads: `p` is 0, `g` 1, then the inputs, then
 /// the states (every backend passes its buffers in this order).
 pub fn buffer_of(rule: &Rule, op: &Op) -> Option<usize> {

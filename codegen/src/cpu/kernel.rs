@@ -16,7 +16,7 @@
 //! (lanes at index `>= valid` contribute nothing), lanes summed in order at
 //! the end and stored to `out[k]`.
 
-use super::emit::{buffer_count, buffer_index, load_slot, mem_flags, Emitter, LazySlots};
+use super::emit::{load_slot, mem_flags, Emitter, LazySlots};
 use super::lanes::JitFloat;
 use super::math::MathFn;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -86,15 +86,7 @@ fn entry<F: JitFloat>(
     slots: Value,
 ) -> BuildResult<Entry> {
     let rule = &schedule.rule;
-    let mut used = vec![false; buffer_count(rule)];
-    for k in written {
-        used[*k] = true;
-    }
-    for &id in needed {
-        if let Some(k) = buffer_index(rule, &rule.nodes[id].op) {
-            used[k] = true;
-        }
-    }
+    let (used, reads) = lensopt_ir::schedule::kernel_uses(rule, needed, extra_roots, written);
     let mut bases = vec![None; used.len()];
     for (k, u) in used.iter().enumerate() {
         if *u {
@@ -102,15 +94,6 @@ fn entry<F: JitFloat>(
         }
     }
     // Scalars: the slots that these nodes (or the outputs) read.
-    let mut reads = vec![false; rule.nodes.len()];
-    for &id in needed {
-        for a in rule.nodes[id].op.args() {
-            reads[a.index()] = true;
-        }
-    }
-    for r in extra_roots {
-        reads[r.index()] = true;
-    }
     let mut scalars = vec![None; rule.nodes.len()];
     let mut lazy = vec![None; rule.nodes.len()];
     let read_count = schedule.slots.iter().filter(|v| reads[v.index()]).count();

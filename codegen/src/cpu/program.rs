@@ -64,11 +64,9 @@ pub struct Program<F> {
     pub(super) element: ElementFn,
     pub(super) passes: Vec<ReduceFn>,
     clif: Vec<(String, String)>,
-    origin: Origin,
     image: Option<super::image::Image>,
-    _code: Code,
-    /// The executable memory of a program loaded from an image.
-    _mapped: Option<memmap2::Mmap>,
+    /// What keeps the kernels' code mapped; it also says where it came from.
+    code: Backing,
     _element: PhantomData<F>,
 }
 
@@ -79,6 +77,16 @@ impl<F> fmt::Debug for Program<F> {
             .field("passes", &self.passes.len())
             .finish()
     }
+}
+
+/// The memory a program's kernels live in.
+enum Backing {
+    /// Cranelift's module (compiled now).
+    Jit { _module: Box<Code> },
+    /// A mapping made from an image (loaded from the on-disk cache).
+    Mapped { _map: memmap2::Mmap },
+    /// The crate's own code (compiled in by `optimizer!`).
+    Static,
 }
 
 /// Where a program's machine code came from.
@@ -93,7 +101,7 @@ pub enum Origin {
 }
 
 impl Origin {
-    /// `"jit"` or `"aot"`.
+    /// `"jit"`, `"cached"` or `"aot"`.
     pub fn name(self) -> &'static str {
         match self {
             Origin::Jit => "jit",
@@ -225,10 +233,10 @@ impl<F: JitFloat> Program<F> {
             element,
             passes,
             clif: built.clif,
-            origin: Origin::Jit,
             image: built.image,
-            _code: Code(Some(module)),
-            _mapped: None,
+            code: Backing::Jit {
+                _module: Box::new(Code(Some(module))),
+            },
             _element: PhantomData,
         })
     }
@@ -276,10 +284,8 @@ impl<F: JitFloat> Program<F> {
             element,
             passes,
             clif: Vec::new(),
-            origin: Origin::Cached,
             image: Some(image),
-            _code: Code(None),
-            _mapped: Some(loaded._map),
+            code: Backing::Mapped { _map: loaded._map },
             _element: PhantomData,
         })
     }
@@ -303,17 +309,19 @@ impl<F: JitFloat> Program<F> {
             element,
             passes,
             clif: Vec::new(),
-            origin: Origin::Aot,
             image: None,
-            _code: Code(None),
-            _mapped: None,
+            code: Backing::Static,
             _element: PhantomData,
         }
     }
 
     /// Where the machine code came from.
     pub fn origin(&self) -> Origin {
-        self.origin
+        match self.code {
+            Backing::Jit { .. } => Origin::Jit,
+            Backing::Mapped { .. } => Origin::Cached,
+            Backing::Static => Origin::Aot,
+        }
     }
 
     /// The schedule this program runs.

@@ -27,7 +27,7 @@ pub mod compiled;
 pub use compiled::module_source;
 
 use lensopt_ir::schedule::{
-    buffer_count, buffer_of, element_nodes, output_buffer, reductions_of, Schedule,
+    buffer_of, element_nodes, kernel_uses, output_buffer, reductions_of, Schedule,
 };
 use lensopt_ir::{BinOp, Op, ReduceOp, Rule, Ty, UnOp, ValueId};
 use std::fmt::Write;
@@ -176,15 +176,7 @@ fn entry(
          // kernel's `out` holds one f64 per reduction of its pass.",
         ty.lanes()
     );
-    let mut used = vec![false; buffer_count(rule)];
-    for &k in written {
-        used[k] = true;
-    }
-    for &id in needed {
-        if let Some(k) = buffer_of(rule, &rule.nodes[id].op) {
-            used[k] = true;
-        }
-    }
+    let (used, reads) = kernel_uses(rule, needed, roots, written);
     for (k, u) in used.iter().enumerate() {
         if !*u {
             continue;
@@ -200,15 +192,6 @@ fn entry(
                 "    let b{k}: &[{t}] = unsafe {{ ::core::slice::from_raw_parts(*bufs.add({k}) as *const {t}, n) }};"
             );
         }
-    }
-    let mut reads = vec![false; rule.nodes.len()];
-    for &id in needed {
-        for a in rule.nodes[id].op.args() {
-            reads[a.index()] = true;
-        }
-    }
-    for r in roots {
-        reads[r.index()] = true;
     }
     for (slot, v) in schedule.slots.iter().enumerate() {
         if !reads[v.index()] {
@@ -324,13 +307,8 @@ fn reduction_body(schedule: &Schedule, pass: &[ValueId], ty: Element, support: &
     let needed = element_nodes(rule, &arg_ids);
     let mut out = String::new();
     entry(schedule, &needed, &arg_ids, &[], ty, &mut out);
-    let rule_buffers: Vec<usize> = (0..buffer_count(rule))
-        .filter(|k| {
-            needed
-                .iter()
-                .any(|&id| buffer_of(rule, &rule.nodes[id].op) == Some(*k))
-        })
-        .collect();
+    let (used, _) = kernel_uses(rule, &needed, &arg_ids, &[]);
+    let rule_buffers: Vec<usize> = (0..used.len()).filter(|&k| used[k]).collect();
     let _ = writeln!(out, "    const BLOCK: usize = {REDUCE_BLOCK};");
     for (k, (_, arg)) in args.iter().enumerate() {
         let _ = writeln!(out, "    let mut acc{k} = [0.0f64; {lanes}];");
