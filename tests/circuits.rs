@@ -385,3 +385,223 @@ fn rda_with_compiled_passes_learns_the_same_bits() {
         }
     }
 }
+
+/// A random netlist whose gates read one of the last dozen wires half of
+/// the time (as tables and adders do) and any earlier wire otherwise.
+fn local_random_circuit(rng: &mut SplitMix, n: usize, k: usize, m: usize, count: usize) -> Circuit {
+    let mut b = CircuitBuilder::new();
+    let mut wires: Vec<usize> = (0..n).map(|_| b.input()).collect();
+    wires.extend((0..k).map(|_| b.param()));
+    for _ in 0..count {
+        let mut pick = || {
+            let r = rng.next_u64();
+            let span = if r & 1 == 0 {
+                wires.len().min(12)
+            } else {
+                wires.len()
+            };
+            wires[wires.len() - 1 - ((r >> 1) % span as u64) as usize]
+        };
+        let (x, y) = (pick(), pick());
+        let z = match rng.next_u64() % 3 {
+            0 => b.and(x, y),
+            1 => b.xor(x, y),
+            _ => b.not(x),
+        };
+        wires.push(z);
+    }
+    let outs = (0..m).map(|i| wires[wires.len() - 1 - 7 * i]).collect();
+    b.finish(outs).unwrap()
+}
+
+/// Netlists too large to keep in registers run with their values in a
+/// scratch buffer; they must agree with the interpreter bit for bit, on a
+/// thread with a small stack (the frame does not grow with the netlist).
+#[test]
+fn compiled_netlists_in_scratch_memory_agree_with_the_interpreter() {
+    use lensopt::circuit::compiled::CompiledCircuit;
+    use lensopt::circuit::tables::tuple_tables;
+    use lensopt_codegen::cpu::circuit::REGISTER_GATES;
+    let mut rng = SplitMix(77);
+    let (bank, _) = tuple_tables(30, 12, 10, 5).unwrap();
+    let circuits = [
+        local_random_circuit(&mut rng, 9, 40, 3, REGISTER_GATES + 300),
+        bank,
+    ];
+    for c in circuits {
+        assert!(c.gates().len() > REGISTER_GATES);
+        let compiled = CompiledCircuit::new(&c).unwrap();
+        for words in [1, 3] {
+            let params: Vec<bool> = (0..c.params()).map(|_| rng.next_u64() & 1 == 1).collect();
+            let row = |rng: &mut SplitMix| (0..words).map(|_| rng.next_u64()).collect::<Vec<u64>>();
+            let inputs: Vec<Vec<u64>> = (0..c.inputs()).map(|_| row(&mut rng)).collect();
+            let dy: Vec<Vec<u64>> = c.outputs().iter().map(|_| row(&mut rng)).collect();
+            let mut machine = Machine::new(&c, words).unwrap();
+            let want = machine.forward(&c, &params, &inputs).unwrap();
+            let want_reverse = machine.reverse(&c, &dy).unwrap();
+            let got = std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .stack_size(256 << 10)
+                    .spawn_scoped(s, || {
+                        (
+                            compiled.forward(&params, &inputs).unwrap(),
+                            compiled.reverse(&params, &inputs, &dy).unwrap(),
+                        )
+                    })
+                    .unwrap()
+                    .join()
+                    .unwrap()
+            });
+            assert_eq!(got.0, want, "forward, {} gates", c.gates().len());
+            assert_eq!(got.1, want_reverse, "reverse, {} gates", c.gates().len());
+        }
+    }
+}
+
+/// The largest netlist kept in registers fits a thread's stack of 1 MiB
+/// (Rust's threads get 2 MiB): its frame is bounded by `REGISTER_GATES`.
+#[test]
+fn the_largest_netlist_in_registers_fits_a_small_stack() {
+    use lensopt::circuit::compiled::CompiledCircuit;
+    use lensopt_codegen::cpu::circuit::REGISTER_GATES;
+    let mut rng = SplitMix(78);
+    let c = random_circuit(&mut rng, 16, 64, 4, REGISTER_GATES - 80);
+    let compiled = CompiledCircuit::new(&c).unwrap();
+    let params = vec![true; 64];
+    let inputs: Vec<Vec<u64>> = (0..16).map(|_| vec![rng.next_u64(); 2]).collect();
+    let dy: Vec<Vec<u64>> = (0..4).map(|_| vec![u64::MAX; 2]).collect();
+    let mut machine = Machine::new(&c, 2).unwrap();
+    let want = machine.forward(&c, &params, &inputs).unwrap();
+    let want_reverse = machine.reverse(&c, &dy).unwrap();
+    let got = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn_scoped(s, || {
+                (
+                    compiled.forward(&params, &inputs).unwrap(),
+                    compiled.reverse(&params, &inputs, &dy).unwrap(),
+                )
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    });
+    assert_eq!(got, (want, want_reverse));
+}
+
+#[test]
+fn a_truth_table_reads_row_m_from_its_parameter_m() {
+    use lensopt::circuit::tables::truth_table;
+    let mut rng = SplitMix(90);
+    for k in 0..=6 {
+        let mut b = CircuitBuilder::new();
+        let x: Vec<usize> = (0..k).map(|_| b.input()).collect();
+        let out = truth_table(&mut b, &x).unwrap();
+        let c = b.finish(vec![out]).unwrap();
+        assert_eq!(c.params(), 1 << k);
+        let params: Vec<bool> = (0..1 << k).map(|_| rng.next_u64() & 1 == 1).collect();
+        let rows: Vec<Vec<bool>> = (0..1usize << k).map(|v| bits(v, k)).collect();
+        let packed = pack(&rows, k);
+        let words = packed.first().map_or(1, Vec::len);
+        let mut m = Machine::new(&c, words).unwrap();
+        let got = m.forward(&c, &params, &packed).unwrap();
+        for (v, want) in params.iter().enumerate() {
+            assert_eq!(bit(&got[0], v), *want, "k = {k}, row {v}");
+        }
+    }
+    let mut b = CircuitBuilder::new();
+    let x: Vec<usize> = (0..17).map(|_| b.input()).collect();
+    assert!(truth_table(&mut b, &x).is_err(), "2^17 rows are refused");
+}
+
+/// The one-sided rule on banks of tables, against a brute-force count: row
+/// `m` of a class's table `t` is set exactly when at least `at_least`
+/// examples of the class spell `m` on the table's tuple.
+#[test]
+fn one_sided_rda_sets_the_rows_enough_examples_of_the_class_reach() {
+    use lensopt::circuit::tables::Discriminators;
+    let mut rng = SplitMix(91);
+    let (inputs, classes, tables, tuple) = (12, 3, 6, 4);
+    let x: Vec<Vec<bool>> = (0..150)
+        .map(|_| bits(rng.next_u64() as usize, inputs))
+        .collect();
+    let labels: Vec<usize> = (0..150).map(|_| (rng.next_u64() % 3) as usize).collect();
+    for at_least in [1, 2, 3] {
+        for compiled in [false, true] {
+            let mut d = Discriminators::new(inputs, classes, tables, tuple, 7).unwrap();
+            if compiled {
+                d.compile().unwrap();
+            }
+            d.train(&x, &labels, at_least).unwrap();
+            let tuples = d.tuples().to_vec();
+            let row = |e: usize, t: usize| {
+                tuples[t]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &bit)| usize::from(x[e][bit]) << i)
+                    .sum::<usize>()
+            };
+            for c in 0..classes {
+                for t in 0..tables {
+                    for m in 0..1usize << tuple {
+                        let count = (0..x.len())
+                            .filter(|&e| labels[e] == c && row(e, t) == m)
+                            .count();
+                        assert_eq!(
+                            d.params(c).unwrap()[t * (1 << tuple) + m],
+                            count >= at_least as usize,
+                            "class {c}, table {t}, row {m}, at least {at_least}"
+                        );
+                    }
+                }
+            }
+            assert_eq!(
+                d.train(&x, &labels, at_least).unwrap(),
+                0,
+                "a second epoch flips nothing"
+            );
+            // Scores count the set rows the example reaches; ties go to the lowest class.
+            let scores = d.scores(&x).unwrap();
+            for (e, s) in scores.iter().enumerate() {
+                for (c, &score) in s.iter().enumerate() {
+                    let want = (0..tables)
+                        .filter(|&t| d.params(c).unwrap()[t * (1 << tuple) + row(e, t)])
+                        .count();
+                    assert_eq!(score, want);
+                }
+            }
+            let predicted = d.predict(&x).unwrap();
+            for (s, p) in scores.iter().zip(&predicted) {
+                let best = *s.iter().max().unwrap();
+                assert_eq!(*p, s.iter().position(|&v| v == best).unwrap());
+            }
+        }
+    }
+}
+
+#[test]
+fn discriminators_refuse_bad_shapes_and_labels_and_change_nothing() {
+    use lensopt::circuit::tables::{tuple_tables, Discriminators, MAX_ROWS};
+    assert!(Discriminators::new(8, 0, 4, 3, 1).is_err(), "no classes");
+    assert!(tuple_tables(8, 0, 3, 1).is_err(), "no tables");
+    assert!(tuple_tables(8, 4, 0, 1).is_err(), "empty tuples");
+    assert!(tuple_tables(8, 4, 9, 1).is_err(), "more bits than inputs");
+    assert!(
+        tuple_tables(64, MAX_ROWS / 1024 + 1, 10, 1).is_err(),
+        "too many rows"
+    );
+    let mut d = Discriminators::new(8, 2, 4, 3, 1).unwrap();
+    let x = vec![vec![true; 8], vec![false; 8]];
+    let before: Vec<Vec<bool>> = (0..2).map(|c| d.params(c).unwrap().to_vec()).collect();
+    assert!(d.train(&x, &[0, 2], 1).is_err(), "label out of range");
+    assert!(d.train(&x, &[0], 1).is_err(), "one label short");
+    assert!(
+        d.train(&[vec![true; 7]], &[0], 1).is_err(),
+        "an example one bit short"
+    );
+    assert!(d.scores(&[vec![true; 9]]).is_err());
+    let after: Vec<Vec<bool>> = (0..2).map(|c| d.params(c).unwrap().to_vec()).collect();
+    assert_eq!(before, after);
+    d.train(&x, &[0, 1], 1).unwrap();
+    assert_eq!(d.predict(&x).unwrap(), vec![0, 1]);
+}

@@ -69,7 +69,7 @@ fn clif_of_a_full_adder_and_its_reverse_derivative() {
     let (c1, c2) = (b.and(x, y), b.and(half, carry_in));
     let carry = b.xor(c1, c2);
     let adder = b.finish(vec![sum, carry]).unwrap();
-    let compiled = CompiledCircuit::new(&adder).unwrap();
+    let compiled = CompiledCircuit::with_clif(&adder).unwrap();
     lensopt_tests::assert_snapshots!(compiled
         .clif()
         .iter()

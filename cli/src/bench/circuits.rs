@@ -135,6 +135,42 @@ impl Bench {
                 "compile_ms": compile,
             }));
         }
+        self.circuit_compile_scaling()
+    }
+
+    /// Compile time against netlist size, across the switch from values in
+    /// registers to values in scratch memory, with the compiled forward
+    /// pass's speed (64 words, 4,096 examples) beside the interpreter's.
+    fn circuit_compile_scaling(&mut self) -> Result<(), Failure> {
+        use lensopt::circuit::eval::Machine;
+        use lensopt_codegen::cpu::circuit::REGISTER_GATES;
+        let words = 64;
+        for gates in [1_000, 10_000, 30_000, 100_000] {
+            let c = random_circuit(gates, 23);
+            let mut rng = lensopt::diagram::plan::SplitMix(4);
+            let inputs: Vec<Vec<u64>> = (0..c.inputs())
+                .map(|_| (0..words).map(|_| rng.next_u64()).collect())
+                .collect();
+            let started = Instant::now();
+            let compiled = lensopt::circuit::compiled::CompiledCircuit::new(&c).map_err(fail)?;
+            let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+            let fwd = time(self.seconds, || {
+                let _ = compiled.forward(&[], &inputs);
+            });
+            let mut m = Machine::new(&c, words).map_err(|e| Failure::usage(e.to_string()))?;
+            let interpreted = time(self.seconds, || {
+                let _ = m.forward(&c, &[], &inputs);
+            });
+            let evals = c.logic_gates() as f64 * 64.0 * words as f64;
+            self.rows.push(json!({
+                "kernel": "circuit_compile", "gates": c.logic_gates(), "threads": 1,
+                "storage": if c.gates().len() > REGISTER_GATES { "scratch" } else { "registers" },
+                "compile_ms": compile_ms,
+                "compile_us_per_gate": compile_ms * 1e3 / c.logic_gates() as f64,
+                "gate_evals_per_s": evals / fwd,
+                "interpreted_gate_evals_per_s": evals / interpreted,
+            }));
+        }
         Ok(())
     }
 }

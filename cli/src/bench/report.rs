@@ -71,7 +71,7 @@ pub(super) fn print_end(rows: &[Value], json: bool) {
         for row in rows.iter().filter(|r| {
             r["kernel"]
                 .as_str()
-                .is_some_and(|k| k.starts_with("circuit_"))
+                .is_some_and(|k| k.starts_with("circuit_") && k != "circuit_compile")
         }) {
             let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
             outln!(
@@ -82,6 +82,18 @@ pub(super) fn print_end(rows: &[Value], json: bool) {
                 f("gate_evals_per_s"),
                 f("baseline_gate_evals_per_s"),
                 f("gate_evals_per_s") / f("baseline_gate_evals_per_s")
+            );
+        }
+        for row in rows.iter().filter(|r| r["kernel"] == "circuit_compile") {
+            let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
+            outln!(
+                "circuit_compile: {} gates, values in {}: compiled in {:.1} ms ({:.1} us a gate); forward {:.2e} gate evaluations/s, interpreted {:.2e}",
+                row["gates"],
+                row["storage"].as_str().unwrap_or(""),
+                f("compile_ms"),
+                f("compile_us_per_gate"),
+                f("gate_evals_per_s"),
+                f("interpreted_gate_evals_per_s")
             );
         }
         let matrix: Vec<&Value> = rows

@@ -141,6 +141,14 @@ fn isa_with(allocator: Allocator) -> Result<OwnedTargetIsa, CompileError> {
         flags
             .set("regalloc_algorithm", algorithm)
             .map_err(|e| e.to_string())?;
+        // Frames over a page touch each page in turn, so that one too large
+        // for its thread's stack meets the guard page instead of memory beyond it.
+        flags
+            .set("enable_probestack", "true")
+            .map_err(|e| e.to_string())?;
+        flags
+            .set("probestack_strategy", "inline")
+            .map_err(|e| e.to_string())?;
         // The verifier checks the code this crate generates; release builds
         // trust it (the debug builds that run the tests keep it on).
         let verify = if cfg!(debug_assertions) {

@@ -31,14 +31,27 @@ fn unflatten(buf: &[u64], rows: usize, padded: usize, words: usize) -> Rows {
 impl CompiledCircuit {
     /// Compiles `circuit`.
     pub fn new(circuit: &Circuit) -> Result<Self, Error> {
-        let code = CircuitCode::compile(circuit).map_err(|e| Error::Compile(e.to_string()))?;
+        Self::from_code(circuit, CircuitCode::compile(circuit))
+    }
+
+    /// Compiles `circuit` and keeps the CLIF text of its passes ([`Self::clif`]).
+    pub fn with_clif(circuit: &Circuit) -> Result<Self, Error> {
+        Self::from_code(circuit, CircuitCode::compile_with_clif(circuit))
+    }
+
+    fn from_code(
+        circuit: &Circuit,
+        code: Result<CircuitCode, lensopt_codegen::cpu::CompileError>,
+    ) -> Result<Self, Error> {
+        let code = code.map_err(|e| Error::Compile(e.to_string()))?;
         Ok(CompiledCircuit {
             circuit: circuit.clone(),
             code,
         })
     }
 
-    /// `(function name, CLIF)` of the forward and reverse passes.
+    /// `(function name, CLIF)` of the forward and reverse passes; empty
+    /// unless compiled by [`Self::with_clif`].
     pub fn clif(&self) -> &[(String, String)] {
         self.code.clif()
     }
@@ -54,12 +67,19 @@ impl CompiledCircuit {
         let x = flatten(inputs, padded);
         let p = param_words(params);
         let mut out = vec![0u64; self.circuit.outputs().len() * padded];
+        let mut scratch = vec![0u64; self.code.scratch_words()];
         // SAFETY: `x` holds inputs * padded words, `p` one word per parameter,
-        // `out` outputs * padded words, and `padded` is even: the sizes the
+        // `out` outputs * padded words, `padded` is even, and `scratch` is
+        // this call's own, of the size the code asks for: the sizes the
         // generated code indexes within.
         unsafe {
-            self.code
-                .forward_raw(x.as_ptr(), p.as_ptr(), out.as_mut_ptr(), padded)
+            self.code.forward_raw(
+                x.as_ptr(),
+                p.as_ptr(),
+                out.as_mut_ptr(),
+                padded,
+                scratch.as_mut_ptr(),
+            )
         };
         Ok(unflatten(&out, self.circuit.outputs().len(), padded, words))
     }
@@ -83,6 +103,7 @@ impl CompiledCircuit {
         let p = param_words(params);
         let mut dp = vec![0u64; self.circuit.params() * padded];
         let mut dx = vec![0u64; self.circuit.inputs() * padded];
+        let mut scratch = vec![0u64; self.code.scratch_words()];
         // SAFETY: as for `forward`, with `d` holding outputs * padded words,
         // `dp` params * padded and `dx` inputs * padded.
         unsafe {
@@ -93,6 +114,7 @@ impl CompiledCircuit {
                 dp.as_mut_ptr(),
                 dx.as_mut_ptr(),
                 padded,
+                scratch.as_mut_ptr(),
             )
         };
         Ok((

@@ -7,7 +7,9 @@
 //! A batch needs a rule to combine the examples' requests ([`Combine`]):
 //! applying the rule example after example ([`Combine::Online`]), or flipping
 //! a bit when most of the examples it influences request it
-//! ([`Combine::Majority`]).
+//! ([`Combine::Majority`]), or counting only the positive examples the
+//! circuit misses, with the error `y AND NOT f(p, x)` ([`Combine::OneSided`],
+//! the rule of weightless lookup-table networks).
 
 use super::compiled::CompiledCircuit;
 use super::eval::{bit, Machine, Rows};
@@ -23,6 +25,15 @@ pub enum Combine {
     /// where `R[f]` at an all-ones error is 1 for it) request the flip: for a
     /// truth table, each row takes the majority label of its examples.
     Majority,
+    /// Only missed positives count: the error is `y AND NOT f(p, x)` instead
+    /// of `y XOR f(p, x)`, and a bit flips when at least `at_least` examples
+    /// of the batch request it (0 counts as 1). For a truth table started at
+    /// 0, a row is set once `at_least` positive examples reach it, and a set
+    /// row is never cleared: one epoch trains it, the next flips nothing.
+    OneSided {
+        /// How many requests a flip needs.
+        at_least: u32,
+    },
 }
 
 /// A circuit with its parameter bits, trained by RDA.
@@ -125,7 +136,7 @@ impl Rda {
                 }
                 Ok(flips)
             }
-            Combine::Majority => {
+            Combine::Majority | Combine::OneSided { .. } => {
                 let words = data.x.len().div_ceil(64).max(1);
                 let mut m = passes(circuit, compiled.as_ref(), words)?;
                 update(circuit, params, &mut m, &data.x, &data.y, combine)
@@ -149,6 +160,7 @@ fn passes<'a>(
 
 /// The update for a batch: with [`Combine::Majority`], flips bit `i` when
 /// more than half of the examples it influences request it; with
+/// [`Combine::OneSided`], when enough missed positives request it; with
 /// [`Combine::Online`] (single examples), when the example requests it.
 fn update(
     c: &Circuit,
@@ -162,7 +174,8 @@ fn update(
     let ys = super::eval::pack(y, c.outputs().len());
     let words = xs.first().map_or(1, Vec::len);
     let out = m.forward(params, &xs)?;
-    // The error y XOR f(p, x), on real examples only.
+    // The error y XOR f(p, x) (one-sided: y AND NOT f(p, x)), on real examples only.
+    let one_sided = matches!(combine, Combine::OneSided { .. });
     let valid: Vec<u64> = (0..words)
         .map(|w| {
             let left = x.len().saturating_sub(w * 64);
@@ -180,7 +193,7 @@ fn update(
             o.iter()
                 .zip(t)
                 .zip(&valid)
-                .map(|((o, t), v)| (o ^ t) & v)
+                .map(|((o, t), v)| if one_sided { t & !o & v } else { (o ^ t) & v })
                 .collect()
         })
         .collect();
@@ -197,13 +210,14 @@ fn update(
     };
     let mut flips = 0;
     for (i, (p, d)) in params.iter_mut().zip(&dparams).enumerate() {
-        let requests: u32 = d.iter().map(|w| w.count_ones()).sum();
-        let flip = match &relevance {
-            None => requests % 2 == 1,
-            Some(r) => {
-                let influenced: u32 = r[i].iter().map(|w| w.count_ones()).sum();
+        let requests: u64 = d.iter().map(|w| u64::from(w.count_ones())).sum();
+        let flip = match (combine, &relevance) {
+            (Combine::OneSided { at_least }, _) => requests >= u64::from(at_least.max(1)),
+            (_, Some(r)) => {
+                let influenced: u64 = r[i].iter().map(|w| u64::from(w.count_ones())).sum();
                 2 * requests > influenced
             }
+            (_, None) => requests % 2 == 1,
         };
         if flip {
             *p = !*p;
