@@ -26,8 +26,8 @@ pub const SINGLE_PASS_FROM_GATES: usize = 1_000;
 
 /// Netlists with more gates than this keep their values in the scratch
 /// buffer: in registers and stack slots, a pass's frame grows with the
-/// netlist (up to about 48 bytes a gate), and this bounds it near 400 KiB,
-/// well within any thread's stack.
+/// netlist, and this bounds it under 1 MiB (a test runs the largest such
+/// netlist on a thread with a 1 MiB stack; Rust's threads get 2 MiB).
 pub const REGISTER_GATES: usize = 16_384;
 
 /// The most gates a netlist may have: the scratch buffer is addressed
