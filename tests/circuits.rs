@@ -605,3 +605,42 @@ fn discriminators_refuse_bad_shapes_and_labels_and_change_nothing() {
     d.train(&x, &[0, 1], 1).unwrap();
     assert_eq!(d.predict(&x).unwrap(), vec![0, 1]);
 }
+
+/// The learner the `rda` example reports for digits 0 vs 1, on two splits:
+/// one-sided discriminators on a three-level thermometer code.
+#[test]
+fn discriminators_tell_digits_zero_and_one_apart() {
+    use lensopt::circuit::tables::Discriminators;
+    let digits = lensopt::data::digits().unwrap();
+    let keep: Vec<usize> = (0..digits.labels.len())
+        .filter(|&i| digits.labels[i] < 2)
+        .collect();
+    // Pixel counts are 0..16 for every pixel of these digits' scale.
+    let x: Vec<Vec<bool>> = keep
+        .iter()
+        .map(|&i| {
+            [4.0, 8.0, 12.0]
+                .iter()
+                .flat_map(|&t| (0..64).map(move |j| (j, t)))
+                .map(|(j, t)| digits.features[(i, j)] > t)
+                .collect()
+        })
+        .collect();
+    let labels: Vec<usize> = keep.iter().map(|&i| digits.labels[i]).collect();
+    for seed in [0, 1] {
+        let order = SplitMix(seed).permutation(x.len());
+        let (train, test) = order.split_at(x.len() / 2);
+        let pick = |idx: &[usize]| -> (Vec<Vec<bool>>, Vec<usize>) {
+            (
+                idx.iter().map(|&i| x[i].clone()).collect(),
+                idx.iter().map(|&i| labels[i]).collect(),
+            )
+        };
+        let ((tx, ty), (ex, ey)) = (pick(train), pick(test));
+        let mut d = Discriminators::new(192, 2, 32, 6, seed).unwrap();
+        d.train(&tx, &ty, 1).unwrap();
+        assert_eq!(d.accuracy(&tx, &ty).unwrap(), 1.0);
+        let accuracy = d.accuracy(&ex, &ey).unwrap();
+        assert!(accuracy >= 0.99, "seed {seed}: test accuracy {accuracy}");
+    }
+}
