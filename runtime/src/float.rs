@@ -38,6 +38,37 @@ pub trait Float:
 
     /// True when every element of `xs` is finite (the non-finite scan).
     fn all_finite(xs: &[Self]) -> bool;
+
+    /// Appends the little-endian bytes of every element of `xs` to `out`.
+    fn put_bytes(xs: &[Self], out: &mut Vec<u8>);
+
+    /// Reads `out.len()` elements from `bytes` (little-endian), which must
+    /// hold exactly that many; false, with `out` unchanged, when it does not.
+    fn get_bytes(bytes: &[u8], out: &mut [Self]) -> bool;
+}
+
+macro_rules! float_bytes {
+    ($t:ty) => {
+        fn put_bytes(xs: &[Self], out: &mut Vec<u8>) {
+            out.reserve(xs.len() * std::mem::size_of::<$t>());
+            for x in xs {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+
+        fn get_bytes(bytes: &[u8], out: &mut [Self]) -> bool {
+            const W: usize = std::mem::size_of::<$t>();
+            if bytes.len() != out.len() * W {
+                return false;
+            }
+            for (x, b) in out.iter_mut().zip(bytes.chunks_exact(W)) {
+                let mut a = [0u8; W];
+                a.copy_from_slice(b);
+                *x = <$t>::from_le_bytes(a);
+            }
+            true
+        }
+    };
 }
 
 impl Float for f32 {
@@ -46,6 +77,8 @@ impl Float for f32 {
     fn all_finite(xs: &[Self]) -> bool {
         crate::non_finite::all_finite_f32(xs)
     }
+
+    float_bytes!(f32);
 }
 
 impl Float for f64 {
@@ -54,4 +87,6 @@ impl Float for f64 {
     fn all_finite(xs: &[Self]) -> bool {
         crate::non_finite::all_finite_f64(xs)
     }
+
+    float_bytes!(f64);
 }

@@ -48,6 +48,7 @@ pub mod cuda;
 pub mod data;
 pub mod diagram;
 pub mod disk_cache;
+pub mod dist;
 mod error;
 mod float;
 pub mod jit;

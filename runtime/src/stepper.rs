@@ -87,6 +87,10 @@ pub struct Stepper<F: Float> {
     dims: Option<Vec<matrix::Dims>>,
     /// For a matrix rule, its element-wise work fused into kernels.
     fusion: Option<Arc<Plan>>,
+    /// Set when the tensors are this rank's shards of larger ones (see
+    /// [`crate::dist::ShardedStepper`]): the whole tensors' lengths, and the
+    /// ranks that hold the other shards.
+    shard: Option<(Vec<usize>, Arc<dyn crate::dist::Collective>)>,
 }
 
 /// Fused kernels of a matrix rule, compiled by the CPU JIT in exact mode
@@ -214,7 +218,29 @@ impl<F: Float> Stepper<F> {
             schedules: Scheduled::default(),
             fusion,
             dims,
+            shard: None,
         })
+    }
+
+    /// Makes the tensors this rank's shards of tensors of `numels` elements,
+    /// whose other shards `comm`'s other ranks hold: steps then exchange
+    /// reduction partials with them. Element rules on the compiled backend only.
+    pub(crate) fn set_shard(
+        &mut self,
+        numels: Vec<usize>,
+        comm: Arc<dyn crate::dist::Collective>,
+    ) -> Result<(), Error> {
+        if self.dims.is_some() || self.backend == Backend::Interpreter {
+            return Err(mismatch(format!(
+                "`{}` cannot be sharded by elements: matrix rules and the interpreter step whole tensors",
+                self.rule.name
+            )));
+        }
+        if numels.len() != self.shapes.len() {
+            return Err(mismatch("one length per tensor is needed"));
+        }
+        self.shard = Some((numels, comm));
+        Ok(())
     }
 
     /// Schedules hyperparameter `name`: before each step `t`, every group's
@@ -231,8 +257,12 @@ impl<F: Float> Stepper<F> {
         self.schedules.clear(&self.rule, name);
     }
 
-    /// Chooses how steps are computed (the JIT by default).
+    /// Chooses how steps are computed (the JIT by default). A sharded
+    /// stepper's shards keep the compiled backend.
     pub fn set_backend(&mut self, backend: Backend) {
+        if self.shard.is_some() && backend == Backend::Interpreter {
+            return;
+        }
         self.backend = backend;
         self.program = None;
     }
@@ -500,9 +530,20 @@ impl<F: Float> Stepper<F> {
                 group_hypers: &self.groups,
                 group_of: &self.group_of,
             };
-            program
-                .step(&plan, &mut buffers, &mut scalar_state, self.pool.as_deref())
-                .map_err(mismatch)?;
+            match &self.shard {
+                None => program.step(&plan, &mut buffers, &mut scalar_state, self.pool.as_deref()),
+                Some((numels, comm)) => program.step_shard(
+                    &plan,
+                    &mut buffers,
+                    &mut scalar_state,
+                    self.pool.as_deref(),
+                    lensopt_codegen::cpu::Shard {
+                        numels,
+                        exchange: &mut crate::dist::PartialExchange(comm.as_ref()),
+                    },
+                ),
+            }
+            .map_err(mismatch)?;
             drop(buffers);
             for (state, scalars) in self.state.iter_mut().zip(scalar_state) {
                 for (b, x) in state.iter_mut().zip(scalars) {

@@ -3,10 +3,13 @@
 //! The host evaluates per-step values once per group and per-tensor values
 //! once per tensor (in f64, [`crate::host`]), then runs the kernels over
 //! chunks of every tensor on a thread pool: each reduction pass, then the
-//! element pass. Chunks are fixed in size (independent of the number of
-//! threads), so element results are identical for any thread count and
-//! reductions are combined in the same order every time. Every buffer is
-//! checked against the schedule before the first kernel runs.
+//! element pass. Chunks are fixed in size and start at multiples of
+//! [`CHUNK`] within their tensor (independent of the number of threads and
+//! of the other tensors), so element results are identical for any thread
+//! count and reductions are combined in the same order every time, also
+//! when a tensor is split into shards at chunk boundaries across processes
+//! ([`Program::step_shard`]). Every buffer is checked against the schedule
+//! before the first kernel runs.
 
 use super::kernel::output_buffer;
 use super::lanes::JitFloat;
@@ -233,6 +236,48 @@ impl<F: JitFloat> Program<F> {
             tensors,
             parallel: total >= PARALLEL_MIN,
             pool,
+            exchange: None,
+        };
+        host::drive(&self.schedule, &facts, scalar_state, &mut runner)
+    }
+
+    /// Runs one step over this process's shards of the tensors: `tensors[k]`
+    /// holds elements `[offset, offset + len)` of tensor `k`, whose whole
+    /// length is `shard.numels[k]`, with `offset` a multiple of [`CHUNK`]
+    /// (and `len` one too, unless the shard ends the tensor). Each
+    /// reduction pass's chunk partials reach every shard through
+    /// `shard.exchange` and are combined in chunk order, so every shard
+    /// computes the values of an unsharded step bit for bit, and its
+    /// elements come out as the unsharded step's would.
+    pub fn step_shard(
+        &self,
+        plan: &StepPlan<'_>,
+        tensors: &mut [StepBuffers<'_, F>],
+        scalar_state: &mut [Vec<f64>],
+        pool: Option<&rayon::ThreadPool>,
+        shard: Shard<'_>,
+    ) -> Result<(), String> {
+        self.validate(tensors, plan)?;
+        if scalar_state.len() != tensors.len() || shard.numels.len() != tensors.len() {
+            return Err("one scalar-state vector and one length per tensor are needed".into());
+        }
+        if let Some(k) = (0..tensors.len()).find(|&k| tensors[k].param.len() > shard.numels[k]) {
+            return Err(format!("tensor {k}: a shard longer than its tensor"));
+        }
+        let total: usize = tensors.iter().map(|t| t.param.len()).sum();
+        let facts = host::StepFacts {
+            t: plan.t,
+            present: plan.present,
+            group_hypers: plan.group_hypers,
+            group_of: plan.group_of,
+            numels: shard.numels,
+        };
+        let mut runner = Runner {
+            program: self,
+            tensors,
+            parallel: total >= PARALLEL_MIN,
+            pool,
+            exchange: Some(shard.exchange),
         };
         host::drive(&self.schedule, &facts, scalar_state, &mut runner)
     }
@@ -257,12 +302,23 @@ impl<F: JitFloat> Program<F> {
         work: impl Fn(usize, &mut StepBuffers<'_, F>) -> R + Sync,
     ) -> Vec<(usize, R)> {
         if !parallel {
-            // Small steps: no chunk list, no allocation per tensor.
+            // Small steps: no chunk list; tensors of more than a chunk still
+            // go chunk by chunk, so that reductions combine as they do in parallel.
             let mut out = Vec::new();
             for (k, t) in tensors.iter_mut().enumerate() {
-                if !t.param.is_empty() {
-                    out.push((k, work(k, t)));
+                if t.param.len() <= CHUNK {
+                    if !t.param.is_empty() {
+                        out.push((k, work(k, t)));
+                    }
+                    continue;
                 }
+                let mut rest = t.reborrow();
+                while rest.param.len() > CHUNK {
+                    let (mut head, tail) = rest.split_first(CHUNK);
+                    out.push((k, work(k, &mut head)));
+                    rest = tail;
+                }
+                out.push((k, work(k, &mut rest)));
             }
             return out;
         }
@@ -448,16 +504,61 @@ impl<F: JitFloat> Padded<F> {
     }
 }
 
+/// This process's part of a step sharded across processes.
+pub struct Shard<'s> {
+    /// The whole length of each tensor.
+    pub numels: &'s [usize],
+    /// Brings every shard's reduction partials to every shard.
+    pub exchange: &'s mut dyn Exchange,
+}
+
+/// How the reduction partials of each shard reach all shards (an
+/// all-gather, in shard order; shards hold consecutive parts of each tensor
+/// in that order).
+pub trait Exchange {
+    /// This shard's values in, every shard's out (this one's included), in shard order.
+    fn all_gather(&mut self, local: &[f64]) -> Result<Vec<Vec<f64>>, String>;
+}
+
 /// The CPU program as the phase driver's [`host::PassRunner`]: each pass
 /// runs over fixed-size chunks of every tensor on the thread pool.
-struct Runner<'p, 'b, 'a, F> {
+struct Runner<'p, 'b, 'a, 'x, F> {
     program: &'p Program<F>,
     tensors: &'b mut [StepBuffers<'a, F>],
     parallel: bool,
     pool: Option<&'p rayon::ThreadPool>,
+    /// Set when the tensors are shards of a step sharded across processes.
+    exchange: Option<&'x mut dyn Exchange>,
 }
 
-impl<F: JitFloat> host::PassRunner for Runner<'_, '_, '_, F> {
+/// Per tensor, its chunk partials in chunk order from every shard (shard
+/// order), read back from the all-gathered messages: each message holds,
+/// per tensor, a count of chunks and then `count * width` values.
+fn unpack_partials(
+    messages: &[Vec<f64>],
+    tensors: usize,
+    width: usize,
+) -> Result<Vec<Vec<f64>>, String> {
+    let mut per_tensor = vec![Vec::new(); tensors];
+    for m in messages {
+        let mut at = 0;
+        for partials in per_tensor.iter_mut() {
+            let count = *m.get(at).ok_or("a shard's partials are cut short")?;
+            let len = (count as usize)
+                .checked_mul(width)
+                .filter(|len| count >= 0.0 && at + 1 + len <= m.len())
+                .ok_or("a shard's partials are malformed")?;
+            partials.extend_from_slice(&m[at + 1..at + 1 + len]);
+            at += 1 + len;
+        }
+        if at != m.len() {
+            return Err("a shard sent more partials than its tensors have".into());
+        }
+    }
+    Ok(per_tensor)
+}
+
+impl<F: JitFloat> host::PassRunner for Runner<'_, '_, '_, '_, F> {
     fn reduce(&mut self, pass: usize, values: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, String> {
         let program = self.program;
         let rule = &program.schedule.rule;
@@ -471,11 +572,37 @@ impl<F: JitFloat> host::PassRunner for Runner<'_, '_, '_, F> {
         let results = program.run_chunks(self.tensors, self.parallel, self.pool, |k, chunk| {
             program.reduce_chunk(func, &ops, chunk, &slots[k])
         });
-        // Chunks come back in order; each tensor's are combined in that order.
-        let mut per_tensor = vec![vec![0.0; ops.len()]; self.tensors.len()];
-        for (k, partial) in results {
-            for (r, op) in ops.iter().enumerate() {
-                per_tensor[k][r] = combine_partials(*op, per_tensor[k][r], partial[r]);
+        let width = ops.len();
+        let tensors = self.tensors.len();
+        // Chunks come back in order (and shards in shard order); each
+        // tensor's partials are combined in that order.
+        let chunks: Vec<Vec<f64>> = match self.exchange.as_deref_mut() {
+            None => {
+                let mut chunks = vec![Vec::new(); tensors];
+                for (k, partial) in results {
+                    chunks[k].extend(partial);
+                }
+                chunks
+            }
+            Some(exchange) => {
+                let mut mine = vec![Vec::new(); tensors];
+                for (k, partial) in results {
+                    mine[k].extend(partial);
+                }
+                let mut message = Vec::new();
+                for partials in mine {
+                    message.push((partials.len() / width.max(1)) as f64);
+                    message.extend(partials);
+                }
+                unpack_partials(&exchange.all_gather(&message)?, tensors, width)?
+            }
+        };
+        let mut per_tensor = vec![vec![0.0; width]; tensors];
+        for (k, partials) in chunks.iter().enumerate() {
+            for partial in partials.chunks(width.max(1)) {
+                for (r, op) in ops.iter().enumerate() {
+                    per_tensor[k][r] = combine_partials(*op, per_tensor[k][r], partial[r]);
+                }
             }
         }
         Ok(per_tensor)

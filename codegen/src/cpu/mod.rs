@@ -18,6 +18,6 @@ pub mod lanes;
 pub mod math;
 pub mod program;
 
-pub use execute::{StepBuffers, StepPlan};
+pub use execute::{Exchange, Shard, StepBuffers, StepPlan};
 pub use lanes::JitFloat;
 pub use program::{CompileError, Program};

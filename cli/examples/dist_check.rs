@@ -1,0 +1,186 @@
+//! Sharded optimizer state across ranks, checked: every catalog rule's
+//! sharded step against one process's, bit for bit, then data-parallel
+//! training of a digits MLP on the ranks against one process with the whole
+//! batch. Prints one line per case:
+//!
+//! ```text
+//! ranks=N rule=NAME identical=true|false
+//! ranks=N task=digits_data_parallel steps=S max_param_diff=... test_accuracy=... one_process_test_accuracy=... within_tolerance=true|false
+//! ```
+//!
+//!     mpirun -n 4 target/release/examples/dist_check      # built with --features mpi
+//!     cargo run --release --example dist_check -- --threads 4   # ranks as threads
+//!
+//! Exits 1 when a case fails.
+
+use lensopt::diagram::plan::{Model, SplitMix};
+use lensopt::dist::check::sharded_matches_one_process;
+use lensopt::dist::{all_reduce_f64, Collective, DataParallel, Threads};
+use lensopt::loss::{accuracy, one_hot, SoftmaxCrossEntropy};
+use lensopt::train::Trainer;
+use ndarray::Array2;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Rules compared for several steps; the data-parallel model's steps and batch.
+const STEPS: u64 = 3;
+const TRAIN_STEPS: usize = 60;
+const BATCH: usize = 64;
+/// Parameters of data-parallel training may differ from one process's by
+/// the rounding of the gradient's sum over the batch, split differently.
+const TOLERANCE: f32 = 1e-3;
+
+/// Runs every case on this rank; returns this rank's lines (rank 0 prints) and whether all passed.
+fn run(comm: Arc<dyn Collective>) -> Result<(Vec<String>, bool), Box<dyn std::error::Error>> {
+    let ranks = comm.size();
+    let mut lines = Vec::new();
+    let mut all_ok = true;
+    for name in lensopt::catalog::all_names() {
+        let mine = match sharded_matches_one_process::<f32>(name, comm.clone(), STEPS) {
+            Ok(None) => 1.0,
+            Ok(Some(what)) => {
+                eprintln!("rank {}: {name}: {what} differs", comm.rank());
+                0.0
+            }
+            Err(e) => {
+                eprintln!("rank {}: {name}: {e}", comm.rank());
+                0.0
+            }
+        };
+        let agreed = all_reduce_f64(comm.as_ref(), &[mine], f64::min)?[0] == 1.0;
+        all_ok &= agreed;
+        lines.push(format!("ranks={ranks} rule={name} identical={agreed}"));
+    }
+    let (line, ok) = data_parallel_digits(comm)?;
+    all_ok &= ok;
+    lines.push(line);
+    Ok((lines, all_ok))
+}
+
+/// Trains a 64 -> 32 -> 10 MLP with Adam: on the ranks, each with its
+/// slice of every batch, and on one process with the whole batch.
+fn data_parallel_digits(
+    comm: Arc<dyn Collective>,
+) -> Result<(String, bool), Box<dyn std::error::Error>> {
+    let ranks = comm.size();
+    let data = lensopt::data::digits()?;
+    let (train, test) = data.split(0.2, 2024);
+    let scale = |x: &Array2<f64>| x.mapv(|v| (v / 16.0) as f32);
+    let (x_train, x_test) = (scale(&train.features), scale(&test.features));
+    let y_train: Array2<f32> = one_hot(&train.labels, 10);
+    let diagram = lensopt::diagram!(dense(hidden, 64, 32) >> relu(32) >> dense(out, 32, 10));
+    let adam = lensopt::catalog::Adam::default().lr(1e-2);
+    let mut sharded = DataParallel::new(
+        Model::<f32>::new(&diagram, 3)?,
+        SoftmaxCrossEntropy,
+        &adam,
+        comm.clone(),
+    )?;
+    let mut single = Trainer::new(Model::<f32>::new(&diagram, 3)?, SoftmaxCrossEntropy, &adam)?;
+    let per_rank = BATCH / ranks;
+    let mut rng = SplitMix(5);
+    let mut order = rng.permutation(train.labels.len());
+    for step in 0..TRAIN_STEPS {
+        if (step + 1) * BATCH > order.len() {
+            order = rng.permutation(train.labels.len());
+        }
+        let at = (step * BATCH) % (order.len() - order.len() % BATCH);
+        let batch = &order[at..at + per_rank * ranks];
+        let rows = |idx: &[usize], m: &Array2<f32>| {
+            Array2::from_shape_fn((idx.len(), m.ncols()), |(i, j)| m[(idx[i], j)])
+        };
+        let mine = &batch[comm.rank() * per_rank..(comm.rank() + 1) * per_rank];
+        sharded.step(&rows(mine, &x_train), &rows(mine, &y_train))?;
+        single.step(&rows(batch, &x_train), &rows(batch, &y_train))?;
+    }
+    let max_diff = sharded
+        .model
+        .params
+        .iter()
+        .zip(&single.model.params)
+        .flat_map(|(a, b)| {
+            a.value
+                .iter()
+                .zip(b.value.iter())
+                .map(|(x, y)| (x - y).abs())
+        })
+        .fold(0.0f32, f32::max);
+    let test_accuracy = accuracy(&sharded.model.predict(&x_test)?, &test.labels);
+    let one = accuracy(&single.model.predict(&x_test)?, &test.labels);
+    let ok = max_diff <= TOLERANCE;
+    Ok((
+        format!(
+            "ranks={ranks} task=digits_data_parallel steps={TRAIN_STEPS} max_param_diff={max_diff:.2e} test_accuracy={test_accuracy:.4} one_process_test_accuracy={one:.4} within_tolerance={ok}"
+        ),
+        ok,
+    ))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let threads = args
+        .iter()
+        .position(|a| a == "--threads")
+        .map(|i| args.get(i + 1).and_then(|n| n.parse::<usize>().ok()));
+    let results: Vec<Result<(Vec<String>, bool), String>> = match threads {
+        Some(Some(n)) if n > 0 => {
+            let group = Threads::group(n, Duration::from_secs(300));
+            std::thread::scope(|s| {
+                let handles: Vec<_> = group
+                    .into_iter()
+                    .map(|comm| s.spawn(move || run(Arc::new(comm)).map_err(|e| e.to_string())))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err("a rank panicked".into())))
+                    .collect()
+            })
+        }
+        Some(_) => {
+            eprintln!("--threads takes a number of ranks, at least 1");
+            std::process::exit(2);
+        }
+        None => vec![over_mpi()],
+    };
+    let mut ok = true;
+    for (rank, r) in results.into_iter().enumerate() {
+        match r {
+            Ok((lines, passed)) => {
+                if rank == 0 {
+                    for line in lines {
+                        println!("{line}");
+                    }
+                }
+                ok &= passed;
+            }
+            Err(e) => {
+                eprintln!("rank {rank}: {e}");
+                ok = false;
+            }
+        }
+    }
+    if !ok {
+        std::process::exit(1);
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn over_mpi() -> Result<(Vec<String>, bool), String> {
+    let comm = lensopt::dist::mpi::Mpi::init().map_err(|e| e.to_string())?;
+    let rank = comm.rank();
+    let (lines, ok) = run(Arc::new(comm)).map_err(|e| e.to_string())?;
+    // Only rank 0 prints (the caller prints rank 0's lines).
+    Ok(if rank == 0 {
+        (lines, ok)
+    } else {
+        (Vec::new(), ok)
+    })
+}
+
+#[cfg(not(feature = "mpi"))]
+fn over_mpi() -> Result<(Vec<String>, bool), String> {
+    Err(
+        "built without MPI: build with `--features mpi` and run under mpirun, or pass --threads N"
+            .into(),
+    )
+}

@@ -1,0 +1,490 @@
+//! An optimizer whose state is sharded across ranks (ZeRO stage 1).
+
+use super::{all_gather_into, reduce_scatter_sum, Collective, ShardLayout};
+use crate::error::{mismatch, Error};
+use crate::non_finite::NonFinite;
+use crate::optimizer::{Group, Optimizer};
+use crate::stepper::{Inputs, Stepper};
+use crate::tensor::{TensorMut, TensorRef};
+use crate::Float;
+use lensopt_ir::{Rule, StateKind};
+use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn};
+use std::sync::Arc;
+
+/// How the ranks' gradients combine before a step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GradientReduction {
+    /// Their sum, in rank order.
+    Sum,
+    /// Their sum in rank order, divided by the number of ranks (data
+    /// parallelism, each rank with its share of the batch). The default.
+    #[default]
+    Mean,
+}
+
+/// One rank's part of an optimizer over tensors that every rank holds
+/// whole: it keeps the optimizer state of its shard only.
+///
+/// A step takes every rank's whole gradients, reduce-scatters them (each
+/// rank gets the rank-ordered sum over its shard, see
+/// [`GradientReduction`]), checks them for NaN and infinity on every rank
+/// before anything changes ([`NonFinite`], agreed by all ranks), steps the
+/// shard, and all-gathers the parameters. Element rules are sharded by
+/// chunks of elements and exchange reduction partials; matrix rules (which
+/// need whole matrices) by whole tensors. Either way the parameters and
+/// state are bit for bit those of one process stepping with the
+/// rank-ordered sum.
+pub struct ShardedStepper<F: Float> {
+    comm: Arc<dyn Collective>,
+    layout: ShardLayout,
+    shapes: Vec<Vec<usize>>,
+    rule: Arc<Rule>,
+    /// This rank's steps: over its shard of every tensor (element rules) or
+    /// over the whole tensors it owns (matrix rules).
+    local: Stepper<F>,
+    /// The tensors `local` holds, as indices into the whole list.
+    held: Vec<usize>,
+    non_finite: NonFinite,
+    reduction: GradientReduction,
+    skipped: u64,
+    last_skipped: bool,
+}
+
+/// Tensor `k`'s elements, checked against its shape.
+fn whole<'a, F>(
+    what: &str,
+    k: usize,
+    t: &'a dyn TensorRef<F>,
+    shape: &[usize],
+) -> Result<&'a [F], Error> {
+    if t.shape() != shape {
+        return Err(mismatch(format!(
+            "{what} {k} has shape {:?}, but parameter {k} has shape {shape:?}",
+            t.shape()
+        )));
+    }
+    t.elements()
+        .ok_or_else(|| mismatch(format!("{what} {k} is not contiguous in row-major order")))
+}
+
+/// The first non-finite element of `xs`, if any.
+fn first_non_finite<F: Float>(xs: &[F]) -> Option<(usize, f64)> {
+    if F::all_finite(xs) {
+        return None;
+    }
+    xs.iter()
+        .position(|x| !x.to_f64().is_finite())
+        .map(|i| (i, xs[i].to_f64()))
+}
+
+impl<F: Float> ShardedStepper<F> {
+    /// This rank's part of `optimizer` over `params` (every rank passes the
+    /// same shapes, in the same order; every rank must call this).
+    pub fn new(
+        optimizer: &impl Optimizer,
+        params: &[&dyn TensorRef<F>],
+        comm: Arc<dyn Collective>,
+    ) -> Result<Self, Error> {
+        let rule = optimizer.rule();
+        let shapes: Vec<Vec<usize>> = params.iter().map(|p| p.shape().to_vec()).collect();
+        let numels: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
+        let by_tensor = rule.is_matrix();
+        let layout = if by_tensor {
+            ShardLayout::whole(&numels, comm.size())?
+        } else {
+            ShardLayout::chunked(&numels, comm.size())?
+        };
+        let rank = comm.rank();
+        // Every rank must describe the same tensors to the same rule.
+        let signature = format!("{}:{shapes:?}", rule.name).into_bytes();
+        let all = comm.all_gather(&signature)?;
+        if let Some(r) = all.iter().position(|s| *s != signature) {
+            return Err(mismatch(format!(
+                "rank {r} has other tensors or another rule than rank {rank}"
+            )));
+        }
+        let mut held = Vec::new();
+        let mut views: Vec<ArrayViewD<'_, F>> = Vec::new();
+        for (k, p) in params.iter().enumerate() {
+            let data = whole("parameter", k, *p, &shapes[k])?;
+            let range = layout.ranges(k)?[rank].clone();
+            if by_tensor {
+                if k % comm.size() == rank {
+                    held.push(k);
+                    views.push(
+                        ArrayViewD::from_shape(IxDyn(&shapes[k]), data)
+                            .map_err(|e| mismatch(e.to_string()))?,
+                    );
+                }
+            } else {
+                held.push(k);
+                views.push(
+                    ArrayViewD::from_shape(IxDyn(&[range.len()]), &data[range])
+                        .map_err(|e| mismatch(e.to_string()))?,
+                );
+            }
+        }
+        let refs: Vec<&dyn TensorRef<F>> = views.iter().map(|v| v as &dyn TensorRef<F>).collect();
+        let mut local = Stepper::new(
+            rule.clone(),
+            optimizer.hypers(),
+            &refs,
+            &[Group::new(0..refs.len())],
+        )?;
+        local.set_non_finite(NonFinite::Unchecked);
+        if !by_tensor {
+            local.set_shard(numels, comm.clone())?;
+        }
+        Ok(ShardedStepper {
+            comm,
+            layout,
+            shapes,
+            rule,
+            local,
+            held,
+            non_finite: NonFinite::default(),
+            reduction: GradientReduction::default(),
+            skipped: 0,
+            last_skipped: false,
+        })
+    }
+
+    /// How the ranks' gradients combine (their mean by default).
+    pub fn set_gradient_reduction(&mut self, reduction: GradientReduction) {
+        self.reduction = reduction;
+    }
+
+    /// What a step does with NaN or infinite gradients or inputs, on every
+    /// rank alike (refusing the step is the default).
+    pub fn set_non_finite(&mut self, policy: NonFinite) {
+        self.non_finite = policy;
+    }
+
+    /// Steps skipped under [`NonFinite::Skip`].
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// True when the last step was skipped.
+    pub fn last_skipped(&self) -> bool {
+        self.last_skipped
+    }
+
+    /// Steps taken so far.
+    pub fn t(&self) -> u64 {
+        self.local.t()
+    }
+
+    /// Which elements of each tensor each rank owns.
+    pub fn layout(&self) -> &ShardLayout {
+        &self.layout
+    }
+
+    /// Bytes of optimizer state this rank holds.
+    pub fn state_bytes(&self) -> usize {
+        let per = std::mem::size_of::<F>();
+        (0..self.held.len())
+            .map(|i| {
+                self.rule
+                    .states
+                    .iter()
+                    .filter(|s| s.kind != StateKind::Scalar)
+                    .filter_map(|s| self.local.state(i, &s.name))
+                    .map(|a| a.len() * per)
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// One step (every rank calls it): `grads` are this rank's whole
+    /// gradients; `params` (whole, the same on every rank) are updated on
+    /// every rank.
+    pub fn step(
+        &mut self,
+        params: &mut [&mut dyn TensorMut<F>],
+        grads: &[&dyn TensorRef<F>],
+    ) -> Result<(), Error> {
+        self.step_with(params, grads, &[])
+    }
+
+    /// One step with extra per-element inputs (combined across ranks as
+    /// the gradients are), by the names the rule declares.
+    pub fn step_with(
+        &mut self,
+        params: &mut [&mut dyn TensorMut<F>],
+        grads: &[&dyn TensorRef<F>],
+        inputs: &[(&str, Vec<&dyn TensorRef<F>>)],
+    ) -> Result<(), Error> {
+        // Every rank checks its arguments, and all learn whether any failed,
+        // before anything is exchanged or changed.
+        let checked = self.check(params, grads, inputs);
+        let mut message = Vec::new();
+        if let Err(e) = &checked {
+            message = e.to_string().into_bytes();
+            message.insert(0, 1);
+        }
+        let all = self.comm.all_gather(&message)?;
+        checked?;
+        if let Some((r, m)) = all.iter().enumerate().find(|(_, m)| !m.is_empty()) {
+            return Err(mismatch(format!(
+                "rank {r} refused the step: {}",
+                String::from_utf8_lossy(&m[1..])
+            )));
+        }
+        let rank = self.comm.rank();
+        let ranks = F::from_f64(self.comm.size() as f64);
+        let mean = self.reduction == GradientReduction::Mean;
+        let reduce = |k: usize, t: &dyn TensorRef<F>| -> Result<Vec<F>, Error> {
+            let data = t.elements().unwrap_or(&[]);
+            let mut shard = reduce_scatter_sum(self.comm.as_ref(), &self.layout, k, data)?;
+            if mean {
+                for x in &mut shard {
+                    *x = *x / ranks;
+                }
+            }
+            Ok(shard)
+        };
+        let mut g_shards = Vec::with_capacity(self.shapes.len());
+        let mut input_shards: Vec<(String, Vec<Vec<F>>)> = Vec::new();
+        for (k, g) in grads.iter().enumerate() {
+            g_shards.push(reduce(k, *g)?);
+        }
+        for (name, tensors) in inputs {
+            let mut shards = Vec::with_capacity(tensors.len());
+            for (k, t) in tensors.iter().enumerate() {
+                shards.push(reduce(k, *t)?);
+            }
+            input_shards.push((name.to_string(), shards));
+        }
+        // The non-finite policy, decided by all ranks from all shards.
+        self.last_skipped = false;
+        if self.non_finite != NonFinite::Unchecked {
+            let mut found: Option<(usize, usize, String, usize, f64)> = None;
+            for k in 0..self.shapes.len() {
+                let start = self.layout.ranges(k)?[rank].start;
+                let mut candidates = vec![(0usize, "gradient".to_string(), &g_shards[k])];
+                for (j, (name, shards)) in input_shards.iter().enumerate() {
+                    candidates.push((j + 1, format!("input `{name}`"), &shards[k]));
+                }
+                for (order, what, xs) in candidates {
+                    if let Some((i, v)) = first_non_finite(xs) {
+                        let f = (k, order, what, start + i, v);
+                        if found
+                            .as_ref()
+                            .is_none_or(|g| (f.0, f.1, f.3) < (g.0, g.1, g.3))
+                        {
+                            found = Some(f);
+                        }
+                    }
+                }
+            }
+            let mut message = Vec::new();
+            if let Some((k, order, what, index, value)) = &found {
+                message.extend_from_slice(&(*k as u64).to_le_bytes());
+                message.extend_from_slice(&(*order as u64).to_le_bytes());
+                message.extend_from_slice(&(*index as u64).to_le_bytes());
+                message.extend_from_slice(&value.to_le_bytes());
+                message.extend_from_slice(what.as_bytes());
+            }
+            let word = |m: &[u8], at: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&m[at..at + 8]);
+                b
+            };
+            let first = self
+                .comm
+                .all_gather(&message)?
+                .into_iter()
+                .filter(|m| m.len() >= 32)
+                .map(|m| {
+                    let key = (
+                        u64::from_le_bytes(word(&m, 0)),
+                        u64::from_le_bytes(word(&m, 8)),
+                        u64::from_le_bytes(word(&m, 16)),
+                    );
+                    let value = f64::from_le_bytes(word(&m, 24));
+                    let what = String::from_utf8_lossy(&m[32..]).into_owned();
+                    (key, value, what)
+                })
+                .min_by_key(|(key, _, _)| *key);
+            if let Some(((k, _, index), value, what)) = first {
+                if self.non_finite == NonFinite::Skip {
+                    self.skipped += 1;
+                    self.last_skipped = true;
+                    return Ok(());
+                }
+                return Err(Error::NonFinite {
+                    what: format!("{what} {k}"),
+                    index: index as usize,
+                    value,
+                    step: self.local.t() + 1,
+                });
+            }
+        }
+        // The local step, on views of this rank's part of each parameter.
+        {
+            let mut views: Vec<ArrayViewMutD<'_, F>> = Vec::with_capacity(self.held.len());
+            let mut held = self.held.iter().peekable();
+            for (k, p) in params.iter_mut().enumerate() {
+                if held.peek() != Some(&&k) {
+                    continue;
+                }
+                held.next();
+                let range = self.layout.ranges(k)?[rank].clone();
+                let data = p
+                    .elements_mut()
+                    .ok_or_else(|| mismatch("a parameter is not contiguous"))?;
+                let shape = if self.rule.is_matrix() {
+                    self.shapes[k].clone()
+                } else {
+                    vec![range.len()]
+                };
+                views.push(
+                    ArrayViewMutD::from_shape(IxDyn(&shape), &mut data[range])
+                        .map_err(|e| mismatch(e.to_string()))?,
+                );
+            }
+            let g_views: Vec<ArrayViewD<'_, F>> = self
+                .held
+                .iter()
+                .map(|&k| ArrayViewD::from_shape(IxDyn(&self.local_shape(k)), &g_shards[k][..]))
+                .collect::<Result<_, _>>()
+                .map_err(|e| mismatch(e.to_string()))?;
+            let input_views: Vec<(String, Vec<ArrayViewD<'_, F>>)> = input_shards
+                .iter()
+                .map(|(name, shards)| {
+                    let v = self
+                        .held
+                        .iter()
+                        .map(|&k| {
+                            ArrayViewD::from_shape(IxDyn(&self.local_shape(k)), &shards[k][..])
+                        })
+                        .collect::<Result<Vec<_>, _>>();
+                    v.map(|v| (name.clone(), v))
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| mismatch(e.to_string()))?;
+            let mut local_inputs = Inputs::new();
+            for (name, v) in &input_views {
+                local_inputs =
+                    local_inputs.with(name, v.iter().map(|a| a as &dyn TensorRef<F>).collect());
+            }
+            let mut param_refs: Vec<&mut dyn TensorMut<F>> = views
+                .iter_mut()
+                .map(|v| v as &mut dyn TensorMut<F>)
+                .collect();
+            let grad_refs: Vec<&dyn TensorRef<F>> =
+                g_views.iter().map(|v| v as &dyn TensorRef<F>).collect();
+            self.local
+                .step_with(&mut param_refs, &grad_refs, &local_inputs)?;
+        }
+        // Every rank gets every rank's part of the parameters.
+        for (k, p) in params.iter_mut().enumerate() {
+            let range = self.layout.ranges(k)?[rank].clone();
+            let full = p
+                .elements_mut()
+                .ok_or_else(|| mismatch("a parameter is not contiguous"))?;
+            let mine = full[range].to_vec();
+            all_gather_into(self.comm.as_ref(), &self.layout, k, &mine, full)?;
+        }
+        Ok(())
+    }
+
+    /// The shape of the local part of tensor `k`: its shard as a vector, or
+    /// the whole tensor for matrix rules.
+    fn local_shape(&self, k: usize) -> Vec<usize> {
+        if self.rule.is_matrix() {
+            self.shapes[k].clone()
+        } else {
+            let range = &self
+                .layout
+                .ranges(k)
+                .map(|r| r[self.comm.rank()].clone())
+                .unwrap_or(0..0);
+            vec![range.len()]
+        }
+    }
+
+    fn check(
+        &self,
+        params: &mut [&mut dyn TensorMut<F>],
+        grads: &[&dyn TensorRef<F>],
+        inputs: &[(&str, Vec<&dyn TensorRef<F>>)],
+    ) -> Result<(), Error> {
+        let n = self.shapes.len();
+        if params.len() != n || grads.len() != n {
+            return Err(mismatch(format!(
+                "the optimizer holds {n} tensors, but the step got {} parameters and {} gradients",
+                params.len(),
+                grads.len()
+            )));
+        }
+        for k in 0..n {
+            whole("parameter", k, &*params[k], &self.shapes[k])?;
+            whole("gradient", k, grads[k], &self.shapes[k])?;
+        }
+        for (name, tensors) in inputs {
+            if self.rule.input_index(name).is_none() {
+                return Err(mismatch(format!(
+                    "optimizer `{}` takes no input `{name}`",
+                    self.rule.name
+                )));
+            }
+            if tensors.len() != n {
+                return Err(mismatch(format!(
+                    "input `{name}` has {} tensors, but there are {n} parameters",
+                    tensors.len()
+                )));
+            }
+            for (k, t) in tensors.iter().enumerate() {
+                whole(&format!("input `{name}`"), k, *t, &self.shapes[k])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole of state `name` of tensor `k`, flattened (every rank calls
+    /// this; every rank gets it). `None` when the rule has no such state.
+    pub fn gather_state(&self, k: usize, name: &str) -> Result<Option<Vec<F>>, Error> {
+        let Some(decl) = self.rule.states.iter().find(|s| s.name == name) else {
+            return Ok(None);
+        };
+        if k >= self.shapes.len() {
+            return Err(mismatch(format!("no tensor {k}")));
+        }
+        let local_index = self.held.iter().position(|&h| h == k);
+        let mut bytes = Vec::new();
+        if decl.kind == StateKind::Scalar {
+            // Element rules keep scalar states on every rank; send one copy.
+            let owner = self.rule.is_matrix() || self.comm.rank() == 0;
+            if let (true, Some(i)) = (owner, local_index) {
+                let v = self.local.scalar_state(i, name).unwrap_or(f64::NAN);
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+        } else if let Some(i) = local_index {
+            if let Some(a) = self.local.state(i, name) {
+                let flat: Vec<F> = a.iter().copied().collect();
+                F::put_bytes(&flat, &mut bytes);
+            }
+        }
+        let gathered = self.comm.all_gather(&bytes)?;
+        let mut out = Vec::new();
+        for (rank, b) in gathered.iter().enumerate() {
+            if decl.kind == StateKind::Scalar {
+                if b.len() == 8 {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    out.push(F::from_f64(f64::from_le_bytes(a)));
+                }
+                continue;
+            }
+            let count = b.len() / F::BYTES;
+            let mut part = vec![F::default(); count];
+            if !F::get_bytes(b, &mut part) {
+                return Err(mismatch(format!("rank {rank} sent a broken state shard")));
+            }
+            out.extend(part);
+        }
+        Ok(Some(out))
+    }
+}

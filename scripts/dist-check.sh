@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sharded optimizer state over MPI: installs Open MPI (and libclang, which
+# the mpi crate's bindings need) from Debian's packages if mpirun is
+# missing, builds examples/dist_check with the `mpi` feature, and runs it
+# under mpirun on 1, 2 and 4 ranks. Each run prints one line per catalog
+# rule, `ranks=N rule=NAME identical=true|false` (the sharded step against
+# one process's, bit for bit), then the data-parallel digits training
+# against one process. Exits 1 when any case fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null; then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q openmpi-bin libopenmpi-dev libclang-dev >/dev/null
+fi
+cargo build --release -q -p lensopt-cli --example dist_check --features mpi
+root_flag=""
+if [ "$(id -u)" = 0 ]; then root_flag="--allow-run-as-root"; fi
+status=0
+for ranks in 1 2 4; do
+  out=$(mktemp)
+  if ! mpirun $root_flag --oversubscribe -n "$ranks" target/release/examples/dist_check >"$out"; then
+    status=1
+  fi
+  cat "$out"
+  if grep -q "=false" "$out"; then status=1; fi
+  rm -f "$out"
+done
+exit $status
