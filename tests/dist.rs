@@ -233,3 +233,169 @@ fn state_is_sharded_not_copied() {
     assert!(whole > 0);
     assert_eq!(results, vec![whole / 4; 4]);
 }
+
+/// Steps `stepper` with `grad` on rank 0 and zeros elsewhere (summed, so
+/// every rank count sees exactly `grad`).
+fn step_with_rank0_gradient(
+    stepper: &mut ShardedStepper<f32>,
+    comm: &dyn Collective,
+    params: &mut [ArrayD<f32>],
+    grads: &[ArrayD<f32>],
+) {
+    let zeros: Vec<ArrayD<f32>> = grads.iter().map(|g| ArrayD::zeros(g.raw_dim())).collect();
+    let given = if comm.rank() == 0 { grads } else { &zeros[..] };
+    let g: Vec<&dyn lensopt::TensorRef<f32>> = given.iter().map(|g| g as _).collect();
+    let mut p: Vec<&mut dyn lensopt::TensorMut<f32>> = params.iter_mut().map(|p| p as _).collect();
+    stepper.step(&mut p, &g).unwrap();
+}
+
+fn checkpoint_case() -> (Vec<ArrayD<f32>>, Vec<Vec<ArrayD<f32>>>) {
+    let sizes = [2 * 65_536 + 5, 17, 65_536];
+    let mut rng = lensopt::diagram::plan::SplitMix(4);
+    let mut draw = |n: usize| {
+        Array1::from_shape_fn(n, |_| {
+            (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .into_dyn()
+    };
+    let params = sizes.iter().map(|&n| draw(n)).collect();
+    let grads = (0..4)
+        .map(|_| sizes.iter().map(|&n| draw(n)).collect())
+        .collect();
+    (params, grads)
+}
+
+/// A run saved on 3 ranks resumes on 2 and on 1, and goes on bit for bit as
+/// the run that never stopped; an incomplete directory is refused.
+#[test]
+fn sharded_checkpoints_reshard_and_resume_bit_for_bit() {
+    use lensopt::dist::GradientReduction;
+    let dir = std::env::temp_dir().join(format!("lensopt-dist-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for name in ["lamb", "adam", "muon"] {
+        let saved = dir.join(name);
+        let (initial, grads) = checkpoint_case();
+        let initial: Vec<ArrayD<f32>> = if name == "muon" {
+            vec![ArrayD::from_shape_fn(ndarray::IxDyn(&[12, 20]), |i| {
+                (i[0] * 20 + i[1]) as f32 * 1e-3
+            })]
+        } else {
+            initial
+        };
+        let grads: Vec<Vec<ArrayD<f32>>> = if name == "muon" {
+            (0..4)
+                .map(|s| {
+                    vec![ArrayD::from_shape_fn(ndarray::IxDyn(&[12, 20]), |i| {
+                        ((i[0] * 7 + i[1] * 3 + s) % 11) as f32 - 5.0
+                    })]
+                })
+                .collect()
+        } else {
+            grads
+        };
+        let run = |ranks: usize, resume: bool| {
+            on_ranks(ranks, |comm| {
+                let opt = catalog::get(name).unwrap();
+                let mut params = initial.clone();
+                let refs: Vec<&dyn lensopt::TensorRef<f32>> =
+                    params.iter().map(|p| p as _).collect();
+                let mut s = ShardedStepper::new(&opt, &refs, comm.clone()).unwrap();
+                s.set_gradient_reduction(GradientReduction::Sum);
+                let names: Vec<String> = (0..params.len()).map(|k| format!("w{k}")).collect();
+                if resume {
+                    let mut named: Vec<(&str, &mut dyn lensopt::TensorMut<f32>)> = names
+                        .iter()
+                        .map(|n| n.as_str())
+                        .zip(params.iter_mut().map(|p| p as _))
+                        .collect();
+                    s.load(&saved, &mut named).map_err(|e| e.to_string())?;
+                } else {
+                    for g in &grads[..2] {
+                        step_with_rank0_gradient(&mut s, comm.as_ref(), &mut params, g);
+                    }
+                    let named: Vec<(&str, &dyn lensopt::TensorRef<f32>)> = names
+                        .iter()
+                        .map(|n| n.as_str())
+                        .zip(params.iter().map(|p| p as _))
+                        .collect();
+                    s.save(&saved, &named, &Default::default())
+                        .map_err(|e| e.to_string())?;
+                }
+                for g in &grads[2..] {
+                    step_with_rank0_gradient(&mut s, comm.as_ref(), &mut params, g);
+                }
+                let states: Vec<Vec<f32>> = (0..params.len())
+                    .flat_map(|k| {
+                        opt.rule()
+                            .states
+                            .iter()
+                            .map(|d| s.gather_state(k, &d.name).unwrap().unwrap())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                Ok::<_, String>((params, states, s.t()))
+            })
+        };
+        let straight = run(3, false).remove(0).unwrap();
+        for ranks in [2, 1, 4] {
+            for r in run(ranks, true) {
+                assert_eq!(r.unwrap(), straight, "{name}: resumed on {ranks} ranks");
+            }
+        }
+        // Without its completion mark the directory is refused on every rank.
+        std::fs::remove_file(saved.join("COMPLETE")).unwrap();
+        for r in run(2, true) {
+            assert!(r.unwrap_err().contains("not a complete"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A rank that dies in the middle of training: the others' next step fails
+/// at once with an error naming it, and the last complete checkpoint loads.
+#[test]
+fn a_rank_dying_mid_training_leaves_the_last_checkpoint_loadable() {
+    let dir = std::env::temp_dir().join(format!("lensopt-dist-fault-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (initial, grads) = checkpoint_case();
+    let results = on_ranks(2, |comm| {
+        let opt = catalog::get("adam").unwrap();
+        let mut params = initial.clone();
+        let refs: Vec<&dyn lensopt::TensorRef<f32>> = params.iter().map(|p| p as _).collect();
+        let mut s = ShardedStepper::new(&opt, &refs, comm.clone()).unwrap();
+        step_with_rank0_gradient(&mut s, comm.as_ref(), &mut params, &grads[0]);
+        let named: Vec<(&str, &dyn lensopt::TensorRef<f32>)> = ["a", "b", "c"]
+            .into_iter()
+            .zip(params.iter().map(|p| p as _))
+            .collect();
+        s.save(&dir, &named, &Default::default()).unwrap();
+        if comm.rank() == 1 {
+            return None; // dies: its end of the group is dropped
+        }
+        let started = std::time::Instant::now();
+        let g: Vec<&dyn lensopt::TensorRef<f32>> = grads[1].iter().map(|g| g as _).collect();
+        let mut p: Vec<&mut dyn lensopt::TensorMut<f32>> =
+            params.iter_mut().map(|p| p as _).collect();
+        let e = s.step(&mut p, &g).unwrap_err().to_string();
+        Some((e, started.elapsed()))
+    });
+    let (e, took) = results[0].clone().unwrap();
+    assert!(e.contains("rank 1 left"), "{e}");
+    assert!(took < Duration::from_secs(10));
+    let loaded = on_ranks(1, |comm| {
+        let opt = catalog::get("adam").unwrap();
+        let mut params: Vec<ArrayD<f32>> =
+            initial.iter().map(|p| ArrayD::zeros(p.raw_dim())).collect();
+        let refs: Vec<&dyn lensopt::TensorRef<f32>> = params.iter().map(|p| p as _).collect();
+        let mut s = ShardedStepper::new(&opt, &refs, comm).unwrap();
+        let mut named: Vec<(&str, &mut dyn lensopt::TensorMut<f32>)> = ["a", "b", "c"]
+            .into_iter()
+            .zip(params.iter_mut().map(|p| p as _))
+            .collect();
+        s.load(&dir, &mut named)
+            .map_err(|e| e.to_string())
+            .map(|_| s.t())
+    });
+    assert_eq!(loaded[0], Ok(1));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,6 +17,7 @@
 //! gradients.
 
 pub mod check;
+mod checkpoint;
 mod data_parallel;
 mod layout;
 #[cfg(feature = "mpi")]

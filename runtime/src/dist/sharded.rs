@@ -35,15 +35,15 @@ pub enum GradientReduction {
 /// state are bit for bit those of one process stepping with the
 /// rank-ordered sum.
 pub struct ShardedStepper<F: Float> {
-    comm: Arc<dyn Collective>,
-    layout: ShardLayout,
-    shapes: Vec<Vec<usize>>,
-    rule: Arc<Rule>,
+    pub(super) comm: Arc<dyn Collective>,
+    pub(super) layout: ShardLayout,
+    pub(super) shapes: Vec<Vec<usize>>,
+    pub(super) rule: Arc<Rule>,
     /// This rank's steps: over its shard of every tensor (element rules) or
     /// over the whole tensors it owns (matrix rules).
-    local: Stepper<F>,
+    pub(super) local: Stepper<F>,
     /// The tensors `local` holds, as indices into the whole list.
-    held: Vec<usize>,
+    pub(super) held: Vec<usize>,
     non_finite: NonFinite,
     reduction: GradientReduction,
     skipped: u64,
