@@ -5,7 +5,7 @@
 use lensopt::catalog;
 use lensopt::dist::check::sharded_matches_one_process;
 use lensopt::dist::{
-    all_gather_into, all_reduce_f64, reduce_scatter_sum, Collective, ShardLayout, ShardedStepper,
+    all_gather_tensor, all_reduce_f64, reduce_scatter_sum, Collective, ShardLayout, ShardedStepper,
     SingleProcess, Threads,
 };
 use lensopt::{NonFinite, Optimizer};
@@ -120,7 +120,7 @@ fn collectives_combine_in_rank_order() {
             .collect();
         let shard = reduce_scatter_sum(comm.as_ref(), &layout, 0, &full).unwrap();
         let mut gathered = vec![0.0f32; 200_000];
-        all_gather_into(comm.as_ref(), &layout, 0, &shard, &mut gathered).unwrap();
+        all_gather_tensor(comm.as_ref(), &layout, 0, &shard, &mut gathered).unwrap();
         let sums = all_reduce_f64(comm.as_ref(), &[r as f64 + 0.5], |a, b| a + b).unwrap();
         (gathered, sums)
     });

@@ -11,13 +11,18 @@
 //!     mpirun -n 4 target/release/examples/dist_check      # built with --features mpi
 //!     cargo run --release --example dist_check -- --threads 4   # ranks as threads
 //!
-//! Exits 1 when a case fails.
+//! Exits 1 when a case fails. `--bench [N]` instead times a sharded Adam
+//! step on N elements (default 1e7) and prints one JSON row: the step's
+//! time, the bytes this rank sent, and the alpha-beta model of the step
+//! (latency and bandwidth measured in the same run, plus one process's
+//! step on the shard).
 
 use lensopt::diagram::plan::{Model, SplitMix};
 use lensopt::dist::check::sharded_matches_one_process;
-use lensopt::dist::{all_reduce_f64, Collective, DataParallel, Threads};
+use lensopt::dist::{all_reduce_f64, Collective, DataParallel, Metered, ShardedStepper, Threads};
 use lensopt::loss::{accuracy, one_hot, SoftmaxCrossEntropy};
 use lensopt::train::Trainer;
+use lensopt::Optimizer;
 use ndarray::Array2;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,8 +121,91 @@ fn data_parallel_digits(
     ))
 }
 
+/// The median of `f`'s times over `runs` runs, in seconds.
+fn median(
+    runs: usize,
+    mut f: impl FnMut() -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = std::time::Instant::now();
+        f()?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Times a sharded Adam step on `n` f32 elements, and the alpha-beta model
+/// of the same step: `2 (R - 1) (alpha + beta 4n / R)` for the gradients'
+/// reduce-scatter and the parameters' all-gather, plus one process's step
+/// on a shard of `n / R` elements.
+fn bench(
+    comm: Arc<dyn Collective>,
+    n: usize,
+) -> Result<(Vec<String>, bool), Box<dyn std::error::Error>> {
+    let ranks = comm.size();
+    let metered = Arc::new(Metered::new(comm.clone()));
+    let shared: Arc<dyn Collective> = metered.clone();
+    let adam = lensopt::catalog::get("adam").ok_or("no adam")?;
+    let mut p = ndarray::Array1::<f32>::from_elem(n, 0.5).into_dyn();
+    let g = ndarray::Array1::<f32>::from_elem(n, 0.01).into_dyn();
+    let mut stepper = ShardedStepper::new(&adam, &[&p], shared.clone())?;
+    stepper.step(&mut [&mut p], &[&g])?; // compiles and touches every page
+    let before = metered.sent();
+    let steps = 5;
+    let step_s = median(steps, || Ok(stepper.step(&mut [&mut p], &[&g])?))?;
+    let bytes_per_step = (metered.sent() - before) / steps as u64;
+    // Latency and bandwidth of this transport, on the path a step takes:
+    // all-gathers of 8 bytes and of 8 MiB a rank into a known layout.
+    let small = vec![0u8; 8];
+    let large = vec![0u8; 8 << 20];
+    let mut out_small = vec![0u8; 8 * ranks];
+    let mut out_large = vec![0u8; (8 << 20) * ranks];
+    let t_small = median(9, || {
+        Ok(comm.all_gather_into(&small, &vec![8; ranks], &mut out_small)?)
+    })?;
+    let t_large = median(5, || {
+        Ok(comm.all_gather_into(&large, &vec![8 << 20; ranks], &mut out_large)?)
+    })?;
+    let hops = (ranks - 1).max(1) as f64;
+    let alpha = t_small / hops;
+    let beta = ((t_large - t_small) / hops / large.len() as f64).max(0.0);
+    // One process's step on one shard.
+    let shard = n.div_ceil(ranks);
+    let mut sp = ndarray::Array1::<f32>::from_elem(shard, 0.5).into_dyn();
+    let sg = ndarray::Array1::<f32>::from_elem(shard, 0.01).into_dyn();
+    let mut local = adam.init(&[&sp])?;
+    local.step(&mut [&mut sp], &[&sg])?;
+    let compute_s = median(steps, || Ok(local.step(&mut [&mut sp], &[&sg])?))?;
+    let model_comm_s = if ranks > 1 {
+        2.0 * (ranks - 1) as f64 * (alpha + beta * 4.0 * n as f64 / ranks as f64)
+    } else {
+        0.0
+    };
+    let row = serde_json::json!({
+        "kernel": "dist_step", "rule": "adam", "backend": if std::env::args().any(|a| a == "--threads") { "threads" } else { "mpi" },
+        "ranks": ranks, "n": n, "step_ms": step_s * 1e3,
+        "bytes_sent_per_rank": bytes_per_step,
+        "model_bytes_sent_per_rank": if ranks > 1 { 2 * (ranks - 1) * 4 * n / ranks } else { 0 },
+        "alpha_us": alpha * 1e6, "bandwidth_gbps": if beta > 0.0 { 1e-9 / beta } else { f64::INFINITY },
+        "compute_ms": compute_s * 1e3, "model_comm_ms": model_comm_s * 1e3,
+        "model_step_ms": (compute_s + model_comm_s) * 1e3,
+    });
+    Ok((vec![row.to_string()], true))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let bench_n = args.iter().position(|a| a == "--bench").map(|i| {
+        args.get(i + 1)
+            .and_then(|n| n.parse::<f64>().ok())
+            .map_or(10_000_000, |n| n as usize)
+    });
+    let run = move |comm: Arc<dyn Collective>| match bench_n {
+        Some(n) => bench(comm, n),
+        None => run(comm),
+    };
     let threads = args
         .iter()
         .position(|a| a == "--threads")
@@ -128,7 +216,10 @@ fn main() {
             std::thread::scope(|s| {
                 let handles: Vec<_> = group
                     .into_iter()
-                    .map(|comm| s.spawn(move || run(Arc::new(comm)).map_err(|e| e.to_string())))
+                    .map(|comm| {
+                        let run = &run;
+                        s.spawn(move || run(Arc::new(comm)).map_err(|e| e.to_string()))
+                    })
                     .collect();
                 handles
                     .into_iter()
@@ -168,7 +259,18 @@ fn main() {
 fn over_mpi() -> Result<(Vec<String>, bool), String> {
     let comm = lensopt::dist::mpi::Mpi::init().map_err(|e| e.to_string())?;
     let rank = comm.rank();
-    let (lines, ok) = run(Arc::new(comm)).map_err(|e| e.to_string())?;
+    let args: Vec<String> = std::env::args().collect();
+    let bench_n = args.iter().position(|a| a == "--bench").map(|i| {
+        args.get(i + 1)
+            .and_then(|n| n.parse::<f64>().ok())
+            .map_or(10_000_000, |n| n as usize)
+    });
+    let comm: Arc<dyn Collective> = Arc::new(comm);
+    let (lines, ok) = match bench_n {
+        Some(n) => bench(comm, n),
+        None => run(comm),
+    }
+    .map_err(|e| e.to_string())?;
     // Only rank 0 prints (the caller prints rank 0's lines).
     Ok(if rank == 0 {
         (lines, ok)

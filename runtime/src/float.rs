@@ -32,6 +32,7 @@ pub trait Float:
     + std::ops::AddAssign
     + std::ops::Neg<Output = Self>
     + DeviceElement
+    + bytemuck::Pod
 {
     /// The precision of PTX kernels for this type.
     const PRECISION: Precision;

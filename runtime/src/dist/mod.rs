@@ -52,6 +52,84 @@ pub trait Collective: Send + Sync + std::fmt::Debug {
 
     /// Rank `root`'s `data` on every rank (other ranks' `data` is replaced).
     fn broadcast(&self, root: usize, data: &mut Vec<u8>) -> Result<(), Error>;
+
+    /// [`Collective::all_gather`] of known lengths into one buffer: rank
+    /// `r`'s bytes (`counts[r]` of them; every rank passes the same
+    /// `counts`) land in `out` after those of the ranks before it. Backends
+    /// override it to move the bytes once.
+    fn all_gather_into(&self, local: &[u8], counts: &[usize], out: &mut [u8]) -> Result<(), Error> {
+        check_counts(self, counts, local.len(), out.len())?;
+        let parts = self.all_gather(local)?;
+        place(&parts, counts, out)
+    }
+
+    /// [`Collective::all_to_all`] of known lengths: `send` holds the parts
+    /// for ranks 0, 1, ... back to back (`send_counts` long), and `recv`
+    /// receives rank `r`'s part for this rank (`recv_counts[r]` bytes) after
+    /// those of the ranks before it.
+    fn all_to_all_into(
+        &self,
+        send: &[u8],
+        send_counts: &[usize],
+        recv: &mut [u8],
+        recv_counts: &[usize],
+    ) -> Result<(), Error> {
+        if send_counts.len() != self.size() || send_counts.iter().sum::<usize>() != send.len() {
+            return Err(mismatch("the parts to send do not match their counts"));
+        }
+        check_counts(self, recv_counts, recv_counts[self.rank()], recv.len())?;
+        let mut at = 0;
+        let parts: Vec<Vec<u8>> = send_counts
+            .iter()
+            .map(|&c| {
+                let part = send[at..at + c].to_vec();
+                at += c;
+                part
+            })
+            .collect();
+        let got = self.all_to_all(&parts)?;
+        place(&got, recv_counts, recv)
+    }
+}
+
+/// Checks a collective's counts: one per rank, this rank's `mine`, summing to `total`.
+fn check_counts<C: Collective + ?Sized>(
+    comm: &C,
+    counts: &[usize],
+    mine: usize,
+    total: usize,
+) -> Result<(), Error> {
+    if counts.len() != comm.size()
+        || counts.get(comm.rank()) != Some(&mine)
+        || counts.iter().sum::<usize>() != total
+    {
+        return Err(mismatch(format!(
+            "counts {counts:?} do not fit rank {}'s {mine} bytes and a buffer of {total}",
+            comm.rank()
+        )));
+    }
+    Ok(())
+}
+
+/// Copies every rank's part into `out`, checking each against its count.
+fn place(parts: &[Vec<u8>], counts: &[usize], out: &mut [u8]) -> Result<(), Error> {
+    if parts.len() != counts.len() {
+        return Err(mismatch(
+            "a collective returned another number of parts than ranks",
+        ));
+    }
+    let mut at = 0;
+    for (rank, (part, &c)) in parts.iter().zip(counts).enumerate() {
+        if part.len() != c {
+            return Err(mismatch(format!(
+                "rank {rank} sent {} bytes where {c} were due",
+                part.len()
+            )));
+        }
+        out[at..at + c].copy_from_slice(part);
+        at += c;
+    }
+    Ok(())
 }
 
 /// One process: every collective is the identity.
@@ -86,18 +164,6 @@ impl Collective for SingleProcess {
     }
 }
 
-/// Decodes `count` elements sent by `rank`.
-fn elements<F: Float>(bytes: &[u8], count: usize, rank: usize) -> Result<Vec<F>, Error> {
-    let mut out = vec![F::default(); count];
-    if !F::get_bytes(bytes, &mut out) {
-        return Err(mismatch(format!(
-            "rank {rank} sent {} bytes where {count} elements were due",
-            bytes.len()
-        )));
-    }
-    Ok(out)
-}
-
 /// Reduce-scatter by sum, in rank order: every rank gives a whole tensor
 /// (`full`, as long as `layout`'s tensor `k`), and gets back its own shard of
 /// `((full_0 + full_1) + full_2) + ...` over the ranks (an all-to-all, then
@@ -117,35 +183,34 @@ pub fn reduce_scatter_sum<F: Float>(
             ranges.len()
         )));
     }
-    let parts: Vec<Vec<u8>> = ranges
-        .iter()
-        .map(|r| {
-            let mut bytes = Vec::new();
-            F::put_bytes(&full[r.clone()], &mut bytes);
-            bytes
-        })
-        .collect();
-    let received = comm.all_to_all(&parts)?;
-    let mine = ranges[comm.rank()].len();
-    let mut sum: Option<Vec<F>> = None;
-    for (rank, bytes) in received.iter().enumerate() {
-        let part = elements::<F>(bytes, mine, rank)?;
-        sum = Some(match sum {
-            None => part,
-            Some(mut acc) => {
-                for (a, x) in acc.iter_mut().zip(part) {
-                    *a += x;
-                }
-                acc
-            }
-        });
+    if comm.size() == 1 {
+        return Ok(full.to_vec());
     }
-    Ok(sum.unwrap_or_default())
+    let width = std::mem::size_of::<F>();
+    let mine = ranges[comm.rank()].len();
+    let send_counts: Vec<usize> = ranges.iter().map(|r| r.len() * width).collect();
+    let recv_counts = vec![mine * width; comm.size()];
+    let mut received = vec![F::default(); mine * comm.size()];
+    comm.all_to_all_into(
+        bytemuck::cast_slice(full),
+        &send_counts,
+        bytemuck::cast_slice_mut(&mut received),
+        &recv_counts,
+    )?;
+    // Rank 0's part, then each later rank's added in turn, in place.
+    let (sum, rest) = received.split_at_mut(mine);
+    for part in rest.chunks_exact(mine.max(1)) {
+        for (a, x) in sum.iter_mut().zip(part) {
+            *a += *x;
+        }
+    }
+    received.truncate(mine);
+    Ok(received)
 }
 
 /// All-gather of tensor `k`'s shards: every rank gives its shard (`local`),
 /// and `full` (the whole tensor) receives every rank's.
-pub fn all_gather_into<F: Float>(
+pub fn all_gather_tensor<F: Float>(
     comm: &dyn Collective,
     layout: &ShardLayout,
     k: usize,
@@ -160,20 +225,14 @@ pub fn all_gather_into<F: Float>(
             full.len()
         )));
     }
-    let mut bytes = Vec::new();
-    F::put_bytes(local, &mut bytes);
-    let gathered = comm.all_gather(&bytes)?;
-    // Decode everything before writing anything.
-    let parts = gathered
-        .iter()
-        .zip(ranges)
-        .enumerate()
-        .map(|(rank, (b, r))| elements::<F>(b, r.len(), rank))
-        .collect::<Result<Vec<_>, _>>()?;
-    for (part, r) in parts.into_iter().zip(ranges) {
-        full[r.clone()].copy_from_slice(&part);
-    }
-    Ok(())
+    let width = std::mem::size_of::<F>();
+    let counts: Vec<usize> = ranges.iter().map(|r| r.len() * width).collect();
+    // The shards tile the tensor in rank order, so every rank's lands in place.
+    comm.all_gather_into(
+        bytemuck::cast_slice(local),
+        &counts,
+        bytemuck::cast_slice_mut(full),
+    )
 }
 
 /// All-reduce of f64 values by `combine`, folded in rank order from rank
@@ -188,7 +247,14 @@ pub fn all_reduce_f64(
     let gathered = comm.all_gather(&bytes)?;
     let mut acc: Option<Vec<f64>> = None;
     for (rank, b) in gathered.iter().enumerate() {
-        let values = elements::<f64>(b, local.len(), rank)?;
+        let mut values = vec![0.0; local.len()];
+        if !f64::get_bytes(b, &mut values) {
+            return Err(mismatch(format!(
+                "rank {rank} sent {} bytes for {} values",
+                b.len(),
+                local.len()
+            )));
+        }
         acc = Some(match acc {
             None => values,
             Some(a) => a.iter().zip(values).map(|(x, y)| combine(*x, y)).collect(),
@@ -221,5 +287,121 @@ impl lensopt_codegen::cpu::Exchange for PartialExchange<'_> {
                 Ok(v)
             })
             .collect()
+    }
+}
+
+/// A [`Collective`] that counts the bytes this rank sends to other ranks
+/// (its own part of a collective stays here and is not counted).
+#[derive(Debug)]
+pub struct Metered<C> {
+    inner: C,
+    sent: std::sync::atomic::AtomicU64,
+}
+
+impl<C: Collective> Metered<C> {
+    /// Counts what `inner` sends.
+    pub fn new(inner: C) -> Self {
+        Metered {
+            inner,
+            sent: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes sent to other ranks so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn add(&self, bytes: usize) {
+        self.sent
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A shared rank is a rank.
+impl<C: Collective + ?Sized> Collective for std::sync::Arc<C> {
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+
+    fn size(&self) -> usize {
+        (**self).size()
+    }
+
+    fn all_gather(&self, local: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
+        (**self).all_gather(local)
+    }
+
+    fn all_to_all(&self, parts: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Error> {
+        (**self).all_to_all(parts)
+    }
+
+    fn broadcast(&self, root: usize, data: &mut Vec<u8>) -> Result<(), Error> {
+        (**self).broadcast(root, data)
+    }
+
+    fn all_gather_into(&self, local: &[u8], counts: &[usize], out: &mut [u8]) -> Result<(), Error> {
+        (**self).all_gather_into(local, counts, out)
+    }
+
+    fn all_to_all_into(
+        &self,
+        send: &[u8],
+        send_counts: &[usize],
+        recv: &mut [u8],
+        recv_counts: &[usize],
+    ) -> Result<(), Error> {
+        (**self).all_to_all_into(send, send_counts, recv, recv_counts)
+    }
+}
+
+impl<C: Collective> Collective for Metered<C> {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+
+    fn all_gather(&self, local: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
+        self.add(local.len() * (self.size() - 1));
+        self.inner.all_gather(local)
+    }
+
+    fn all_to_all(&self, parts: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Error> {
+        let others: usize = parts
+            .iter()
+            .enumerate()
+            .filter(|(r, _)| *r != self.rank())
+            .map(|(_, p)| p.len())
+            .sum();
+        self.add(others);
+        self.inner.all_to_all(parts)
+    }
+
+    fn broadcast(&self, root: usize, data: &mut Vec<u8>) -> Result<(), Error> {
+        if root == self.rank() {
+            self.add(data.len() * (self.size() - 1));
+        }
+        self.inner.broadcast(root, data)
+    }
+
+    fn all_gather_into(&self, local: &[u8], counts: &[usize], out: &mut [u8]) -> Result<(), Error> {
+        self.add(local.len() * (self.size() - 1));
+        self.inner.all_gather_into(local, counts, out)
+    }
+
+    fn all_to_all_into(
+        &self,
+        send: &[u8],
+        send_counts: &[usize],
+        recv: &mut [u8],
+        recv_counts: &[usize],
+    ) -> Result<(), Error> {
+        let mine = send_counts.get(self.rank()).copied().unwrap_or(0);
+        self.add(send.len().saturating_sub(mine));
+        self.inner
+            .all_to_all_into(send, send_counts, recv, recv_counts)
     }
 }

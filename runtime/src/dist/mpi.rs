@@ -166,6 +166,77 @@ impl Collective for Mpi {
         Ok(split(&buf, &recv_counts))
     }
 
+    fn all_gather_into(&self, local: &[u8], counts: &[usize], out: &mut [u8]) -> Result<(), Error> {
+        super::check_counts(self, counts, local.len(), out.len())?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        let counts = counts
+            .iter()
+            .map(|&c| count(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let displs = displacements(&counts)?;
+        // An empty slice would reach MPI as address 1 (`MPI_IN_PLACE`; see `backed`).
+        let pad;
+        let send: &[u8] = if local.is_empty() {
+            pad = backed(&[], 1);
+            &pad[..0]
+        } else {
+            local
+        };
+        let world = self.world();
+        let mut partition = PartitionMut::new(out, counts, &displs[..]);
+        world.all_gather_varcount_into(send, &mut partition);
+        Ok(())
+    }
+
+    fn all_to_all_into(
+        &self,
+        send: &[u8],
+        send_counts: &[usize],
+        recv: &mut [u8],
+        recv_counts: &[usize],
+    ) -> Result<(), Error> {
+        if send_counts.len() != self.size || send_counts.iter().sum::<usize>() != send.len() {
+            return Err(mismatch("the parts to send do not match their counts"));
+        }
+        let mine = recv_counts.get(self.rank).copied().unwrap_or(0);
+        super::check_counts(self, recv_counts, mine, recv.len())?;
+        if send.is_empty() && recv.is_empty() {
+            return Ok(());
+        }
+        // Neither buffer may reach MPI empty (see `backed`).
+        let send_buf;
+        let send = if send.is_empty() {
+            send_buf = backed(&[], 1);
+            &send_buf[..0]
+        } else {
+            send
+        };
+        let mut recv_buf;
+        let recv_target: &mut [u8] = if recv.is_empty() {
+            recv_buf = backed(&[], 1);
+            &mut recv_buf[..0]
+        } else {
+            recv
+        };
+        let send_counts = send_counts
+            .iter()
+            .map(|&c| count(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let recv_counts = recv_counts
+            .iter()
+            .map(|&c| count(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let send_displs = displacements(&send_counts)?;
+        let recv_displs = displacements(&recv_counts)?;
+        let world = self.world();
+        let outgoing = Partition::new(send, send_counts, &send_displs[..]);
+        let mut incoming = PartitionMut::new(recv_target, recv_counts, &recv_displs[..]);
+        world.all_to_all_varcount_into(&outgoing, &mut incoming);
+        Ok(())
+    }
+
     fn broadcast(&self, root: usize, data: &mut Vec<u8>) -> Result<(), Error> {
         if root >= self.size {
             return Err(mismatch(format!(

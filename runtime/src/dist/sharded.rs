@@ -1,6 +1,6 @@
 //! An optimizer whose state is sharded across ranks (ZeRO stage 1).
 
-use super::{all_gather_into, reduce_scatter_sum, Collective, ShardLayout};
+use super::{all_gather_tensor, reduce_scatter_sum, Collective, ShardLayout};
 use crate::error::{mismatch, Error};
 use crate::non_finite::NonFinite;
 use crate::optimizer::{Group, Optimizer};
@@ -233,7 +233,7 @@ impl<F: Float> ShardedStepper<F> {
         }
         let rank = self.comm.rank();
         let ranks = F::from_f64(self.comm.size() as f64);
-        let mean = self.reduction == GradientReduction::Mean;
+        let mean = self.reduction == GradientReduction::Mean && self.comm.size() > 1;
         let reduce = |k: usize, t: &dyn TensorRef<F>| -> Result<Vec<F>, Error> {
             let data = t.elements().unwrap_or(&[]);
             let mut shard = reduce_scatter_sum(self.comm.as_ref(), &self.layout, k, data)?;
@@ -379,13 +379,17 @@ impl<F: Float> ShardedStepper<F> {
                 .step_with(&mut param_refs, &grad_refs, &local_inputs)?;
         }
         // Every rank gets every rank's part of the parameters.
-        for (k, p) in params.iter_mut().enumerate() {
+        for (k, p) in params
+            .iter_mut()
+            .enumerate()
+            .filter(|_| self.comm.size() > 1)
+        {
             let range = self.layout.ranges(k)?[rank].clone();
             let full = p
                 .elements_mut()
                 .ok_or_else(|| mismatch("a parameter is not contiguous"))?;
             let mine = full[range].to_vec();
-            all_gather_into(self.comm.as_ref(), &self.layout, k, &mine, full)?;
+            all_gather_tensor(self.comm.as_ref(), &self.layout, k, &mine, full)?;
         }
         Ok(())
     }
