@@ -8,7 +8,8 @@
 # device's bandwidth, the fixed cost per step, GPT-2 small's tensors and one
 # large tensor beside 300 small ones); PyTorch's fused AdamW on the same GPU
 # when torch with CUDA is importable; then one SGD step over 2^31 + 7
-# elements, and `compute-sanitizer` on one step when it is installed. It
+# elements, and `compute-sanitizer` on one step when it is installed; last,
+# every catalog rule sharded over NCCL on one GPU against one process. It
 # writes one report and finishes well inside 10 minutes.
 #
 #   bash scripts/gpu-check.sh            # report in $OUT/gpu-report.txt, or ./gpu-report.txt
@@ -45,5 +46,18 @@ if command -v compute-sanitizer >/dev/null; then
 else
   echo "== sanitizer: skipped (compute-sanitizer is not installed here)" | tee -a "$report"
 fi
+# Sharded optimizer state over NCCL on one GPU (every catalog rule against
+# one process, bit for bit). NCCL comes from NVIDIA's wheel when the
+# system has none; it is loaded at run time.
+if ! ldconfig -p 2>/dev/null | grep -q libnccl.so; then
+  python3 -m pip install --quiet --disable-pip-version-check nvidia-nccl-cu12 >/dev/null 2>&1 || true
+  nccl_lib=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null || true)
+  if [ -n "$nccl_lib" ]; then
+    [ -e "$nccl_lib/libnccl.so" ] || ln -sf "$nccl_lib/libnccl.so.2" "$nccl_lib/libnccl.so" 2>/dev/null || true
+    export LD_LIBRARY_PATH="$nccl_lib:${LD_LIBRARY_PATH:-}"
+  fi
+fi
+step nccl-build 300 cargo build --release -p lensopt-cli --features nccl --example dist_check
+step nccl 120 target/release/examples/dist_check --nccl 1
 echo "== gpu-check: $([ $status -eq 0 ] && echo passed || echo FAILED); report in $report" | tee -a "$report"
 exit $status

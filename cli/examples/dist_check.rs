@@ -10,6 +10,7 @@
 //!
 //!     mpirun -n 4 target/release/examples/dist_check      # built with --features mpi
 //!     cargo run --release --example dist_check -- --threads 4   # ranks as threads
+//!     cargo run --release --features nccl --example dist_check -- --nccl 1   # a rank per GPU
 //!
 //! Exits 1 when a case fails. `--bench [N]` instead times a sharded Adam
 //! step on N elements (default 1e7) and prints one JSON row: the step's
@@ -210,6 +211,13 @@ fn main() {
         .iter()
         .position(|a| a == "--threads")
         .map(|i| args.get(i + 1).and_then(|n| n.parse::<usize>().ok()));
+    if let Some(i) = args.iter().position(|a| a == "--nccl") {
+        let gpus = args
+            .get(i + 1)
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(1);
+        report(over_nccl(gpus, &run));
+    }
     let results: Vec<Result<(Vec<String>, bool), String>> = match threads {
         Some(Some(n)) if n > 0 => {
             let group = Threads::group(n, Duration::from_secs(300));
@@ -233,6 +241,11 @@ fn main() {
         }
         None => vec![over_mpi()],
     };
+    report(results);
+}
+
+/// Prints rank 0's lines and every rank's error; exits 1 when any case failed.
+fn report(results: Vec<Result<(Vec<String>, bool), String>>) -> ! {
     let mut ok = true;
     for (rank, r) in results.into_iter().enumerate() {
         match r {
@@ -250,9 +263,37 @@ fn main() {
             }
         }
     }
-    if !ok {
-        std::process::exit(1);
-    }
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+type RankRun<'r> = &'r (dyn Fn(Arc<dyn Collective>) -> Result<(Vec<String>, bool), Box<dyn std::error::Error>>
+         + Sync);
+
+/// One rank per GPU, each on its own thread.
+#[cfg(feature = "nccl")]
+fn over_nccl(gpus: usize, run: RankRun<'_>) -> Vec<Result<(Vec<String>, bool), String>> {
+    let ordinals: Vec<usize> = (0..gpus.max(1)).collect();
+    let ranks = match lensopt::dist::nccl::Nccl::on_devices(&ordinals) {
+        Ok(r) => r,
+        Err(e) => return vec![Err(e.to_string())],
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|comm| s.spawn(move || run(Arc::new(comm)).map_err(|e| e.to_string())))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a rank panicked".into())))
+            .collect()
+    })
+}
+
+#[cfg(not(feature = "nccl"))]
+fn over_nccl(_gpus: usize, _run: RankRun<'_>) -> Vec<Result<(Vec<String>, bool), String>> {
+    vec![Err(
+        "built without NCCL: build with `--features nccl`".into()
+    )]
 }
 
 #[cfg(feature = "mpi")]

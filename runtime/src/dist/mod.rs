@@ -3,8 +3,9 @@
 //!
 //! [`Collective`] is the transport: all-gather, all-to-all and broadcast of
 //! bytes, with backends for one process ([`SingleProcess`]), ranks as
-//! threads of one process ([`Threads`], for tests and for one machine) and
-//! MPI ([`mpi::Mpi`], with the `mpi` feature). On top of it,
+//! threads of one process ([`Threads`], for tests and for one machine), MPI
+//! (`mpi::Mpi`, with the `mpi` feature) and NCCL (`nccl::Nccl`, with the
+//! `nccl` feature). On top of it,
 //! [`reduce_scatter_sum`], [`all_gather_into`] and [`all_reduce_f64`]
 //! combine in rank order, whatever the backend's own algorithms, so their
 //! results do not depend on how the messages travelled.
@@ -22,6 +23,8 @@ mod data_parallel;
 mod layout;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 mod sharded;
 mod threads;
 
