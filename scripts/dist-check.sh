@@ -5,7 +5,8 @@
 # under mpirun on 1, 2 and 4 ranks. Each run prints one line per catalog
 # rule, `ranks=N rule=NAME identical=true|false` (the sharded step against
 # one process's, bit for bit), then the data-parallel digits training
-# against one process. Exits 1 when any case fails.
+# against one process; last, a rank exits in the middle of training and the
+# job must stop, not hang. Exits 1 when any case fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null; then
@@ -27,4 +28,15 @@ for ranks in 1 2 4; do
   if grep -q "=false" "$out"; then status=1; fi
   rm -f "$out"
 done
+# A rank that dies in the middle of training: mpirun must end the job (the
+# other rank is blocked in a collective) instead of hanging.
+started=$SECONDS
+rc=0
+timeout 120 mpirun $root_flag --oversubscribe -n 2 target/release/examples/dist_check --fault >/dev/null 2>&1 || rc=$?
+if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]; then
+  echo "ranks=2 task=rank_dies_mid_step stopped=false exit=$rc"
+  status=1
+else
+  echo "ranks=2 task=rank_dies_mid_step stopped=true exit=$rc seconds=$((SECONDS - started))"
+fi
 exit $status

@@ -12,7 +12,11 @@
 //!     cargo run --release --example dist_check -- --threads 4   # ranks as threads
 //!     cargo run --release --features nccl --example dist_check -- --nccl 1   # a rank per GPU
 //!
-//! Exits 1 when a case fails. `--bench [N]` instead times a sharded Adam
+//! Exits 1 when a case fails. `--fault` instead makes rank 1 leave in the
+//! middle of training: under MPI it exits (and `mpirun` must end the job),
+//! with threads its end of the group is dropped and rank 0's next step must
+//! fail, naming it (`ranks=N task=rank_dies_mid_step stopped=true`).
+//! `--bench [N]` instead times a sharded Adam
 //! step on N elements (default 1e7) and prints one JSON row: the step's
 //! time, the bytes this rank sent, and the alpha-beta model of the step
 //! (latency and bandwidth measured in the same run, plus one process's
@@ -196,6 +200,32 @@ fn bench(
     Ok((vec![row.to_string()], true))
 }
 
+/// Rank 1 leaves after the first step; rank 0 tries a second.
+fn fault(comm: Arc<dyn Collective>) -> Result<(Vec<String>, bool), Box<dyn std::error::Error>> {
+    let adam = lensopt::catalog::get("adam").ok_or("no adam")?;
+    let mut p = ndarray::Array1::<f32>::from_elem(300_000, 0.5).into_dyn();
+    let g = ndarray::Array1::<f32>::from_elem(300_000, 0.01).into_dyn();
+    let mut stepper = ShardedStepper::new(&adam, &[&p], comm.clone())?;
+    stepper.step(&mut [&mut p], &[&g])?;
+    if comm.rank() == 1 {
+        if std::env::args().any(|a| a == "--threads") {
+            return Ok((Vec::new(), true)); // this rank's end of the group goes
+        }
+        eprintln!("rank 1 exits in the middle of training");
+        std::process::exit(3);
+    }
+    let started = std::time::Instant::now();
+    let stopped = stepper.step(&mut [&mut p], &[&g]);
+    let line = format!(
+        "ranks={} task=rank_dies_mid_step stopped={} seconds={:.3} error={}",
+        comm.size(),
+        stopped.is_err() || comm.size() == 1,
+        started.elapsed().as_secs_f64(),
+        stopped.err().map_or("none".to_string(), |e| format!("{e:?}")),
+    );
+    Ok((vec![line], true))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let bench_n = args.iter().position(|a| a == "--bench").map(|i| {
@@ -203,8 +233,10 @@ fn main() {
             .and_then(|n| n.parse::<f64>().ok())
             .map_or(10_000_000, |n| n as usize)
     });
+    let faulty = args.iter().any(|a| a == "--fault");
     let run = move |comm: Arc<dyn Collective>| match bench_n {
         Some(n) => bench(comm, n),
+        None if faulty => fault(comm),
         None => run(comm),
     };
     let threads = args
@@ -309,6 +341,7 @@ fn over_mpi() -> Result<(Vec<String>, bool), String> {
     let comm: Arc<dyn Collective> = Arc::new(comm);
     let (lines, ok) = match bench_n {
         Some(n) => bench(comm, n),
+        None if args.iter().any(|a| a == "--fault") => fault(comm),
         None => run(comm),
     }
     .map_err(|e| e.to_string())?;
