@@ -221,7 +221,9 @@ fn fault(comm: Arc<dyn Collective>) -> Result<(Vec<String>, bool), Box<dyn std::
         comm.size(),
         stopped.is_err() || comm.size() == 1,
         started.elapsed().as_secs_f64(),
-        stopped.err().map_or("none".to_string(), |e| format!("{e:?}")),
+        stopped
+            .err()
+            .map_or("none".to_string(), |e| format!("{e:?}")),
     );
     Ok((vec![line], true))
 }
