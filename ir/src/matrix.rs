@@ -545,7 +545,8 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                 })
             })
             .collect::<Result<_, InterpError>>()?;
-        let mut out = vec![F::default(); rows * cols];
+        // Zeroed a piece per thread, as the kernel then runs.
+        let mut out = written_in_parallel(rows * cols, CHUNK, |_, _| {});
         runner
             .run(kernel, &scalars, &arrays, &mut out)
             .map_err(InterpError)?;
@@ -685,14 +686,44 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                         Val::array(r, 1, out)
                     }
                     Axis::Col => {
-                        // Down each column in row order, all columns at once.
-                        let mut accs: Vec<Acc> = (0..c).map(|_| Acc::default()).collect();
-                        for row in data.chunks_exact(c.max(1)).take(r) {
-                            for (acc, x) in accs.iter_mut().zip(row) {
-                                acc.add(op, x.to_f64());
+                        // Down each column in row order, all columns at once
+                        // (a running f64 sum per column, as `Acc` keeps).
+                        let rows = data.chunks_exact(c.max(1)).take(r);
+                        let mut accs = vec![0.0f64; c];
+                        match op {
+                            ReduceOp::Sum | ReduceOp::Mean => {
+                                for row in rows {
+                                    for (a, x) in accs.iter_mut().zip(row) {
+                                        *a += x.to_f64();
+                                    }
+                                }
+                            }
+                            ReduceOp::Norm => {
+                                for row in rows {
+                                    for (a, x) in accs.iter_mut().zip(row) {
+                                        let x = x.to_f64();
+                                        *a += x * x;
+                                    }
+                                }
+                            }
+                            ReduceOp::Count | ReduceOp::MaxAbs => {
+                                let mut full: Vec<Acc> = (0..c).map(|_| Acc::default()).collect();
+                                for row in rows {
+                                    for (acc, x) in full.iter_mut().zip(row) {
+                                        acc.add(op, x.to_f64());
+                                    }
+                                }
+                                for (a, f) in accs.iter_mut().zip(&full) {
+                                    *a = f.finish(op);
+                                }
                             }
                         }
-                        let out = accs.iter().map(|a| F::from_f64(a.finish(op))).collect();
+                        let finish = |a: f64| match op {
+                            ReduceOp::Mean => a / r as f64,
+                            ReduceOp::Norm => a.sqrt(),
+                            _ => a,
+                        };
+                        let out = accs.iter().map(|&a| F::from_f64(finish(a))).collect();
                         Val::array(1, c, out)
                     }
                 }
@@ -886,10 +917,8 @@ impl<F: Float> Layout<'_, F> {
     /// (in parallel for large arrays; element-wise, so the result does not
     /// depend on the split).
     fn fill(&self, f: impl Fn(&[Run<'_, F>], &mut [F]) + Sync) -> Vec<F> {
-        use rayon::prelude::*;
         let (r, c) = (self.rows, self.cols);
         let n = r * c;
-        let mut out = vec![F::default(); n];
         let flat = self
             .args
             .iter()
@@ -906,14 +935,12 @@ impl<F: Float> Layout<'_, F> {
                     .collect()
             };
             if n > PARALLEL_ABOVE {
-                out.par_chunks_mut(CHUNK)
-                    .enumerate()
-                    .for_each(|(k, chunk)| {
-                        f(&runs(k * CHUNK, chunk.len()), chunk);
-                    });
-            } else {
-                f(&runs(0, n), &mut out);
+                return written_in_parallel(n, CHUNK, |k, chunk| {
+                    f(&runs(k * CHUNK, chunk.len()), chunk);
+                });
             }
+            let mut out = vec![F::default(); n];
+            f(&runs(0, n), &mut out);
             return out;
         }
         let row = |i: usize| -> Vec<Run<'_, F>> {
@@ -928,16 +955,14 @@ impl<F: Float> Layout<'_, F> {
                 .collect()
         };
         if c == 0 {
-            return out;
+            return vec![F::default(); n];
         }
         if n > PARALLEL_ABOVE {
-            out.par_chunks_mut(c)
-                .enumerate()
-                .for_each(|(i, chunk)| f(&row(i), chunk));
-        } else {
-            for (i, chunk) in out.chunks_mut(c).enumerate() {
-                f(&row(i), chunk);
-            }
+            return written_in_parallel(n, c, |i, chunk| f(&row(i), chunk));
+        }
+        let mut out = vec![F::default(); n];
+        for (i, chunk) in out.chunks_mut(c).enumerate() {
+            f(&row(i), chunk);
         }
         out
     }
@@ -983,6 +1008,36 @@ impl<F: Float> Layout<'_, F> {
     }
 }
 
+/// `n` values made piece by piece on the thread pool: `f(k, piece)` writes
+/// piece `k` (`piece` values; the last may be shorter). Each piece is
+/// zeroed by the thread that writes it, just before, while it is in that
+/// core's cache, instead of the whole array by one thread first.
+fn written_in_parallel<F: Copy + Default + Send + Sync>(
+    n: usize,
+    piece: usize,
+    f: impl Fn(usize, &mut [F]) + Sync,
+) -> Vec<F> {
+    use rayon::prelude::*;
+    let mut out: Vec<F> = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(piece.max(1))
+        .enumerate()
+        .for_each(|(k, raw)| {
+            for x in raw.iter_mut() {
+                x.write(F::default());
+            }
+            // SAFETY: every element of `raw` was just initialised, and
+            // `MaybeUninit<F>` has the layout of `F`.
+            let chunk =
+                unsafe { std::slice::from_raw_parts_mut(raw.as_mut_ptr().cast::<F>(), raw.len()) };
+            f(k, chunk);
+        });
+    // SAFETY: the pieces cover all `n` elements, each initialised above
+    // (had `f` panicked, the panic would have left this function first).
+    unsafe { out.set_len(n) };
+    out
+}
+
 fn reduce<F: Float>(op: ReduceOp, v: &Val<'_, F>) -> f64 {
     match v {
         Val::Scalar(x) => {
@@ -999,7 +1054,39 @@ fn reduce<F: Float>(op: ReduceOp, v: &Val<'_, F>) -> f64 {
 /// is fixed whatever the machine and takes an eighth of the latency of one
 /// running sum; `max_abs` and `count` do not depend on the order.
 fn reduce_slice<F: Float>(op: ReduceOp, xs: &[F]) -> f64 {
-    let lanes = |f: &dyn Fn(f64) -> f64| -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, the only feature the function enables.
+            return unsafe { reduce_slice_avx512(op, xs) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, the only feature the function enables.
+            return unsafe { reduce_slice_avx2(op, xs) };
+        }
+    }
+    reduce_slice_lanes(op, xs)
+}
+
+/// [`reduce_slice`] with AVX-512 (the same additions in the same order).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn reduce_slice_avx512<F: Float>(op: ReduceOp, xs: &[F]) -> f64 {
+    reduce_slice_lanes(op, xs)
+}
+
+/// [`reduce_slice`] with AVX2 (the same additions in the same order).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn reduce_slice_avx2<F: Float>(op: ReduceOp, xs: &[F]) -> f64 {
+    reduce_slice_lanes(op, xs)
+}
+
+#[inline(always)]
+fn reduce_slice_lanes<F: Float>(op: ReduceOp, xs: &[F]) -> f64 {
+    // Generic over `f`, so that each use compiles to its own vector loop.
+    #[inline(always)]
+    fn lanes<F: Float>(xs: &[F], f: impl Fn(f64) -> f64) -> f64 {
         let mut acc = [0.0f64; 8];
         let chunks = xs.chunks_exact(8);
         let tail = chunks.remainder();
@@ -1012,11 +1099,11 @@ fn reduce_slice<F: Float>(op: ReduceOp, xs: &[F]) -> f64 {
             *a += f(x.to_f64());
         }
         acc.iter().sum()
-    };
+    }
     match op {
-        ReduceOp::Sum => lanes(&|x| x),
-        ReduceOp::Mean => lanes(&|x| x) / xs.len() as f64,
-        ReduceOp::Norm => lanes(&|x| x * x).sqrt(),
+        ReduceOp::Sum => lanes(xs, |x| x),
+        ReduceOp::Mean => lanes(xs, |x| x) / xs.len() as f64,
+        ReduceOp::Norm => lanes(xs, |x| x * x).sqrt(),
         ReduceOp::Count => xs.iter().filter(|x| x.to_f64() != 0.0).count() as f64,
         ReduceOp::MaxAbs => xs.iter().fold(0.0, |m, x| maximum(m, x.to_f64().abs())),
     }
