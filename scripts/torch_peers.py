@@ -91,7 +91,8 @@ def matrix(args):
                          "step_ms": s * 1e3, "threads": args.threads, "torch": torch.__version__})
             del opt, p
     ours = lensopt_rows(args, rows, ["--matrix", "--json", "--threads", str(args.threads),
-                                     "--seconds", str(args.seconds)])
+                                     "--seconds", str(args.seconds),
+                                     "--non-finite", args.non_finite])
     print()
     print(f"{'rule':<10} {'shape':>10} {'lensopt ms':>11} {'peer ms':>9} {'lensopt speed-up':>17}")
     for mine in ours:

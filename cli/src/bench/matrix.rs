@@ -155,6 +155,7 @@ impl Bench {
             .into_shape_with_order(IxDyn(&[rows, cols]))
             .map_err(fail)?;
         let mut stepper: Stepper<f32> = opt.init(&[&p]).map_err(fail)?;
+        stepper.set_non_finite(self.non_finite);
         let mut error = None;
         let step_seconds = time(self.seconds, || {
             if let Err(e) = stepper.step(&mut [&mut p], &[&g]) {
@@ -192,6 +193,7 @@ impl Bench {
             "gemm_gflops": if flops > 0.0 { flops / bound_seconds / 1e9 } else { f64::NAN },
             "state_bytes_per_element": stepper.state_bytes_per_element(),
             "refresh_ms": refresh_seconds * 1e3,
+            "non_finite": format!("{:?}", self.non_finite).to_lowercase(),
         }));
         Ok(())
     }

@@ -101,12 +101,18 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             .build()
             .map_err(fail)?,
     );
+    let policy = lensopt::NonFinite::parse(&args.non_finite).ok_or_else(|| {
+        Failure::usage(format!(
+            "--non-finite: `{}` is not refuse, skip or unchecked",
+            args.non_finite
+        ))
+    })?;
     if args.matrix {
         let mut bench = Bench {
             threads,
             pool,
             seconds: args.seconds,
-            non_finite: lensopt::NonFinite::default(),
+            non_finite: policy,
             rows: Vec::new(),
         };
         bench.matrix_rules()?;
@@ -143,12 +149,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         threads,
         pool,
         seconds: args.seconds,
-        non_finite: lensopt::NonFinite::parse(&args.non_finite).ok_or_else(|| {
-            Failure::usage(format!(
-                "--non-finite: `{}` is not refuse, skip or unchecked",
-                args.non_finite
-            ))
-        })?,
+        non_finite: policy,
         rows: Vec::new(),
     };
     let mut compiled_in = Vec::new();
