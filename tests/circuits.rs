@@ -414,6 +414,18 @@ fn local_random_circuit(rng: &mut SplitMix, n: usize, k: usize, m: usize, count:
     b.finish(outs).unwrap()
 }
 
+/// `f` on a thread with a stack of `bytes` (an overflow aborts the test run).
+fn on_a_stack_of<T: Send>(bytes: usize, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(bytes)
+            .spawn_scoped(s, f)
+            .unwrap()
+            .join()
+            .unwrap()
+    })
+}
+
 /// Netlists too large to keep in registers run with their values in a
 /// scratch buffer; they must agree with the interpreter bit for bit, on a
 /// thread with a small stack (the frame does not grow with the netlist).
@@ -439,18 +451,11 @@ fn compiled_netlists_in_scratch_memory_agree_with_the_interpreter() {
             let mut machine = Machine::new(&c, words).unwrap();
             let want = machine.forward(&c, &params, &inputs).unwrap();
             let want_reverse = machine.reverse(&c, &dy).unwrap();
-            let got = std::thread::scope(|s| {
-                std::thread::Builder::new()
-                    .stack_size(256 << 10)
-                    .spawn_scoped(s, || {
-                        (
-                            compiled.forward(&params, &inputs).unwrap(),
-                            compiled.reverse(&params, &inputs, &dy).unwrap(),
-                        )
-                    })
-                    .unwrap()
-                    .join()
-                    .unwrap()
+            let got = on_a_stack_of(256 << 10, || {
+                (
+                    compiled.forward(&params, &inputs).unwrap(),
+                    compiled.reverse(&params, &inputs, &dy).unwrap(),
+                )
             });
             assert_eq!(got.0, want, "forward, {} gates", c.gates().len());
             assert_eq!(got.1, want_reverse, "reverse, {} gates", c.gates().len());
@@ -473,18 +478,11 @@ fn the_largest_netlist_in_registers_fits_a_small_stack() {
     let mut machine = Machine::new(&c, 2).unwrap();
     let want = machine.forward(&c, &params, &inputs).unwrap();
     let want_reverse = machine.reverse(&c, &dy).unwrap();
-    let got = std::thread::scope(|s| {
-        std::thread::Builder::new()
-            .stack_size(1 << 20)
-            .spawn_scoped(s, || {
-                (
-                    compiled.forward(&params, &inputs).unwrap(),
-                    compiled.reverse(&params, &inputs, &dy).unwrap(),
-                )
-            })
-            .unwrap()
-            .join()
-            .unwrap()
+    let got = on_a_stack_of(1 << 20, || {
+        (
+            compiled.forward(&params, &inputs).unwrap(),
+            compiled.reverse(&params, &inputs, &dy).unwrap(),
+        )
     });
     assert_eq!(got, (want, want_reverse));
 }

@@ -145,7 +145,8 @@ pub fn state_shape(kind: StateKind, shape: &[usize], low: usize) -> Vec<usize> {
     }
 }
 
-fn elements<'a, F>(
+/// Tensor `index`'s elements, checked against `shape` and for row-major order.
+pub(crate) fn elements<'a, F>(
     what: &str,
     index: usize,
     tensor: &'a dyn TensorRef<F>,

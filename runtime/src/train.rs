@@ -95,17 +95,7 @@ impl<F: Float, L: Loss<F>> Trainer<F, L> {
 
     /// The batch's loss, with the parameters' gradients left in the model.
     fn gradient(&mut self, x: &Array2<F>, target: &Array2<F>) -> Result<F, Error> {
-        let pred = self.model.predict(x).map_err(Error::Diagram)?;
-        if pred.dim() != target.dim() {
-            return Err(Error::Mismatch(format!(
-                "the model predicts {:?} but the targets are {:?}",
-                pred.dim(),
-                target.dim()
-            )));
-        }
-        let (value, grad) = self.loss.value_and_grad(&pred, target);
-        self.model.backward(&[grad]).map_err(Error::Diagram)?;
-        Ok(value)
+        batch_gradient(&mut self.model, &self.loss, x, target)
     }
 
     /// Saves the model's parameters (by name) and the optimizer's state to
@@ -130,4 +120,24 @@ impl<F: Float, L: Loss<F>> Trainer<F, L> {
             .collect();
         crate::checkpoint::load(path, &mut named, &mut self.optimizer)
     }
+}
+
+/// `model`'s loss on a batch, with the parameters' gradients left in the model.
+pub(crate) fn batch_gradient<F: Float, L: Loss<F>>(
+    model: &mut Model<F>,
+    loss: &L,
+    x: &Array2<F>,
+    target: &Array2<F>,
+) -> Result<F, Error> {
+    let pred = model.predict(x).map_err(Error::Diagram)?;
+    if pred.dim() != target.dim() {
+        return Err(Error::Mismatch(format!(
+            "the model predicts {:?} but the targets are {:?}",
+            pred.dim(),
+            target.dim()
+        )));
+    }
+    let (value, grad) = loss.value_and_grad(&pred, target);
+    model.backward(&[grad]).map_err(Error::Diagram)?;
+    Ok(value)
 }

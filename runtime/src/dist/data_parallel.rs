@@ -83,16 +83,6 @@ impl<F: Float, L: Loss<F>> DataParallel<F, L> {
     }
 
     fn gradient(&mut self, x: &Array2<F>, target: &Array2<F>) -> Result<F, Error> {
-        let pred = self.model.predict(x).map_err(Error::Diagram)?;
-        if pred.dim() != target.dim() {
-            return Err(mismatch(format!(
-                "the model predicts {:?} but the targets are {:?}",
-                pred.dim(),
-                target.dim()
-            )));
-        }
-        let (value, grad) = self.loss.value_and_grad(&pred, target);
-        self.model.backward(&[grad]).map_err(Error::Diagram)?;
-        Ok(value)
+        crate::train::batch_gradient(&mut self.model, &self.loss, x, target)
     }
 }

@@ -19,55 +19,52 @@ impl ShardLayout {
     /// Which rank takes the odd chunk rotates with the tensor's index, so
     /// that tensors of one chunk spread over the ranks.
     pub fn chunked(numels: &[usize], ranks: usize) -> Result<Self, Error> {
+        Self::with(numels, ranks, |k, n| {
+            let chunks = n.div_ceil(CHUNK);
+            let shift = k % ranks.max(1);
+            let bound = |r: usize| -> usize {
+                let c = if r == 0 {
+                    0
+                } else {
+                    ((chunks * r + shift) / ranks).min(chunks)
+                };
+                (c * CHUNK).min(n)
+            };
+            (0..ranks).map(|r| bound(r)..bound(r + 1)).collect()
+        })
+    }
+
+    /// The layout whose tensor `k` of `n` elements `ranges(k, n)` splits.
+    fn with(
+        numels: &[usize],
+        ranks: usize,
+        ranges: impl Fn(usize, usize) -> Vec<Range<usize>>,
+    ) -> Result<Self, Error> {
         if ranks == 0 {
             return Err(mismatch("a layout needs at least one rank"));
         }
-        let ranges = numels
-            .iter()
-            .enumerate()
-            .map(|(k, &n)| {
-                let chunks = n.div_ceil(CHUNK);
-                let shift = k % ranks;
-                let bound = |r: usize| -> usize {
-                    let c = if r == 0 {
-                        0
-                    } else {
-                        ((chunks * r + shift) / ranks).min(chunks)
-                    };
-                    (c * CHUNK).min(n)
-                };
-                (0..ranks).map(|r| bound(r)..bound(r + 1)).collect()
-            })
-            .collect();
         Ok(ShardLayout {
             numels: numels.to_vec(),
-            ranges,
+            ranges: numels
+                .iter()
+                .enumerate()
+                .map(|(k, &n)| ranges(k, n))
+                .collect(),
         })
     }
 
     /// Whole tensors: tensor `k` belongs to rank `k % ranks` (for rules
     /// that need a whole matrix at once).
     pub fn whole(numels: &[usize], ranks: usize) -> Result<Self, Error> {
-        if ranks == 0 {
-            return Err(mismatch("a layout needs at least one rank"));
-        }
-        let ranges = numels
-            .iter()
-            .enumerate()
-            .map(|(k, &n)| {
-                let owner = k % ranks;
-                (0..ranks)
-                    .map(|r| match r.cmp(&owner) {
-                        std::cmp::Ordering::Less => 0..0,
-                        std::cmp::Ordering::Equal => 0..n,
-                        std::cmp::Ordering::Greater => n..n,
-                    })
-                    .collect()
-            })
-            .collect();
-        Ok(ShardLayout {
-            numels: numels.to_vec(),
-            ranges,
+        Self::with(numels, ranks, |k, n| {
+            let owner = k % ranks.max(1);
+            (0..ranks)
+                .map(|r| match r.cmp(&owner) {
+                    std::cmp::Ordering::Less => 0..0,
+                    std::cmp::Ordering::Equal => 0..n,
+                    std::cmp::Ordering::Greater => n..n,
+                })
+                .collect()
         })
     }
 

@@ -50,22 +50,7 @@ pub struct ShardedStepper<F: Float> {
     last_skipped: bool,
 }
 
-/// Tensor `k`'s elements, checked against its shape.
-fn whole<'a, F>(
-    what: &str,
-    k: usize,
-    t: &'a dyn TensorRef<F>,
-    shape: &[usize],
-) -> Result<&'a [F], Error> {
-    if t.shape() != shape {
-        return Err(mismatch(format!(
-            "{what} {k} has shape {:?}, but parameter {k} has shape {shape:?}",
-            t.shape()
-        )));
-    }
-    t.elements()
-        .ok_or_else(|| mismatch(format!("{what} {k} is not contiguous in row-major order")))
-}
+use crate::stepper::elements as whole;
 
 /// The first non-finite element of `xs`, if any.
 fn first_non_finite<F: Float>(xs: &[F]) -> Option<(usize, f64)> {
