@@ -151,33 +151,41 @@ pub fn build<F: JitFloat>(
     schedule: &Schedule,
     with_clif: bool,
 ) -> BuildResult<Built> {
-    let mut ctx = module.make_context();
-    let mut fctx = FunctionBuilderContext::new();
+    // Compilation contexts are reused across programs on one thread: they
+    // keep their allocations (cranelift's and the register allocator's).
+    thread_local! {
+        static CONTEXTS: std::cell::RefCell<Option<(Context, FunctionBuilderContext)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let (mut ctx, mut fctx) = CONTEXTS
+        .with(|c| c.borrow_mut().take())
+        .unwrap_or_else(|| (module.make_context(), FunctionBuilderContext::new()));
+    let built = build_in::<F>(module, schedule, with_clif, &mut ctx, &mut fctx);
+    module.clear_context(&mut ctx);
+    CONTEXTS.with(|c| *c.borrow_mut() = Some((ctx, fctx)));
+    built
+}
+
+fn build_in<F: JitFloat>(
+    module: &mut JITModule,
+    schedule: &Schedule,
+    with_clif: bool,
+    ctx: &mut Context,
+    fctx: &mut FunctionBuilderContext,
+) -> BuildResult<Built> {
     let mut taken = Taken {
         clif: with_clif.then(Vec::new),
         image: Some(super::image::Image::default()),
     };
-    let element = define(
-        module,
-        &mut ctx,
-        &mut fctx,
-        "element",
-        3,
-        &mut taken,
-        |b, m| element_body::<F>(b, m, schedule),
-    )?;
+    let element = define(module, ctx, fctx, "element", 3, &mut taken, |b, m| {
+        element_body::<F>(b, m, schedule)
+    })?;
     let mut passes = Vec::new();
     for (k, pass) in schedule.passes.iter().enumerate() {
         let name = format!("reduce{k}");
-        passes.push(define(
-            module,
-            &mut ctx,
-            &mut fctx,
-            &name,
-            5,
-            &mut taken,
-            |b, m| reduction_body::<F>(b, m, schedule, pass),
-        )?);
+        passes.push(define(module, ctx, fctx, &name, 5, &mut taken, |b, m| {
+            reduction_body::<F>(b, m, schedule, pass)
+        })?);
     }
     Ok(Built {
         element,
