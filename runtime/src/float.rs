@@ -24,7 +24,8 @@ pub trait DeviceElement {}
 #[cfg(not(feature = "cuda"))]
 impl<T> DeviceElement for T {}
 
-/// An element type of lensopt: `f32` or `f64`.
+/// An element type of lensopt: `f32` or `f64` (plain bytes, `Pod`, so that
+/// tensors go between ranks as they are).
 pub trait Float:
     JitFloat
     + LinalgScalar
@@ -39,37 +40,6 @@ pub trait Float:
 
     /// True when every element of `xs` is finite (the non-finite scan).
     fn all_finite(xs: &[Self]) -> bool;
-
-    /// Appends the little-endian bytes of every element of `xs` to `out`.
-    fn put_bytes(xs: &[Self], out: &mut Vec<u8>);
-
-    /// Reads `out.len()` elements from `bytes` (little-endian), which must
-    /// hold exactly that many; false, with `out` unchanged, when it does not.
-    fn get_bytes(bytes: &[u8], out: &mut [Self]) -> bool;
-}
-
-macro_rules! float_bytes {
-    ($t:ty) => {
-        fn put_bytes(xs: &[Self], out: &mut Vec<u8>) {
-            out.reserve(xs.len() * std::mem::size_of::<$t>());
-            for x in xs {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-
-        fn get_bytes(bytes: &[u8], out: &mut [Self]) -> bool {
-            const W: usize = std::mem::size_of::<$t>();
-            if bytes.len() != out.len() * W {
-                return false;
-            }
-            for (x, b) in out.iter_mut().zip(bytes.chunks_exact(W)) {
-                let mut a = [0u8; W];
-                a.copy_from_slice(b);
-                *x = <$t>::from_le_bytes(a);
-            }
-            true
-        }
-    };
 }
 
 impl Float for f32 {
@@ -78,8 +48,6 @@ impl Float for f32 {
     fn all_finite(xs: &[Self]) -> bool {
         crate::non_finite::all_finite_f32(xs)
     }
-
-    float_bytes!(f32);
 }
 
 impl Float for f64 {
@@ -88,6 +56,4 @@ impl Float for f64 {
     fn all_finite(xs: &[Self]) -> bool {
         crate::non_finite::all_finite_f64(xs)
     }
-
-    float_bytes!(f64);
 }

@@ -218,27 +218,8 @@ impl<F: JitFloat> Program<F> {
         scalar_state: &mut [Vec<f64>],
         pool: Option<&rayon::ThreadPool>,
     ) -> Result<(), String> {
-        self.validate(tensors, plan)?;
-        if scalar_state.len() != tensors.len() {
-            return Err("one scalar-state vector per tensor is needed".into());
-        }
-        let total: usize = tensors.iter().map(|t| t.param.len()).sum();
         let numels: Vec<usize> = tensors.iter().map(|t| t.param.len()).collect();
-        let facts = host::StepFacts {
-            t: plan.t,
-            present: plan.present,
-            group_hypers: plan.group_hypers,
-            group_of: plan.group_of,
-            numels: &numels,
-        };
-        let mut runner = Runner {
-            program: self,
-            tensors,
-            parallel: total >= PARALLEL_MIN,
-            pool,
-            exchange: None,
-        };
-        host::drive(&self.schedule, &facts, scalar_state, &mut runner)
+        self.drive(plan, tensors, scalar_state, pool, &numels, None)
     }
 
     /// Runs one step over this process's shards of the tensors: `tensors[k]`
@@ -257,11 +238,33 @@ impl<F: JitFloat> Program<F> {
         pool: Option<&rayon::ThreadPool>,
         shard: Shard<'_>,
     ) -> Result<(), String> {
+        self.drive(
+            plan,
+            tensors,
+            scalar_state,
+            pool,
+            shard.numels,
+            Some(shard.exchange),
+        )
+    }
+
+    /// The phase driver over `tensors`, parts of tensors of `numels`
+    /// elements (the whole tensors unless `exchange` brings the other parts'
+    /// partials).
+    fn drive(
+        &self,
+        plan: &StepPlan<'_>,
+        tensors: &mut [StepBuffers<'_, F>],
+        scalar_state: &mut [Vec<f64>],
+        pool: Option<&rayon::ThreadPool>,
+        numels: &[usize],
+        exchange: Option<&mut dyn Exchange>,
+    ) -> Result<(), String> {
         self.validate(tensors, plan)?;
-        if scalar_state.len() != tensors.len() || shard.numels.len() != tensors.len() {
+        if scalar_state.len() != tensors.len() || numels.len() != tensors.len() {
             return Err("one scalar-state vector and one length per tensor are needed".into());
         }
-        if let Some(k) = (0..tensors.len()).find(|&k| tensors[k].param.len() > shard.numels[k]) {
+        if let Some(k) = (0..tensors.len()).find(|&k| tensors[k].param.len() > numels[k]) {
             return Err(format!("tensor {k}: a shard longer than its tensor"));
         }
         let total: usize = tensors.iter().map(|t| t.param.len()).sum();
@@ -270,14 +273,14 @@ impl<F: JitFloat> Program<F> {
             present: plan.present,
             group_hypers: plan.group_hypers,
             group_of: plan.group_of,
-            numels: shard.numels,
+            numels,
         };
         let mut runner = Runner {
             program: self,
             tensors,
             parallel: total >= PARALLEL_MIN,
             pool,
-            exchange: Some(shard.exchange),
+            exchange,
         };
         host::drive(&self.schedule, &facts, scalar_state, &mut runner)
     }
@@ -576,27 +579,18 @@ impl<F: JitFloat> host::PassRunner for Runner<'_, '_, '_, '_, F> {
         let tensors = self.tensors.len();
         // Chunks come back in order (and shards in shard order); each
         // tensor's partials are combined in that order.
-        let chunks: Vec<Vec<f64>> = match self.exchange.as_deref_mut() {
-            None => {
-                let mut chunks = vec![Vec::new(); tensors];
-                for (k, partial) in results {
-                    chunks[k].extend(partial);
-                }
-                chunks
+        let mut chunks: Vec<Vec<f64>> = vec![Vec::new(); tensors];
+        for (k, partial) in results {
+            chunks[k].extend(partial);
+        }
+        if let Some(exchange) = self.exchange.as_deref_mut() {
+            let mut message = Vec::new();
+            for partials in chunks {
+                message.push((partials.len() / width.max(1)) as f64);
+                message.extend(partials);
             }
-            Some(exchange) => {
-                let mut mine = vec![Vec::new(); tensors];
-                for (k, partial) in results {
-                    mine[k].extend(partial);
-                }
-                let mut message = Vec::new();
-                for partials in mine {
-                    message.push((partials.len() / width.max(1)) as f64);
-                    message.extend(partials);
-                }
-                unpack_partials(&exchange.all_gather(&message)?, tensors, width)?
-            }
-        };
+            chunks = unpack_partials(&exchange.all_gather(&message)?, tensors, width)?;
+        }
         let mut per_tensor = vec![vec![0.0; width]; tensors];
         for (k, partials) in chunks.iter().enumerate() {
             for partial in partials.chunks(width.max(1)) {

@@ -10,7 +10,8 @@
 //! so writing each checkpoint to a new directory keeps the last complete
 //! one loadable whatever happens to the next.
 
-use super::{ShardLayout, ShardedStepper};
+use super::sharded::{layout_for, local_tensors};
+use super::ShardedStepper;
 use crate::checkpoint::{load_with, save};
 use crate::error::{mismatch, Error};
 use crate::optimizer::Group;
@@ -33,39 +34,6 @@ fn fail(message: impl Into<String>) -> Error {
 }
 
 impl<F: Float> ShardedStepper<F> {
-    /// The tensors rank `rank` of a layout holds (its local stepper's), and
-    /// the shape of each there.
-    fn local_tensors(
-        &self,
-        layout: &ShardLayout,
-        rank: usize,
-    ) -> Result<Vec<(usize, Vec<usize>)>, Error> {
-        let by_tensor = self.rule.is_matrix();
-        let ranks = layout.ranges(0).map_or(1, <[_]>::len);
-        (0..self.shapes.len())
-            .filter(|&k| !by_tensor || k % ranks == rank)
-            .map(|k| {
-                let range = layout.ranges(k)?[rank].clone();
-                Ok((
-                    k,
-                    if by_tensor {
-                        self.shapes[k].clone()
-                    } else {
-                        vec![range.len()]
-                    },
-                ))
-            })
-            .collect()
-    }
-
-    fn layout_for(&self, ranks: usize) -> Result<ShardLayout, Error> {
-        if self.rule.is_matrix() {
-            ShardLayout::whole(self.layout.numels(), ranks)
-        } else {
-            ShardLayout::chunked(self.layout.numels(), ranks)
-        }
-    }
-
     /// Saves this rank's shard of `params` (named, whole, the same on every
     /// rank) and of the optimizer state into `dir` (every rank calls this;
     /// `dir` is created). `user` entries are stored with rank 0's shard.
@@ -87,7 +55,8 @@ impl<F: Float> ShardedStepper<F> {
             std::fs::create_dir_all(dir)
                 .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
             let mut views = Vec::new();
-            for (k, shape) in self.local_tensors(&self.layout, rank)? {
+            for (k, shape) in &self.held {
+                let (k, shape) = (*k, shape);
                 let (name, p) = params[k];
                 let data = p
                     .elements()
@@ -106,7 +75,7 @@ impl<F: Float> ShardedStepper<F> {
                 };
                 views.push((
                     name,
-                    ArrayViewD::from_shape(IxDyn(&shape), view)
+                    ArrayViewD::from_shape(IxDyn(shape), view)
                         .map_err(|e| mismatch(e.to_string()))?,
                 ));
             }
@@ -235,7 +204,7 @@ impl<F: Float> ShardedStepper<F> {
                 )));
             }
         }
-        let old = self.layout_for(old_ranks)?;
+        let old = layout_for(&self.rule, self.layout.numels(), old_ranks)?;
         let rank = self.comm.rank();
         let base = self.local.group_values()[0].clone();
         let mut full: Vec<Vec<F>> = self
@@ -250,7 +219,7 @@ impl<F: Float> ShardedStepper<F> {
         let mut counters = None;
         let mut entries = BTreeMap::new();
         for q in 0..old_ranks {
-            let tensors = self.local_tensors(&old, q)?;
+            let tensors = local_tensors(&self.rule, &self.shapes, &old, q, old_ranks)?;
             let mut arrays: Vec<ArrayD<F>> = tensors
                 .iter()
                 .map(|(_, s)| ArrayD::zeros(IxDyn(s)))
@@ -323,7 +292,7 @@ impl<F: Float> ShardedStepper<F> {
         let state: Vec<Vec<StateBuf<F>>> = self
             .held
             .iter()
-            .map(|&k| {
+            .map(|&(k, _)| {
                 if self.rule.is_matrix() {
                     return whole_states[k]
                         .clone()

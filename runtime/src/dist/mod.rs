@@ -6,7 +6,7 @@
 //! threads of one process ([`Threads`], for tests and for one machine), MPI
 //! (`mpi::Mpi`, with the `mpi` feature) and NCCL (`nccl::Nccl`, with the
 //! `nccl` feature). On top of it,
-//! [`reduce_scatter_sum`], [`all_gather_into`] and [`all_reduce_f64`]
+//! [`reduce_scatter_sum`], [`all_gather_tensor`] and [`all_reduce_f64`]
 //! combine in rank order, whatever the backend's own algorithms, so their
 //! results do not depend on how the messages travelled.
 //!
@@ -80,7 +80,8 @@ pub trait Collective: Send + Sync + std::fmt::Debug {
         if send_counts.len() != self.size() || send_counts.iter().sum::<usize>() != send.len() {
             return Err(mismatch("the parts to send do not match their counts"));
         }
-        check_counts(self, recv_counts, recv_counts[self.rank()], recv.len())?;
+        let mine = recv_counts.get(self.rank()).copied().unwrap_or(0);
+        check_counts(self, recv_counts, mine, recv.len())?;
         let mut at = 0;
         let parts: Vec<Vec<u8>> = send_counts
             .iter()
@@ -167,6 +168,18 @@ impl Collective for SingleProcess {
     }
 }
 
+/// `bytes` read as values of `T`, in the byte order every rank shares (as
+/// sent with `bytemuck::cast_slice`); `None` unless the length is a whole
+/// number of values.
+fn values<T: bytemuck::Pod>(bytes: &[u8]) -> Option<Vec<T>> {
+    if !bytes.len().is_multiple_of(std::mem::size_of::<T>()) {
+        return None;
+    }
+    let mut out = vec![T::zeroed(); bytes.len() / std::mem::size_of::<T>()];
+    bytemuck::cast_slice_mut(&mut out).copy_from_slice(bytes);
+    Some(out)
+}
+
 /// Reduce-scatter by sum, in rank order: every rank gives a whole tensor
 /// (`full`, as long as `layout`'s tensor `k`), and gets back its own shard of
 /// `((full_0 + full_1) + full_2) + ...` over the ranks (an all-to-all, then
@@ -245,19 +258,18 @@ pub fn all_reduce_f64(
     local: &[f64],
     combine: impl Fn(f64, f64) -> f64,
 ) -> Result<Vec<f64>, Error> {
-    let mut bytes = Vec::new();
-    f64::put_bytes(local, &mut bytes);
-    let gathered = comm.all_gather(&bytes)?;
+    let gathered = comm.all_gather(bytemuck::cast_slice(local))?;
     let mut acc: Option<Vec<f64>> = None;
     for (rank, b) in gathered.iter().enumerate() {
-        let mut values = vec![0.0; local.len()];
-        if !f64::get_bytes(b, &mut values) {
-            return Err(mismatch(format!(
-                "rank {rank} sent {} bytes for {} values",
-                b.len(),
-                local.len()
-            )));
-        }
+        let values = values::<f64>(b)
+            .filter(|v| v.len() == local.len())
+            .ok_or_else(|| {
+                mismatch(format!(
+                    "rank {rank} sent {} bytes for {} values",
+                    b.len(),
+                    local.len()
+                ))
+            })?;
         acc = Some(match acc {
             None => values,
             Some(a) => a.iter().zip(values).map(|(x, y)| combine(*x, y)).collect(),
@@ -272,22 +284,17 @@ pub(crate) struct PartialExchange<'c>(pub(crate) &'c dyn Collective);
 
 impl lensopt_codegen::cpu::Exchange for PartialExchange<'_> {
     fn all_gather(&mut self, local: &[f64]) -> Result<Vec<Vec<f64>>, String> {
-        let mut bytes = Vec::new();
-        f64::put_bytes(local, &mut bytes);
-        let gathered = self.0.all_gather(&bytes).map_err(|e| e.to_string())?;
+        let gathered = self
+            .0
+            .all_gather(bytemuck::cast_slice(local))
+            .map_err(|e| e.to_string())?;
         gathered
             .iter()
             .enumerate()
             .map(|(rank, b)| {
-                if b.len() % 8 != 0 {
-                    return Err(format!(
-                        "rank {rank} sent a partial message of {} bytes",
-                        b.len()
-                    ));
-                }
-                let mut v = vec![0.0; b.len() / 8];
-                f64::get_bytes(b, &mut v);
-                Ok(v)
+                values::<f64>(b).ok_or_else(|| {
+                    format!("rank {rank} sent a partial message of {} bytes", b.len())
+                })
             })
             .collect()
     }

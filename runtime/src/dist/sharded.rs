@@ -4,7 +4,7 @@ use super::{all_gather_tensor, reduce_scatter_sum, Collective, ShardLayout};
 use crate::error::{mismatch, Error};
 use crate::non_finite::NonFinite;
 use crate::optimizer::{Group, Optimizer};
-use crate::stepper::{Inputs, Stepper};
+use crate::stepper::{elements as whole, Inputs, Stepper};
 use crate::tensor::{TensorMut, TensorRef};
 use crate::Float;
 use lensopt_ir::{Rule, StateKind};
@@ -42,15 +42,14 @@ pub struct ShardedStepper<F: Float> {
     /// This rank's steps: over its shard of every tensor (element rules) or
     /// over the whole tensors it owns (matrix rules).
     pub(super) local: Stepper<F>,
-    /// The tensors `local` holds, as indices into the whole list.
-    pub(super) held: Vec<usize>,
+    /// The tensors `local` holds, as indices into the whole list, each
+    /// with its shape there ([`local_tensors`]).
+    pub(super) held: Vec<(usize, Vec<usize>)>,
     non_finite: NonFinite,
     reduction: GradientReduction,
     skipped: u64,
     last_skipped: bool,
 }
-
-use crate::stepper::elements as whole;
 
 /// The first non-finite element of `xs`, if any.
 fn first_non_finite<F: Float>(xs: &[F]) -> Option<(usize, f64)> {
@@ -60,6 +59,57 @@ fn first_non_finite<F: Float>(xs: &[F]) -> Option<(usize, f64)> {
     xs.iter()
         .position(|x| !x.to_f64().is_finite())
         .map(|i| (i, xs[i].to_f64()))
+}
+
+/// The layout `rule` is sharded by over `ranks`: whole tensors for matrix
+/// rules (they need whole matrices), chunks of elements otherwise.
+pub(super) fn layout_for(
+    rule: &Rule,
+    numels: &[usize],
+    ranks: usize,
+) -> Result<ShardLayout, Error> {
+    if rule.is_matrix() {
+        ShardLayout::whole(numels, ranks)
+    } else {
+        ShardLayout::chunked(numels, ranks)
+    }
+}
+
+/// The tensors rank `rank` of `ranks` holds under `layout` (a stepper's
+/// over its shards), each with its shape there: every tensor's shard as a
+/// vector, or for matrix rules the whole tensors it owns.
+pub(super) fn local_tensors(
+    rule: &Rule,
+    shapes: &[Vec<usize>],
+    layout: &ShardLayout,
+    rank: usize,
+    ranks: usize,
+) -> Result<Vec<(usize, Vec<usize>)>, Error> {
+    let by_tensor = rule.is_matrix();
+    (0..shapes.len())
+        .filter(|&k| !by_tensor || k % ranks == rank)
+        .map(|k| {
+            Ok((
+                k,
+                if by_tensor {
+                    shapes[k].clone()
+                } else {
+                    vec![layout.ranges(k)?[rank].len()]
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Views of the held tensors' parts of `shards` (one per tensor), each in its local shape.
+fn local_views<'a, F>(
+    held: &[(usize, Vec<usize>)],
+    shards: &'a [Vec<F>],
+) -> Result<Vec<ArrayViewD<'a, F>>, Error> {
+    held.iter()
+        .map(|(k, shape)| ArrayViewD::from_shape(IxDyn(shape), &shards[*k][..]))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| mismatch(e.to_string()))
 }
 
 impl<F: Float> ShardedStepper<F> {
@@ -73,12 +123,7 @@ impl<F: Float> ShardedStepper<F> {
         let rule = optimizer.rule();
         let shapes: Vec<Vec<usize>> = params.iter().map(|p| p.shape().to_vec()).collect();
         let numels: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
-        let by_tensor = rule.is_matrix();
-        let layout = if by_tensor {
-            ShardLayout::whole(&numels, comm.size())?
-        } else {
-            ShardLayout::chunked(&numels, comm.size())?
-        };
+        let layout = layout_for(&rule, &numels, comm.size())?;
         let rank = comm.rank();
         // Every rank must describe the same tensors to the same rule.
         let signature = format!("{}:{shapes:?}", rule.name).into_bytes();
@@ -88,26 +133,15 @@ impl<F: Float> ShardedStepper<F> {
                 "rank {r} has other tensors or another rule than rank {rank}"
             )));
         }
-        let mut held = Vec::new();
-        let mut views: Vec<ArrayViewD<'_, F>> = Vec::new();
-        for (k, p) in params.iter().enumerate() {
-            let data = whole("parameter", k, *p, &shapes[k])?;
-            let range = layout.ranges(k)?[rank].clone();
-            if by_tensor {
-                if k % comm.size() == rank {
-                    held.push(k);
-                    views.push(
-                        ArrayViewD::from_shape(IxDyn(&shapes[k]), data)
-                            .map_err(|e| mismatch(e.to_string()))?,
-                    );
-                }
-            } else {
-                held.push(k);
-                views.push(
-                    ArrayViewD::from_shape(IxDyn(&[range.len()]), &data[range])
-                        .map_err(|e| mismatch(e.to_string()))?,
-                );
-            }
+        let held = local_tensors(&rule, &shapes, &layout, rank, comm.size())?;
+        let mut views: Vec<ArrayViewD<'_, F>> = Vec::with_capacity(held.len());
+        for (k, shape) in &held {
+            let data = whole("parameter", *k, params[*k], &shapes[*k])?;
+            let range = layout.ranges(*k)?[rank].clone();
+            let data = if rule.is_matrix() { data } else { &data[range] };
+            views.push(
+                ArrayViewD::from_shape(IxDyn(shape), data).map_err(|e| mismatch(e.to_string()))?,
+            );
         }
         let refs: Vec<&dyn TensorRef<F>> = views.iter().map(|v| v as &dyn TensorRef<F>).collect();
         let mut local = Stepper::new(
@@ -117,7 +151,7 @@ impl<F: Float> ShardedStepper<F> {
             &[Group::new(0..refs.len())],
         )?;
         local.set_non_finite(NonFinite::Unchecked);
-        if !by_tensor {
+        if !rule.is_matrix() {
             local.set_shard(numels, comm.clone())?;
         }
         Ok(ShardedStepper {
@@ -247,18 +281,19 @@ impl<F: Float> ShardedStepper<F> {
             let mut found: Option<(usize, usize, String, usize, f64)> = None;
             for k in 0..self.shapes.len() {
                 let start = self.layout.ranges(k)?[rank].start;
-                let mut candidates = vec![(0usize, "gradient".to_string(), &g_shards[k])];
-                for (j, (name, shards)) in input_shards.iter().enumerate() {
-                    candidates.push((j + 1, format!("input `{name}`"), &shards[k]));
-                }
-                for (order, what, xs) in candidates {
+                let inputs = input_shards
+                    .iter()
+                    .map(|(name, shards)| (Some(name), &shards[k]));
+                let candidates = std::iter::once((None, &g_shards[k])).chain(inputs);
+                for (order, (name, xs)) in candidates.enumerate() {
                     if let Some((i, v)) = first_non_finite(xs) {
-                        let f = (k, order, what, start + i, v);
                         if found
                             .as_ref()
-                            .is_none_or(|g| (f.0, f.1, f.3) < (g.0, g.1, g.3))
+                            .is_none_or(|g| (k, order, start + i) < (g.0, g.1, g.3))
                         {
-                            found = Some(f);
+                            let what =
+                                name.map_or("gradient".to_string(), |n| format!("input `{n}`"));
+                            found = Some((k, order, what, start + i, v));
                         }
                     }
                 }
@@ -311,44 +346,23 @@ impl<F: Float> ShardedStepper<F> {
             let mut views: Vec<ArrayViewMutD<'_, F>> = Vec::with_capacity(self.held.len());
             let mut held = self.held.iter().peekable();
             for (k, p) in params.iter_mut().enumerate() {
-                if held.peek() != Some(&&k) {
+                let Some((_, shape)) = held.next_if(|(h, _)| *h == k) else {
                     continue;
-                }
-                held.next();
+                };
                 let range = self.layout.ranges(k)?[rank].clone();
                 let data = p
                     .elements_mut()
                     .ok_or_else(|| mismatch("a parameter is not contiguous"))?;
-                let shape = if self.rule.is_matrix() {
-                    self.shapes[k].clone()
-                } else {
-                    vec![range.len()]
-                };
                 views.push(
-                    ArrayViewMutD::from_shape(IxDyn(&shape), &mut data[range])
+                    ArrayViewMutD::from_shape(IxDyn(shape), &mut data[range])
                         .map_err(|e| mismatch(e.to_string()))?,
                 );
             }
-            let g_views: Vec<ArrayViewD<'_, F>> = self
-                .held
+            let g_views = local_views(&self.held, &g_shards)?;
+            let input_views = input_shards
                 .iter()
-                .map(|&k| ArrayViewD::from_shape(IxDyn(&self.local_shape(k)), &g_shards[k][..]))
-                .collect::<Result<_, _>>()
-                .map_err(|e| mismatch(e.to_string()))?;
-            let input_views: Vec<(String, Vec<ArrayViewD<'_, F>>)> = input_shards
-                .iter()
-                .map(|(name, shards)| {
-                    let v = self
-                        .held
-                        .iter()
-                        .map(|&k| {
-                            ArrayViewD::from_shape(IxDyn(&self.local_shape(k)), &shards[k][..])
-                        })
-                        .collect::<Result<Vec<_>, _>>();
-                    v.map(|v| (name.clone(), v))
-                })
-                .collect::<Result<_, _>>()
-                .map_err(|e| mismatch(e.to_string()))?;
+                .map(|(name, shards)| Ok((name.clone(), local_views(&self.held, shards)?)))
+                .collect::<Result<Vec<_>, Error>>()?;
             let mut local_inputs = Inputs::new();
             for (name, v) in &input_views {
                 local_inputs =
@@ -363,35 +377,18 @@ impl<F: Float> ShardedStepper<F> {
             self.local
                 .step_with(&mut param_refs, &grad_refs, &local_inputs)?;
         }
-        // Every rank gets every rank's part of the parameters.
-        for (k, p) in params
-            .iter_mut()
-            .enumerate()
-            .filter(|_| self.comm.size() > 1)
-        {
-            let range = self.layout.ranges(k)?[rank].clone();
-            let full = p
-                .elements_mut()
-                .ok_or_else(|| mismatch("a parameter is not contiguous"))?;
-            let mine = full[range].to_vec();
-            all_gather_tensor(self.comm.as_ref(), &self.layout, k, &mine, full)?;
+        // Every rank gets every rank's part of the parameters (one rank has them all).
+        if self.comm.size() > 1 {
+            for (k, p) in params.iter_mut().enumerate() {
+                let range = self.layout.ranges(k)?[rank].clone();
+                let full = p
+                    .elements_mut()
+                    .ok_or_else(|| mismatch("a parameter is not contiguous"))?;
+                let mine = full[range].to_vec();
+                all_gather_tensor(self.comm.as_ref(), &self.layout, k, &mine, full)?;
+            }
         }
         Ok(())
-    }
-
-    /// The shape of the local part of tensor `k`: its shard as a vector, or
-    /// the whole tensor for matrix rules.
-    fn local_shape(&self, k: usize) -> Vec<usize> {
-        if self.rule.is_matrix() {
-            self.shapes[k].clone()
-        } else {
-            let range = &self
-                .layout
-                .ranges(k)
-                .map(|r| r[self.comm.rank()].clone())
-                .unwrap_or(0..0);
-            vec![range.len()]
-        }
     }
 
     fn check(
@@ -441,7 +438,7 @@ impl<F: Float> ShardedStepper<F> {
         if k >= self.shapes.len() {
             return Err(mismatch(format!("no tensor {k}")));
         }
-        let local_index = self.held.iter().position(|&h| h == k);
+        let local_index = self.held.iter().position(|(h, _)| *h == k);
         let mut bytes = Vec::new();
         if decl.kind == StateKind::Scalar {
             // Element rules keep scalar states on every rank; send one copy.
@@ -453,7 +450,7 @@ impl<F: Float> ShardedStepper<F> {
         } else if let Some(i) = local_index {
             if let Some(a) = self.local.state(i, name) {
                 let flat: Vec<F> = a.iter().copied().collect();
-                F::put_bytes(&flat, &mut bytes);
+                bytes.extend_from_slice(bytemuck::cast_slice(&flat));
             }
         }
         let gathered = self.comm.all_gather(&bytes)?;
@@ -467,11 +464,8 @@ impl<F: Float> ShardedStepper<F> {
                 }
                 continue;
             }
-            let count = b.len() / F::BYTES;
-            let mut part = vec![F::default(); count];
-            if !F::get_bytes(b, &mut part) {
-                return Err(mismatch(format!("rank {rank} sent a broken state shard")));
-            }
+            let part = super::values::<F>(b)
+                .ok_or_else(|| mismatch(format!("rank {rank} sent a broken state shard")))?;
             out.extend(part);
         }
         Ok(Some(out))
