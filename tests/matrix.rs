@@ -276,6 +276,27 @@ fn axis_reductions_broadcast_and_matrix_products_mean_what_numpy_means() {
 }
 
 #[test]
+fn gram_products_and_their_squares_mean_what_numpy_means_on_sides_past_the_gemm_blocks() {
+    // Shapes larger than the GEMM kernel's blocks, with strided
+    // (transposed) operands on both sides of the product.
+    let rule = "R { hyper lr = 1; update { let s = g @ transpose(g); let c = transpose(g) @ g; \
+                p = p - lr * ((s @ s) @ g + g @ (c @ c)); } }";
+    for (rows, cols) in [(300, 280), (520, 260), (100, 90)] {
+        let (p, g) = (matrix(rows, cols, 5), matrix(rows, cols, 6));
+        let got = one_step(rule, &p, &g, &[]);
+        let (s, c) = (g.dot(&g.t()), g.t().dot(&g));
+        let want = &p - &(s.dot(&s).dot(&g) + g.dot(&c.dot(&c)));
+        let scale = want.iter().fold(0.0_f64, |m, x| m.max(x.abs()));
+        for (a, b) in got.iter().zip(want.iter()) {
+            assert!(
+                (a - b).abs() <= 1e-12 * scale,
+                "{rows} × {cols}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
 fn repeat_by_a_hyperparameter_runs_that_many_times_and_every_k_runs_on_multiples() {
     let (p, g) = (matrix(4, 3, 3), matrix(4, 3, 4));
     let counted = "R { hyper n = 3; update { let x = g; repeat n { x = x * 2; } p = p - x; } }";
