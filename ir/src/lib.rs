@@ -18,6 +18,7 @@ pub mod float;
 pub mod fusion;
 pub mod hyper;
 pub mod interp;
+pub mod kept_arrays;
 pub mod linalg;
 pub mod matrix;
 pub mod ops;

@@ -30,6 +30,7 @@ use crate::hyper::HyperValue;
 use crate::interp::{
     eval_binary, eval_unary, maximum, truth, Acc, InterpError, StateBuf, StepTensor,
 };
+use crate::kept_arrays;
 use crate::linalg::{eigenbasis, qr_factor, sort_perm, sym_pow};
 use crate::rule::*;
 use std::ops::Deref;
@@ -209,6 +210,19 @@ impl<'a, F: Float> Val<'a, F> {
         }
     }
 
+    /// Gives a computed array no other value shares to [`kept_arrays`].
+    fn keep_array(self) {
+        if let Val::Array {
+            data: Buf::Shared(v),
+            ..
+        } = self
+        {
+            if let Ok(v) = Arc::try_unwrap(v) {
+                kept_arrays::keep(v);
+            }
+        }
+    }
+
     fn into_data(self) -> Vec<F> {
         match self {
             Val::Scalar(x) => vec![F::from_f64(x)],
@@ -347,7 +361,9 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                 let u = &mut uses[a.index()];
                 *u -= 1;
                 if *u == 0 {
-                    ev.values[a.index()] = None;
+                    if let Some(v) = ev.values[a.index()].take() {
+                        v.keep_array();
+                    }
                 }
             }
         }
@@ -428,7 +444,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                 "matrix product of {m} × {k} and {k2} × {n}"
             )));
         }
-        let mut out = vec![F::default(); m * n];
+        let mut out = kept_arrays::filled(m * n);
         F::gemm(n, k, m, (yb, (cb, rb)), (xa, (ca, ra)), &mut out);
         Ok(Val::array(n, m, out))
     }
@@ -579,7 +595,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
             }),
             Op::Eye(d) => {
                 let n = d.len(l.extents());
-                let mut data = vec![F::default(); n * n];
+                let mut data = kept_arrays::filled(n * n);
                 for i in 0..n {
                     data[i * n + i] = F::from_f64(1.0);
                 }
@@ -736,7 +752,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                         "matrix product of {m} × {k} and {k2} × {n}"
                     )));
                 }
-                let mut out = vec![F::default(); m * n];
+                let mut out = kept_arrays::filled(m * n);
                 F::gemm(m, k, n, (xa, x_strides), (yb, y_strides), &mut out);
                 self.shaped(node, Val::array(m, n, out))
             }
@@ -939,7 +955,7 @@ impl<F: Float> Layout<'_, F> {
                     f(&runs(k * CHUNK, chunk.len()), chunk);
                 });
             }
-            let mut out = vec![F::default(); n];
+            let mut out = kept_arrays::filled(n);
             f(&runs(0, n), &mut out);
             return out;
         }
@@ -955,12 +971,12 @@ impl<F: Float> Layout<'_, F> {
                 .collect()
         };
         if c == 0 {
-            return vec![F::default(); n];
+            return kept_arrays::filled(n);
         }
         if n > PARALLEL_ABOVE {
             return written_in_parallel(n, c, |i, chunk| f(&row(i), chunk));
         }
-        let mut out = vec![F::default(); n];
+        let mut out = kept_arrays::filled(n);
         for (i, chunk) in out.chunks_mut(c).enumerate() {
             f(&row(i), chunk);
         }
@@ -1012,13 +1028,13 @@ impl<F: Float> Layout<'_, F> {
 /// piece `k` (`piece` values; the last may be shorter). Each piece is
 /// zeroed by the thread that writes it, just before, while it is in that
 /// core's cache, instead of the whole array by one thread first.
-fn written_in_parallel<F: Copy + Default + Send + Sync>(
+fn written_in_parallel<F: Copy + Default + Send + Sync + 'static>(
     n: usize,
     piece: usize,
     f: impl Fn(usize, &mut [F]) + Sync,
 ) -> Vec<F> {
     use rayon::prelude::*;
-    let mut out: Vec<F> = Vec::with_capacity(n);
+    let mut out: Vec<F> = kept_arrays::with_capacity(n);
     out.spare_capacity_mut()[..n]
         .par_chunks_mut(piece.max(1))
         .enumerate()
@@ -1111,9 +1127,9 @@ fn reduce_slice_lanes<F: Float>(op: ReduceOp, xs: &[F]) -> f64 {
 
 /// The transpose of the row-major `r × c` array `data`, by tiles (so that
 /// both the reads and the writes stay in cache).
-fn transposed<F: Copy + Default>(r: usize, c: usize, data: &[F]) -> Vec<F> {
+fn transposed<F: Copy + Default + 'static>(r: usize, c: usize, data: &[F]) -> Vec<F> {
     const TILE: usize = 32;
-    let mut out = vec![F::default(); r * c];
+    let mut out = kept_arrays::filled(r * c);
     for i0 in (0..r).step_by(TILE) {
         for j0 in (0..c).step_by(TILE) {
             for i in i0..(i0 + TILE).min(r) {
@@ -1208,7 +1224,10 @@ pub fn step<F: Float>(
         }
         globals.push((ValueId(i as u32), acc.finish(op)));
     }
-    let mut results: Vec<(Vec<F>, Vec<Val<'static, F>>)> = Vec::with_capacity(tensors.len());
+    // A state's new value, or `None` where it is the state's own buffer as
+    // the step found it (a preconditioner between refreshes): not copied.
+    type NewStates<F> = Vec<Option<Val<'static, F>>>;
+    let mut results: Vec<(Vec<F>, NewStates<F>)> = Vec::with_capacity(tensors.len());
     for (tt, d) in tensors.iter().zip(dims) {
         let (rows, cols) = (d.rows, d.cols);
         let leaves = Leaves::of(tt, *d, present, t);
@@ -1218,14 +1237,30 @@ pub fn step<F: Float>(
             .next()
             .map(|v| expand(v, rows, cols))
             .unwrap_or_default();
-        let states: Vec<Val<'static, F>> = outs
+        let states: NewStates<F> = outs
             .zip(&rule.states)
-            .map(|(v, decl)| match decl.kind {
-                StateKind::Scalar => Val::Scalar(v.scalar()),
+            .zip(tt.state.iter())
+            .map(|((v, decl), old)| match decl.kind {
+                StateKind::Scalar => Some(Val::Scalar(v.scalar())),
                 kind => {
                     let (r, c) = kind.rate().shape();
                     let (r, c) = (r.len(d.extents()), c.len(d.extents()));
-                    Val::array(r, c, expand(v, r, c))
+                    let unchanged = match (&v, old) {
+                        (
+                            Val::Array {
+                                rows,
+                                cols,
+                                data: Buf::Borrowed(b),
+                            },
+                            StateBuf::Element(o),
+                        ) => {
+                            (*rows, *cols) == (r, c)
+                                && std::ptr::eq(b.as_ptr(), o.as_ptr())
+                                && b.len() == o.len()
+                        }
+                        _ => false,
+                    };
+                    (!unchanged).then(|| Val::array(r, c, expand(v, r, c)))
                 }
             })
             .collect();
@@ -1236,8 +1271,9 @@ pub fn step<F: Float>(
     for (tt, (p, states)) in tensors.iter().zip(&results) {
         let fits = p.len() == tt.param.len()
             && tt.state.iter().zip(states).all(|(buf, v)| match (buf, v) {
-                (StateBuf::Element(old), Val::Array { data, .. }) => data.len() == old.len(),
-                (StateBuf::Scalar(_), Val::Scalar(_)) => true,
+                (_, None) => true,
+                (StateBuf::Element(old), Some(Val::Array { data, .. })) => data.len() == old.len(),
+                (StateBuf::Scalar(_), Some(Val::Scalar(_))) => true,
                 _ => false,
             });
         if !fits {
@@ -1248,10 +1284,12 @@ pub fn step<F: Float>(
     }
     for (tt, (p, states)) in tensors.iter_mut().zip(results) {
         tt.param.copy_from_slice(&p);
+        kept_arrays::keep(p);
         for (buf, v) in tt.state.iter_mut().zip(states) {
+            let Some(v) = v else { continue };
             match buf {
                 StateBuf::Scalar(x) => *x = v.scalar(),
-                StateBuf::Element(old) => *old = v.into_data(),
+                StateBuf::Element(old) => kept_arrays::keep(std::mem::replace(old, v.into_data())),
             }
         }
     }
@@ -1266,7 +1304,7 @@ fn expand<F: Float>(v: Val<'_, F>, r: usize, c: usize) -> Vec<F> {
         }
     }
     let rd = v.reader();
-    let mut out = Vec::with_capacity(r * c);
+    let mut out = kept_arrays::with_capacity(r * c);
     for i in 0..r {
         for j in 0..c {
             out.push(rd.at(i, j));
