@@ -44,8 +44,8 @@ pub trait Float: Copy + Debug + Display + Default + PartialOrd + Send + Sync + '
     /// Cosine (radians), the platform's libm in this type.
     fn cos(self) -> Self;
     /// `c = a @ b` for `a` (m × k) and `b` (k × n) given with their
-    /// (row, column) strides, `c` (m × n) row-major, accumulated in this
-    /// type in the GEMM kernel's order. Panics when an operand's slice does
+    /// (row, column) strides, `c` (m × n) row-major (every element written,
+    /// none read), accumulated in this type in the GEMM kernel's order. Panics when an operand's slice does
     /// not hold its shape (callers size them).
     fn gemm(
         m: usize,
@@ -55,6 +55,22 @@ pub trait Float: Copy + Debug + Display + Default + PartialOrd + Send + Sync + '
         b: (&[Self], (usize, usize)),
         c: &mut [Self],
     );
+    /// [`Float::gemm`] of operands whose values are all bfloat16: the
+    /// products are exact, and f32 runs them on the bfloat16 kernel
+    /// ([`crate::gemm_bf16`]); with `symmetric`, the caller states that the
+    /// result is symmetric, and f32 computes half of it.
+    fn gemm_bf16(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: (&[Self], (usize, usize)),
+        b: (&[Self], (usize, usize)),
+        c: &mut [Self],
+        symmetric: bool,
+    ) {
+        let _ = symmetric;
+        Self::gemm(m, k, n, a, b, c);
+    }
     /// Rounded to the nearest f32 (ties to even), in this type.
     fn round_f32(self) -> Self {
         Self::from_f64(f64::from(self.to_f64() as f32))
@@ -77,7 +93,7 @@ pub fn bf16_of_f32(x: f32) -> f32 {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:literal, $gemm:path) => {
+    ($t:ty, $name:literal, $gemm:path $(, $extra:item)*) => {
         impl Float for $t {
             const NAME: &'static str = $name;
             #[inline]
@@ -202,9 +218,25 @@ macro_rules! impl_float {
                     );
                 }
             }
+            $($extra)*
         }
     };
 }
 
-impl_float!(f32, "f32", matrixmultiply::sgemm);
+impl_float!(
+    f32,
+    "f32",
+    matrixmultiply::sgemm,
+    fn gemm_bf16(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: (&[f32], (usize, usize)),
+        b: (&[f32], (usize, usize)),
+        c: &mut [f32],
+        symmetric: bool,
+    ) {
+        crate::gemm_bf16::gemm_bf16(m, k, n, a, b, c, symmetric);
+    }
+);
 impl_float!(f64, "f64", matrixmultiply::dgemm);

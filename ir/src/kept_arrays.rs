@@ -30,20 +30,7 @@ thread_local! {
 /// large enough, or a new one.
 pub fn with_capacity<F: 'static>(n: usize) -> Vec<F> {
     if n >= SMALLEST {
-        let found = KEPT_ARRAYS.with(|kept| {
-            let mut kept = kept.borrow_mut();
-            let best = kept
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (bytes, array))| {
-                    let v = array.downcast_ref::<Vec<F>>()?;
-                    (v.capacity() >= n).then_some((*bytes, i))
-                })
-                .min();
-            best.map(|(_, i)| kept.swap_remove(i).1)
-        });
-        if let Some(Ok(v)) = found.map(|array| array.downcast::<Vec<F>>()) {
-            let mut v = *v;
+        if let Some(mut v) = take::<F>(n) {
             v.clear();
             return v;
         }
@@ -51,11 +38,42 @@ pub fn with_capacity<F: 'static>(n: usize) -> Vec<F> {
     Vec::with_capacity(n)
 }
 
+/// The smallest kept array of `F` with room for `n` values, as it was kept.
+fn take<F: 'static>(n: usize) -> Option<Vec<F>> {
+    let found = KEPT_ARRAYS.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        let best = kept
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (bytes, array))| {
+                let v = array.downcast_ref::<Vec<F>>()?;
+                (v.capacity() >= n).then_some((*bytes, i))
+            })
+            .min();
+        best.map(|(_, i)| kept.swap_remove(i).1)
+    });
+    found.and_then(|array| array.downcast::<Vec<F>>().ok().map(|v| *v))
+}
+
 /// `n` default values, in a kept array when one is large enough.
 pub fn filled<F: Copy + Default + 'static>(n: usize) -> Vec<F> {
     let mut v = with_capacity(n);
     v.resize(n, F::default());
     v
+}
+
+/// `n` values to be overwritten, every one, by the caller: a kept array's
+/// old values where one is large enough (no pass to clear them), default
+/// values otherwise.
+pub fn overwritten<F: Copy + Default + 'static>(n: usize) -> Vec<F> {
+    if n >= SMALLEST {
+        if let Some(mut v) = take::<F>(n) {
+            v.truncate(n);
+            v.resize(n, F::default());
+            return v;
+        }
+    }
+    vec![F::default(); n]
 }
 
 /// Keeps `v` for a later array on this thread (within the bounds).
@@ -121,5 +139,27 @@ mod tests {
         );
         release();
         assert_eq!(kept(), (0, 0));
+    }
+
+    #[test]
+    fn an_array_to_be_overwritten_keeps_its_old_values_and_its_length() {
+        release();
+        keep(vec![7.0f32; SMALLEST + 5]);
+        let v = overwritten::<f32>(SMALLEST);
+        assert_eq!((v.len(), kept().0), (SMALLEST, 0));
+        assert!(v.iter().all(|&x| x == 7.0), "not cleared: no pass over it");
+        // A kept array shorter than its capacity is lengthened with defaults.
+        let mut short = Vec::with_capacity(SMALLEST * 2);
+        short.resize(SMALLEST, 3.0f32);
+        keep(short);
+        let v = overwritten::<f32>(SMALLEST + 2);
+        assert_eq!(v.len(), SMALLEST + 2);
+        assert_eq!(
+            (v[SMALLEST - 1], v[SMALLEST], v[SMALLEST + 1]),
+            (3.0, 0.0, 0.0)
+        );
+        // Nothing kept: defaults.
+        assert!(overwritten::<f32>(SMALLEST).iter().all(|&x| x == 0.0));
+        release();
     }
 }

@@ -292,6 +292,13 @@ struct Evaluation<'r, 'a, F: Float> {
     rule: &'r Rule,
     leaves: &'r Leaves<'a, F>,
     values: Vec<Option<Val<'a, F>>>,
+    /// Per node, once computed: every value is a bfloat16 (the node rounds
+    /// to it, or passes on such a value unchanged).
+    bf16: Vec<bool>,
+    /// Per node, once computed: a symmetric matrix, bit for bit (a Gram
+    /// product, the square of a symmetric matrix, or an element-wise
+    /// function of symmetric matrices and scalars).
+    symmetric: Vec<bool>,
     fused: Option<Fused<'r, F>>,
 }
 
@@ -307,6 +314,8 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
             rule,
             leaves,
             values: vec![None; rule.nodes.len()],
+            bf16: vec![false; rule.nodes.len()],
+            symmetric: vec![false; rule.nodes.len()],
             fused,
         };
         for &(id, x) in globals {
@@ -357,6 +366,7 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
             let id = ValueId(i as u32);
             let v = ev.compute(id)?;
             ev.values[i] = Some(v);
+            (ev.bf16[i], ev.symmetric[i]) = ev.exactness(id);
             for a in ev.needed(id) {
                 let u = &mut uses[a.index()];
                 *u -= 1;
@@ -405,6 +415,48 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
         op.args()
     }
 
+    /// What is known of node `id`'s computed values: whether they are all
+    /// bfloat16, and whether they form a symmetric matrix. Both follow the
+    /// node's operation (not its data), after its arguments'.
+    fn exactness(&self, id: ValueId) -> (bool, bool) {
+        let array = |v: ValueId| self.rule.node(v).rate.is_array();
+        let sym = |v: ValueId| !array(v) || self.symmetric[v.index()];
+        let op = self.rule.node(id).op;
+        let rounds = matches!(op, Op::Unary(UnOp::RoundBf16, _));
+        if let Some(kernel) = self.kernel(id) {
+            return (rounds, kernel.arrays.iter().all(|&a| sym(a)));
+        }
+        if self.transposed_product(id).is_some() {
+            return (false, false);
+        }
+        match op {
+            Op::Unary(_, a) => (rounds, sym(a)),
+            Op::Binary(_, x, y) => (false, sym(x) && sym(y)),
+            Op::Fma(x, y, z) => (false, sym(x) && sym(y) && sym(z)),
+            Op::Select(c, a, b) if !array(c) => {
+                let taken = match &self.values[c.index()] {
+                    Some(Val::Scalar(x)) if *x != 0.0 => a,
+                    _ => b,
+                };
+                (self.bf16[taken.index()], sym(taken))
+            }
+            Op::Select(c, a, b) => (false, sym(c) && sym(a) && sym(b)),
+            Op::Transpose(a) | Op::Shape(ShapeOp::Wide | ShapeOp::Unwide, a) => {
+                (self.bf16[a.index()], self.symmetric[a.index()])
+            }
+            Op::Matmul(a, b) => (false, self.symmetric_product(a, b)),
+            _ => (false, false),
+        }
+    }
+
+    /// Whether `a @ b` is symmetric: `x xᵀ`, `xᵀ x`, or `S S` of a
+    /// symmetric `S`.
+    fn symmetric_product(&self, a: ValueId, b: ValueId) -> bool {
+        let (x, x_transposed) = self.gemm_operand(a);
+        let (y, y_transposed) = self.gemm_operand(b);
+        x == y && (x_transposed != y_transposed || self.symmetric[x.index()])
+    }
+
     /// What a GEMM reads for operand `v`: the transpose of an array (and
     /// the wide view of a tall one) is the array itself read with its
     /// strides swapped (no copy is made).
@@ -444,7 +496,8 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                 "matrix product of {m} × {k} and {k2} × {n}"
             )));
         }
-        let mut out = kept_arrays::filled(m * n);
+        // (The GEMM writes every element of `out` and reads none.)
+        let mut out = kept_arrays::overwritten(m * n);
         F::gemm(n, k, m, (yb, (cb, rb)), (xa, (ca, ra)), &mut out);
         Ok(Val::array(n, m, out))
     }
@@ -752,8 +805,24 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                         "matrix product of {m} × {k} and {k2} × {n}"
                     )));
                 }
-                let mut out = kept_arrays::filled(m * n);
-                F::gemm(m, k, n, (xa, x_strides), (yb, y_strides), &mut out);
+                // (Both GEMMs write every element of `out` and read none.)
+                let mut out = kept_arrays::overwritten(m * n);
+                let (x, _) = self.gemm_operand(a);
+                let (y, _) = self.gemm_operand(b);
+                if self.bf16[x.index()] && self.bf16[y.index()] {
+                    let symmetric = self.symmetric_product(a, b);
+                    F::gemm_bf16(
+                        m,
+                        k,
+                        n,
+                        (xa, x_strides),
+                        (yb, y_strides),
+                        &mut out,
+                        symmetric,
+                    );
+                } else {
+                    F::gemm(m, k, n, (xa, x_strides), (yb, y_strides), &mut out);
+                }
                 self.shaped(node, Val::array(m, n, out))
             }
             Op::Transpose(a) => match self.get(a)? {

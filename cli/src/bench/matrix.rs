@@ -13,7 +13,7 @@
 
 use super::harness::{fail, filled, time, Bench};
 use crate::Failure;
-use lensopt::ir::Float;
+use lensopt::ir::{Float, HyperValue};
 use lensopt::{catalog, Optimizer, Stepper};
 use ndarray::IxDyn;
 use serde_json::json;
@@ -32,13 +32,36 @@ fn gemm_seconds(seconds: f64, m: usize, k: usize, n: usize) -> Result<f64, Failu
     }))
 }
 
+/// Seconds of one `m × k @ k × n` product of bfloat16 operands on the
+/// bfloat16 kernel, fastest of several; `gram` times `a aᵀ` (a symmetric
+/// result, half of it computed).
+fn gemm_bf16_seconds(
+    seconds: f64,
+    m: usize,
+    k: usize,
+    n: usize,
+    gram: bool,
+) -> Result<f64, Failure> {
+    let round = |x: ndarray::Array1<f32>| x.mapv(|v| v.round_bf16());
+    let a = round(filled(m * k, 11)?);
+    let b = round(filled(k * n, 12)?);
+    let mut c = vec![0f32; m * n];
+    let (a, b) = (a.as_slice().unwrap_or(&[]), b.as_slice().unwrap_or(&[]));
+    let b = if gram { (a, (1, k)) } else { (b, (n, 1)) };
+    Ok(time(seconds, || {
+        f32::gemm_bf16(m, k, n, (a, (k, 1)), b, &mut c, gram)
+    }))
+}
+
 /// One measured rule and shape: the hyperparameters set for its step, the
 /// bound it is measured against, and what to set for a refreshing step.
 struct Row<'a> {
     name: &'a str,
+    /// The row's name in the output (the rule's, or a variant of it).
+    label: &'a str,
     rows: usize,
     cols: usize,
-    set: &'a [(&'a str, f64)],
+    set: &'a [(&'a str, HyperValue)],
     bound_seconds: f64,
     flops: f64,
     refresh: Option<(&'a str, f64)>,
@@ -57,10 +80,26 @@ impl Bench {
             let muon_bound = 5.0 * ns_iteration;
             self.matrix_row(Row {
                 name: "muon",
+                label: "muon",
                 rows,
                 cols,
                 set: &[],
                 bound_seconds: muon_bound,
+                flops: 5.0 * ns_flops,
+                refresh: None,
+            })?;
+            // As PyTorch's Muon by default: Newton-Schulz in bfloat16, on
+            // the bfloat16 kernel, the Gram matrix and its square symmetric.
+            let bf16_iteration = gemm_bf16_seconds(self.seconds, s, l, s, true)?
+                + gemm_bf16_seconds(self.seconds, s, s, s, true)?
+                + gemm_bf16_seconds(self.seconds, s, s, l, false)?;
+            self.matrix_row(Row {
+                name: "muon",
+                label: "muon_bf16",
+                rows,
+                cols,
+                set: &[("ns_bf16", HyperValue::Bool(true))],
+                bound_seconds: 5.0 * bf16_iteration,
                 flops: 5.0 * ns_flops,
                 refresh: None,
             })?;
@@ -72,9 +111,10 @@ impl Bench {
             let small = rows.max(cols) <= 1024;
             self.matrix_row(Row {
                 name: "shampoo",
+                label: "shampoo",
                 rows,
                 cols,
-                set: &[("preconditioning_compute_steps", 1e9)],
+                set: &[("preconditioning_compute_steps", HyperValue::Num(1e9))],
                 bound_seconds: shampoo_bound,
                 flops: shampoo_flops,
                 refresh: small.then_some(("preconditioning_compute_steps", 1.0)),
@@ -85,9 +125,13 @@ impl Bench {
             let galore_flops = 2.0 * (2 * rank * s * l) as f64;
             self.matrix_row(Row {
                 name: "galore",
+                label: "galore",
                 rows,
                 cols,
-                set: &[("rank", rank as f64), ("update_proj_gap", 1e9)],
+                set: &[
+                    ("rank", HyperValue::Num(rank as f64)),
+                    ("update_proj_gap", HyperValue::Num(1e9)),
+                ],
                 bound_seconds: galore_bound,
                 flops: galore_flops,
                 refresh: Some(("update_proj_gap", 1.0)),
@@ -102,9 +146,10 @@ impl Bench {
                 let soap_flops = 2.0 * (4 * rows * cols * (rows + cols)) as f64;
                 self.matrix_row(Row {
                     name: "soap",
+                    label: "soap",
                     rows,
                     cols,
-                    set: &[("precondition_frequency", 1e9)],
+                    set: &[("precondition_frequency", HyperValue::Num(1e9))],
                     bound_seconds: soap_bound,
                     flops: soap_flops,
                     refresh: Some(("precondition_frequency", 1.0)),
@@ -122,6 +167,7 @@ impl Bench {
             });
             self.matrix_row(Row {
                 name: "adafactor",
+                label: "adafactor",
                 rows,
                 cols,
                 set: &[],
@@ -136,6 +182,7 @@ impl Bench {
     fn matrix_row(&mut self, row: Row<'_>) -> Result<(), Failure> {
         let Row {
             name,
+            label,
             rows,
             cols,
             set,
@@ -145,7 +192,7 @@ impl Bench {
         } = row;
         let mut opt = catalog::get(name).ok_or_else(|| fail(format!("unknown rule `{name}`")))?;
         for (k, v) in set {
-            opt.set(k, (*v).into()).map_err(fail)?;
+            opt.set(k, *v).map_err(fail)?;
         }
         let n = rows * cols;
         let mut p = filled(n, 21)?
@@ -185,7 +232,7 @@ impl Bench {
         };
         let bound = if flops > 0.0 { "gemm" } else { "rust_loop" };
         self.rows.push(json!({
-            "kernel": "matrix_step", "backend": "matrix", "rule": name, "rows": rows, "cols": cols,
+            "kernel": "matrix_step", "backend": "matrix", "rule": label, "rows": rows, "cols": cols,
             "step_ms": step_seconds * 1e3,
             "bound": bound,
             "bound_ms": bound_seconds * 1e3,

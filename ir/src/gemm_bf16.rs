@@ -1,0 +1,615 @@
+//! Products of bfloat16 matrices: `c = a @ b` with the operands' values
+//! rounded to bfloat16 (ties to even) and their products accumulated in
+//! f32. A product of two bfloat16 values is exact in f32, so this is the
+//! f32 GEMM of the rounded operands, in this kernel's order of summation.
+//!
+//! On x86-64 CPUs with AVX-512-BF16 the products run on its dot-product
+//! instruction (`vdpbf16ps`: two products and their sum a lane, twice the
+//! multiplications of an f32 FMA per instruction), over operands packed
+//! in pairs of k. That instruction treats bfloat16 subnormals as zero and
+//! flushes subnormal sums to zero; the rounding is to nearest even, as
+//! f32 arithmetic. Elsewhere the rounded operands go to the f32 GEMM.
+//!
+//! A product the caller knows to be symmetric (`x xᵀ`, `S S` of a
+//! symmetric `S`) computes only the tiles that reach the diagonal or lie
+//! above it, and mirrors them: every element sums the same products in the
+//! same order as its mirror image, so the result is the one the full
+//! product gives, bit for bit.
+
+use crate::float::bf16_of_f32;
+
+/// An operand: its values and (row, column) strides.
+pub type Operand<'a> = (&'a [f32], (usize, usize));
+
+/// `c = a @ b` for `a` (m × k) and `b` (k × n), `c` (m × n) row-major
+/// (every element written, none read),
+/// the operands rounded to bfloat16; with `symmetric`, the caller states
+/// that the result is symmetric (m = n), and only its upper triangle is
+/// computed. Panics when an operand's slice does not hold its shape, or
+/// `c` does not hold m × n (callers size them).
+pub fn gemm_bf16(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Operand<'_>,
+    b: Operand<'_>,
+    c: &mut [f32],
+    symmetric: bool,
+) {
+    assert!(c.len() == m * n, "gemm: the output does not hold {m} × {n}");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    assert!(
+        holds(a, m, k) && holds(b, k, n),
+        "gemm: an operand does not hold its {m} × {k} × {n} shape"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+    {
+        packed::gemm(m, k, n, a, b, c, symmetric && m == n);
+        return;
+    }
+    let _ = symmetric;
+    rounded_f32(m, k, n, a, b, c);
+}
+
+/// Whether `data` holds every index `i * rs + j * cs` of a `rows × cols`
+/// operand (`rows`, `cols` > 0).
+fn holds((data, (rs, cs)): Operand<'_>, rows: usize, cols: usize) -> bool {
+    (rows - 1)
+        .checked_mul(rs)
+        .zip((cols - 1).checked_mul(cs))
+        .and_then(|(x, y)| x.checked_add(y))
+        .is_some_and(|last| last < data.len())
+}
+
+/// The portable path: both operands rounded into row-major copies, then
+/// the f32 GEMM.
+fn rounded_f32(m: usize, k: usize, n: usize, a: Operand<'_>, b: Operand<'_>, c: &mut [f32]) {
+    let copy = |(data, (rs, cs)): Operand<'_>, rows: usize, cols: usize| -> Vec<f32> {
+        (0..rows)
+            .flat_map(|i| (0..cols).map(move |j| bf16_of_f32(data[i * rs + j * cs])))
+            .collect()
+    };
+    let (ra, rb) = (copy(a, m, k), copy(b, k, n));
+    <f32 as crate::Float>::gemm(m, k, n, (&ra, (k, 1)), (&rb, (n, 1)), c);
+}
+
+/// The bfloat16 bits of `x` (rounded to nearest, ties to even; NaN
+/// quieted), as [`bf16_of_f32`], without a branch (packing vectorizes).
+#[inline(always)]
+fn bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16;
+    let nan = (b >> 16) | 0x40;
+    if x.is_nan() {
+        nan
+    } else {
+        rounded
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod packed {
+    //! The AVX-512-BF16 kernel: blocks of k packed in pairs, an `MR × NR`
+    //! tile of f32 sums in registers.
+    use super::{bits, Operand};
+    use rayon::prelude::*;
+    use std::arch::x86_64::*;
+
+    /// Rows of a tile.
+    const MR: usize = 6;
+    /// Vectors of 16 f32 across a tile.
+    const NV: usize = 4;
+    /// Columns of a tile.
+    const NR: usize = 16 * NV;
+    /// Pairs of k in a packed slice (512 values of k): a tile reads 6 KiB
+    /// of `a` and 64 KiB of `b` a slice (measured on AMD Zen 4: 128 pairs,
+    /// which fit L1, run no faster, and twice as many slices of `c`).
+    const KP: usize = 256;
+    /// Rows of `c` a task computes (a multiple of `MR`): small, so that
+    /// a symmetric product's tasks (their work shrinks down the diagonal)
+    /// share out evenly.
+    const MC: usize = 4 * MR;
+    /// Columns of `c` a task computes at a time (a multiple of `NR`):
+    /// `MC × NC` f32 sums, 192 KiB, stay in L2.
+    const NC: usize = 32 * NR;
+    /// Pairs of packed `b` at a time (32 MiB).
+    const B_CHUNK: usize = 1 << 23;
+
+    /// `c = a @ b` (nothing of `c` read), the operands rounded to
+    /// bfloat16; with `upper`, only tiles reaching the diagonal or above
+    /// it, then mirrored. The caller has checked that the operands hold
+    /// their shapes and that the CPU has AVX-512F, AVX-512BW and AVX-512-BF16.
+    pub(super) fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: Operand<'_>,
+        b: Operand<'_>,
+        c: &mut [f32],
+        upper: bool,
+    ) {
+        let panels = n.div_ceil(NR);
+        let pairs_total = k.div_ceil(2);
+        // `b` is packed a chunk of k at a time, all its columns: at most
+        // `B_CHUNK` values (whole slices of `KP` pairs), which stay in the
+        // last-level cache while every block of rows reads them.
+        let chunk = (B_CHUNK / (panels * NR)).max(KP) / KP * KP;
+        let mut packed_b = vec![0u32; panels * chunk.min(pairs_total) * NR];
+        for c0 in (0..pairs_total).step_by(chunk) {
+            let span = chunk.min(pairs_total - c0);
+            let panel_len = span * NR;
+            packed_b[..panels * panel_len]
+                .par_chunks_mut(panel_len)
+                .enumerate()
+                .for_each(|(jp, out)| {
+                    let (data, (rs, cs)) = b;
+                    pack::<NR>(data, (cs, rs), n, k, jp * NR, 2 * c0, span, out)
+                });
+            let packed_b = &packed_b[..panels * panel_len];
+            // A task per block of rows: its slice of `c` (at most `NC`
+            // columns at a time) stays in L2 through every slice of k.
+            c.par_chunks_mut(MC * n)
+                .enumerate()
+                .with_max_len(1)
+                .for_each(|(block, rows_of_c)| {
+                    let i0 = block * MC;
+                    let mc = rows_of_c.len() / n;
+                    let strips = mc.div_ceil(MR);
+                    let mut packed_a = vec![0u32; strips * MR * KP.min(span)];
+                    for jc in (0..panels).step_by(NC / NR) {
+                        if upper && (jc + NC / NR) * NR <= i0 {
+                            continue; // wholly below the diagonal
+                        }
+                        for p0 in (0..span).step_by(KP) {
+                            let pairs = KP.min(span - p0);
+                            let packed_a = &mut packed_a[..strips * MR * pairs];
+                            pack_a(a, (m, k), i0, 2 * (c0 + p0), pairs, packed_a);
+                            for jp in jc..(jc + NC / NR).min(panels) {
+                                let j0 = jp * NR;
+                                let at = jp * panel_len + p0 * NR;
+                                let panel_b = &packed_b[at..at + pairs * NR];
+                                for (ip, panel_a) in packed_a.chunks_exact(MR * pairs).enumerate() {
+                                    let r0 = ip * MR;
+                                    if upper && j0 + NR <= i0 + r0 {
+                                        continue; // wholly below the diagonal
+                                    }
+                                    let rows = MR.min(mc - r0);
+                                    let cols = NR.min(n - j0);
+                                    let out = &mut rows_of_c[r0 * n + j0..];
+                                    let first = c0 == 0 && p0 == 0;
+                                    tile(pairs, panel_a, panel_b, out, n, (rows, cols), !first);
+                                }
+                            }
+                        }
+                    }
+                });
+        }
+        if upper {
+            mirror_upper(n, c);
+        }
+    }
+
+    /// Packs `a`'s rows from `i0`, a strip of `MR` at a time (`out` holds
+    /// whole strips), pairs of k from `k0`, as [`pack`] does for each.
+    fn pack_a(
+        (data, (rs, cs)): Operand<'_>,
+        (m, k): (usize, usize),
+        i0: usize,
+        k0: usize,
+        pairs: usize,
+        out: &mut [u32],
+    ) {
+        let strip = MR * pairs;
+        if rs != 1 || cs == 1 {
+            for (ip, out) in out.chunks_exact_mut(strip).enumerate() {
+                pack::<MR>(data, (rs, cs), m, k, i0 + ip * MR, k0, pairs, out);
+            }
+            return;
+        }
+        // Rows adjacent in memory (a transposed operand): each pair of k
+        // is two runs across all the block's rows, zipped 16 rows at a
+        // time, whichever strips they fall in.
+        let lines = (out.len() / pairs).min(m - i0);
+        let full = pairs.min((k - k0) / 2);
+        let at = |l: usize, q: usize| (l / MR) * strip + q * MR + l % MR;
+        let mut zipped = [0u32; 16];
+        for q in 0..full {
+            let start = i0 + (k0 + 2 * q) * cs;
+            let lo = &data[start..start + lines];
+            let hi = &data[start + cs..start + cs + lines];
+            for (c, (lo, hi)) in lo.chunks(16).zip(hi.chunks(16)).enumerate() {
+                let zipped = &mut zipped[..lo.len()];
+                // SAFETY: the CPU has what `gemm` requires (the only
+                // caller); the three slices have one length, at most 16.
+                unsafe { zipped16(lo, hi, zipped) };
+                for (t, x) in zipped.iter().enumerate() {
+                    out[at(c * 16 + t, q)] = *x;
+                }
+            }
+        }
+        // An odd k's last pair, and the rows past `m`.
+        for q in full..pairs {
+            for l in 0..lines {
+                out[at(l, q)] = bits(data[i0 + l + (k0 + 2 * q) * cs]);
+            }
+        }
+        for l in lines..out.len() / pairs {
+            for q in 0..pairs {
+                out[at(l, q)] = 0;
+            }
+        }
+    }
+
+    /// Packs `lines` lines of an operand (`a`'s rows, or `b`'s columns),
+    /// `width` of them from line `l0` (`L`, zero past `count`), pairs of k
+    /// from `k0`: element `(q, l)` of `out` holds line `l0 + l`'s values
+    /// `k0 + 2q` (low half) and `k0 + 2q + 1` (high half, zero past `k`).
+    /// The element `(line, kk)` is `data[line * along_lines + kk * along_k]`.
+    #[allow(clippy::too_many_arguments)]
+    fn pack<const L: usize>(
+        data: &[f32],
+        (along_lines, along_k): (usize, usize),
+        count: usize,
+        k: usize,
+        l0: usize,
+        k0: usize,
+        pairs: usize,
+        out: &mut [u32],
+    ) {
+        let lines = L.min(count.saturating_sub(l0));
+        let full = pairs.min((k - k0) / 2);
+        if lines < L {
+            out[..pairs * L].fill(0);
+        }
+        for l in 0..lines {
+            let base = (l0 + l) * along_lines + k0 * along_k;
+            if along_k == 1 {
+                let run = &data[base..base + 2 * full];
+                let mut q = 0;
+                for block in run.chunks_exact(32) {
+                    // SAFETY: the CPU has what `gemm` requires (the only
+                    // caller); `block` holds 32 values.
+                    let two = unsafe { pairs16(block) };
+                    for (t, x) in two.iter().enumerate() {
+                        out[(q + t) * L + l] = *x;
+                    }
+                    q += 16;
+                }
+                for two in run[2 * q..].chunks_exact(2) {
+                    out[q * L + l] = bits(two[0]) | (bits(two[1]) << 16);
+                    q += 1;
+                }
+            } else if along_lines != 1 {
+                for q in 0..full {
+                    let at = base + 2 * q * along_k;
+                    out[q * L + l] = bits(data[at]) | (bits(data[at + along_k]) << 16);
+                }
+            }
+        }
+        if along_lines == 1 && along_k != 1 {
+            // Lines adjacent in memory: two runs of k zipped a pair at a time.
+            for q in 0..full {
+                let at = l0 + (k0 + 2 * q) * along_k;
+                let (lo, hi) = (
+                    &data[at..at + lines],
+                    &data[at + along_k..at + along_k + lines],
+                );
+                let row = &mut out[q * L..q * L + lines];
+                for ((out, lo), hi) in row.chunks_mut(16).zip(lo.chunks(16)).zip(hi.chunks(16)) {
+                    // SAFETY: the CPU has what `gemm` requires (the only
+                    // caller); the three slices have one length, at most 16.
+                    unsafe { zipped16(lo, hi, out) };
+                }
+            }
+        }
+        // An odd k: the last pair's second value is zero.
+        for q in full..pairs {
+            for l in 0..lines {
+                let at = (l0 + l) * along_lines + (k0 + 2 * q) * along_k;
+                out[q * L + l] = bits(data[at]);
+            }
+        }
+    }
+
+    /// 32 consecutive values of k as 16 pairs, rounded by the CPU
+    /// (`vcvtne2ps2bf16`: to nearest even, NaN quieted; subnormals, which
+    /// the products treat as zero anyway, flushed).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX-512BW and AVX-512-BF16; `x` holds 32 values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn pairs16(x: &[f32]) -> [u32; 16] {
+        debug_assert!(x.len() >= 32);
+        let lo = _mm512_loadu_ps(x.as_ptr());
+        let hi = _mm512_loadu_ps(x.as_ptr().add(16));
+        let mut out = [0u32; 16];
+        let v = as_bits(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
+        out
+    }
+
+    /// `out[j]` = `lo[j]` and `hi[j]` rounded (as [`pairs16`]) into one
+    /// pair, for the slices' length (masked loads and stores: nothing past
+    /// them is touched).
+    ///
+    /// # Safety
+    /// As [`pairs16`]; the three slices have one length, at most 16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn zipped16(lo: &[f32], hi: &[f32], out: &mut [u32]) {
+        debug_assert!(lo.len() <= 16 && hi.len() == lo.len() && out.len() == lo.len());
+        let mask: __mmask16 = ((1u32 << lo.len()) - 1) as u16;
+        let a = _mm512_maskz_loadu_ps(mask, lo.as_ptr());
+        let b = _mm512_maskz_loadu_ps(mask, hi.as_ptr());
+        // Halves [lo's 16, hi's 16], interleaved: lane j of the result is
+        // (lo[j], hi[j]).
+        let halves = as_bits(_mm512_cvtne2ps_pbh(b, a));
+        let order = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
+        let pairs = _mm512_permutexvar_epi16(order, halves);
+        _mm512_mask_storeu_epi32(out.as_mut_ptr().cast(), mask, pairs);
+    }
+
+    /// Adds the product of a packed `MR`-row panel of `a` and a packed
+    /// `NR`-column panel of `b` (`pairs` pairs of k) to the `rows × cols`
+    /// corner of `out` (row stride `ld`), or with `add` false, writes it
+    /// there.
+    fn tile(
+        pairs: usize,
+        a: &[u32],
+        b: &[u32],
+        out: &mut [f32],
+        ld: usize,
+        (rows, cols): (usize, usize),
+        add: bool,
+    ) {
+        assert!(a.len() >= pairs * MR && b.len() >= pairs * NR && rows <= MR && cols <= NR);
+        assert!(rows > 0 && cols > 0 && ld >= cols && out.len() >= (rows - 1) * ld + cols);
+        if rows == MR && cols == NR {
+            // SAFETY: the CPU has AVX-512F and AVX-512-BF16 (the caller,
+            // this module's `gemm`, runs only there); `a` and `b` hold
+            // `pairs` pairs of their panels, and `out` a whole tile at row
+            // stride `ld` (checked above).
+            unsafe { tile_avx512(pairs, a.as_ptr(), b.as_ptr(), out.as_mut_ptr(), ld, add) };
+            return;
+        }
+        let mut sums = [0f32; MR * NR];
+        if add {
+            for r in 0..rows {
+                sums[r * NR..r * NR + cols].copy_from_slice(&out[r * ld..r * ld + cols]);
+            }
+        }
+        // SAFETY: as above, with `sums` a whole tile at row stride `NR`.
+        unsafe { tile_avx512(pairs, a.as_ptr(), b.as_ptr(), sums.as_mut_ptr(), NR, true) };
+        for r in 0..rows {
+            out[r * ld..r * ld + cols].copy_from_slice(&sums[r * NR..r * NR + cols]);
+        }
+    }
+
+    /// The register tile: `s += a-panel @ b-panel` for the `MR × NR`
+    /// tile at `s` (row stride `ld`; `s = ...` when `add` is false, and
+    /// `s` is not read), its sums in `MR × NV` vectors, each step of k
+    /// `NV` `vdpbf16ps` a row.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX-512-BF16; `a` points to `pairs * MR`
+    /// and `b` to `pairs * NR` readable u32, `s` to `MR` rows of `NR`
+    /// writable f32 at stride `ld`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn tile_avx512(
+        pairs: usize,
+        a: *const u32,
+        b: *const u32,
+        s: *mut f32,
+        ld: usize,
+        add: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        for (r, row) in acc.iter_mut().enumerate().filter(|_| add) {
+            for (v, x) in row.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(s.add(r * ld + 16 * v));
+            }
+        }
+        for q in 0..pairs {
+            let bq = b.add(q * NR);
+            let mut bv = [as_bf16(_mm512_setzero_si512()); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = as_bf16(_mm512_loadu_si512(bq.add(16 * v).cast()));
+            }
+            let aq = a.add(q * MR);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let x = as_bf16(_mm512_set1_epi32(*aq.add(r) as i32));
+                for (sum, b) in row.iter_mut().zip(&bv) {
+                    *sum = _mm512_dpbf16_ps(*sum, x, *b);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                _mm512_storeu_ps(s.add(r * ld + 16 * v), *x);
+            }
+        }
+    }
+
+    /// 32 bfloat16 values in the 512 bits of `x`.
+    #[inline(always)]
+    fn as_bf16(x: __m512i) -> __m512bh {
+        // SAFETY: both are 512-bit vectors, every bit pattern valid in each.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(x) }
+    }
+
+    /// The 512 bits of 32 bfloat16 values.
+    #[inline(always)]
+    fn as_bits(x: __m512bh) -> __m512i {
+        // SAFETY: as `as_bf16`.
+        unsafe { std::mem::transmute::<__m512bh, __m512i>(x) }
+    }
+
+    /// Copies the upper triangle of the `n × n` matrix `c` onto the lower,
+    /// a stripe of rows a task, in blocks of 8 × 8 (with rows 4 KiB apart,
+    /// larger blocks of a column overflow the cache's ways).
+    fn mirror_upper(n: usize, c: &mut [f32]) {
+        const B: usize = 8;
+        assert!(c.len() == n * n);
+        let shared = SharedOutput(c.as_mut_ptr());
+        (0..n.div_ceil(B)).into_par_iter().for_each(|stripe| {
+            let shared = &shared;
+            let rows = stripe * B..((stripe + 1) * B).min(n);
+            for bj in (0..rows.end).step_by(B) {
+                for j in bj..(bj + B).min(rows.end) {
+                    for i in rows.clone() {
+                        if j < i {
+                            // SAFETY: `i, j < n`, so both indices lie in
+                            // `c`; tasks write only elements below the
+                            // diagonal (j < i) of their own rows, and read
+                            // only elements above it, which nothing writes.
+                            unsafe { *shared.0.add(i * n + j) = *shared.0.add(j * n + i) };
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// `c`'s buffer, shared by the tasks that mirror it (see
+    /// `mirror_upper` for why their accesses never overlap).
+    struct SharedOutput(*mut f32);
+    // SAFETY: the tasks holding it read and write disjoint elements.
+    unsafe impl Sync for SharedOutput {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values spread over several binades, a fixed pseudo-random sequence.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+                ((u - 0.5) * 4.0 * (1.0 + (s % 5) as f64)) as f32
+            })
+            .collect()
+    }
+
+    /// `a @ b` of the bfloat16-rounded operands in f64, and the sum of the
+    /// products' magnitudes (the scale of f32's rounding error).
+    fn reference(m: usize, k: usize, n: usize, a: Operand<'_>, b: Operand<'_>) -> Vec<(f64, f64)> {
+        let at = |(d, (rs, cs)): Operand<'_>, i: usize, j: usize| {
+            f64::from(bf16_of_f32(d[i * rs + j * cs]))
+        };
+        let mut out = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut mag) = (0.0, 0.0);
+                for l in 0..k {
+                    let p = at(a, i, l) * at(b, l, j);
+                    s += p;
+                    mag += p.abs();
+                }
+                out.push((s, mag));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn products_of_rounded_operands_match_f64_on_edges_strides_and_odd_k() {
+        // Shapes around the tile (12 × 32), the task's rows (96) and the
+        // packed slice of k (256), past the task's columns (1,024) and
+        // the packed chunk of `b` (2^23 pairs), with row-major and
+        // transposed operands.
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (13, 7, 33),
+            (96, 257, 31),
+            (100, 513, 70),
+            (25, 600, 97),
+            (2, 8301, 2100),
+        ] {
+            let a_data = values(m * k, (m * 31 + k) as u64);
+            let b_data = values(k * n, (n * 17 + k) as u64);
+            for (a, b) in [
+                ((&a_data[..], (k, 1)), (&b_data[..], (n, 1))),
+                ((&a_data[..], (1, m)), (&b_data[..], (1, k))),
+            ] {
+                let mut c = vec![f32::NAN; m * n];
+                gemm_bf16(m, k, n, a, b, &mut c, false);
+                let mut portable = vec![f32::NAN; m * n];
+                rounded_f32(m, k, n, a, b, &mut portable);
+                let want = reference(m, k, n, a, b);
+                for (got, (want, mag)) in c.iter().chain(&portable).zip(want.iter().chain(&want)) {
+                    let (want, mag) = (*want, *mag);
+                    let err = (f64::from(*got) - want).abs();
+                    assert!(
+                        err <= mag * 1e-6 + 1e-30,
+                        "{m}×{k}×{n}: {got} against {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_symmetric_product_is_the_full_product_bit_for_bit() {
+        // (1,100: past the task's columns; its square is left out, slow in
+        // a debug build.)
+        for &(n, k) in &[(5, 9), (40, 33), (130, 300), (200, 64), (1100, 24)] {
+            let x = values(n * k, (n + k) as u64);
+            // x xᵀ, then the square of its bfloat16 rounding.
+            let (a, b) = ((&x[..], (k, 1)), (&x[..], (1, k)));
+            let (mut full, mut half) = (vec![0f32; n * n], vec![1f32; n * n]);
+            gemm_bf16(n, k, n, a, b, &mut full, false);
+            gemm_bf16(n, k, n, a, b, &mut half, true);
+            assert_eq!(
+                full.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                half.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            if n > 1000 {
+                continue;
+            }
+            let s: Vec<f32> = full.iter().map(|&x| bf16_of_f32(x)).collect();
+            let (a, b) = ((&s[..], (n, 1)), (&s[..], (n, 1)));
+            gemm_bf16(n, n, n, a, b, &mut full, false);
+            gemm_bf16(n, n, n, a, b, &mut half, true);
+            assert_eq!(
+                full.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                half.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn empty_and_mis_sized_operands() {
+        let mut c = vec![5f32; 6];
+        gemm_bf16(2, 0, 3, (&[], (0, 1)), (&[], (3, 1)), &mut c, false);
+        assert_eq!(c, [0.0; 6]);
+        let r = std::panic::catch_unwind(|| {
+            let mut c = vec![0f32; 4];
+            gemm_bf16(
+                2,
+                3,
+                2,
+                (&[1.0; 5], (3, 1)),
+                (&[1.0; 6], (2, 1)),
+                &mut c,
+                false,
+            );
+        });
+        assert!(r.is_err(), "a short operand is refused, not read past");
+    }
+}
