@@ -121,8 +121,12 @@ mod packed {
     /// Columns of `c` a task computes at a time (a multiple of `NR`):
     /// `MC × NC` f32 sums, 192 KiB, stay in L2.
     const NC: usize = 32 * NR;
-    /// Pairs of packed `b` at a time (32 MiB).
-    const B_CHUNK: usize = 1 << 23;
+    /// Packed values (pairs) of both operands at a time (32 MiB): a chunk
+    /// of k stays in the last-level cache while every task reads it.
+    const CHUNK: usize = 1 << 23;
+    /// Lines a task packs together where lines are adjacent in memory:
+    /// about 1 KiB of each of two rows of the operand per pair of k.
+    const ADJACENT_LINES: usize = 256;
 
     /// `c = a @ b` (nothing of `c` read), the operands rounded to
     /// bfloat16; with `upper`, only tiles reaching the diagonal or above
@@ -137,24 +141,22 @@ mod packed {
         c: &mut [f32],
         upper: bool,
     ) {
-        let panels = n.div_ceil(NR);
+        let (strips, panels) = (m.div_ceil(MR), n.div_ceil(NR));
         let pairs_total = k.div_ceil(2);
-        // `b` is packed a chunk of k at a time, all its columns: at most
-        // `B_CHUNK` values (whole slices of `KP` pairs), which stay in the
-        // last-level cache while every block of rows reads them.
-        let chunk = (B_CHUNK / (panels * NR)).max(KP) / KP * KP;
-        let mut packed_b = vec![0u32; panels * chunk.min(pairs_total) * NR];
+        // Both operands are packed a chunk of k at a time: whole slices of
+        // `KP` pairs, at most `CHUNK` values when k allows.
+        let chunk = (CHUNK / (strips * MR + panels * NR)).max(KP) / KP * KP;
+        let most = chunk.min(pairs_total);
+        let mut packed_a = crate::kept_arrays::overwritten::<u32>(strips * MR * most);
+        let mut packed_b = crate::kept_arrays::overwritten::<u32>(panels * NR * most);
+        let (b_data, (rsb, csb)) = b;
         for c0 in (0..pairs_total).step_by(chunk) {
             let span = chunk.min(pairs_total - c0);
-            let panel_len = span * NR;
-            packed_b[..panels * panel_len]
-                .par_chunks_mut(panel_len)
-                .enumerate()
-                .for_each(|(jp, out)| {
-                    let (data, (rs, cs)) = b;
-                    pack::<NR>(data, (cs, rs), n, k, jp * NR, 2 * c0, span, out)
-                });
-            let packed_b = &packed_b[..panels * panel_len];
+            let pa = &mut packed_a[..strips * MR * span];
+            pack_operand::<MR>(a.0, a.1, (m, k), 2 * c0, span, pa);
+            let pb = &mut packed_b[..panels * NR * span];
+            pack_operand::<NR>(b_data, (csb, rsb), (n, k), 2 * c0, span, pb);
+            let (pa, pb) = (&*pa, &*pb);
             // A task per block of rows: its slice of `c` (at most `NC`
             // columns at a time) stays in L2 through every slice of k.
             c.par_chunks_mut(MC * n)
@@ -163,69 +165,100 @@ mod packed {
                 .for_each(|(block, rows_of_c)| {
                     let i0 = block * MC;
                     let mc = rows_of_c.len() / n;
-                    let strips = mc.div_ceil(MR);
-                    let mut packed_a = vec![0u32; strips * MR * KP.min(span)];
                     for jc in (0..panels).step_by(NC / NR) {
                         if upper && (jc + NC / NR) * NR <= i0 {
                             continue; // wholly below the diagonal
                         }
                         for p0 in (0..span).step_by(KP) {
                             let pairs = KP.min(span - p0);
-                            let packed_a = &mut packed_a[..strips * MR * pairs];
-                            pack_a(a, (m, k), i0, 2 * (c0 + p0), pairs, packed_a);
+                            let first = c0 == 0 && p0 == 0;
                             for jp in jc..(jc + NC / NR).min(panels) {
                                 let j0 = jp * NR;
-                                let at = jp * panel_len + p0 * NR;
-                                let panel_b = &packed_b[at..at + pairs * NR];
-                                for (ip, panel_a) in packed_a.chunks_exact(MR * pairs).enumerate() {
-                                    let r0 = ip * MR;
+                                let at = (jp * span + p0) * NR;
+                                let panel_b = &pb[at..at + pairs * NR];
+                                for r0 in (0..mc).step_by(MR) {
                                     if upper && j0 + NR <= i0 + r0 {
                                         continue; // wholly below the diagonal
                                     }
-                                    let rows = MR.min(mc - r0);
-                                    let cols = NR.min(n - j0);
+                                    let at = (((i0 + r0) / MR) * span + p0) * MR;
+                                    let panel_a = &pa[at..at + pairs * MR];
                                     let out = &mut rows_of_c[r0 * n + j0..];
-                                    let first = c0 == 0 && p0 == 0;
-                                    tile(pairs, panel_a, panel_b, out, n, (rows, cols), !first);
+                                    let shape = (MR.min(mc - r0), NR.min(n - j0));
+                                    tile(pairs, panel_a, panel_b, out, n, shape, !first);
                                 }
                             }
                         }
                     }
                 });
         }
+        crate::kept_arrays::keep(packed_a);
+        crate::kept_arrays::keep(packed_b);
         if upper {
             mirror_upper(n, c);
         }
     }
 
-    /// Packs `a`'s rows from `i0`, a strip of `MR` at a time (`out` holds
-    /// whole strips), pairs of k from `k0`, as [`pack`] does for each.
-    fn pack_a(
-        (data, (rs, cs)): Operand<'_>,
-        (m, k): (usize, usize),
-        i0: usize,
+    /// Packs an operand of `count` lines (`a`'s rows, or `b`'s columns)
+    /// for the tiles, `span` pairs of k from `k0`: `out` holds a group of
+    /// `L` lines after another, each `span` pairs of `L` values, the pair
+    /// of line `l` (`k0 + 2q` in the low half, `k0 + 2q + 1` in the high
+    /// half, zero past `k` and for lines past `count`) at `q * L + l`.
+    /// The element `(line, kk)` is `data[line * along_lines + kk * along_k]`.
+    fn pack_operand<const L: usize>(
+        data: &[f32],
+        (along_lines, along_k): (usize, usize),
+        (count, k): (usize, usize),
+        k0: usize,
+        span: usize,
+        out: &mut [u32],
+    ) {
+        let group = span * L;
+        if along_lines == 1 && along_k != 1 {
+            // Lines adjacent in memory: a task reads runs across several
+            // groups' lines for each pair, rather than a short run each.
+            let groups = (ADJACENT_LINES / L).max(1);
+            out.par_chunks_mut(groups * group)
+                .enumerate()
+                .for_each(|(t, out)| {
+                    pack_adjacent::<L>(data, along_k, (count, k), t * groups * L, k0, span, out)
+                });
+        } else {
+            out.par_chunks_mut(group).enumerate().for_each(|(g, out)| {
+                pack::<L>(
+                    data,
+                    (along_lines, along_k),
+                    (count, k),
+                    g * L,
+                    k0,
+                    span,
+                    out,
+                )
+            });
+        }
+    }
+
+    /// [`pack_operand`]'s layout for whole groups of lines from `l0`, the
+    /// lines adjacent in memory (line `l`, value `kk` at `l + kk *
+    /// along_k`): each pair of k is two runs across all of them, zipped 16
+    /// lines at a time.
+    fn pack_adjacent<const L: usize>(
+        data: &[f32],
+        along_k: usize,
+        (count, k): (usize, usize),
+        l0: usize,
         k0: usize,
         pairs: usize,
         out: &mut [u32],
     ) {
-        let strip = MR * pairs;
-        if rs != 1 || cs == 1 {
-            for (ip, out) in out.chunks_exact_mut(strip).enumerate() {
-                pack::<MR>(data, (rs, cs), m, k, i0 + ip * MR, k0, pairs, out);
-            }
-            return;
-        }
-        // Rows adjacent in memory (a transposed operand): each pair of k
-        // is two runs across all the block's rows, zipped 16 rows at a
-        // time, whichever strips they fall in.
-        let lines = (out.len() / pairs).min(m - i0);
+        let group = pairs * L;
+        let lines = (out.len() / pairs).min(count - l0);
         let full = pairs.min((k - k0) / 2);
-        let at = |l: usize, q: usize| (l / MR) * strip + q * MR + l % MR;
+        let at = |l: usize, q: usize| (l / L) * group + q * L + l % L;
         let mut zipped = [0u32; 16];
         for q in 0..full {
-            let start = i0 + (k0 + 2 * q) * cs;
+            let start = l0 + (k0 + 2 * q) * along_k;
             let lo = &data[start..start + lines];
-            let hi = &data[start + cs..start + cs + lines];
+            let hi = &data[start + along_k..start + along_k + lines];
             for (c, (lo, hi)) in lo.chunks(16).zip(hi.chunks(16)).enumerate() {
                 let zipped = &mut zipped[..lo.len()];
                 // SAFETY: the CPU has what `gemm` requires (the only
@@ -236,10 +269,10 @@ mod packed {
                 }
             }
         }
-        // An odd k's last pair, and the rows past `m`.
+        // An odd k's last pair, and the lines past `count`.
         for q in full..pairs {
             for l in 0..lines {
-                out[at(l, q)] = bits(data[i0 + l + (k0 + 2 * q) * cs]);
+                out[at(l, q)] = bits(data[l0 + l + (k0 + 2 * q) * along_k]);
             }
         }
         for l in lines..out.len() / pairs {
@@ -249,17 +282,12 @@ mod packed {
         }
     }
 
-    /// Packs `lines` lines of an operand (`a`'s rows, or `b`'s columns),
-    /// `width` of them from line `l0` (`L`, zero past `count`), pairs of k
-    /// from `k0`: element `(q, l)` of `out` holds line `l0 + l`'s values
-    /// `k0 + 2q` (low half) and `k0 + 2q + 1` (high half, zero past `k`).
-    /// The element `(line, kk)` is `data[line * along_lines + kk * along_k]`.
-    #[allow(clippy::too_many_arguments)]
+    /// [`pack_operand`]'s layout for one group of `L` lines from `l0`
+    /// (zero past `count`), from an operand whose lines are not adjacent.
     fn pack<const L: usize>(
         data: &[f32],
         (along_lines, along_k): (usize, usize),
-        count: usize,
-        k: usize,
+        (count, k): (usize, usize),
         l0: usize,
         k0: usize,
         pairs: usize,
@@ -288,26 +316,10 @@ mod packed {
                     out[q * L + l] = bits(two[0]) | (bits(two[1]) << 16);
                     q += 1;
                 }
-            } else if along_lines != 1 {
+            } else {
                 for q in 0..full {
                     let at = base + 2 * q * along_k;
                     out[q * L + l] = bits(data[at]) | (bits(data[at + along_k]) << 16);
-                }
-            }
-        }
-        if along_lines == 1 && along_k != 1 {
-            // Lines adjacent in memory: two runs of k zipped a pair at a time.
-            for q in 0..full {
-                let at = l0 + (k0 + 2 * q) * along_k;
-                let (lo, hi) = (
-                    &data[at..at + lines],
-                    &data[at + along_k..at + along_k + lines],
-                );
-                let row = &mut out[q * L..q * L + lines];
-                for ((out, lo), hi) in row.chunks_mut(16).zip(lo.chunks(16)).zip(hi.chunks(16)) {
-                    // SAFETY: the CPU has what `gemm` requires (the only
-                    // caller); the three slices have one length, at most 16.
-                    unsafe { zipped16(lo, hi, out) };
                 }
             }
         }

@@ -66,14 +66,20 @@ pub fn filled<F: Copy + Default + 'static>(n: usize) -> Vec<F> {
 /// old values where one is large enough (no pass to clear them), default
 /// values otherwise.
 pub fn overwritten<F: Copy + Default + 'static>(n: usize) -> Vec<F> {
-    if n >= SMALLEST {
-        if let Some(mut v) = take::<F>(n) {
-            v.truncate(n);
-            v.resize(n, F::default());
-            return v;
-        }
+    reused(n).unwrap_or_else(|| vec![F::default(); n])
+}
+
+/// A kept array of `n` values, its old ones (lengthened with defaults if it
+/// was shorter), when one is large enough: for a caller that overwrites
+/// every value.
+pub fn reused<F: Copy + Default + 'static>(n: usize) -> Option<Vec<F>> {
+    if n < SMALLEST {
+        return None;
     }
-    vec![F::default(); n]
+    let mut v = take::<F>(n)?;
+    v.truncate(n);
+    v.resize(n, F::default());
+    Some(v)
 }
 
 /// Keeps `v` for a later array on this thread (within the bounds).

@@ -614,8 +614,10 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                 })
             })
             .collect::<Result<_, InterpError>>()?;
-        // Zeroed a piece per thread, as the kernel then runs.
-        let mut out = written_in_parallel(rows * cols, CHUNK, |_, _| {});
+        // The kernel writes every element: a kept array as it is, or a new
+        // one zeroed a piece per thread, as the kernel then runs.
+        let mut out = kept_arrays::reused(rows * cols)
+            .unwrap_or_else(|| written_in_parallel(rows * cols, CHUNK, |_, _| {}));
         runner
             .run(kernel, &scalars, &arrays, &mut out)
             .map_err(InterpError)?;

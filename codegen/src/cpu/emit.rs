@@ -108,6 +108,36 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
         self.b.ins().bitcast(F::VECTOR, flags, mask)
     }
 
+    /// f32 lanes rounded to bfloat16 in the lanes' bits, as
+    /// `lensopt_ir::float::bf16_of_f32`: the low 16 bits rounded off to
+    /// nearest, ties to even; a NaN quieted and truncated.
+    fn round_bf16(&mut self, a: Value) -> Value {
+        let flags = MemFlagsData::new().with_endianness(Endianness::Little);
+        let ints = F::VECTOR.as_int();
+        let splat = |this: &mut Self, x: u32| {
+            let c = this.b.ins().iconst(ir::types::I32, i64::from(x as i32));
+            this.b.ins().splat(ints, c)
+        };
+        let (one, half, high, quiet) = (
+            splat(self, 1),
+            splat(self, 0x7FFF),
+            splat(self, 0xFFFF_0000),
+            splat(self, 0x0040_0000),
+        );
+        let bits = self.b.ins().bitcast(ints, flags, a);
+        let kept_low = self.b.ins().ushr_imm_u(bits, 16);
+        let odd = self.b.ins().band(kept_low, one);
+        let bias = self.b.ins().iadd(half, odd);
+        let rounded = self.b.ins().iadd(bits, bias);
+        let rounded = self.b.ins().band(rounded, high);
+        let nan = self.b.ins().bor(bits, quiet);
+        let nan = self.b.ins().band(nan, high);
+        // (A lane mask: integer lanes, all ones where `a` is NaN.)
+        let is_nan = self.b.ins().fcmp(FloatCC::Unordered, a, a);
+        let out = self.b.ins().bitselect(is_nan, nan, rounded);
+        self.b.ins().bitcast(F::VECTOR, flags, out)
+    }
+
     fn unary(&mut self, op: UnOp, a: Value) -> Value {
         match op {
             UnOp::Neg => self.b.ins().fneg(a),
@@ -145,6 +175,7 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
             // Rounding to f32 is the identity on f32 lanes.
             UnOp::RoundF32 if F::VECTOR.lane_type() == ir::types::F32 => a,
             UnOp::RoundF32 => self.per_lane(MathFn::RoundF32, &[a]),
+            UnOp::RoundBf16 if F::VECTOR.lane_type() == ir::types::F32 => self.round_bf16(a),
             UnOp::RoundBf16 => self.per_lane(MathFn::RoundBf16, &[a]),
             UnOp::Not => self.b.ins().bnot(a),
         }
