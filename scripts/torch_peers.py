@@ -18,8 +18,8 @@ With `--device cuda` it times torch's fused AdamW on the GPU beside
 With `--matrix` it times torch.optim.Muon, torch.optim.Adafactor and
 pytorch_optimizer.Shampoo (roots' refresh excluded, as lensopt's row) on
 1024 x 1024 and 4096 x 1024 f32 matrices beside `lensopt bench --matrix`.
-torch's Muon runs Newton-Schulz in bfloat16 by default; lensopt's `muon`
-row runs it in f32 (its `ns_bf16` switch selects the other).
+torch's Muon runs Newton-Schulz in bfloat16, and is set beside lensopt's
+`muon_bf16` row (`muon` with `ns_bf16 = true`; the `muon` row runs it in f32).
 
 Not part of CI: it needs torch and pytorch_optimizer (pip install torch pytorch_optimizer).
 """
@@ -63,7 +63,7 @@ def matrix_peers():
     import pytorch_optimizer as po
 
     return [
-        ("torch_muon", "muon", lambda p: torch.optim.Muon(p, lr=0.02)),
+        ("torch_muon", "muon_bf16", lambda p: torch.optim.Muon(p, lr=0.02)),
         ("torch_adafactor", "adafactor", lambda p: torch.optim.Adafactor(p, lr=1e-2)),
         ("pytorch_optimizer_shampoo", "shampoo",
          lambda p: po.Shampoo(p, lr=1e-3, preconditioning_compute_steps=10**9)),

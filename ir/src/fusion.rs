@@ -57,8 +57,8 @@ impl Plan {
     }
 
     /// Finds the kernels of `rule` (none for an element rule: the JIT
-    /// already fuses the whole of it). Kernels of fewer than two
-    /// operations are left to the evaluator.
+    /// already fuses the whole of it). Kernels of one operation are left
+    /// to the evaluator where its own loop is as fast (see `slow_alone`).
     pub fn new(rule: &Rule) -> Plan {
         let n = rule.nodes.len();
         if !rule.is_matrix() {
@@ -121,7 +121,7 @@ impl Plan {
             }
         }
         for (root, members) in members_of.iter().enumerate() {
-            if members.len() < 2 {
+            if members.is_empty() || (members.len() < 2 && !slow_alone(rule.nodes[root].op)) {
                 continue;
             }
             if let Some(kernel) = build(rule, root, members, &owner) {
@@ -130,6 +130,18 @@ impl Plan {
             }
         }
         plan
+    }
+}
+
+/// Whether one operation alone is worth a kernel: the evaluator's loops
+/// vectorize `+ - * /`, negation, `sqrt`, `rsqrt` and `abs`, but call a
+/// function per element for the rest (`fma` among them, without the FMA
+/// instructions; `bf16` through f64; comparisons and `select` by lane).
+fn slow_alone(op: Op) -> bool {
+    match op {
+        Op::Binary(b, ..) => !matches!(b, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div),
+        Op::Unary(u, _) => !matches!(u, UnOp::Neg | UnOp::Sqrt | UnOp::Rsqrt | UnOp::Abs),
+        _ => true,
     }
 }
 

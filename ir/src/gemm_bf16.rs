@@ -250,10 +250,10 @@ mod packed {
         pairs: usize,
         out: &mut [u32],
     ) {
-        let group = pairs * L;
+        let group_len = pairs * L;
         let lines = (out.len() / pairs).min(count - l0);
         let full = pairs.min((k - k0) / 2);
-        let at = |l: usize, q: usize| (l / L) * group + q * L + l % L;
+        let at = |l: usize, q: usize| (l / L) * group_len + q * L + l % L;
         let mut zipped = [0u32; 16];
         for q in 0..full {
             let start = l0 + (k0 + 2 * q) * along_k;
@@ -264,8 +264,20 @@ mod packed {
                 // SAFETY: the CPU has what `gemm` requires (the only
                 // caller); the three slices have one length, at most 16.
                 unsafe { zipped16(lo, hi, zipped) };
-                for (t, x) in zipped.iter().enumerate() {
-                    out[at(c * 16 + t, q)] = *x;
+                let first = c * 16;
+                if L.is_multiple_of(16) {
+                    // The 16 lines lie in one group, side by side.
+                    let at = at(first, q);
+                    out[at..at + zipped.len()].copy_from_slice(zipped);
+                } else {
+                    let (mut group, mut l) = (first / L, first % L);
+                    for x in zipped.iter() {
+                        out[group * group_len + q * L + l] = *x;
+                        l += 1;
+                        if l == L {
+                            (group, l) = (group + 1, 0);
+                        }
+                    }
                 }
             }
         }
@@ -307,8 +319,8 @@ mod packed {
                     // SAFETY: the CPU has what `gemm` requires (the only
                     // caller); `block` holds 32 values.
                     let two = unsafe { pairs16(block) };
-                    for (t, x) in two.iter().enumerate() {
-                        out[(q + t) * L + l] = *x;
+                    for (o, x) in out[q * L + l..].iter_mut().step_by(L).zip(two) {
+                        *o = x;
                     }
                     q += 16;
                 }
