@@ -57,7 +57,7 @@ pub trait Float: Copy + Debug + Display + Default + PartialOrd + Send + Sync + '
     );
     /// [`Float::gemm`] of operands whose values are all bfloat16: the
     /// products are exact, and f32 runs them on the bfloat16 kernel
-    /// ([`crate::gemm_bf16`]); with `symmetric`, the caller states that the
+    /// ([`crate::gemm`]); with `symmetric`, the caller states that the
     /// result is symmetric, and f32 computes half of it.
     fn gemm_bf16(
         m: usize,
@@ -70,6 +70,18 @@ pub trait Float: Copy + Debug + Display + Default + PartialOrd + Send + Sync + '
     ) {
         let _ = symmetric;
         Self::gemm(m, k, n, a, b, c);
+    }
+    /// [`Float::gemm`] of a product the caller states to be symmetric
+    /// (`x xᵀ`, `S S` of a symmetric `S`): f32 computes half of it
+    /// ([`crate::gemm::gemm_symmetric_f32`]).
+    fn gemm_symmetric(
+        n: usize,
+        k: usize,
+        a: (&[Self], (usize, usize)),
+        b: (&[Self], (usize, usize)),
+        c: &mut [Self],
+    ) {
+        Self::gemm(n, k, n, a, b, c);
     }
     /// Rounded to the nearest f32 (ties to even), in this type.
     fn round_f32(self) -> Self {
@@ -236,7 +248,16 @@ impl_float!(
         c: &mut [f32],
         symmetric: bool,
     ) {
-        crate::gemm_bf16::gemm_bf16(m, k, n, a, b, c, symmetric);
+        crate::gemm::gemm_bf16(m, k, n, a, b, c, symmetric);
+    },
+    fn gemm_symmetric(
+        n: usize,
+        k: usize,
+        a: (&[f32], (usize, usize)),
+        b: (&[f32], (usize, usize)),
+        c: &mut [f32],
+    ) {
+        crate::gemm::gemm_symmetric_f32(n, k, a, b, c);
     }
 );
 impl_float!(f64, "f64", matrixmultiply::dgemm);

@@ -16,7 +16,7 @@ pub mod diagram;
 pub mod encoding;
 pub mod float;
 pub mod fusion;
-pub mod gemm_bf16;
+pub mod gemm;
 pub mod hyper;
 pub mod interp;
 pub mod kept_arrays;

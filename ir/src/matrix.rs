@@ -12,7 +12,10 @@
 //! - reductions (whole or along an axis) accumulate in f64, sums in eight
 //!   interleaved lanes combined in order (see `reduce_slice`); down a
 //!   column in row order; along an axis the result is rounded to `F`;
-//! - `@` is a GEMM accumulated in `F` (the kernel's order);
+//! - `@` is a GEMM accumulated in `F` (the kernel's order): products of
+//!   two bfloat16 operands (values the rule rounds with `bf16`) on the
+//!   bfloat16 kernel of [`crate::gemm`], symmetric products (`x xᵀ`, `S S`
+//!   of a symmetric `S`) computed on and above the diagonal and mirrored;
 //! - `sym_pow(A, e)` symmetrises `A`, diagonalises it in f64
 //!   ([`crate::linalg`]) and returns `Q diag(λ^e) Qᵀ` rounded to `F`;
 //!   `eigenbasis`, `qr` and `sort_perm` factor in f64 there too;
@@ -807,23 +810,18 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
                         "matrix product of {m} × {k} and {k2} × {n}"
                     )));
                 }
-                // (Both GEMMs write every element of `out` and read none.)
+                // (The GEMMs write every element of `out` and read none.)
                 let mut out = kept_arrays::overwritten(m * n);
                 let (x, _) = self.gemm_operand(a);
                 let (y, _) = self.gemm_operand(b);
+                let (xa, ya) = ((xa, x_strides), (yb, y_strides));
+                let symmetric = m == n && self.symmetric_product(a, b);
                 if self.bf16[x.index()] && self.bf16[y.index()] {
-                    let symmetric = self.symmetric_product(a, b);
-                    F::gemm_bf16(
-                        m,
-                        k,
-                        n,
-                        (xa, x_strides),
-                        (yb, y_strides),
-                        &mut out,
-                        symmetric,
-                    );
+                    F::gemm_bf16(m, k, n, xa, ya, &mut out, symmetric);
+                } else if symmetric {
+                    F::gemm_symmetric(n, k, xa, ya, &mut out);
                 } else {
-                    F::gemm(m, k, n, (xa, x_strides), (yb, y_strides), &mut out);
+                    F::gemm(m, k, n, xa, ya, &mut out);
                 }
                 self.shaped(node, Val::array(m, n, out))
             }

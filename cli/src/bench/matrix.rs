@@ -1,7 +1,9 @@
 //! `lensopt bench --matrix`: steps of the matrix rules (Muon, Shampoo,
 //! Adafactor, GaLore, SOAP) on 1024 × 1024 and 4096 × 1024 f32 matrices,
 //! each against a bound measured in the same run: the time of the GEMMs the
-//! step cannot avoid, run alone on the same GEMM kernel (Muon: per
+//! step cannot avoid, run alone on the same GEMM kernels, symmetric ones
+//! (Gram matrices and their squares) half computed as the step computes
+//! them (Muon: per
 //! Newton-Schulz iteration the Gram matrix, its square and the product with
 //! `x`, formed on the smaller side; Shampoo: `G Gᵀ`, `Gᵀ G` and the two
 //! products with the roots; GaLore: the projection down and back up; SOAP:
@@ -29,6 +31,17 @@ fn gemm_seconds(seconds: f64, m: usize, k: usize, n: usize) -> Result<f64, Failu
     let (a, b) = (a.as_slice().unwrap_or(&[]), b.as_slice().unwrap_or(&[]));
     Ok(time(seconds, || {
         f32::gemm(m, k, n, (a, (k, 1)), (b, (n, 1)), &mut c)
+    }))
+}
+
+/// Seconds of one symmetric product `a aᵀ` (f32, `a` n × k, half of it
+/// computed), fastest of several.
+fn gemm_symmetric_seconds(seconds: f64, n: usize, k: usize) -> Result<f64, Failure> {
+    let a = filled(n * k, 11)?;
+    let mut c = vec![0f32; n * n];
+    let a = a.as_slice().unwrap_or(&[]);
+    Ok(time(seconds, || {
+        f32::gemm_symmetric(n, k, (a, (k, 1)), (a, (1, k)), &mut c)
     }))
 }
 
@@ -72,8 +85,9 @@ impl Bench {
     pub(super) fn matrix_rules(&mut self) -> Result<(), Failure> {
         for (rows, cols) in SHAPES {
             let (s, l) = (rows.min(cols), rows.max(cols));
-            let gram = gemm_seconds(self.seconds, s, l, s)?;
-            let square = gemm_seconds(self.seconds, s, s, s)?;
+            // The Gram matrix and its square are symmetric: half computed.
+            let gram = gemm_symmetric_seconds(self.seconds, s, l)?;
+            let square = gemm_symmetric_seconds(self.seconds, s, s)?;
             let apply = gemm_seconds(self.seconds, s, s, l)?;
             let ns_iteration = gram + square + apply;
             let ns_flops = 2.0 * (2.0 * (s * s * l) as f64 + (s * s * s) as f64);
@@ -103,8 +117,8 @@ impl Bench {
                 flops: 5.0 * ns_flops,
                 refresh: None,
             })?;
-            let shampoo_bound = gemm_seconds(self.seconds, rows, cols, rows)?
-                + gemm_seconds(self.seconds, cols, rows, cols)?
+            let shampoo_bound = gemm_symmetric_seconds(self.seconds, rows, cols)?
+                + gemm_symmetric_seconds(self.seconds, cols, rows)?
                 + gemm_seconds(self.seconds, rows, rows, cols)?
                 + gemm_seconds(self.seconds, rows, cols, cols)?;
             let shampoo_flops = 2.0 * (2 * rows * cols * (rows + cols)) as f64;
@@ -138,8 +152,8 @@ impl Bench {
             })?;
             if small {
                 // Statistics G Gᵀ and Gᵀ G, and Q_Lᵀ X Q_R for g and m and back.
-                let soap_bound = gemm_seconds(self.seconds, rows, cols, rows)?
-                    + gemm_seconds(self.seconds, cols, rows, cols)?
+                let soap_bound = gemm_symmetric_seconds(self.seconds, rows, cols)?
+                    + gemm_symmetric_seconds(self.seconds, cols, rows)?
                     + 3.0
                         * (gemm_seconds(self.seconds, rows, rows, cols)?
                             + gemm_seconds(self.seconds, rows, cols, cols)?);

@@ -1,20 +1,24 @@
-//! Products of bfloat16 matrices: `c = a @ b` with the operands' values
-//! rounded to bfloat16 (ties to even) and their products accumulated in
-//! f32. A product of two bfloat16 values is exact in f32, so this is the
-//! f32 GEMM of the rounded operands, in this kernel's order of summation.
+//! lensopt's own GEMM kernel, for the products `matrixmultiply` does not
+//! serve well: products of bfloat16 matrices, and symmetric products.
 //!
-//! On x86-64 CPUs with AVX-512-BF16 the products run on its dot-product
-//! instruction (`vdpbf16ps`: two products and their sum a lane, twice the
-//! multiplications of an f32 FMA per instruction), over operands packed
-//! in pairs of k. That instruction treats bfloat16 subnormals as zero and
-//! flushes subnormal sums to zero; the rounding is to nearest even, as
-//! f32 arithmetic. Elsewhere the rounded operands go to the f32 GEMM.
+//! - [`gemm_bf16`]: `c = a @ b` with the operands' values rounded to
+//!   bfloat16 (ties to even) and their products accumulated in f32. A
+//!   product of two bfloat16 values is exact in f32, so this is the f32
+//!   GEMM of the rounded operands, in this kernel's order of summation. On
+//!   x86-64 CPUs with AVX-512-BF16 the products run on its dot-product
+//!   instruction (`vdpbf16ps`: two products and their sum a lane, twice the
+//!   multiplications of an f32 FMA per instruction), over operands packed
+//!   in pairs of k. That instruction treats bfloat16 subnormals as zero and
+//!   flushes subnormal sums to zero; the rounding is to nearest even, as
+//!   f32 arithmetic. Elsewhere the rounded operands go to the f32 GEMM.
+//! - [`gemm_symmetric_f32`]: an f32 product the caller knows to be
+//!   symmetric, on AVX-512 FMA tiles where the CPU has them.
 //!
 //! A product the caller knows to be symmetric (`x xᵀ`, `S S` of a
 //! symmetric `S`) computes only the tiles that reach the diagonal or lie
 //! above it, and mirrors them: every element sums the same products in the
 //! same order as its mirror image, so the result is the one the full
-//! product gives, bit for bit.
+//! product of this kernel gives, bit for bit.
 
 use crate::float::bf16_of_f32;
 
@@ -49,15 +53,38 @@ pub fn gemm_bf16(
         "gemm: an operand does not hold its {m} × {k} × {n} shape"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512bf16")
-    {
-        packed::gemm(m, k, n, a, b, c, symmetric && m == n);
+    if <packed::Bf16 as packed::Kind>::supported() {
+        packed::gemm::<packed::Bf16>(m, k, n, a, b, c, symmetric && m == n);
         return;
     }
     let _ = symmetric;
     rounded_f32(m, k, n, a, b, c);
+}
+
+/// `c = a @ b` for `a` (n × k) and `b` (k × n) whose product the caller
+/// states to be symmetric (`x xᵀ`, `S S` of a symmetric `S`), `c` (n × n)
+/// row-major (every element written, none read), accumulated in f32: the
+/// upper triangle on AVX-512 FMA tiles, mirrored, where the CPU has
+/// AVX-512F; the f32 GEMM otherwise. Panics as [`gemm_bf16`].
+pub fn gemm_symmetric_f32(n: usize, k: usize, a: Operand<'_>, b: Operand<'_>, c: &mut [f32]) {
+    assert!(c.len() == n * n, "gemm: the output does not hold {n} × {n}");
+    if n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    assert!(
+        holds(a, n, k) && holds(b, k, n),
+        "gemm: an operand does not hold its {n} × {k} × {n} shape"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if <packed::F32 as packed::Kind>::supported() {
+        packed::gemm::<packed::F32>(n, k, n, a, b, c, true);
+        return;
+    }
+    <f32 as crate::Float>::gemm(n, k, n, a, b, c);
 }
 
 /// Whether `data` holds every index `i * rs + j * cs` of a `rows × cols`
@@ -98,8 +125,8 @@ fn bits(x: f32) -> u32 {
 
 #[cfg(target_arch = "x86_64")]
 mod packed {
-    //! The AVX-512-BF16 kernel: blocks of k packed in pairs, an `MR × NR`
-    //! tile of f32 sums in registers.
+    //! The AVX-512 kernel: blocks of k packed in words (pairs of bfloat16
+    //! values, or f32 values), an `MR × NR` tile of f32 sums in registers.
     use super::{bits, Operand};
     use rayon::prelude::*;
     use std::arch::x86_64::*;
@@ -110,9 +137,10 @@ mod packed {
     const NV: usize = 4;
     /// Columns of a tile.
     const NR: usize = 16 * NV;
-    /// Pairs of k in a packed slice (512 values of k): a tile reads 6 KiB
-    /// of `a` and 64 KiB of `b` a slice (measured on AMD Zen 4: 128 pairs,
-    /// which fit L1, run no faster, and twice as many slices of `c`).
+    /// Words of k in a packed slice (512 values of k in bfloat16): a tile
+    /// reads 6 KiB of `a` and 64 KiB of `b` a slice (measured on AMD Zen 4:
+    /// 128 words, which fit L1, run no faster, and twice as many slices of
+    /// `c`).
     const KP: usize = 256;
     /// Rows of `c` a task computes (a multiple of `MR`): small, so that
     /// a symmetric product's tasks (their work shrinks down the diagonal)
@@ -121,18 +149,189 @@ mod packed {
     /// Columns of `c` a task computes at a time (a multiple of `NR`):
     /// `MC × NC` f32 sums, 192 KiB, stay in L2.
     const NC: usize = 32 * NR;
-    /// Packed values (pairs) of both operands at a time (32 MiB): a chunk
-    /// of k stays in the last-level cache while every task reads it.
+    /// Packed words of both operands at a time (32 MiB): a chunk of k
+    /// stays in the last-level cache while every task reads it.
     const CHUNK: usize = 1 << 23;
+
+    /// What a packed word holds, how operands are packed into words, and
+    /// the register tile that multiplies them.
+    pub(super) trait Kind {
+        /// A packed word.
+        type Word: Copy + Default + Send + Sync + 'static;
+        /// Values of k a word holds.
+        const PER_WORD: usize;
+        /// Whether the CPU runs this kind's code.
+        fn supported() -> bool;
+        /// [`pack_operand`]'s layout for one group of `L` lines from `l0`
+        /// (zero past `count`) of an operand whose lines are not adjacent.
+        fn pack<const L: usize>(
+            data: &[f32],
+            strides: (usize, usize),
+            sizes: (usize, usize),
+            l0: usize,
+            k0: usize,
+            words: usize,
+            out: &mut [Self::Word],
+        );
+        /// [`pack_operand`]'s layout for whole groups of lines from `l0`,
+        /// the lines adjacent in memory (line `l`, value `kk` at `l + kk *
+        /// along_k`).
+        fn pack_adjacent<const L: usize>(
+            data: &[f32],
+            along_k: usize,
+            sizes: (usize, usize),
+            l0: usize,
+            k0: usize,
+            words: usize,
+            out: &mut [Self::Word],
+        );
+        /// `s += a-panel @ b-panel` for the `MR × NR` tile at `s` (row
+        /// stride `ld`; `s = ...`, not read, when `add` is false).
+        ///
+        /// # Safety
+        /// [`Kind::supported`]; `a` points to `words * MR` and `b` to
+        /// `words * NR` readable words, `s` to `MR` rows of `NR` writable
+        /// f32 at stride `ld`.
+        unsafe fn tile(
+            words: usize,
+            a: *const Self::Word,
+            b: *const Self::Word,
+            s: *mut f32,
+            ld: usize,
+            add: bool,
+        );
+    }
+
+    /// Pairs of bfloat16 values of k in a `u32`, multiplied by `vdpbf16ps`.
+    pub(super) struct Bf16;
+    /// f32 values, multiplied by FMA.
+    pub(super) struct F32;
+
+    impl Kind for Bf16 {
+        type Word = u32;
+        const PER_WORD: usize = 2;
+        fn supported() -> bool {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512bf16")
+        }
+        fn pack<const L: usize>(
+            data: &[f32],
+            strides: (usize, usize),
+            sizes: (usize, usize),
+            l0: usize,
+            k0: usize,
+            words: usize,
+            out: &mut [u32],
+        ) {
+            pack_pairs::<L>(data, strides, sizes, l0, k0, words, out)
+        }
+        fn pack_adjacent<const L: usize>(
+            data: &[f32],
+            along_k: usize,
+            sizes: (usize, usize),
+            l0: usize,
+            k0: usize,
+            words: usize,
+            out: &mut [u32],
+        ) {
+            pack_pairs_adjacent::<L>(data, along_k, sizes, l0, k0, words, out)
+        }
+        unsafe fn tile(
+            words: usize,
+            a: *const u32,
+            b: *const u32,
+            s: *mut f32,
+            ld: usize,
+            add: bool,
+        ) {
+            // SAFETY: the caller's contract is `tile_bf16`'s.
+            unsafe { tile_bf16(words, a, b, s, ld, add) }
+        }
+    }
+
+    impl Kind for F32 {
+        type Word = f32;
+        const PER_WORD: usize = 1;
+        fn supported() -> bool {
+            is_x86_feature_detected!("avx512f")
+        }
+        fn pack<const L: usize>(
+            data: &[f32],
+            (along_lines, along_k): (usize, usize),
+            (count, k): (usize, usize),
+            l0: usize,
+            k0: usize,
+            words: usize,
+            out: &mut [f32],
+        ) {
+            let lines = L.min(count.saturating_sub(l0));
+            let full = words.min(k - k0);
+            if lines < L {
+                out[..words * L].fill(0.0);
+            }
+            for l in 0..lines {
+                let base = (l0 + l) * along_lines + k0 * along_k;
+                let slots = out[l..].iter_mut().step_by(L).take(full);
+                if along_k == 1 {
+                    for (o, x) in slots.zip(&data[base..base + full]) {
+                        *o = *x;
+                    }
+                } else {
+                    for (q, o) in slots.enumerate() {
+                        *o = data[base + q * along_k];
+                    }
+                }
+            }
+        }
+        fn pack_adjacent<const L: usize>(
+            data: &[f32],
+            along_k: usize,
+            (count, k): (usize, usize),
+            l0: usize,
+            k0: usize,
+            words: usize,
+            out: &mut [f32],
+        ) {
+            let group_len = words * L;
+            let groups = out.len() / group_len;
+            let lines = (groups * L).min(count - l0);
+            let full = words.min(k - k0);
+            for q in 0..full {
+                let start = l0 + (k0 + q) * along_k;
+                let run = &data[start..start + lines];
+                for (g, part) in run.chunks(L).enumerate() {
+                    let at = g * group_len + q * L;
+                    out[at..at + part.len()].copy_from_slice(part);
+                }
+            }
+            for l in lines..groups * L {
+                for q in 0..words {
+                    out[(l / L) * group_len + q * L + l % L] = 0.0;
+                }
+            }
+        }
+        unsafe fn tile(
+            words: usize,
+            a: *const f32,
+            b: *const f32,
+            s: *mut f32,
+            ld: usize,
+            add: bool,
+        ) {
+            // SAFETY: the caller's contract is `tile_f32`'s.
+            unsafe { tile_f32(words, a, b, s, ld, add) }
+        }
+    }
     /// Lines a task packs together where lines are adjacent in memory:
     /// about 1 KiB of each of two rows of the operand per pair of k.
     const ADJACENT_LINES: usize = 256;
 
-    /// `c = a @ b` (nothing of `c` read), the operands rounded to
-    /// bfloat16; with `upper`, only tiles reaching the diagonal or above
+    /// `c = a @ b` (nothing of `c` read), the operands packed as `K`
+    /// packs them; with `upper`, only tiles reaching the diagonal or above
     /// it, then mirrored. The caller has checked that the operands hold
-    /// their shapes and that the CPU has AVX-512F, AVX-512BW and AVX-512-BF16.
-    pub(super) fn gemm(
+    /// their shapes and that the CPU runs `K` ([`Kind::supported`]).
+    pub(super) fn gemm<K: Kind>(
         m: usize,
         k: usize,
         n: usize,
@@ -141,21 +340,23 @@ mod packed {
         c: &mut [f32],
         upper: bool,
     ) {
+        debug_assert!(K::supported());
         let (strips, panels) = (m.div_ceil(MR), n.div_ceil(NR));
-        let pairs_total = k.div_ceil(2);
+        let words_total = k.div_ceil(K::PER_WORD);
         // Both operands are packed a chunk of k at a time: whole slices of
-        // `KP` pairs, at most `CHUNK` values when k allows.
+        // `KP` words, at most `CHUNK` words when k allows.
         let chunk = (CHUNK / (strips * MR + panels * NR)).max(KP) / KP * KP;
-        let most = chunk.min(pairs_total);
-        let mut packed_a = crate::kept_arrays::overwritten::<u32>(strips * MR * most);
-        let mut packed_b = crate::kept_arrays::overwritten::<u32>(panels * NR * most);
+        let most = chunk.min(words_total);
+        let mut packed_a = crate::kept_arrays::overwritten::<K::Word>(strips * MR * most);
+        let mut packed_b = crate::kept_arrays::overwritten::<K::Word>(panels * NR * most);
         let (b_data, (rsb, csb)) = b;
-        for c0 in (0..pairs_total).step_by(chunk) {
-            let span = chunk.min(pairs_total - c0);
+        for c0 in (0..words_total).step_by(chunk) {
+            let span = chunk.min(words_total - c0);
+            let k0 = K::PER_WORD * c0;
             let pa = &mut packed_a[..strips * MR * span];
-            pack_operand::<MR>(a.0, a.1, (m, k), 2 * c0, span, pa);
+            pack_operand::<K, MR>(a.0, a.1, (m, k), k0, span, pa);
             let pb = &mut packed_b[..panels * NR * span];
-            pack_operand::<NR>(b_data, (csb, rsb), (n, k), 2 * c0, span, pb);
+            pack_operand::<K, NR>(b_data, (csb, rsb), (n, k), k0, span, pb);
             let (pa, pb) = (&*pa, &*pb);
             // A task per block of rows: its slice of `c` (at most `NC`
             // columns at a time) stays in L2 through every slice of k.
@@ -170,21 +371,21 @@ mod packed {
                             continue; // wholly below the diagonal
                         }
                         for p0 in (0..span).step_by(KP) {
-                            let pairs = KP.min(span - p0);
+                            let words = KP.min(span - p0);
                             let first = c0 == 0 && p0 == 0;
                             for jp in jc..(jc + NC / NR).min(panels) {
                                 let j0 = jp * NR;
                                 let at = (jp * span + p0) * NR;
-                                let panel_b = &pb[at..at + pairs * NR];
+                                let panel_b = &pb[at..at + words * NR];
                                 for r0 in (0..mc).step_by(MR) {
                                     if upper && j0 + NR <= i0 + r0 {
                                         continue; // wholly below the diagonal
                                     }
                                     let at = (((i0 + r0) / MR) * span + p0) * MR;
-                                    let panel_a = &pa[at..at + pairs * MR];
+                                    let panel_a = &pa[at..at + words * MR];
                                     let out = &mut rows_of_c[r0 * n + j0..];
                                     let shape = (MR.min(mc - r0), NR.min(n - j0));
-                                    tile(pairs, panel_a, panel_b, out, n, shape, !first);
+                                    tile::<K>(words, panel_a, panel_b, out, n, shape, !first);
                                 }
                             }
                         }
@@ -199,32 +400,33 @@ mod packed {
     }
 
     /// Packs an operand of `count` lines (`a`'s rows, or `b`'s columns)
-    /// for the tiles, `span` pairs of k from `k0`: `out` holds a group of
-    /// `L` lines after another, each `span` pairs of `L` values, the pair
-    /// of line `l` (`k0 + 2q` in the low half, `k0 + 2q + 1` in the high
-    /// half, zero past `k` and for lines past `count`) at `q * L + l`.
-    /// The element `(line, kk)` is `data[line * along_lines + kk * along_k]`.
-    fn pack_operand<const L: usize>(
+    /// for the tiles, `span` words of k from `k0`: `out` holds a group of
+    /// `L` lines after another, each `span` words of `L` lines, word `q` of
+    /// line `l` at `q * L + l` (for bfloat16, values `k0 + 2q` in the low
+    /// half and `k0 + 2q + 1` in the high half; zero past `k` and for lines
+    /// past `count`). The element `(line, kk)` is `data[line * along_lines
+    /// + kk * along_k]`.
+    fn pack_operand<K: Kind, const L: usize>(
         data: &[f32],
         (along_lines, along_k): (usize, usize),
         (count, k): (usize, usize),
         k0: usize,
         span: usize,
-        out: &mut [u32],
+        out: &mut [K::Word],
     ) {
         let group = span * L;
         if along_lines == 1 && along_k != 1 {
             // Lines adjacent in memory: a task reads runs across several
-            // groups' lines for each pair, rather than a short run each.
+            // groups' lines for each word, rather than a short run each.
             let groups = (ADJACENT_LINES / L).max(1);
             out.par_chunks_mut(groups * group)
                 .enumerate()
                 .for_each(|(t, out)| {
-                    pack_adjacent::<L>(data, along_k, (count, k), t * groups * L, k0, span, out)
+                    K::pack_adjacent::<L>(data, along_k, (count, k), t * groups * L, k0, span, out)
                 });
         } else {
             out.par_chunks_mut(group).enumerate().for_each(|(g, out)| {
-                pack::<L>(
+                K::pack::<L>(
                     data,
                     (along_lines, along_k),
                     (count, k),
@@ -241,7 +443,7 @@ mod packed {
     /// lines adjacent in memory (line `l`, value `kk` at `l + kk *
     /// along_k`): each pair of k is two runs across all of them, zipped 16
     /// lines at a time.
-    fn pack_adjacent<const L: usize>(
+    fn pack_pairs_adjacent<const L: usize>(
         data: &[f32],
         along_k: usize,
         (count, k): (usize, usize),
@@ -296,7 +498,7 @@ mod packed {
 
     /// [`pack_operand`]'s layout for one group of `L` lines from `l0`
     /// (zero past `count`), from an operand whose lines are not adjacent.
-    fn pack<const L: usize>(
+    fn pack_pairs<const L: usize>(
         data: &[f32],
         (along_lines, along_k): (usize, usize),
         (count, k): (usize, usize),
@@ -388,23 +590,23 @@ mod packed {
     /// `NR`-column panel of `b` (`pairs` pairs of k) to the `rows × cols`
     /// corner of `out` (row stride `ld`), or with `add` false, writes it
     /// there.
-    fn tile(
-        pairs: usize,
-        a: &[u32],
-        b: &[u32],
+    fn tile<K: Kind>(
+        words: usize,
+        a: &[K::Word],
+        b: &[K::Word],
         out: &mut [f32],
         ld: usize,
         (rows, cols): (usize, usize),
         add: bool,
     ) {
-        assert!(a.len() >= pairs * MR && b.len() >= pairs * NR && rows <= MR && cols <= NR);
+        assert!(a.len() >= words * MR && b.len() >= words * NR && rows <= MR && cols <= NR);
         assert!(rows > 0 && cols > 0 && ld >= cols && out.len() >= (rows - 1) * ld + cols);
         if rows == MR && cols == NR {
-            // SAFETY: the CPU has AVX-512F and AVX-512-BF16 (the caller,
-            // this module's `gemm`, runs only there); `a` and `b` hold
-            // `pairs` pairs of their panels, and `out` a whole tile at row
-            // stride `ld` (checked above).
-            unsafe { tile_avx512(pairs, a.as_ptr(), b.as_ptr(), out.as_mut_ptr(), ld, add) };
+            // SAFETY: the CPU runs `K` (the caller, this module's `gemm`,
+            // runs only there); `a` and `b` hold `words` words of their
+            // panels, and `out` a whole tile at row stride `ld` (checked
+            // above).
+            unsafe { K::tile(words, a.as_ptr(), b.as_ptr(), out.as_mut_ptr(), ld, add) };
             return;
         }
         let mut sums = [0f32; MR * NR];
@@ -414,7 +616,7 @@ mod packed {
             }
         }
         // SAFETY: as above, with `sums` a whole tile at row stride `NR`.
-        unsafe { tile_avx512(pairs, a.as_ptr(), b.as_ptr(), sums.as_mut_ptr(), NR, true) };
+        unsafe { K::tile(words, a.as_ptr(), b.as_ptr(), sums.as_mut_ptr(), NR, true) };
         for r in 0..rows {
             out[r * ld..r * ld + cols].copy_from_slice(&sums[r * NR..r * NR + cols]);
         }
@@ -430,7 +632,7 @@ mod packed {
     /// and `b` to `pairs * NR` readable u32, `s` to `MR` rows of `NR`
     /// writable f32 at stride `ld`.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn tile_avx512(
+    unsafe fn tile_bf16(
         pairs: usize,
         a: *const u32,
         b: *const u32,
@@ -455,6 +657,48 @@ mod packed {
                 let x = as_bf16(_mm512_set1_epi32(*aq.add(r) as i32));
                 for (sum, b) in row.iter_mut().zip(&bv) {
                     *sum = _mm512_dpbf16_ps(*sum, x, *b);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                _mm512_storeu_ps(s.add(r * ld + 16 * v), *x);
+            }
+        }
+    }
+
+    /// [`tile_bf16`] for f32 words: each step of k `NV` FMAs a row.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `a` points to `words * MR` and `b` to `words
+    /// * NR` readable f32, `s` to `MR` rows of `NR` writable f32 at stride
+    /// `ld`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_f32(
+        words: usize,
+        a: *const f32,
+        b: *const f32,
+        s: *mut f32,
+        ld: usize,
+        add: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        for (r, row) in acc.iter_mut().enumerate().filter(|_| add) {
+            for (v, x) in row.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(s.add(r * ld + 16 * v));
+            }
+        }
+        for q in 0..words {
+            let bq = b.add(q * NR);
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(bq.add(16 * v));
+            }
+            let aq = a.add(q * MR);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*aq.add(r));
+                for (sum, b) in row.iter_mut().zip(&bv) {
+                    *sum = _mm512_fmadd_ps(x, *b, *sum);
                 }
             }
         }
@@ -614,6 +858,54 @@ mod tests {
                 full.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                 half.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
             );
+        }
+    }
+
+    #[test]
+    fn symmetric_f32_products_match_f64_and_are_symmetric_bit_for_bit() {
+        // Past the tile (6 × 64), the task's rows (24), the slice of k (256)
+        // and the task's columns (2,048); both operand layouts (x xᵀ from a
+        // row-major x, xᵀ x from a row-major x: rows adjacent in memory).
+        for &(n, k) in &[(1, 1), (7, 3), (70, 300), (130, 257), (2100, 5)] {
+            let x = values(n * k, (n * 3 + k) as u64);
+            let exact = |a: Operand<'_>, b: Operand<'_>| {
+                let at =
+                    |(d, (rs, cs)): Operand<'_>, i: usize, j: usize| f64::from(d[i * rs + j * cs]);
+                let mut out = Vec::with_capacity(n * n);
+                for i in 0..n {
+                    for j in 0..n {
+                        let terms = (0..k).map(|l| at(a, i, l) * at(b, l, j));
+                        let (s, mag) = terms.fold((0.0, 0.0), |(s, m), p| (s + p, m + f64::abs(p)));
+                        out.push((s, mag));
+                    }
+                }
+                out
+            };
+            // x (n × k) as x xᵀ; the same values as a k × n matrix y, yᵀ y.
+            for (a, b) in [
+                ((&x[..], (k, 1)), (&x[..], (1, k))),
+                ((&x[..], (1, n)), (&x[..], (n, 1))),
+            ] {
+                let mut c = vec![f32::NAN; n * n];
+                gemm_symmetric_f32(n, k, a, b, &mut c);
+                let want = exact(a, b);
+                for i in 0..n {
+                    for j in 0..n {
+                        let got = c[i * n + j];
+                        assert_eq!(
+                            got.to_bits(),
+                            c[j * n + i].to_bits(),
+                            "({i}, {j}) of {n} × {k}"
+                        );
+                        let (w, mag) = want[i * n + j];
+                        let bound = k as f64 * f64::from(f32::EPSILON) * mag;
+                        assert!(
+                            (f64::from(got) - w).abs() <= bound + 1e-30,
+                            "{n} × {k}: {got} against {w}"
+                        );
+                    }
+                }
+            }
         }
     }
 
