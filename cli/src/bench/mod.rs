@@ -65,9 +65,10 @@ pub struct Args {
     /// default: one extra read of the gradient), `skip` or `unchecked`.
     #[arg(long, default_value = "refuse")]
     non_finite: String,
-    /// Measure the matrix rules instead: Muon, Shampoo and Adafactor steps on
-    /// 1024 x 1024 and 4096 x 1024 f32 matrices against the GEMMs (or, for
-    /// Adafactor, the plain loop) they cannot avoid, timed in the same run.
+    /// Measure the matrix rules instead: Muon (f32, and bfloat16 as
+    /// `muon_bf16`), Shampoo, GaLore, SOAP and Adafactor steps on 1024 x 1024
+    /// and 4096 x 1024 f32 matrices against the GEMMs (or, for Adafactor, the
+    /// plain loop) they cannot avoid, timed in the same run.
     #[arg(long)]
     matrix: bool,
     /// Where the catalog rules' kernels come from: `aot` (compiled into
