@@ -21,6 +21,7 @@
 //! product of this kernel gives, bit for bit.
 
 use crate::float::bf16_of_f32;
+use rayon::prelude::*;
 
 /// An operand: its values and (row, column) strides.
 pub type Operand<'a> = (&'a [f32], (usize, usize));
@@ -57,8 +58,11 @@ pub fn gemm_bf16(
         packed::gemm::<packed::Bf16>(m, k, n, a, b, c, symmetric && m == n);
         return;
     }
-    let _ = symmetric;
     rounded_f32(m, k, n, a, b, c);
+    if symmetric && m == n {
+        // (Exactly symmetric, as the packed kernel's result.)
+        mirror_upper(n, c);
+    }
 }
 
 /// `c = a @ b` for `a` (n × k) and `b` (k × n) whose product the caller
@@ -85,6 +89,8 @@ pub fn gemm_symmetric_f32(n: usize, k: usize, a: Operand<'_>, b: Operand<'_>, c:
         return;
     }
     <f32 as crate::Float>::gemm(n, k, n, a, b, c);
+    // (Exactly symmetric, as the packed kernel's result.)
+    mirror_upper(n, c);
 }
 
 /// Whether `data` holds every index `i * rs + j * cs` of a `rows × cols`
@@ -395,7 +401,7 @@ mod packed {
         crate::kept_arrays::keep(packed_a);
         crate::kept_arrays::keep(packed_b);
         if upper {
-            mirror_upper(n, c);
+            super::mirror_upper(n, c);
         }
     }
 
@@ -722,39 +728,39 @@ mod packed {
         // SAFETY: as `as_bf16`.
         unsafe { std::mem::transmute::<__m512bh, __m512i>(x) }
     }
+}
 
-    /// Copies the upper triangle of the `n × n` matrix `c` onto the lower,
-    /// a stripe of rows a task, in blocks of 8 × 8 (with rows 4 KiB apart,
-    /// larger blocks of a column overflow the cache's ways).
-    fn mirror_upper(n: usize, c: &mut [f32]) {
-        const B: usize = 8;
-        assert!(c.len() == n * n);
-        let shared = SharedOutput(c.as_mut_ptr());
-        (0..n.div_ceil(B)).into_par_iter().for_each(|stripe| {
-            let shared = &shared;
-            let rows = stripe * B..((stripe + 1) * B).min(n);
-            for bj in (0..rows.end).step_by(B) {
-                for j in bj..(bj + B).min(rows.end) {
-                    for i in rows.clone() {
-                        if j < i {
-                            // SAFETY: `i, j < n`, so both indices lie in
-                            // `c`; tasks write only elements below the
-                            // diagonal (j < i) of their own rows, and read
-                            // only elements above it, which nothing writes.
-                            unsafe { *shared.0.add(i * n + j) = *shared.0.add(j * n + i) };
-                        }
+/// Copies the upper triangle of the `n × n` matrix `c` onto the lower,
+/// a stripe of rows a task, in blocks of 8 × 8 (with rows 4 KiB apart,
+/// larger blocks of a column overflow the cache's ways).
+fn mirror_upper(n: usize, c: &mut [f32]) {
+    const B: usize = 8;
+    assert!(c.len() == n * n);
+    let shared = SharedOutput(c.as_mut_ptr());
+    (0..n.div_ceil(B)).into_par_iter().for_each(|stripe| {
+        let shared = &shared;
+        let rows = stripe * B..((stripe + 1) * B).min(n);
+        for bj in (0..rows.end).step_by(B) {
+            for j in bj..(bj + B).min(rows.end) {
+                for i in rows.clone() {
+                    if j < i {
+                        // SAFETY: `i, j < n`, so both indices lie in
+                        // `c`; tasks write only elements below the
+                        // diagonal (j < i) of their own rows, and read
+                        // only elements above it, which nothing writes.
+                        unsafe { *shared.0.add(i * n + j) = *shared.0.add(j * n + i) };
                     }
                 }
             }
-        });
-    }
-
-    /// `c`'s buffer, shared by the tasks that mirror it (see
-    /// `mirror_upper` for why their accesses never overlap).
-    struct SharedOutput(*mut f32);
-    // SAFETY: the tasks holding it read and write disjoint elements.
-    unsafe impl Sync for SharedOutput {}
+        }
+    });
 }
+
+/// `c`'s buffer, shared by the tasks that mirror it (see
+/// `mirror_upper` for why their accesses never overlap).
+struct SharedOutput(*mut f32);
+// SAFETY: the tasks holding it read and write disjoint elements.
+unsafe impl Sync for SharedOutput {}
 
 #[cfg(test)]
 mod tests {
@@ -904,6 +910,25 @@ mod tests {
                             "{n} × {k}: {got} against {w}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mirroring_copies_the_upper_triangle_onto_the_lower() {
+        for n in [1, 7, 8, 9, 70] {
+            let original = values(n * n, n as u64);
+            let mut c = original.clone();
+            mirror_upper(n, &mut c);
+            for i in 0..n {
+                for j in 0..n {
+                    let want = if j >= i {
+                        original[i * n + j]
+                    } else {
+                        original[j * n + i]
+                    };
+                    assert_eq!(c[i * n + j].to_bits(), want.to_bits(), "({i}, {j}) of {n}");
                 }
             }
         }
