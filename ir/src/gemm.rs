@@ -916,6 +916,45 @@ mod tests {
     }
 
     #[test]
+    fn random_shapes_and_layouts_agree_with_the_portable_path() {
+        // 150 products of random sizes (up to 3 tiles of each kind), each
+        // operand row-major or transposed: the packed kernel against the
+        // rounded operands' f32 GEMM, within f32's bound for the sum.
+        let sizes = values(450, 99);
+        for t in 0..150 {
+            let size = |i: usize| 1 + (sizes[3 * t + i].abs() * 23.0) as usize % 70;
+            let (m, k, n) = (size(0), size(1) * 3, size(2));
+            let a_data = values(m * k, t as u64 + 1);
+            let b_data = values(k * n, t as u64 + 1000);
+            let a = if t % 2 == 0 {
+                (&a_data[..], (k, 1))
+            } else {
+                (&a_data[..], (1, m))
+            };
+            let b = if t % 3 == 0 {
+                (&b_data[..], (n, 1))
+            } else {
+                (&b_data[..], (1, k))
+            };
+            let mut packed = vec![f32::NAN; m * n];
+            gemm_bf16(m, k, n, a, b, &mut packed, false);
+            let mut portable = vec![f32::NAN; m * n];
+            rounded_f32(m, k, n, a, b, &mut portable);
+            for (i, (x, (w, mag))) in packed.iter().zip(reference(m, k, n, a, b)).enumerate() {
+                let bound = k as f64 * f64::from(f32::EPSILON) * mag;
+                assert!(
+                    (f64::from(*x) - w).abs() <= bound + 1e-30,
+                    "{m}×{k}×{n} [{i}]"
+                );
+                assert!(
+                    (f64::from(portable[i]) - w).abs() <= bound + 1e-30,
+                    "{m}×{k}×{n} [{i}]"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn mirroring_copies_the_upper_triangle_onto_the_lower() {
         for n in [1, 7, 8, 9, 70] {
             let original = values(n * n, n as u64);

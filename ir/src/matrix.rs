@@ -439,7 +439,8 @@ impl<'r, 'a, F: Float> Evaluation<'r, 'a, F> {
             Op::Select(c, a, b) if !array(c) => {
                 let taken = match &self.values[c.index()] {
                     Some(Val::Scalar(x)) if *x != 0.0 => a,
-                    _ => b,
+                    Some(Val::Scalar(_)) => b,
+                    _ => return (false, false),
                 };
                 (self.bf16[taken.index()], sym(taken))
             }
