@@ -646,12 +646,7 @@ mod packed {
         ld: usize,
         add: bool,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        for (r, row) in acc.iter_mut().enumerate().filter(|_| add) {
-            for (v, x) in row.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(s.add(r * ld + 16 * v));
-            }
-        }
+        let mut acc = sums_at(s, ld, add);
         for q in 0..pairs {
             let bq = b.add(q * NR);
             let mut bv = [as_bf16(_mm512_setzero_si512()); NV];
@@ -666,6 +661,35 @@ mod packed {
                 }
             }
         }
+        store_sums(&acc, s, ld);
+    }
+
+    /// A tile's sums: the `MR × NR` f32 at `s` (row stride `ld`), or zeros
+    /// when `add` is false.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; with `add`, `s` points to `MR` rows of `NR`
+    /// readable f32 at stride `ld`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn sums_at(s: *const f32, ld: usize, add: bool) -> [[__m512; NV]; MR] {
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        for (r, row) in acc.iter_mut().enumerate().filter(|_| add) {
+            for (v, x) in row.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(s.add(r * ld + 16 * v));
+            }
+        }
+        acc
+    }
+
+    /// Stores a tile's sums at `s` (row stride `ld`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `s` points to `MR` rows of `NR` writable f32
+    /// at stride `ld`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store_sums(acc: &[[__m512; NV]; MR], s: *mut f32, ld: usize) {
         for (r, row) in acc.iter().enumerate() {
             for (v, x) in row.iter().enumerate() {
                 _mm512_storeu_ps(s.add(r * ld + 16 * v), *x);
@@ -688,12 +712,7 @@ mod packed {
         ld: usize,
         add: bool,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        for (r, row) in acc.iter_mut().enumerate().filter(|_| add) {
-            for (v, x) in row.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(s.add(r * ld + 16 * v));
-            }
-        }
+        let mut acc = sums_at(s, ld, add);
         for q in 0..words {
             let bq = b.add(q * NR);
             let mut bv = [_mm512_setzero_ps(); NV];
@@ -708,11 +727,7 @@ mod packed {
                 }
             }
         }
-        for (r, row) in acc.iter().enumerate() {
-            for (v, x) in row.iter().enumerate() {
-                _mm512_storeu_ps(s.add(r * ld + 16 * v), *x);
-            }
-        }
+        store_sums(&acc, s, ld);
     }
 
     /// 32 bfloat16 values in the 512 bits of `x`.
