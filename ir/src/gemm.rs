@@ -41,18 +41,9 @@ pub fn gemm_bf16(
     c: &mut [f32],
     symmetric: bool,
 ) {
-    assert!(c.len() == m * n, "gemm: the output does not hold {m} × {n}");
-    if m == 0 || n == 0 {
+    if !sized(m, k, n, a, b, c) {
         return;
     }
-    if k == 0 {
-        c.fill(0.0);
-        return;
-    }
-    assert!(
-        holds(a, m, k) && holds(b, k, n),
-        "gemm: an operand does not hold its {m} × {k} × {n} shape"
-    );
     #[cfg(target_arch = "x86_64")]
     if <packed::Bf16 as packed::Kind>::supported() {
         packed::gemm::<packed::Bf16>(m, k, n, a, b, c, symmetric && m == n);
@@ -71,18 +62,9 @@ pub fn gemm_bf16(
 /// upper triangle on AVX-512 FMA tiles, mirrored, where the CPU has
 /// AVX-512F; the f32 GEMM otherwise. Panics as [`gemm_bf16`].
 pub fn gemm_symmetric_f32(n: usize, k: usize, a: Operand<'_>, b: Operand<'_>, c: &mut [f32]) {
-    assert!(c.len() == n * n, "gemm: the output does not hold {n} × {n}");
-    if n == 0 {
+    if !sized(n, k, n, a, b, c) {
         return;
     }
-    if k == 0 {
-        c.fill(0.0);
-        return;
-    }
-    assert!(
-        holds(a, n, k) && holds(b, k, n),
-        "gemm: an operand does not hold its {n} × {k} × {n} shape"
-    );
     #[cfg(target_arch = "x86_64")]
     if <packed::F32 as packed::Kind>::supported() {
         packed::gemm::<packed::F32>(n, k, n, a, b, c, true);
@@ -91,6 +73,24 @@ pub fn gemm_symmetric_f32(n: usize, k: usize, a: Operand<'_>, b: Operand<'_>, c:
     <f32 as crate::Float>::gemm(n, k, n, a, b, c);
     // (Exactly symmetric, as the packed kernel's result.)
     mirror_upper(n, c);
+}
+
+/// Checks a product's sizes (panicking as the entry points say) and
+/// computes the empty ones; true when a product is left to compute.
+fn sized(m: usize, k: usize, n: usize, a: Operand<'_>, b: Operand<'_>, c: &mut [f32]) -> bool {
+    assert!(c.len() == m * n, "gemm: the output does not hold {m} × {n}");
+    if m == 0 || n == 0 {
+        return false;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return false;
+    }
+    assert!(
+        holds(a, m, k) && holds(b, k, n),
+        "gemm: an operand does not hold its {m} × {k} × {n} shape"
+    );
+    true
 }
 
 /// Whether `data` holds every index `i * rs + j * cs` of a `rows × cols`
