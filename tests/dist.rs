@@ -162,6 +162,30 @@ fn a_non_finite_gradient_on_one_rank_stops_every_rank() {
         assert!(unchanged && still);
         assert_eq!(skipped, 1);
     }
+    // The check is made on the sums, as each rank's shard is summed: a NaN
+    // from rank 1 in rank 0's shard, and two finite values whose sum
+    // overflows, are found by the rank that owns them; one rank alone
+    // checks as it copies.
+    for (ranks, at, values) in [
+        (2, 10, [0.1, f32::NAN]),
+        (2, 149_000, [3e38, 3e38]),
+        (1, 77, [f32::INFINITY, 0.0]),
+    ] {
+        let results = on_ranks(ranks, |comm| {
+            let adam = catalog::get("adam").unwrap();
+            let mut p = Array1::<f32>::from_elem(150_000, 0.5).into_dyn();
+            let before = p.clone();
+            let mut stepper = ShardedStepper::new(&adam, &[&p], comm.clone()).unwrap();
+            let mut g = Array1::<f32>::from_elem(150_000, 0.1).into_dyn();
+            g[[at]] = values[comm.rank()];
+            let refused = stepper.step(&mut [&mut p], &[&g]).unwrap_err().to_string();
+            (refused, p == before && stepper.t() == 0)
+        });
+        for (refused, unchanged) in results {
+            assert!(refused.contains(&at.to_string()), "{refused}");
+            assert!(unchanged);
+        }
+    }
 }
 
 /// A mistake on one rank is refused on every rank, before anything is
