@@ -9,6 +9,8 @@
 # job must stop, not hang. Exits 1 when any case fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Built programs, wherever cargo puts them.
+bin="${CARGO_TARGET_DIR:-target}/release"
 if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null; then
   sudo=""
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
@@ -21,9 +23,9 @@ if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null; then
   cargo build --release -q -p lensopt-cli --example dist_check
   status=0
   for ranks in 1 2 4; do
-    target/release/examples/dist_check --threads "$ranks" || status=1
+    "$bin"/examples/dist_check --threads "$ranks" || status=1
   done
-  target/release/examples/dist_check --threads 2 --fault || status=1
+  "$bin"/examples/dist_check --threads 2 --fault || status=1
   exit $status
 fi
 cargo build --release -q -p lensopt-cli --example dist_check --features mpi
@@ -32,7 +34,7 @@ if [ "$(id -u)" = 0 ]; then root_flag="--allow-run-as-root"; fi
 status=0
 for ranks in 1 2 4; do
   out=$(mktemp)
-  if ! mpirun $root_flag --oversubscribe -n "$ranks" target/release/examples/dist_check >"$out"; then
+  if ! mpirun $root_flag --oversubscribe -n "$ranks" "$bin"/examples/dist_check >"$out"; then
     status=1
   fi
   cat "$out"
@@ -43,7 +45,7 @@ done
 # other rank is blocked in a collective) instead of hanging.
 started=$SECONDS
 rc=0
-timeout 120 mpirun $root_flag --oversubscribe -n 2 target/release/examples/dist_check --fault >/dev/null 2>&1 || rc=$?
+timeout 120 mpirun $root_flag --oversubscribe -n 2 "$bin"/examples/dist_check --fault >/dev/null 2>&1 || rc=$?
 if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]; then
   echo "ranks=2 task=rank_dies_mid_step stopped=false exit=$rc"
   status=1

@@ -17,6 +17,8 @@
 # Exit status: 0 when every step passed, 1 otherwise (the report says which).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# Built programs, wherever cargo puts them.
+bin="${CARGO_TARGET_DIR:-target}/release"
 report="${OUT:-.}/gpu-report.txt"
 mkdir -p "$(dirname "$report")"
 : >"$report"
@@ -34,15 +36,15 @@ step() { # step NAME TIMEOUT COMMAND...: runs one step, appends its output to th
 step device 30 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv
 step build 300 cargo build --release -p lensopt-cli -p lensopt-tests --features cuda --tests --bins --examples
 step gpu-tests 180 env LENSOPT_REQUIRE_GPU=1 cargo test --release -p lensopt-tests --features cuda --test gpu
-step bench 150 target/release/lensopt bench --device cuda --sizes 1000000,10000000,100000000 --seconds 0.5
+step bench 150 "$bin"/lensopt bench --device cuda --sizes 1000000,10000000,100000000 --seconds 0.5
 if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   step torch-peer 120 python3 scripts/torch_peers.py --device cuda --sizes 1000000,10000000,100000000 --seconds 0.5
 else
   echo "== torch-peer: skipped (PyTorch with CUDA is not importable here)" | tee -a "$report"
 fi
-step large-step 150 target/release/examples/gpu_large_step
+step large-step 150 "$bin"/examples/gpu_large_step
 if command -v compute-sanitizer >/dev/null; then
-  step sanitizer 120 compute-sanitizer --error-exitcode 1 target/release/examples/gpu_large_step 3000003
+  step sanitizer 120 compute-sanitizer --error-exitcode 1 "$bin"/examples/gpu_large_step 3000003
 else
   echo "== sanitizer: skipped (compute-sanitizer is not installed here)" | tee -a "$report"
 fi
@@ -58,6 +60,6 @@ if ! ldconfig -p 2>/dev/null | grep -q libnccl.so; then
   fi
 fi
 step nccl-build 300 cargo build --release -p lensopt-cli --features nccl --example dist_check
-step nccl 120 target/release/examples/dist_check --nccl 1
+step nccl 120 "$bin"/examples/dist_check --nccl 1
 echo "== gpu-check: $([ $status -eq 0 ] && echo passed || echo FAILED); report in $report" | tee -a "$report"
 exit $status

@@ -26,6 +26,7 @@ Not part of CI: it needs torch and pytorch_optimizer (pip install torch pytorch_
 
 import argparse
 import json
+import os
 import subprocess
 import time
 
@@ -109,7 +110,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sizes", default="1000000,10000000")
     ap.add_argument("--seconds", type=float, default=1.0)
-    ap.add_argument("--lensopt", default="target/release/lensopt")
+    ap.add_argument("--lensopt", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release", "lensopt"))
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (lensopt built with --features cuda)")
     ap.add_argument("--matrix", action="store_true", help="Muon, Adafactor and Shampoo on matrices")
     ap.add_argument("--non-finite", default="unchecked",
