@@ -9,6 +9,7 @@ use crate::tensor::{TensorMut, TensorRef};
 use crate::Float;
 use lensopt_ir::{Rule, StateKind};
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// How the ranks' gradients combine before a step.
@@ -102,9 +103,9 @@ pub(super) fn local_tensors(
 }
 
 /// Views of the held tensors' parts of `shards` (one per tensor), each in its local shape.
-fn local_views<'a, F>(
+fn local_views<'a, F: Clone>(
     held: &[(usize, Vec<usize>)],
-    shards: &'a [Vec<F>],
+    shards: &'a [Cow<'_, [F]>],
 ) -> Result<Vec<ArrayViewD<'a, F>>, Error> {
     held.iter()
         .map(|(k, shape)| ArrayViewD::from_shape(IxDyn(shape), &shards[*k][..]))
@@ -228,11 +229,11 @@ impl<F: Float> ShardedStepper<F> {
 
     /// One step with extra per-element inputs (combined across ranks as
     /// the gradients are), by the names the rule declares.
-    pub fn step_with(
+    pub fn step_with<'g>(
         &mut self,
         params: &mut [&mut dyn TensorMut<F>],
-        grads: &[&dyn TensorRef<F>],
-        inputs: &[(&str, Vec<&dyn TensorRef<F>>)],
+        grads: &[&'g dyn TensorRef<F>],
+        inputs: &[(&str, Vec<&'g dyn TensorRef<F>>)],
     ) -> Result<(), Error> {
         // Every rank checks its arguments, and all learn whether any failed,
         // before anything is exchanged or changed.
@@ -253,18 +254,22 @@ impl<F: Float> ShardedStepper<F> {
         let rank = self.comm.rank();
         let ranks = F::from_f64(self.comm.size() as f64);
         let mean = self.reduction == GradientReduction::Mean && self.comm.size() > 1;
-        let reduce = |k: usize, t: &dyn TensorRef<F>| -> Result<Vec<F>, Error> {
+        // One rank's shard is the whole tensor: it is read where it lies.
+        let reduce = |k: usize, t: &'g dyn TensorRef<F>| -> Result<Cow<'g, [F]>, Error> {
             let data = t.elements().unwrap_or(&[]);
+            if self.comm.size() == 1 {
+                return Ok(Cow::Borrowed(data));
+            }
             let mut shard = reduce_scatter_sum(self.comm.as_ref(), &self.layout, k, data)?;
             if mean {
                 for x in &mut shard {
                     *x = *x / ranks;
                 }
             }
-            Ok(shard)
+            Ok(Cow::Owned(shard))
         };
         let mut g_shards = Vec::with_capacity(self.shapes.len());
-        let mut input_shards: Vec<(String, Vec<Vec<F>>)> = Vec::new();
+        let mut input_shards: Vec<(String, Vec<Cow<'_, [F]>>)> = Vec::new();
         for (k, g) in grads.iter().enumerate() {
             g_shards.push(reduce(k, *g)?);
         }
@@ -377,6 +382,15 @@ impl<F: Float> ShardedStepper<F> {
             self.local
                 .step_with(&mut param_refs, &grad_refs, &local_inputs)?;
         }
+        // The summed shards go back to this thread's kept arrays.
+        let owned = g_shards
+            .into_iter()
+            .chain(input_shards.into_iter().flat_map(|(_, shards)| shards));
+        for shard in owned {
+            if let Cow::Owned(v) = shard {
+                lensopt_ir::kept_arrays::keep(v);
+            }
+        }
         // Every rank gets every rank's part of the parameters (one rank has them all).
         if self.comm.size() > 1 {
             for (k, p) in params.iter_mut().enumerate() {
@@ -384,8 +398,10 @@ impl<F: Float> ShardedStepper<F> {
                 let full = p
                     .elements_mut()
                     .ok_or_else(|| mismatch("a parameter is not contiguous"))?;
-                let mine = full[range].to_vec();
+                let mut mine = lensopt_ir::kept_arrays::with_capacity(range.len());
+                mine.extend_from_slice(&full[range]);
                 all_gather_tensor(self.comm.as_ref(), &self.layout, k, &mine, full)?;
+                lensopt_ir::kept_arrays::keep(mine);
             }
         }
         Ok(())
