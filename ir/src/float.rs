@@ -96,12 +96,22 @@ pub trait Float: Copy + Debug + Display + Default + PartialOrd + Send + Sync + '
 /// `x` rounded to the nearest bfloat16 (ties to even), as an f32: the top
 /// 16 bits of the f32, rounded on the lower 16. NaN stays NaN (quieted).
 pub fn bf16_of_f32(x: f32) -> f32 {
+    f32::from_bits(bf16_bits(x) << 16)
+}
+
+/// The bits of [`bf16_of_f32`]`(x)` as a bfloat16 (the low 16 bits of the
+/// result). Written without an early return, so that loops over it
+/// vectorize.
+#[inline(always)]
+pub fn bf16_bits(x: f32) -> u32 {
     let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
+    let quieted = (bits | 0x0040_0000) >> 16;
     if x.is_nan() {
-        return f32::from_bits((bits | 0x0040_0000) & 0xFFFF_0000);
+        quieted
+    } else {
+        rounded
     }
-    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000;
-    f32::from_bits(rounded)
 }
 
 macro_rules! impl_float {

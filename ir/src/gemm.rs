@@ -20,7 +20,7 @@
 //! same order as its mirror image, so the result is the one the full
 //! product of this kernel gives, bit for bit.
 
-use crate::float::bf16_of_f32;
+use crate::float::{bf16_bits as bits, bf16_of_f32};
 use rayon::prelude::*;
 
 /// An operand: its values and (row, column) strides.
@@ -113,20 +113,6 @@ fn rounded_f32(m: usize, k: usize, n: usize, a: Operand<'_>, b: Operand<'_>, c: 
     };
     let (ra, rb) = (copy(a, m, k), copy(b, k, n));
     <f32 as crate::Float>::gemm(m, k, n, (&ra, (k, 1)), (&rb, (n, 1)), c);
-}
-
-/// The bfloat16 bits of `x` (rounded to nearest, ties to even; NaN
-/// quieted), as [`bf16_of_f32`], without a branch (packing vectorizes).
-#[inline(always)]
-fn bits(x: f32) -> u32 {
-    let b = x.to_bits();
-    let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16;
-    let nan = (b >> 16) | 0x40;
-    if x.is_nan() {
-        nan
-    } else {
-        rounded
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -273,9 +259,7 @@ mod packed {
         ) {
             let lines = L.min(count.saturating_sub(l0));
             let full = words.min(k - k0);
-            if lines < L {
-                out[..words * L].fill(0.0);
-            }
+            zero_lines_past::<L, f32>(&mut out[..words * L], words, lines);
             for l in 0..lines {
                 let base = (l0 + l) * along_lines + k0 * along_k;
                 let slots = out[l..].iter_mut().step_by(L).take(full);
@@ -311,11 +295,7 @@ mod packed {
                     out[at..at + part.len()].copy_from_slice(part);
                 }
             }
-            for l in lines..groups * L {
-                for q in 0..words {
-                    out[(l / L) * group_len + q * L + l % L] = 0.0;
-                }
-            }
+            zero_lines_past::<L, f32>(out, words, lines);
         }
         unsafe fn tile(
             words: usize,
@@ -445,6 +425,23 @@ mod packed {
         }
     }
 
+    /// Zeroes the words of lines `lines..` in `out`, groups of `L` lines of
+    /// `words` words each (as [`pack_operand`] lays them out): the padding
+    /// past an operand's last line.
+    fn zero_lines_past<const L: usize, W: Copy + Default>(
+        out: &mut [W],
+        words: usize,
+        lines: usize,
+    ) {
+        let group_len = words * L;
+        for l in lines..out.len() / words {
+            let start = (l / L) * group_len + l % L;
+            for x in out[start..].iter_mut().step_by(L).take(words) {
+                *x = W::default();
+            }
+        }
+    }
+
     /// [`pack_operand`]'s layout for whole groups of lines from `l0`, the
     /// lines adjacent in memory (line `l`, value `kk` at `l + kk *
     /// along_k`): each pair of k is two runs across all of them, zipped 16
@@ -495,11 +492,7 @@ mod packed {
                 out[at(l, q)] = bits(data[l0 + l + (k0 + 2 * q) * along_k]);
             }
         }
-        for l in lines..out.len() / pairs {
-            for q in 0..pairs {
-                out[at(l, q)] = 0;
-            }
-        }
+        zero_lines_past::<L, u32>(out, pairs, lines);
     }
 
     /// [`pack_operand`]'s layout for one group of `L` lines from `l0`
@@ -515,9 +508,7 @@ mod packed {
     ) {
         let lines = L.min(count.saturating_sub(l0));
         let full = pairs.min((k - k0) / 2);
-        if lines < L {
-            out[..pairs * L].fill(0);
-        }
+        zero_lines_past::<L, u32>(&mut out[..pairs * L], pairs, lines);
         for l in 0..lines {
             let base = (l0 + l) * along_lines + k0 * along_k;
             if along_k == 1 {

@@ -206,8 +206,9 @@ pub fn reduce_scatter_sum<F: Float>(
     let mine = ranges[comm.rank()].len();
     let send_counts: Vec<usize> = ranges.iter().map(|r| r.len() * width).collect();
     let recv_counts = vec![mine * width; comm.size()];
-    // (From this thread's kept arrays: a fresh one faults in every page.)
-    let mut received = lensopt_ir::kept_arrays::filled(mine * comm.size());
+    // (From this thread's kept arrays, as it was: a fresh one faults in
+    // every page, and the exchange writes every value.)
+    let mut received = lensopt_ir::kept_arrays::overwritten(mine * comm.size());
     comm.all_to_all_into(
         bytemuck::cast_slice(full),
         &send_counts,
