@@ -11,7 +11,9 @@
 //! refused; the caller's check runs before anything is written; v1 files
 //! still load; saving leaves no temporary file behind. A NaN or infinite
 //! gradient is refused by default, skipped and counted under
-//! `NonFinite::Skip`, and never applied.
+//! `NonFinite::Skip`, and never applied; gradients checked by the pass
+//! that wrote them (`CheckedGradients`) step bit for bit as scanned ones,
+//! and that pass's verdict refuses a step as the scan's does.
 
 use lensopt::checkpoint;
 use lensopt::diagram::plan::Model;
@@ -375,6 +377,187 @@ fn non_finite_gradients_are_refused_by_default_and_change_nothing() {
             assert_eq!(st.t(), before.2);
         }
     }
+}
+
+/// Parameters and every state of `st`'s tensors, bit for bit.
+fn step_bits(p: &[ArrayD<f64>], st: &Stepper<f64>) -> Vec<u64> {
+    let mut out: Vec<u64> = p
+        .iter()
+        .flat_map(|t| t.iter().map(|x| x.to_bits()))
+        .collect();
+    for i in 0..st.len() {
+        for s in &st.rule().states {
+            if let Some(v) = st.state(i, &s.name) {
+                out.extend(v.iter().map(|x| x.to_bits()));
+            }
+        }
+    }
+    out.push(st.t());
+    out
+}
+
+/// Gradients of two shapes, varied so that every lane of a vector differs.
+fn varied_gradients(seed: f64) -> Vec<ArrayD<f64>> {
+    [vec![70_001], vec![3, 5]]
+        .into_iter()
+        .map(|shape| {
+            let n: usize = shape.iter().product();
+            let xs = (0..n)
+                .map(|i| ((i as f64 * 0.37 + seed).sin()) * 1e3)
+                .collect();
+            ArrayD::from_shape_vec(IxDyn(&shape), xs).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn gradients_checked_as_they_are_written_step_exactly_as_scanned_ones() {
+    use lensopt::CheckedGradients;
+    for backend in [lensopt::Backend::JitDefault, lensopt::Backend::Interpreter] {
+        let adam = lensopt::catalog::get("adam").unwrap();
+        let mut p_scan = vec![
+            ArrayD::from_elem(IxDyn(&[70_001]), 1.0f64),
+            ArrayD::from_elem(IxDyn(&[3, 5]), -2.0f64),
+        ];
+        let mut p_checked = p_scan.clone();
+        let mut scanned = adam.init(&refs(&p_scan)).unwrap();
+        let mut checked = adam.init(&refs(&p_checked)).unwrap();
+        scanned.set_backend(backend);
+        checked.set_backend(backend);
+        for step in 0..3 {
+            // Unscaling by 1/1024, as after a loss-scaled backward pass.
+            let g = varied_gradients(step as f64);
+            let mut g_scan = g.clone();
+            for t in &mut g_scan {
+                t.mapv_inplace(|x| x * (1.0 / 1024.0));
+            }
+            scanned
+                .step(&mut muts(&mut p_scan), &refs(&g_scan))
+                .unwrap();
+            let mut g_pass = g.clone();
+            let verdict = CheckedGradients::scale(muts(&mut g_pass), 1.0 / 1024.0).unwrap();
+            assert!(verdict.found().is_none());
+            assert_eq!(verdict.len(), 2);
+            checked
+                .step_checked(&mut muts(&mut p_checked), &verdict)
+                .unwrap();
+            drop(verdict);
+            assert_eq!(g_pass, g_scan, "the pass wrote the unscaled gradients");
+            assert_eq!(
+                step_bits(&p_checked, &checked),
+                step_bits(&p_scan, &scanned)
+            );
+            // Adding the last micro-batch in.
+            let (mut acc, part) = (varied_gradients(0.5), varied_gradients(1.5));
+            let mut sums = acc.clone();
+            for (s, x) in sums.iter_mut().zip(&part) {
+                *s += x;
+            }
+            scanned.step(&mut muts(&mut p_scan), &refs(&sums)).unwrap();
+            let verdict = CheckedGradients::add(muts(&mut acc), &refs(&part)).unwrap();
+            checked
+                .step_checked(&mut muts(&mut p_checked), &verdict)
+                .unwrap();
+            drop(verdict);
+            assert_eq!(acc, sums);
+            assert_eq!(
+                step_bits(&p_checked, &checked),
+                step_bits(&p_scan, &scanned)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_pass_that_writes_a_non_finite_gradient_refuses_the_step() {
+    use lensopt::CheckedGradients;
+    let adam = lensopt::catalog::get("adam").unwrap();
+    let mut p = vec![
+        ArrayD::from_elem(IxDyn(&[70_001]), 1.0f64),
+        ArrayD::from_elem(IxDyn(&[3, 5]), -2.0f64),
+    ];
+    let mut st = adam.init(&refs(&p)).unwrap();
+    let mut g = varied_gradients(0.0);
+    st.step(&mut muts(&mut p), &refs(&g)).unwrap();
+    let before = step_bits(&p, &st);
+    // A NaN late in the second tensor, and a value the scaling overflows
+    // (finite before the pass, infinite after it).
+    g[1][[2, 4]] = f64::NAN;
+    g[1][[1, 1]] = f64::MAX / 2.0;
+    let verdict = CheckedGradients::scale(muts(&mut g), 4.0).unwrap();
+    let found = verdict.found().expect("found").clone();
+    assert_eq!((found.what.as_str(), found.index), ("gradient 1", 6));
+    assert_eq!(found.value, f64::INFINITY);
+    let err = st.step_checked(&mut muts(&mut p), &verdict).unwrap_err();
+    assert!(
+        matches!(&err, Error::NonFinite { what, index: 6, step: 2, .. } if what == "gradient 1"),
+        "{err}"
+    );
+    assert_eq!(step_bits(&p, &st), before);
+    st.set_non_finite(NonFinite::Skip);
+    st.step_checked(&mut muts(&mut p), &verdict).unwrap();
+    assert!(st.last_skipped());
+    assert_eq!(step_bits(&p, &st), before);
+    // Unchecked: the verdict is not consulted, and the values go through.
+    st.set_non_finite(NonFinite::Unchecked);
+    st.step_checked(&mut muts(&mut p), &verdict).unwrap();
+    assert!(p[1][[1, 1]].is_nan() && p[1][[2, 4]].is_nan());
+    assert!(p[0].iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn checked_passes_refuse_mismatches_before_writing_anything() {
+    use lensopt::CheckedGradients;
+    let adam = lensopt::catalog::get("adam").unwrap();
+    let mut p = vec![
+        ArrayD::from_elem(IxDyn(&[70_001]), 1.0f64),
+        ArrayD::from_elem(IxDyn(&[3, 5]), -2.0f64),
+    ];
+    let mut st = adam.init(&refs(&p)).unwrap();
+    let before = step_bits(&p, &st);
+    // A verdict over one tensor, for a stepper of two.
+    let mut one = varied_gradients(0.0);
+    one.truncate(1);
+    let verdict = CheckedGradients::scale(muts(&mut one), 1.0).unwrap();
+    let err = st.step_checked(&mut muts(&mut p), &verdict).unwrap_err();
+    assert!(err.to_string().contains("1 gradients"), "{err}");
+    // Shapes in the wrong order.
+    let mut swapped = varied_gradients(0.0);
+    swapped.reverse();
+    let verdict = CheckedGradients::scale(muts(&mut swapped), 1.0).unwrap();
+    let err = st.step_checked(&mut muts(&mut p), &verdict).unwrap_err();
+    assert!(
+        err.to_string().contains("gradient 0 has shape [3, 5]"),
+        "{err}"
+    );
+    assert_eq!(step_bits(&p, &st), before);
+    // Adding tensors of different shapes, or a different count: nothing is written.
+    let mut acc = varied_gradients(0.0);
+    let kept = acc.clone();
+    let mut other = varied_gradients(1.0);
+    other[1] = ArrayD::from_elem(IxDyn(&[5, 3]), 1.0);
+    let err = CheckedGradients::add(muts(&mut acc), &refs(&other)).unwrap_err();
+    assert!(
+        err.to_string().contains("gradient 1 has shape [3, 5]"),
+        "{err}"
+    );
+    let err = CheckedGradients::add(muts(&mut acc), &refs(&other[..1])).unwrap_err();
+    assert!(
+        err.to_string().contains("2 gradients to add into, but 1"),
+        "{err}"
+    );
+    assert_eq!(acc, kept);
+    // A transposed (not row-major) second tensor: the first is not scaled either.
+    let mut t = ArrayD::from_elem(IxDyn(&[5, 3]), 1.0f64);
+    let mut transposed = t.view_mut().reversed_axes();
+    let mut first = ArrayD::from_elem(IxDyn(&[4]), 3.0f64);
+    let grads: Vec<&mut dyn lensopt::TensorMut<f64>> = vec![&mut first, &mut transposed];
+    let err = CheckedGradients::scale(grads, 2.0).unwrap_err();
+    assert!(
+        err.to_string().contains("gradient 1 is not contiguous"),
+        "{err}"
+    );
+    assert!(first.iter().all(|&x| x == 3.0));
 }
 
 #[test]

@@ -40,6 +40,16 @@ pub trait Float:
 
     /// True when every element of `xs` is finite (the non-finite scan).
     fn all_finite(xs: &[Self]) -> bool;
+
+    /// `xs *= factor`; true when every result is finite (one pass).
+    fn scale_finite(xs: &mut [Self], factor: Self) -> bool;
+
+    /// `xs /= divisor`; true when every result is finite (one pass).
+    fn div_finite(xs: &mut [Self], divisor: Self) -> bool;
+
+    /// `acc += part` over their common length; true when every sum is
+    /// finite (one pass).
+    fn add_finite(acc: &mut [Self], part: &[Self]) -> bool;
 }
 
 impl Float for f32 {
@@ -48,6 +58,18 @@ impl Float for f32 {
     fn all_finite(xs: &[Self]) -> bool {
         crate::non_finite::all_finite_f32(xs)
     }
+
+    fn scale_finite(xs: &mut [Self], factor: Self) -> bool {
+        crate::non_finite::scale_finite_f32(xs, factor)
+    }
+
+    fn div_finite(xs: &mut [Self], divisor: Self) -> bool {
+        crate::non_finite::div_finite_f32(xs, divisor)
+    }
+
+    fn add_finite(acc: &mut [Self], part: &[Self]) -> bool {
+        crate::non_finite::add_finite_f32(acc, part)
+    }
 }
 
 impl Float for f64 {
@@ -55,5 +77,17 @@ impl Float for f64 {
 
     fn all_finite(xs: &[Self]) -> bool {
         crate::non_finite::all_finite_f64(xs)
+    }
+
+    fn scale_finite(xs: &mut [Self], factor: Self) -> bool {
+        crate::non_finite::scale_finite_f64(xs, factor)
+    }
+
+    fn div_finite(xs: &mut [Self], divisor: Self) -> bool {
+        crate::non_finite::div_finite_f64(xs, divisor)
+    }
+
+    fn add_finite(acc: &mut [Self], part: &[Self]) -> bool {
+        crate::non_finite::add_finite_f64(acc, part)
     }
 }

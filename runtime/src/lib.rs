@@ -70,7 +70,7 @@ pub use lensopt_ir as ir;
 pub use lensopt_ir::optimize::{equivalent, Equivalence, Mode};
 pub use lensopt_ir::{interp, HyperValue, Rule};
 pub use lensopt_macros::{circuit, diagram, optimizer};
-pub use non_finite::{device_scan_rule, NonFinite};
+pub use non_finite::{device_scan_rule, CheckedGradients, Found, NonFinite};
 pub use optimizer::{hyper_from_json, hyper_to_json, DynOptimizer, Group, Optimizer};
 pub use stages::Stages;
 pub use stepper::{Backend, Inputs, Stepper};

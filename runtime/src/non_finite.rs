@@ -20,11 +20,21 @@
 //! widest vectors the CPU has, in 64K-element chunks on the stepper's
 //! thread pool.
 //!
+//! The scan is one more read of every gradient. Where a pass writes the
+//! gradients anyway (unscaling after a loss-scaled backward pass, averaging,
+//! adding the last micro-batch in, the sharded step's reduce-scatter), the
+//! same test rides on that pass at no cost in bytes: [`CheckedGradients`]
+//! holds its verdict, and [`Stepper::step_checked`] follows the policy on
+//! it without reading the gradients again.
+//!
 //! [`Stepper`]: crate::Stepper
 //! [`Stepper::skipped`]: crate::Stepper::skipped
 //! [`Stepper::last_skipped`]: crate::Stepper::last_skipped
+//! [`Stepper::step_checked`]: crate::Stepper::step_checked
 //! [`Error::NonFinite`]: crate::Error::NonFinite
 
+use crate::error::{mismatch, Error};
+use crate::tensor::{TensorMut, TensorRef};
 use crate::Float;
 use lensopt_ir::InputDecl;
 use rayon::prelude::*;
@@ -163,6 +173,184 @@ finite_check!(
     magnitude_f64_avx512
 );
 
+/// Passes that write gradients and check them in the same pass: `$scale`
+/// multiplies `xs` by `factor`, `$div` divides it by `divisor`, `$add` adds
+/// `part` into `acc`; each returns
+/// the largest bit pattern of `|x|` it wrote (as `magnitude_scan!` does).
+/// The check is a maximum on values already in registers, so the pass
+/// moves the same bytes as without it.
+macro_rules! checked_writes {
+    ($scale:ident, $div:ident, $add:ident, $scale_v:ident, $add_v:ident, $float:ty, $bits:ty, $mask:expr) => {
+        #[inline(always)]
+        fn $scale(xs: &mut [$float], factor: $float) -> $bits {
+            let mut m = 0;
+            for x in xs.iter_mut() {
+                *x *= factor;
+                m = m.max(x.to_bits() & $mask);
+            }
+            m
+        }
+
+        #[inline(always)]
+        fn $div(xs: &mut [$float], divisor: $float) -> $bits {
+            let mut m = 0;
+            for x in xs.iter_mut() {
+                *x /= divisor;
+                m = m.max(x.to_bits() & $mask);
+            }
+            m
+        }
+
+        #[inline(always)]
+        fn $add(acc: &mut [$float], part: &[$float]) -> $bits {
+            let mut m = 0;
+            for (a, x) in acc.iter_mut().zip(part) {
+                *a += *x;
+                m = m.max(a.to_bits() & $mask);
+            }
+            m
+        }
+
+        /// `$scale` and `$add` with the widest vectors the CPU has.
+        mod $scale_v {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            pub(super) fn avx2(xs: &mut [$float], factor: $float) -> $bits {
+                super::$scale(xs, factor)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            pub(super) fn avx512(xs: &mut [$float], factor: $float) -> $bits {
+                super::$scale(xs, factor)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            pub(super) fn div_avx2(xs: &mut [$float], divisor: $float) -> $bits {
+                super::$div(xs, divisor)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            pub(super) fn div_avx512(xs: &mut [$float], divisor: $float) -> $bits {
+                super::$div(xs, divisor)
+            }
+        }
+
+        mod $add_v {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            pub(super) fn avx2(acc: &mut [$float], part: &[$float]) -> $bits {
+                super::$add(acc, part)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            pub(super) fn avx512(acc: &mut [$float], part: &[$float]) -> $bits {
+                super::$add(acc, part)
+            }
+        }
+    };
+}
+
+checked_writes!(
+    scale_f32,
+    div_f32,
+    add_f32,
+    scale_f32_v,
+    add_f32_v,
+    f32,
+    u32,
+    0x7fff_ffff
+);
+checked_writes!(
+    scale_f64,
+    div_f64,
+    add_f64,
+    scale_f64_v,
+    add_f64_v,
+    f64,
+    u64,
+    0x7fff_ffff_ffff_ffff
+);
+
+/// `$scale_finite(xs, factor)`: `xs *= factor`, true when every result is
+/// finite; `$div_finite(xs, divisor)`: `xs /= divisor`, the same;
+/// `$add_finite(acc, part)`: `acc += part` (over the shorter length), the
+/// same for the sums.
+macro_rules! checked_write_dispatch {
+    ($scale_finite:ident, $div_finite:ident, $add_finite:ident, $t:ty, $scale:ident, $div:ident, $add:ident, $scale_v:ident, $add_v:ident) => {
+        pub(crate) fn $div_finite(xs: &mut [$t], divisor: $t) -> bool {
+            let infinity = <$t>::INFINITY.to_bits();
+            #[cfg(target_arch = "x86_64")]
+            {
+                match crate::aot::isa() {
+                    // SAFETY: `isa()` is 2 only on a CPU with AVX-512F.
+                    2 => return unsafe { $scale_v::div_avx512(xs, divisor) } < infinity,
+                    // SAFETY: `isa()` is 1 only on a CPU with AVX2.
+                    1 => return unsafe { $scale_v::div_avx2(xs, divisor) } < infinity,
+                    _ => {}
+                }
+            }
+            $div(xs, divisor) < infinity
+        }
+
+        pub(crate) fn $scale_finite(xs: &mut [$t], factor: $t) -> bool {
+            let infinity = <$t>::INFINITY.to_bits();
+            #[cfg(target_arch = "x86_64")]
+            {
+                match crate::aot::isa() {
+                    // SAFETY: `isa()` is 2 only on a CPU with AVX-512F.
+                    2 => return unsafe { $scale_v::avx512(xs, factor) } < infinity,
+                    // SAFETY: `isa()` is 1 only on a CPU with AVX2.
+                    1 => return unsafe { $scale_v::avx2(xs, factor) } < infinity,
+                    _ => {}
+                }
+            }
+            $scale(xs, factor) < infinity
+        }
+
+        pub(crate) fn $add_finite(acc: &mut [$t], part: &[$t]) -> bool {
+            let infinity = <$t>::INFINITY.to_bits();
+            #[cfg(target_arch = "x86_64")]
+            {
+                match crate::aot::isa() {
+                    // SAFETY: `isa()` is 2 only on a CPU with AVX-512F.
+                    2 => return unsafe { $add_v::avx512(acc, part) } < infinity,
+                    // SAFETY: `isa()` is 1 only on a CPU with AVX2.
+                    1 => return unsafe { $add_v::avx2(acc, part) } < infinity,
+                    _ => {}
+                }
+            }
+            $add(acc, part) < infinity
+        }
+    };
+}
+
+checked_write_dispatch!(
+    scale_finite_f32,
+    div_finite_f32,
+    add_finite_f32,
+    f32,
+    scale_f32,
+    div_f32,
+    add_f32,
+    scale_f32_v,
+    add_f32_v
+);
+checked_write_dispatch!(
+    scale_finite_f64,
+    div_finite_f64,
+    add_finite_f64,
+    f64,
+    scale_f64,
+    div_f64,
+    add_f64,
+    scale_f64_v,
+    add_f64_v
+);
+
 /// The first non-finite element of `xs`, if any.
 pub(crate) fn first_non_finite<F: Float>(xs: &[F]) -> Option<(usize, f64)> {
     let clean = if xs.len() <= CHUNK {
@@ -205,6 +393,148 @@ pub(crate) fn scan<F: Float>(
         }
     }
     None
+}
+
+/// Gradients written by a pass that checked them as it wrote them, for
+/// [`Stepper::step_checked`]: the step then follows its [`NonFinite`]
+/// policy on this verdict and does not read the gradients an extra time.
+///
+/// A step must know every gradient element finite before it writes
+/// anything, so on its own it reads each gradient twice (4 more bytes per
+/// element: Adam's 28 become 32). Training loops already pass over their
+/// gradients before the step: unscaling a loss-scaled gradient, averaging
+/// over micro-batches or ranks, adding the last micro-batch in. The
+/// constructors here are such passes with the check folded in, at the
+/// cost of a maximum on values already in registers.
+///
+/// The verdict covers exactly the elements the pass wrote: it keeps them
+/// borrowed (shared) for as long as it lives, so nothing can change them
+/// in between, and the step reads those same slices.
+///
+/// The passes run on the current rayon pool (`pool.install(...)` to choose
+/// one) in chunks of 64K elements.
+///
+/// [`Stepper::step_checked`]: crate::Stepper::step_checked
+#[derive(Debug)]
+pub struct CheckedGradients<'a, F> {
+    tensors: Vec<(&'a [F], Vec<usize>)>,
+    found: Option<Found>,
+}
+
+impl<'a, F: Float> CheckedGradients<'a, F> {
+    /// Multiplies every element of every gradient by `factor` (unscaling a
+    /// loss-scaled gradient, averaging a sum) and checks the results.
+    pub fn scale(grads: Vec<&'a mut dyn TensorMut<F>>, factor: F) -> Result<Self, Error> {
+        // Every tensor is checked before any element is written.
+        for (k, g) in grads.iter().enumerate() {
+            if g.elements().is_none() {
+                return Err(not_contiguous(k));
+            }
+        }
+        let mut tensors = Vec::with_capacity(grads.len());
+        let mut finite = true;
+        for (k, g) in grads.into_iter().enumerate() {
+            let shape = g.shape().to_vec();
+            let xs = g.elements_mut().ok_or_else(|| not_contiguous(k))?;
+            finite &= xs
+                .par_chunks_mut(CHUNK)
+                .map(|c| F::scale_finite(c, factor))
+                .reduce(|| true, |a, b| a && b);
+            tensors.push((&*xs, shape));
+        }
+        Ok(Self::judged(tensors, finite))
+    }
+
+    /// Adds `parts[k]` into `acc[k]` (the last micro-batch of an
+    /// accumulation, another worker's share) and checks the sums.
+    /// Shapes must match pairwise.
+    pub fn add(
+        acc: Vec<&'a mut dyn TensorMut<F>>,
+        parts: &[&dyn TensorRef<F>],
+    ) -> Result<Self, Error> {
+        if acc.len() != parts.len() {
+            return Err(mismatch(format!(
+                "{} gradients to add into, but {} to add",
+                acc.len(),
+                parts.len()
+            )));
+        }
+        // Every pair is checked before any element is written.
+        for (k, (a, x)) in acc.iter().zip(parts).enumerate() {
+            if a.shape() != x.shape() {
+                return Err(mismatch(format!(
+                    "gradient {k} has shape {:?}, but the one added to it has shape {:?}",
+                    a.shape(),
+                    x.shape()
+                )));
+            }
+            match (a.elements(), x.elements()) {
+                (Some(a), Some(x)) if a.len() == x.len() => {}
+                (Some(a), Some(x)) => {
+                    return Err(mismatch(format!(
+                        "gradient {k} has {} elements, but the one added to it has {}",
+                        a.len(),
+                        x.len()
+                    )))
+                }
+                _ => return Err(not_contiguous(k)),
+            }
+        }
+        let mut tensors = Vec::with_capacity(acc.len());
+        let mut finite = true;
+        for (k, (a, x)) in acc.into_iter().zip(parts).enumerate() {
+            let shape = a.shape().to_vec();
+            let part = x.elements().ok_or_else(|| not_contiguous(k))?;
+            let sums = a.elements_mut().ok_or_else(|| not_contiguous(k))?;
+            finite &= sums
+                .par_chunks_mut(CHUNK)
+                .zip(part.par_chunks(CHUNK))
+                .map(|(s, p)| F::add_finite(s, p))
+                .reduce(|| true, |a, b| a && b);
+            tensors.push((&*sums, shape));
+        }
+        Ok(Self::judged(tensors, finite))
+    }
+
+    /// The verdict, with the first offending element located (a second
+    /// read, only when there is one).
+    fn judged(tensors: Vec<(&'a [F], Vec<usize>)>, finite: bool) -> Self {
+        let found = if finite {
+            None
+        } else {
+            let grads: Vec<&[F]> = tensors.iter().map(|(xs, _)| *xs).collect();
+            scan(&grads, &[], &[])
+        };
+        CheckedGradients { tensors, found }
+    }
+
+    /// The first NaN or infinity the pass wrote, if any.
+    pub fn found(&self) -> Option<&Found> {
+        self.found.as_ref()
+    }
+
+    /// How many gradients the pass wrote.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// True when the pass wrote no gradient.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Gradient `k`'s elements (row-major) and shape.
+    pub(crate) fn tensor(&self, k: usize) -> (&'a [F], &[usize]) {
+        let (xs, shape) = &self.tensors[k];
+        (xs, shape)
+    }
+}
+
+/// The error for gradient `k` not laid out row-major in one piece.
+fn not_contiguous(k: usize) -> Error {
+    mismatch(format!(
+        "gradient {k} is not contiguous in standard (row-major) order"
+    ))
 }
 
 /// The rule a GPU step runs to scan its gradients and extra inputs before
@@ -268,6 +598,55 @@ mod tests {
             first_non_finite(&[f64::MAX, -f64::MAX, f64::MIN_POSITIVE]),
             None
         );
+    }
+
+    #[test]
+    fn checked_writes_compute_as_plain_loops_and_see_every_bad_value() {
+        for n in [0usize, 1, 15, 16, 17, 1000, 4099] {
+            let xs: Vec<f32> = (0..n).map(|i| (i as f32 * 0.61).sin() * 3e3).collect();
+            let part: Vec<f32> = (0..n).map(|i| (i as f32 * 0.13).cos()).collect();
+            let plain = |f: &dyn Fn(f32, f32) -> f32| -> Vec<u32> {
+                xs.iter()
+                    .zip(&part)
+                    .map(|(x, p)| f(*x, *p).to_bits())
+                    .collect()
+            };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let mut scaled = xs.clone();
+            assert!(f32::scale_finite(&mut scaled, 0.3));
+            assert_eq!(bits(&scaled), plain(&|x, _| x * 0.3), "n = {n}");
+            let mut divided = xs.clone();
+            assert!(f32::div_finite(&mut divided, 3.0));
+            assert_eq!(bits(&divided), plain(&|x, _| x / 3.0), "n = {n}");
+            let mut sums = xs.clone();
+            assert!(f32::add_finite(&mut sums, &part));
+            assert_eq!(bits(&sums), plain(&|x, p| x + p), "n = {n}");
+            for at in [0, n / 2, n.saturating_sub(1)] {
+                if n == 0 {
+                    continue;
+                }
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut v = xs.clone();
+                    v[at] = bad;
+                    assert!(!f32::scale_finite(&mut v.clone(), 0.5), "n = {n}, at {at}");
+                    assert!(!f32::div_finite(&mut v.clone(), 2.0), "n = {n}, at {at}");
+                    assert!(!f32::add_finite(&mut v, &part), "n = {n}, at {at}");
+                }
+                // Finite in, infinite out: the check is on what is written.
+                let mut v = xs.clone();
+                v[at] = f32::MAX;
+                assert!(f32::scale_finite(&mut v.clone(), 1.0));
+                assert!(!f32::scale_finite(&mut v.clone(), 2.0));
+                assert!(!f32::div_finite(&mut v.clone(), 0.25));
+                let mut overflowing = part.clone();
+                overflowing[at] = f32::MAX;
+                assert!(!f32::add_finite(&mut v, &overflowing));
+                let mut wide: Vec<f64> = xs.iter().map(|&x| f64::from(x)).collect();
+                wide[at] = f64::MAX;
+                assert!(f64::scale_finite(&mut wide.clone(), -1.0));
+                assert!(!f64::scale_finite(&mut wide, -2.0));
+            }
+        }
     }
 
     #[test]

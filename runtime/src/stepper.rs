@@ -9,7 +9,7 @@
 
 use crate::error::{mismatch, Error};
 use crate::jit;
-use crate::non_finite::{self, NonFinite};
+use crate::non_finite::{self, CheckedGradients, Found, NonFinite};
 use crate::optimizer::{resolve_groups, set_in_groups, Group};
 use crate::schedules::{Schedule, Scheduled};
 use crate::tensor::{TensorMut, TensorRef};
@@ -361,14 +361,66 @@ impl<F: Float> Stepper<F> {
         grads: &[&dyn TensorRef<F>],
         inputs: &Inputs<'_, F>,
     ) -> Result<(), Error> {
+        self.check_count(params.len(), grads.len())?;
+        let grad_data = (0..grads.len())
+            .map(|i| elements("gradient", i, grads[i], &self.shapes[i]))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.step_on(params, grad_data, None, inputs)
+    }
+
+    /// One step on gradients a pass has already checked
+    /// ([`CheckedGradients`]): the policy follows that pass's verdict, and
+    /// the gradients are not read an extra time (any extra inputs still are).
+    pub fn step_checked(
+        &mut self,
+        params: &mut [&mut dyn TensorMut<F>],
+        grads: &CheckedGradients<'_, F>,
+    ) -> Result<(), Error> {
+        self.step_checked_with(params, grads, &Inputs::new())
+    }
+
+    /// [`Stepper::step_checked`] with extra inputs.
+    pub fn step_checked_with(
+        &mut self,
+        params: &mut [&mut dyn TensorMut<F>],
+        grads: &CheckedGradients<'_, F>,
+        inputs: &Inputs<'_, F>,
+    ) -> Result<(), Error> {
+        self.check_count(params.len(), grads.len())?;
+        let mut grad_data = Vec::with_capacity(grads.len());
+        for (i, shape) in self.shapes.iter().enumerate() {
+            let (xs, got) = grads.tensor(i);
+            if got != shape.as_slice() {
+                return Err(mismatch(format!(
+                    "gradient {i} has shape {got:?}, but parameter {i} has shape {shape:?}"
+                )));
+            }
+            grad_data.push(xs);
+        }
+        self.step_on(params, grad_data, Some(grads.found()), inputs)
+    }
+
+    /// The step's counts agree with the tensors the optimizer holds.
+    fn check_count(&self, params: usize, grads: usize) -> Result<(), Error> {
         let n = self.shapes.len();
-        if params.len() != n || grads.len() != n {
+        if params != n || grads != n {
             return Err(mismatch(format!(
-                "the optimizer holds {n} tensors, but the step got {} parameters and {} gradients",
-                params.len(),
-                grads.len()
+                "the optimizer holds {n} tensors, but the step got {params} parameters and {grads} gradients"
             )));
         }
+        Ok(())
+    }
+
+    /// The step on `grad_data` (shapes checked); `checked` is the verdict
+    /// of a pass that already looked at the gradients, if one did.
+    fn step_on(
+        &mut self,
+        params: &mut [&mut dyn TensorMut<F>],
+        grad_data: Vec<&[F]>,
+        checked: Option<Option<&Found>>,
+        inputs: &Inputs<'_, F>,
+    ) -> Result<(), Error> {
+        let n = self.shapes.len();
         for (k, (name, _)) in inputs.items.iter().enumerate() {
             if inputs.items[..k].iter().any(|(other, _)| other == name) {
                 return Err(mismatch(format!(
@@ -405,10 +457,8 @@ impl<F: Float> Stepper<F> {
             supplied.push(found.map(|(_, t)| t));
         }
         let present: Vec<bool> = supplied.iter().map(Option::is_some).collect();
-        let mut grad_data = Vec::with_capacity(n);
         let mut input_data: Vec<Vec<Option<&[F]>>> = Vec::with_capacity(n);
         for i in 0..n {
-            grad_data.push(elements("gradient", i, grads[i], &self.shapes[i])?);
             let mut row = Vec::with_capacity(supplied.len());
             for (decl, tensors) in self.rule.inputs.iter().zip(&supplied) {
                 row.push(match tensors {
@@ -429,10 +479,17 @@ impl<F: Float> Stepper<F> {
         self.last_skipped = false;
         if self.non_finite != NonFinite::Unchecked {
             let decls = &self.rule.inputs;
-            let found = match &self.pool {
-                Some(pool) => pool.install(|| non_finite::scan(&grad_data, &input_data, decls)),
-                None => non_finite::scan(&grad_data, &input_data, decls),
+            // Gradients a pass has checked are not read again; their
+            // verdict comes first, as the scan looks at gradients first.
+            let (verdict, unread): (Option<Found>, &[&[F]]) = match checked {
+                Some(found) => (found.cloned(), &[]),
+                None => (None, &grad_data),
             };
+            let scan = || non_finite::scan(unread, &input_data, decls);
+            let found = verdict.or_else(|| match &self.pool {
+                Some(pool) => pool.install(scan),
+                None => scan(),
+            });
             if let Some(found) = found {
                 if self.non_finite == NonFinite::Skip {
                     self.skipped += 1;

@@ -190,6 +190,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         }
         for name in &rules {
             bench.scan_cost(name, n)?;
+            bench.scan_folded(name, n)?;
         }
     }
     let triad_gbps = bench.triad_gbps(1_000_000)?;

@@ -61,6 +61,25 @@ pub(super) fn print_end(rows: &[Value], json: bool) {
                 100.0 * f("overhead")
             );
         }
+        let folded: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["kernel"] == "scan_folded")
+            .collect();
+        if !folded.is_empty() {
+            outln!("\nthe check folded into the pass that unscales the gradients (pass + step, refuse against unchecked):");
+        }
+        for row in folded {
+            let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+            outln!(
+                "  {:<8} {:<4} n={:<9} checked {:.3} ms, unchecked {:.3} ms: {:+.1}%",
+                row["rule"].as_str().unwrap_or(""),
+                row["backend"].as_str().unwrap_or(""),
+                row["n"],
+                f("checked_ms"),
+                f("unchecked_ms"),
+                100.0 * f("overhead")
+            );
+        }
         for row in rows.iter().filter(|r| r["kernel"] == "adam_many_small") {
             outln!(
                 "\nadam_many_small: {} tensors, {} elements in all, 2 groups: {:.3} ms per step, {:.2}x the time of one tensor of the same size ({:.3} ms)",

@@ -263,6 +263,67 @@ impl Bench {
         Ok(())
     }
 
+    /// What the default policy costs when the check rides on a pass that
+    /// writes the gradients anyway: unscaling them (by 1/2 and 2 in turn,
+    /// exact) as after a loss-scaled backward pass, then rule `name`'s
+    /// step. Checked: [`lensopt::CheckedGradients::scale`] and
+    /// `step_checked` under `refuse`; plain: the same pass without the
+    /// check and the step `unchecked`. Interleaved, same stepper.
+    pub(super) fn scan_folded(&mut self, name: &str, n: usize) -> Result<(), Failure> {
+        let opt = catalog::get(name).ok_or_else(|| fail(format!("unknown rule `{name}`")))?;
+        let rule = opt.rule();
+        let p = filled(n, 3)?;
+        let g = filled(n, 4)?;
+        let mut h = filled(n, 5)?;
+        h.mapv_inplace(f32::abs);
+        let mut st = opt.init::<f32>(&[&p]).map_err(fail)?;
+        st.set_pool(self.pool.clone());
+        let mut inputs = Inputs::new();
+        for input in &rule.inputs {
+            inputs = inputs.with(&input.name, vec![&h as &dyn TensorRef<f32>]);
+        }
+        let backend = st
+            .program(&vec![true; rule.inputs.len()])
+            .map_err(fail)?
+            .origin()
+            .name();
+        let pool = self.pool.clone();
+        let state = std::cell::RefCell::new((st, p, g, 0.5f32, Ok(())));
+        let pipeline = |checked: bool| {
+            let mut state = state.borrow_mut();
+            let (st, p, g, factor, result) = &mut *state;
+            *factor = 1.0 / *factor;
+            let stepped = if checked {
+                st.set_non_finite(lensopt::NonFinite::Refuse);
+                // (`lensopt::Error` is not `Send`: it leaves the pool as text.)
+                let factor = *factor;
+                match pool.install(|| {
+                    lensopt::CheckedGradients::scale(vec![g], factor).map_err(|e| e.to_string())
+                }) {
+                    Ok(g) => st.step_checked_with(&mut [p], &g, &inputs),
+                    Err(e) => Err(lensopt::Error::Mismatch(e)),
+                }
+            } else {
+                st.set_non_finite(lensopt::NonFinite::Unchecked);
+                let xs = g.as_slice_mut().expect("contiguous");
+                pool.install(|| scale_plain(xs, *factor));
+                st.step_with(&mut [p], &[&*g], &inputs)
+            };
+            if let Err(e) = stepped {
+                *result = Err(e);
+            }
+        };
+        let (checked, plain, _) = time_pair(self.seconds, || pipeline(true), || pipeline(false));
+        let (.., result) = state.into_inner();
+        result.map_err(fail)?;
+        self.rows.push(json!({
+            "kernel": "scan_folded", "rule": name, "backend": backend, "n": n, "dtype": "f32",
+            "threads": self.threads, "pass": "unscale", "checked_ms": checked * 1e3,
+            "unchecked_ms": plain * 1e3, "overhead": checked / plain - 1.0,
+        }));
+        Ok(())
+    }
+
     /// The hand-written Adam on `n` elements, against Adam's ceiling.
     pub(super) fn handwritten(
         &mut self,
@@ -413,4 +474,39 @@ fn cached_latency(text: &str, defaults: &[lensopt::HyperValue]) -> Result<f64, F
     result?;
     samples.sort_by(f64::total_cmp);
     Ok(samples[samples.len() / 2])
+}
+
+/// `xs *= factor` on the current pool, in the chunks the checked pass
+/// uses, with the widest vectors the CPU has: that pass without its check.
+fn scale_plain(xs: &mut [f32], factor: f32) {
+    use rayon::prelude::*;
+    fn scale(xs: &mut [f32], factor: f32) {
+        for x in xs {
+            *x *= factor;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn scale_avx512(xs: &mut [f32], factor: f32) {
+        scale(xs, factor)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn scale_avx2(xs: &mut [f32], factor: f32) {
+        scale(xs, factor)
+    }
+    xs.par_chunks_mut(1 << 16).for_each(|c| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above).
+                return unsafe { scale_avx512(c, factor) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                return unsafe { scale_avx2(c, factor) };
+            }
+        }
+        scale(c, factor)
+    });
 }

@@ -190,6 +190,19 @@ pub fn reduce_scatter_sum<F: Float>(
     k: usize,
     full: &[F],
 ) -> Result<Vec<F>, Error> {
+    reduce_scatter_checked(comm, layout, k, full, None).map(|(shard, _)| shard)
+}
+
+/// [`reduce_scatter_sum`], then the shard divided by `divisor` if one is
+/// given, and whether every value of the result is finite: the check rides
+/// on the last pass that writes the shard.
+pub(crate) fn reduce_scatter_checked<F: Float>(
+    comm: &dyn Collective,
+    layout: &ShardLayout,
+    k: usize,
+    full: &[F],
+    divisor: Option<F>,
+) -> Result<(Vec<F>, bool), Error> {
     let ranges = layout.ranges(k)?;
     if full.len() != layout.numel(k)? || ranges.len() != comm.size() {
         return Err(mismatch(format!(
@@ -200,7 +213,12 @@ pub fn reduce_scatter_sum<F: Float>(
         )));
     }
     if comm.size() == 1 {
-        return Ok(full.to_vec());
+        let mut shard = full.to_vec();
+        let finite = match divisor {
+            Some(d) => F::div_finite(&mut shard, d),
+            None => F::all_finite(&shard),
+        };
+        return Ok((shard, finite));
     }
     let width = std::mem::size_of::<F>();
     let mine = ranges[comm.rank()].len();
@@ -215,15 +233,18 @@ pub fn reduce_scatter_sum<F: Float>(
         bytemuck::cast_slice_mut(&mut received),
         &recv_counts,
     )?;
-    // Rank 0's part, then each later rank's added in turn, in place.
+    // Rank 0's part, then each later rank's added in turn, in place; the
+    // last addition (or the scaling after it) says whether all is finite.
     let (sum, rest) = received.split_at_mut(mine);
+    let mut finite = true;
     for part in rest.chunks_exact(mine.max(1)) {
-        for (a, x) in sum.iter_mut().zip(part) {
-            *a += *x;
-        }
+        finite = F::add_finite(sum, part);
+    }
+    if let Some(d) = divisor {
+        finite = F::div_finite(sum, d);
     }
     received.truncate(mine);
-    Ok(received)
+    Ok((received, finite))
 }
 
 /// All-gather of tensor `k`'s shards: every rank gives its shard (`local`),

@@ -1,6 +1,6 @@
 //! An optimizer whose state is sharded across ranks (ZeRO stage 1).
 
-use super::{all_gather_tensor, reduce_scatter_sum, Collective, ShardLayout};
+use super::{all_gather_tensor, reduce_scatter_checked, Collective, ShardLayout};
 use crate::error::{mismatch, Error};
 use crate::non_finite::NonFinite;
 use crate::optimizer::{Group, Optimizer};
@@ -254,22 +254,22 @@ impl<F: Float> ShardedStepper<F> {
         let rank = self.comm.rank();
         let ranks = F::from_f64(self.comm.size() as f64);
         let mean = self.reduction == GradientReduction::Mean && self.comm.size() > 1;
-        // One rank's shard is the whole tensor: it is read where it lies.
-        let reduce = |k: usize, t: &'g dyn TensorRef<F>| -> Result<Cow<'g, [F]>, Error> {
+        // One rank's shard is the whole tensor: it is read where it lies,
+        // and scanned below. With more, the pass that sums (and averages)
+        // the shard checks it as it writes it.
+        type Shard<'g, F> = (Cow<'g, [F]>, Option<bool>);
+        let reduce = |k: usize, t: &'g dyn TensorRef<F>| -> Result<Shard<'g, F>, Error> {
             let data = t.elements().unwrap_or(&[]);
             if self.comm.size() == 1 {
-                return Ok(Cow::Borrowed(data));
+                return Ok((Cow::Borrowed(data), None));
             }
-            let mut shard = reduce_scatter_sum(self.comm.as_ref(), &self.layout, k, data)?;
-            if mean {
-                for x in &mut shard {
-                    *x = *x / ranks;
-                }
-            }
-            Ok(Cow::Owned(shard))
+            let divisor = mean.then_some(ranks);
+            let (shard, finite) =
+                reduce_scatter_checked(self.comm.as_ref(), &self.layout, k, data, divisor)?;
+            Ok((Cow::Owned(shard), Some(finite)))
         };
         let mut g_shards = Vec::with_capacity(self.shapes.len());
-        let mut input_shards: Vec<(String, Vec<Cow<'_, [F]>>)> = Vec::new();
+        let mut input_shards: Vec<(String, Vec<Shard<'_, F>>)> = Vec::new();
         for (k, g) in grads.iter().enumerate() {
             g_shards.push(reduce(k, *g)?);
         }
@@ -290,7 +290,10 @@ impl<F: Float> ShardedStepper<F> {
                     .iter()
                     .map(|(name, shards)| (Some(name), &shards[k]));
                 let candidates = std::iter::once((None, &g_shards[k])).chain(inputs);
-                for (order, (name, xs)) in candidates.enumerate() {
+                for (order, (name, (xs, finite))) in candidates.enumerate() {
+                    if *finite == Some(true) {
+                        continue;
+                    }
                     if let Some((i, v)) = first_non_finite(xs) {
                         if found
                             .as_ref()
@@ -346,6 +349,11 @@ impl<F: Float> ShardedStepper<F> {
                 });
             }
         }
+        let g_shards: Vec<Cow<'_, [F]>> = g_shards.into_iter().map(|(xs, _)| xs).collect();
+        let input_shards: Vec<(String, Vec<Cow<'_, [F]>>)> = input_shards
+            .into_iter()
+            .map(|(name, shards)| (name, shards.into_iter().map(|(xs, _)| xs).collect()))
+            .collect();
         // The local step, on views of this rank's part of each parameter.
         {
             let mut views: Vec<ArrayViewMutD<'_, F>> = Vec::with_capacity(self.held.len());
