@@ -414,6 +414,21 @@ pub(crate) fn scan<F: Float>(
 /// The passes run on the current rayon pool (`pool.install(...)` to choose
 /// one) in chunks of 64K elements.
 ///
+/// ```
+/// use lensopt::{catalog, CheckedGradients, Optimizer, TensorMut};
+/// use ndarray::Array1;
+///
+/// let mut w = Array1::<f32>::zeros(4);
+/// let mut adam = catalog::get("adam").unwrap().init::<f32>(&[&w]).unwrap();
+/// // A gradient of the loss scaled by 1024, as mixed precision computes it.
+/// let mut g = Array1::from(vec![512.0f32, -1024.0, 0.0, 2048.0]);
+/// let grads: Vec<&mut dyn TensorMut<f32>> = vec![&mut g];
+/// let checked = CheckedGradients::scale(grads, 1.0 / 1024.0).unwrap();
+/// assert!(checked.found().is_none());
+/// adam.step_checked(&mut [&mut w], &checked).unwrap();
+/// assert!(w[0] < 0.0 && w[3] < 0.0 && w[1] > 0.0);
+/// ```
+///
 /// [`Stepper::step_checked`]: crate::Stepper::step_checked
 #[derive(Debug)]
 pub struct CheckedGradients<'a, F> {
