@@ -66,24 +66,43 @@ impl Diagnostic {
     ///   |                  ^
     /// ```
     pub fn render(&self, source: &str, file: &str) -> String {
-        let (line, column) = (self.line(), self.column());
-        let mut out = format!("error: {}\n --> {file}:{line}:{column}\n", self.message);
-        if let Some(text) = source.lines().nth(line.saturating_sub(1)) {
-            let gutter = line.to_string().len();
-            let pad = " ".repeat(gutter);
-            let caret_at: String = text
-                .chars()
-                .take(column.saturating_sub(1))
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
-                .collect();
-            let width = self.width.unwrap_or_else(|| self.span_width().unwrap_or(1));
-            out.push_str(&format!(
-                "{pad} |\n{line} | {text}\n{pad} | {caret_at}{}\n",
-                "^".repeat(width)
-            ));
-        }
-        out
+        let width = self.width.unwrap_or_else(|| self.span_width().unwrap_or(1));
+        render(
+            &self.message,
+            self.line(),
+            self.column(),
+            width,
+            source,
+            file,
+        )
     }
+}
+
+/// The compiler-style report of `message` at `line`:`column` (1-based),
+/// with the source line and `width` carets under the token.
+fn render(
+    message: &str,
+    line: usize,
+    column: usize,
+    width: usize,
+    source: &str,
+    file: &str,
+) -> String {
+    let mut out = format!("error: {message}\n --> {file}:{line}:{column}\n");
+    if let Some(text) = source.lines().nth(line.saturating_sub(1)) {
+        let gutter = line.to_string().len();
+        let pad = " ".repeat(gutter);
+        let caret_at: String = text
+            .chars()
+            .take(column.saturating_sub(1))
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        out.push_str(&format!(
+            "{pad} |\n{line} | {text}\n{pad} | {caret_at}{}\n",
+            "^".repeat(width)
+        ));
+    }
+    out
 }
 
 impl fmt::Display for Diagnostic {
@@ -179,3 +198,96 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+/// One error of a rule written as text, placed at its line and column: what
+/// a run-time error carries. It holds no span, so it crosses threads
+/// (`Send + Sync`), and reads like a [`Diagnostic`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placed {
+    /// What is wrong, in one sentence.
+    pub message: String,
+    line: usize,
+    column: usize,
+    width: usize,
+}
+
+impl Placed {
+    /// Line (1-based).
+    pub fn line(&self) -> usize {
+        self.line
+    }
+
+    /// Column (1-based).
+    pub fn column(&self) -> usize {
+        self.column
+    }
+
+    /// The width in columns of the token pointed at.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Renders the error as a compiler does (see [`Diagnostic::render`]).
+    pub fn render(&self, source: &str, file: &str) -> String {
+        render(
+            &self.message,
+            self.line,
+            self.column,
+            self.width,
+            source,
+            file,
+        )
+    }
+}
+
+impl fmt::Display for Placed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.column, self.message)
+    }
+}
+
+/// All errors of a rule written as text, placed, in source order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlacedDiagnostics {
+    /// The individual errors.
+    pub items: Vec<Placed>,
+}
+
+impl From<Diagnostics> for PlacedDiagnostics {
+    fn from(mut d: Diagnostics) -> Self {
+        d.resolve();
+        PlacedDiagnostics {
+            items: d
+                .items
+                .into_iter()
+                .map(|d| Placed {
+                    line: d.line(),
+                    column: d.column(),
+                    width: d.width.unwrap_or(1),
+                    message: d.message,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl PlacedDiagnostics {
+    /// The first error.
+    pub fn first(&self) -> Option<&Placed> {
+        self.items.first()
+    }
+}
+
+impl fmt::Display for PlacedDiagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.items.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PlacedDiagnostics {}

@@ -17,7 +17,7 @@ pub mod expand;
 pub mod parse;
 pub mod prelude;
 
-pub use diag::{Diagnostic, Diagnostics};
+pub use diag::{Diagnostic, Diagnostics, Placed, PlacedDiagnostics};
 
 use lensopt_ir::Rule;
 

@@ -1,14 +1,15 @@
 //! The runtime's error type: every way a call can be refused, as a value.
 
-use lensopt_frontend::Diagnostics;
+use lensopt_frontend::{Diagnostics, PlacedDiagnostics};
 use std::fmt;
 
 /// Why an optimizer call was refused. Nothing is modified when a call fails.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// A rule written at run time did not parse or check.
-    Rule(Diagnostics),
+    /// A rule written at run time did not parse or check (each error at
+    /// its line and column).
+    Rule(PlacedDiagnostics),
     /// A hyperparameter the rule does not declare.
     UnknownHyper {
         /// The optimizer.
@@ -114,11 +115,42 @@ impl std::error::Error for Error {
 
 impl From<Diagnostics> for Error {
     fn from(d: Diagnostics) -> Self {
-        Error::Rule(d)
+        Error::Rule(d.into())
     }
 }
 
 /// Shorthand for a mismatch error.
 pub(crate) fn mismatch(message: impl Into<String>) -> Error {
     Error::Mismatch(message.into())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Errors cross threads and convert into `Box<dyn Error + Send + Sync>`
+    /// (and so into `anyhow::Error`).
+    #[test]
+    fn errors_cross_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<super::Error>();
+        // A rule's errors keep their places on the way out of a thread.
+        let err = std::thread::spawn(|| {
+            crate::DynOptimizer::parse("Sgd {\n  hyper lr = 0.1;\n  update { p = p - lr * q; }\n}")
+                .map(|_| ())
+                .expect_err("an unknown name")
+        })
+        .join()
+        .expect("the thread finished");
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
+        let super::Error::Rule(d) = boxed.downcast_ref::<super::Error>().expect("an Error") else {
+            panic!("expected a rule error, got {boxed}");
+        };
+        let first = d.first().expect("one error");
+        assert_eq!(
+            (first.line(), first.column(), first.width()),
+            (3, 25, 1),
+            "{d}"
+        );
+        assert!(first.message.contains("`q`"), "{d}");
+        assert!(boxed.to_string().starts_with("3:25: "), "{boxed}");
+    }
 }

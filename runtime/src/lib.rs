@@ -65,7 +65,7 @@ pub use error::Error;
 pub use float::Float;
 pub use lensopt_codegen::cpu::program::Origin;
 pub use lensopt_codegen::cpu::Program;
-pub use lensopt_frontend::{Diagnostic, Diagnostics, ParseRule};
+pub use lensopt_frontend::{Diagnostic, Diagnostics, ParseRule, Placed, PlacedDiagnostics};
 pub use lensopt_ir as ir;
 pub use lensopt_ir::optimize::{equivalent, Equivalence, Mode};
 pub use lensopt_ir::{interp, HyperValue, Rule};

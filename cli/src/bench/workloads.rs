@@ -295,14 +295,9 @@ impl Bench {
             *factor = 1.0 / *factor;
             let stepped = if checked {
                 st.set_non_finite(lensopt::NonFinite::Refuse);
-                // (`lensopt::Error` is not `Send`: it leaves the pool as text.)
                 let factor = *factor;
-                match pool.install(|| {
-                    lensopt::CheckedGradients::scale(vec![g], factor).map_err(|e| e.to_string())
-                }) {
-                    Ok(g) => st.step_checked_with(&mut [p], &g, &inputs),
-                    Err(e) => Err(lensopt::Error::Mismatch(e)),
-                }
+                pool.install(|| lensopt::CheckedGradients::scale(vec![g], factor))
+                    .and_then(|g| st.step_checked_with(&mut [p], &g, &inputs))
             } else {
                 st.set_non_finite(lensopt::NonFinite::Unchecked);
                 let xs = g.as_slice_mut().expect("contiguous");
