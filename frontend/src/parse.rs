@@ -474,6 +474,21 @@ fn comma_continues(input: ParseStream) -> syn::Result<bool> {
     }
 }
 
+/// True when the next token is a literal. syn's peeks for literal types
+/// parse the token as one (and build an error when it is not), so the
+/// literal branches look at the cursor first: most tokens are names.
+fn next_is_literal(input: ParseStream) -> bool {
+    input.cursor().literal().is_some()
+}
+
+/// True when the next token is `true` or `false`.
+fn next_is_bool(input: ParseStream) -> bool {
+    input
+        .cursor()
+        .ident()
+        .is_some_and(|(name, _)| name == "true" || name == "false")
+}
+
 /// A hyperparameter default: a number (optionally negative) or a boolean.
 /// Anything else is parsed as an expression and reported by the checker.
 fn parse_literal(input: ParseStream) -> syn::Result<Result<Literal, Span>> {
@@ -482,10 +497,10 @@ fn parse_literal(input: ParseStream) -> syn::Result<Result<Literal, Span>> {
     if negative {
         fork.parse::<Token![-]>()?;
     }
-    let lit = if fork.peek(syn::LitBool) && !negative {
+    let lit = if !negative && next_is_bool(&fork) && fork.peek(syn::LitBool) {
         let b: syn::LitBool = fork.parse()?;
         Some(Literal::Bool(b.value))
-    } else if fork.peek(syn::LitFloat) || fork.peek(syn::LitInt) {
+    } else if next_is_literal(&fork) && (fork.peek(syn::LitFloat) || fork.peek(syn::LitInt)) {
         let (value, _) = parse_number(&fork)?;
         Some(Literal::Num(if negative { -value } else { value }))
     } else {
@@ -789,7 +804,7 @@ fn parse_unary(input: ParseStream, nest: u32) -> syn::Result<(Expr, u32)> {
 }
 
 fn parse_primary(input: ParseStream, nest: u32) -> syn::Result<(Expr, u32)> {
-    if input.peek(syn::LitFloat) || input.peek(syn::LitInt) {
+    if next_is_literal(input) && (input.peek(syn::LitFloat) || input.peek(syn::LitInt)) {
         let (value, span) = parse_number(input)?;
         return Ok((
             Expr {
@@ -799,7 +814,7 @@ fn parse_primary(input: ParseStream, nest: u32) -> syn::Result<(Expr, u32)> {
             1,
         ));
     }
-    if input.peek(syn::LitBool) {
+    if next_is_bool(input) && input.peek(syn::LitBool) {
         let b: syn::LitBool = input.parse()?;
         return Ok((
             Expr {
