@@ -27,7 +27,7 @@ pub trait Float: Copy + Debug + Display + Default + PartialOrd + Send + Sync + '
     fn sqrt(self) -> Self;
     /// `|a|`
     fn abs(self) -> Self;
-    /// `e^a`
+    /// `e^a`: lensopt's own ([`crate::elementary`]), the same in every backend.
     fn exp(self) -> Self;
     /// Natural logarithm.
     fn ln(self) -> Self;
@@ -115,7 +115,7 @@ pub fn bf16_bits(x: f32) -> u32 {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:literal, $gemm:path $(, $extra:item)*) => {
+    ($t:ty, $name:literal, $gemm:path, $exp:path $(, $extra:item)*) => {
         impl Float for $t {
             const NAME: &'static str = $name;
             #[inline]
@@ -156,7 +156,7 @@ macro_rules! impl_float {
             }
             #[inline]
             fn exp(self) -> Self {
-                <$t>::exp(self)
+                $exp(self)
             }
             #[inline]
             fn ln(self) -> Self {
@@ -249,6 +249,7 @@ impl_float!(
     f32,
     "f32",
     matrixmultiply::sgemm,
+    crate::elementary::exp_f32,
     fn gemm_bf16(
         m: usize,
         k: usize,
@@ -270,4 +271,9 @@ impl_float!(
         crate::gemm::gemm_symmetric_f32(n, k, a, b, c);
     }
 );
-impl_float!(f64, "f64", matrixmultiply::dgemm);
+impl_float!(
+    f64,
+    "f64",
+    matrixmultiply::dgemm,
+    crate::elementary::exp_f64
+);

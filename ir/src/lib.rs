@@ -13,6 +13,7 @@ pub mod builder;
 pub mod circuit;
 pub mod counterexample;
 pub mod diagram;
+pub mod elementary;
 pub mod encoding;
 pub mod float;
 pub mod fusion;

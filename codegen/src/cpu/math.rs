@@ -1,8 +1,10 @@
 //! Math functions that cranelift has no instruction for, imported by generated code.
 //!
 //! Every import is registered explicitly with the JIT's symbol table, so no
-//! symbol is ever looked up in the process. The same functions (Rust's `std`,
-//! hence the platform libm) back the reference interpreter, so results agree.
+//! symbol is ever looked up in the process. The same functions back the
+//! reference interpreter, so results agree: `exp` is lensopt's own
+//! (`lensopt_ir::elementary`), the others Rust's `std`, hence the platform
+//! libm.
 
 /// A function generated code may call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,10 +81,10 @@ impl MathFn {
 }
 
 extern "C" fn exp_f32(x: f32) -> f32 {
-    x.exp()
+    lensopt_ir::elementary::exp_f32(x)
 }
 extern "C" fn exp_f64(x: f64) -> f64 {
-    x.exp()
+    lensopt_ir::elementary::exp_f64(x)
 }
 extern "C" fn ln_f32(x: f32) -> f32 {
     x.ln()
