@@ -20,19 +20,41 @@
 //! NaN, `exp(+inf) = +inf`, `exp(-inf) = 0`; overflow gives `+inf` and
 //! underflow `0` or a subnormal.
 
-/// `1.5 * 2^52`: adding it rounds an f64 of magnitude below 2^51 to the
-/// nearest integer (ties to even) and leaves that integer in the low bits.
-const SHIFTER: f64 = 6_755_399_441_055_744.0;
+/// The numbers of one width's `exp`: the steps in [`exp_f64`] and
+/// [`exp_f32`] with these constants, in this order, give the same bits, so
+/// a code generator that emits `exp` inline (the JIT) reads them from here.
+/// Every value is exact in the width it is used in, or rounded to it once
+/// (`as f32`).
+#[derive(Clone, Copy, Debug)]
+pub struct ExpSteps {
+    /// Arguments are clamped to `[low, high]` first: beyond, the result is
+    /// infinite or zero either way, and within, both halves of `2^k` stay
+    /// normal.
+    pub low: f64,
+    /// See `low`.
+    pub high: f64,
+    /// `log2 e`.
+    pub log2e: f64,
+    /// `1.5 * 2^m` for `m` mantissa bits: adding it rounds a value to the
+    /// nearest integer (ties to even) and leaves that integer in the low
+    /// bits.
+    pub shifter: f64,
+    /// `ln 2`'s high part, with few enough significant bits that `k *
+    /// ln2_hi` is exact for every `k` that occurs.
+    pub ln2_hi: f64,
+    /// `ln 2 - ln2_hi`.
+    pub ln2_lo: f64,
+    /// The Taylor terms `1/n!`, `n = 0, 1, ...`, summed by Horner's rule
+    /// from the last.
+    pub taylor: &'static [f64],
+    /// The exponent bias (127 or 1023).
+    pub bias: u32,
+    /// The mantissa bits (23 or 52).
+    pub mantissa_bits: u32,
+}
 
-/// `ln 2` in two parts: the high part has 32 significant bits, so `k *
-/// LN2_HI` is exact for `|k| < 2^21`.
-const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
-/// The rest of `ln 2`.
-const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
-
-/// `1/n!` for n = 0..=13: the Taylor terms of `e^r` that f64 needs on
-/// `|r| <= ln 2 / 2` (the first term left out is below 2^-57 relative).
-const TAYLOR_F64: [f64; 14] = [
+/// `1/n!` for n = 0..=13.
+const TAYLOR: [f64; 14] = [
     1.0,
     1.0,
     1.0 / 2.0,
@@ -49,81 +71,63 @@ const TAYLOR_F64: [f64; 14] = [
     1.0 / 6_227_020_800.0,
 ];
 
-/// `2^k` for an integer `k` in `[-1022, 1023]`, given `t = k + SHIFTER`:
-/// the low bits of `t` are `k`, and shifting `k + 1023` into the exponent
-/// field drops every higher bit.
-#[inline(always)]
-fn two_to(t: f64) -> f64 {
-    f64::from_bits(t.to_bits().wrapping_add(1023) << 52)
-}
+/// f64: fourteen Taylor terms on `|r| <= ln 2 / 2` (the first left out is
+/// below 2^-57 relative); `ln2_hi` has 32 significant bits.
+pub const EXP_F64: ExpSteps = ExpSteps {
+    low: -760.0,
+    high: 720.0,
+    log2e: std::f64::consts::LOG2_E,
+    shifter: 6_755_399_441_055_744.0,
+    ln2_hi: f64::from_bits(0x3fe6_2e42_fee0_0000),
+    ln2_lo: f64::from_bits(0x3dea_39ef_3579_3c76),
+    taylor: &TAYLOR,
+    bias: 1023,
+    mantissa_bits: 52,
+};
 
-/// `e^x` in f64 with the first `terms` Taylor terms.
-#[inline(always)]
-fn exp_with(x: f64, terms: usize) -> f64 {
-    // Past these bounds the result is infinite or zero either way; inside
-    // them both halves of 2^k stay normal. (Comparisons keep NaN.)
-    let c = if x > 720.0 {
-        720.0
-    } else if x < -760.0 {
-        -760.0
-    } else {
-        x
+/// f32: eight Taylor terms (the first left out is below 2^-27 relative);
+/// `ln2_hi` has 16 significant bits.
+pub const EXP_F32: ExpSteps = ExpSteps {
+    low: -120.0,
+    high: 100.0,
+    log2e: std::f64::consts::LOG2_E,
+    shifter: 12_582_912.0,
+    ln2_hi: 0.693_359_375,
+    ln2_lo: std::f64::consts::LN_2 - 0.693_359_375,
+    taylor: TAYLOR.split_at(8).0,
+    bias: 127,
+    mantissa_bits: 23,
+};
+
+/// The steps of [`ExpSteps`] in one float type.
+macro_rules! exp_in {
+    ($name:ident, $t:ty, $steps:expr) => {
+        #[doc = concat!("`e^x` for ", stringify!($t), ", as every backend computes it (see the module docs).")]
+        #[inline(always)]
+        pub fn $name(x: $t) -> $t {
+            const S: ExpSteps = $steps;
+            let (shifter, bias) = (S.shifter as $t, S.bias);
+            let two_to = |t: $t| <$t>::from_bits(t.to_bits().wrapping_add(bias.into()) << S.mantissa_bits);
+            let c = x.clamp(S.low as $t, S.high as $t);
+            let k = (c * S.log2e as $t + shifter) - shifter;
+            let r = (c - k * S.ln2_hi as $t) - k * S.ln2_lo as $t;
+            let last = S.taylor.len() - 1;
+            let mut p = S.taylor[last] as $t;
+            let mut n = last;
+            while n > 0 {
+                n -= 1;
+                p = p * r + S.taylor[n] as $t;
+            }
+            // 2^k = 2^rest * 2^half, each within the normal exponents.
+            let half = k * 0.5 + shifter;
+            let rest = (k - (half - shifter)) + shifter;
+            p * two_to(rest) * two_to(half)
+        }
     };
-    let k = (c * std::f64::consts::LOG2_E + SHIFTER) - SHIFTER;
-    let r = (c - k * LN2_HI) - k * LN2_LO;
-    let mut p = TAYLOR_F64[terms - 1];
-    for coefficient in TAYLOR_F64[..terms - 1].iter().rev() {
-        p = p * r + coefficient;
-    }
-    // 2^k = 2^half * 2^(k - half), each within the normal exponents.
-    let half = k * 0.5 + SHIFTER;
-    let rest = (k - (half - SHIFTER)) + SHIFTER;
-    p * two_to(rest) * two_to(half)
 }
 
-/// `e^x` for f64, as every backend computes it (see the module docs).
-#[inline(always)]
-pub fn exp_f64(x: f64) -> f64 {
-    exp_with(x, TAYLOR_F64.len())
-}
-
-/// `1.5 * 2^23`: [`SHIFTER`] for f32.
-const SHIFTER_F32: f32 = 12_582_912.0;
-
-/// `ln 2` in two parts for f32: the high part has 16 significant bits, so
-/// `k * LN2_HI_F32` is exact for `|k| < 2^8`.
-const LN2_HI_F32: f32 = f32::from_bits(0x3f31_8000);
-/// The rest of `ln 2`.
-const LN2_LO_F32: f32 = (std::f64::consts::LN_2 - 0.693_359_375) as f32;
-
-/// `2^k` for an integer `k` in `[-126, 127]`, given `t = k + SHIFTER_F32`.
-#[inline(always)]
-fn two_to_f32(t: f32) -> f32 {
-    f32::from_bits(t.to_bits().wrapping_add(127) << 23)
-}
-
-/// `e^x` for f32, as every backend computes it (see the module docs): in
-/// f32, with the Taylor terms up to `r^7 / 7!` (the first left out is
-/// below 2^-27 relative).
-#[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
-    let c = if x > 100.0 {
-        100.0
-    } else if x < -120.0 {
-        -120.0
-    } else {
-        x
-    };
-    let k = (c * std::f32::consts::LOG2_E + SHIFTER_F32) - SHIFTER_F32;
-    let r = (c - k * LN2_HI_F32) - k * LN2_LO_F32;
-    let mut p = TAYLOR_F64[7] as f32;
-    for coefficient in TAYLOR_F64[..7].iter().rev() {
-        p = p * r + *coefficient as f32;
-    }
-    let half = k * 0.5 + SHIFTER_F32;
-    let rest = (k - (half - SHIFTER_F32)) + SHIFTER_F32;
-    p * two_to_f32(rest) * two_to_f32(half)
-}
+exp_in!(exp_f64, f64, EXP_F64);
+exp_in!(exp_f32, f32, EXP_F32);
 
 #[cfg(test)]
 mod tests {

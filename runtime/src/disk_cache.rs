@@ -3,8 +3,10 @@
 //!
 //! A file holds the optimized rule (`lensopt_ir::encoding`) and the
 //! kernels' machine code (`lensopt_codegen::cpu::image`), under a name
-//! hashed from everything the code depends on: this build of lensopt, the
-//! CPU's features and cranelift's settings, the element type, the checked
+//! hashed from everything the code depends on: this build of lensopt (its
+//! version, and the running program's path, size and modification time,
+//! so a rebuilt program never loads an earlier build's code), the CPU's
+//! features and cranelift's settings, the element type, the checked
 //! rule and its specialisation. That key is stored in full and compared on
 //! load, and the whole file is checksummed, so a collision, a truncated
 //! write or a corrupted file costs a compile, never a wrong program.
@@ -167,10 +169,35 @@ impl DiskCache {
     }
 }
 
+/// This build of lensopt: the package version, and the running program's
+/// path, size and modification time, so that a rebuilt program (whose code
+/// generator may have changed under the same version) never loads code an
+/// earlier build compiled. `None` when the program cannot be identified.
+fn build() -> Option<&'static [u8]> {
+    static BUILD: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    BUILD
+        .get_or_init(|| {
+            let exe = std::env::current_exe().ok()?;
+            let meta = std::fs::metadata(&exe).ok()?;
+            let modified = meta
+                .modified()
+                .ok()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?;
+            let mut out = Vec::new();
+            put_bytes(&mut out, env!("CARGO_PKG_VERSION").as_bytes());
+            put_bytes(&mut out, exe.to_string_lossy().as_bytes());
+            out.extend_from_slice(&meta.len().to_le_bytes());
+            out.extend_from_slice(&modified.as_nanos().to_le_bytes());
+            Some(out)
+        })
+        .as_deref()
+}
+
 /// Everything a program depends on, as bytes (`None`: not cacheable).
 fn key_bytes<F: Float>(rule: &Rule, key: &Key) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    put_bytes(&mut out, env!("CARGO_PKG_VERSION").as_bytes());
+    put_bytes(&mut out, build()?);
     put_bytes(
         &mut out,
         lensopt_codegen::cpu::program::host_features()

@@ -138,6 +138,57 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
         self.b.ins().bitcast(F::VECTOR, flags, out)
     }
 
+    /// `e^x` on every lane, inline: the steps of `lensopt_ir::elementary`
+    /// with its constants, in its order, so the bits are the interpreter's
+    /// (cranelift's `fmin`/`fmax` keep NaN as `clamp` does, and it never
+    /// fuses a multiply and an add).
+    fn exp(&mut self, x: Value) -> Value {
+        use lensopt_ir::elementary::{EXP_F32, EXP_F64};
+        let steps = if F::BYTES == 4 { EXP_F32 } else { EXP_F64 };
+        let flags = MemFlagsData::new().with_endianness(Endianness::Little);
+        let ints = F::VECTOR.as_int();
+        let (low, high) = (self.splat(steps.low), self.splat(steps.high));
+        let c = self.b.ins().fmax(x, low);
+        let c = self.b.ins().fmin(c, high);
+        let shifter = self.splat(steps.shifter);
+        let log2e = self.splat(steps.log2e);
+        let k = self.b.ins().fmul(c, log2e);
+        let k = self.b.ins().fadd(k, shifter);
+        let k = self.b.ins().fsub(k, shifter);
+        let (hi, lo) = (self.splat(steps.ln2_hi), self.splat(steps.ln2_lo));
+        let khi = self.b.ins().fmul(k, hi);
+        let r = self.b.ins().fsub(c, khi);
+        let klo = self.b.ins().fmul(k, lo);
+        let r = self.b.ins().fsub(r, klo);
+        let (last, rest) = steps.taylor.split_last().expect("Taylor terms");
+        let mut p = self.splat(*last);
+        for coefficient in rest.iter().rev() {
+            let term = self.splat(*coefficient);
+            p = self.b.ins().fmul(p, r);
+            p = self.b.ins().fadd(p, term);
+        }
+        let half = self.splat(0.5);
+        let halved = self.b.ins().fmul(k, half);
+        let halved = self.b.ins().fadd(halved, shifter);
+        let back = self.b.ins().fsub(halved, shifter);
+        let remaining = self.b.ins().fsub(k, back);
+        let remaining = self.b.ins().fadd(remaining, shifter);
+        let bias = self.b.ins().iconst(ints.lane_type(), i64::from(steps.bias));
+        let bias = self.b.ins().splat(ints, bias);
+        let mut two_to = |t: Value| {
+            let bits = self.b.ins().bitcast(ints, flags, t);
+            let bits = self.b.ins().iadd(bits, bias);
+            let bits = self
+                .b
+                .ins()
+                .ishl_imm_u(bits, i64::from(steps.mantissa_bits));
+            self.b.ins().bitcast(F::VECTOR, flags, bits)
+        };
+        let (s_rest, s_half) = (two_to(remaining), two_to(halved));
+        let scaled = self.b.ins().fmul(p, s_rest);
+        self.b.ins().fmul(scaled, s_half)
+    }
+
     fn unary(&mut self, op: UnOp, a: Value) -> Value {
         match op {
             UnOp::Neg => self.b.ins().fneg(a),
@@ -160,12 +211,12 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
                 let r = self.b.ins().bitselect(neg, minus_one, a);
                 self.b.ins().bitselect(pos, one, r)
             }
-            UnOp::Exp => self.per_lane(MathFn::Exp, &[a]),
+            UnOp::Exp => self.exp(a),
             UnOp::Ln => self.per_lane(MathFn::Ln, &[a]),
             // sigmoid(x) = 1 / (1 + e^-x)
             UnOp::Sigmoid => {
                 let minus = self.b.ins().fneg(a);
-                let e = self.per_lane(MathFn::Exp, &[minus]);
+                let e = self.exp(minus);
                 let one = self.splat(1.0);
                 let den = self.b.ins().fadd(one, e);
                 self.b.ins().fdiv(one, den)
