@@ -140,6 +140,58 @@ fn collectives_combine_in_rank_order() {
 
 /// A NaN on one rank's gradients refuses the step on every rank, and
 /// nothing changes; `Skip` skips it on every rank.
+/// The thread transport's exchanges into known layouts, round after round
+/// with sizes that grow, shrink and differ per rank (its buffers are
+/// reused between rounds), against the plain collectives; wrong counts are
+/// errors on every rank.
+#[test]
+fn thread_exchanges_reuse_buffers_and_keep_every_byte() {
+    let results = on_ranks(3, |comm| {
+        let (rank, size) = (comm.rank(), comm.size());
+        let byte = |from: usize, to: usize, i: usize| (from * 31 + to * 7 + i) as u8;
+        for round in 0..6usize {
+            // Rank r sends (round * 1000 + 17 * r + t) bytes to rank t.
+            let len = |from: usize, to: usize| (round % 3) * 1000 + 17 * from + to + round;
+            let send_counts: Vec<usize> = (0..size).map(|t| len(rank, t)).collect();
+            let send: Vec<u8> = (0..size)
+                .flat_map(|t| (0..len(rank, t)).map(move |i| byte(rank, t, i)))
+                .collect();
+            let recv_counts: Vec<usize> = (0..size).map(|f| len(f, rank)).collect();
+            let mut recv = vec![0u8; recv_counts.iter().sum()];
+            comm.all_to_all_into(&send, &send_counts, &mut recv, &recv_counts)
+                .unwrap();
+            let want: Vec<u8> = (0..size)
+                .flat_map(|f| (0..len(f, rank)).map(move |i| byte(f, rank, i)))
+                .collect();
+            assert_eq!(recv, want, "round {round}, rank {rank}");
+            // All-gather of this rank's block.
+            let local: Vec<u8> = (0..len(rank, 0)).map(|i| byte(rank, 9, i)).collect();
+            let counts: Vec<usize> = (0..size).map(|f| len(f, 0)).collect();
+            let mut out = vec![0u8; counts.iter().sum()];
+            comm.all_gather_into(&local, &counts, &mut out).unwrap();
+            let want: Vec<u8> = (0..size)
+                .flat_map(|f| (0..len(f, 0)).map(move |i| byte(f, 9, i)))
+                .collect();
+            assert_eq!(out, want, "round {round}, rank {rank}");
+            assert_eq!(comm.all_gather(&local).unwrap()[rank], local);
+        }
+        // A rank that promises more than it sends: every rank is told.
+        let local = vec![rank as u8; 10];
+        let counts = vec![10, 10, 10];
+        let mut out = vec![0u8; 30];
+        let wrong = if rank == 1 {
+            vec![10, 11, 9]
+        } else {
+            counts.clone()
+        };
+        let checked = comm.all_gather_into(&local, &wrong, &mut out);
+        (rank, checked.is_err())
+    });
+    // Rank 1's counts do not fit its block: it refuses before sending, and
+    // the others, left waiting, are told when it leaves the group.
+    assert!(results.iter().all(|(_, err)| *err), "{results:?}");
+}
+
 #[test]
 fn a_non_finite_gradient_on_one_rank_stops_every_rank() {
     let results = on_ranks(2, |comm| {

@@ -1,7 +1,13 @@
 //! Ranks as threads of one process, exchanging through shared memory: for
 //! tests, and for sharding across the cores of one machine.
+//!
+//! A message is copied twice: into a buffer when it is sent, out of it where
+//! the receiver wants it. The receiver takes the buffer (it is addressed to
+//! it alone) and hands it back to the group's spare buffers, which the next
+//! message reuses: a fresh buffer of tens of megabytes would fault in and
+//! zero every page again at every step.
 
-use super::Collective;
+use super::{check_counts, Collective};
 use crate::error::{mismatch, Error};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -24,7 +30,12 @@ struct Hub {
     timeout: Duration,
     state: Mutex<HubState>,
     changed: Condvar,
+    /// Buffers of delivered messages, for the next ones to reuse.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Most spare buffers a group keeps, per rank.
+const SPARE_PER_RANK: usize = 4;
 
 #[derive(Debug, Default)]
 struct HubState {
@@ -50,6 +61,7 @@ impl Threads {
             timeout,
             state: Mutex::new(HubState::default()),
             changed: Condvar::new(),
+            spare: Mutex::new(Vec::new()),
         });
         (0..size)
             .map(|rank| Threads {
@@ -58,6 +70,58 @@ impl Threads {
                 round: Mutex::new(0),
             })
             .collect()
+    }
+
+    /// `bytes` in a buffer to send: a spare one when there is one.
+    fn buffer(&self, bytes: &[u8]) -> Vec<u8> {
+        let spare = {
+            let mut spare = self.hub.spare.lock().unwrap_or_else(|e| e.into_inner());
+            // The largest spare, so that big messages find big buffers.
+            let best = (0..spare.len()).max_by_key(|&i| spare[i].capacity());
+            best.map(|i| spare.swap_remove(i))
+        };
+        let mut buffer = spare.unwrap_or_default();
+        buffer.clear();
+        buffer.extend_from_slice(bytes);
+        buffer
+    }
+
+    /// Hands delivered messages' buffers back for reuse.
+    fn recycle(&self, buffers: Vec<Vec<u8>>) {
+        let mut spare = self.hub.spare.lock().unwrap_or_else(|e| e.into_inner());
+        for b in buffers {
+            if spare.len() < SPARE_PER_RANK * self.hub.size && b.capacity() > 0 {
+                spare.push(b);
+            }
+        }
+    }
+
+    /// Copies every rank's part into `out` in rank order (`counts[r]` bytes
+    /// from rank `r`), this rank's own straight from `own`, as it never went
+    /// through a buffer; then hands the buffers back.
+    fn place_with_own(
+        &self,
+        got: Vec<Vec<u8>>,
+        own: &[u8],
+        counts: &[usize],
+        out: &mut [u8],
+    ) -> Result<(), Error> {
+        let mut placed = Ok(());
+        let mut at = 0;
+        for (r, &c) in counts.iter().enumerate() {
+            let part = if r == self.rank { own } else { &got[r][..] };
+            if part.len() != c || at + c > out.len() {
+                placed = Err(mismatch(format!(
+                    "rank {r} sent {} bytes where {c} were due",
+                    part.len()
+                )));
+                break;
+            }
+            out[at..at + c].copy_from_slice(part);
+            at += c;
+        }
+        self.recycle(got);
+        placed
     }
 
     fn lock(&self) -> MutexGuard<'_, HubState> {
@@ -116,11 +180,15 @@ impl Threads {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        // Each part is addressed to one rank only: it is taken, not copied.
         let entry = state.rounds.get_mut(&round).expect("this rank's round");
         let mine = entry
             .parts
-            .iter()
-            .map(|p| p.as_ref().map_or_else(Vec::new, |p| p[self.rank].clone()))
+            .iter_mut()
+            .map(|p| {
+                p.as_mut()
+                    .map_or_else(Vec::new, |p| std::mem::take(&mut p[self.rank]))
+            })
             .collect();
         entry.taken += 1;
         if entry.taken == size {
@@ -148,11 +216,55 @@ impl Collective for Threads {
     }
 
     fn all_gather(&self, local: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
-        self.exchange(vec![local.to_vec(); self.hub.size])
+        self.exchange((0..self.hub.size).map(|_| self.buffer(local)).collect())
     }
 
     fn all_to_all(&self, parts: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Error> {
-        self.exchange(parts.to_vec())
+        self.exchange(parts.iter().map(|p| self.buffer(p)).collect())
+    }
+
+    fn all_gather_into(&self, local: &[u8], counts: &[usize], out: &mut [u8]) -> Result<(), Error> {
+        check_counts(self, counts, local.len(), out.len())?;
+        let parts = (0..self.hub.size)
+            .map(|r| {
+                if r == self.rank {
+                    Vec::new()
+                } else {
+                    self.buffer(local)
+                }
+            })
+            .collect();
+        let got = self.exchange(parts)?;
+        self.place_with_own(got, local, counts, out)
+    }
+
+    fn all_to_all_into(
+        &self,
+        send: &[u8],
+        send_counts: &[usize],
+        recv: &mut [u8],
+        recv_counts: &[usize],
+    ) -> Result<(), Error> {
+        if send_counts.len() != self.hub.size || send_counts.iter().sum::<usize>() != send.len() {
+            return Err(mismatch("the parts to send do not match their counts"));
+        }
+        let mine = recv_counts.get(self.rank).copied().unwrap_or(0);
+        check_counts(self, recv_counts, mine, recv.len())?;
+        let mut at = 0;
+        let mut own = &send[..0];
+        let mut parts = Vec::with_capacity(self.hub.size);
+        for (r, &c) in send_counts.iter().enumerate() {
+            let part = &send[at..at + c];
+            at += c;
+            if r == self.rank {
+                own = part;
+                parts.push(Vec::new());
+            } else {
+                parts.push(self.buffer(part));
+            }
+        }
+        let got = self.exchange(parts)?;
+        self.place_with_own(got, own, recv_counts, recv)
     }
 
     fn broadcast(&self, root: usize, data: &mut Vec<u8>) -> Result<(), Error> {
@@ -163,7 +275,7 @@ impl Collective for Threads {
             )));
         }
         let parts = if self.rank == root {
-            vec![data.clone(); self.hub.size]
+            (0..self.hub.size).map(|_| self.buffer(data)).collect()
         } else {
             vec![Vec::new(); self.hub.size]
         };
