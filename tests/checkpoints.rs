@@ -486,6 +486,8 @@ fn a_pass_that_writes_a_non_finite_gradient_refuses_the_step() {
     g[1][[1, 1]] = f64::MAX / 2.0;
     let verdict = CheckedGradients::scale(muts(&mut g), 4.0).unwrap();
     let found = verdict.found().expect("found").clone();
+    let shown = format!("{verdict:?}");
+    assert!(shown.contains("[3, 5]") && shown.len() < 400, "{shown}");
     assert_eq!((found.what.as_str(), found.index), ("gradient 1", 6));
     assert_eq!(found.value, f64::INFINITY);
     let err = st.step_checked(&mut muts(&mut p), &verdict).unwrap_err();

@@ -430,10 +430,20 @@ pub(crate) fn scan<F: Float>(
 /// ```
 ///
 /// [`Stepper::step_checked`]: crate::Stepper::step_checked
-#[derive(Debug)]
 pub struct CheckedGradients<'a, F> {
     tensors: Vec<(&'a [F], Vec<usize>)>,
     found: Option<Found>,
+}
+
+/// Shapes and verdict, not the elements (there may be millions).
+impl<F> std::fmt::Debug for CheckedGradients<'_, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shapes: Vec<&[usize]> = self.tensors.iter().map(|(_, s)| &s[..]).collect();
+        f.debug_struct("CheckedGradients")
+            .field("shapes", &shapes)
+            .field("found", &self.found)
+            .finish()
+    }
 }
 
 impl<'a, F: Float> CheckedGradients<'a, F> {

@@ -218,27 +218,49 @@ impl Bench {
         Ok(())
     }
 
-    /// What the default non-finite policy costs: catalog rule `name`'s step
-    /// on `n` elements with the gradient scan (`refuse`) against the same
-    /// stepper and buffers without it (`unchecked`), interleaved.
-    pub(super) fn scan_cost(&mut self, name: &str, n: usize) -> Result<(), Failure> {
+    /// Catalog rule `name`'s stepper over `n` elements on the bench's pool,
+    /// with a parameter, a gradient and a positive extra input, the rule's
+    /// input names, and where its kernels come from.
+    fn policy_case(&self, name: &str, n: usize) -> Result<PolicyCase, Failure> {
         let opt = catalog::get(name).ok_or_else(|| fail(format!("unknown rule `{name}`")))?;
-        let rule = opt.rule();
         let p = filled(n, 3)?;
         let g = filled(n, 4)?;
         let mut h = filled(n, 5)?;
         h.mapv_inplace(f32::abs);
-        let mut st = opt.init::<f32>(&[&p]).map_err(fail)?;
-        st.set_pool(self.pool.clone());
-        let mut inputs = Inputs::new();
-        for input in &rule.inputs {
-            inputs = inputs.with(&input.name, vec![&h as &dyn TensorRef<f32>]);
-        }
-        let backend = st
-            .program(&vec![true; rule.inputs.len()])
+        let mut stepper = opt.init::<f32>(&[&p]).map_err(fail)?;
+        stepper.set_pool(self.pool.clone());
+        let inputs: Vec<String> = opt.rule().inputs.iter().map(|i| i.name.clone()).collect();
+        let backend = stepper
+            .program(&vec![true; inputs.len()])
             .map_err(fail)?
             .origin()
             .name();
+        Ok(PolicyCase {
+            stepper,
+            p,
+            g,
+            h,
+            inputs,
+            backend,
+        })
+    }
+
+    /// What the default non-finite policy costs: catalog rule `name`'s step
+    /// on `n` elements with the gradient scan (`refuse`) against the same
+    /// stepper and buffers without it (`unchecked`), interleaved.
+    pub(super) fn scan_cost(&mut self, name: &str, n: usize) -> Result<(), Failure> {
+        let PolicyCase {
+            stepper: st,
+            p,
+            g,
+            h,
+            inputs: names,
+            backend,
+        } = self.policy_case(name, n)?;
+        let mut inputs = Inputs::new();
+        for input in &names {
+            inputs = inputs.with(input, vec![&h as &dyn TensorRef<f32>]);
+        }
         let state = std::cell::RefCell::new((st, p, Ok(())));
         let step = |policy: lensopt::NonFinite| {
             let mut state = state.borrow_mut();
@@ -270,23 +292,18 @@ impl Bench {
     /// `step_checked` under `refuse`; plain: the same pass without the
     /// check and the step `unchecked`. Interleaved, same stepper.
     pub(super) fn scan_folded(&mut self, name: &str, n: usize) -> Result<(), Failure> {
-        let opt = catalog::get(name).ok_or_else(|| fail(format!("unknown rule `{name}`")))?;
-        let rule = opt.rule();
-        let p = filled(n, 3)?;
-        let g = filled(n, 4)?;
-        let mut h = filled(n, 5)?;
-        h.mapv_inplace(f32::abs);
-        let mut st = opt.init::<f32>(&[&p]).map_err(fail)?;
-        st.set_pool(self.pool.clone());
+        let PolicyCase {
+            stepper: st,
+            p,
+            g,
+            h,
+            inputs: names,
+            backend,
+        } = self.policy_case(name, n)?;
         let mut inputs = Inputs::new();
-        for input in &rule.inputs {
-            inputs = inputs.with(&input.name, vec![&h as &dyn TensorRef<f32>]);
+        for input in &names {
+            inputs = inputs.with(input, vec![&h as &dyn TensorRef<f32>]);
         }
-        let backend = st
-            .program(&vec![true; rule.inputs.len()])
-            .map_err(fail)?
-            .origin()
-            .name();
         let pool = self.pool.clone();
         let state = std::cell::RefCell::new((st, p, g, 0.5f32, Ok(())));
         let pipeline = |checked: bool| {
@@ -469,6 +486,16 @@ fn cached_latency(text: &str, defaults: &[lensopt::HyperValue]) -> Result<f64, F
     result?;
     samples.sort_by(f64::total_cmp);
     Ok(samples[samples.len() / 2])
+}
+
+/// What [`Bench::policy_case`] sets up.
+struct PolicyCase {
+    stepper: lensopt::Stepper<f32>,
+    p: Array1<f32>,
+    g: Array1<f32>,
+    h: Array1<f32>,
+    inputs: Vec<String>,
+    backend: &'static str,
 }
 
 /// `xs *= factor` on the current pool, in the chunks the checked pass

@@ -5,29 +5,15 @@
 
 use super::text::Kernel;
 use super::{Precision, PtxError};
+use lensopt_ir::elementary::EXP_F64;
 use lensopt_ir::{BinOp, UnOp};
 
-/// ln 2 split for exact range reduction: `LN2_HI` has trailing zeros, so `k * LN2_HI` is exact.
-const LN2_HI: f64 = f64::from_bits(0x3FE6_2E42_FEE0_0000);
-const LN2_LO: f64 = f64::from_bits(0x3DEA_39EF_3579_3C76);
-
-/// Taylor coefficients 1/j! of e^r for j = 0..=13 (|r| <= ln 2 / 2: error below 1e-17).
-const EXP_TAYLOR: [f64; 14] = [
-    1.0,
-    1.0,
-    0.5,
-    1.0 / 6.0,
-    1.0 / 24.0,
-    1.0 / 120.0,
-    1.0 / 720.0,
-    1.0 / 5040.0,
-    1.0 / 40320.0,
-    1.0 / 362880.0,
-    1.0 / 3628800.0,
-    1.0 / 39916800.0,
-    1.0 / 479001600.0,
-    1.0 / 6227020800.0,
-];
+/// ln 2 split for exact range reduction, and the Taylor terms 1/j! of e^r
+/// for j = 0..=13 (|r| <= ln 2 / 2: error below 1e-17): the CPU's `exp`
+/// numbers (`lensopt_ir::elementary`), here summed with `fma`.
+const LN2_HI: f64 = EXP_F64.ln2_hi;
+const LN2_LO: f64 = EXP_F64.ln2_lo;
+const EXP_TAYLOR: &[f64] = EXP_F64.taylor;
 
 /// Odd terms of the atanh series used by `ln`: 1/1, 1/3, ..., 1/(LN_TERMS - 1) plus 1/LN_TERMS.
 const LN_TERMS: usize = 23;

@@ -77,11 +77,7 @@ pub trait Collective: Send + Sync + std::fmt::Debug {
         recv: &mut [u8],
         recv_counts: &[usize],
     ) -> Result<(), Error> {
-        if send_counts.len() != self.size() || send_counts.iter().sum::<usize>() != send.len() {
-            return Err(mismatch("the parts to send do not match their counts"));
-        }
-        let mine = recv_counts.get(self.rank()).copied().unwrap_or(0);
-        check_counts(self, recv_counts, mine, recv.len())?;
+        check_exchange(self, send, send_counts, recv, recv_counts)?;
         let mut at = 0;
         let parts: Vec<Vec<u8>> = send_counts
             .iter()
@@ -94,6 +90,22 @@ pub trait Collective: Send + Sync + std::fmt::Debug {
         let got = self.all_to_all(&parts)?;
         place(&got, recv_counts, recv)
     }
+}
+
+/// Checks an all-to-all's counts: one per rank on both sides, the parts to
+/// send filling `send`, the parts to receive filling `recv`.
+fn check_exchange<C: Collective + ?Sized>(
+    comm: &C,
+    send: &[u8],
+    send_counts: &[usize],
+    recv: &[u8],
+    recv_counts: &[usize],
+) -> Result<(), Error> {
+    if send_counts.len() != comm.size() || send_counts.iter().sum::<usize>() != send.len() {
+        return Err(mismatch("the parts to send do not match their counts"));
+    }
+    let mine = recv_counts.get(comm.rank()).copied().unwrap_or(0);
+    check_counts(comm, recv_counts, mine, recv.len())
 }
 
 /// Checks a collective's counts: one per rank, this rank's `mine`, summing to `total`.

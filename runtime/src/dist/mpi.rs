@@ -197,11 +197,7 @@ impl Collective for Mpi {
         recv: &mut [u8],
         recv_counts: &[usize],
     ) -> Result<(), Error> {
-        if send_counts.len() != self.size || send_counts.iter().sum::<usize>() != send.len() {
-            return Err(mismatch("the parts to send do not match their counts"));
-        }
-        let mine = recv_counts.get(self.rank).copied().unwrap_or(0);
-        super::check_counts(self, recv_counts, mine, recv.len())?;
+        super::check_exchange(self, send, send_counts, recv, recv_counts)?;
         if send.is_empty() && recv.is_empty() {
             return Ok(());
         }

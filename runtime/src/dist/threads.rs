@@ -7,7 +7,7 @@
 //! message reuses: a fresh buffer of tens of megabytes would fault in and
 //! zero every page again at every step.
 
-use super::{check_counts, Collective};
+use super::{check_counts, check_exchange, Collective};
 use crate::error::{mismatch, Error};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -245,11 +245,7 @@ impl Collective for Threads {
         recv: &mut [u8],
         recv_counts: &[usize],
     ) -> Result<(), Error> {
-        if send_counts.len() != self.hub.size || send_counts.iter().sum::<usize>() != send.len() {
-            return Err(mismatch("the parts to send do not match their counts"));
-        }
-        let mine = recv_counts.get(self.rank).copied().unwrap_or(0);
-        check_counts(self, recv_counts, mine, recv.len())?;
+        check_exchange(self, send, send_counts, recv, recv_counts)?;
         let mut at = 0;
         let mut own = &send[..0];
         let mut parts = Vec::with_capacity(self.hub.size);
