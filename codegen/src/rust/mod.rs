@@ -372,6 +372,14 @@ fn reduction_body(schedule: &Schedule, pass: &[ValueId], ty: Element, support: &
                     out,
                     "            for (j, &x) in x{k}[..len].iter().enumerate() {{ let lane = j % {lanes}; {update} }}"
                 );
+            } else if *op == ReduceOp::Count {
+                // Counts are whole numbers below 2^53, so every f64 sum of
+                // them is exact and the lanes' order cannot change the
+                // total: the block is counted in integers (vectorized).
+                let _ = writeln!(
+                    out,
+                    "            {{ let mut ones = 0u32; for &x in &x{k}[..len] {{ ones += u32::from(x); }} acc{k}[0] += f64::from(ones); }}"
+                );
             } else {
                 let _ = writeln!(
                     out,
