@@ -1,10 +1,10 @@
 //! Standard output and standard error that never panic.
 //!
 //! `println!` panics when stdout is a closed pipe (`lensopt list | head -1`).
-//! [`outln!`] and [`out!`] print through [`print`] instead: when the reader
+//! `outln!` and `out!` print through [`print()`] instead: when the reader
 //! has gone (`BrokenPipe`) the process exits quietly with status 0, as a
 //! command killed by SIGPIPE would; any other write error (a full disk, say)
-//! is reported on one line and exits with status 2. [`errln!`] writes to
+//! is reported on one line and exits with status 2. `errln!` writes to
 //! stderr and ignores errors: there is nowhere left to report them.
 
 use std::io::{self, Write};
@@ -41,7 +41,7 @@ pub fn print(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// Flushes stdout, as [`print`] handles errors.
+/// Flushes stdout, as [`print()`] handles errors.
 pub fn flush() {
     let result = io::stdout().lock().flush();
     if let Err(e) = result {

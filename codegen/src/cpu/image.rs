@@ -7,7 +7,7 @@
 //! function's bytes with those relocations by symbol name; [`load`] copies
 //! them into fresh memory, writes this process's addresses of the symbols,
 //! and makes the memory executable. Images are taken and loaded on x86-64
-//! only (elsewhere [`capture`] gives none, and nothing is cached).
+//! only (elsewhere `capture` gives none, and nothing is cached).
 
 use super::math;
 use cranelift_codegen::binemit::Reloc;
@@ -101,7 +101,7 @@ pub struct Loaded {
 /// # Safety
 ///
 /// `image` must hold code that cranelift compiled for this CPU's features
-/// (as [`capture`] takes it from a program of this build of the crate):
+/// (as `capture` takes it from a program of this build of the crate):
 /// the bytes are executed as they are.
 pub unsafe fn load(image: &Image) -> Result<Loaded, String> {
     if !cfg!(target_arch = "x86_64") {
