@@ -173,183 +173,89 @@ finite_check!(
     magnitude_f64_avx512
 );
 
-/// Passes that write gradients and check them in the same pass: `$scale`
-/// multiplies `xs` by `factor`, `$div` divides it by `divisor`, `$add` adds
-/// `part` into `acc`; each returns
-/// the largest bit pattern of `|x|` it wrote (as `magnitude_scan!` does).
-/// The check is a maximum on values already in registers, so the pass
-/// moves the same bytes as without it.
+/// `fn $name(args) -> $ret { body }`, compiled for AVX-512F, for AVX2 and
+/// for the baseline, the widest the CPU has chosen at each call.
+macro_rules! widest {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) -> $ret {
+            #[inline(always)]
+            fn body($($arg: $ty),*) -> $ret $body
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            fn avx512($($arg: $ty),*) -> $ret {
+                body($($arg),*)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            fn avx2($($arg: $ty),*) -> $ret {
+                body($($arg),*)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            {
+                match crate::aot::isa() {
+                    // SAFETY: `isa()` is 2 only on a CPU with AVX-512F.
+                    2 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: `isa()` is 1 only on a CPU with AVX2.
+                    1 => return unsafe { avx2($($arg),*) },
+                    _ => {}
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+/// Passes that write gradients and check them in the same pass, for one
+/// float type: each keeps the largest bit pattern of `|x|` it wrote (as
+/// `magnitude_scan!` does), so the check is a maximum on values already in
+/// registers and the pass moves the same bytes as without it.
 macro_rules! checked_writes {
-    ($scale:ident, $div:ident, $add:ident, $scale_v:ident, $add_v:ident, $float:ty, $bits:ty, $mask:expr) => {
-        #[inline(always)]
-        fn $scale(xs: &mut [$float], factor: $float) -> $bits {
-            let mut m = 0;
-            for x in xs.iter_mut() {
-                *x *= factor;
-                m = m.max(x.to_bits() & $mask);
+    ($t:ty, $bits:ty, $scale:ident, $div:ident, $add:ident) => {
+        widest!(
+            /// `xs *= factor`; true when every result is finite.
+            pub(crate) fn $scale(xs: &mut [$t], factor: $t) -> bool {
+                let mut m: $bits = 0;
+                for x in xs.iter_mut() {
+                    *x *= factor;
+                    m = m.max(x.to_bits() & (<$bits>::MAX >> 1));
+                }
+                m < <$t>::INFINITY.to_bits()
             }
-            m
-        }
+        );
 
-        #[inline(always)]
-        fn $div(xs: &mut [$float], divisor: $float) -> $bits {
-            let mut m = 0;
-            for x in xs.iter_mut() {
-                *x /= divisor;
-                m = m.max(x.to_bits() & $mask);
+        widest!(
+            /// `xs /= divisor`; true when every result is finite.
+            pub(crate) fn $div(xs: &mut [$t], divisor: $t) -> bool {
+                let mut m: $bits = 0;
+                for x in xs.iter_mut() {
+                    *x /= divisor;
+                    m = m.max(x.to_bits() & (<$bits>::MAX >> 1));
+                }
+                m < <$t>::INFINITY.to_bits()
             }
-            m
-        }
+        );
 
-        #[inline(always)]
-        fn $add(acc: &mut [$float], part: &[$float]) -> $bits {
-            let mut m = 0;
-            for (a, x) in acc.iter_mut().zip(part) {
-                *a += *x;
-                m = m.max(a.to_bits() & $mask);
+        widest!(
+            /// `acc += part` over their common length; true when every sum
+            /// is finite.
+            pub(crate) fn $add(acc: &mut [$t], part: &[$t]) -> bool {
+                let mut m: $bits = 0;
+                for (a, x) in acc.iter_mut().zip(part) {
+                    *a += *x;
+                    m = m.max(a.to_bits() & (<$bits>::MAX >> 1));
+                }
+                m < <$t>::INFINITY.to_bits()
             }
-            m
-        }
-
-        /// `$scale` and `$add` with the widest vectors the CPU has.
-        mod $scale_v {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
-            pub(super) fn avx2(xs: &mut [$float], factor: $float) -> $bits {
-                super::$scale(xs, factor)
-            }
-
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
-            pub(super) fn avx512(xs: &mut [$float], factor: $float) -> $bits {
-                super::$scale(xs, factor)
-            }
-
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
-            pub(super) fn div_avx2(xs: &mut [$float], divisor: $float) -> $bits {
-                super::$div(xs, divisor)
-            }
-
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
-            pub(super) fn div_avx512(xs: &mut [$float], divisor: $float) -> $bits {
-                super::$div(xs, divisor)
-            }
-        }
-
-        mod $add_v {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
-            pub(super) fn avx2(acc: &mut [$float], part: &[$float]) -> $bits {
-                super::$add(acc, part)
-            }
-
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
-            pub(super) fn avx512(acc: &mut [$float], part: &[$float]) -> $bits {
-                super::$add(acc, part)
-            }
-        }
+        );
     };
 }
 
-checked_writes!(
-    scale_f32,
-    div_f32,
-    add_f32,
-    scale_f32_v,
-    add_f32_v,
-    f32,
-    u32,
-    0x7fff_ffff
-);
-checked_writes!(
-    scale_f64,
-    div_f64,
-    add_f64,
-    scale_f64_v,
-    add_f64_v,
-    f64,
-    u64,
-    0x7fff_ffff_ffff_ffff
-);
-
-/// `$scale_finite(xs, factor)`: `xs *= factor`, true when every result is
-/// finite; `$div_finite(xs, divisor)`: `xs /= divisor`, the same;
-/// `$add_finite(acc, part)`: `acc += part` (over the shorter length), the
-/// same for the sums.
-macro_rules! checked_write_dispatch {
-    ($scale_finite:ident, $div_finite:ident, $add_finite:ident, $t:ty, $scale:ident, $div:ident, $add:ident, $scale_v:ident, $add_v:ident) => {
-        pub(crate) fn $div_finite(xs: &mut [$t], divisor: $t) -> bool {
-            let infinity = <$t>::INFINITY.to_bits();
-            #[cfg(target_arch = "x86_64")]
-            {
-                match crate::aot::isa() {
-                    // SAFETY: `isa()` is 2 only on a CPU with AVX-512F.
-                    2 => return unsafe { $scale_v::div_avx512(xs, divisor) } < infinity,
-                    // SAFETY: `isa()` is 1 only on a CPU with AVX2.
-                    1 => return unsafe { $scale_v::div_avx2(xs, divisor) } < infinity,
-                    _ => {}
-                }
-            }
-            $div(xs, divisor) < infinity
-        }
-
-        pub(crate) fn $scale_finite(xs: &mut [$t], factor: $t) -> bool {
-            let infinity = <$t>::INFINITY.to_bits();
-            #[cfg(target_arch = "x86_64")]
-            {
-                match crate::aot::isa() {
-                    // SAFETY: `isa()` is 2 only on a CPU with AVX-512F.
-                    2 => return unsafe { $scale_v::avx512(xs, factor) } < infinity,
-                    // SAFETY: `isa()` is 1 only on a CPU with AVX2.
-                    1 => return unsafe { $scale_v::avx2(xs, factor) } < infinity,
-                    _ => {}
-                }
-            }
-            $scale(xs, factor) < infinity
-        }
-
-        pub(crate) fn $add_finite(acc: &mut [$t], part: &[$t]) -> bool {
-            let infinity = <$t>::INFINITY.to_bits();
-            #[cfg(target_arch = "x86_64")]
-            {
-                match crate::aot::isa() {
-                    // SAFETY: `isa()` is 2 only on a CPU with AVX-512F.
-                    2 => return unsafe { $add_v::avx512(acc, part) } < infinity,
-                    // SAFETY: `isa()` is 1 only on a CPU with AVX2.
-                    1 => return unsafe { $add_v::avx2(acc, part) } < infinity,
-                    _ => {}
-                }
-            }
-            $add(acc, part) < infinity
-        }
-    };
-}
-
-checked_write_dispatch!(
-    scale_finite_f32,
-    div_finite_f32,
-    add_finite_f32,
-    f32,
-    scale_f32,
-    div_f32,
-    add_f32,
-    scale_f32_v,
-    add_f32_v
-);
-checked_write_dispatch!(
-    scale_finite_f64,
-    div_finite_f64,
-    add_finite_f64,
-    f64,
-    scale_f64,
-    div_f64,
-    add_f64,
-    scale_f64_v,
-    add_f64_v
-);
+checked_writes!(f32, u32, scale_finite_f32, div_finite_f32, add_finite_f32);
+checked_writes!(f64, u64, scale_finite_f64, div_finite_f64, add_finite_f64);
 
 /// The first non-finite element of `xs`, if any.
 pub(crate) fn first_non_finite<F: Float>(xs: &[F]) -> Option<(usize, f64)> {

@@ -257,10 +257,7 @@ impl Bench {
             inputs: names,
             backend,
         } = self.policy_case(name, n)?;
-        let mut inputs = Inputs::new();
-        for input in &names {
-            inputs = inputs.with(input, vec![&h as &dyn TensorRef<f32>]);
-        }
+        let inputs = every_input(&names, &h);
         let state = std::cell::RefCell::new((st, p, Ok(())));
         let step = |policy: lensopt::NonFinite| {
             let mut state = state.borrow_mut();
@@ -300,10 +297,7 @@ impl Bench {
             inputs: names,
             backend,
         } = self.policy_case(name, n)?;
-        let mut inputs = Inputs::new();
-        for input in &names {
-            inputs = inputs.with(input, vec![&h as &dyn TensorRef<f32>]);
-        }
+        let inputs = every_input(&names, &h);
         let pool = self.pool.clone();
         let state = std::cell::RefCell::new((st, p, g, 0.5f32, Ok(())));
         let pipeline = |checked: bool| {
@@ -496,6 +490,13 @@ struct PolicyCase {
     h: Array1<f32>,
     inputs: Vec<String>,
     backend: &'static str,
+}
+
+/// `h` as every input named in `names`.
+fn every_input<'a>(names: &[String], h: &'a Array1<f32>) -> Inputs<'a, f32> {
+    names.iter().fold(Inputs::new(), |inputs, name| {
+        inputs.with(name, vec![h as &dyn TensorRef<f32>])
+    })
 }
 
 /// `xs *= factor` on the current pool, in the chunks the checked pass

@@ -206,15 +206,16 @@ pub fn reduce_scatter_sum<F: Float>(
 }
 
 /// [`reduce_scatter_sum`], then the shard divided by `divisor` if one is
-/// given, and whether every value of the result is finite: the check rides
-/// on the last pass that writes the shard.
+/// given, and whether every value of the result is finite when a pass
+/// wrote it (the check rides on that pass; one rank with nothing to divide
+/// writes nothing, and says `None`).
 pub(crate) fn reduce_scatter_checked<F: Float>(
     comm: &dyn Collective,
     layout: &ShardLayout,
     k: usize,
     full: &[F],
     divisor: Option<F>,
-) -> Result<(Vec<F>, bool), Error> {
+) -> Result<(Vec<F>, Option<bool>), Error> {
     let ranges = layout.ranges(k)?;
     if full.len() != layout.numel(k)? || ranges.len() != comm.size() {
         return Err(mismatch(format!(
@@ -226,10 +227,7 @@ pub(crate) fn reduce_scatter_checked<F: Float>(
     }
     if comm.size() == 1 {
         let mut shard = full.to_vec();
-        let finite = match divisor {
-            Some(d) => F::div_finite(&mut shard, d),
-            None => F::all_finite(&shard),
-        };
+        let finite = divisor.map(|d| F::div_finite(&mut shard, d));
         return Ok((shard, finite));
     }
     let width = std::mem::size_of::<F>();
@@ -256,7 +254,7 @@ pub(crate) fn reduce_scatter_checked<F: Float>(
         finite = F::div_finite(sum, d);
     }
     received.truncate(mine);
-    Ok((received, finite))
+    Ok((received, Some(finite)))
 }
 
 /// All-gather of tensor `k`'s shards: every rank gives its shard (`local`),

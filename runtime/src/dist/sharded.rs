@@ -256,9 +256,8 @@ impl<F: Float> ShardedStepper<F> {
         let mean = self.reduction == GradientReduction::Mean && self.comm.size() > 1;
         // One rank's shard is the whole tensor: it is read where it lies,
         // and scanned below. With more, the pass that sums (and averages)
-        // the shard checks it as it writes it.
-        type Shard<'g, F> = (Cow<'g, [F]>, Option<bool>);
-        let reduce = |k: usize, t: &'g dyn TensorRef<F>| -> Result<Shard<'g, F>, Error> {
+        // the shard checks it as it writes it: `Some(finite)`.
+        let reduce = |k: usize, t: &'g dyn TensorRef<F>| {
             let data = t.elements().unwrap_or(&[]);
             if self.comm.size() == 1 {
                 return Ok((Cow::Borrowed(data), None));
@@ -266,19 +265,27 @@ impl<F: Float> ShardedStepper<F> {
             let divisor = mean.then_some(ranks);
             let (shard, finite) =
                 reduce_scatter_checked(self.comm.as_ref(), &self.layout, k, data, divisor)?;
-            Ok((Cow::Owned(shard), Some(finite)))
+            Ok::<_, Error>((Cow::Owned(shard), finite))
         };
         let mut g_shards = Vec::with_capacity(self.shapes.len());
-        let mut input_shards: Vec<(String, Vec<Shard<'_, F>>)> = Vec::new();
+        let mut g_finite = Vec::with_capacity(self.shapes.len());
+        let mut input_shards: Vec<(String, Vec<Cow<'_, [F]>>)> = Vec::new();
+        let mut input_finite: Vec<Vec<Option<bool>>> = Vec::new();
         for (k, g) in grads.iter().enumerate() {
-            g_shards.push(reduce(k, *g)?);
+            let (shard, finite) = reduce(k, *g)?;
+            g_shards.push(shard);
+            g_finite.push(finite);
         }
         for (name, tensors) in inputs {
             let mut shards = Vec::with_capacity(tensors.len());
+            let mut finite = Vec::with_capacity(tensors.len());
             for (k, t) in tensors.iter().enumerate() {
-                shards.push(reduce(k, *t)?);
+                let (shard, ok) = reduce(k, *t)?;
+                shards.push(shard);
+                finite.push(ok);
             }
             input_shards.push((name.to_string(), shards));
+            input_finite.push(finite);
         }
         // The non-finite policy, decided by all ranks from all shards.
         self.last_skipped = false;
@@ -288,10 +295,11 @@ impl<F: Float> ShardedStepper<F> {
                 let start = self.layout.ranges(k)?[rank].start;
                 let inputs = input_shards
                     .iter()
-                    .map(|(name, shards)| (Some(name), &shards[k]));
-                let candidates = std::iter::once((None, &g_shards[k])).chain(inputs);
-                for (order, (name, (xs, finite))) in candidates.enumerate() {
-                    if *finite == Some(true) {
+                    .zip(&input_finite)
+                    .map(|((name, shards), finite)| (Some(name), &shards[k], finite[k]));
+                let candidates = std::iter::once((None, &g_shards[k], g_finite[k])).chain(inputs);
+                for (order, (name, xs, finite)) in candidates.enumerate() {
+                    if finite == Some(true) {
                         continue;
                     }
                     if let Some((i, v)) = first_non_finite(xs) {
@@ -349,11 +357,6 @@ impl<F: Float> ShardedStepper<F> {
                 });
             }
         }
-        let g_shards: Vec<Cow<'_, [F]>> = g_shards.into_iter().map(|(xs, _)| xs).collect();
-        let input_shards: Vec<(String, Vec<Cow<'_, [F]>>)> = input_shards
-            .into_iter()
-            .map(|(name, shards)| (name, shards.into_iter().map(|(xs, _)| xs).collect()))
-            .collect();
         // The local step, on views of this rank's part of each parameter.
         {
             let mut views: Vec<ArrayViewMutD<'_, F>> = Vec::with_capacity(self.held.len());

@@ -3,9 +3,9 @@
 //!
 //! A message is copied twice: into a buffer when it is sent, out of it where
 //! the receiver wants it. The receiver takes the buffer (it is addressed to
-//! it alone) and hands it back to the group's spare buffers, which the next
-//! message reuses: a fresh buffer of tens of megabytes would fault in and
-//! zero every page again at every step.
+//! it alone) and keeps it in its thread's kept arrays (`ir::kept_arrays`),
+//! from which its next message's buffer comes: a fresh buffer of tens of
+//! megabytes would fault in and zero every page again at every step.
 
 use super::{check_counts, check_exchange, Collective};
 use crate::error::{mismatch, Error};
@@ -30,12 +30,7 @@ struct Hub {
     timeout: Duration,
     state: Mutex<HubState>,
     changed: Condvar,
-    /// Buffers of delivered messages, for the next ones to reuse.
-    spare: Mutex<Vec<Vec<u8>>>,
 }
-
-/// Most spare buffers a group keeps, per rank.
-const SPARE_PER_RANK: usize = 4;
 
 #[derive(Debug, Default)]
 struct HubState {
@@ -61,7 +56,6 @@ impl Threads {
             timeout,
             state: Mutex::new(HubState::default()),
             changed: Condvar::new(),
-            spare: Mutex::new(Vec::new()),
         });
         (0..size)
             .map(|rank| Threads {
@@ -70,30 +64,6 @@ impl Threads {
                 round: Mutex::new(0),
             })
             .collect()
-    }
-
-    /// `bytes` in a buffer to send: a spare one when there is one.
-    fn buffer(&self, bytes: &[u8]) -> Vec<u8> {
-        let spare = {
-            let mut spare = self.hub.spare.lock().unwrap_or_else(|e| e.into_inner());
-            // The largest spare, so that big messages find big buffers.
-            let best = (0..spare.len()).max_by_key(|&i| spare[i].capacity());
-            best.map(|i| spare.swap_remove(i))
-        };
-        let mut buffer = spare.unwrap_or_default();
-        buffer.clear();
-        buffer.extend_from_slice(bytes);
-        buffer
-    }
-
-    /// Hands delivered messages' buffers back for reuse.
-    fn recycle(&self, buffers: Vec<Vec<u8>>) {
-        let mut spare = self.hub.spare.lock().unwrap_or_else(|e| e.into_inner());
-        for b in buffers {
-            if spare.len() < SPARE_PER_RANK * self.hub.size && b.capacity() > 0 {
-                spare.push(b);
-            }
-        }
     }
 
     /// Copies every rank's part into `out` in rank order (`counts[r]` bytes
@@ -120,7 +90,7 @@ impl Threads {
             out[at..at + c].copy_from_slice(part);
             at += c;
         }
-        self.recycle(got);
+        recycle(got);
         placed
     }
 
@@ -198,6 +168,18 @@ impl Threads {
     }
 }
 
+/// `bytes` in a buffer to send, a kept one when there is one.
+fn buffer(bytes: &[u8]) -> Vec<u8> {
+    let mut buffer = lensopt_ir::kept_arrays::with_capacity(bytes.len());
+    buffer.extend_from_slice(bytes);
+    buffer
+}
+
+/// Keeps delivered messages' buffers for this thread's next messages.
+fn recycle(buffers: Vec<Vec<u8>>) {
+    buffers.into_iter().for_each(lensopt_ir::kept_arrays::keep);
+}
+
 impl Drop for Threads {
     fn drop(&mut self) {
         let mut state = self.lock();
@@ -216,11 +198,11 @@ impl Collective for Threads {
     }
 
     fn all_gather(&self, local: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
-        self.exchange((0..self.hub.size).map(|_| self.buffer(local)).collect())
+        self.exchange((0..self.hub.size).map(|_| buffer(local)).collect())
     }
 
     fn all_to_all(&self, parts: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Error> {
-        self.exchange(parts.iter().map(|p| self.buffer(p)).collect())
+        self.exchange(parts.iter().map(|p| buffer(p)).collect())
     }
 
     fn all_gather_into(&self, local: &[u8], counts: &[usize], out: &mut [u8]) -> Result<(), Error> {
@@ -230,7 +212,7 @@ impl Collective for Threads {
                 if r == self.rank {
                     Vec::new()
                 } else {
-                    self.buffer(local)
+                    buffer(local)
                 }
             })
             .collect();
@@ -256,7 +238,7 @@ impl Collective for Threads {
                 own = part;
                 parts.push(Vec::new());
             } else {
-                parts.push(self.buffer(part));
+                parts.push(buffer(part));
             }
         }
         let got = self.exchange(parts)?;
@@ -271,7 +253,7 @@ impl Collective for Threads {
             )));
         }
         let parts = if self.rank == root {
-            (0..self.hub.size).map(|_| self.buffer(data)).collect()
+            (0..self.hub.size).map(|_| buffer(data)).collect()
         } else {
             vec![Vec::new(); self.hub.size]
         };
