@@ -144,13 +144,16 @@ fn assert_identical<F: Float>(what: &str, a: &Outcome<F>, b: &Outcome<F>) {
 }
 
 /// The hyperparameters that take the generic variant: every boolean
-/// flipped, every zero made 0.25 (a value no specialisation compiles in).
+/// flipped, every zero made 0.25 (a value no specialisation compiles in),
+/// every one made 0.75 (so that AdaHessian's exponent is no longer 0.5 and
+/// its kernels take the loop that calls `pow`).
 fn non_default(hypers: &[HyperValue]) -> Vec<HyperValue> {
     hypers
         .iter()
         .map(|h| match h {
             HyperValue::Bool(b) => HyperValue::Bool(!b),
             HyperValue::Num(x) if *x == 0.0 => HyperValue::Num(0.25),
+            HyperValue::Num(x) if *x == 1.0 => HyperValue::Num(0.75),
             other => *other,
         })
         .collect()

@@ -66,7 +66,7 @@ fn binary(op: BinOp, a: f64, b: f64) -> f64 {
         BinOp::Sub => a - b,
         BinOp::Mul => a * b,
         BinOp::Div => a / b,
-        BinOp::Pow => a.powf(b),
+        BinOp::Pow => lensopt_ir::elementary::pow_f64(a, b),
         BinOp::Min => minimum(a, b),
         BinOp::Max => maximum(a, b),
         BinOp::Lt => truth(a < b),

@@ -1,4 +1,4 @@
-//! lensopt's own `exp`: the one every backend computes (the interpreter,
+//! lensopt's own `exp` and `pow`: the ones every backend computes (the interpreter,
 //! constant folding, the JIT, compiled-in kernels), so that they agree bit
 //! for bit on every CPU, and written so that rustc vectorizes it inside a
 //! compiled kernel's loop (the platform's libm `exp` is one call per
@@ -129,9 +129,87 @@ macro_rules! exp_in {
 exp_in!(exp_f64, f64, EXP_F64);
 exp_in!(exp_f32, f32, EXP_F32);
 
+/// lensopt's `pow` in one float type.
+macro_rules! pow_in {
+    ($pow:ident, $half:ident, $t:ty) => {
+        #[doc = concat!("`x^y` for ", stringify!($t), ", as every backend computes it: C's `pow`, except that")]
+        /// an exponent of exactly 0.5 gives [`half_power_f64`]'s correctly
+        /// rounded square root, which kernels compute with vector square
+        /// roots instead of one library call per element (as PyTorch's `pow`
+        /// does). Wherever libm's `pow` is correctly rounded the two agree.
+        #[inline(always)]
+        pub fn $pow(x: $t, y: $t) -> $t {
+            if y == 0.5 {
+                $half(x)
+            } else {
+                x.powf(y)
+            }
+        }
+
+        #[doc = concat!("`x^0.5` for ", stringify!($t), " with C's special cases: the correctly rounded")]
+        /// square root, except `(-0)^0.5 = +0` and `(-inf)^0.5 = +inf`.
+        /// Branch-free, so that loops over it vectorize.
+        #[inline(always)]
+        pub fn $half(x: $t) -> $t {
+            // -0 + 0 is +0; every other value is unchanged by the sum.
+            let root = (x + 0.0).sqrt();
+            if x == <$t>::NEG_INFINITY {
+                <$t>::INFINITY
+            } else {
+                root
+            }
+        }
+    };
+}
+
+pow_in!(pow_f64, half_power_f64, f64);
+pow_in!(pow_f32, half_power_f32, f32);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pow_is_libm_except_for_the_square_root() {
+        let values = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.25,
+            2.0,
+            -2.0,
+            3.5,
+            1e-300,
+            f64::MIN_POSITIVE / 3.0,
+            1e300,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        for &x in &values {
+            let half = pow_f64(x, 0.5);
+            let libm = x.powf(0.5);
+            assert_eq!(half.is_nan(), libm.is_nan(), "{x}^0.5");
+            if !libm.is_nan() {
+                assert_eq!(half.to_bits(), libm.to_bits(), "{x}^0.5");
+                let single = pow_f32(x as f32, 0.5);
+                assert_eq!(single.to_bits(), (x as f32).powf(0.5).to_bits(), "{x}^0.5");
+            }
+            for &y in &[0.0, 1.0, 2.0, -0.5, 1.5, 3.0, f64::INFINITY, f64::NAN] {
+                let (ours, libm) = (pow_f64(x, y), x.powf(y));
+                assert!(
+                    ours.to_bits() == libm.to_bits() || ours.is_nan() && libm.is_nan(),
+                    "{x}^{y}"
+                );
+            }
+        }
+        // Exactly the correctly rounded square root, for every f32 of a span.
+        for bits in (0x3f00_0000u32..0x4100_0000).step_by(97) {
+            let x = f32::from_bits(bits);
+            assert_eq!(pow_f32(x, 0.5), x.sqrt());
+        }
+    }
 
     /// Units in the last place between `a` and the exact `b`.
     fn ulps(a: f64, b: f64) -> f64 {

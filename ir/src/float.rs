@@ -31,7 +31,8 @@ pub trait Float: Copy + Debug + Display + Default + PartialOrd + Send + Sync + '
     fn exp(self) -> Self;
     /// Natural logarithm.
     fn ln(self) -> Self;
-    /// `a^b`
+    /// `a^b`: lensopt's own ([`crate::elementary::pow_f64`]), C's `pow`
+    /// but for the square root at `b = 0.5`, the same in every backend.
     fn powf(self, b: Self) -> Self;
     /// Hyperbolic tangent.
     fn tanh(self) -> Self;
@@ -115,7 +116,7 @@ pub fn bf16_bits(x: f32) -> u32 {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:literal, $gemm:path, $exp:path $(, $extra:item)*) => {
+    ($t:ty, $name:literal, $gemm:path, $exp:path, $pow:path $(, $extra:item)*) => {
         impl Float for $t {
             const NAME: &'static str = $name;
             #[inline]
@@ -164,7 +165,7 @@ macro_rules! impl_float {
             }
             #[inline]
             fn powf(self, b: Self) -> Self {
-                <$t>::powf(self, b)
+                $pow(self, b)
             }
             #[inline]
             fn tanh(self) -> Self {
@@ -250,6 +251,7 @@ impl_float!(
     "f32",
     matrixmultiply::sgemm,
     crate::elementary::exp_f32,
+    crate::elementary::pow_f32,
     fn gemm_bf16(
         m: usize,
         k: usize,
@@ -275,5 +277,6 @@ impl_float!(
     f64,
     "f64",
     matrixmultiply::dgemm,
-    crate::elementary::exp_f64
+    crate::elementary::exp_f64,
+    crate::elementary::pow_f64
 );

@@ -240,6 +240,23 @@ pub fn kernel_uses(
     (buffers, values)
 }
 
+/// The exponents of the `pow` nodes among `nodes` that are slots (the same
+/// for every element), deduplicated. An element kernel with any runs one of
+/// two loops, chosen at entry: when every one of them is 0.5, a loop that
+/// takes those powers as square roots, which vectorize, instead of calling
+/// `pow` element by element (see `crate::elementary::pow_f64`).
+pub fn scalar_exponents(schedule: &Schedule, nodes: &[usize]) -> Vec<ValueId> {
+    let mut exponents = Vec::new();
+    for &id in nodes {
+        if let Op::Binary(BinOp::Pow, _, y) = schedule.rule.nodes[id].op {
+            if schedule.slot(y).is_some() && !exponents.contains(&y) {
+                exponents.push(y);
+            }
+        }
+    }
+    exponents
+}
+
 /// The kernel buffer a leaf reads: `p` is 0, `g` 1, then the inputs, then
 /// the states (every backend passes its buffers in this order).
 pub fn buffer_of(rule: &Rule, op: &Op) -> Option<usize> {

@@ -261,6 +261,10 @@ pub fn exp_f64(x: f64) -> f64 {
     lensopt_ir::elementary::exp_f64(x)
 }
 
+/// `x^y` on elements (lensopt's own `pow`), and `x^0.5`, which a compiled
+/// kernel calls instead when its exponent is 0.5 everywhere (vectorized).
+pub use lensopt_ir::elementary::{half_power_f32, half_power_f64, pow_f32, pow_f64};
+
 /// `f32(x)` on f64 elements.
 #[inline(always)]
 pub fn round_f32_f64(x: f64) -> f64 {

@@ -2,8 +2,9 @@
 //!
 //! Floats are vectors of the element type; booleans are lane masks (all
 //! ones or all zeros), so comparisons, `&&`, `||`, `!` and `select` are
-//! single instructions. Functions without an instruction (exp, ln, pow) are
-//! called lane by lane.
+//! single instructions. `exp` is emitted inline, and `pow` as a square root
+//! where its exponent is known to be 0.5; other functions without an
+//! instruction (ln, cos, pow) are called lane by lane.
 
 use super::lanes::JitFloat;
 use super::math::MathFn;
@@ -40,6 +41,9 @@ pub struct Emitter<'a, 'b, F> {
     pub lazy: LazySlots<'a>,
     /// Imported math functions.
     pub imports: &'a HashMap<MathFn, FuncRef>,
+    /// Exponents known to be 0.5 in this loop: `pow` with one of them is a
+    /// square root (see `lensopt_ir::schedule::scalar_exponents`).
+    pub square_roots: &'a [ValueId],
     /// Element type.
     pub element: PhantomData<F>,
 }
@@ -72,6 +76,9 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
             let value = match op {
                 Op::Param | Op::Grad | Op::Input(_) | Op::State(_) => self.load(&op, offset, imm),
                 Op::Unary(u, a) => self.unary(u, v(a)),
+                Op::Binary(BinOp::Pow, x, y) if self.square_roots.contains(&y) => {
+                    self.half_power(v(x))
+                }
                 Op::Binary(bop, x, y) => self.binary(bop, v(x), v(y)),
                 Op::Select(c, a, b) => {
                     let float = self.rule.nodes[id].ty == Ty::Float;
@@ -261,6 +268,18 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
         } else {
             self.b.ins().bitselect(mask, a, b)
         }
+    }
+
+    /// `x^0.5` as `lensopt_ir::elementary::half_power_f64`: the vector
+    /// square root of `x + 0` (so -0 gives +0), and +inf for -inf.
+    fn half_power(&mut self, x: Value) -> Value {
+        let zero = self.splat(0.0);
+        let plus = self.b.ins().fadd(x, zero);
+        let root = self.b.ins().sqrt(plus);
+        let minus_inf = self.splat(f64::NEG_INFINITY);
+        let inf = self.splat(f64::INFINITY);
+        let is_minus_inf = self.b.ins().fcmp(FloatCC::Equal, x, minus_inf);
+        self.select(is_minus_inf, inf, root, true)
     }
 
     /// Calls `f` on each lane and gathers the results into a vector.

@@ -19,17 +19,17 @@
 use super::emit::{load_slot, mem_flags, Emitter, LazySlots};
 use super::lanes::JitFloat;
 use super::math::MathFn;
-use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, AbiParam, FuncRef, InstBuilder, Signature, UserFuncName, Value,
+    types, AbiParam, Block, FuncRef, InstBuilder, Signature, UserFuncName, Value,
 };
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::JITModule;
 use cranelift_module::{FuncId, Linkage, Module, ModuleError};
 pub use lensopt_ir::schedule::output_buffer;
-use lensopt_ir::schedule::{element_nodes, Schedule};
-use lensopt_ir::{ReduceOp, Rule, ValueId};
+use lensopt_ir::schedule::{element_nodes, scalar_exponents, Schedule};
+use lensopt_ir::{ReduceOp, ValueId};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
@@ -257,13 +257,62 @@ fn element_body<F: JitFloat>(
         .map(|o| output_buffer(rule, o.0))
         .collect();
     let e = entry::<F>(b, module, schedule, &needed, &roots, &written, bufs, slots)?;
+    let exponents = scalar_exponents(schedule, &needed);
+    let exit = if exponents.is_empty() {
+        element_loop::<F>(b, schedule, &e, &needed, n, &[], None)
+    } else {
+        // Every scalar exponent 0.5: the loop of square roots; else the
+        // loop of calls (a call in the loop alone halves its speed: every
+        // vector register is the callee's to clobber).
+        let half = if F::BYTES == 4 {
+            b.ins().f32const(0.5)
+        } else {
+            b.ins().f64const(0.5)
+        };
+        let half = b.ins().splat(F::VECTOR, half);
+        let mut all_half = None;
+        for y in &exponents {
+            let slot = schedule.slot(*y).expect("scalar exponents are slots");
+            let value = load_slot::<F>(b, slots, slot, lensopt_ir::Ty::Float);
+            let equal = b.ins().fcmp(FloatCC::Equal, value, half);
+            let all = b.ins().vall_true(equal);
+            all_half = Some(match all_half {
+                Some(before) => b.ins().band(before, all),
+                None => all,
+            });
+        }
+        let (roots_loop, calls_loop) = (b.create_block(), b.create_block());
+        let all_half = all_half.expect("at least one exponent");
+        b.ins().brif(all_half, roots_loop, &[], calls_loop, &[]);
+        b.switch_to_block(roots_loop);
+        let exit = element_loop::<F>(b, schedule, &e, &needed, n, &exponents, None);
+        b.switch_to_block(calls_loop);
+        element_loop::<F>(b, schedule, &e, &needed, n, &[], Some(exit))
+    };
+    b.switch_to_block(exit);
+    b.ins().return_(&[]);
+    Ok(())
+}
+
+/// The element loop, from the current block to `exit` (a new block when
+/// `None`, returned), with `pow` as a square root for the exponents
+/// `square_roots`.
+fn element_loop<F: JitFloat>(
+    b: &mut FunctionBuilder<'_>,
+    schedule: &Schedule,
+    e: &Entry,
+    needed: &[usize],
+    n: Value,
+    square_roots: &[ValueId],
+    exit: Option<Block>,
+) -> Block {
     let lanes = F::LANES as i64;
     let i = b.declare_var(types::I64);
     let zero = b.ins().iconst(types::I64, 0);
     b.def_var(i, zero);
     let head = b.create_block();
     let body = b.create_block();
-    let exit = b.create_block();
+    let exit = exit.unwrap_or_else(|| b.create_block());
     b.ins().jump(head, &[]);
 
     b.switch_to_block(head);
@@ -277,27 +326,24 @@ fn element_body<F: JitFloat>(
     let offset = b.ins().imul_imm_s(iv, F::BYTES as i64);
     for k in 0..UNROLL {
         let imm = (k * F::LANES * F::BYTES) as i32;
-        vector_step::<F>(b, rule, schedule, &e, &needed, offset, imm);
+        vector_step::<F>(b, schedule, e, needed, square_roots, (offset, imm));
     }
     let next = b.ins().iadd_imm_s(iv, lanes * UNROLL as i64);
     b.def_var(i, next);
     b.ins().jump(head, &[]);
-
-    b.switch_to_block(exit);
-    b.ins().return_(&[]);
-    Ok(())
+    exit
 }
 
 /// One vector of the element pass: compute, then store every output.
 fn vector_step<F: JitFloat>(
     b: &mut FunctionBuilder<'_>,
-    rule: &Rule,
     schedule: &Schedule,
     e: &Entry,
     needed: &[usize],
-    offset: Value,
-    imm: i32,
+    square_roots: &[ValueId],
+    (offset, imm): (Value, i32),
 ) {
+    let rule = &schedule.rule;
     let mut em = Emitter::<F> {
         b,
         rule,
@@ -305,6 +351,7 @@ fn vector_step<F: JitFloat>(
         scalars: &e.scalars,
         lazy: e.lazy(),
         imports: &e.imports,
+        square_roots,
         element: PhantomData,
     };
     let vals = em.emit(needed, offset, imm);
@@ -371,6 +418,7 @@ fn reduction_body<F: JitFloat>(
             scalars: &e.scalars,
             lazy: e.lazy(),
             imports: &e.imports,
+            square_roots: &[],
             element: PhantomData,
         };
         em.emit(&needed, offset, 0)

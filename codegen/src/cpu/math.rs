@@ -2,9 +2,9 @@
 //!
 //! Every import is registered explicitly with the JIT's symbol table, so no
 //! symbol is ever looked up in the process. The same functions back the
-//! reference interpreter, so results agree: `exp` is lensopt's own
-//! (`lensopt_ir::elementary`), the others Rust's `std`, hence the platform
-//! libm.
+//! reference interpreter, so results agree: `exp` and `pow` are lensopt's
+//! own (`lensopt_ir::elementary`), the others Rust's `std`, hence the
+//! platform libm.
 
 /// A function generated code may call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,10 +93,10 @@ extern "C" fn ln_f64(x: f64) -> f64 {
     x.ln()
 }
 extern "C" fn pow_f32(x: f32, y: f32) -> f32 {
-    x.powf(y)
+    lensopt_ir::elementary::pow_f32(x, y)
 }
 extern "C" fn pow_f64(x: f64, y: f64) -> f64 {
-    x.powf(y)
+    lensopt_ir::elementary::pow_f64(x, y)
 }
 extern "C" fn fma_f32(a: f32, b: f32, c: f32) -> f32 {
     a.mul_add(b, c)

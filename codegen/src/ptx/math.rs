@@ -74,7 +74,9 @@ pub fn ln_f64_model(x: f64) -> f64 {
 /// `core(|x|, y)` = `e^(y ln |x|)`, on the CPU: with an exact core the
 /// result is C's `pow` (tests check it against libm). Negative bases (and
 /// -0) take the sign from odd integer exponents and give NaN for finite
-/// non-integer ones; a NaN exponent gives NaN; `pow(x, ±0)`, `pow(1, y)` and `pow(-1, ±inf)` are 1.
+/// non-integer ones; a NaN exponent gives NaN; `pow(x, ±0)`, `pow(1, y)` and `pow(-1, ±inf)` are 1;
+/// `pow(x, 0.5)` is the correctly rounded square root, as lensopt's `pow` on
+/// the CPU (`lensopt_ir::elementary::pow_f64`).
 pub fn pow_special_model(x: f64, y: f64, core: impl Fn(f64, f64) -> f64) -> f64 {
     let r = core(x.abs(), y);
     // The PTX steps: integer test by truncation, odd test on y / 2.
@@ -88,6 +90,9 @@ pub fn pow_special_model(x: f64, y: f64, core: impl Fn(f64, f64) -> f64) -> f64 
     }
     if x == 1.0 || y == 0.0 || (x == -1.0 && y.abs() == f64::INFINITY) {
         r = 1.0;
+    }
+    if y == 0.5 {
+        r = lensopt_ir::elementary::half_power_f64(x);
     }
     r
 }
@@ -151,6 +156,16 @@ impl Kernel<'_> {
         self.line(format!("and.pred {p1}, {p1}, {p2};"));
         self.line(format!("or.pred {ones}, {ones}, {p1};"));
         self.line(format!("selp.{ty} {out}, {one}, {out}, {ones};"));
+        // y == 0.5: the correctly rounded root of x + 0 (so -0 gives +0),
+        // and +inf for -inf, as lensopt's `pow` on the CPU.
+        let [plus, root] = self.floats();
+        let [halves, minf] = self.preds();
+        self.line(format!("add.rn.{ty} {plus}, {x}, {zero};"));
+        self.line(format!("sqrt.rn.{ty} {root}, {plus};"));
+        self.line(format!("setp.eq.{ty} {minf}, {x}, {minus_inf};"));
+        self.line(format!("selp.{ty} {root}, {inf}, {root}, {minf};"));
+        self.line(format!("setp.eq.{ty} {halves}, {y}, {half};"));
+        self.line(format!("selp.{ty} {out}, {root}, {out}, {halves};"));
         out
     }
 

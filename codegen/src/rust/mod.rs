@@ -19,7 +19,7 @@
 //! caller picks one at run time.
 //!
 //! Support functions the generated code calls (IEEE minimum and maximum,
-//! `sign`, bfloat16 rounding) are named under a path the caller gives,
+//! `sign`, `exp`, `pow`, bfloat16 rounding) are named under a path the caller gives,
 //! `::lensopt::aot` for `optimizer!`.
 
 pub mod compiled;
@@ -27,7 +27,7 @@ pub mod compiled;
 pub use compiled::module_source;
 
 use lensopt_ir::schedule::{
-    buffer_of, element_nodes, kernel_uses, output_buffer, reductions_of, Schedule,
+    buffer_of, element_nodes, kernel_uses, output_buffer, reductions_of, scalar_exponents, Schedule,
 };
 use lensopt_ir::{BinOp, Op, ReduceOp, Rule, Ty, UnOp, ValueId};
 use std::fmt::Write;
@@ -210,15 +210,15 @@ fn entry(
     }
 }
 
-/// The statements computing `needed` for element `i`.
 /// The statements computing `needed` for the element at `index` of the
-/// buffers named `{buffers}{k}`.
+/// buffers named `{buffers}{k}`; `pow` with an exponent in `square_roots`
+/// (known to be 0.5 there) as the square root.
 fn element_statements(
     rule: &Rule,
     needed: &[usize],
-    ty: Element,
-    support: &str,
+    (ty, support): (Element, &str),
     (buffers, index): (&str, &str),
+    square_roots: &[ValueId],
     indent: &str,
     out: &mut String,
 ) {
@@ -251,14 +251,17 @@ fn element_statements(
                     UnOp::Not => format!("!{a}"),
                 }
             }
-            Op::Binary(b, x, y) => {
-                let (x, y) = (v(x), v(y));
+            Op::Binary(b, x, y_id) => {
+                let (x, y) = (v(x), v(y_id));
                 match b {
                     BinOp::Add => format!("{x} + {y}"),
                     BinOp::Sub => format!("{x} - {y}"),
                     BinOp::Mul => format!("{x} * {y}"),
                     BinOp::Div => format!("{x} / {y}"),
-                    BinOp::Pow => format!("{x}.powf({y})"),
+                    BinOp::Pow if square_roots.contains(&y_id) => {
+                        format!("{support}::half_power_{t}({x})")
+                    }
+                    BinOp::Pow => format!("{support}::pow_{t}({x}, {y})"),
                     BinOp::Min => format!("{support}::minimum_{t}({x}, {y})"),
                     BinOp::Max => format!("{support}::maximum_{t}({x}, {y})"),
                     BinOp::Lt => format!("{x} < {y}"),
@@ -289,12 +292,39 @@ fn element_body(schedule: &Schedule, roots: &[ValueId], ty: Element, support: &s
         .collect();
     let mut out = String::new();
     entry(schedule, &needed, roots, &written, ty, &mut out);
-    let _ = writeln!(out, "    for i in 0..n {{");
-    element_statements(rule, &needed, ty, support, ("b", "i"), "        ", &mut out);
-    for (o, v) in &schedule.outputs {
-        let _ = writeln!(out, "        b{}[i] = v{};", output_buffer(rule, *o), v.0);
+    let element_loop = |out: &mut String, square_roots: &[ValueId]| {
+        let _ = writeln!(out, "    for i in 0..n {{");
+        element_statements(
+            rule,
+            &needed,
+            (ty, support),
+            ("b", "i"),
+            square_roots,
+            "        ",
+            out,
+        );
+        for (o, v) in &schedule.outputs {
+            let _ = writeln!(out, "        b{}[i] = v{};", output_buffer(rule, *o), v.0);
+        }
+        let _ = writeln!(out, "    }}");
+    };
+    // A loop calling `pow` per element does not vectorize; when its
+    // exponents are scalars and all 0.5, a second loop takes square roots.
+    let exponents = scalar_exponents(schedule, &needed);
+    if exponents.is_empty() {
+        element_loop(&mut out, &[]);
+    } else {
+        let half = literal(0.5, ty);
+        let all_half: Vec<String> = exponents
+            .iter()
+            .map(|y| format!("v{} == {half}", y.0))
+            .collect();
+        let _ = writeln!(out, "    if {} {{", all_half.join(" && "));
+        element_loop(&mut out, &exponents);
+        let _ = writeln!(out, "    }} else {{");
+        element_loop(&mut out, &[]);
+        let _ = writeln!(out, "    }}");
     }
-    let _ = writeln!(out, "    }}");
     out
 }
 
@@ -332,9 +362,9 @@ fn reduction_body(schedule: &Schedule, pass: &[ValueId], ty: Element, support: &
     element_statements(
         rule,
         &needed,
-        ty,
-        support,
+        (ty, support),
         ("c", "j"),
+        &[],
         "            ",
         &mut out,
     );
