@@ -14,6 +14,16 @@
 
 use crate::rule::*;
 
+/// The order in which every CPU backend's reduction kernels add (the JIT's,
+/// and the kernels `optimizer!` compiles, which must agree bit for bit):
+/// with `L` lanes per JIT vector (4 for f32, 2 for f64), element `i` of a
+/// kernel's range goes to f64 accumulator `i % (L * REDUCTION_SETS)`, and
+/// the accumulators are combined in index order at the end. Kernels take
+/// ranges of a multiple of `L * REDUCTION_SETS` elements; the sets are
+/// independent chains of additions, so a sum is not bound by one chain's
+/// latency.
+pub const REDUCTION_SETS: usize = 4;
+
 /// Most reduction passes (levels of nested reductions) code generation takes.
 pub const MAX_PASSES: usize = 4096;
 

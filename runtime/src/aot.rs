@@ -17,7 +17,7 @@
 //! up to three optional inputs; all present and all absent beyond).
 //!
 //! The kernel contract is the JIT's (`lensopt_codegen::cpu::kernel`): the
-//! same pointer table, slot layout, lane order of reductions and element
+//! same pointer table, slot layout, order of reductions' additions and element
 //! arithmetic, so the exact variants are bit-identical to the JIT and every
 //! caller of a [`Program`] is unchanged. Each kernel exists for three
 //! instruction sets; [`isa`] picks the best the CPU has, once.

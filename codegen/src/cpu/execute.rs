@@ -15,7 +15,7 @@ use super::kernel::output_buffer;
 use super::lanes::JitFloat;
 use super::program::{Program, ReduceFn, MAX_BUFFERS};
 use crate::host::{self, combine_partials};
-use lensopt_ir::schedule::Schedule;
+use lensopt_ir::schedule::{Schedule, REDUCTION_SETS};
 use lensopt_ir::{HyperValue, Op, ReduceOp, StateKind};
 use rayon::prelude::*;
 
@@ -402,7 +402,9 @@ impl<F: JitFloat> Program<F> {
     ) -> Vec<f64> {
         let count = ops.len();
         let n = chunk.param.len();
-        let main = n - n % F::LANES;
+        // Reduction kernels take whole rounds of their accumulator sets.
+        let width = F::LANES * REDUCTION_SETS;
+        let main = n - n % width;
         let mut out = vec![0.0f64; count];
         let ptrs = chunk.pointers();
         if main > 0 {
@@ -420,15 +422,15 @@ impl<F: JitFloat> Program<F> {
         }
         if main < n {
             let mut tail = vec![0.0f64; count];
-            let mut pad = Padded::<F>::new(chunk, main, F::LANES);
+            let mut pad = Padded::<F>::new(chunk, main, width);
             let ptrs = pad.pointers();
-            // SAFETY: as above on padded copies of `F::LANES` elements; lanes
+            // SAFETY: as above on padded copies of `width` elements; lanes
             // at or past `n - main` are masked out by the kernel.
             unsafe {
                 func(
                     ptrs.as_ptr(),
                     slots.as_ptr().cast(),
-                    F::LANES,
+                    width,
                     n - main,
                     tail.as_mut_ptr(),
                 )

@@ -12,9 +12,11 @@
 //! `UNROLL` is 1.
 //!
 //! Reduction kernel, `fn(bufs, slots, n, valid, out: *mut f64)`: one vector
-//! per iteration, every reduction of the pass accumulated per lane in f64
-//! (lanes at index `>= valid` contribute nothing), lanes summed in order at
-//! the end and stored to `out[k]`.
+//! per iteration, every reduction of the pass accumulated in f64, element
+//! `i` into accumulator `i % (L * REDUCTION_SETS)` (lanes at index `>= valid`
+//! contribute nothing; see `lensopt_ir::schedule::REDUCTION_SETS`), the
+//! accumulators combined in order at the end and stored to `out[k]`. `n`
+//! must be a multiple of `L * REDUCTION_SETS`.
 
 use super::emit::{load_slot, mem_flags, Emitter, LazySlots};
 use super::lanes::JitFloat;
@@ -28,7 +30,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::JITModule;
 use cranelift_module::{FuncId, Linkage, Module, ModuleError};
 pub use lensopt_ir::schedule::output_buffer;
-use lensopt_ir::schedule::{element_nodes, scalar_exponents, Schedule};
+use lensopt_ir::schedule::{element_nodes, scalar_exponents, Schedule, REDUCTION_SETS};
 use lensopt_ir::{ReduceOp, ValueId};
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -382,14 +384,19 @@ fn reduction_body<F: JitFloat>(
     };
     let e = entry::<F>(b, module, schedule, &needed, &arg_ids, &[], bufs, slots)?;
     let zero64 = b.ins().f64const(0.0);
-    let accs: Vec<Vec<Variable>> = args
+    // Per reduction, `REDUCTION_SETS` sets of one accumulator per lane.
+    let accs: Vec<Vec<Vec<Variable>>> = args
         .iter()
         .map(|_| {
-            (0..F::LANES)
+            (0..REDUCTION_SETS)
                 .map(|_| {
-                    let v = b.declare_var(types::F64);
-                    b.def_var(v, zero64);
-                    v
+                    (0..F::LANES)
+                        .map(|_| {
+                            let v = b.declare_var(types::F64);
+                            b.def_var(v, zero64);
+                            v
+                        })
+                        .collect()
                 })
                 .collect()
         })
@@ -423,20 +430,27 @@ fn reduction_body<F: JitFloat>(
         };
         em.emit(&needed, offset, 0)
     };
-    for ((op, arg), acc) in args.iter().zip(&accs) {
+    for ((op, arg), sets) in args.iter().zip(&accs) {
         let x = vals[arg.index()].expect("reduced values are computed");
-        for (lane, var) in acc.iter().enumerate() {
+        for lane in 0..F::LANES {
             let index = b.ins().iadd_imm_s(iv, lane as i64);
             let ok = b.ins().icmp(IntCC::UnsignedLessThan, index, valid);
             let contribution = lane_contribution::<F>(b, *op, x, lane as u8);
             let zero = b.ins().f64const(0.0);
             let masked = b.ins().select(ok, contribution, zero);
-            let old = b.use_var(*var);
+            let old = b.use_var(sets[0][lane]);
             let new = match op {
                 ReduceOp::MaxAbs => b.ins().fmax(old, masked),
                 _ => b.ins().fadd(old, masked),
             };
-            b.def_var(*var, new);
+            // The vector adds to set 0, then the sets rotate: vector `j`
+            // reaches set `j % REDUCTION_SETS`, and after a multiple of
+            // `REDUCTION_SETS` vectors (every range) each set is back in place.
+            let later: Vec<Value> = sets[1..].iter().map(|s| b.use_var(s[lane])).collect();
+            for (set, value) in later.into_iter().enumerate() {
+                b.def_var(sets[set][lane], value);
+            }
+            b.def_var(sets[REDUCTION_SETS - 1][lane], new);
         }
     }
     let next = b.ins().iadd_imm_s(iv, F::LANES as i64);
@@ -444,9 +458,9 @@ fn reduction_body<F: JitFloat>(
     b.ins().jump(head, &[]);
 
     b.switch_to_block(exit);
-    for (k, ((op, _), acc)) in args.iter().zip(&accs).enumerate() {
-        let mut total = b.use_var(acc[0]);
-        for var in &acc[1..] {
+    for (k, ((op, _), sets)) in args.iter().zip(&accs).enumerate() {
+        let mut total = b.use_var(sets[0][0]);
+        for var in sets.iter().flatten().skip(1) {
             let x = b.use_var(*var);
             total = match op {
                 ReduceOp::MaxAbs => b.ins().fmax(total, x),

@@ -6,14 +6,15 @@
 //! exactly (see [`crate::cpu::kernel`]): the element kernel is
 //! `fn(bufs: *const *mut u8, slots: *const u8, n)`, the reduction kernel
 //! `fn(bufs, slots, n, valid, out: *mut f64)`; `n` is a multiple of the
-//! JIT's lane count `L`; slots are broadcast to `L` values each; reductions
-//! accumulate lane `i % L` of each vector in f64, skip lanes at or past
-//! `valid` by adding 0, and sum (or take the maximum of) the lanes in order
-//! at the end. Element arithmetic is the IEEE operation of the element
+//! JIT's lane count `L` (of `L * REDUCTION_SETS` for a reduction kernel);
+//! slots are broadcast to `L` values each; reductions accumulate element `i`
+//! into f64 accumulator `i % (L * REDUCTION_SETS)`, skip lanes at or past
+//! `valid` by adding 0, and sum (or take the maximum of) the accumulators in
+//! order at the end (see `lensopt_ir::schedule::REDUCTION_SETS`). Element arithmetic is the IEEE operation of the element
 //! type, with no contraction into fma, so a kernel compiled by rustc is
 //! bit-identical to the JIT's in exact mode. A reduction kernel computes
 //! its values a block at a time (a loop rustc vectorizes), then adds them
-//! to the lanes' accumulators in the JIT's order. Each kernel is emitted for
+//! to the accumulators in the JIT's order. Each kernel is emitted for
 //! three instruction sets (baseline, AVX2 + FMA, AVX-512 on x86-64; the
 //! baseline elsewhere, where it already has NEON on aarch64), and the
 //! caller picks one at run time.
@@ -27,7 +28,8 @@ pub mod compiled;
 pub use compiled::module_source;
 
 use lensopt_ir::schedule::{
-    buffer_of, element_nodes, kernel_uses, output_buffer, reductions_of, scalar_exponents, Schedule,
+    buffer_of, element_nodes, kernel_uses, output_buffer, reductions_of, scalar_exponents,
+    Schedule, REDUCTION_SETS,
 };
 use lensopt_ir::{BinOp, Op, ReduceOp, Rule, Ty, UnOp, ValueId};
 use std::fmt::Write;
@@ -61,7 +63,7 @@ impl Element {
 }
 
 /// Elements a reduction kernel computes at a time (a multiple of every
-/// lane count) before it accumulates them lane by lane.
+/// `L * REDUCTION_SETS`) before it accumulates them.
 const REDUCE_BLOCK: usize = 256;
 
 /// The instruction sets each kernel is emitted for, in the order of the
@@ -331,7 +333,8 @@ fn element_body(schedule: &Schedule, roots: &[ValueId], ty: Element, support: &s
 fn reduction_body(schedule: &Schedule, pass: &[ValueId], ty: Element, support: &str) -> String {
     let rule = &schedule.rule;
     let t = ty.name();
-    let lanes = ty.lanes();
+    // Element `i` goes to accumulator `i % width` (`REDUCTION_SETS`).
+    let width = ty.lanes() * REDUCTION_SETS;
     let args = reductions_of(rule, pass);
     let arg_ids: Vec<ValueId> = args.iter().map(|a| a.1).collect();
     let needed = element_nodes(rule, &arg_ids);
@@ -341,7 +344,7 @@ fn reduction_body(schedule: &Schedule, pass: &[ValueId], ty: Element, support: &
     let rule_buffers: Vec<usize> = (0..used.len()).filter(|&k| used[k]).collect();
     let _ = writeln!(out, "    const BLOCK: usize = {REDUCE_BLOCK};");
     for (k, (_, arg)) in args.iter().enumerate() {
-        let _ = writeln!(out, "    let mut acc{k} = [0.0f64; {lanes}];");
+        let _ = writeln!(out, "    let mut acc{k} = [0.0f64; {width}];");
         let (init, elem) = match rule.node(*arg).ty {
             Ty::Bool => ("false".to_string(), "bool"),
             Ty::Float => (literal(0.0, ty), t),
@@ -349,10 +352,10 @@ fn reduction_body(schedule: &Schedule, pass: &[ValueId], ty: Element, support: &
         let _ = writeln!(out, "    let mut x{k}: [{elem}; BLOCK] = [{init}; BLOCK];");
     }
     let _ = writeln!(out, "    let mut base = 0;");
-    let _ = writeln!(out, "    while base + {lanes} <= n {{");
+    let _ = writeln!(out, "    while base + {width} <= n {{");
     let _ = writeln!(
         out,
-        "        let len = BLOCK.min((n - base) / {lanes} * {lanes});"
+        "        let len = BLOCK.min((n - base) / {width} * {width});"
     );
     for k in &rule_buffers {
         let _ = writeln!(out, "        let c{k} = &b{k}[base..base + len];");
@@ -372,7 +375,7 @@ fn reduction_body(schedule: &Schedule, pass: &[ValueId], ty: Element, support: &
         let _ = writeln!(out, "            x{k}[j] = v{};", arg.0);
     }
     let _ = writeln!(out, "        }}");
-    // ... then accumulated lane by lane in index order, as the JIT does.
+    // ... then accumulated in index order, as the JIT does.
     let accumulate = |out: &mut String, masked: bool| {
         for (k, (op, _)) in args.iter().enumerate() {
             let x = "x";
@@ -400,7 +403,7 @@ fn reduction_body(schedule: &Schedule, pass: &[ValueId], ty: Element, support: &
             if masked {
                 let _ = writeln!(
                     out,
-                    "            for (j, &x) in x{k}[..len].iter().enumerate() {{ let lane = j % {lanes}; {update} }}"
+                    "            for (j, &x) in x{k}[..len].iter().enumerate() {{ let lane = j % {width}; {update} }}"
                 );
             } else if *op == ReduceOp::Count {
                 // Counts are whole numbers below 2^53, so every f64 sum of
@@ -413,7 +416,7 @@ fn reduction_body(schedule: &Schedule, pass: &[ValueId], ty: Element, support: &
             } else {
                 let _ = writeln!(
                     out,
-                    "            for c in x{k}[..len].chunks_exact({lanes}) {{ for lane in 0..{lanes} {{ let x = c[lane]; {update} }} }}"
+                    "            for c in x{k}[..len].chunks_exact({width}) {{ for lane in 0..{width} {{ let x = c[lane]; {update} }} }}"
                 );
             }
         }
@@ -427,7 +430,7 @@ fn reduction_body(schedule: &Schedule, pass: &[ValueId], ty: Element, support: &
     let _ = writeln!(out, "    }}");
     for (k, (op, _)) in args.iter().enumerate() {
         let mut total = format!("acc{k}[0]");
-        for lane in 1..lanes {
+        for lane in 1..width {
             total = match op {
                 ReduceOp::MaxAbs => format!("{support}::maximum_f64({total}, acc{k}[{lane}])"),
                 _ => format!("({total} + acc{k}[{lane}])"),
