@@ -209,6 +209,7 @@ fn saturate(rule: &Rule, options: &Options) -> Rule {
     let ids = lowering.lower(&mut egraph);
     let rules = rewrites::for_mode(options.mode);
     let runner = Runner::default()
+        .with_scheduler(egg::SimpleScheduler)
         .with_egraph(egraph)
         .with_node_limit(options.node_limit)
         .with_iter_limit(options.iter_limit)
