@@ -16,6 +16,8 @@ pub mod image;
 pub mod kernel;
 pub mod lanes;
 pub mod math;
+#[cfg(target_arch = "x86_64")]
+pub mod pages;
 pub mod program;
 
 pub use execute::{Exchange, Shard, StepBuffers, StepPlan};

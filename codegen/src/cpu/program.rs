@@ -192,6 +192,8 @@ pub(crate) fn module_with(allocator: Allocator) -> Result<JITModule, CompileErro
     for (name, ptr) in math::symbols() {
         builder.symbol(name, ptr);
     }
+    #[cfg(target_arch = "x86_64")]
+    builder.memory_provider(Box::new(super::pages::PooledPages::new()));
     Ok(JITModule::new(builder))
 }
 
