@@ -110,7 +110,8 @@ impl UnOp {
             UnOp::Sign => info("sign", Call("sign"), F, F, 2.0),
             UnOp::Exp => info("exp", Call("exp"), F, F, 20.0),
             UnOp::Ln => info("ln", Call("ln"), F, F, 20.0),
-            UnOp::Sigmoid => info("sigmoid", Call("sigmoid"), F, F, 20.0),
+            // 1 / (1 + exp(-x)): an exp, a negation, an addition and a division.
+            UnOp::Sigmoid => info("sigmoid", Call("sigmoid"), F, F, 26.0),
             UnOp::Cos => info("cos", Call("cos"), F, F, 20.0),
             UnOp::Floor => info("floor", Call("floor"), F, F, 2.0),
             UnOp::RoundF32 => info("f32", Call("f32"), F, F, 2.0),

@@ -107,6 +107,13 @@ pub(super) fn fast_rules() -> Vec<Rewrite<Term, RuleAnalysis>> {
         rw!("common-denominator-sub"; "(- (/ ?a ?d) (/ ?b ?d))" => "(/ (- ?a ?b) ?d)" if rate_is("?d", element)),
         rw!("common-denominator-chain"; "(- (- ?p (/ ?a ?d)) (/ ?b ?d))" => "(- ?p (/ (+ ?a ?b) ?d))"
             if rate_is("?d", element)),
+        // sigmoid(x) is 1 / (1 + e^-x) in every backend: a quotient scaled
+        // by it shares the quotient's division (diffGrad's friction).
+        rw!("sigmoid-outward"; "(* (* ?a (sigmoid ?x)) ?b)" => "(* (* ?a ?b) (sigmoid ?x))"),
+        rw!("sigmoid-quotient"; "(/ (* ?a (sigmoid ?x)) ?d)" => "(/ ?a (* (+ 1.0 (exp (neg ?x))) ?d))"
+            if rate_is("?d", element)),
+        rw!("sigmoid-quotient-rev"; "(/ (* (sigmoid ?x) ?a) ?d)" => "(/ ?a (* (+ 1.0 (exp (neg ?x))) ?d))"
+            if rate_is("?d", element)),
         rw!("fma-add"; "(+ (* ?a ?b) ?c)" => "(fma ?a ?b ?c)"),
         rw!("fma-add-rev"; "(+ ?c (* ?a ?b))" => "(fma ?a ?b ?c)"),
         rw!("fma-sub-left"; "(- ?c (* ?a ?b))" => "(fma (neg ?a) ?b ?c)" if rate_is("?a", scalar)),
