@@ -23,7 +23,8 @@ use super::lanes::JitFloat;
 use super::math::MathFn;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, AbiParam, Block, FuncRef, InstBuilder, Signature, UserFuncName, Value,
+    types, AbiParam, Block, Endianness, FuncRef, InstBuilder, MemFlagsData, Signature,
+    UserFuncName, Value,
 };
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
@@ -383,22 +384,36 @@ fn reduction_body<F: JitFloat>(
         (p[0], p[1], p[2], p[3], p[4])
     };
     let e = entry::<F>(b, module, schedule, &needed, &arg_ids, &[], bufs, slots)?;
+    // Per reduction, `REDUCTION_SETS` sets of accumulators, each set one
+    // f64x2 vector per two lanes: lanes 0 and 1, then 2 and 3 (f32).
+    let halves = F::LANES / 2;
     let zero64 = b.ins().f64const(0.0);
-    // Per reduction, `REDUCTION_SETS` sets of one accumulator per lane.
+    let zeros = b.ins().splat(types::F64X2, zero64);
     let accs: Vec<Vec<Vec<Variable>>> = args
         .iter()
         .map(|_| {
             (0..REDUCTION_SETS)
                 .map(|_| {
-                    (0..F::LANES)
+                    (0..halves)
                         .map(|_| {
-                            let v = b.declare_var(types::F64);
-                            b.def_var(v, zero64);
+                            let v = b.declare_var(types::F64X2);
+                            b.def_var(v, zeros);
                             v
                         })
                         .collect()
                 })
                 .collect()
+        })
+        .collect();
+    // The lanes' offsets in each half, for the mask against `valid`.
+    let offsets: Vec<Value> = (0..halves)
+        .map(|h| {
+            let lanes: Vec<u8> = [2 * h as u64, 2 * h as u64 + 1]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            let constant = b.func.dfg.constants.insert(lanes.into());
+            b.ins().vconst(types::I64X2, constant)
         })
         .collect();
     let i = b.declare_var(types::I64);
@@ -430,15 +445,23 @@ fn reduction_body<F: JitFloat>(
         };
         em.emit(&needed, offset, 0)
     };
+    // Lanes at or past `valid` add zero: lane `k` of a half counts while
+    // `offset k < valid - i` (both below 2^63, so signed compares hold).
+    let left = b.ins().isub(valid, iv);
+    let left = b.ins().splat(types::I64X2, left);
+    let counts: Vec<Value> = offsets
+        .iter()
+        .map(|o| {
+            let ok = b.ins().icmp(IntCC::SignedLessThan, *o, left);
+            b.ins().bitcast(types::F64X2, little(), ok)
+        })
+        .collect();
     for ((op, arg), sets) in args.iter().zip(&accs) {
         let x = vals[arg.index()].expect("reduced values are computed");
-        for lane in 0..F::LANES {
-            let index = b.ins().iadd_imm_s(iv, lane as i64);
-            let ok = b.ins().icmp(IntCC::UnsignedLessThan, index, valid);
-            let contribution = lane_contribution::<F>(b, *op, x, lane as u8);
-            let zero = b.ins().f64const(0.0);
-            let masked = b.ins().select(ok, contribution, zero);
-            let old = b.use_var(sets[0][lane]);
+        for (half, ok) in counts.iter().enumerate() {
+            let contribution = half_contribution::<F>(b, *op, x, half);
+            let masked = b.ins().bitselect(*ok, contribution, zeros);
+            let old = b.use_var(sets[0][half]);
             let new = match op {
                 ReduceOp::MaxAbs => b.ins().fmax(old, masked),
                 _ => b.ins().fadd(old, masked),
@@ -446,11 +469,11 @@ fn reduction_body<F: JitFloat>(
             // The vector adds to set 0, then the sets rotate: vector `j`
             // reaches set `j % REDUCTION_SETS`, and after a multiple of
             // `REDUCTION_SETS` vectors (every range) each set is back in place.
-            let later: Vec<Value> = sets[1..].iter().map(|s| b.use_var(s[lane])).collect();
+            let later: Vec<Value> = sets[1..].iter().map(|s| b.use_var(s[half])).collect();
             for (set, value) in later.into_iter().enumerate() {
-                b.def_var(sets[set][lane], value);
+                b.def_var(sets[set][half], value);
             }
-            b.def_var(sets[REDUCTION_SETS - 1][lane], new);
+            b.def_var(sets[REDUCTION_SETS - 1][half], new);
         }
     }
     let next = b.ins().iadd_imm_s(iv, F::LANES as i64);
@@ -458,40 +481,71 @@ fn reduction_body<F: JitFloat>(
     b.ins().jump(head, &[]);
 
     b.switch_to_block(exit);
+    // The accumulators in index order: set by set, lane by lane.
     for (k, ((op, _), sets)) in args.iter().zip(&accs).enumerate() {
-        let mut total = b.use_var(sets[0][0]);
-        for var in sets.iter().flatten().skip(1) {
-            let x = b.use_var(*var);
-            total = match op {
-                ReduceOp::MaxAbs => b.ins().fmax(total, x),
-                _ => b.ins().fadd(total, x),
-            };
+        let mut total: Option<Value> = None;
+        for var in sets.iter().flatten() {
+            let pair = b.use_var(*var);
+            for lane in 0..2 {
+                let x = b.ins().extractlane(pair, lane);
+                total = Some(match (total, op) {
+                    (None, _) => x,
+                    (Some(t), ReduceOp::MaxAbs) => b.ins().fmax(t, x),
+                    (Some(t), _) => b.ins().fadd(t, x),
+                });
+            }
         }
+        let total = total.expect("at least one accumulator");
         b.ins().store(mem_flags(), total, out, (k * 8) as i32);
     }
     b.ins().return_(&[]);
     Ok(())
 }
 
-/// What one lane adds to an accumulator, in f64.
-fn lane_contribution<F: JitFloat>(
+/// Little-endian memory flags, for bitcasts between vector types.
+fn little() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(Endianness::Little)
+}
+
+/// What lanes `2 half` and `2 half + 1` of `x` add to their accumulators,
+/// as an f64x2 vector.
+fn half_contribution<F: JitFloat>(
     b: &mut FunctionBuilder<'_>,
     op: ReduceOp,
     x: Value,
-    lane: u8,
+    half: usize,
 ) -> Value {
-    let e = b.ins().extractlane(x, lane);
     if op == ReduceOp::Count {
-        // x is a mask: lanes are all ones (true) or zero.
-        let truth = b.ins().icmp_imm_s(IntCC::NotEqual, e, 0);
-        let one = b.ins().f64const(1.0);
-        let zero = b.ins().f64const(0.0);
-        return b.ins().select(truth, one, zero);
+        // x is a mask: lanes are all ones (true) or zero; widened to 64-bit
+        // lanes, it keeps 1.0's bits or none.
+        let mask = if F::BYTES == 4 {
+            if half == 0 {
+                b.ins().swiden_low(x)
+            } else {
+                b.ins().swiden_high(x)
+            }
+        } else {
+            x
+        };
+        let one = b.ins().iconst(types::I64, 1f64.to_bits() as i64);
+        let ones = b.ins().splat(types::I64X2, one);
+        let bits = b.ins().band(mask, ones);
+        return b.ins().bitcast(types::F64X2, little(), bits);
     }
     let wide = if F::BYTES == 4 {
-        b.ins().fpromote(types::F64, e)
+        let lanes = if half == 0 {
+            x
+        } else {
+            // Lanes 2 and 3 moved down to 0 and 1.
+            let bytes = b.ins().bitcast(types::I8X16, little(), x);
+            let order: Vec<u8> = (8..16).chain(8..16).collect();
+            let order = b.func.dfg.immediates.push(order.into());
+            let moved = b.ins().shuffle(bytes, bytes, order);
+            b.ins().bitcast(types::F32X4, little(), moved)
+        };
+        b.ins().fvpromote_low(lanes)
     } else {
-        e
+        x
     };
     match op {
         ReduceOp::Sum | ReduceOp::Mean => wide,
