@@ -52,16 +52,6 @@ pub struct ShardedStepper<F: Float> {
     last_skipped: bool,
 }
 
-/// The first non-finite element of `xs`, if any.
-fn first_non_finite<F: Float>(xs: &[F]) -> Option<(usize, f64)> {
-    if F::all_finite(xs) {
-        return None;
-    }
-    xs.iter()
-        .position(|x| !x.to_f64().is_finite())
-        .map(|i| (i, xs[i].to_f64()))
-}
-
 /// The layout `rule` is sharded by over `ranks`: whole tensors for matrix
 /// rules (they need whole matrices), chunks of elements otherwise.
 pub(super) fn layout_for(
@@ -302,7 +292,7 @@ impl<F: Float> ShardedStepper<F> {
                     if finite == Some(true) {
                         continue;
                     }
-                    if let Some((i, v)) = first_non_finite(xs) {
+                    if let Some((i, v)) = crate::non_finite::first_non_finite(xs) {
                         if found
                             .as_ref()
                             .is_none_or(|g| (k, order, start + i) < (g.0, g.1, g.3))
