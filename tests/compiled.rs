@@ -449,3 +449,69 @@ fn any_bytes_in_a_cache_file_are_a_miss_or_a_program_never_a_panic() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// JIT programs of catalog rules, compiled in the order given on a fresh
+/// thread: each one's machine code and relocations.
+type Compile = (&'static str, bool, bool, Mode);
+
+fn images_in_order(order: Vec<Compile>) -> Vec<Option<lensopt_codegen::cpu::image::Image>> {
+    std::thread::spawn(move || {
+        order
+            .into_iter()
+            .map(|(name, f64_elements, defaults, mode)| {
+                let optimizer = catalog::get(name).expect("a catalog rule");
+                let rule = optimizer.rule();
+                let hypers = if defaults {
+                    optimizer.hypers()
+                } else {
+                    non_default(&optimizer.hypers())
+                };
+                let present = vec![true; rule.inputs.len()];
+                let key = Key::for_step(std::slice::from_ref(&hypers), &present, mode);
+                if f64_elements {
+                    jit::compile::<f64>(&rule, &key)
+                        .expect("compiles")
+                        .image()
+                        .cloned()
+                } else {
+                    jit::compile::<f32>(&rule, &key)
+                        .expect("compiles")
+                        .image()
+                        .cloned()
+                }
+            })
+            .collect()
+    })
+    .join()
+    .expect("the compiling thread")
+}
+
+/// A program's machine code (and its relocations) is a function of the
+/// program alone: compiling others first on the same thread, in any order,
+/// changes nothing.
+#[test]
+fn machine_code_does_not_depend_on_earlier_programs() {
+    let mut order = Vec::new();
+    for name in catalog::names() {
+        for f64_elements in [false, true] {
+            for (defaults, mode) in [
+                (true, Mode::Exact),
+                (true, Mode::Fast),
+                (false, Mode::Fast),
+                (false, Mode::Exact),
+            ] {
+                order.push((name, f64_elements, defaults, mode));
+            }
+        }
+    }
+    let forwards = images_in_order(order.clone());
+    let mut backwards = images_in_order(order.iter().rev().cloned().collect());
+    backwards.reverse();
+    for ((what, a), b) in order.iter().zip(&forwards).zip(&backwards) {
+        assert!(a.is_some(), "{what:?}: no image");
+        assert_eq!(
+            a, b,
+            "{what:?}: the machine code depends on what was compiled before"
+        );
+    }
+}

@@ -154,18 +154,24 @@ pub fn build<F: JitFloat>(
     schedule: &Schedule,
     with_clif: bool,
 ) -> BuildResult<Built> {
-    // Compilation contexts are reused across programs on one thread: they
-    // keep their allocations (cranelift's and the register allocator's).
+    // The function builder's context is reused across programs on one
+    // thread (it keeps its allocations, and `finalize` clears it; after a
+    // failed build it is dropped). The compilation context is made anew for
+    // every program: with one reused (cleared) from program to program, a
+    // JIT kernel once gave results one ulp from the compiled-in kernels'.
     thread_local! {
-        static CONTEXTS: std::cell::RefCell<Option<(Context, FunctionBuilderContext)>> =
+        static BUILDERS: std::cell::RefCell<Option<FunctionBuilderContext>> =
             const { std::cell::RefCell::new(None) };
     }
-    let (mut ctx, mut fctx) = CONTEXTS
+    let mut fctx = BUILDERS
         .with(|c| c.borrow_mut().take())
-        .unwrap_or_else(|| (module.make_context(), FunctionBuilderContext::new()));
+        .unwrap_or_default();
+    let mut ctx = module.make_context();
     let built = build_in::<F>(module, schedule, with_clif, &mut ctx, &mut fctx);
-    module.clear_context(&mut ctx);
-    CONTEXTS.with(|c| *c.borrow_mut() = Some((ctx, fctx)));
+    // A build that failed may have left a function half built in it.
+    if built.is_ok() {
+        BUILDERS.with(|c| *c.borrow_mut() = Some(fctx));
+    }
     built
 }
 
