@@ -163,9 +163,7 @@ pub fn build<F: JitFloat>(
         static BUILDERS: std::cell::RefCell<Option<FunctionBuilderContext>> =
             const { std::cell::RefCell::new(None) };
     }
-    let mut fctx = BUILDERS
-        .with(|c| c.borrow_mut().take())
-        .unwrap_or_default();
+    let mut fctx = BUILDERS.with(|c| c.borrow_mut().take()).unwrap_or_default();
     let mut ctx = module.make_context();
     let built = build_in::<F>(module, schedule, with_clif, &mut ctx, &mut fctx);
     // A build that failed may have left a function half built in it.
