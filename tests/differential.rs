@@ -448,12 +448,7 @@ fn exp_and_sigmoid_agree_bit_for_bit_over_the_whole_range() {
         f64::MAX,
         f64::MIN,
     ];
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    for i in 0..4000 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let u = (seed >> 11) as f64 / (1u64 << 53) as f64;
+    for (i, u) in uniforms(0x2545_f491_4f6c_dd1d, 4000).enumerate() {
         let scale = [1.0, 30.0, 200.0, 1600.0][i % 4];
         xs.push((u - 0.5) * scale);
     }
@@ -500,12 +495,7 @@ fn pow_agrees_bit_for_bit_at_the_square_root_and_elsewhere() {
         f64::MAX,
         -2.5,
     ];
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for i in 0..1000 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let u = (seed >> 11) as f64 / (1u64 << 53) as f64;
+    for (i, u) in uniforms(0x9e37_79b9_7f4a_7c15, 1000).enumerate() {
         xs.push(u * [1.0, 1e6, 1e-6, 3.0][i % 4]);
     }
     let data = vec![(vec![1.0; xs.len()], xs.clone(), xs)];
@@ -532,4 +522,15 @@ fn same_bits(a: &[Vec<f64>], b: &[Vec<f64>]) {
             );
         }
     }
+}
+
+/// `count` numbers in [0, 1) from an xorshift generator seeded with `seed`.
+fn uniforms(mut seed: u64, count: usize) -> impl Iterator<Item = f64> {
+    std::iter::repeat_with(move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    })
+    .take(count)
 }
