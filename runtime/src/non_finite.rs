@@ -76,103 +76,6 @@ pub struct Found {
 
 /// Elements per chunk of the parallel scan.
 const CHUNK: usize = 1 << 16;
-/// True when every element of `xs` is finite.
-fn chunk_is_finite<F: Float>(xs: &[F]) -> bool {
-    F::all_finite(xs)
-}
-
-/// The largest bit pattern of `|x|` over `xs`: a non-finite value has
-/// every exponent bit set, so it is non-finite exactly when it is at least
-/// `INF`'s pattern. An integer maximum, so the loop vectorizes.
-macro_rules! magnitude_scan {
-    ($name:ident, $avx2:ident, $avx512:ident, $float:ty, $bits:ty, $mask:expr) => {
-        /// Four streams in lockstep: a core keeps more cache-line fills in
-        /// flight over four sequential streams than over one.
-        #[inline(always)]
-        fn $name(xs: &[$float]) -> $bits {
-            let quarter = xs.len() / 4;
-            let (a, rest) = xs.split_at(quarter);
-            let (b, rest) = rest.split_at(quarter);
-            let (c, rest) = rest.split_at(quarter);
-            let (d, tail) = rest.split_at(quarter);
-            let mut m = [0; 4];
-            for (((a, b), c), d) in a.iter().zip(b).zip(c).zip(d) {
-                m[0] = m[0].max(a.to_bits() & $mask);
-                m[1] = m[1].max(b.to_bits() & $mask);
-                m[2] = m[2].max(c.to_bits() & $mask);
-                m[3] = m[3].max(d.to_bits() & $mask);
-            }
-            let tail = tail.iter().fold(0, |m, x| m.max(x.to_bits() & $mask));
-            m.into_iter().fold(tail, <$bits>::max)
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        fn $avx2(xs: &[$float]) -> $bits {
-            $name(xs)
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        fn $avx512(xs: &[$float]) -> $bits {
-            $name(xs)
-        }
-    };
-}
-
-magnitude_scan!(
-    magnitude_f32,
-    magnitude_f32_avx2,
-    magnitude_f32_avx512,
-    f32,
-    u32,
-    0x7fff_ffff
-);
-magnitude_scan!(
-    magnitude_f64,
-    magnitude_f64_avx2,
-    magnitude_f64_avx512,
-    f64,
-    u64,
-    0x7fff_ffff_ffff_ffff
-);
-
-/// `$all(xs)`: true when every element of `xs` is finite, with the widest
-/// vectors the CPU has.
-macro_rules! finite_check {
-    ($all:ident, $t:ty, $base:ident, $avx2:ident, $avx512:ident) => {
-        pub(crate) fn $all(xs: &[$t]) -> bool {
-            let infinity = <$t>::INFINITY.to_bits();
-            #[cfg(target_arch = "x86_64")]
-            {
-                match crate::aot::isa() {
-                    // SAFETY: `isa()` is 2 only on a CPU with AVX-512F.
-                    2 => return unsafe { $avx512(xs) } < infinity,
-                    // SAFETY: `isa()` is 1 only on a CPU with AVX2.
-                    1 => return unsafe { $avx2(xs) } < infinity,
-                    _ => {}
-                }
-            }
-            $base(xs) < infinity
-        }
-    };
-}
-
-finite_check!(
-    all_finite_f32,
-    f32,
-    magnitude_f32,
-    magnitude_f32_avx2,
-    magnitude_f32_avx512
-);
-finite_check!(
-    all_finite_f64,
-    f64,
-    magnitude_f64,
-    magnitude_f64_avx2,
-    magnitude_f64_avx512
-);
-
 /// `fn $name(args) -> $ret { body }`, compiled for AVX-512F, for AVX2 and
 /// for the baseline, the widest the CPU has chosen at each call.
 macro_rules! widest {
@@ -209,9 +112,43 @@ macro_rules! widest {
     };
 }
 
+/// `$all(xs)`: true when every element of `xs` is finite, with the widest
+/// vectors the CPU has. It takes the largest bit pattern of `|x|` over
+/// `xs`: a non-finite value has every exponent bit set, so it is
+/// non-finite exactly when it is at least `INF`'s pattern. An integer
+/// maximum, so the loop vectorizes.
+macro_rules! finite_scan {
+    ($all:ident, $t:ty, $bits:ty) => {
+        widest!(
+            /// Four streams in lockstep: a core keeps more cache-line fills
+            /// in flight over four sequential streams than over one.
+            pub(crate) fn $all(xs: &[$t]) -> bool {
+                let mask = <$bits>::MAX >> 1;
+                let quarter = xs.len() / 4;
+                let (a, rest) = xs.split_at(quarter);
+                let (b, rest) = rest.split_at(quarter);
+                let (c, rest) = rest.split_at(quarter);
+                let (d, tail) = rest.split_at(quarter);
+                let mut m: [$bits; 4] = [0; 4];
+                for (((a, b), c), d) in a.iter().zip(b).zip(c).zip(d) {
+                    m[0] = m[0].max(a.to_bits() & mask);
+                    m[1] = m[1].max(b.to_bits() & mask);
+                    m[2] = m[2].max(c.to_bits() & mask);
+                    m[3] = m[3].max(d.to_bits() & mask);
+                }
+                let tail = tail.iter().fold(0, |m, x| m.max(x.to_bits() & mask));
+                m.into_iter().fold(tail, <$bits>::max) < <$t>::INFINITY.to_bits()
+            }
+        );
+    };
+}
+
+finite_scan!(all_finite_f32, f32, u32);
+finite_scan!(all_finite_f64, f64, u64);
+
 /// Passes that write gradients and check them in the same pass, for one
 /// float type: each keeps the largest bit pattern of `|x|` it wrote (as
-/// `magnitude_scan!` does), so the check is a maximum on values already in
+/// `finite_scan!` does), so the check is a maximum on values already in
 /// registers and the pass moves the same bytes as without it.
 macro_rules! checked_writes {
     ($t:ty, $bits:ty, $scale:ident, $div:ident, $add:ident) => {
@@ -260,9 +197,9 @@ checked_writes!(f64, u64, scale_finite_f64, div_finite_f64, add_finite_f64);
 /// The first non-finite element of `xs`, if any.
 pub(crate) fn first_non_finite<F: Float>(xs: &[F]) -> Option<(usize, f64)> {
     let clean = if xs.len() <= CHUNK {
-        chunk_is_finite(xs)
+        F::all_finite(xs)
     } else {
-        xs.par_chunks(CHUNK).all(chunk_is_finite)
+        xs.par_chunks(CHUNK).all(F::all_finite)
     };
     if clean {
         return None;
