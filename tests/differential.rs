@@ -420,7 +420,8 @@ fn the_interpreter_semantics_of_min_max_hold_in_the_jit() {
 
 /// lensopt's own `exp` (and `sigmoid` on it) over the whole range, edges
 /// and special values included: the JIT's inline vector code and the
-/// interpreter agree bit for bit, in both widths and both modes.
+/// interpreter agree bit for bit, in both widths and both modes (in fast
+/// mode, where elements take `exp_fma`, against the optimized IR).
 #[test]
 fn exp_and_sigmoid_agree_bit_for_bit_over_the_whole_range() {
     let opt = parse(
@@ -453,23 +454,33 @@ fn exp_and_sigmoid_agree_bit_for_bit_over_the_whole_range() {
         xs.push((u - 0.5) * scale);
     }
     let data = vec![(vec![1.0; xs.len()], xs.clone(), xs)];
-    // Rows per step: p, e, s. Fast mode may change how `p` is computed
-    // (its optimized IR is what the JIT matches there), never `exp` itself.
-    let states = |rows: Vec<Vec<f64>>, mode: Mode| -> Vec<Vec<f64>> {
-        rows.into_iter()
-            .enumerate()
-            .filter(|(i, _)| mode == Mode::Exact || i % 3 != 0)
-            .map(|(_, row)| row)
-            .collect()
+    let want = run::<f32>(&opt, &data, Backend::Interpreter);
+    let got = run::<f32>(&opt, &data, Backend::Jit(Mode::Exact));
+    same_bits(&got, &want);
+    let want = run::<f64>(&opt, &data, Backend::Interpreter);
+    let got = run::<f64>(&opt, &data, Backend::Jit(Mode::Exact));
+    same_bits(&got, &want);
+    let uses_exp_fma = |rule: &DynOptimizer| {
+        let ops: Vec<_> = rule.rule().nodes.iter().map(|n| n.op).collect();
+        ops.iter()
+            .any(|op| matches!(op, lensopt::ir::Op::Unary(lensopt::ir::UnOp::ExpFma, _)))
+            && !ops.iter().any(|op| {
+                matches!(
+                    op,
+                    lensopt::ir::Op::Unary(lensopt::ir::UnOp::Exp | lensopt::ir::UnOp::Sigmoid, _)
+                )
+            })
     };
-    for mode in [Mode::Exact, Mode::Fast] {
-        let want = states(run::<f32>(&opt, &data, Backend::Interpreter), mode);
-        let got = states(run::<f32>(&opt, &data, Backend::Jit(mode)), mode);
-        compare(&got, &want, 0.0).unwrap();
-        let want = states(run::<f64>(&opt, &data, Backend::Interpreter), mode);
-        let got = states(run::<f64>(&opt, &data, Backend::Jit(mode)), mode);
-        compare(&got, &want, 0.0).unwrap();
-    }
+    let optimized = compiled_rule::<f32>(&opt, &data);
+    assert!(uses_exp_fma(&optimized), "fast mode keeps a plain exp");
+    let want = run::<f32>(&optimized, &data, Backend::Interpreter);
+    let got = run::<f32>(&opt, &data, Backend::Jit(Mode::Fast));
+    same_bits(&got, &want);
+    let optimized = compiled_rule::<f64>(&opt, &data);
+    assert!(uses_exp_fma(&optimized), "fast mode keeps a plain exp");
+    let want = run::<f64>(&optimized, &data, Backend::Interpreter);
+    let got = run::<f64>(&opt, &data, Backend::Jit(Mode::Fast));
+    same_bits(&got, &want);
 }
 
 /// lensopt's `pow` with an exponent that is a hyperparameter: at 0.5 the

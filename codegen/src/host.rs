@@ -50,6 +50,7 @@ fn unary(op: UnOp, a: f64) -> f64 {
         UnOp::Sign if a < 0.0 => -1.0,
         UnOp::Sign => a,
         UnOp::Exp => lensopt_ir::elementary::exp_f64(a),
+        UnOp::ExpFma => lensopt_ir::elementary::exp_fma_f64(a),
         UnOp::Ln => a.ln(),
         UnOp::Sigmoid => 1.0 / (1.0 + lensopt_ir::elementary::exp_f64(-a)),
         UnOp::Cos => a.cos(),

@@ -19,6 +19,16 @@
 //! a 512-bit vector). NaN gives
 //! NaN, `exp(+inf) = +inf`, `exp(-inf) = 0`; overflow gives `+inf` and
 //! underflow `0` or a subnormal.
+//!
+//! `exp_fma` (fast mode's `exp`, see `UnOp::ExpFma`) takes the same steps
+//! with a fused multiply-add wherever a product feeds a sum: the rounding
+//! to an integer, both parts of the reduction and every Horner step. That
+//! is 22 vector operations instead of 32 where the CPU fuses (the kernels'
+//! AVX2 and AVX-512 versions, cranelift on such CPUs) and is correctly
+//! rounded IEEE `fma` everywhere else (a library call), so the bits are
+//! still the same on every CPU. It is at least as accurate: f64 within 1
+//! ulp of libm, f32 within 1.5 ulp of the exact value (0.89 the worst
+//! measured), with the same special values.
 
 /// The numbers of one width's `exp`: the steps in [`exp_f64`] and
 /// [`exp_f32`] with these constants, in this order, give the same bits, so
@@ -101,13 +111,12 @@ pub const EXP_F32: ExpSteps = ExpSteps {
 
 /// The steps of [`ExpSteps`] in one float type.
 macro_rules! exp_in {
-    ($name:ident, $t:ty, $steps:expr) => {
+    ($name:ident, $fused:ident, $scale:ident, $t:ty, $steps:expr) => {
         #[doc = concat!("`e^x` for ", stringify!($t), ", as every backend computes it (see the module docs).")]
         #[inline(always)]
         pub fn $name(x: $t) -> $t {
             const S: ExpSteps = $steps;
-            let (shifter, bias) = (S.shifter as $t, S.bias);
-            let two_to = |t: $t| <$t>::from_bits(t.to_bits().wrapping_add(bias.into()) << S.mantissa_bits);
+            let shifter = S.shifter as $t;
             let c = x.clamp(S.low as $t, S.high as $t);
             let k = (c * S.log2e as $t + shifter) - shifter;
             let r = (c - k * S.ln2_hi as $t) - k * S.ln2_lo as $t;
@@ -118,7 +127,37 @@ macro_rules! exp_in {
                 n -= 1;
                 p = p * r + S.taylor[n] as $t;
             }
-            // 2^k = 2^rest * 2^half, each within the normal exponents.
+            $scale(p, k)
+        }
+
+        #[doc = concat!("`e^x` for ", stringify!($t), " with fused multiply-adds: fast mode's `exp` (see the module docs).")]
+        #[inline(always)]
+        pub fn $fused(x: $t) -> $t {
+            const S: ExpSteps = $steps;
+            let shifter = S.shifter as $t;
+            let c = x.clamp(S.low as $t, S.high as $t);
+            let k = c.mul_add(S.log2e as $t, shifter) - shifter;
+            let r = k.mul_add(-S.ln2_hi as $t, c);
+            let r = k.mul_add(-S.ln2_lo as $t, r);
+            let last = S.taylor.len() - 1;
+            let mut p = S.taylor[last] as $t;
+            let mut n = last;
+            while n > 0 {
+                n -= 1;
+                p = p.mul_add(r, S.taylor[n] as $t);
+            }
+            $scale(p, k)
+        }
+
+        /// `p * 2^k` rounded once, for an integer `k` of the clamped range:
+        /// `2^k = 2^rest * 2^half`, each within the normal exponents, so
+        /// only the second product can round (or overflow, or underflow).
+        #[inline(always)]
+        fn $scale(p: $t, k: $t) -> $t {
+            const S: ExpSteps = $steps;
+            let (shifter, bias) = (S.shifter as $t, S.bias);
+            let two_to = |t: $t| <$t>::from_bits(t.to_bits().wrapping_add(bias.into()) << S.mantissa_bits);
+            // `k * 0.5` is exact, so a fused multiply-add gives the same bits.
             let half = k * 0.5 + shifter;
             let rest = (k - (half - shifter)) + shifter;
             p * two_to(rest) * two_to(half)
@@ -126,8 +165,8 @@ macro_rules! exp_in {
     };
 }
 
-exp_in!(exp_f64, f64, EXP_F64);
-exp_in!(exp_f32, f32, EXP_F32);
+exp_in!(exp_f64, exp_fma_f64, scale_f64, f64, EXP_F64);
+exp_in!(exp_f32, exp_fma_f32, scale_f32, f32, EXP_F32);
 
 /// lensopt's `pow` in one float type.
 macro_rules! pow_in {
@@ -259,10 +298,34 @@ mod tests {
     }
 
     #[test]
+    fn fused_f64_is_within_one_ulp_of_libm() {
+        let mut worst: f64 = 0.0;
+        for x in arguments() {
+            let (ours, libm) = (exp_fma_f64(x), x.exp());
+            if libm.is_infinite() || libm == 0.0 {
+                assert_eq!(ours, libm, "exp_fma({x:e})");
+                continue;
+            }
+            worst = worst.max(ulps(ours, libm));
+        }
+        eprintln!("exp_fma_f64: worst {worst:.3} ulp from libm");
+        assert!(worst <= 1.5, "worst {worst} ulp");
+    }
+
+    #[test]
     fn f32_is_within_one_and_a_half_ulp() {
+        f32_within_one_and_a_half_ulp("exp_f32", exp_f32);
+    }
+
+    #[test]
+    fn fused_f32_is_within_one_and_a_half_ulp() {
+        f32_within_one_and_a_half_ulp("exp_fma_f32", exp_fma_f32);
+    }
+
+    fn f32_within_one_and_a_half_ulp(name: &str, exp: fn(f32) -> f32) {
         let mut worst: f64 = 0.0;
         for x in arguments().map(|x| (x / 7.0) as f32) {
-            let ours = exp_f32(x);
+            let ours = exp(x);
             let exact = f64::from(x).exp();
             let nearest = exact as f32;
             if nearest.is_infinite() || nearest == 0.0 {
@@ -272,8 +335,8 @@ mod tests {
             let spacing = f64::from(f32::from_bits(nearest.to_bits() + 1) - nearest);
             worst = worst.max((f64::from(ours) - exact).abs() / spacing);
         }
-        eprintln!("exp_f32: worst {worst:.3} ulp");
-        assert!(worst < 1.5, "worst {worst} ulp");
+        eprintln!("{name}: worst {worst:.3} ulp");
+        assert!(worst < 1.5, "{name}: worst {worst} ulp");
     }
 
     #[test]
@@ -289,20 +352,27 @@ mod tests {
             (-745.2, 0.0),
             (-740.0, (-740.0f64).exp()),
         ] {
-            assert!(
-                ulps(exp_f64(x), e) <= 1.0,
-                "exp({x}) = {:e}, not {e:e}",
-                exp_f64(x)
-            );
+            for (name, exp) in [("exp", exp_f64 as fn(f64) -> f64), ("exp_fma", exp_fma_f64)] {
+                assert!(
+                    ulps(exp(x), e) <= 1.0,
+                    "{name}({x}) = {:e}, not {e:e}",
+                    exp(x)
+                );
+            }
         }
         assert!(exp_f64(f64::NAN).is_nan());
-        assert!(exp_f32(f32::NAN).is_nan());
-        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
-        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp_f32(89.0), f32::INFINITY);
-        assert_eq!(exp_f32(-104.0), 0.0);
-        assert_eq!(exp_f32(0.0), 1.0);
-        assert_eq!(exp_f32(1.0), std::f32::consts::E);
-        assert_eq!(exp_f32(88.7), f64::from(88.7f32).exp() as f32);
+        assert!(exp_fma_f64(f64::NAN).is_nan());
+        for exp in [exp_f32 as fn(f32) -> f32, exp_fma_f32] {
+            assert!(exp(f32::NAN).is_nan());
+            assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+            assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+            assert_eq!(exp(89.0), f32::INFINITY);
+            assert_eq!(exp(-104.0), 0.0);
+            assert_eq!(exp(0.0), 1.0);
+            assert_eq!(exp(1.0), std::f32::consts::E);
+            assert_eq!(exp(88.7), f64::from(88.7f32).exp() as f32);
+            // The subnormal range is rounded once.
+            assert_eq!(exp(-100.0), (-100.0f64).exp() as f32);
+        }
     }
 }

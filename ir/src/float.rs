@@ -29,6 +29,9 @@ pub trait Float: Copy + Debug + Display + Default + PartialOrd + Send + Sync + '
     fn abs(self) -> Self;
     /// `e^a`: lensopt's own ([`crate::elementary`]), the same in every backend.
     fn exp(self) -> Self;
+    /// `e^a` with fused multiply-adds ([`crate::elementary::exp_fma_f64`]),
+    /// the same in every backend.
+    fn exp_fma(self) -> Self;
     /// Natural logarithm.
     fn ln(self) -> Self;
     /// `a^b`: lensopt's own ([`crate::elementary::pow_f64`]), C's `pow`
@@ -116,7 +119,7 @@ pub fn bf16_bits(x: f32) -> u32 {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:literal, $gemm:path, $exp:path, $pow:path $(, $extra:item)*) => {
+    ($t:ty, $name:literal, $gemm:path, $exp:path, $exp_fma:path, $pow:path $(, $extra:item)*) => {
         impl Float for $t {
             const NAME: &'static str = $name;
             #[inline]
@@ -158,6 +161,10 @@ macro_rules! impl_float {
             #[inline]
             fn exp(self) -> Self {
                 $exp(self)
+            }
+            #[inline]
+            fn exp_fma(self) -> Self {
+                $exp_fma(self)
             }
             #[inline]
             fn ln(self) -> Self {
@@ -251,6 +258,7 @@ impl_float!(
     "f32",
     matrixmultiply::sgemm,
     crate::elementary::exp_f32,
+    crate::elementary::exp_fma_f32,
     crate::elementary::pow_f32,
     fn gemm_bf16(
         m: usize,
@@ -278,5 +286,6 @@ impl_float!(
     "f64",
     matrixmultiply::dgemm,
     crate::elementary::exp_f64,
+    crate::elementary::exp_fma_f64,
     crate::elementary::pow_f64
 );

@@ -118,6 +118,7 @@ pub fn eval_unary<F: Float>(op: UnOp, a: F) -> F {
             }
         }
         UnOp::Exp => a.exp(),
+        UnOp::ExpFma => a.exp_fma(),
         UnOp::Ln => a.ln(),
         UnOp::Sigmoid => one.div(one.add(a.neg().exp())),
         UnOp::Cos => a.cos(),

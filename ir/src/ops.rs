@@ -84,7 +84,7 @@ use Ty::{Bool as B, Float as F};
 
 impl UnOp {
     /// Every unary operation, in table order.
-    pub const ALL: [UnOp; 13] = [
+    pub const ALL: [UnOp; 14] = [
         UnOp::Neg,
         UnOp::Sqrt,
         UnOp::Rsqrt,
@@ -98,6 +98,7 @@ impl UnOp {
         UnOp::RoundF32,
         UnOp::RoundBf16,
         UnOp::Not,
+        UnOp::ExpFma,
     ];
 
     /// The table's entry for this operation.
@@ -117,6 +118,8 @@ impl UnOp {
             UnOp::RoundF32 => info("f32", Call("f32"), F, F, 2.0),
             UnOp::RoundBf16 => info("bf16", Call("bf16"), F, F, 3.0),
             UnOp::Not => info("not", Prefix("!"), B, B, 1.0),
+            // Ten vector operations fewer than `exp` where the CPU fuses.
+            UnOp::ExpFma => info("exp_fma", Call("exp_fma"), F, F, 14.0),
         }
     }
 }

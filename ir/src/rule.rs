@@ -242,6 +242,10 @@ pub enum UnOp {
     RoundBf16,
     /// `!b`
     Not,
+    /// `e^x` with fused multiply-adds (`lensopt_ir::elementary::exp_fma_f64`):
+    /// what [`crate::optimize::Mode::Fast`] computes for an element's `exp`.
+    /// Last, so that the encoding of the other operations is unchanged.
+    ExpFma,
 }
 
 /// Binary operations. Arithmetic: `f x f -> f`; comparisons:

@@ -261,6 +261,19 @@ pub fn exp_f64(x: f64) -> f64 {
     lensopt_ir::elementary::exp_f64(x)
 }
 
+/// `exp_fma(x)` on f32 elements: fast mode's `exp`, with fused
+/// multiply-adds (a kernel's AVX2 and AVX-512 versions fuse them).
+#[inline(always)]
+pub fn exp_fma_f32(x: f32) -> f32 {
+    lensopt_ir::elementary::exp_fma_f32(x)
+}
+
+/// `exp_fma(x)` on f64 elements.
+#[inline(always)]
+pub fn exp_fma_f64(x: f64) -> f64 {
+    lensopt_ir::elementary::exp_fma_f64(x)
+}
+
 /// `x^y` on elements (lensopt's own `pow`), and `x^0.5`, which a compiled
 /// kernel calls instead when its exponent is 0.5 everywhere (vectorized).
 pub use lensopt_ir::elementary::{half_power_f32, half_power_f64, pow_f32, pow_f64};

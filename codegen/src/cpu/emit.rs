@@ -148,8 +148,10 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
     /// `e^x` on every lane, inline: the steps of `lensopt_ir::elementary`
     /// with its constants, in its order, so the bits are the interpreter's
     /// (cranelift's `fmin`/`fmax` keep NaN as `clamp` does, and it never
-    /// fuses a multiply and an add).
-    fn exp(&mut self, x: Value) -> Value {
+    /// fuses a multiply and an add). `fused`: `exp_fma`'s steps, with an
+    /// `fma` wherever a product feeds a sum (a libcall to `fmaf`/`fma` on
+    /// a CPU without FMA, so the bits are the same).
+    fn exp(&mut self, x: Value, fused: bool) -> Value {
         use lensopt_ir::elementary::{EXP_F32, EXP_F64};
         let steps = if F::BYTES == 4 { EXP_F32 } else { EXP_F64 };
         let flags = MemFlagsData::new().with_endianness(Endianness::Little);
@@ -159,20 +161,32 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
         let c = self.b.ins().fmin(c, high);
         let shifter = self.splat(steps.shifter);
         let log2e = self.splat(steps.log2e);
-        let k = self.b.ins().fmul(c, log2e);
-        let k = self.b.ins().fadd(k, shifter);
-        let k = self.b.ins().fsub(k, shifter);
-        let (hi, lo) = (self.splat(steps.ln2_hi), self.splat(steps.ln2_lo));
-        let khi = self.b.ins().fmul(k, hi);
-        let r = self.b.ins().fsub(c, khi);
-        let klo = self.b.ins().fmul(k, lo);
-        let r = self.b.ins().fsub(r, klo);
+        let (k, r) = if fused {
+            let k = self.b.ins().fma(c, log2e, shifter);
+            let k = self.b.ins().fsub(k, shifter);
+            let (hi, lo) = (self.splat(-steps.ln2_hi), self.splat(-steps.ln2_lo));
+            let r = self.b.ins().fma(k, hi, c);
+            (k, self.b.ins().fma(k, lo, r))
+        } else {
+            let k = self.b.ins().fmul(c, log2e);
+            let k = self.b.ins().fadd(k, shifter);
+            let k = self.b.ins().fsub(k, shifter);
+            let (hi, lo) = (self.splat(steps.ln2_hi), self.splat(steps.ln2_lo));
+            let khi = self.b.ins().fmul(k, hi);
+            let r = self.b.ins().fsub(c, khi);
+            let klo = self.b.ins().fmul(k, lo);
+            (k, self.b.ins().fsub(r, klo))
+        };
         let (last, rest) = steps.taylor.split_last().expect("Taylor terms");
         let mut p = self.splat(*last);
         for coefficient in rest.iter().rev() {
             let term = self.splat(*coefficient);
-            p = self.b.ins().fmul(p, r);
-            p = self.b.ins().fadd(p, term);
+            p = if fused {
+                self.b.ins().fma(p, r, term)
+            } else {
+                let product = self.b.ins().fmul(p, r);
+                self.b.ins().fadd(product, term)
+            };
         }
         let half = self.splat(0.5);
         let halved = self.b.ins().fmul(k, half);
@@ -218,12 +232,13 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
                 let r = self.b.ins().bitselect(neg, minus_one, a);
                 self.b.ins().bitselect(pos, one, r)
             }
-            UnOp::Exp => self.exp(a),
+            UnOp::Exp => self.exp(a, false),
+            UnOp::ExpFma => self.exp(a, true),
             UnOp::Ln => self.per_lane(MathFn::Ln, &[a]),
             // sigmoid(x) = 1 / (1 + e^-x)
             UnOp::Sigmoid => {
                 let minus = self.b.ins().fneg(a);
-                let e = self.exp(minus);
+                let e = self.exp(minus, false);
                 let one = self.splat(1.0);
                 let den = self.b.ins().fadd(one, e);
                 self.b.ins().fdiv(one, den)

@@ -2,15 +2,13 @@
 //!
 //! Every import is registered explicitly with the JIT's symbol table, so no
 //! symbol is ever looked up in the process. The same functions back the
-//! reference interpreter, so results agree: `exp` and `pow` are lensopt's
-//! own (`lensopt_ir::elementary`), the others Rust's `std`, hence the
-//! platform libm.
+//! reference interpreter, so results agree: `pow` is lensopt's own
+//! (`lensopt_ir::elementary`), the others Rust's `std`, hence the platform
+//! libm. (`exp` is emitted inline, see `emit`.)
 
 /// A function generated code may call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MathFn {
-    /// e^x
-    Exp,
     /// ln x
     Ln,
     /// x^y
@@ -27,8 +25,7 @@ pub enum MathFn {
 
 impl MathFn {
     /// Every function, for registration.
-    pub const ALL: [MathFn; 7] = [
-        MathFn::Exp,
+    pub const ALL: [MathFn; 6] = [
         MathFn::Ln,
         MathFn::Pow,
         MathFn::Cos,
@@ -41,7 +38,6 @@ impl MathFn {
     pub fn called_by(op: &lensopt_ir::Op) -> Option<MathFn> {
         use lensopt_ir::{BinOp, Op, UnOp};
         match op {
-            Op::Unary(UnOp::Exp | UnOp::Sigmoid, _) => Some(MathFn::Exp),
             Op::Unary(UnOp::Ln, _) => Some(MathFn::Ln),
             Op::Unary(UnOp::Cos, _) => Some(MathFn::Cos),
             Op::Unary(UnOp::Floor, _) => Some(MathFn::Floor),
@@ -55,12 +51,7 @@ impl MathFn {
     /// Number of arguments.
     pub fn arity(self) -> usize {
         match self {
-            MathFn::Exp
-            | MathFn::Ln
-            | MathFn::Cos
-            | MathFn::Floor
-            | MathFn::RoundF32
-            | MathFn::RoundBf16 => 1,
+            MathFn::Ln | MathFn::Cos | MathFn::Floor | MathFn::RoundF32 | MathFn::RoundBf16 => 1,
             MathFn::Pow => 2,
         }
     }
@@ -68,7 +59,6 @@ impl MathFn {
     /// The symbol name for an element type (`"f32"` or `"f64"`).
     pub fn symbol(self, ty: &str) -> String {
         let base = match self {
-            MathFn::Exp => "exp",
             MathFn::Ln => "ln",
             MathFn::Pow => "pow",
             MathFn::Cos => "cos",
@@ -80,12 +70,6 @@ impl MathFn {
     }
 }
 
-extern "C" fn exp_f32(x: f32) -> f32 {
-    lensopt_ir::elementary::exp_f32(x)
-}
-extern "C" fn exp_f64(x: f64) -> f64 {
-    lensopt_ir::elementary::exp_f64(x)
-}
 extern "C" fn ln_f32(x: f32) -> f32 {
     x.ln()
 }
@@ -134,8 +118,7 @@ extern "C" fn round_bf16_f64(x: f64) -> f64 {
 /// functions, and cranelift's libcall names for the operations it may lower
 /// to calls (`fmaf`, `fma`).
 pub fn symbols() -> Vec<(String, *const u8)> {
-    let ours: [(MathFn, *const u8, *const u8); 7] = [
-        (MathFn::Exp, exp_f32 as *const u8, exp_f64 as *const u8),
+    let ours: [(MathFn, *const u8, *const u8); 6] = [
         (MathFn::Ln, ln_f32 as *const u8, ln_f64 as *const u8),
         (MathFn::Pow, pow_f32 as *const u8, pow_f64 as *const u8),
         (MathFn::Cos, cos_f32 as *const u8, cos_f64 as *const u8),

@@ -243,6 +243,7 @@ fn element_statements(
                     UnOp::Abs => format!("{a}.abs()"),
                     UnOp::Sign => format!("{support}::sign_{t}({a})"),
                     UnOp::Exp => format!("{support}::exp_{t}({a})"),
+                    UnOp::ExpFma => format!("{support}::exp_fma_{t}({a})"),
                     UnOp::Ln => format!("{a}.ln()"),
                     UnOp::Sigmoid => format!("{one} / ({one} + {support}::exp_{t}(-{a}))"),
                     UnOp::Cos => format!("{a}.cos()"),

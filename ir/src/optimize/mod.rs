@@ -18,6 +18,7 @@
 //!      its reciprocal (computed once), two divisions by one element value
 //!      become one, `a * b + c` becomes `fma`, scalar
 //!      factors are gathered (`(x * s1) * s2 = x * (s1 * s2)`), `x ^ 2 = x * x`,
+//!      an element's `exp` (and `sigmoid`'s) becomes `exp_fma`,
 //!      and `x + 0 = x`, `x * 0 = 0` (as a disabled term, even for non-finite x);
 //! 4. **extraction** with a rate-aware cost: an operation per element costs
 //!    about a thousand times one per step, so work moves out of the loop.

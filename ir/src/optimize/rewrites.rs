@@ -114,6 +114,9 @@ pub(super) fn fast_rules() -> Vec<Rewrite<Term, RuleAnalysis>> {
             if rate_is("?d", element)),
         rw!("sigmoid-quotient-rev"; "(/ (* (sigmoid ?x) ?a) ?d)" => "(/ ?a (* (+ 1.0 (exp (neg ?x))) ?d))"
             if rate_is("?d", element)),
+        // An element's `exp` and `sigmoid` take fast mode's fused steps.
+        rw!("exp-fma"; "(exp ?x)" => "(exp_fma ?x)" if rate_is("?x", element)),
+        rw!("sigmoid-fma"; "(sigmoid ?x)" => "(/ 1.0 (+ 1.0 (exp_fma (neg ?x))))" if rate_is("?x", element)),
         rw!("fma-add"; "(+ (* ?a ?b) ?c)" => "(fma ?a ?b ?c)"),
         rw!("fma-add-rev"; "(+ ?c (* ?a ?b))" => "(fma ?a ?b ?c)"),
         rw!("fma-sub-left"; "(- ?c (* ?a ?b))" => "(fma (neg ?a) ?b ?c)" if rate_is("?a", scalar)),

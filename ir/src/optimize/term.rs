@@ -66,6 +66,7 @@ define_language! {
         "abs" = Abs([Id; 1]),
         "sign" = Sign([Id; 1]),
         "exp" = Exp([Id; 1]),
+        "exp_fma" = ExpFma([Id; 1]),
         "ln" = Ln([Id; 1]),
         "sigmoid" = Sigmoid([Id; 1]),
         "cos" = Cos([Id; 1]),
