@@ -5,11 +5,11 @@
 
 Measures, on the CPU, f32, with the same thread count:
   torch.optim.Adam(fused=True), Adam(foreach=True), AdamW(fused=True),
-  pytorch_optimizer.Lion and pytorch_optimizer.Adan (their default, the
+  pytorch_optimizer's Lion, Adan, DiffGrad and Lamb (their default, the
   references of the golden cases), then runs `lensopt bench --json --backend aot,jit`
   for the same rules and sizes (`--non-finite unchecked` unless told), and prints one JSON object per line (same fields as
   `lensopt bench`) followed by a comparison table. Bytes per element are
-  counted as lensopt counts them (Adam 28, Lion 20, Adan 44), and time is the
+  counted as lensopt counts them (Adam 28, Lion 20, Adan 44, DiffGrad 36), and time is the
   fastest of the timed steps, as in `lensopt bench`.
 
 With `--device cuda` it times torch's fused AdamW on the GPU beside
@@ -32,7 +32,9 @@ import time
 
 import torch
 
-BYTES = {"adam": 28, "adamw": 28, "lion": 20, "adan": 44}
+# The catalog rules with a peer, in the order of the table.
+PEER_RULES = ["adam", "adamw", "lion", "adan", "diffgrad", "lamb"]
+BYTES = {"adam": 28, "adamw": 28, "lion": 20, "adan": 44, "diffgrad": 36, "lamb": 28}
 
 
 def best_step_seconds(opt, seconds):
@@ -57,6 +59,8 @@ def peers():
         ("torch_adamw_fused", "adamw", lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True)),
         ("pytorch_optimizer_lion", "lion", lambda p: po.Lion(p, lr=1e-4)),
         ("pytorch_optimizer_adan", "adan", lambda p: po.Adan(p, lr=1e-3)),
+        ("pytorch_optimizer_diffgrad", "diffgrad", lambda p: po.DiffGrad(p, lr=1e-3)),
+        ("pytorch_optimizer_lamb", "lamb", lambda p: po.Lamb(p, lr=1e-3, weight_decay=0.01)),
     ]
 
 
@@ -150,17 +154,17 @@ def main():
                          "torch": torch.__version__})
             del opt, p
     ours = lensopt_rows(args, rows, ["--json", "--non-finite", args.non_finite, "--threads", str(args.threads),
-                                     "--sizes", args.sizes, "--rules", "adam,adamw,lion,adan",
+                                     "--sizes", args.sizes, "--rules", ",".join(PEER_RULES),
                                      "--backend", "aot,jit", "--seconds", str(args.seconds)])
     print()
-    print(f"{'rule':<6} {'backend':<7} {'n':>10} {'lensopt GB/s':>13} {'ratio':>6}   peer (GB/s, lensopt speed-up)")
+    print(f"{'rule':<8} {'backend':<7} {'n':>10} {'lensopt GB/s':>13} {'ratio':>6}   peer (GB/s, lensopt speed-up)")
     for n in sizes:
-        for rule in ["adam", "adamw", "lion", "adan"]:
+        for rule in PEER_RULES:
             for mine in [r for r in ours if r["kernel"] == rule and r["n"] == n]:
                 others = [r for r in rows if r["rule"] == rule and r["n"] == n]
                 peer_text = ", ".join(f"{r['kernel']} {r['gbps']:.1f} ({r['step_ms'] / mine['step_ms']:.2f}x)"
                                       for r in others)
-                print(f"{rule:<6} {mine['backend']:<7} {n:>10} {mine['gbps']:>13.1f} "
+                print(f"{rule:<8} {mine['backend']:<7} {n:>10} {mine['gbps']:>13.1f} "
                       f"{mine['ratio_to_ceiling']:>6.2f}   {peer_text}")
 
 
