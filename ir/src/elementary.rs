@@ -283,33 +283,27 @@ mod tests {
 
     #[test]
     fn f64_is_within_one_ulp_of_libm() {
+        f64_within_one_ulp_of_libm("exp_f64", exp_f64);
+    }
+
+    #[test]
+    fn fused_f64_is_within_one_ulp_of_libm() {
+        f64_within_one_ulp_of_libm("exp_fma_f64", exp_fma_f64);
+    }
+
+    fn f64_within_one_ulp_of_libm(name: &str, exp: fn(f64) -> f64) {
         let mut worst: f64 = 0.0;
         for x in arguments() {
-            let (ours, libm) = (exp_f64(x), x.exp());
+            let (ours, libm) = (exp(x), x.exp());
             if libm.is_infinite() || libm == 0.0 {
-                assert_eq!(ours, libm, "exp({x:e})");
+                assert_eq!(ours, libm, "{name}({x:e})");
                 continue;
             }
             // libm is itself within 1 ulp; ours within 1 ulp of the truth.
             worst = worst.max(ulps(ours, libm));
         }
-        eprintln!("exp_f64: worst {worst:.3} ulp from libm");
-        assert!(worst <= 1.5, "worst {worst} ulp");
-    }
-
-    #[test]
-    fn fused_f64_is_within_one_ulp_of_libm() {
-        let mut worst: f64 = 0.0;
-        for x in arguments() {
-            let (ours, libm) = (exp_fma_f64(x), x.exp());
-            if libm.is_infinite() || libm == 0.0 {
-                assert_eq!(ours, libm, "exp_fma({x:e})");
-                continue;
-            }
-            worst = worst.max(ulps(ours, libm));
-        }
-        eprintln!("exp_fma_f64: worst {worst:.3} ulp from libm");
-        assert!(worst <= 1.5, "worst {worst} ulp");
+        eprintln!("{name}: worst {worst:.3} ulp from libm");
+        assert!(worst <= 1.5, "{name}: worst {worst} ulp");
     }
 
     #[test]
