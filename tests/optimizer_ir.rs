@@ -181,6 +181,20 @@ fn two_differently_written_adams_are_proved_equal() {
 }
 
 #[test]
+fn fast_modes_exp_is_proved_equal_to_exp() {
+    let plain = Rule::parse(
+        "Friction { hyper lr = 0.1; update { p = p - lr * sigmoid(abs(g)) * exp(-g); } }",
+    )
+    .unwrap();
+    let fused = Rule::parse(
+        "Friction { hyper lr = 0.1; update { p = p - lr * exp_fma(-g) / (1 + exp_fma(-abs(g))); } }",
+    )
+    .unwrap();
+    assert_eq!(equivalent(&plain, &fused), Equivalence::Proved);
+    assert_eq!(equivalent(&fused, &plain), Equivalence::Proved);
+}
+
+#[test]
 fn adam_and_adamw_are_not_equal() {
     let a = Rule::parse(TEXTBOOK_ADAM).unwrap();
     let w = Rule::parse(ADAMW).unwrap();

@@ -137,6 +137,8 @@ pub(super) fn algebra_rules() -> Vec<Rewrite<Term, RuleAnalysis>> {
         rw!("comm-min"; "(min ?a ?b)" => "(min ?b ?a)"),
         rw!("comm-max"; "(max ?a ?b)" => "(max ?b ?a)"),
         rw!("rsqrt-def"; "(rsqrt ?a)" => "(/ 1.0 (sqrt ?a))"),
+        rw!("exp-fma-is-exp"; "(exp_fma ?a)" => "(exp ?a)"),
+        rw!("sigmoid-def"; "(sigmoid ?a)" => "(/ 1.0 (+ 1.0 (exp (neg ?a))))"),
     ];
     rules.extend(rw!("mul-div"; "(* ?a (/ ?b ?c))" <=> "(/ (* ?a ?b) ?c)"));
     rules.extend(rw!("div-mul"; "(* (/ ?a ?b) ?c)" <=> "(/ (* ?a ?c) ?b)"));
