@@ -249,30 +249,10 @@ macro_rules! element_functions {
 element_functions!(f32, minimum_f32, maximum_f32, sign_f32);
 element_functions!(f64, minimum_f64, maximum_f64, sign_f64);
 
-/// `exp(x)` on f32 elements: lensopt's own, which rustc vectorizes here.
-#[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
-    lensopt_ir::elementary::exp_f32(x)
-}
-
-/// `exp(x)` on f64 elements.
-#[inline(always)]
-pub fn exp_f64(x: f64) -> f64 {
-    lensopt_ir::elementary::exp_f64(x)
-}
-
-/// `exp_fma(x)` on f32 elements: fast mode's `exp`, with fused
-/// multiply-adds (a kernel's AVX2 and AVX-512 versions fuse them).
-#[inline(always)]
-pub fn exp_fma_f32(x: f32) -> f32 {
-    lensopt_ir::elementary::exp_fma_f32(x)
-}
-
-/// `exp_fma(x)` on f64 elements.
-#[inline(always)]
-pub fn exp_fma_f64(x: f64) -> f64 {
-    lensopt_ir::elementary::exp_fma_f64(x)
-}
+/// `exp(x)` and `exp_fma(x)` on elements: lensopt's own, which rustc
+/// vectorizes in a kernel's loop (and fuses, for `exp_fma`, in the AVX2 and
+/// AVX-512 versions).
+pub use lensopt_ir::elementary::{exp_f32, exp_f64, exp_fma_f32, exp_fma_f64};
 
 /// `x^y` on elements (lensopt's own `pow`), and `x^0.5`, which a compiled
 /// kernel calls instead when its exponent is 0.5 everywhere (vectorized).

@@ -24,6 +24,11 @@ pub fn mem_flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
+/// Little-endian flags, for bitcasts between vector types.
+pub fn bitcast_flags() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(Endianness::Little)
+}
+
 /// Emits the element-wise part of one vector iteration.
 pub struct Emitter<'a, 'b, F> {
     /// The function under construction.
@@ -111,7 +116,7 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
 
     /// Reinterprets a lane mask as a float vector (for `bitselect`).
     fn mask_as_float(&mut self, mask: Value) -> Value {
-        let flags = MemFlagsData::new().with_endianness(Endianness::Little);
+        let flags = bitcast_flags();
         self.b.ins().bitcast(F::VECTOR, flags, mask)
     }
 
@@ -119,7 +124,7 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
     /// `lensopt_ir::float::bf16_of_f32`: the low 16 bits rounded off to
     /// nearest, ties to even; a NaN quieted and truncated.
     fn round_bf16(&mut self, a: Value) -> Value {
-        let flags = MemFlagsData::new().with_endianness(Endianness::Little);
+        let flags = bitcast_flags();
         let ints = F::VECTOR.as_int();
         let splat = |this: &mut Self, x: u32| {
             let c = this.b.ins().iconst(ir::types::I32, i64::from(x as i32));
@@ -154,7 +159,7 @@ impl<F: JitFloat> Emitter<'_, '_, F> {
     fn exp(&mut self, x: Value, fused: bool) -> Value {
         use lensopt_ir::elementary::{EXP_F32, EXP_F64};
         let steps = if F::BYTES == 4 { EXP_F32 } else { EXP_F64 };
-        let flags = MemFlagsData::new().with_endianness(Endianness::Little);
+        let flags = bitcast_flags();
         let ints = F::VECTOR.as_int();
         let (low, high) = (self.splat(steps.low), self.splat(steps.high));
         let c = self.b.ins().fmax(x, low);

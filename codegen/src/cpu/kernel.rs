@@ -18,13 +18,12 @@
 //! accumulators combined in order at the end and stored to `out[k]`. `n`
 //! must be a multiple of `L * REDUCTION_SETS`.
 
-use super::emit::{load_slot, mem_flags, Emitter, LazySlots};
+use super::emit::{bitcast_flags, load_slot, mem_flags, Emitter, LazySlots};
 use super::lanes::JitFloat;
 use super::math::MathFn;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, AbiParam, Block, Endianness, FuncRef, InstBuilder, MemFlagsData, Signature,
-    UserFuncName, Value,
+    types, AbiParam, Block, FuncRef, InstBuilder, Signature, UserFuncName, Value,
 };
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
@@ -457,7 +456,7 @@ fn reduction_body<F: JitFloat>(
         .iter()
         .map(|o| {
             let ok = b.ins().icmp(IntCC::SignedLessThan, *o, left);
-            b.ins().bitcast(types::F64X2, little(), ok)
+            b.ins().bitcast(types::F64X2, bitcast_flags(), ok)
         })
         .collect();
     for ((op, arg), sets) in args.iter().zip(&accs) {
@@ -506,11 +505,6 @@ fn reduction_body<F: JitFloat>(
     Ok(())
 }
 
-/// Little-endian memory flags, for bitcasts between vector types.
-fn little() -> MemFlagsData {
-    MemFlagsData::new().with_endianness(Endianness::Little)
-}
-
 /// What lanes `2 half` and `2 half + 1` of `x` add to their accumulators,
 /// as an f64x2 vector.
 fn half_contribution<F: JitFloat>(
@@ -534,18 +528,18 @@ fn half_contribution<F: JitFloat>(
         let one = b.ins().iconst(types::I64, 1f64.to_bits() as i64);
         let ones = b.ins().splat(types::I64X2, one);
         let bits = b.ins().band(mask, ones);
-        return b.ins().bitcast(types::F64X2, little(), bits);
+        return b.ins().bitcast(types::F64X2, bitcast_flags(), bits);
     }
     let wide = if F::BYTES == 4 {
         let lanes = if half == 0 {
             x
         } else {
             // Lanes 2 and 3 moved down to 0 and 1.
-            let bytes = b.ins().bitcast(types::I8X16, little(), x);
+            let bytes = b.ins().bitcast(types::I8X16, bitcast_flags(), x);
             let order: Vec<u8> = (8..16).chain(8..16).collect();
             let order = b.func.dfg.immediates.push(order.into());
             let moved = b.ins().shuffle(bytes, bytes, order);
-            b.ins().bitcast(types::F32X4, little(), moved)
+            b.ins().bitcast(types::F32X4, bitcast_flags(), moved)
         };
         b.ins().fvpromote_low(lanes)
     } else {
